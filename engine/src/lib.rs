@@ -1,0 +1,23 @@
+//! Chorus engine: the replicated presence and subscription tables and the
+//! node state machine that keeps them in sync across a cluster.
+//!
+//! Everything here is sans-IO and deterministic: [`Node`] never reads a clock,
+//! never draws OS randomness and never touches a socket. Inputs arrive through
+//! `handle_*` methods with the current time passed in; outputs are pulled with
+//! `poll_*`. The tokio + QUIC runtime and the simulator are drivers of it.
+
+#![warn(missing_docs)]
+
+pub mod coalesce;
+pub mod codec;
+pub mod context;
+pub mod id;
+pub mod node;
+pub mod presence;
+pub mod store;
+pub mod subs;
+
+pub use codec::{Body, DecodeError, Message, WIRE_VERSION};
+pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
+pub use node::{Command, CommandError, Config, Event, Node, Outcome, Transmit};
+pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};

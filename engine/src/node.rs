@@ -1,0 +1,1254 @@
+//! The [`Node`] state machine: one cluster member's presence table, subscription
+//! table, δ-buffer, peer table and timers.
+//!
+//! Inputs: [`Node::handle_command`] (local API), [`Node::handle_message`] (a
+//! decoded peer message), [`Node::handle_timeout`]. Outputs, pulled:
+//! [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`]. After
+//! any input, drain `poll_transmit` and `poll_event` until `None`, then sleep
+//! until `poll_timeout` or the next input.
+//!
+//! Replication follows delta-state CRDTs (Almeida et al., Algorithm 2) with the
+//! BP and RR refinements of Enes et al. 2019: local ops and the novel part of
+//! every merged delta enter a δ-buffer with sequence numbers; each peer is sent
+//! the δ-group from what it has acknowledged, minus what came from it; a peer too
+//! far behind is repaired per origin from version vectors. See ALGORITHM.md.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::coalesce::{CoalesceConfig, Coalescer, TopicDiff};
+use crate::codec::{Body, Message};
+use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
+use crate::presence::{DiffItem, PresEntry, Presence, PresenceError, PresenceItem};
+use crate::store::{Delta, Part};
+use crate::subs::{SubChange, Subs, SubsError};
+
+/// Timing and sizing of a node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node incarnation.
+    pub id: NodeId,
+    /// Where it listens for gossip (advertised to peers).
+    pub addr: SocketAddr,
+    /// Addresses to announce ourselves to at start and after losing everyone.
+    pub seeds: Vec<SocketAddr>,
+    /// Seed of the node's RNG (ref prefixes, peer choice).
+    pub rng_seed: u64,
+    /// Delay between a local change and the delta push that carries it.
+    pub flush_delay: Duration,
+    /// Heartbeats, failure checks and retransmissions run at this period.
+    pub tick: Duration,
+    /// Unacknowledged deltas are sent again after this long.
+    pub retransmit_after: Duration,
+    /// Period of version-vector exchange with one random peer.
+    pub anti_entropy: Duration,
+    /// A peer not heard from for this long is down (entries hidden).
+    pub down_after: Duration,
+    /// A peer down for this long is purged (entries dropped).
+    pub permdown_after: Duration,
+    /// Longest wait of a first subscriber for peers to acknowledge its route.
+    pub subscribe_wait: Duration,
+    /// Presence diff coalescing.
+    pub coalesce: CoalesceConfig,
+    /// Most δ-buffer entries kept for slow peers (they are repaired after).
+    pub buffer_cap: usize,
+    /// Most tombstones kept per replica (a peer behind that is sent a full slice).
+    pub tomb_cap: usize,
+    /// Most entries per repair message.
+    pub repair_chunk: usize,
+}
+
+impl Config {
+    /// LAN defaults: a silent peer is down after 2 s, purged after 5 min.
+    pub fn lan(id: NodeId, addr: SocketAddr) -> Self {
+        Config {
+            id,
+            addr,
+            seeds: Vec::new(),
+            rng_seed: 0,
+            flush_delay: Duration::from_millis(2),
+            tick: Duration::from_millis(200),
+            retransmit_after: Duration::from_millis(600),
+            anti_entropy: Duration::from_secs(1),
+            down_after: Duration::from_secs(2),
+            permdown_after: Duration::from_secs(300),
+            subscribe_wait: Duration::from_millis(500),
+            coalesce: CoalesceConfig::default(),
+            buffer_cap: 4096,
+            tomb_cap: 100_000,
+            repair_chunk: 10_000,
+        }
+    }
+
+    /// Phoenix.Tracker's timing: 1.5 s broadcasts, down after 30 s, purged
+    /// after 20 min.
+    pub fn phoenix(id: NodeId, addr: SocketAddr) -> Self {
+        Config {
+            tick: Duration::from_millis(1500),
+            retransmit_after: Duration::from_millis(4500),
+            anti_entropy: Duration::from_secs(5),
+            down_after: Duration::from_secs(30),
+            permdown_after: Duration::from_secs(1200),
+            ..Config::lan(id, addr)
+        }
+    }
+}
+
+/// A local request.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Track `key` in `topic` for connection `conn`.
+    Track {
+        /// Topic.
+        topic: Topic,
+        /// Key.
+        key: Key,
+        /// Connection.
+        conn: ConnId,
+        /// Meta JSON object.
+        meta: Meta,
+    },
+    /// Replace the meta of a tracked key.
+    Update {
+        /// Topic.
+        topic: Topic,
+        /// Key.
+        key: Key,
+        /// Connection.
+        conn: ConnId,
+        /// New meta JSON object.
+        meta: Meta,
+    },
+    /// Stop tracking.
+    Untrack {
+        /// Topic.
+        topic: Topic,
+        /// Key.
+        key: Key,
+        /// Connection.
+        conn: ConnId,
+    },
+    /// Stop tracking everything of a connection.
+    UntrackConn {
+        /// Connection.
+        conn: ConnId,
+    },
+    /// Add a local subscriber; [`Event::SubscribeReady`] follows.
+    Subscribe {
+        /// Topic.
+        topic: Topic,
+        /// Subscriber.
+        sub: SubscriberId,
+    },
+    /// Remove a local subscriber.
+    Unsubscribe {
+        /// Topic.
+        topic: Topic,
+        /// Subscriber.
+        sub: SubscriberId,
+    },
+    /// Deliver to every subscriber of `topic` in the cluster, but `exclude`.
+    Publish {
+        /// Topic.
+        topic: Topic,
+        /// Opaque payload.
+        payload: Bytes,
+        /// A local subscriber not to deliver to (broadcast_from).
+        exclude: Option<SubscriberId>,
+    },
+    /// Deliver to the subscribers of `topic` on one node only.
+    DirectPublish {
+        /// Target node.
+        node: NodeId,
+        /// Topic.
+        topic: Topic,
+        /// Opaque payload.
+        payload: Bytes,
+    },
+    /// Graceful shutdown: tell every peer to drop our entries now.
+    Leave,
+}
+
+/// What a successful command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Tracked or updated, with the new meta's ref.
+    Tracked(PhxRef),
+    /// Done.
+    Done,
+    /// Published: delivered locally (`local`) and sent to `remote_nodes` nodes.
+    Published {
+        /// Whether local subscribers got it.
+        local: bool,
+        /// How many peer nodes it was sent to.
+        remote_nodes: usize,
+    },
+}
+
+/// Why a command failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// A presence mutator refused.
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+    /// A subscribe or unsubscribe was refused.
+    #[error(transparent)]
+    Subs(#[from] SubsError),
+    /// A direct publish to a node that is not an up member.
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+}
+
+/// A message to send to a peer.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    /// The peer's node id, when known (seeds are addressed by address only).
+    pub to: Option<NodeId>,
+    /// The peer's gossip address.
+    pub addr: SocketAddr,
+    /// The message.
+    pub msg: Message,
+}
+
+/// Something for the local driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Deliver to this node's subscribers of `topic`, except `exclude`.
+    Broadcast {
+        /// Topic.
+        topic: Topic,
+        /// Payload.
+        payload: Bytes,
+        /// Subscriber to skip.
+        exclude: Option<SubscriberId>,
+    },
+    /// The coalesced presence diff of a topic.
+    PresenceDiff {
+        /// Topic.
+        topic: Topic,
+        /// Joins and leaves.
+        diff: TopicDiff,
+    },
+    /// A subscription is routed: live peers acknowledged it, or the wait ended.
+    SubscribeReady {
+        /// Topic.
+        topic: Topic,
+        /// Subscriber.
+        sub: SubscriberId,
+    },
+    /// A peer is up (new, or back).
+    MemberUp(NodeId),
+    /// A peer is down: its presences left the view.
+    MemberDown(NodeId),
+    /// A peer is gone for good (permdown, graceful leave or replaced by a new
+    /// incarnation): its entries are purged.
+    MemberGone(NodeId),
+}
+
+/// Membership state of a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Heard from recently.
+    Up,
+    /// Silent for `down_after`: entries hidden.
+    Down,
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: Option<SocketAddr>,
+    state: PeerState,
+    last_heard: Instant,
+    /// It holds every buffer entry below this.
+    acked: u64,
+    /// Entries below this were sent (maybe not acknowledged yet).
+    sent: u64,
+    last_delta: Instant,
+    sent_this_tick: bool,
+}
+
+#[derive(Debug)]
+struct Buffered {
+    seq: u64,
+    from: Option<NodeId>,
+    presence: Vec<Part<PresEntry>>,
+    subs: Vec<Part<Topic>>,
+}
+
+#[derive(Debug)]
+struct PendingSub {
+    topic: Topic,
+    sub: SubscriberId,
+    seq: u64,
+    deadline: Instant,
+}
+
+/// Counters for reports and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Delta messages sent.
+    pub deltas_sent: u64,
+    /// Repair messages sent.
+    pub repairs_sent: u64,
+    /// Digests sent.
+    pub digests_sent: u64,
+    /// Broadcast messages sent to peers.
+    pub broadcasts_sent: u64,
+    /// Largest δ-buffer length seen.
+    pub peak_buffer: usize,
+    /// Largest outgoing queue length seen.
+    pub peak_transmits: usize,
+    /// Buffer entries dropped before every peer acknowledged them.
+    pub buffer_overflows: u64,
+}
+
+/// One cluster member. See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Config,
+    rng: ChaCha8Rng,
+    presence: Presence,
+    subs: Subs,
+    peers: BTreeMap<NodeId, Peer>,
+    buffer: VecDeque<Buffered>,
+    next_seq: u64,
+    pending_subs: Vec<PendingSub>,
+    coalescer: Coalescer,
+    scratch: Vec<(Topic, DiffItem)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    flush_at: Option<Instant>,
+    tick_at: Option<Instant>,
+    anti_entropy_at: Option<Instant>,
+    left: bool,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node that has not spoken yet; it announces itself to its seeds at its
+    /// first [`Node::handle_timeout`] (pending immediately).
+    pub fn new(cfg: Config) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
+        let mut prefix = [0u8; 6];
+        rng.fill(&mut prefix[..]);
+        Node {
+            presence: Presence::new(cfg.id.clone(), prefix, cfg.tomb_cap),
+            subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
+            coalescer: Coalescer::new(cfg.coalesce.clone()),
+            rng,
+            peers: BTreeMap::new(),
+            buffer: VecDeque::new(),
+            next_seq: 0,
+            pending_subs: Vec::new(),
+            scratch: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            flush_at: None,
+            tick_at: None,
+            anti_entropy_at: None,
+            left: false,
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.cfg.id
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The presence table (for listing and tests).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// The subscription table.
+    pub fn subs(&self) -> &Subs {
+        &self.subs
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Visible presence metas of `topic`.
+    pub fn list(&self, topic: &Topic) -> Vec<PresenceItem> {
+        self.presence.list(topic)
+    }
+
+    /// Peers and their state, in id order.
+    pub fn members(&self) -> Vec<(NodeId, Option<SocketAddr>, PeerState)> {
+        self.peers
+            .iter()
+            .map(|(id, p)| (id.clone(), p.addr, p.state))
+            .collect()
+    }
+
+    /// Current δ-buffer length.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Applies a local command.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Outcome, CommandError> {
+        self.ensure_timers(now);
+        let outcome = match cmd {
+            Command::Track {
+                topic,
+                key,
+                conn,
+                meta,
+            } => {
+                let (r, part) = self
+                    .presence
+                    .track(topic, key, conn, meta, &mut self.scratch)?;
+                self.buffer_local(now, vec![part], vec![]);
+                Outcome::Tracked(r)
+            }
+            Command::Update {
+                topic,
+                key,
+                conn,
+                meta,
+            } => {
+                let (r, part) = self
+                    .presence
+                    .update(topic, key, conn, meta, &mut self.scratch)?;
+                self.buffer_local(now, vec![part], vec![]);
+                Outcome::Tracked(r)
+            }
+            Command::Untrack { topic, key, conn } => {
+                let part = self.presence.untrack(topic, key, conn, &mut self.scratch)?;
+                self.buffer_local(now, vec![part], vec![]);
+                Outcome::Done
+            }
+            Command::UntrackConn { conn } => {
+                let parts = self.presence.untrack_conn(conn, &mut self.scratch);
+                if !parts.is_empty() {
+                    self.buffer_local(now, parts, vec![]);
+                }
+                Outcome::Done
+            }
+            Command::Subscribe { topic, sub } => {
+                self.subscribe(now, topic, sub)?;
+                Outcome::Done
+            }
+            Command::Unsubscribe { topic, sub } => {
+                if let SubChange::Replicate(part) = self.subs.unsubscribe(&topic, sub)? {
+                    self.buffer_local(now, vec![], vec![part]);
+                }
+                self.pending_subs
+                    .retain(|p| !(p.sub == sub && p.topic == topic));
+                Outcome::Done
+            }
+            Command::Publish {
+                topic,
+                payload,
+                exclude,
+            } => self.publish(topic, payload, exclude),
+            Command::DirectPublish {
+                node,
+                topic,
+                payload,
+            } => {
+                if node == self.cfg.id {
+                    let local = self.deliver_local(&topic, &payload, None);
+                    Outcome::Published {
+                        local,
+                        remote_nodes: 0,
+                    }
+                } else {
+                    let addr = self
+                        .peers
+                        .get(&node)
+                        .filter(|p| p.state == PeerState::Up)
+                        .and_then(|p| p.addr)
+                        .ok_or_else(|| CommandError::UnknownNode(node.clone()))?;
+                    self.send(Some(node), addr, Body::Broadcast { topic, payload });
+                    self.stats.broadcasts_sent += 1;
+                    Outcome::Published {
+                        local: false,
+                        remote_nodes: 1,
+                    }
+                }
+            }
+            Command::Leave => {
+                self.left = true;
+                let targets: Vec<(NodeId, SocketAddr)> = self
+                    .peers
+                    .iter()
+                    .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+                    .collect();
+                for (id, addr) in targets {
+                    self.send(Some(id), addr, Body::Leave);
+                }
+                Outcome::Done
+            }
+        };
+        self.drain_diffs(now);
+        Ok(outcome)
+    }
+
+    /// Applies a message from a peer (already authenticated by the transport).
+    pub fn handle_message(&mut self, now: Instant, msg: Message) {
+        self.ensure_timers(now);
+        if self.left || msg.from == self.cfg.id {
+            return;
+        }
+        let from = msg.from.clone();
+        if !self.admit(now, &from, Some(msg.addr)) {
+            return;
+        }
+        match msg.body {
+            Body::Hello => {
+                let members = self.member_list();
+                self.send(Some(from.clone()), msg.addr, Body::Members(members));
+                self.send_digest(&from, false);
+            }
+            Body::Members(list) => {
+                for (id, addr) in list {
+                    self.learn(now, id, addr);
+                }
+            }
+            Body::Heartbeat => {}
+            Body::Delta {
+                seq,
+                presence,
+                subs,
+            } => {
+                self.merge(now, Some(&from), &presence, &subs);
+                self.send(Some(from.clone()), msg.addr, Body::Ack { seq });
+            }
+            Body::Ack { seq } => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.acked = p.acked.max(seq.min(self.next_seq));
+                    p.sent = p.sent.max(p.acked);
+                }
+                self.check_pending_subs(now);
+                self.gc_buffer();
+            }
+            Body::Digest {
+                presence,
+                subs,
+                reply,
+            } => self.handle_digest(&from, msg.addr, &presence, &subs, reply),
+            Body::Repair { presence, subs } => {
+                self.merge(now, Some(&from), &presence, &subs);
+            }
+            Body::Broadcast { topic, payload } => {
+                self.deliver_local(&topic, &payload, None);
+            }
+            Body::Leave => {
+                self.forget(&from);
+            }
+        }
+        self.drain_diffs(now);
+    }
+
+    /// Fires every timer due at `now`. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.ensure_timers(now);
+        if self.flush_at.is_some_and(|t| t <= now) {
+            self.flush_at = None;
+            self.flush(now);
+        }
+        if self.tick_at.is_some_and(|t| t <= now) {
+            self.tick_at = Some(now + self.cfg.tick);
+            self.tick(now);
+        }
+        if self.anti_entropy_at.is_some_and(|t| t <= now) {
+            self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
+            self.anti_entropy();
+        }
+        self.check_pending_subs(now);
+        self.drain_diffs(now);
+        while let Some((topic, diff)) = self.coalescer.pop_due(now) {
+            self.events.push_back(Event::PresenceDiff { topic, diff });
+        }
+    }
+
+    // --------------------------------------------------------------- outputs
+
+    /// The next message to send, if any. Poll until `None` after every input.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next local event, if any. Poll until `None` after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must be called next. Changes after every
+    /// input, so ask again each time.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
+        }
+        [
+            self.flush_at,
+            self.tick_at,
+            self.anti_entropy_at,
+            self.coalescer.next_due(),
+            self.pending_subs.iter().map(|p| p.deadline).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    // ------------------------------------------------------------- internals
+
+    fn ensure_timers(&mut self, now: Instant) {
+        if self.tick_at.is_none() {
+            self.tick_at = Some(now);
+            self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
+            for addr in self.cfg.seeds.clone() {
+                if addr != self.cfg.addr {
+                    self.send(None, addr, Body::Hello);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: Option<NodeId>, addr: SocketAddr, body: Body) {
+        if let Some(p) = to.as_ref().and_then(|id| self.peers.get_mut(id)) {
+            p.sent_this_tick = true;
+        }
+        self.transmits.push_back(Transmit {
+            to,
+            addr,
+            msg: Message {
+                from: self.cfg.id.clone(),
+                addr: self.cfg.addr,
+                body,
+            },
+        });
+        self.stats.peak_transmits = self.stats.peak_transmits.max(self.transmits.len());
+    }
+
+    /// Membership bookkeeping for a message from `from`. Returns false if the
+    /// message must be ignored (an incarnation older than one we know).
+    fn admit(&mut self, now: Instant, from: &NodeId, addr: Option<SocketAddr>) -> bool {
+        if let Some(newer) = self
+            .peers
+            .keys()
+            .find(|id| id.same_name(from) && id.incarnation > from.incarnation)
+        {
+            let _ = newer;
+            return false;
+        }
+        let older: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
+            .cloned()
+            .collect();
+        for old in older {
+            self.forget(&old);
+        }
+        // A replaced incarnation may still own entries relayed to us before we
+        // ever heard from it directly.
+        let stale: Vec<NodeId> = self
+            .presence
+            .store()
+            .replicas()
+            .map(|(id, _)| id)
+            .chain(self.subs.store().replicas().map(|(id, _)| id))
+            .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
+            .cloned()
+            .collect();
+        for old in stale {
+            self.forget(&old);
+        }
+        match self.peers.get_mut(from) {
+            Some(p) => {
+                p.last_heard = now;
+                if addr.is_some() {
+                    p.addr = addr;
+                }
+                if p.state == PeerState::Down {
+                    p.state = PeerState::Up;
+                    p.acked = self.next_seq;
+                    p.sent = self.next_seq;
+                    self.presence.set_up(from, true, &mut self.scratch);
+                    self.subs.set_up(from, true);
+                    self.events.push_back(Event::MemberUp(from.clone()));
+                    self.send_digest(from, false);
+                }
+            }
+            None => {
+                self.presence.revive(from);
+                self.subs.revive(from);
+                self.peers.insert(
+                    from.clone(),
+                    Peer {
+                        addr,
+                        state: PeerState::Up,
+                        last_heard: now,
+                        acked: self.next_seq,
+                        sent: self.next_seq,
+                        last_delta: now,
+                        sent_this_tick: false,
+                    },
+                );
+                self.events.push_back(Event::MemberUp(from.clone()));
+                if let Some(addr) = addr {
+                    let members = self.member_list();
+                    self.send(Some(from.clone()), addr, Body::Members(members));
+                }
+                self.send_digest(from, false);
+            }
+        }
+        true
+    }
+
+    /// A member named in someone's list: say hello if it is new to us.
+    fn learn(&mut self, _now: Instant, id: NodeId, addr: SocketAddr) {
+        if id == self.cfg.id || self.peers.contains_key(&id) {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.addr.get_or_insert(addr);
+            }
+            return;
+        }
+        if self
+            .peers
+            .keys()
+            .any(|k| k.same_name(&id) && k.incarnation > id.incarnation)
+            || self.presence.store().is_purged(&id)
+        {
+            return;
+        }
+        self.send(Some(id), addr, Body::Hello);
+    }
+
+    fn member_list(&self) -> Vec<(NodeId, SocketAddr)> {
+        std::iter::once((self.cfg.id.clone(), self.cfg.addr))
+            .chain(
+                self.peers
+                    .iter()
+                    .filter(|(_, p)| p.state == PeerState::Up)
+                    .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a))),
+            )
+            .collect()
+    }
+
+    /// Purges a node for good: its entries leave, its buffered deltas go.
+    fn forget(&mut self, id: &NodeId) {
+        self.presence.purge(id, &mut self.scratch);
+        self.subs.purge(id);
+        for b in &mut self.buffer {
+            b.presence.retain(|p| &p.origin != id);
+            b.subs.retain(|p| &p.origin != id);
+            if b.from.as_ref() == Some(id) {
+                b.from = None;
+            }
+        }
+        if self.peers.remove(id).is_some() {
+            self.events.push_back(Event::MemberGone(id.clone()));
+        }
+        self.gc_buffer();
+    }
+
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        topic: Topic,
+        sub: SubscriberId,
+    ) -> Result<(), CommandError> {
+        let change = self.subs.subscribe(topic.clone(), sub)?;
+        let seq = match change {
+            SubChange::Replicate(part) => Some(self.buffer_local(now, vec![], vec![part])),
+            // Someone else subscribed first: wait for the same acknowledgement.
+            SubChange::None => self
+                .pending_subs
+                .iter()
+                .find(|p| p.topic == topic)
+                .map(|p| p.seq),
+        };
+        match seq {
+            Some(seq) if self.peers.values().any(|p| p.state == PeerState::Up) => {
+                self.pending_subs.push(PendingSub {
+                    topic,
+                    sub,
+                    seq,
+                    deadline: now + self.cfg.subscribe_wait,
+                });
+            }
+            _ => self.events.push_back(Event::SubscribeReady { topic, sub }),
+        }
+        Ok(())
+    }
+
+    fn check_pending_subs(&mut self, now: Instant) {
+        if self.pending_subs.is_empty() {
+            return;
+        }
+        let peers = &self.peers;
+        let events = &mut self.events;
+        self.pending_subs.retain(|p| {
+            let acked = peers
+                .values()
+                .filter(|peer| peer.state == PeerState::Up)
+                .all(|peer| peer.acked > p.seq);
+            if acked || p.deadline <= now {
+                events.push_back(Event::SubscribeReady {
+                    topic: p.topic.clone(),
+                    sub: p.sub,
+                });
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn publish(&mut self, topic: Topic, payload: Bytes, exclude: Option<SubscriberId>) -> Outcome {
+        let local = self.deliver_local(&topic, &payload, exclude);
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .subs
+            .nodes_for(&topic)
+            .filter(|n| **n != self.cfg.id)
+            .filter_map(|n| {
+                let p = self.peers.get(n)?;
+                (p.state == PeerState::Up).then_some((n.clone(), p.addr?))
+            })
+            .collect();
+        let remote_nodes = targets.len();
+        for (id, addr) in targets {
+            self.send(
+                Some(id),
+                addr,
+                Body::Broadcast {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                },
+            );
+            self.stats.broadcasts_sent += 1;
+        }
+        Outcome::Published {
+            local,
+            remote_nodes,
+        }
+    }
+
+    fn deliver_local(
+        &mut self,
+        topic: &Topic,
+        payload: &Bytes,
+        exclude: Option<SubscriberId>,
+    ) -> bool {
+        let has = self
+            .subs
+            .local_subscribers(topic)
+            .is_some_and(|s| s.iter().any(|&x| Some(x) != exclude));
+        if has {
+            self.events.push_back(Event::Broadcast {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                exclude,
+            });
+        }
+        has
+    }
+
+    /// Buffers a local op and schedules the push. Returns its buffer seq.
+    fn buffer_local(
+        &mut self,
+        now: Instant,
+        presence: Vec<Part<PresEntry>>,
+        subs: Vec<Part<Topic>>,
+    ) -> u64 {
+        self.push_buffer(now, None, presence, subs)
+    }
+
+    fn push_buffer(
+        &mut self,
+        now: Instant,
+        from: Option<NodeId>,
+        presence: Vec<Part<PresEntry>>,
+        subs: Vec<Part<Topic>>,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.buffer.push_back(Buffered {
+            seq,
+            from,
+            presence,
+            subs,
+        });
+        if self.buffer.len() > self.cfg.buffer_cap {
+            self.buffer.pop_front();
+            self.stats.buffer_overflows += 1;
+        }
+        self.stats.peak_buffer = self.stats.peak_buffer.max(self.buffer.len());
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + self.cfg.flush_delay);
+        }
+        seq
+    }
+
+    fn merge(
+        &mut self,
+        now: Instant,
+        from: Option<&NodeId>,
+        presence: &Delta<PresEntry>,
+        subs: &Delta<Topic>,
+    ) {
+        let mut novel_p = Vec::new();
+        let mut novel_s = Vec::new();
+        for part in &presence.parts {
+            if self.admit_origin(now, &part.origin) {
+                novel_p.extend(self.presence.merge(part, &mut self.scratch));
+            }
+        }
+        for part in &subs.parts {
+            if self.admit_origin(now, &part.origin) {
+                novel_s.extend(self.subs.merge(part));
+            }
+        }
+        if !novel_p.is_empty() || !novel_s.is_empty() {
+            self.push_buffer(now, from.cloned(), novel_p, novel_s);
+        }
+    }
+
+    /// Whether to merge ops of `origin`: not ours, not an incarnation older than
+    /// one we know. A newer incarnation purges the older one.
+    fn admit_origin(&mut self, now: Instant, origin: &NodeId) -> bool {
+        if *origin == self.cfg.id
+            || (origin.same_name(&self.cfg.id) && origin.incarnation < self.cfg.id.incarnation)
+        {
+            return false;
+        }
+        if self.peers.contains_key(origin) {
+            return true;
+        }
+        if self.presence.store().is_purged(origin) {
+            return false;
+        }
+        // Heard of only through others: watch it like a peer, so that if we
+        // never hear from it directly its entries go down and then away.
+        if self
+            .peers
+            .keys()
+            .any(|k| k.same_name(origin) && k.incarnation > origin.incarnation)
+        {
+            return false;
+        }
+        let older: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|k| k.same_name(origin) && k.incarnation < origin.incarnation)
+            .cloned()
+            .collect();
+        for old in older {
+            self.forget(&old);
+        }
+        self.peers.insert(
+            origin.clone(),
+            Peer {
+                addr: None,
+                state: PeerState::Up,
+                last_heard: now,
+                acked: self.next_seq,
+                sent: self.next_seq,
+                last_delta: now,
+                sent_this_tick: false,
+            },
+        );
+        self.events.push_back(Event::MemberUp(origin.clone()));
+        true
+    }
+
+    /// Sends each up peer the δ-group it has not been sent, minus what came
+    /// from it (BP).
+    fn flush(&mut self, now: Instant) {
+        let front = self.buffer.front().map_or(self.next_seq, |b| b.seq);
+        let ids: Vec<NodeId> = self.peers.keys().cloned().collect();
+        for id in ids {
+            let p = &self.peers[&id];
+            let Some(addr) = p.addr else { continue };
+            if p.state != PeerState::Up || p.sent >= self.next_seq {
+                continue;
+            }
+            if p.acked < front {
+                // Too far behind: entries it needs were dropped. Repair from
+                // version vectors instead of replaying the buffer.
+                let p = self.peers.get_mut(&id).expect("listed above");
+                p.acked = self.next_seq;
+                p.sent = self.next_seq;
+                self.send_digest(&id, false);
+                continue;
+            }
+            let start = (p.sent - front) as usize;
+            let entries = self
+                .buffer
+                .range(start..)
+                .filter(|b| b.from.as_ref() != Some(&id));
+            let mut pp = Vec::new();
+            let mut sp = Vec::new();
+            for b in entries {
+                pp.extend(b.presence.iter());
+                sp.extend(b.subs.iter());
+            }
+            let presence = Delta::join(pp);
+            let subs = Delta::join(sp);
+            let p = self.peers.get_mut(&id).expect("listed above");
+            let old_sent = p.sent;
+            p.sent = self.next_seq;
+            if presence.is_empty() && subs.is_empty() {
+                // Nothing it lacks: count as acknowledged if all before was.
+                if p.acked >= old_sent {
+                    p.acked = self.next_seq;
+                }
+                continue;
+            }
+            p.last_delta = now;
+            self.stats.deltas_sent += 1;
+            self.send(
+                Some(id),
+                addr,
+                Body::Delta {
+                    seq: self.next_seq,
+                    presence,
+                    subs,
+                },
+            );
+        }
+        self.check_pending_subs(now);
+        self.gc_buffer();
+    }
+
+    /// Drops buffer entries every up peer has acknowledged.
+    fn gc_buffer(&mut self) {
+        let min = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Up && p.addr.is_some())
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(self.next_seq);
+        while self.buffer.front().is_some_and(|b| b.seq < min) {
+            self.buffer.pop_front();
+        }
+    }
+
+    /// Heartbeats, failure detection, retransmission, seeds.
+    fn tick(&mut self, now: Instant) {
+        let mut down = Vec::new();
+        let mut gone = Vec::new();
+        let mut retransmit = false;
+        for (id, p) in &mut self.peers {
+            let silent = now.saturating_duration_since(p.last_heard);
+            match p.state {
+                PeerState::Up if silent >= self.cfg.down_after => down.push(id.clone()),
+                PeerState::Down if silent >= self.cfg.down_after + self.cfg.permdown_after => {
+                    gone.push(id.clone())
+                }
+                _ => {}
+            }
+            if p.state == PeerState::Up
+                && p.acked < p.sent
+                && now.saturating_duration_since(p.last_delta) >= self.cfg.retransmit_after
+            {
+                p.sent = p.acked;
+                retransmit = true;
+            }
+        }
+        for id in down {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.state = PeerState::Down;
+            }
+            self.presence.set_up(&id, false, &mut self.scratch);
+            self.subs.set_up(&id, false);
+            self.events.push_back(Event::MemberDown(id));
+        }
+        for id in gone {
+            self.forget(&id);
+        }
+        if retransmit {
+            self.flush(now);
+        }
+        // Heartbeat everyone we did not otherwise talk to since the last tick,
+        // down peers included, so they can come back.
+        let quiet: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| {
+                let quiet = !p.sent_this_tick;
+                p.sent_this_tick = false;
+                quiet.then_some((id.clone(), p.addr?))
+            })
+            .collect();
+        for (id, addr) in quiet {
+            self.send(Some(id.clone()), addr, Body::Heartbeat);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.sent_this_tick = false;
+            }
+        }
+        self.gc_buffer();
+    }
+
+    /// Exchanges version vectors with one random up peer, and re-announces us to
+    /// seeds we are not connected to.
+    fn anti_entropy(&mut self) {
+        let up: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == PeerState::Up && p.addr.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !up.is_empty() {
+            let i = self.rng.random_range(0..up.len());
+            self.send_digest(&up[i].clone(), false);
+        }
+        let connected: Vec<SocketAddr> = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Up)
+            .filter_map(|p| p.addr)
+            .collect();
+        for addr in self.cfg.seeds.clone() {
+            if addr != self.cfg.addr && !connected.contains(&addr) {
+                self.send(None, addr, Body::Hello);
+            }
+        }
+    }
+
+    fn send_digest(&mut self, to: &NodeId, reply: bool) {
+        let Some(addr) = self.peers.get(to).and_then(|p| p.addr) else {
+            return;
+        };
+        self.stats.digests_sent += 1;
+        let body = Body::Digest {
+            presence: self.presence.store().digest(),
+            subs: self.subs.store().digest(),
+            reply,
+        };
+        self.send(Some(to.clone()), addr, body);
+    }
+
+    fn handle_digest(
+        &mut self,
+        from: &NodeId,
+        addr: SocketAddr,
+        presence: &[(NodeId, u64)],
+        subs: &[(NodeId, u64)],
+        reply: bool,
+    ) {
+        let their = |vv: &[(NodeId, u64)], id: &NodeId| {
+            vv.binary_search_by(|(k, _)| k.cmp(id))
+                .map_or(0, |i| vv[i].1)
+        };
+        let chunk = self.cfg.repair_chunk;
+        let mut p_parts: Vec<Part<PresEntry>> = Vec::new();
+        for (id, _) in self.presence.store().digest() {
+            if &id != from {
+                p_parts.extend(
+                    self.presence
+                        .store()
+                        .slice(&id, their(presence, &id), chunk),
+                );
+            }
+        }
+        let mut s_parts: Vec<Part<Topic>> = Vec::new();
+        for (id, _) in self.subs.store().digest() {
+            if &id != from {
+                s_parts.extend(self.subs.store().slice(&id, their(subs, &id), chunk));
+            }
+        }
+        // One part per origin per message; a long slice takes several messages.
+        while !p_parts.is_empty() || !s_parts.is_empty() {
+            let mut batch_p: Vec<Part<PresEntry>> = Vec::new();
+            let mut batch_s: Vec<Part<Topic>> = Vec::new();
+            let mut size = 0;
+            let mut rest_p = Vec::new();
+            for part in p_parts.drain(..) {
+                if batch_p.iter().any(|b| b.origin == part.origin)
+                    || (size > 0 && size + part.adds.len() > chunk)
+                {
+                    rest_p.push(part);
+                } else {
+                    size += part.adds.len().max(1);
+                    batch_p.push(part);
+                }
+            }
+            let mut rest_s = Vec::new();
+            for part in s_parts.drain(..) {
+                if batch_s.iter().any(|b| b.origin == part.origin)
+                    || (size > 0 && size + part.adds.len() > chunk)
+                {
+                    rest_s.push(part);
+                } else {
+                    size += part.adds.len().max(1);
+                    batch_s.push(part);
+                }
+            }
+            p_parts = rest_p;
+            s_parts = rest_s;
+            self.stats.repairs_sent += 1;
+            self.send(
+                Some(from.clone()),
+                addr,
+                Body::Repair {
+                    presence: Delta { parts: batch_p },
+                    subs: Delta { parts: batch_s },
+                },
+            );
+        }
+        if !reply {
+            let behind = |vv: &[(NodeId, u64)], known: &dyn Fn(&NodeId) -> u64| {
+                vv.iter().any(|(id, max)| *max > known(id))
+            };
+            let ps = self.presence.store();
+            let ss = self.subs.store();
+            let lacking = behind(presence, &|id| {
+                if ps.is_purged(id) {
+                    u64::MAX
+                } else {
+                    ps.known(id)
+                }
+            }) || behind(subs, &|id| {
+                if ss.is_purged(id) {
+                    u64::MAX
+                } else {
+                    ss.known(id)
+                }
+            });
+            if lacking {
+                self.send_digest(from, true);
+            }
+        }
+    }
+
+    /// Moves diffs produced by the last input into the coalescer.
+    fn drain_diffs(&mut self, now: Instant) {
+        for (topic, item) in self.scratch.drain(..) {
+            let size = self.presence.topic_len(&topic);
+            self.coalescer.push(now, topic, item, size);
+        }
+    }
+
+    /// Emits every pending presence diff now (tests and shutdown).
+    pub fn flush_diffs(&mut self) {
+        for (topic, diff) in self.coalescer.flush_all() {
+            self.events.push_back(Event::PresenceDiff { topic, diff });
+        }
+    }
+}

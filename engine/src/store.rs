@@ -1,0 +1,649 @@
+//! The single-writer delta-state store under presence and subscriptions.
+//!
+//! Every entry is owned by the replica (node incarnation) that created it, and
+//! only that replica changes it. Each change takes the next operation counter of
+//! its owner, so the owner's operations form a log `1, 2, 3, ...`:
+//! - an *add* creates an entry whose dot is the op counter;
+//! - a *remove* (op `n`) kills the entry with dot `k < n` and leaves a tombstone
+//!   `n -> k`;
+//! - a *replace* is one op that does both.
+//!
+//! A [`Part`] describes a set of one replica's ops: the counters it covers, the
+//! live entries among them and the removals among them. Its causal context is
+//! those counters plus the removed dots, so merging finds everything to delete
+//! from the part itself (`removes`) and the per-replica dot index: merge cost is
+//! proportional to the part, never to the local state. The state is a join
+//! semilattice (union of contexts, an entry survives unless the other side's
+//! context covers its dot without holding it), so merge is commutative,
+//! associative and idempotent.
+//!
+//! Deterministic: no clock, no randomness, ordered maps only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use slab::Slab;
+
+use crate::context::{Context, Ranges};
+use crate::id::NodeId;
+
+/// The ops of one replica carried by a delta.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part<E> {
+    /// The replica that made these ops.
+    pub origin: NodeId,
+    /// Every op counter this part fully describes.
+    pub ops: Ranges,
+    /// Live entries created by ops of `ops`, sorted by dot.
+    pub adds: Vec<(u64, E)>,
+    /// Removals `(op, removed dot)` made by ops of `ops`, sorted by op.
+    pub removes: Vec<(u64, u64)>,
+    /// Removals are not listed (the sender had dropped their tombstones), so
+    /// the slice starts at op 1, possibly split over several parts. In every part, a dot inside `ops` missing from
+    /// `adds` is dead; a full part relies on that alone.
+    pub full: bool,
+}
+
+impl<E> Part<E> {
+    fn empty(origin: NodeId) -> Self {
+        Part {
+            origin,
+            ops: Ranges::new(),
+            adds: Vec::new(),
+            removes: Vec::new(),
+            full: false,
+        }
+    }
+
+    /// Number of ops described (the part's size for cost accounting).
+    pub fn op_count(&self) -> u64 {
+        self.ops.count()
+    }
+
+    /// Checks what a peer could get wrong: sorted, inside `ops`, removals of
+    /// earlier dots only.
+    pub fn is_well_formed(&self) -> bool {
+        let top = self.ops.spans().last().map_or(0, |s| s.1);
+        self.ops.is_well_formed()
+            && (!self.full || self.removes.is_empty())
+            && top < u64::MAX
+            && self.adds.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.adds.iter().all(|(d, _)| self.ops.contains(*d))
+            && self.removes.windows(2).all(|w| w[0].0 < w[1].0)
+            && self
+                .removes
+                .iter()
+                .all(|&(n, k)| k >= 1 && k < n && self.ops.contains(n))
+    }
+}
+
+/// A delta: parts of any number of replicas, one part per replica, sorted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta<E> {
+    /// One part per origin, sorted by origin.
+    pub parts: Vec<Part<E>>,
+}
+
+impl<E> Default for Delta<E> {
+    fn default() -> Self {
+        Delta { parts: Vec::new() }
+    }
+}
+
+impl<E: Clone> Delta<E> {
+    /// Whether it carries no op.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.ops.is_empty())
+    }
+
+    /// Total ops described.
+    pub fn op_count(&self) -> u64 {
+        self.parts.iter().map(Part::op_count).sum()
+    }
+
+    /// Joins non-full parts into one delta (the δ-group of Almeida et al.):
+    /// contexts are united and an add removed by any part is dropped.
+    pub fn join<'a>(parts: impl IntoIterator<Item = &'a Part<E>>) -> Self
+    where
+        E: 'a,
+    {
+        let mut by_origin: BTreeMap<&NodeId, Part<E>> = BTreeMap::new();
+        for p in parts {
+            debug_assert!(!p.full, "full parts are never buffered");
+            let acc = by_origin
+                .entry(&p.origin)
+                .or_insert_with(|| Part::empty(p.origin.clone()));
+            acc.ops.union(&p.ops);
+            acc.adds.extend(p.adds.iter().cloned());
+            acc.removes.extend(p.removes.iter().copied());
+        }
+        let parts = by_origin
+            .into_values()
+            .map(|mut p| {
+                p.removes.sort_unstable();
+                p.removes.dedup();
+                let dead: BTreeSet<u64> = p.removes.iter().map(|r| r.1).collect();
+                p.adds.sort_by_key(|a| a.0);
+                p.adds.dedup_by_key(|a| a.0);
+                p.adds.retain(|a| !dead.contains(&a.0));
+                p
+            })
+            .collect();
+        Delta { parts }
+    }
+}
+
+/// An entry in the store.
+#[derive(Debug)]
+pub struct Slot<E> {
+    /// Index of the owning replica inside this store.
+    pub replica: u32,
+    /// The op counter that created it.
+    pub dot: u64,
+    /// The entry itself.
+    pub value: E,
+}
+
+/// A change the store made, for the owner of the indexes built on top.
+#[derive(Debug)]
+pub enum Change<E> {
+    /// The entry at `slot` is new.
+    Added {
+        /// Where it lives.
+        slot: usize,
+        /// Whether its owner is up (visible entries are indexed and diffed).
+        visible: bool,
+    },
+    /// An entry is gone; `slot` is free again.
+    Removed {
+        /// Where it lived.
+        slot: usize,
+        /// Its owner.
+        owner: NodeId,
+        /// What it held.
+        value: E,
+        /// Whether it was visible.
+        visible: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Replica {
+    id: NodeId,
+    ctx: Context,
+    live: BTreeMap<u64, u32>,
+    tombs: BTreeMap<u64, u64>,
+    /// Ops at or below this may have had their tombstones dropped.
+    tomb_floor: u64,
+    up: bool,
+}
+
+/// The replicated store. See the module docs.
+#[derive(Debug)]
+pub struct Store<E> {
+    replicas: Slab<Replica>,
+    by_id: BTreeMap<NodeId, u32>,
+    slots: Slab<Slot<E>>,
+    purged: BTreeSet<NodeId>,
+    tomb_cap: usize,
+    me: u32,
+}
+
+impl<E: Clone> Store<E> {
+    /// An empty store owned by `me`, keeping at most `tomb_cap` tombstones per
+    /// replica.
+    pub fn new(me: NodeId, tomb_cap: usize) -> Self {
+        let mut s = Store {
+            replicas: Slab::new(),
+            by_id: BTreeMap::new(),
+            slots: Slab::new(),
+            purged: BTreeSet::new(),
+            tomb_cap: tomb_cap.max(1),
+            me: 0,
+        };
+        s.me = s.replica_idx(&me).expect("own id is never purged");
+        s
+    }
+
+    /// The entry in `slot`.
+    pub fn slot(&self, slot: usize) -> &Slot<E> {
+        &self.slots[slot]
+    }
+
+    /// The owner of the replica index in a slot.
+    pub fn replica_id(&self, replica: u32) -> &NodeId {
+        &self.replicas[replica as usize].id
+    }
+
+    /// Whether the entry in `slot` is visible (its owner is up).
+    pub fn is_visible(&self, slot: usize) -> bool {
+        self.replicas[self.slots[slot].replica as usize].up
+    }
+
+    /// Number of entries, visible or not.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The next op counter of this node (for refs derived from it).
+    pub fn next_op(&self) -> u64 {
+        self.replicas[self.me as usize].ctx.max() + 1
+    }
+
+    fn replica_idx(&mut self, id: &NodeId) -> Option<u32> {
+        if let Some(&i) = self.by_id.get(id) {
+            return Some(i);
+        }
+        if self.purged.contains(id) {
+            return None;
+        }
+        let i = self.replicas.insert(Replica {
+            id: id.clone(),
+            ctx: Context::default(),
+            live: BTreeMap::new(),
+            tombs: BTreeMap::new(),
+            tomb_floor: 0,
+            up: true,
+        }) as u32;
+        self.by_id.insert(id.clone(), i);
+        Some(i)
+    }
+
+    // ---- local mutators: each takes the next op of this node ----
+
+    /// Adds an entry owned by this node.
+    pub fn add(&mut self, value: E) -> (usize, Part<E>) {
+        let me = self.me;
+        let r = &mut self.replicas[me as usize];
+        let n = r.ctx.max() + 1;
+        r.ctx.insert(n);
+        let slot = self.slots.insert(Slot {
+            replica: me,
+            dot: n,
+            value: value.clone(),
+        });
+        r.live.insert(n, slot as u32);
+        let mut part = Part::empty(r.id.clone());
+        part.ops.insert(n);
+        part.adds.push((n, value));
+        (slot, part)
+    }
+
+    /// Removes an entry owned by this node.
+    pub fn remove(&mut self, slot: usize) -> (E, Part<E>) {
+        let (value, part, _) = self.remove_and_maybe_add(slot, None);
+        (value, part)
+    }
+
+    /// Replaces an entry owned by this node by a new one, in one op.
+    pub fn replace(&mut self, slot: usize, value: E) -> (E, usize, Part<E>) {
+        let (old, part, new_slot) = self.remove_and_maybe_add(slot, Some(value));
+        (old, new_slot.expect("a value was given"), part)
+    }
+
+    fn remove_and_maybe_add(
+        &mut self,
+        slot: usize,
+        value: Option<E>,
+    ) -> (E, Part<E>, Option<usize>) {
+        let me = self.me;
+        let old = self.slots.remove(slot);
+        assert_eq!(old.replica, me, "only the owner removes its entries");
+        let r = &mut self.replicas[me as usize];
+        let n = r.ctx.max() + 1;
+        r.ctx.insert(n);
+        r.live.remove(&old.dot);
+        r.tombs.insert(n, old.dot);
+        let mut part = Part::empty(r.id.clone());
+        part.ops.insert(n);
+        part.removes.push((n, old.dot));
+        let new_slot = value.map(|value| {
+            let s = self.slots.insert(Slot {
+                replica: me,
+                dot: n,
+                value: value.clone(),
+            });
+            self.replicas[me as usize].live.insert(n, s as u32);
+            part.adds.push((n, value));
+            s
+        });
+        self.trim_tombs(me);
+        (old.value, part, new_slot)
+    }
+
+    fn trim_tombs(&mut self, replica: u32) {
+        let cap = self.tomb_cap;
+        let r = &mut self.replicas[replica as usize];
+        while r.tombs.len() > cap {
+            if let Some((n, _)) = r.tombs.pop_first() {
+                r.tomb_floor = r.tomb_floor.max(n);
+            }
+        }
+    }
+
+    // ---- replication ----
+
+    /// Merges a part from a peer. Returns the changes made and the novel
+    /// sub-part (what was not known yet), to buffer for relay. A part of this
+    /// node's own ops, of a purged replica, or a full part yields no relay.
+    pub fn merge(&mut self, part: &Part<E>, changes: &mut Vec<Change<E>>) -> Option<Part<E>> {
+        let idx = self.replica_idx(&part.origin)?;
+        if idx == self.me {
+            return None;
+        }
+        let slots = &mut self.slots;
+        let r = &mut self.replicas[idx as usize];
+        let visible = r.up;
+        let mut novel = Part::empty(part.origin.clone());
+        novel.ops = r.ctx.missing(&part.ops);
+        for (d, value) in &part.adds {
+            if r.ctx.contains(*d) || r.live.contains_key(d) {
+                continue;
+            }
+            let slot = slots.insert(Slot {
+                replica: idx,
+                dot: *d,
+                value: value.clone(),
+            });
+            r.live.insert(*d, slot as u32);
+            changes.push(Change::Added { slot, visible });
+            novel.adds.push((*d, value.clone()));
+        }
+        for &(n, k) in &part.removes {
+            if r.ctx.contains(n) {
+                continue;
+            }
+            if let Some(slot) = r.live.remove(&k) {
+                let value = slots.remove(slot as usize).value;
+                changes.push(Change::Removed {
+                    slot: slot as usize,
+                    owner: r.id.clone(),
+                    value,
+                    visible,
+                });
+            }
+            r.ctx.insert(k);
+            r.tombs.insert(n, k);
+            novel.removes.push((n, k));
+        }
+        // Every dot inside `ops` that the part does not hold is dead: this
+        // kills what a full slice leaves out, and costs one range scan of the
+        // owner's dot index per span, never a scan of the state.
+        for &(lo, hi) in part.ops.spans() {
+            let dead: Vec<(u64, u32)> = r
+                .live
+                .range(lo..=hi)
+                .filter(|(d, _)| part.adds.binary_search_by_key(*d, |a| a.0).is_err())
+                .map(|(d, s)| (*d, *s))
+                .collect();
+            for (d, slot) in dead {
+                r.live.remove(&d);
+                let value = slots.remove(slot as usize).value;
+                changes.push(Change::Removed {
+                    slot: slot as usize,
+                    owner: r.id.clone(),
+                    value,
+                    visible,
+                });
+            }
+        }
+        if part.full {
+            // Its removals were not listed: we cannot serve them to others.
+            let hi = part.ops.spans().last().map_or(0, |s| s.1);
+            r.tomb_floor = r.tomb_floor.max(hi);
+            r.tombs = r.tombs.split_off(&(hi + 1));
+        }
+        for &(lo, hi) in part.ops.spans() {
+            r.ctx.insert_span(lo, hi);
+        }
+        self.trim_tombs(idx);
+        // Adds of the novel part that a later removal of the same part killed
+        // must not travel on.
+        if !novel.removes.is_empty() {
+            let dead: BTreeSet<u64> = novel.removes.iter().map(|r| r.1).collect();
+            novel.adds.retain(|a| !dead.contains(&a.0));
+        }
+        (!part.full && !novel.ops.is_empty()).then_some(novel)
+    }
+
+    /// What a peer that knows `origin`'s ops `1..=after` lacks of them, split
+    /// into parts of at most `max_adds` entries each (empty if it lacks nothing
+    /// we know). Starts from op 1 (a full slice) when the tombstones it needs
+    /// were dropped.
+    pub fn slice(&self, origin: &NodeId, after: u64, max_adds: usize) -> Vec<Part<E>> {
+        let Some(&i) = self.by_id.get(origin) else {
+            return Vec::new();
+        };
+        let r = &self.replicas[i as usize];
+        let hi = r.ctx.max();
+        if after >= hi {
+            return Vec::new();
+        }
+        let full = after < r.tomb_floor;
+        let mut lo = if full { 1 } else { after + 1 };
+        let mut out = Vec::new();
+        while lo <= hi {
+            let mut part = Part::empty(origin.clone());
+            part.full = full;
+            part.adds = r
+                .live
+                .range(lo..=hi)
+                .take(max_adds.max(1))
+                .map(|(d, s)| (*d, self.slots[*s as usize].value.clone()))
+                .collect();
+            let end = if part.adds.len() < max_adds.max(1) {
+                hi
+            } else {
+                part.adds.last().map_or(hi, |a| a.0)
+            };
+            part.ops.insert_span(lo, end);
+            if !full {
+                part.removes = r.tombs.range(lo..=end).map(|(n, k)| (*n, *k)).collect();
+            }
+            out.push(part);
+            lo = end + 1;
+        }
+        out
+    }
+
+    /// Version vector: every replica and the contiguous prefix of its ops known.
+    pub fn digest(&self) -> Vec<(NodeId, u64)> {
+        self.by_id
+            .iter()
+            .map(|(id, &i)| (id.clone(), self.replicas[i as usize].ctx.max()))
+            .collect()
+    }
+
+    /// The contiguous prefix known of `origin`'s ops (0 if unknown).
+    pub fn known(&self, origin: &NodeId) -> u64 {
+        self.by_id
+            .get(origin)
+            .map_or(0, |&i| self.replicas[i as usize].ctx.max())
+    }
+
+    /// Whether a replica was purged (its deltas are refused).
+    pub fn is_purged(&self, id: &NodeId) -> bool {
+        self.purged.contains(id)
+    }
+
+    /// Lets a purged replica back in (it was heard from directly again).
+    pub fn revive(&mut self, id: &NodeId) {
+        self.purged.remove(id);
+    }
+
+    /// Hides (`up = false`) or shows a replica's entries. Returns the slots whose
+    /// visibility changed.
+    pub fn set_up(&mut self, id: &NodeId, up: bool) -> Vec<usize> {
+        let Some(&i) = self.by_id.get(id) else {
+            return Vec::new();
+        };
+        if i == self.me {
+            return Vec::new();
+        }
+        let r = &mut self.replicas[i as usize];
+        if r.up == up {
+            return Vec::new();
+        }
+        r.up = up;
+        r.live.values().map(|&s| s as usize).collect()
+    }
+
+    /// Drops a replica and everything it owned, for good (permdown, or a newer
+    /// incarnation seen). Its later deltas are refused.
+    pub fn purge(&mut self, id: &NodeId, changes: &mut Vec<Change<E>>) {
+        self.purged.insert(id.clone());
+        let Some(i) = self.by_id.remove(id) else {
+            return;
+        };
+        assert_ne!(i, self.me, "a node never purges itself");
+        let r = self.replicas.remove(i as usize);
+        for (_, slot) in r.live {
+            let value = self.slots.remove(slot as usize).value;
+            changes.push(Change::Removed {
+                slot: slot as usize,
+                owner: r.id.clone(),
+                value,
+                visible: r.up,
+            });
+        }
+    }
+
+    /// Replicas known, with whether they are up.
+    pub fn replicas(&self) -> impl Iterator<Item = (&NodeId, bool)> {
+        self.by_id
+            .iter()
+            .map(|(id, &i)| (id, self.replicas[i as usize].up))
+    }
+
+    /// Live slots of one replica, in dot order.
+    pub fn slots_of(&self, id: &NodeId) -> Vec<usize> {
+        self.by_id.get(id).map_or_else(Vec::new, |&i| {
+            self.replicas[i as usize]
+                .live
+                .values()
+                .map(|&s| s as usize)
+                .collect()
+        })
+    }
+
+    /// Every slot, in slab order (for tests and full listings).
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Slot<E>)> {
+        self.slots.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> Store<u32> {
+        Store::new(NodeId::new(name, 1), 1000)
+    }
+
+    fn values(s: &Store<u32>) -> Vec<u32> {
+        let mut v: Vec<u32> = s.iter().map(|(_, e)| e.value).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn add_remove_replace_replicate() {
+        let mut a = store("a");
+        let mut b = store("b");
+        let mut ch = Vec::new();
+        let (s1, p1) = a.add(10);
+        let (_, p2) = a.add(20);
+        let (_, _, p3) = a.replace(s1, 11);
+        for p in [&p3, &p1, &p2] {
+            b.merge(p, &mut ch);
+        }
+        assert_eq!(values(&b), vec![11, 20]);
+        // The add of dot 1 arrived after its replacement and stayed dead.
+        assert_eq!(a.next_op(), 4);
+    }
+
+    #[test]
+    fn merge_is_idempotent_and_novel_part_shrinks() {
+        let mut a = store("a");
+        let mut b = store("b");
+        let (_, p1) = a.add(1);
+        let mut ch = Vec::new();
+        assert!(b.merge(&p1, &mut ch).is_some());
+        assert_eq!(ch.len(), 1);
+        ch.clear();
+        assert!(b.merge(&p1, &mut ch).is_none());
+        assert!(ch.is_empty());
+    }
+
+    #[test]
+    fn slice_serves_a_peer_behind_and_full_slice_when_tombs_are_gone() {
+        let mut a = Store::new(NodeId::new("a", 1), 2);
+        let (s1, _) = a.add(1);
+        let (s2, _) = a.add(2);
+        let (s3, _) = a.add(3);
+        a.remove(s1);
+        a.remove(s2);
+        a.remove(s3);
+        // Only 2 tombstones kept: the floor moved past op 4.
+        let part = a.slice(&NodeId::new("a", 1), 0, 100).remove(0);
+        assert!(part.full && part.is_well_formed());
+        let mut b = store("b");
+        let mut ch = Vec::new();
+        let (_, p1) = {
+            let mut a2 = Store::new(NodeId::new("a", 1), 10);
+            a2.add(1)
+        };
+        b.merge(&p1, &mut ch);
+        assert_eq!(values(&b), vec![1]);
+        b.merge(&part, &mut ch);
+        assert!(values(&b).is_empty());
+        let tail = a.slice(&NodeId::new("a", 1), 5, 100).remove(0);
+        assert!(!tail.full);
+        assert_eq!(tail.removes, vec![(6, 3)]);
+    }
+
+    #[test]
+    fn purge_refuses_later_parts() {
+        let mut a = store("a");
+        let mut b = store("b");
+        let (_, p1) = a.add(1);
+        let (_, p2) = a.add(2);
+        let mut ch = Vec::new();
+        b.merge(&p1, &mut ch);
+        b.purge(&NodeId::new("a", 1), &mut ch);
+        assert!(b.is_empty());
+        assert!(b.merge(&p2, &mut ch).is_none());
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn join_drops_adds_killed_in_the_group() {
+        let mut a = store("a");
+        let (s1, p1) = a.add(1);
+        let (_, p2) = a.remove(s1);
+        let (_, p3) = a.add(3);
+        let d = Delta::join([&p1, &p2, &p3]);
+        assert_eq!(d.parts.len(), 1);
+        let p = &d.parts[0];
+        assert_eq!(p.ops.spans(), &[(1, 3)]);
+        assert_eq!(p.adds, vec![(3, 3)]);
+        assert_eq!(p.removes, vec![(2, 1)]);
+        assert!(p.is_well_formed());
+    }
+
+    #[test]
+    fn malformed_parts_are_detected() {
+        let mut p: Part<u32> = Part::empty(NodeId::new("x", 1));
+        p.ops.insert_span(1, 3);
+        p.removes.push((2, 5));
+        assert!(!p.is_well_formed());
+        p.removes.clear();
+        p.adds.push((9, 0));
+        assert!(!p.is_well_formed());
+    }
+}

@@ -1,0 +1,3 @@
+//! Phoenix Channels gateway (filled by the gateway issue).
+
+pub mod protocol;

@@ -1,0 +1,1 @@
+//! Deterministic cluster simulator (filled by the simulator issue).
