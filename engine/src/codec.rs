@@ -41,18 +41,22 @@ pub enum Body {
     Members(Vec<(NodeId, SocketAddr)>),
     /// Liveness when there is nothing else to send.
     Heartbeat,
-    /// A δ-group of the sender's buffer, up to buffer sequence `seq`.
+    /// A δ-group of the sender's buffer entries `start..seq`.
     Delta {
-        /// Acknowledge this number to move the sender's ack for us.
+        /// First buffer sequence number covered.
+        start: u64,
+        /// One past the last buffer sequence number covered.
         seq: u64,
         /// Presence parts.
         presence: Delta<PresEntry>,
         /// Subscription parts.
         subs: Delta<Topic>,
     },
-    /// Acknowledges a [`Body::Delta`].
+    /// Acknowledges a [`Body::Delta`] (echoes its range).
     Ack {
-        /// The `seq` acknowledged.
+        /// The delta's `start`.
+        start: u64,
+        /// The delta's `seq`.
         seq: u64,
     },
     /// Anti-entropy: the contiguous op prefix the sender knows of each replica.
@@ -209,6 +213,7 @@ mod tests {
             from: origin.clone(),
             addr: addr(),
             body: Body::Delta {
+                start: 4,
                 seq: 5,
                 presence: Delta {
                     parts: vec![Part {
@@ -262,8 +267,9 @@ mod tests {
                 "00",
                 "7f000001",
                 "fbe81c", // addr 127.0.0.1:7400
-                "03",
-                "05", // Body::Delta, seq 5
+                "03", // Body::Delta
+                "04", // start 4
+                "05", // seq 5
                 "01", // presence: 1 part
                 "026e31",
                 "07", // origin n1#7

@@ -330,13 +330,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node that has not spoken yet; it announces itself to its seeds at its
-    /// first [`Node::handle_timeout`] (pending immediately).
-    pub fn new(cfg: Config) -> Self {
+    /// A node started at `now`: its hellos to the seeds are already waiting in
+    /// [`Node::poll_transmit`], and its timers are armed.
+    pub fn new(cfg: Config, now: Instant) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
         let mut prefix = [0u8; 6];
         rng.fill(&mut prefix[..]);
-        Node {
+        let mut node = Node {
             presence: Presence::new(cfg.id.clone(), prefix, cfg.tomb_cap),
             subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
             coalescer: Coalescer::new(cfg.coalesce.clone()),
@@ -354,7 +354,9 @@ impl Node {
             left: false,
             stats: Stats::default(),
             cfg,
-        }
+        };
+        node.ensure_timers(now);
+        node
     }
 
     /// This node's id.
@@ -525,17 +527,22 @@ impl Node {
             }
             Body::Heartbeat => {}
             Body::Delta {
+                start,
                 seq,
                 presence,
                 subs,
             } => {
                 self.merge(now, Some(&from), &presence, &subs);
-                self.send(Some(from.clone()), msg.addr, Body::Ack { seq });
+                self.send(Some(from.clone()), msg.addr, Body::Ack { start, seq });
             }
-            Body::Ack { seq } => {
+            Body::Ack { start, seq } => {
+                // Only an ack that continues what the peer already holds moves
+                // it: if an earlier delta was lost, retransmission resends it.
                 if let Some(p) = self.peers.get_mut(&from) {
-                    p.acked = p.acked.max(seq.min(self.next_seq));
-                    p.sent = p.sent.max(p.acked);
+                    if start <= p.acked {
+                        p.acked = p.acked.max(seq.min(self.next_seq));
+                        p.sent = p.sent.max(p.acked);
+                    }
                 }
                 self.check_pending_subs(now);
                 self.gc_buffer();
@@ -646,36 +653,30 @@ impl Node {
     /// Membership bookkeeping for a message from `from`. Returns false if the
     /// message must be ignored (an incarnation older than one we know).
     fn admit(&mut self, now: Instant, from: &NodeId, addr: Option<SocketAddr>) -> bool {
-        if let Some(newer) = self
-            .peers
-            .keys()
-            .find(|id| id.same_name(from) && id.incarnation > from.incarnation)
-        {
-            let _ = newer;
-            return false;
-        }
-        let older: Vec<NodeId> = self
-            .peers
-            .keys()
-            .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
-            .cloned()
-            .collect();
-        for old in older {
-            self.forget(&old);
-        }
-        // A replaced incarnation may still own entries relayed to us before we
-        // ever heard from it directly.
-        let stale: Vec<NodeId> = self
-            .presence
-            .store()
-            .replicas()
-            .map(|(id, _)| id)
-            .chain(self.subs.store().replicas().map(|(id, _)| id))
-            .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
-            .cloned()
-            .collect();
-        for old in stale {
-            self.forget(&old);
+        if !self.peers.contains_key(from) {
+            // A node we have not heard from: refuse a stale incarnation, and let a
+            // newer one replace every older one, including incarnations we only
+            // know through entries relayed by others.
+            if self
+                .peers
+                .keys()
+                .any(|id| id.same_name(from) && id.incarnation > from.incarnation)
+            {
+                return false;
+            }
+            let older: Vec<NodeId> = self
+                .peers
+                .keys()
+                .chain(self.presence.store().replicas().map(|(id, _)| id))
+                .chain(self.subs.store().replicas().map(|(id, _)| id))
+                .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for old in older {
+                self.forget(&old);
+            }
         }
         match self.peers.get_mut(from) {
             Some(p) => {
@@ -1025,6 +1026,7 @@ impl Node {
                 Some(id),
                 addr,
                 Body::Delta {
+                    start: old_sent,
                     seq: self.next_seq,
                     presence,
                     subs,
