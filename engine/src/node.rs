@@ -355,7 +355,7 @@ impl Node {
             stats: Stats::default(),
             cfg,
         };
-        node.ensure_timers(now);
+        node.start(now);
         node
     }
 
@@ -406,7 +406,6 @@ impl Node {
 
     /// Applies a local command.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Outcome, CommandError> {
-        self.ensure_timers(now);
         let outcome = match cmd {
             Command::Track {
                 topic,
@@ -506,7 +505,6 @@ impl Node {
 
     /// Applies a message from a peer (already authenticated by the transport).
     pub fn handle_message(&mut self, now: Instant, msg: Message) {
-        self.ensure_timers(now);
         if self.left || msg.from == self.cfg.id {
             return;
         }
@@ -567,7 +565,6 @@ impl Node {
 
     /// Fires every timer due at `now`. Spurious calls do nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.ensure_timers(now);
         if self.flush_at.is_some_and(|t| t <= now) {
             self.flush_at = None;
             self.flush(now);
@@ -622,14 +619,12 @@ impl Node {
 
     // ------------------------------------------------------------- internals
 
-    fn ensure_timers(&mut self, now: Instant) {
-        if self.tick_at.is_none() {
-            self.tick_at = Some(now);
-            self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
-            for addr in self.cfg.seeds.clone() {
-                if addr != self.cfg.addr {
-                    self.send(None, addr, Body::Hello);
-                }
+    fn start(&mut self, now: Instant) {
+        self.tick_at = Some(now + self.cfg.tick);
+        self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
+        for addr in self.cfg.seeds.clone() {
+            if addr != self.cfg.addr {
+                self.send(None, addr, Body::Hello);
             }
         }
     }
