@@ -14,6 +14,8 @@ pub mod context;
 pub mod id;
 pub mod node;
 pub mod presence;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod store;
 pub mod subs;
 

@@ -1,0 +1,458 @@
+//! The node task: owns the [`Node`], the peer link table and the subscriber
+//! table. Nothing here awaits the network or a subscriber.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, trace, warn};
+
+use super::auth::PeerHello;
+use super::handle::{Delivery, Member, Request, RuntimeStats};
+use super::transport::{
+    self, codes, out_queue, CloseWhy, Frame, Inbound, LinkCtx, LinkUp, OutQueue, QueueError,
+};
+use super::EngineConfig;
+use crate::id::{SubscriberId, Topic};
+use crate::node::{Command, CommandError, Config, Event, Node, Transmit};
+
+/// How long a graceful shutdown waits for queued frames to reach peers.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One peer connection as the node task sees it.
+#[derive(Debug)]
+struct Link {
+    conn_id: u64,
+    queue: OutQueue,
+    /// Known once authenticated.
+    conn: Option<quinn::Connection>,
+    instance: Option<u64>,
+    dialed: bool,
+}
+
+pub(crate) struct Driver {
+    node: Node,
+    endpoint: quinn::Endpoint,
+    ctx: LinkCtx,
+    requests: mpsc::Receiver<Request>,
+    drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
+    inbound: mpsc::Receiver<Inbound>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    links: HashMap<SocketAddr, Link>,
+    next_conn: u64,
+    subscribers: HashMap<SubscriberId, mpsc::Sender<Delivery>>,
+    topics: HashMap<Topic, BTreeSet<SubscriberId>>,
+    pending: HashMap<SubscriberId, oneshot::Sender<Result<SubscriberId, CommandError>>>,
+    next_sub: u64,
+    stats: RuntimeStats,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl Driver {
+    pub(crate) fn new(
+        node: Config,
+        config: &EngineConfig,
+        endpoint: quinn::Endpoint,
+        requests: mpsc::Receiver<Request>,
+        drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
+    ) -> Self {
+        let (inbound_tx, inbound) = mpsc::channel(1024);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ctx = LinkCtx {
+            secret: Arc::from(config.secret.as_slice()),
+            me: PeerHello {
+                instance: rand::random(),
+                addr: node.addr,
+            },
+            auth_timeout: config.auth_timeout,
+            queue_cap: config.peer_queue_bytes,
+            inbound: inbound_tx,
+            shutdown: shutdown_rx,
+        };
+        Driver {
+            node: Node::new(node, now()),
+            endpoint,
+            ctx,
+            requests,
+            drops,
+            inbound,
+            shutdown,
+            tasks: JoinSet::new(),
+            links: HashMap::new(),
+            next_conn: 0,
+            subscribers: HashMap::new(),
+            topics: HashMap::new(),
+            pending: HashMap::new(),
+            next_sub: 0,
+            stats: RuntimeStats::default(),
+        }
+    }
+
+    /// The node task. Ends on [`Request::Shutdown`] or when every handle is
+    /// gone, after a graceful leave.
+    pub(crate) async fn run(mut self) {
+        let endpoint = self.endpoint.clone();
+        let inbound = self.ctx.inbound.clone();
+        let acceptor = self.tasks.spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                if inbound
+                    .send(Inbound::Incoming(Box::new(incoming)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        self.node.handle_timeout(now());
+        self.drain();
+        let reply = loop {
+            let deadline = self.node.poll_timeout().map(Instant::from_std);
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
+            tokio::select! {
+                req = self.requests.recv() => match req {
+                    Some(Request::Shutdown { reply }) => break Some(reply),
+                    Some(req) => self.on_request(req),
+                    None => break None,
+                },
+                Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
+                Some(inbound) = self.inbound.recv() => self.on_inbound(inbound),
+                () = sleep, if deadline.is_some() => self.node.handle_timeout(now()),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+            self.drain();
+        };
+        acceptor.abort();
+        self.leave().await;
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Tells peers we leave, flushes, closes.
+    async fn leave(&mut self) {
+        if let Err(e) = self.node.handle_command(now(), Command::Leave) {
+            warn!(error = %e, "leave refused");
+        }
+        self.drain();
+        let _ = self.shutdown.send(true);
+        // Dropping the queues lets every writer drain, finish its stream and
+        // wait until the peer has it all.
+        self.links.clear();
+        self.subscribers.clear();
+        self.topics.clear();
+        self.pending.clear();
+        let tasks = &mut self.tasks;
+        let inbound = &mut self.inbound;
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+            loop {
+                tokio::select! {
+                    done = tasks.join_next() => if done.is_none() { break },
+                    Some(msg) = inbound.recv() => if let Inbound::Incoming(i) = msg { i.refuse() },
+                }
+            }
+        })
+        .await;
+        self.tasks.abort_all();
+        self.endpoint.close(codes::SHUTDOWN.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Sends every pending transmit and delivers every pending event.
+    fn drain(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some(t) = self.node.poll_transmit() {
+                busy = true;
+                self.transmit(t);
+            }
+            while let Some(e) = self.node.poll_event() {
+                busy = true;
+                self.on_event(e);
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Command { cmd, reply } => {
+                let r = self.node.handle_command(now(), cmd);
+                let _ = reply.send(r);
+            }
+            Request::Subscribe { topic, tx, reply } => {
+                let sub = SubscriberId(self.next_sub);
+                self.next_sub += 1;
+                self.subscribers.insert(sub, tx);
+                self.topics.entry(topic.clone()).or_default().insert(sub);
+                let cmd = Command::Subscribe {
+                    topic: topic.clone(),
+                    sub,
+                };
+                match self.node.handle_command(now(), cmd) {
+                    Ok(_) => {
+                        self.pending.insert(sub, reply);
+                    }
+                    Err(e) => {
+                        self.forget_subscriber(&topic, sub);
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::Unsubscribe { topic, sub, reply } => self.unsubscribe(topic, sub, reply),
+            Request::Presence { topic, reply } => {
+                let _ = reply.send(self.node.list(&topic));
+            }
+            Request::Members { reply } => {
+                let members = self
+                    .node
+                    .members()
+                    .into_iter()
+                    .map(|(id, addr, state)| Member { id, addr, state })
+                    .collect();
+                let _ = reply.send(members);
+            }
+            Request::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.node = self.node.stats().clone();
+                let _ = reply.send(stats);
+            }
+            Request::Shutdown { reply } => {
+                // Handled by the loop; never routed here.
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn unsubscribe(
+        &mut self,
+        topic: Topic,
+        sub: SubscriberId,
+        reply: Option<oneshot::Sender<Result<crate::node::Outcome, CommandError>>>,
+    ) {
+        self.forget_subscriber(&topic, sub);
+        self.pending.remove(&sub);
+        let r = self
+            .node
+            .handle_command(now(), Command::Unsubscribe { topic, sub });
+        if let Some(reply) = reply {
+            let _ = reply.send(r);
+        }
+    }
+
+    fn forget_subscriber(&mut self, topic: &Topic, sub: SubscriberId) {
+        self.subscribers.remove(&sub);
+        if let Some(set) = self.topics.get_mut(topic) {
+            set.remove(&sub);
+            if set.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Broadcast {
+                topic,
+                payload,
+                exclude,
+            } => self.fan_out(&topic, exclude, Delivery::Broadcast(payload)),
+            Event::PresenceDiff { topic, diff } => {
+                self.fan_out(&topic, None, Delivery::PresenceDiff(Arc::new(diff)))
+            }
+            Event::SubscribeReady { topic, sub } => {
+                if let Some(reply) = self.pending.remove(&sub) {
+                    if reply.send(Ok(sub)).is_err() {
+                        // The caller gave up before the subscription existed.
+                        self.unsubscribe(topic, sub, None);
+                    }
+                }
+            }
+            Event::MemberUp(id) => debug!(peer = %id, "member up"),
+            Event::MemberDown(id) => debug!(peer = %id, "member down"),
+            Event::MemberGone(id) => debug!(peer = %id, "member gone"),
+        }
+    }
+
+    /// Offers `delivery` to each subscriber of `topic` without waiting; one
+    /// whose queue is full is dropped.
+    fn fan_out(&mut self, topic: &Topic, exclude: Option<SubscriberId>, delivery: Delivery) {
+        let Some(subs) = self.topics.get(topic) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        for &sub in subs {
+            if Some(sub) == exclude {
+                continue;
+            }
+            let Some(tx) = self.subscribers.get(&sub) else {
+                continue;
+            };
+            match tx.try_send(delivery.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.slow_subscribers += 1;
+                    debug!(topic = %topic, sub = sub.0, "dropping a slow subscriber");
+                    dropped.push(sub);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => dropped.push(sub),
+            }
+        }
+        for sub in dropped {
+            self.unsubscribe(topic.clone(), sub, None);
+        }
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        if t.addr == self.ctx.me.addr {
+            return;
+        }
+        let bytes = Bytes::from(t.msg.encode());
+        let len = bytes.len() as u64;
+        let datagram = t.msg.body.loss_tolerant();
+        let mut frame = Frame { bytes, datagram };
+        for _ in 0..2 {
+            let link = self.link(t.addr);
+            match link.queue.push(frame) {
+                Ok(()) => {
+                    let s = self.stats.peers.entry(t.addr).or_default();
+                    s.messages_out += 1;
+                    s.bytes_out += len;
+                    return;
+                }
+                Err((QueueError::Full, _)) => {
+                    self.stats.peers.entry(t.addr).or_default().dropped += 1;
+                    self.stats.peer_queue_overflows += 1;
+                    trace!(peer = %t.addr, "peer queue full, frame dropped");
+                    return;
+                }
+                Err((QueueError::Closed, f)) => {
+                    // The connection ended and we have not heard yet: redial.
+                    self.links.remove(&t.addr);
+                    frame = f;
+                }
+            }
+        }
+    }
+
+    /// The link to `addr`, dialing it if there is none.
+    fn link(&mut self, addr: SocketAddr) -> &mut Link {
+        if !self.links.contains_key(&addr) {
+            let (queue, rx) = out_queue(self.ctx.queue_cap);
+            let conn_id = self.next_conn;
+            self.next_conn += 1;
+            trace!(peer = %addr, conn_id, "dialing");
+            self.tasks.spawn(transport::run_dialed(
+                self.ctx.clone(),
+                self.endpoint.clone(),
+                addr,
+                conn_id,
+                rx,
+            ));
+            self.links.insert(
+                addr,
+                Link {
+                    conn_id,
+                    queue,
+                    conn: None,
+                    instance: None,
+                    dialed: true,
+                },
+            );
+        }
+        self.links.get_mut(&addr).expect("inserted above")
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message { peer, msg, len } => {
+                let s = self.stats.peers.entry(peer).or_default();
+                s.messages_in += 1;
+                s.bytes_in += len as u64;
+                self.node.handle_message(now(), msg);
+            }
+            Inbound::Up(up) => self.on_up(up),
+            Inbound::Closed { peer, conn_id, why } => {
+                match why {
+                    CloseWhy::AuthFailed => self.stats.auth_failures += 1,
+                    CloseWhy::Protocol => self.stats.protocol_errors += 1,
+                    CloseWhy::Done | CloseWhy::Lost => {}
+                }
+                if let Some(peer) = peer {
+                    if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                        self.links.remove(&peer);
+                    }
+                }
+            }
+            Inbound::Incoming(incoming) => {
+                let conn_id = self.next_conn;
+                self.next_conn += 1;
+                self.tasks
+                    .spawn(transport::run_accepted(self.ctx.clone(), incoming, conn_id));
+            }
+        }
+    }
+
+    /// Installs an authenticated connection, or keeps the one already there.
+    /// See the transport docs for the rule.
+    fn on_up(&mut self, up: LinkUp) {
+        self.stats.peers.entry(up.peer).or_default().connections += 1;
+        let mine = self.ctx.me.addr;
+        let theirs = up.hello.addr;
+        if let Some(link) = self.links.get_mut(&up.peer) {
+            if link.conn_id == up.conn_id {
+                link.instance = Some(up.hello.instance);
+                link.conn = Some(up.conn);
+                return;
+            }
+            let Some(_) = up.queue else {
+                // A dial superseded while it ran: it drains and closes.
+                return;
+            };
+            let restarted = link.instance.is_some_and(|i| i != up.hello.instance);
+            let replace = restarted
+                || link.dialed == up.dialed
+                || (if up.dialed { mine } else { theirs }) == mine.min(theirs);
+            if !replace {
+                trace!(peer = %up.peer, "keeping the existing connection");
+                return;
+            }
+            if let Some(old) = self.links.remove(&up.peer) {
+                if restarted {
+                    if let Some(conn) = old.conn {
+                        conn.close(codes::REPLACED.into(), b"replaced");
+                    }
+                }
+            }
+        }
+        let Some(queue) = up.queue else {
+            return;
+        };
+        trace!(peer = %up.peer, conn_id = up.conn_id, "connection installed");
+        self.links.insert(
+            up.peer,
+            Link {
+                conn_id: up.conn_id,
+                queue,
+                conn: Some(up.conn),
+                instance: Some(up.hello.instance),
+                dialed: up.dialed,
+            },
+        );
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}

@@ -1,0 +1,387 @@
+//! [`EngineHandle`], the cloneable front of a running engine, and
+//! [`Subscription`], one local subscriber's stream of deliveries.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use super::RuntimeError;
+use crate::coalesce::TopicDiff;
+use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
+use crate::node::{self, Command, CommandError, Outcome, PeerState};
+use crate::presence::PresenceItem;
+
+/// One item for a subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A payload published to the topic (locally or on a peer).
+    Broadcast(Bytes),
+    /// A coalesced presence diff of the topic, shared between subscribers.
+    PresenceDiff(Arc<TopicDiff>),
+}
+
+/// A cluster member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member's node incarnation.
+    pub id: NodeId,
+    /// Its gossip address, once heard from directly.
+    pub addr: Option<SocketAddr>,
+    /// Up or down.
+    pub state: PeerState,
+}
+
+/// Traffic with one peer address, counted by the node task when it hands a
+/// frame to the transport (out) and when it receives a decoded one (in).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Messages received.
+    pub messages_in: u64,
+    /// Bytes of encoded messages received.
+    pub bytes_in: u64,
+    /// Messages queued for sending.
+    pub messages_out: u64,
+    /// Bytes of encoded messages queued for sending.
+    pub bytes_out: u64,
+    /// Messages dropped because the peer's queue was full.
+    pub dropped: u64,
+    /// Connections authenticated with this peer address so far.
+    pub connections: u64,
+}
+
+/// Counters of a running engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Per peer gossip address.
+    pub peers: BTreeMap<SocketAddr, PeerStats>,
+    /// Frames dropped on full peer queues, all peers.
+    pub peer_queue_overflows: u64,
+    /// Subscribers dropped because their queue was full.
+    pub slow_subscribers: u64,
+    /// Connections closed for a missing or wrong cluster proof.
+    pub auth_failures: u64,
+    /// Connections closed for an undecodable or oversized frame.
+    pub protocol_errors: u64,
+    /// The node state machine's own counters.
+    pub node: node::Stats,
+}
+
+/// A request from a handle to the node task.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Command {
+        cmd: Command,
+        reply: oneshot::Sender<Result<Outcome, CommandError>>,
+    },
+    Subscribe {
+        topic: Topic,
+        tx: mpsc::Sender<Delivery>,
+        reply: oneshot::Sender<Result<SubscriberId, CommandError>>,
+    },
+    Unsubscribe {
+        topic: Topic,
+        sub: SubscriberId,
+        reply: Option<oneshot::Sender<Result<Outcome, CommandError>>>,
+    },
+    Presence {
+        topic: Topic,
+        reply: oneshot::Sender<Vec<PresenceItem>>,
+    },
+    Members {
+        reply: oneshot::Sender<Vec<Member>>,
+    },
+    Stats {
+        reply: oneshot::Sender<RuntimeStats>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub requests: mpsc::Sender<Request>,
+    /// Unsubscribes from `Drop`, which cannot wait for room.
+    pub drops: mpsc::UnboundedSender<(Topic, SubscriberId)>,
+    pub subscriber_queue: usize,
+    pub task: Mutex<Option<AbortHandle>>,
+}
+
+/// The handle of a running engine. Cheap to clone; every clone talks to the
+/// same node task. When the last clone is dropped the engine leaves the
+/// cluster as [`EngineHandle::shutdown`] does (subscriptions do not keep it
+/// alive).
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// One local subscriber of one topic. Yields what the topic receives from the
+/// moment the subscription is routed; dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    id: SubscriberId,
+    topic: Topic,
+    rx: mpsc::Receiver<Delivery>,
+    drops: Option<mpsc::UnboundedSender<(Topic, SubscriberId)>>,
+}
+
+impl EngineHandle {
+    /// This node's incarnation.
+    pub fn node_id(&self) -> &NodeId {
+        &self.shared.id
+    }
+
+    /// The gossip address peers reach this node at (use it as a seed).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .requests
+            .send(make(tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    async fn command(&self, cmd: Command) -> Result<Outcome, RuntimeError> {
+        Ok(self
+            .request(|reply| Request::Command { cmd, reply })
+            .await??)
+    }
+
+    /// Subscribes a new local subscriber to `topic`. Resolves once the
+    /// subscription is routed: live peers acknowledged it (bounded by the
+    /// node's `subscribe_wait`), so a publish started anywhere after this
+    /// returns reaches it.
+    pub async fn subscribe(&self, topic: impl Into<Topic>) -> Result<Subscription, RuntimeError> {
+        let topic = topic.into();
+        let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
+        let t = topic.clone();
+        let id = self
+            .request(|reply| Request::Subscribe {
+                topic: t,
+                tx,
+                reply,
+            })
+            .await??;
+        Ok(Subscription {
+            id,
+            topic,
+            rx,
+            drops: Some(self.shared.drops.clone()),
+        })
+    }
+
+    /// Removes subscriber `sub` from `topic` (what dropping its
+    /// [`Subscription`] does, but waited for).
+    pub async fn unsubscribe(&self, topic: &Topic, sub: SubscriberId) -> Result<(), RuntimeError> {
+        let topic = topic.clone();
+        self.request(|reply| Request::Unsubscribe {
+            topic,
+            sub,
+            reply: Some(reply),
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Publishes `payload` to every subscriber of `topic` in the cluster.
+    pub async fn publish(
+        &self,
+        topic: impl Into<Topic>,
+        payload: Bytes,
+    ) -> Result<Outcome, RuntimeError> {
+        self.command(Command::Publish {
+            topic: topic.into(),
+            payload,
+            exclude: None,
+        })
+        .await
+    }
+
+    /// Publishes to every subscriber of `topic` but the local `exclude`
+    /// (Phoenix's `broadcast_from`).
+    pub async fn publish_from(
+        &self,
+        topic: impl Into<Topic>,
+        payload: Bytes,
+        exclude: SubscriberId,
+    ) -> Result<Outcome, RuntimeError> {
+        self.command(Command::Publish {
+            topic: topic.into(),
+            payload,
+            exclude: Some(exclude),
+        })
+        .await
+    }
+
+    /// Publishes to the subscribers of `topic` on `node` only.
+    pub async fn direct_publish(
+        &self,
+        node: NodeId,
+        topic: impl Into<Topic>,
+        payload: Bytes,
+    ) -> Result<Outcome, RuntimeError> {
+        self.command(Command::DirectPublish {
+            node,
+            topic: topic.into(),
+            payload,
+        })
+        .await
+    }
+
+    /// Tracks `key` in `topic` for connection `conn`; returns the meta's ref.
+    pub async fn track(
+        &self,
+        topic: impl Into<Topic>,
+        key: impl Into<Key>,
+        conn: ConnId,
+        meta: Meta,
+    ) -> Result<PhxRef, RuntimeError> {
+        let cmd = Command::Track {
+            topic: topic.into(),
+            key: key.into(),
+            conn,
+            meta,
+        };
+        tracked(self.command(cmd).await?)
+    }
+
+    /// Replaces the meta of a tracked key; returns the new ref.
+    pub async fn update(
+        &self,
+        topic: impl Into<Topic>,
+        key: impl Into<Key>,
+        conn: ConnId,
+        meta: Meta,
+    ) -> Result<PhxRef, RuntimeError> {
+        let cmd = Command::Update {
+            topic: topic.into(),
+            key: key.into(),
+            conn,
+            meta,
+        };
+        tracked(self.command(cmd).await?)
+    }
+
+    /// Stops tracking `key` in `topic` for `conn`.
+    pub async fn untrack(
+        &self,
+        topic: impl Into<Topic>,
+        key: impl Into<Key>,
+        conn: ConnId,
+    ) -> Result<(), RuntimeError> {
+        self.command(Command::Untrack {
+            topic: topic.into(),
+            key: key.into(),
+            conn,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stops tracking everything of `conn` (a closed client connection).
+    pub async fn untrack_conn(&self, conn: ConnId) -> Result<(), RuntimeError> {
+        self.command(Command::UntrackConn { conn }).await?;
+        Ok(())
+    }
+
+    /// The visible presence metas of `topic`, cluster-wide.
+    pub async fn presence(
+        &self,
+        topic: impl Into<Topic>,
+    ) -> Result<Vec<PresenceItem>, RuntimeError> {
+        let topic = topic.into();
+        self.request(|reply| Request::Presence { topic, reply })
+            .await
+    }
+
+    /// The peers this node knows, in id order.
+    pub async fn members(&self) -> Result<Vec<Member>, RuntimeError> {
+        self.request(|reply| Request::Members { reply }).await
+    }
+
+    /// Traffic and drop counters.
+    pub async fn stats(&self) -> Result<RuntimeStats, RuntimeError> {
+        self.request(|reply| Request::Stats { reply }).await
+    }
+
+    /// Leaves the cluster gracefully: peers are told to drop this node's
+    /// presences at once, queued frames are flushed (bounded), then the
+    /// endpoint closes. Every subscription ends. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        match self.request(|reply| Request::Shutdown { reply }).await {
+            Ok(()) | Err(RuntimeError::Stopped) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the engine at once, like a crash: no `Leave`, nothing flushed;
+    /// peers find out by failure detection. For tests and fault injection.
+    pub fn abort(&self) {
+        let task = self.shared.task.lock().expect("abort handle lock").take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+fn tracked(outcome: Outcome) -> Result<PhxRef, RuntimeError> {
+    match outcome {
+        Outcome::Tracked(r) => Ok(r),
+        other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+impl Subscription {
+    /// This subscriber's id (for [`EngineHandle::publish_from`]).
+    pub fn id(&self) -> SubscriberId {
+        self.id
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// The next delivery. `None` once the subscriber was dropped for being too
+    /// slow (its queue filled up) or the engine stopped.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+
+    /// The next delivery if one is queued.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Unsubscribes now and waits for the node to apply it.
+    pub async fn unsubscribe(mut self, handle: &EngineHandle) -> Result<(), RuntimeError> {
+        self.drops = None;
+        match handle.unsubscribe(&self.topic, self.id).await {
+            Err(RuntimeError::Command(CommandError::Subs(_))) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(drops) = self.drops.take() {
+            let _ = drops.send((self.topic.clone(), self.id));
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! The tokio + QUIC runtime end to end: real engines on 127.0.0.1, each test
+//! bounded in time.
+
+#![cfg(feature = "runtime")]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chorus_engine::codec::MAX_FRAME;
+use chorus_engine::node::PeerState;
+use chorus_engine::runtime::auth::{self, PeerHello, Role};
+use chorus_engine::runtime::transport::{codes, transport_config};
+use chorus_engine::runtime::{tls, Delivery, Engine, EngineConfig, EngineHandle, Subscription};
+use chorus_engine::{Config, ConnId, Meta, NodeId};
+use tokio::time::{sleep, timeout, Instant};
+
+const SECRET: &[u8] = b"test-cluster-secret-0123456789ab";
+
+fn config(name: &str, incarnation: u64, bind: SocketAddr, seeds: &[SocketAddr]) -> EngineConfig {
+    let mut node = Config::lan(NodeId::new(name, incarnation), bind);
+    node.rng_seed = incarnation * 1000 + name.bytes().map(u64::from).sum::<u64>();
+    let mut c = EngineConfig::new(node, SECRET);
+    c.seeds = seeds.to_vec();
+    c
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn start(name: &str, seeds: &[SocketAddr]) -> EngineHandle {
+    Engine::start(config(name, 1, any_port(), seeds))
+        .await
+        .expect("engine starts")
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    loop {
+        if check().await {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < within, "not within {within:?}: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn up_names(h: &EngineHandle) -> BTreeSet<String> {
+    h.members()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.state == PeerState::Up)
+        .map(|m| m.id.name.to_string())
+        .collect()
+}
+
+async fn keys(h: &EngineHandle, topic: &str) -> BTreeSet<String> {
+    h.presence(topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key.to_string())
+        .collect()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn cluster_of_three() -> (EngineHandle, EngineHandle, EngineHandle) {
+    let n1 = start("n1", &[]).await;
+    let n2 = start("n2", &[n1.local_addr()]).await;
+    let n3 = start("n3", &[n1.local_addr()]).await;
+    for (h, others) in [
+        (&n1, ["n2", "n3"]),
+        (&n2, ["n1", "n3"]),
+        (&n3, ["n1", "n2"]),
+    ] {
+        eventually(
+            Duration::from_secs(5),
+            "three nodes see each other",
+            || async { up_names(h).await == names(&others) },
+        )
+        .await;
+    }
+    (n1, n2, n3)
+}
+
+/// The next broadcast of a subscription, skipping presence diffs.
+async fn next_broadcast(sub: &mut Subscription) -> Option<Bytes> {
+    loop {
+        match sub.recv().await? {
+            Delivery::Broadcast(b) => return Some(b),
+            Delivery::PresenceDiff(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_converge_and_broadcast_once_in_order() {
+    timeout(Duration::from_secs(30), async {
+        let (n1, n2, n3) = cluster_of_three().await;
+        let r = n1
+            .track("room:1", "alice", ConnId(1), Meta::new("{\"d\":1}"))
+            .await
+            .unwrap();
+        for h in [&n2, &n3] {
+            eventually(Duration::from_secs(3), "alice visible", || async {
+                h.presence("room:1")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.key == "alice" && p.phx_ref == r)
+            })
+            .await;
+        }
+
+        let mut s1 = n1.subscribe("chat").await.unwrap();
+        let mut s2 = n2.subscribe("chat").await.unwrap();
+        for i in 0..200u32 {
+            n3.publish("chat", Bytes::from(i.to_be_bytes().to_vec()))
+                .await
+                .unwrap();
+        }
+        for s in [&mut s1, &mut s2] {
+            for i in 0..200u32 {
+                let b = next_broadcast(s).await.expect("subscription open");
+                assert_eq!(b.as_ref(), i.to_be_bytes(), "in publish order");
+            }
+            // Exactly once: nothing more arrives.
+            assert!(
+                timeout(Duration::from_millis(300), next_broadcast(s))
+                    .await
+                    .is_err(),
+                "a duplicate arrived"
+            );
+        }
+
+        // publish_from skips the excluded local subscriber only.
+        let mut s1b = n1.subscribe("chat").await.unwrap();
+        n1.publish_from("chat", Bytes::from_static(b"from"), s1.id())
+            .await
+            .unwrap();
+        assert_eq!(next_broadcast(&mut s1b).await.unwrap().as_ref(), b"from");
+        assert_eq!(next_broadcast(&mut s2).await.unwrap().as_ref(), b"from");
+        assert!(timeout(Duration::from_millis(200), next_broadcast(&mut s1))
+            .await
+            .is_err());
+
+        // direct_publish reaches one node only.
+        n3.direct_publish(n2.node_id().clone(), "chat", Bytes::from_static(b"direct"))
+            .await
+            .unwrap();
+        assert_eq!(next_broadcast(&mut s2).await.unwrap().as_ref(), b"direct");
+        assert!(
+            timeout(Duration::from_millis(200), next_broadcast(&mut s1b))
+                .await
+                .is_err()
+        );
+
+        // Counters saw the traffic.
+        let stats = n3.stats().await.unwrap();
+        let out: u64 = stats.peers.values().map(|p| p.messages_out).sum();
+        assert!(out >= 400, "{stats:?}");
+        assert_eq!(stats.peer_queue_overflows, 0);
+
+        for h in [n1, n2, n3] {
+            h.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn presence_diffs_reach_subscribers_and_untrack_leaves() {
+    timeout(Duration::from_secs(20), async {
+        let n1 = start("n1", &[]).await;
+        let n2 = start("n2", &[n1.local_addr()]).await;
+        eventually(Duration::from_secs(5), "pair", || async {
+            up_names(&n2).await == names(&["n1"])
+        })
+        .await;
+        let mut sub = n2.subscribe("room").await.unwrap();
+        n1.track("room", "bob", ConnId(7), Meta::new("{}"))
+            .await
+            .unwrap();
+        let joined = loop {
+            match sub.recv().await.unwrap() {
+                Delivery::PresenceDiff(d) if !d.joins.is_empty() => break d,
+                _ => {}
+            }
+        };
+        assert_eq!(joined.joins[0].key, "bob");
+        n1.untrack_conn(ConnId(7)).await.unwrap();
+        let left = loop {
+            match sub.recv().await.unwrap() {
+                Delivery::PresenceDiff(d) if !d.leaves.is_empty() => break d,
+                _ => {}
+            }
+        };
+        assert_eq!(left.leaves[0].key, "bob");
+        assert!(n2.presence("room").await.unwrap().is_empty());
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_dropped_and_counted() {
+    timeout(Duration::from_secs(10), async {
+        let mut c = config("solo", 1, any_port(), &[]);
+        c.subscriber_queue = 4;
+        let n = Engine::start(c).await.unwrap();
+        let mut slow = n.subscribe("t").await.unwrap();
+        let mut fast = n.subscribe("t").await.unwrap();
+        for i in 0..10u8 {
+            n.publish("t", Bytes::from(vec![i])).await.unwrap();
+            // The fast one keeps up.
+            assert_eq!(next_broadcast(&mut fast).await.unwrap().as_ref(), [i]);
+        }
+        let mut got = 0;
+        while slow.recv().await.is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 4, "the slow subscriber got its queue, then ended");
+        assert_eq!(n.stats().await.unwrap().slow_subscribers, 1);
+        n.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn crashed_node_goes_down_within_lan_bound_and_restarts_as_new_incarnation() {
+    timeout(Duration::from_secs(40), async {
+        let (n1, n2, n3) = cluster_of_three().await;
+        let n3_addr = n3.local_addr();
+        n3.track("room", "old", ConnId(1), Meta::new("{}"))
+            .await
+            .unwrap();
+        for h in [&n1, &n2] {
+            eventually(Duration::from_secs(3), "old visible", || async {
+                keys(h, "room").await.contains("old")
+            })
+            .await;
+        }
+
+        n3.abort();
+        let t0 = Instant::now();
+        for h in [&n1, &n2] {
+            eventually(
+                Duration::from_secs(3),
+                "the crashed node's presence leaves",
+                || async { !keys(h, "room").await.contains("old") },
+            )
+            .await;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        for h in [&n1, &n2] {
+            assert!(!up_names(h).await.contains("n3"));
+        }
+
+        // Restart on the same address as incarnation 2.
+        let restart = Instant::now();
+        let n3b = loop {
+            match Engine::start(config("n3", 2, n3_addr, &[n1.local_addr()])).await {
+                Ok(h) => break h,
+                Err(e) if restart.elapsed() < Duration::from_secs(5) => {
+                    let _ = e;
+                    sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot rebind {n3_addr}: {e}"),
+            }
+        };
+        n3b.track("room", "new", ConnId(1), Meta::new("{}"))
+            .await
+            .unwrap();
+        for h in [&n1, &n2] {
+            eventually(
+                Duration::from_secs(5),
+                "new visible, old never back",
+                || async {
+                    let k = keys(h, "room").await;
+                    assert!(!k.contains("old"), "an old entry reappeared");
+                    k.contains("new")
+                },
+            )
+            .await;
+        }
+        // And it stays that way through a few anti-entropy rounds.
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            for h in [&n1, &n2] {
+                assert_eq!(keys(h, "room").await, names(&["new"]));
+                let ids: Vec<NodeId> = h
+                    .members()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| m.id)
+                    .collect();
+                assert!(
+                    !ids.contains(&NodeId::new("n3", 1)),
+                    "old incarnation listed"
+                );
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        for h in [n1, n2, n3b] {
+            h.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_makes_presences_leave_at_once() {
+    timeout(Duration::from_secs(20), async {
+        let (n1, n2, n3) = cluster_of_three().await;
+        n3.track("room", "leaver", ConnId(1), Meta::new("{}"))
+            .await
+            .unwrap();
+        for h in [&n1, &n2] {
+            eventually(Duration::from_secs(3), "leaver visible", || async {
+                keys(h, "room").await.contains("leaver")
+            })
+            .await;
+        }
+        let t0 = Instant::now();
+        n3.shutdown().await.unwrap();
+        for h in [&n1, &n2] {
+            eventually(
+                Duration::from_secs(1),
+                "presence leaves at once",
+                || async { keys(h, "room").await.is_empty() },
+            )
+            .await;
+        }
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(1000), "took {took:?}");
+        assert!(
+            n3.members().await.is_err(),
+            "a stopped engine answers nothing"
+        );
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn node_with_wrong_secret_cannot_join_or_inject() {
+    timeout(Duration::from_secs(30), async {
+        let n1 = start("n1", &[]).await;
+        let n2 = start("n2", &[n1.local_addr()]).await;
+        eventually(Duration::from_secs(5), "pair", || async {
+            up_names(&n1).await == names(&["n2"])
+        })
+        .await;
+        n1.track("room", "alice", ConnId(1), Meta::new("{}"))
+            .await
+            .unwrap();
+        let mut sub = n1.subscribe("chat").await.unwrap();
+
+        let mut c = config(
+            "mallory",
+            1,
+            any_port(),
+            &[n1.local_addr(), n2.local_addr()],
+        );
+        c.secret = b"not-the-cluster-secret-at-all!!".to_vec();
+        let bad = Engine::start(c).await.unwrap();
+        bad.track("room", "mallory", ConnId(1), Meta::new("{}"))
+            .await
+            .unwrap();
+        let _bad_sub = bad.subscribe("chat").await.unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(3000) {
+            bad.publish("chat", Bytes::from_static(b"injected"))
+                .await
+                .unwrap();
+            for h in [&n1, &n2] {
+                assert!(!up_names(h).await.contains("mallory"));
+                assert_eq!(keys(h, "room").await, names(&["alice"]));
+            }
+            assert!(
+                bad.members().await.unwrap().is_empty(),
+                "it learned a member"
+            );
+            assert_eq!(keys(&bad, "room").await, names(&["mallory"]));
+            sleep(Duration::from_millis(100)).await;
+        }
+        assert!(sub.try_recv().is_none(), "an injected broadcast arrived");
+        // The attempts were made, and refused by the cluster's nodes.
+        let refused =
+            n1.stats().await.unwrap().auth_failures + n2.stats().await.unwrap().auth_failures;
+        assert!(refused >= 2, "no refused connection: {refused}");
+        for h in [n1, n2, bad] {
+            h.shutdown().await.unwrap();
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A QUIC client endpoint that speaks the transport but not necessarily the
+/// secret.
+fn client() -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::client(any_port()).unwrap();
+    ep.set_default_client_config(tls::client_config(transport_config()).unwrap());
+    ep
+}
+
+async fn closed_code(conn: &quinn::Connection) -> Option<u32> {
+    match timeout(Duration::from_secs(7), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => Some(c.error_code.into_inner() as u32),
+        _ => None,
+    }
+}
+
+async fn authenticated(ep: &quinn::Endpoint, to: SocketAddr) -> quinn::Connection {
+    let conn = ep.connect(to, tls::SERVER_NAME).unwrap().await.unwrap();
+    let me = PeerHello {
+        instance: 42,
+        addr: ep.local_addr().unwrap(),
+    };
+    let peer = auth::authenticate(&conn, Role::Dialer, SECRET, me, Duration::from_secs(5))
+        .await
+        .expect("the node proves the secret back");
+    assert_eq!(peer.addr, to);
+    conn
+}
+
+#[tokio::test]
+async fn garbage_closes_only_that_connection() {
+    timeout(Duration::from_secs(40), async {
+        let n1 = start("n1", &[]).await;
+        let n2 = start("n2", &[n1.local_addr()]).await;
+        eventually(Duration::from_secs(5), "pair", || async {
+            up_names(&n1).await == names(&["n2"])
+        })
+        .await;
+        let target = n1.local_addr();
+
+        // Random UDP datagrams, some shaped like QUIC long headers.
+        let udp = tokio::net::UdpSocket::bind(any_port()).await.unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..300usize {
+            let len = 1 + (i * 37) % 1400;
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(x as u8);
+            }
+            if i % 3 == 0 {
+                buf[0] = 0xc0 | (buf[0] & 0x0f);
+            }
+            udp.send_to(&buf, target).await.unwrap();
+        }
+
+        // A QUIC peer without the secret: garbage instead of a proof.
+        let ep = client();
+        let conn = ep.connect(target, tls::SERVER_NAME).unwrap().await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0xAB; 200]).await.unwrap();
+        let _ = conn.send_datagram(Bytes::from_static(b"\x01garbage"));
+        assert_eq!(closed_code(&conn).await, Some(codes::AUTH_FAILED));
+
+        // A QUIC peer that never proves anything is closed at the timeout.
+        let silent = ep.connect(target, tls::SERVER_NAME).unwrap().await.unwrap();
+        assert_eq!(closed_code(&silent).await, Some(codes::AUTH_FAILED));
+
+        // Authenticated, then an undecodable frame.
+        let conn = authenticated(&ep, target).await;
+        let mut uni = conn.open_uni().await.unwrap();
+        uni.write_all(&5u32.to_be_bytes()).await.unwrap();
+        uni.write_all(&[1, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        assert_eq!(closed_code(&conn).await, Some(codes::PROTOCOL));
+
+        // Authenticated, then a frame header over MAX_FRAME.
+        let conn = authenticated(&ep, target).await;
+        let mut uni = conn.open_uni().await.unwrap();
+        uni.write_all(&(MAX_FRAME as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        assert_eq!(closed_code(&conn).await, Some(codes::FRAME_TOO_LARGE));
+
+        // Authenticated, then a garbage datagram.
+        let conn = authenticated(&ep, target).await;
+        conn.send_datagram(Bytes::from_static(&[1, 2, 3])).unwrap();
+        assert_eq!(closed_code(&conn).await, Some(codes::PROTOCOL));
+
+        // The cluster is healthy.
+        let stats = n1.stats().await.unwrap();
+        assert!(stats.auth_failures >= 2, "{stats:?}");
+        assert!(stats.protocol_errors >= 3, "{stats:?}");
+        let mut sub = n2.subscribe("after").await.unwrap();
+        n1.track("after", "ok", ConnId(1), Meta::new("{}"))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(3), "gossip still flows", || async {
+            keys(&n2, "after").await.contains("ok")
+        })
+        .await;
+        n1.publish("after", Bytes::from_static(b"still"))
+            .await
+            .unwrap();
+        assert_eq!(next_broadcast(&mut sub).await.unwrap().as_ref(), b"still");
+        assert_eq!(up_names(&n1).await, names(&["n2"]));
+        assert_eq!(up_names(&n2).await, names(&["n1"]));
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+async fn late_joiner_gets_full_state(n: usize, within: Duration) {
+    let n1 = start("n1", &[]).await;
+    let n2 = start("n2", &[n1.local_addr()]).await;
+    eventually(Duration::from_secs(5), "pair", || async {
+        up_names(&n1).await == names(&["n2"])
+    })
+    .await;
+    // Half the presences on each node, spread over a few topics.
+    for i in 0..n {
+        let h = if i % 2 == 0 { &n1 } else { &n2 };
+        h.track(
+            format!("big:{}", i % 4).as_str(),
+            format!("u{i}"),
+            ConnId(i as u64),
+            Meta::new("{\"x\":1}"),
+        )
+        .await
+        .unwrap();
+    }
+    let count = |h: &EngineHandle| {
+        let h = h.clone();
+        async move {
+            let mut total = 0;
+            for t in 0..4 {
+                total += h.presence(format!("big:{t}").as_str()).await.unwrap().len();
+            }
+            total
+        }
+    };
+    eventually(Duration::from_secs(20), "the founders converge", || async {
+        count(&n1).await == n && count(&n2).await == n
+    })
+    .await;
+    let t0 = Instant::now();
+    let late = start("late", &[n2.local_addr()]).await;
+    let took = eventually(within, "the late joiner holds every presence", || async {
+        count(&late).await == n
+    })
+    .await;
+    eprintln!(
+        "late joiner received {n} presences in {:?}",
+        t0.elapsed().max(took)
+    );
+    for h in [n1, n2, late] {
+        h.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn late_joiner_receives_20k_presences() {
+    timeout(
+        Duration::from_secs(120),
+        late_joiner_gets_full_state(20_000, Duration::from_secs(30)),
+    )
+    .await
+    .expect("test timed out");
+}
+
+/// About 80 s in a debug build, most of it tracking the 100k presences; the
+/// join itself takes about 14 s.
+#[tokio::test]
+async fn late_joiner_receives_100k_presences() {
+    timeout(
+        Duration::from_secs(300),
+        late_joiner_gets_full_state(100_000, Duration::from_secs(30)),
+    )
+    .await
+    .expect("test timed out");
+}
