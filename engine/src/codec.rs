@@ -35,8 +35,12 @@ pub struct Message {
 /// The message kinds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
-    /// "I am here": sent to seeds and to newly learned members.
-    Hello,
+    /// "I am here": sent to seeds and to newly learned members. A seed is
+    /// asked for its member list (`full`); others just admit the sender.
+    Hello {
+        /// Answer with every member known.
+        full: bool,
+    },
     /// The members the sender knows, as `(node, gossip address)`.
     Members(Vec<(NodeId, SocketAddr)>),
     /// Liveness when there is nothing else to send.
@@ -67,6 +71,9 @@ pub enum Body {
         subs: Vec<(NodeId, u64)>,
         /// Set on the answer to a digest, which is not answered again.
         reply: bool,
+        /// How many up members the sender knows (itself included); a receiver
+        /// that knows more answers with its member list.
+        members: u32,
     },
     /// What a digest showed the receiver lacks, per origin.
     Repair {
@@ -90,7 +97,10 @@ impl Body {
     /// Whether the message may be lost without harm (datagram lane) or needs
     /// order and reliability (stream lane).
     pub fn loss_tolerant(&self) -> bool {
-        matches!(self, Body::Heartbeat | Body::Digest { .. } | Body::Hello)
+        matches!(
+            self,
+            Body::Heartbeat | Body::Digest { .. } | Body::Hello { .. }
+        )
     }
 }
 
@@ -267,10 +277,10 @@ mod tests {
                 "00",
                 "7f000001",
                 "fbe81c", // addr 127.0.0.1:7400
-                "03", // Body::Delta
-                "04", // start 4
-                "05", // seq 5
-                "01", // presence: 1 part
+                "03",     // Body::Delta
+                "04",     // start 4
+                "05",     // seq 5
+                "01",     // presence: 1 part
                 "026e31",
                 "07", // origin n1#7
                 "01",

@@ -61,6 +61,8 @@ pub struct Config {
     pub tomb_cap: usize,
     /// Most entries per repair message.
     pub repair_chunk: usize,
+    /// How many random peers a node relays the novel part of a delta to.
+    pub relay_fanout: usize,
 }
 
 impl Config {
@@ -82,6 +84,7 @@ impl Config {
             buffer_cap: 4096,
             tomb_cap: 100_000,
             repair_chunk: 10_000,
+            relay_fanout: 3,
         }
     }
 
@@ -276,6 +279,8 @@ struct Peer {
 struct Buffered {
     seq: u64,
     from: Option<NodeId>,
+    /// Relayed entries go to a few random peers only (`None`: to every peer).
+    to: Option<Vec<NodeId>>,
     presence: Vec<Part<PresEntry>>,
     subs: Vec<Part<Topic>>,
 }
@@ -315,6 +320,8 @@ pub struct Node {
     presence: Presence,
     subs: Subs,
     peers: BTreeMap<NodeId, Peer>,
+    /// Members we said hello to lately, so many lists naming one cost one hello.
+    greeted: BTreeMap<NodeId, Instant>,
     buffer: VecDeque<Buffered>,
     next_seq: u64,
     pending_subs: Vec<PendingSub>,
@@ -342,6 +349,7 @@ impl Node {
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
+            greeted: BTreeMap::new(),
             buffer: VecDeque::new(),
             next_seq: 0,
             pending_subs: Vec::new(),
@@ -513,10 +521,11 @@ impl Node {
             return;
         }
         match msg.body {
-            Body::Hello => {
-                let members = self.member_list();
-                self.send(Some(from.clone()), msg.addr, Body::Members(members));
-                self.send_digest(&from, false);
+            Body::Hello { full } => {
+                if full {
+                    let members = self.member_list();
+                    self.send(Some(from.clone()), msg.addr, Body::Members(members));
+                }
             }
             Body::Members(list) => {
                 for (id, addr) in list {
@@ -549,7 +558,14 @@ impl Node {
                 presence,
                 subs,
                 reply,
-            } => self.handle_digest(&from, msg.addr, &presence, &subs, reply),
+                members,
+            } => {
+                if members < self.up_members() {
+                    let list = self.member_list();
+                    self.send(Some(from.clone()), msg.addr, Body::Members(list));
+                }
+                self.handle_digest(&from, msg.addr, &presence, &subs, reply);
+            }
             Body::Repair { presence, subs } => {
                 self.merge(now, Some(&from), &presence, &subs);
             }
@@ -624,7 +640,7 @@ impl Node {
         self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
         for addr in self.cfg.seeds.clone() {
             if addr != self.cfg.addr {
-                self.send(None, addr, Body::Hello);
+                self.send(None, addr, Body::Hello { full: true });
             }
         }
     }
@@ -705,18 +721,15 @@ impl Node {
                     },
                 );
                 self.events.push_back(Event::MemberUp(from.clone()));
-                if let Some(addr) = addr {
-                    let members = self.member_list();
-                    self.send(Some(from.clone()), addr, Body::Members(members));
-                }
                 self.send_digest(from, false);
             }
         }
         true
     }
 
-    /// A member named in someone's list: say hello if it is new to us.
-    fn learn(&mut self, _now: Instant, id: NodeId, addr: SocketAddr) {
+    /// A member named in someone's list: say hello if it is new to us (once
+    /// per anti-entropy period, however many lists name it).
+    fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
         if id == self.cfg.id || self.peers.contains_key(&id) {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.addr.get_or_insert(addr);
@@ -731,7 +744,23 @@ impl Node {
         {
             return;
         }
-        self.send(Some(id), addr, Body::Hello);
+        if self
+            .greeted
+            .get(&id)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.cfg.anti_entropy)
+        {
+            return;
+        }
+        self.greeted.insert(id.clone(), now);
+        self.send(Some(id), addr, Body::Hello { full: false });
+    }
+
+    fn up_members(&self) -> u32 {
+        let up = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Up && p.addr.is_some());
+        1 + up.count() as u32
     }
 
     fn member_list(&self) -> Vec<(NodeId, SocketAddr)> {
@@ -871,13 +900,36 @@ impl Node {
         presence: Vec<Part<PresEntry>>,
         subs: Vec<Part<Topic>>,
     ) -> u64 {
-        self.push_buffer(now, None, presence, subs)
+        self.push_buffer(now, None, None, presence, subs)
+    }
+
+    /// Up to `relay_fanout` random up peers other than `from` and the origins
+    /// of what is relayed: the origins push their own ops to everyone, so
+    /// relaying is the epidemic backup for links that are cut, not a second
+    /// full broadcast (which would cost N² messages per change).
+    fn relay_targets(&mut self, from: &NodeId, origins: &[&NodeId]) -> Vec<NodeId> {
+        let mut candidates: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.state == PeerState::Up && p.addr.is_some() && *id != from && !origins.contains(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let k = self.cfg.relay_fanout.min(candidates.len());
+        for i in 0..k {
+            let j = self.rng.random_range(i..candidates.len());
+            candidates.swap(i, j);
+        }
+        candidates.truncate(k);
+        candidates
     }
 
     fn push_buffer(
         &mut self,
         now: Instant,
         from: Option<NodeId>,
+        to: Option<Vec<NodeId>>,
         presence: Vec<Part<PresEntry>>,
         subs: Vec<Part<Topic>>,
     ) -> u64 {
@@ -886,6 +938,7 @@ impl Node {
         self.buffer.push_back(Buffered {
             seq,
             from,
+            to,
             presence,
             subs,
         });
@@ -920,7 +973,16 @@ impl Node {
             }
         }
         if !novel_p.is_empty() || !novel_s.is_empty() {
-            self.push_buffer(now, from.cloned(), novel_p, novel_s);
+            let to = from.map(|f| {
+                let origins: Vec<NodeId> = novel_p
+                    .iter()
+                    .map(|p| p.origin.clone())
+                    .chain(novel_s.iter().map(|p| p.origin.clone()))
+                    .collect();
+                let refs: Vec<&NodeId> = origins.iter().collect();
+                self.relay_targets(f, &refs)
+            });
+            self.push_buffer(now, from.cloned(), to, novel_p, novel_s);
         }
     }
 
@@ -993,10 +1055,9 @@ impl Node {
                 continue;
             }
             let start = (p.sent - front) as usize;
-            let entries = self
-                .buffer
-                .range(start..)
-                .filter(|b| b.from.as_ref() != Some(&id));
+            let entries = self.buffer.range(start..).filter(|b| {
+                b.from.as_ref() != Some(&id) && b.to.as_ref().is_none_or(|to| to.contains(&id))
+            });
             let mut pp = Vec::new();
             let mut sp = Vec::new();
             for b in entries {
@@ -1048,6 +1109,9 @@ impl Node {
 
     /// Heartbeats, failure detection, retransmission, seeds.
     fn tick(&mut self, now: Instant) {
+        let ae = self.cfg.anti_entropy;
+        self.greeted
+            .retain(|_, t| now.saturating_duration_since(*t) < ae);
         let mut down = Vec::new();
         let mut gone = Vec::new();
         let mut retransmit = false;
@@ -1123,7 +1187,7 @@ impl Node {
             .collect();
         for addr in self.cfg.seeds.clone() {
             if addr != self.cfg.addr && !connected.contains(&addr) {
-                self.send(None, addr, Body::Hello);
+                self.send(None, addr, Body::Hello { full: true });
             }
         }
     }
@@ -1137,6 +1201,7 @@ impl Node {
             presence: self.presence.store().digest(),
             subs: self.subs.store().digest(),
             reply,
+            members: self.up_members(),
         };
         self.send(Some(to.clone()), addr, body);
     }

@@ -1,1 +1,74 @@
-//! Deterministic cluster simulator (filled by the simulator issue).
+//! Chorus deterministic cluster simulator.
+//!
+//! `chorus-sim` runs many real [`chorus_engine::Node`]s (the code the server
+//! runs, not a model of it) in one process on a virtual clock. It owns:
+//!
+//! - **the world** ([`World`]): N node slots, a virtual clock (one base
+//!   [`std::time::Instant`] captured once, plus virtual [`std::time::Duration`]
+//!   offsets; all logic and traces use offsets only), one event queue ordered by
+//!   `(time, sequence)` and one seeded RNG ([`rand_chacha::ChaCha8Rng`]).
+//!   Nothing else feeds it: no wall clock, no OS randomness, no hash-map
+//!   iteration. The same seed replays the same run byte for byte, and the
+//!   report prints the hash of the event trace as `trace-hash: HEX`.
+//! - **the network** ([`net`]): every message crosses the real codec
+//!   (`Message::encode`, then `Message::decode`) on its way. Nodes have fake
+//!   gossip addresses `127.0.0.1:(7400 + i)`; nothing touches the OS network.
+//! - **faults and workload** ([`Step`]): partitions, one-way partitions, heal,
+//!   crash, restart as a new incarnation, pause, flapping links; clients that
+//!   track, update, untrack, subscribe and publish at configurable rates.
+//! - **scenarios as data** ([`Scenario`]): lists of steps, built in Rust
+//!   ([`builtin`]) or read from JSON files.
+//! - **invariants** ([`check`]): convergence, no zombies, honest diffs,
+//!   broadcasts on healthy links, asserts; a [`Report`] per run.
+//!
+//! # How links model QUIC
+//!
+//! The runtime speaks QUIC: a reliable ordered stream per peer pair, plus
+//! unreliable datagrams. The sim models both lanes honestly:
+//!
+//! - Messages whose `Body::loss_tolerant()` is `false` (deltas, acks, repairs,
+//!   broadcasts, member lists, leave) travel on a **stream** per directed
+//!   `(sender, receiver)` pair. Packet loss delays them (each loss costs one
+//!   retransmission timeout) but never drops, duplicates or reorders them while
+//!   the connection lives: a stream message never arrives before an earlier
+//!   one of the same pair (head-of-line blocking).
+//! - The connection **breaks** when the pair's direction is cut, or when either
+//!   endpoint crashes or restarts: stream messages still in flight on it are
+//!   lost, as the bytes QUIC had not delivered yet are.
+//! - Loss-tolerant messages (heartbeats, digests, hellos) are **datagrams**:
+//!   each may be lost, duplicated or delayed past later ones (reordered).
+//!   Datagrams already on the wire when their sender crashes still arrive; any
+//!   message arriving after its receiver restarted is dropped (it belonged to
+//!   the old process's connection).
+//! - A one-way cut `a -> b` drops what `a` sends to `b` (both lanes) and breaks
+//!   that direction's stream; `b -> a` keeps flowing.
+//! - A paused node receives nothing and fires no timer: what arrives waits in
+//!   its socket buffer (the inbox) and is handled when it resumes.
+//!
+//! # Who drives it
+//!
+//! The `chorus-sim` binary (`run`, `sweep`), the tests in `sim/tests/`, or any
+//! Rust caller through [`run_scenario`].
+
+pub mod builtin;
+pub mod check;
+pub mod net;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+pub mod sweep;
+pub mod trace;
+pub mod workload;
+pub mod world;
+
+mod check_bcast;
+mod ops;
+mod watch;
+
+pub use check::{Invariant, Verdict};
+pub use net::NetConfig;
+pub use report::Report;
+pub use scenario::{run_checked, run_scenario, Expect, Scenario, Step};
+pub use sweep::{sweep, SweepResult};
+pub use workload::Workload;
+pub use world::World;

@@ -1,0 +1,281 @@
+//! The built-in scenarios, each a function of the node count. [`NAMES`] lists
+//! them; [`scenario`] builds one by name; [`default_nodes`] and
+//! [`sweep_nodes`] give the sizes used by `run` and by sweeps.
+
+use crate::net::NetConfig;
+use crate::scenario::{Expect, Scenario, Step};
+use crate::workload::Workload;
+
+/// Every built-in scenario.
+pub const NAMES: [&str; 8] = [
+    "partition-heal",
+    "asymmetric-partition",
+    "flapping-link",
+    "rolling-restart",
+    "crash-during-join-storm",
+    "lossy-network",
+    "large-cluster",
+    "dissemination-1000",
+];
+
+/// The node count a scenario is named or designed for.
+pub fn default_nodes(name: &str) -> usize {
+    match name {
+        "large-cluster" => 100,
+        "dissemination-1000" => 1000,
+        _ => 5,
+    }
+}
+
+/// The node count used when sweeping many seeds (smaller for the big ones).
+pub fn sweep_nodes(name: &str) -> usize {
+    match name {
+        "large-cluster" => 10,
+        "dissemination-1000" => 30,
+        _ => 5,
+    }
+}
+
+/// Builds a built-in scenario for `n` nodes (at least 3).
+pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
+    let n = n.max(3);
+    let steps = match name {
+        "partition-heal" => partition_heal(n),
+        "asymmetric-partition" => asymmetric(n),
+        "flapping-link" => flapping(n),
+        "rolling-restart" => rolling_restart(n),
+        "crash-during-join-storm" => join_storm(n),
+        "lossy-network" => lossy(n),
+        "large-cluster" => large(n),
+        "dissemination-1000" => dissemination(n),
+        _ => return None,
+    };
+    let mut sc = Scenario {
+        name: name.into(),
+        net: NetConfig::default(),
+        down_after_ms: None,
+        permdown_after_ms: None,
+        converge_within_ms: 5_000,
+        sample_ms: None,
+        steps,
+    };
+    match name {
+        "lossy-network" => sc.net = NetConfig::lossy(),
+        "rolling-restart" | "crash-during-join-storm" => sc.permdown_after_ms = Some(8_000),
+        _ => {}
+    }
+    Some(sc)
+}
+
+fn wait(ms: u64) -> Step {
+    Step::Wait { ms }
+}
+
+fn halves(n: usize) -> Vec<Vec<usize>> {
+    vec![(0..n / 2).collect(), (n / 2..n).collect()]
+}
+
+/// Nodes start, everyone subscribes to `room:0`, each node tracks `per` keys.
+fn setup(n: usize, per: usize) -> Vec<Step> {
+    let mut s = vec![Step::AddNode { count: n }, wait(1_000)];
+    for i in 0..n {
+        s.push(Step::Subscribe {
+            node: i,
+            topic: "room:0".into(),
+        });
+        s.push(Step::TrackMany {
+            node: i,
+            topic: format!("room:{}", i % 3),
+            prefix: format!("u{i}-"),
+            count: per,
+        });
+    }
+    s.push(wait(1_000));
+    s
+}
+
+fn load(ms: u64, scale: f64) -> Step {
+    let d = Workload::default();
+    Step::Workload(Workload {
+        duration_ms: ms,
+        track_per_s: d.track_per_s * scale,
+        update_per_s: d.update_per_s * scale,
+        untrack_per_s: d.untrack_per_s * scale,
+        subscribe_per_s: d.subscribe_per_s * scale,
+        publish_per_s: d.publish_per_s * scale,
+        ..d
+    })
+}
+
+fn settle() -> Vec<Step> {
+    vec![
+        wait(500),
+        Step::Assert {
+            expect: Expect::Converged,
+            within_ms: 5_000,
+        },
+        wait(1_000),
+    ]
+}
+
+fn partition_heal(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 3);
+    s.extend([
+        load(4_000, 1.0),
+        wait(1_000),
+        Step::Cut { groups: halves(n) },
+        wait(1_500),
+        // A restart on the minority side while cut off: the majority must
+        // drop the old incarnation's entries once it hears of the new one.
+        Step::Restart { node: 0 },
+        Step::TrackMany {
+            node: 0,
+            topic: "room:0".into(),
+            prefix: "again-".into(),
+            count: 2,
+        },
+        wait(2_500),
+        Step::Heal,
+        wait(2_500),
+    ]);
+    s.extend(settle());
+    s
+}
+
+fn asymmetric(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 3);
+    s.extend([
+        load(7_000, 1.0),
+        wait(500),
+        Step::CutOneWay {
+            from: vec![0],
+            to: (1..n).collect(),
+        },
+        wait(3_000),
+        Step::Heal,
+        Step::CutOneWay {
+            from: (1..n).collect(),
+            to: vec![n - 1],
+        },
+        wait(3_000),
+        Step::Heal,
+        wait(1_000),
+    ]);
+    s.extend(settle());
+    s
+}
+
+fn flapping(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 3);
+    s.extend([
+        load(8_000, 1.0),
+        Step::Flap {
+            a: 0,
+            b: 1,
+            ms: 6_000,
+        },
+        wait(1_000),
+        Step::Pause { node: 2, ms: 3_000 },
+        wait(6_000),
+    ]);
+    s.extend(settle());
+    s
+}
+
+fn rolling_restart(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 3);
+    s.push(load(2_000 * n as u64, 1.0));
+    for i in 0..n {
+        s.push(Step::Restart { node: i });
+        s.push(Step::TrackMany {
+            node: i,
+            topic: "room:1".into(),
+            prefix: format!("r{i}-"),
+            count: 2,
+        });
+        s.push(wait(2_000));
+    }
+    s.push(wait(1_000));
+    s.extend(settle());
+    s
+}
+
+fn join_storm(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 1);
+    s.push(load(4_000, 1.0));
+    for i in 0..n {
+        s.push(Step::TrackMany {
+            node: i,
+            topic: "room:storm".into(),
+            prefix: format!("s{i}-"),
+            count: 40,
+        });
+        if i == 1 {
+            s.push(wait(1));
+            s.push(Step::Crash { node: 1 });
+        }
+    }
+    s.extend([
+        wait(3),
+        Step::Crash { node: 2 },
+        wait(3_000),
+        Step::Restart { node: 1 },
+        Step::TrackMany {
+            node: 1,
+            topic: "room:storm".into(),
+            prefix: "back-".into(),
+            count: 20,
+        },
+        // Node 2 stays down: its entries must be purged at permdown (8 s).
+        wait(13_000),
+    ]);
+    s.extend(settle());
+    s
+}
+
+fn lossy(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 3);
+    s.extend([
+        load(8_000, 1.5),
+        wait(3_000),
+        Step::Cut {
+            groups: vec![vec![0], (1..n).collect()],
+        },
+        wait(2_500),
+        Step::Heal,
+        wait(4_000),
+    ]);
+    s.extend(settle());
+    s
+}
+
+fn large(n: usize) -> Vec<Step> {
+    let mut s = setup(n, 5);
+    s.extend([
+        load(6_000, 2.0),
+        wait(1_000),
+        Step::Cut { groups: halves(n) },
+        wait(3_000),
+        Step::Heal,
+        wait(3_000),
+    ]);
+    s.extend(settle());
+    s
+}
+
+fn dissemination(n: usize) -> Vec<Step> {
+    vec![
+        Step::AddNode { count: n },
+        wait(2_000),
+        Step::Watch {
+            node: 0,
+            topic: "room:0".into(),
+            key: "spread".into(),
+        },
+        Step::Assert {
+            expect: Expect::Disseminated,
+            within_ms: 3_000,
+        },
+        wait(200),
+    ]
+}

@@ -1,0 +1,67 @@
+//! Many seeds of one scenario, spread over threads; results come back in seed
+//! order, so a sweep's output is as deterministic as each run.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::check::Invariant;
+use crate::scenario::{run_scenario, Scenario};
+
+/// A seed whose run broke an invariant.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The seed (replay it with `chorus-sim run --seed`).
+    pub seed: u64,
+    /// The invariants that failed.
+    pub invariants: Vec<Invariant>,
+    /// The first failure's detail.
+    pub detail: String,
+}
+
+/// What a sweep found.
+#[derive(Clone, Debug, Default)]
+pub struct SweepResult {
+    /// Seeds run.
+    pub runs: u64,
+    /// Failing seeds, in seed order.
+    pub failures: Vec<Failure>,
+    /// Virtual seconds simulated in all.
+    pub virtual_secs: f64,
+}
+
+/// Runs `sc` for every seed in `seeds` on `threads` threads.
+pub fn sweep(sc: &Scenario, seeds: Range<u64>, threads: usize) -> SweepResult {
+    let next = AtomicU64::new(seeds.start);
+    let out = Mutex::new(SweepResult::default());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end {
+                    break;
+                }
+                let r = run_scenario(sc, seed);
+                let mut o = out.lock().expect("no thread panics holding it");
+                o.runs += 1;
+                o.virtual_secs += r.virtual_time.as_secs_f64();
+                if !r.passed() {
+                    let first = r.failures().next().expect("failed");
+                    o.failures.push(Failure {
+                        seed,
+                        invariants: r.failures().map(|v| v.invariant).collect(),
+                        detail: format!("{}: {}", first.invariant, first.detail),
+                    });
+                }
+            });
+        }
+    });
+    let mut o = out.into_inner().expect("threads joined");
+    o.failures.sort_by_key(|f| f.seed);
+    o
+}
+
+/// Threads to use by default: the machine's parallelism.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

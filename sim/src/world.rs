@@ -1,0 +1,377 @@
+//! The world: node slots, the virtual clock, the event queue and the RNG, and
+//! the loop that drives real engine [`Node`]s through them.
+//!
+//! Time is a [`Duration`] offset from one base [`Instant`] captured when the
+//! world is made; nodes see `base + offset`, everything else sees offsets. The
+//! queue is a `BTreeMap` keyed by `(time, sequence)`, so ties break in the
+//! order events were scheduled. Faults, commands and workload live in `ops`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Topic};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::check::Log;
+use crate::net::{Lane, Net, NetConfig};
+use crate::trace::Trace;
+
+/// One visible presence as every converged node must list it.
+pub type ViewItem = (Topic, Key, PhxRef, Meta);
+
+/// First gossip port: node `i` listens on `127.0.0.1:(BASE_PORT + i)`.
+pub const BASE_PORT: u16 = 7400;
+
+/// Number of message kinds counted in [`WorldStats`].
+pub const KINDS: usize = 9;
+
+/// Names of the message kinds, indexed like the counters.
+pub const KIND_NAMES: [&str; KINDS] = [
+    "hello",
+    "members",
+    "heartbeat",
+    "delta",
+    "ack",
+    "digest",
+    "repair",
+    "broadcast",
+    "leave",
+];
+
+/// Node timing overrides of a scenario (the rest is `Config::lan`).
+#[derive(Clone, Debug, Default)]
+pub struct Timing {
+    /// `Config::down_after`, if not the default.
+    pub down_after: Option<Duration>,
+    /// `Config::permdown_after`, if not the default.
+    pub permdown_after: Option<Duration>,
+}
+
+/// World-wide counters.
+#[derive(Clone, Debug, Default)]
+pub struct WorldStats {
+    /// Messages sent, by kind.
+    pub msgs: [u64; KINDS],
+    /// Encoded bytes sent, by kind.
+    pub bytes: [u64; KINDS],
+    /// Messages dropped by the network (loss, cuts, dead or restarted receiver).
+    pub dropped: u64,
+    /// Largest event queue seen.
+    pub peak_queue: usize,
+    /// Largest inbox of a paused node seen.
+    pub peak_inbox: usize,
+    /// Events processed.
+    pub steps: u64,
+}
+
+/// One node name: its current incarnation and what the checkers know of it.
+#[derive(Debug)]
+pub struct Slot {
+    /// Node name (`n{i}`), stable across restarts.
+    pub name: String,
+    /// Fake gossip address.
+    pub addr: SocketAddr,
+    /// Current (or last, if crashed) incarnation number.
+    pub incarnation: u64,
+    /// Bumped on every crash and restart: messages to an older generation drop.
+    pub gen: u64,
+    /// The engine node; `None` while crashed.
+    pub node: Option<Node>,
+    /// Paused until this time.
+    pub paused_until: Option<Duration>,
+    pub(crate) inbox: VecDeque<Arrival>,
+    pub(crate) timer_at: Option<Duration>,
+    /// What clients tracked on this incarnation: the truth for convergence.
+    pub truth: BTreeMap<(Topic, Key, ConnId), (PhxRef, Meta)>,
+    /// The view rebuilt from this incarnation's emitted presence diffs.
+    pub replay: BTreeSet<ViewItem>,
+    /// Local subscriptions: topic -> (subscribed at, ready at).
+    pub subs: BTreeMap<Topic, (Duration, Option<Duration>)>,
+    pub(crate) next_conn: u64,
+    pub(crate) pub_seq: u64,
+    /// Ended incarnations: `(id, ended at, replaced at)`.
+    pub past: Vec<(NodeId, Duration, Option<Duration>)>,
+    /// Largest transmit queue and δ-buffer any incarnation reported.
+    pub peaks: (usize, usize),
+    /// δ-buffer overflows of every incarnation.
+    pub overflows: u64,
+}
+
+impl Slot {
+    /// Whether the node is running (not crashed).
+    pub fn is_live(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// The current incarnation's id.
+    pub fn id(&self) -> NodeId {
+        NodeId::new(self.name.as_str(), self.incarnation)
+    }
+}
+
+/// A message on the wire.
+#[derive(Debug)]
+pub(crate) struct Arrival {
+    pub from: usize,
+    pub to: usize,
+    pub to_gen: u64,
+    /// Stream messages: `(connection epoch, sender generation)`.
+    pub stream: Option<(u64, u64)>,
+    pub bytes: Vec<u8>,
+    /// Hops of the watched change at the sender when sent (`u32::MAX`: none).
+    pub hop: u32,
+}
+
+#[derive(Debug)]
+pub(crate) enum Ev {
+    Deliver(Box<Arrival>),
+    Timer(usize),
+    Resume(usize),
+    Workload(usize),
+    Flap { a: usize, b: usize, until: Duration },
+}
+
+/// The simulated cluster. See the module docs.
+pub struct World {
+    pub(crate) base: Instant,
+    pub(crate) now: Duration,
+    seq: u64,
+    queue: BTreeMap<(Duration, u64), Ev>,
+    pub(crate) rng: ChaCha8Rng,
+    /// Link state and behaviour.
+    pub net: Net,
+    /// Node slots, by index.
+    pub nodes: Vec<Slot>,
+    /// The event trace.
+    pub trace: Trace,
+    /// Counters.
+    pub stats: WorldStats,
+    /// What the checkers read.
+    pub log: Log,
+    pub(crate) timing: Timing,
+    pub(crate) sample_every: Duration,
+    next_sample: Duration,
+    pub(crate) workloads: Vec<crate::workload::Running>,
+    pub(crate) watch: Option<crate::watch::Watch>,
+}
+
+impl World {
+    /// An empty world with the given seed, network and node timing.
+    pub fn new(seed: u64, net: NetConfig, timing: Timing, sample_every: Duration) -> Self {
+        World {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            seq: 0,
+            queue: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            net: Net::new(net),
+            nodes: Vec::new(),
+            trace: Trace::default(),
+            stats: WorldStats::default(),
+            log: Log::default(),
+            timing,
+            sample_every,
+            next_sample: Duration::ZERO,
+            workloads: Vec::new(),
+            watch: None,
+        }
+    }
+
+    /// Virtual time since the start.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The address of node `i`.
+    pub fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, BASE_PORT + i as u16))
+    }
+
+    /// Runs every event up to and including `until`, then sets the clock there.
+    pub fn run_until(&mut self, until: Duration) {
+        loop {
+            let next = self.queue.first_key_value().map(|(k, _)| k.0);
+            let due = next.filter(|t| *t <= until);
+            if self.next_sample <= due.unwrap_or(until) {
+                self.now = self.now.max(self.next_sample);
+                crate::check::take_sample(self);
+                self.next_sample += self.sample_every;
+                continue;
+            }
+            let Some(_) = due else { break };
+            let ((at, _), ev) = self.queue.pop_first().expect("peeked above");
+            self.now = at;
+            self.stats.steps += 1;
+            self.dispatch(ev);
+        }
+        self.now = until;
+    }
+
+    pub(crate) fn schedule(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at.max(self.now), self.seq), ev);
+        self.stats.peak_queue = self.stats.peak_queue.max(self.queue.len());
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver(a) => self.deliver(*a),
+            Ev::Timer(i) => {
+                let slot = &mut self.nodes[i];
+                if slot.timer_at != Some(self.now) {
+                    return;
+                }
+                slot.timer_at = None;
+                if slot.paused_until.is_some() {
+                    return;
+                }
+                if let Some(node) = slot.node.as_mut() {
+                    node.handle_timeout(self.base + self.now);
+                    self.after_input(i);
+                }
+            }
+            Ev::Resume(i) => self.resume(i),
+            Ev::Workload(w) => self.workload_tick(w),
+            Ev::Flap { a, b, until } => self.flap(a, b, until),
+        }
+    }
+
+    fn deliver(&mut self, a: Arrival) {
+        let slot = &self.nodes[a.to];
+        let stale_stream = a.stream.is_some_and(|(epoch, from_gen)| {
+            epoch != self.net.epoch(a.from, a.to) || from_gen != self.nodes[a.from].gen
+        });
+        if slot.node.is_none() || slot.gen != a.to_gen || stale_stream {
+            self.stats.dropped += 1;
+            return;
+        }
+        if slot.paused_until.is_some() {
+            let slot = &mut self.nodes[a.to];
+            slot.inbox.push_back(a);
+            self.stats.peak_inbox = self.stats.peak_inbox.max(slot.inbox.len());
+            return;
+        }
+        self.handle_arrival(a);
+    }
+
+    pub(crate) fn handle_arrival(&mut self, a: Arrival) {
+        self.trace.record(self.now, 1);
+        self.trace.word(((a.from as u64) << 32) | a.to as u64);
+        self.trace.bytes(&a.bytes);
+        let msg = match Message::decode(&a.bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let err = format!("{}: n{} -> n{}: {e}", fmt_t(self.now), a.from, a.to);
+                self.log.codec_errors.push(err);
+                return;
+            }
+        };
+        let Some(node) = self.nodes[a.to].node.as_mut() else {
+            return;
+        };
+        node.handle_message(self.base + self.now, msg);
+        self.after_input(a.to);
+        self.watch_arrival(a.to, a.hop);
+    }
+
+    /// Drains a node's transmits and events, and re-arms its timer.
+    pub(crate) fn after_input(&mut self, i: usize) {
+        let mut transmits = Vec::new();
+        let mut events = Vec::new();
+        let timeout;
+        {
+            let slot = &mut self.nodes[i];
+            let Some(node) = slot.node.as_mut() else {
+                return;
+            };
+            while let Some(t) = node.poll_transmit() {
+                transmits.push(t);
+            }
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+            timeout = node.poll_timeout();
+            let st = node.stats();
+            slot.peaks.0 = slot.peaks.0.max(st.peak_transmits);
+            slot.peaks.1 = slot.peaks.1.max(st.peak_buffer);
+        }
+        for t in transmits {
+            self.send(i, &t.addr, &t.msg);
+        }
+        for e in events {
+            self.on_event(i, e);
+        }
+        if let Some(t) = timeout {
+            let at = t.saturating_duration_since(self.base).max(self.now);
+            let slot = &mut self.nodes[i];
+            if slot.timer_at.is_none_or(|cur| at < cur) {
+                slot.timer_at = Some(at);
+                self.schedule(at, Ev::Timer(i));
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, addr: &SocketAddr, msg: &Message) {
+        let bytes = msg.encode();
+        let kind = kind_of(&msg.body);
+        self.stats.msgs[kind] += 1;
+        self.stats.bytes[kind] += bytes.len() as u64;
+        let to = usize::from(addr.port().wrapping_sub(BASE_PORT));
+        if to >= self.nodes.len() || *addr != World::addr(to) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let lane = if msg.body.loss_tolerant() {
+            Lane::Datagram
+        } else {
+            Lane::Stream
+        };
+        let arrivals = self.net.route(&mut self.rng, self.now, from, to, lane);
+        if arrivals.is_empty() {
+            self.stats.dropped += 1;
+        }
+        let stream =
+            (lane == Lane::Stream).then(|| (self.net.epoch(from, to), self.nodes[from].gen));
+        let hop = self.watch_hop(from);
+        let n = arrivals.len();
+        let mut bytes = Some(bytes);
+        for (k, at) in arrivals.into_iter().enumerate() {
+            let bytes = if k + 1 == n {
+                bytes.take().expect("the last copy takes the bytes")
+            } else {
+                bytes.clone().expect("taken only by the last copy")
+            };
+            let arrival = Arrival {
+                from,
+                to,
+                to_gen: self.nodes[to].gen,
+                stream,
+                bytes,
+                hop,
+            };
+            self.schedule(at, Ev::Deliver(Box::new(arrival)));
+        }
+    }
+}
+
+/// Index of a message kind in the counters.
+pub fn kind_of(body: &Body) -> usize {
+    match body {
+        Body::Hello { .. } => 0,
+        Body::Members(_) => 1,
+        Body::Heartbeat => 2,
+        Body::Delta { .. } => 3,
+        Body::Ack { .. } => 4,
+        Body::Digest { .. } => 5,
+        Body::Repair { .. } => 6,
+        Body::Broadcast { .. } => 7,
+        Body::Leave => 8,
+    }
+}
+
+/// A virtual time as `12.345s`.
+pub fn fmt_t(t: Duration) -> String {
+    format!("{}.{:03}s", t.as_secs(), t.subsec_millis())
+}

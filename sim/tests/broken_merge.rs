@@ -1,0 +1,24 @@
+//! Proves the checkers can fail: with the engine's `broken-merge` feature
+//! (removals from peers are ignored), the sweep must find failing seeds.
+//!
+//! Run alone: `cargo test -p chorus-sim --features broken-merge --test broken_merge`.
+#![cfg(feature = "broken-merge")]
+
+use chorus_sim::builtin;
+use chorus_sim::check::Invariant;
+use chorus_sim::sweep::sweep;
+
+#[test]
+fn the_sweep_catches_a_merge_that_ignores_removals() {
+    let sc = builtin::scenario("partition-heal", 3).expect("built-in");
+    let r = sweep(&sc, 0..20, 2);
+    assert!(
+        r.failures.len() >= 10,
+        "broken merge went unnoticed: only {} of 20 seeds failed",
+        r.failures.len()
+    );
+    assert!(r
+        .failures
+        .iter()
+        .all(|f| f.invariants.contains(&Invariant::Convergence)));
+}
