@@ -1,0 +1,270 @@
+//! The per-connection session: one client's channel table and the behaviour of
+//! PROTOCOL.md §3, without I/O.
+//!
+//! A transport (WebSocket, LongPoll) decodes each client frame and feeds it to
+//! [`Session::handle_frame`]; the cluster side feeds broadcasts
+//! ([`Session::handle_broadcast`]), presence state ([`Session::handle_presence_state`])
+//! and channel messages ([`Session::handle_info`]). After every input the driver drains
+//! [`Session::poll_transmit`] (frames for this client, in wire order) and
+//! [`Session::poll_action`] (subscriptions, broadcasts and presence changes to carry
+//! out for this connection, in order). The session is deterministic: it reads no
+//! clock, draws no randomness and never blocks.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use chorus_gateway::channel::Router;
+//! use chorus_gateway::protocol::{decode_text, Vsn};
+//! use chorus_gateway::socket::{Session, SessionConfig};
+//!
+//! let mut session = Session::new(Vsn::V2, Arc::new(Router::new()), SessionConfig::default());
+//! session.handle_frame(decode_text(Vsn::V2, r#"["7","7","nope:1","phx_join",{}]"#)?)?;
+//! let reply = session.poll_transmit().expect("a reply");
+//! assert_eq!(
+//!     reply.as_text(),
+//!     Some(r#"[null,"7","nope:1","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#)
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod action;
+mod dispatch;
+mod lifecycle;
+mod outbox;
+pub mod presence;
+
+pub use action::{Action, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE};
+pub use presence::{presence_diff, presence_state, PresenceEntry};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::channel::{Channel, Info, Router, StopReason};
+use crate::protocol::{
+    encode_heartbeat_reply, Encoded, FrameError, InFrame, OutFrame, Payload, Ref, Vsn,
+    MAX_FIELD_LEN, PHOENIX_TOPIC,
+};
+use outbox::Outbox;
+
+/// Socket-wide data set at connect time (Phoenix's `socket.assigns`), read by
+/// channels through [`ChannelContext::assigns`](crate::channel::ChannelContext::assigns).
+pub type Assigns = serde_json::Map<String, serde_json::Value>;
+
+/// One client connection's protocol state: its serializer, socket id, assigns and
+/// channel table `topic -> (join_ref, channel, tracked presences)`.
+pub struct Session {
+    config: SessionConfig,
+    router: Arc<Router>,
+    id: Option<String>,
+    assigns: Assigns,
+    channels: BTreeMap<String, Joined>,
+    outbox: Outbox,
+}
+
+/// A joined channel. Leaving is synchronous here, so a channel is either joined (in
+/// the table) or gone; there is no `:leaving` state to keep.
+struct Joined {
+    join_ref: Ref,
+    channel: Box<dyn Channel>,
+    /// Presence keys this join tracks, for [`Action::UntrackAll`] when it ends.
+    tracked: BTreeSet<String>,
+    /// The topic's presences as last handed in, for `list`.
+    presence: Vec<PresenceEntry>,
+}
+
+impl Session {
+    /// A session for a connection speaking `vsn`, routing joins with `router`.
+    pub fn new(vsn: Vsn, router: Arc<Router>, config: SessionConfig) -> Self {
+        Self {
+            config,
+            router,
+            id: None,
+            assigns: Assigns::new(),
+            channels: BTreeMap::new(),
+            outbox: Outbox::new(vsn),
+        }
+    }
+
+    /// Sets the socket id (Phoenix's `id/1`). The driver subscribes the connection to
+    /// that topic and passes its events to [`Session::handle_id_broadcast`].
+    pub fn with_id(mut self, id: Option<String>) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the assigns the connect hook produced.
+    pub fn with_assigns(mut self, assigns: Assigns) -> Self {
+        self.assigns = assigns;
+        self
+    }
+
+    /// The connection's serializer.
+    pub fn vsn(&self) -> Vsn {
+        self.outbox.vsn
+    }
+
+    /// The socket id, if the connect hook gave one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The socket-wide assigns.
+    pub fn assigns(&self) -> &Assigns {
+        &self.assigns
+    }
+
+    /// The join_ref of the current join of `topic`, if joined.
+    pub fn joined(&self, topic: &str) -> Option<&Ref> {
+        self.channels.get(topic).map(|j| &j.join_ref)
+    }
+
+    /// How many channels are joined.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Handles one decoded client frame (PROTOCOL.md §3 rows a–l). Fails only for a
+    /// topic over 255 bytes (which the decoders already refuse); the transport closes
+    /// the connection on an error, as for a frame that does not decode.
+    pub fn handle_frame(&mut self, frame: InFrame) -> Result<(), FrameError> {
+        let InFrame {
+            join_ref,
+            ref_,
+            topic,
+            event,
+            payload,
+        } = frame;
+        if topic.len() > MAX_FIELD_LEN {
+            return Err(FrameError::TooLong {
+                field: "topic",
+                len: topic.len(),
+            });
+        }
+        match event.as_str() {
+            "heartbeat" if topic == PHOENIX_TOPIC => {
+                let reply = encode_heartbeat_reply(self.outbox.vsn, ref_.as_ref());
+                self.outbox.transmit.push_back(reply);
+            }
+            "phx_join" => {
+                // A join without a join_ref (v1 clients) uses its ref, as Phoenix does.
+                let join_ref = join_ref
+                    .or_else(|| ref_.clone())
+                    .unwrap_or_else(|| Ref::string(""));
+                self.join(join_ref, ref_, topic, payload);
+            }
+            "phx_leave" => self.leave(join_ref, ref_, topic),
+            _ => self.message(join_ref, ref_, topic, event, payload),
+        }
+        self.drain_infos();
+        Ok(())
+    }
+
+    /// Handles a broadcast for a topic this connection subscribed to: written as the
+    /// shared encoded frame (`[null, null, topic, event, payload]`), or passed to the
+    /// channel's `handle_out` if it intercepts the event. Ignored if the topic is not
+    /// joined (a broadcast racing a leave).
+    pub fn handle_broadcast(&mut self, msg: &Encoded) {
+        self.broadcast(msg);
+        self.drain_infos();
+    }
+
+    /// Delivers `msg` to the channel on `topic` (a timer, a message from the app).
+    /// With `join_ref`, only that join receives it. Returns whether a channel got it.
+    pub fn handle_info(&mut self, topic: &str, join_ref: Option<&Ref>, msg: Info) -> bool {
+        let delivered = self.deliver_info(topic, join_ref, msg);
+        self.drain_infos();
+        delivered
+    }
+
+    /// Hands in the topic's presences after this join's track: pushes
+    /// `[join_ref, null, topic, "presence_state", state]` and keeps `entries` for
+    /// `list`. Ignored (false) if `join_ref` is no longer the topic's current join.
+    pub fn handle_presence_state(
+        &mut self,
+        topic: &str,
+        join_ref: &Ref,
+        entries: Vec<PresenceEntry>,
+    ) -> bool {
+        let Some(entry) = self.channels.get_mut(topic) else {
+            return false;
+        };
+        if entry.join_ref != *join_ref {
+            return false;
+        }
+        let payload = Payload::Json(presence_state(&entries));
+        entry.presence = entries;
+        let frame = crate::protocol::encode_push(
+            self.outbox.vsn,
+            Some(join_ref),
+            topic,
+            "presence_state",
+            &payload,
+        );
+        self.outbox.send(frame);
+        true
+    }
+
+    /// Applies a presence diff to the topic's `list` snapshot. Sends nothing: the
+    /// diff's `presence_diff` frame arrives as a broadcast.
+    pub fn handle_presence_diff(
+        &mut self,
+        topic: &str,
+        joins: &[PresenceEntry],
+        leaves: &[PresenceEntry],
+    ) {
+        if let Some(entry) = self.channels.get_mut(topic) {
+            presence::apply_diff(&mut entry.presence, joins, leaves);
+        }
+    }
+
+    /// The connection is gone: every channel terminates with [`StopReason::Closed`],
+    /// no frame is sent, and the cleanup actions (untrack, unsubscribe) come out.
+    pub fn handle_close(&mut self) {
+        for (topic, entry) in std::mem::take(&mut self.channels) {
+            let _ = self.end(&topic, entry, StopReason::Closed);
+        }
+        self.outbox.transmit.clear();
+        self.outbox.infos.clear();
+    }
+
+    /// An event broadcast on the socket id's topic. `disconnect` closes the session
+    /// as [`Session::handle_close`] does and returns the close code to use (1001);
+    /// any other event is ignored.
+    pub fn handle_id_broadcast(&mut self, event: &str) -> Option<u16> {
+        if event != "disconnect" {
+            return None;
+        }
+        self.handle_close();
+        Some(DISCONNECT_CLOSE_CODE)
+    }
+
+    /// The next frame to write to the client. Poll until `None` after every input.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<OutFrame> {
+        self.outbox.transmit.pop_front()
+    }
+
+    /// The next action to carry out for this connection. Poll until `None` after
+    /// every input.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.outbox.actions.pop_front()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let joins: BTreeMap<&str, &str> = self
+            .channels
+            .iter()
+            .map(|(topic, j)| (topic.as_str(), j.join_ref.as_str()))
+            .collect();
+        f.debug_struct("Session")
+            .field("vsn", &self.outbox.vsn)
+            .field("id", &self.id)
+            .field("channels", &joins)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Presence payloads in Phoenix's exact shape, spliced from pre-encoded metas.
+//!
+//! `presence_state` is `{"<key>":{"metas":[{"phx_ref":..,"phx_ref_prev":..,..meta}]}}`
+//! and `presence_diff` is `{"joins":<state shape>,"leaves":<state shape>}`
+//! (PROTOCOL.md §5.1). Keys come out sorted (as Phoenix's small maps do); the metas
+//! of a key keep the order they were given in. An update is one diff with the new
+//! meta (carrying `phx_ref_prev`) in `joins` and the old meta in `leaves`.
+
+use std::collections::BTreeMap;
+
+use crate::protocol::JsonObject;
+
+/// One presence meta of one key, as the presence system hands it in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The presence key, e.g. a user id.
+    pub key: String,
+    /// The meta's unique ref.
+    pub phx_ref: String,
+    /// On an updated meta, the ref of the meta it replaced.
+    pub phx_ref_prev: Option<String>,
+    /// The application's meta object, without `phx_ref`/`phx_ref_prev`.
+    pub meta: JsonObject,
+}
+
+impl PresenceEntry {
+    /// A freshly tracked meta.
+    pub fn new(key: impl Into<String>, phx_ref: impl Into<String>, meta: JsonObject) -> Self {
+        Self {
+            key: key.into(),
+            phx_ref: phx_ref.into(),
+            phx_ref_prev: None,
+            meta,
+        }
+    }
+
+    /// The same meta marked as replacing `prev` (an update).
+    pub fn with_prev(self, prev: impl Into<String>) -> Self {
+        Self {
+            phx_ref_prev: Some(prev.into()),
+            ..self
+        }
+    }
+}
+
+/// The `presence_state` payload for `entries`.
+pub fn presence_state(entries: &[PresenceEntry]) -> JsonObject {
+    let mut out = String::with_capacity(64 * entries.len() + 2);
+    write_state(&mut out, entries);
+    into_object(out)
+}
+
+/// The `presence_diff` payload: `{"joins":{..},"leaves":{..}}`.
+pub fn presence_diff(joins: &[PresenceEntry], leaves: &[PresenceEntry]) -> JsonObject {
+    let mut out = String::with_capacity(64 * (joins.len() + leaves.len()) + 24);
+    out.push_str(r#"{"joins":"#);
+    write_state(&mut out, joins);
+    out.push_str(r#","leaves":"#);
+    write_state(&mut out, leaves);
+    out.push('}');
+    into_object(out)
+}
+
+/// Applies a diff to a state the way phoenix.js's `syncDiff` does: joins first (a
+/// meta with the same `phx_ref` is replaced), then leaves (removed by `phx_ref`).
+pub(crate) fn apply_diff(
+    state: &mut Vec<PresenceEntry>,
+    joins: &[PresenceEntry],
+    leaves: &[PresenceEntry],
+) {
+    for join in joins {
+        state.retain(|e| !(e.key == join.key && e.phx_ref == join.phx_ref));
+        state.push(join.clone());
+    }
+    for leave in leaves {
+        state.retain(|e| !(e.key == leave.key && e.phx_ref == leave.phx_ref));
+    }
+}
+
+/// Drops `phx_ref` and `phx_ref_prev` from an application meta, so the spliced refs
+/// are the only ones. Metas without them (the normal case) are returned untouched.
+pub(crate) fn strip_reserved(meta: JsonObject) -> JsonObject {
+    if !meta.as_str().contains("phx_ref") {
+        return meta;
+    }
+    let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+        serde_json::from_str(meta.as_str());
+    let Ok(mut map) = parsed else {
+        return meta;
+    };
+    let removed = map.remove("phx_ref").is_some() | map.remove("phx_ref_prev").is_some();
+    if !removed {
+        return meta;
+    }
+    JsonObject::from_value(&map).unwrap_or(meta)
+}
+
+/// Writes `{"key":{"metas":[..]},..}`, keys sorted, metas in input order.
+fn write_state(out: &mut String, entries: &[PresenceEntry]) {
+    let mut by_key: BTreeMap<&str, Vec<&PresenceEntry>> = BTreeMap::new();
+    for entry in entries {
+        by_key.entry(&entry.key).or_default().push(entry);
+    }
+    out.push('{');
+    for (i, (key, metas)) in by_key.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(out, key);
+        out.push_str(r#":{"metas":["#);
+        for (j, entry) in metas.into_iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            write_meta(out, entry);
+        }
+        out.push_str("]}");
+    }
+    out.push('}');
+}
+
+/// Writes `{"phx_ref":..,"phx_ref_prev":..,<meta's own fields>}`.
+fn write_meta(out: &mut String, entry: &PresenceEntry) {
+    out.push_str(r#"{"phx_ref":"#);
+    write_str(out, &entry.phx_ref);
+    if let Some(prev) = &entry.phx_ref_prev {
+        out.push_str(r#","phx_ref_prev":"#);
+        write_str(out, prev);
+    }
+    let raw = entry.meta.as_str().trim();
+    let fields = raw
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .unwrap_or("")
+        .trim();
+    if !fields.is_empty() {
+        out.push(',');
+        out.push_str(fields);
+    }
+    out.push('}');
+}
+
+fn write_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
+}
+
+fn into_object(json: String) -> JsonObject {
+    JsonObject::from_json(json).expect("presence payloads are built as JSON objects")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(text: &str) -> JsonObject {
+        JsonObject::from_json(text).expect("test meta")
+    }
+
+    fn alice() -> PresenceEntry {
+        PresenceEntry::new(
+            "alice",
+            "GOuESILNw0CWmASh",
+            meta(r#"{"online_at":"1795674323"}"#),
+        )
+    }
+
+    fn bob() -> PresenceEntry {
+        PresenceEntry::new(
+            "bob",
+            "GOuESJroINCWmATB",
+            meta(r#"{"online_at":"1795674323"}"#),
+        )
+    }
+
+    /// Capture §3: bob's `presence_state` (keys sorted, one meta each).
+    #[test]
+    fn state_matches_the_capture_shape() {
+        let state = presence_state(&[bob(), alice()]);
+        assert_eq!(
+            state.as_str(),
+            r#"{"alice":{"metas":[{"phx_ref":"GOuESILNw0CWmASh","online_at":"1795674323"}]},"bob":{"metas":[{"phx_ref":"GOuESJroINCWmATB","online_at":"1795674323"}]}}"#
+        );
+        assert_eq!(presence_state(&[]).as_str(), "{}");
+    }
+
+    /// Capture §9/§10: a join diff and a leave diff.
+    #[test]
+    fn join_and_leave_diffs() {
+        assert_eq!(
+            presence_diff(&[alice()], &[]).as_str(),
+            r#"{"joins":{"alice":{"metas":[{"phx_ref":"GOuESILNw0CWmASh","online_at":"1795674323"}]}},"leaves":{}}"#
+        );
+        assert_eq!(
+            presence_diff(&[], &[alice()]).as_str(),
+            r#"{"joins":{},"leaves":{"alice":{"metas":[{"phx_ref":"GOuESILNw0CWmASh","online_at":"1795674323"}]}}}"#
+        );
+    }
+
+    /// PROTOCOL.md §5.1: an update is the new meta (with `phx_ref_prev`) joined and the
+    /// old meta left, in one diff; several metas of one key share its `metas` list.
+    #[test]
+    fn update_diff_and_multiple_metas() {
+        let old = PresenceEntry::new("u1", "A", meta(r#"{"online":true}"#));
+        let new = PresenceEntry::new("u1", "B", meta(r#"{ "online" : false }"#)).with_prev("A");
+        assert_eq!(
+            presence_diff(std::slice::from_ref(&new), std::slice::from_ref(&old)).as_str(),
+            r#"{"joins":{"u1":{"metas":[{"phx_ref":"B","phx_ref_prev":"A","online" : false}]}},"leaves":{"u1":{"metas":[{"phx_ref":"A","online":true}]}}}"#
+        );
+        let tab2 = PresenceEntry::new("u1", "C", JsonObject::empty());
+        assert_eq!(
+            presence_state(&[old, tab2]).as_str(),
+            r#"{"u1":{"metas":[{"phx_ref":"A","online":true},{"phx_ref":"C"}]}}"#
+        );
+    }
+
+    #[test]
+    fn keys_are_escaped() {
+        let odd = PresenceEntry::new("a\"b", "r", JsonObject::empty());
+        assert_eq!(
+            presence_state(&[odd]).as_str(),
+            r#"{"a\"b":{"metas":[{"phx_ref":"r"}]}}"#
+        );
+    }
+
+    #[test]
+    fn apply_diff_joins_first_then_leaves() {
+        let a = PresenceEntry::new("u1", "A", meta(r#"{"online":true}"#));
+        let b = PresenceEntry::new("u1", "B", meta(r#"{"online":false}"#)).with_prev("A");
+        let mut state = vec![a.clone()];
+        apply_diff(
+            &mut state,
+            std::slice::from_ref(&b),
+            std::slice::from_ref(&a),
+        );
+        assert_eq!(state, vec![b.clone()]);
+        apply_diff(&mut state, std::slice::from_ref(&b), &[]);
+        assert_eq!(state, vec![b.clone()], "re-applying a join is idempotent");
+        apply_diff(&mut state, &[], &[a, b]);
+        assert!(state.is_empty());
+    }
+
+    #[test]
+    fn reserved_keys_are_stripped_from_metas() {
+        let stripped = strip_reserved(meta(r#"{"phx_ref":"x","phx_ref_prev":"y","n":1}"#));
+        assert_eq!(stripped.as_str(), r#"{"n":1}"#);
+        let untouched = meta(r#"{"note":"phx_ref is a word","n":1}"#);
+        assert_eq!(strip_reserved(untouched.clone()), untouched);
+    }
+}
