@@ -2,9 +2,9 @@
 //!
 //! A replica numbers its operations 1, 2, 3, ... Peers learn them in any order,
 //! so the context is a contiguous prefix `1..=max` (the version-vector entry)
-//! plus a dot cloud of counters seen beyond a gap.
+//! plus a cloud of counter ranges seen beyond a gap.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,10 +83,15 @@ impl Ranges {
 }
 
 /// What one node knows of one replica's operations.
+///
+/// Exact for any span: counters known beyond a gap are kept as disjoint,
+/// non-touching ranges `lo -> hi`, so a huge δ-group or slice past a gap is
+/// remembered in O(1) space instead of being forgotten (which let stale adds
+/// of dots it declared dead come back, and made `missing` overstate).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Context {
     max: u64,
-    cloud: BTreeSet<u64>,
+    cloud: BTreeMap<u64, u64>,
 }
 
 impl Context {
@@ -97,25 +102,24 @@ impl Context {
 
     /// The highest counter known, contiguous or not.
     pub fn top(&self) -> u64 {
-        self.cloud.last().copied().unwrap_or(self.max).max(self.max)
+        self.cloud
+            .last_key_value()
+            .map_or(self.max, |(_, &hi)| hi.max(self.max))
     }
 
     /// Whether counter `n` is known.
     pub fn contains(&self, n: u64) -> bool {
-        n <= self.max || self.cloud.contains(&n)
+        n <= self.max
+            || self
+                .cloud
+                .range(..=n)
+                .next_back()
+                .is_some_and(|(_, &hi)| n <= hi)
     }
 
     /// Marks `n` known.
     pub fn insert(&mut self, n: u64) {
-        if n <= self.max {
-            return;
-        }
-        if n == self.max + 1 {
-            self.max = n;
-            self.compact();
-        } else {
-            self.cloud.insert(n);
-        }
+        self.insert_span(n, n);
     }
 
     /// Marks `lo..=hi` known.
@@ -126,15 +130,27 @@ impl Context {
         }
         if lo == self.max + 1 {
             self.max = hi;
-            // Drop cloud dots now below max, then absorb what became contiguous.
-            self.cloud = self.cloud.split_off(&(hi + 1));
             self.compact();
-        } else if hi - lo < 1 << 16 {
-            self.cloud.extend(lo..=hi);
-        } else {
-            // A huge span past a gap only comes from a peer far ahead of us:
-            // keep what is contiguous; anti-entropy fills the rest later.
+            return;
         }
+        // Merge with a range that starts before and reaches lo - 1 or further...
+        let (mut lo, mut hi) = (lo, hi);
+        if let Some((&plo, &phi)) = self.cloud.range(..lo).next_back() {
+            if phi.saturating_add(1) >= lo {
+                self.cloud.remove(&plo);
+                lo = plo;
+                hi = hi.max(phi);
+            }
+        }
+        // ...and with every range that starts inside or right after it.
+        while let Some((&nlo, &nhi)) = self.cloud.range(lo..).next() {
+            if nlo > hi.saturating_add(1) {
+                break;
+            }
+            self.cloud.remove(&nlo);
+            hi = hi.max(nhi);
+        }
+        self.cloud.insert(lo, hi);
     }
 
     /// The counters of `ranges` not yet known.
@@ -145,31 +161,36 @@ impl Context {
             if lo > hi {
                 continue;
             }
-            let mut run: Option<(u64, u64)> = None;
-            if hi - lo < 1 << 16 {
-                for n in lo..=hi {
-                    if self.cloud.contains(&n) {
-                        if let Some((a, b)) = run.take() {
-                            out.insert_span(a, b);
-                        }
-                    } else {
-                        run = Some(run.map_or((n, n), |(a, _)| (a, n)));
-                    }
+            // The first counter not yet accounted for (`None`: past u64::MAX).
+            let mut next = Some(lo);
+            // A cloud range starting before lo may still cover its start.
+            if let Some((_, &phi)) = self.cloud.range(..lo).next_back() {
+                if phi >= lo {
+                    next = phi.checked_add(1);
                 }
-                if let Some((a, b)) = run {
-                    out.insert_span(a, b);
+            }
+            for (&clo, &chi) in self.cloud.range(lo..=hi) {
+                match next {
+                    Some(n) if n < clo => out.insert_span(n, clo - 1),
+                    _ => {}
                 }
-            } else {
-                out.insert_span(lo, hi);
+                next = chi.checked_add(1);
+            }
+            if let Some(n) = next.filter(|&n| n <= hi) {
+                out.insert_span(n, hi);
             }
         }
         out
     }
 
+    /// Absorbs cloud ranges that became contiguous with `max`.
     fn compact(&mut self) {
-        while self.cloud.first() == Some(&(self.max + 1)) {
+        while let Some((&lo, &hi)) = self.cloud.first_key_value() {
+            if lo > self.max.saturating_add(1) {
+                break;
+            }
             self.cloud.pop_first();
-            self.max += 1;
+            self.max = self.max.max(hi);
         }
     }
 }
@@ -218,5 +239,34 @@ mod tests {
         c.insert(6);
         let m = c.missing(&Ranges::span(2, 8));
         assert_eq!(m.spans(), &[(4, 5), (7, 8)]);
+    }
+
+    #[test]
+    fn huge_spans_past_a_gap_are_remembered_exactly() {
+        let mut c = Context::default();
+        c.insert_span(10, 1_000_000);
+        c.insert(5);
+        c.insert_span(1_000_002, 2_000_000);
+        assert!(c.contains(10) && c.contains(500_000) && c.contains(5));
+        assert!(!c.contains(4) && !c.contains(6) && !c.contains(1_000_001));
+        assert_eq!((c.max(), c.top()), (0, 2_000_000));
+        let m = c.missing(&Ranges::span(1, 3_000_000));
+        assert_eq!(
+            m.spans(),
+            &[
+                (1, 4),
+                (6, 9),
+                (1_000_001, 1_000_001),
+                (2_000_001, 3_000_000)
+            ]
+        );
+        // A span starting inside a known range only misses what follows it.
+        let m = c.missing(&Ranges::span(999_999, 1_000_005));
+        assert_eq!(m.spans(), &[(1_000_001, 1_000_001)]);
+        c.insert_span(1, 4);
+        assert_eq!(c.max(), 5);
+        c.insert_span(6, 1_000_001);
+        assert_eq!((c.max(), c.top()), (2_000_000, 2_000_000));
+        assert!(c.missing(&Ranges::span(1, 2_000_000)).is_empty());
     }
 }

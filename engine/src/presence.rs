@@ -7,6 +7,7 @@
 //! `untrack_conn`). Every change of the visible view is reported as a join or a
 //! leave, so a node computes its diffs from its own merges; diffs never travel.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -113,7 +114,9 @@ pub enum PresenceError {
 #[derive(Debug)]
 pub struct Presence {
     store: Store<PresEntry>,
-    topics: BTreeMap<Topic, BTreeSet<(Key, u32)>>,
+    /// Visible slots by topic. Slots only: the key is in the entry, and
+    /// listings sort anyway (a copy of the key here cost 24+ bytes per entry).
+    topics: BTreeMap<Topic, BTreeSet<u32>>,
     local: BTreeMap<(Topic, Key, ConnId), u32>,
     by_conn: BTreeSet<(ConnId, u32)>,
     ref_prefix: [u8; 6],
@@ -262,7 +265,7 @@ impl Presence {
         part: &Part<PresEntry>,
         diff: &mut Vec<(Topic, DiffItem)>,
     ) -> Option<Part<PresEntry>> {
-        let mut changes = Vec::new();
+        let mut changes = Vec::with_capacity(part.adds.len() + part.removes.len());
         let novel = self.store.merge(part, &mut changes);
         self.apply(changes, diff);
         novel
@@ -323,18 +326,26 @@ impl Presence {
     }
 
     fn index(&mut self, slot: usize, diff: &mut Vec<(Topic, DiffItem)>) {
+        let topic = self.store.slot(slot).value.topic.clone();
+        match self.topics.entry(topic) {
+            Entry::Occupied(mut o) => {
+                o.get_mut().insert(slot as u32);
+                // Entries decoded from the network each own their topic text:
+                // share the indexed one instead (tens of bytes per entry).
+                let shared = o.key().clone();
+                self.store.value_mut(slot).topic = shared;
+            }
+            Entry::Vacant(v) => {
+                v.insert(BTreeSet::from([slot as u32]));
+            }
+        }
         let e = &self.store.slot(slot).value;
-        let set = match self.topics.get_mut(&e.topic) {
-            Some(set) => set,
-            None => self.topics.entry(e.topic.clone()).or_default(),
-        };
-        set.insert((e.key.clone(), slot as u32));
         diff.push((e.topic.clone(), DiffItem::Join(PresenceItem::of(e))));
     }
 
     fn unindex(&mut self, slot: usize, e: &PresEntry, diff: &mut Vec<(Topic, DiffItem)>) {
         if let Some(set) = self.topics.get_mut(&e.topic) {
-            set.remove(&(e.key.clone(), slot as u32));
+            set.remove(&(slot as u32));
             if set.is_empty() {
                 self.topics.remove(&e.topic);
             }
@@ -347,12 +358,19 @@ impl Presence {
         let Some(set) = self.topics.get(topic) else {
             return Vec::new();
         };
-        let mut out: Vec<PresenceItem> = set
+        // Sort small references, then build the items in order.
+        let mut order: Vec<(&str, PhxRef, u32)> = set
             .iter()
-            .map(|&(_, s)| PresenceItem::of(&self.store.slot(s as usize).value))
+            .map(|&s| {
+                let e = &self.store.slot(s as usize).value;
+                (e.key.as_str(), e.phx_ref, s)
+            })
             .collect();
-        out.sort_unstable();
-        out
+        order.sort_unstable();
+        order
+            .into_iter()
+            .map(|(_, _, s)| PresenceItem::of(&self.store.slot(s as usize).value))
+            .collect()
     }
 
     /// `(keys, metas)` visible in `topic`.
@@ -360,15 +378,13 @@ impl Presence {
         let Some(set) = self.topics.get(topic) else {
             return (0, 0);
         };
-        let mut keys = 0;
-        let mut last: Option<&Key> = None;
-        for (k, _) in set {
-            if last != Some(k) {
-                keys += 1;
-                last = Some(k);
-            }
-        }
-        (keys, set.len())
+        let mut keys: Vec<&str> = set
+            .iter()
+            .map(|&s| self.store.slot(s as usize).value.key.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        (keys.len(), set.len())
     }
 
     /// Number of visible metas in `topic`.
@@ -382,7 +398,7 @@ impl Presence {
         self.topics
             .iter()
             .flat_map(|(t, set)| {
-                set.iter().map(move |&(_, s)| {
+                set.iter().map(move |&s| {
                     let e = &self.store.slot(s as usize).value;
                     (t.clone(), e.key.clone(), e.phx_ref, e.meta.clone())
                 })

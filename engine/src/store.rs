@@ -173,6 +173,10 @@ struct Replica {
     ctx: Context,
     live: BTreeMap<u64, u32>,
     tombs: BTreeMap<u64, u64>,
+    /// Dots removed by a known op whose own op is not known yet (a removal
+    /// that overtook its add). Not marked in `ctx`: op `k` may be a replace
+    /// that removes another dot, and marking it known would skip that.
+    dead: BTreeSet<u64>,
     /// Ops at or below this may have had their tombstones dropped.
     tomb_floor: u64,
     up: bool,
@@ -215,6 +219,12 @@ impl<E: Clone> Store<E> {
         &self.replicas[replica as usize].id
     }
 
+    /// The entry in `slot`, mutably, only to share memory between equal
+    /// values (interning): the caller must leave it equal, as it replicates.
+    pub fn value_mut(&mut self, slot: usize) -> &mut E {
+        &mut self.slots[slot].value
+    }
+
     /// Whether the entry in `slot` is visible (its owner is up).
     pub fn is_visible(&self, slot: usize) -> bool {
         self.replicas[self.slots[slot].replica as usize].up
@@ -247,6 +257,7 @@ impl<E: Clone> Store<E> {
             ctx: Context::default(),
             live: BTreeMap::new(),
             tombs: BTreeMap::new(),
+            dead: BTreeSet::new(),
             tomb_floor: 0,
             up: true,
         }) as u32;
@@ -341,19 +352,8 @@ impl<E: Clone> Store<E> {
         let visible = r.up;
         let mut novel = Part::empty(part.origin.clone());
         novel.ops = r.ctx.missing(&part.ops);
-        for (d, value) in &part.adds {
-            if r.ctx.contains(*d) || r.live.contains_key(d) {
-                continue;
-            }
-            let slot = slots.insert(Slot {
-                replica: idx,
-                dot: *d,
-                value: value.clone(),
-            });
-            r.live.insert(*d, slot as u32);
-            changes.push(Change::Added { slot, visible });
-            novel.adds.push((*d, value.clone()));
-        }
+        // Removals first: an add that the same part removes (a peer may send
+        // both) is then skipped, never added and removed in one batch.
         for &(n, k) in &part.removes {
             if r.ctx.contains(n) || cfg!(feature = "broken-merge") {
                 continue;
@@ -367,9 +367,28 @@ impl<E: Clone> Store<E> {
                     visible,
                 });
             }
-            r.ctx.insert(k);
+            if !r.ctx.contains(k) {
+                r.dead.insert(k);
+            }
             r.tombs.insert(n, k);
             novel.removes.push((n, k));
+        }
+        novel.adds.reserve(part.adds.len());
+        for (d, value) in &part.adds {
+            if r.ctx.contains(*d) || r.dead.contains(d) {
+                continue;
+            }
+            if !r.live.contains_key(d) {
+                let slot = slots.insert(Slot {
+                    replica: idx,
+                    dot: *d,
+                    value: value.clone(),
+                });
+                r.live.insert(*d, slot as u32);
+                changes.push(Change::Added { slot, visible });
+            }
+            // Its op is in `novel.ops`: leaving the add out would declare it dead.
+            novel.adds.push((*d, value.clone()));
         }
         // Every dot inside `ops` that the part does not hold is dead: this
         // kills what a full slice leaves out, and costs one range scan of the
@@ -406,13 +425,13 @@ impl<E: Clone> Store<E> {
         for &(lo, hi) in part.ops.spans() {
             r.ctx.insert_span(lo, hi);
         }
-        self.trim_tombs(idx);
-        // Adds of the novel part that a later removal of the same part killed
-        // must not travel on.
-        if !novel.removes.is_empty() {
-            let dead: BTreeSet<u64> = novel.removes.iter().map(|r| r.1).collect();
-            novel.adds.retain(|a| !dead.contains(&a.0));
+        if !r.dead.is_empty() {
+            let ctx = &r.ctx;
+            r.dead.retain(|d| !ctx.contains(*d));
         }
+        self.trim_tombs(idx);
+        // No add of `novel` is killed by its removals: those were applied
+        // first, and the adds loop skipped what they killed.
         (!part.full && !novel.ops.is_empty()).then_some(novel)
     }
 
@@ -482,9 +501,15 @@ impl<E: Clone> Store<E> {
     }
 
     /// Hides (`up = false`) or shows a replica's entries. Returns the slots whose
-    /// visibility changed.
+    /// visibility changed. A replica not heard of yet is remembered as down, so
+    /// entries of it relayed by others later stay hidden too.
     pub fn set_up(&mut self, id: &NodeId, up: bool) -> Vec<usize> {
-        let Some(&i) = self.by_id.get(id) else {
+        let known = if up {
+            self.by_id.get(id).copied()
+        } else {
+            self.replica_idx(id)
+        };
+        let Some(i) = known else {
             return Vec::new();
         };
         if i == self.me {
@@ -610,6 +635,42 @@ mod tests {
         let tail = a.slice(&NodeId::new("a", 1), 5, 100).remove(0);
         assert!(!tail.full);
         assert_eq!(tail.removes, vec![(6, 3)]);
+    }
+
+    #[test]
+    fn removal_that_overtakes_a_replace_leaves_no_zombie() {
+        let mut a = store("a");
+        let (s1, p1) = a.add(1);
+        let (_, s2, p2) = a.replace(s1, 2);
+        let (_, p3) = a.remove(s2);
+        let mut ch = Vec::new();
+        for order in [[&p1, &p3, &p2], [&p3, &p2, &p1], [&p2, &p3, &p1]] {
+            let mut b = store("b");
+            for p in order {
+                b.merge(p, &mut ch);
+            }
+            assert!(values(&b).is_empty(), "replaced value came back");
+            assert_eq!(b.known(&NodeId::new("a", 1)), 3);
+        }
+        // Until the replace arrives, op 2 is not known: a peer must still send it.
+        let mut b = store("b");
+        b.merge(&p1, &mut ch);
+        b.merge(&p3, &mut ch);
+        assert_eq!(values(&b), vec![1]);
+        assert_eq!(b.known(&NodeId::new("a", 1)), 1);
+    }
+
+    #[test]
+    fn down_before_the_first_delta_still_hides() {
+        let mut a = store("a");
+        let mut b = store("b");
+        let a_id = NodeId::new("a", 1);
+        let (_, p1) = a.add(1);
+        assert!(b.set_up(&a_id, false).is_empty());
+        let mut ch = Vec::new();
+        b.merge(&p1, &mut ch);
+        assert!(matches!(ch[..], [Change::Added { visible: false, .. }]));
+        assert_eq!(b.set_up(&a_id, true).len(), 1);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chorus_engine::node::PeerState;
-use chorus_engine::{Command, Config, ConnId, Event, Message, Meta, Node, NodeId, SubscriberId, Topic};
+use chorus_engine::{
+    Command, Config, ConnId, Event, Message, Meta, Node, NodeId, SubscriberId, Topic,
+};
 
 struct Net {
     nodes: Vec<Option<Node>>,
@@ -62,21 +64,30 @@ impl Net {
 
     fn cmd(&mut self, i: usize, cmd: Command) {
         let now = self.now;
-        self.node(i).handle_command(now, cmd).expect("command succeeds");
+        self.node(i)
+            .handle_command(now, cmd)
+            .expect("command succeeds");
         self.drain(i);
     }
 
     fn drain(&mut self, i: usize) {
-        let Some(node) = self.nodes[i].as_mut() else { return };
+        let Some(node) = self.nodes[i].as_mut() else {
+            return;
+        };
         while let Some(t) = node.poll_transmit() {
-            let dst = self.addrs.iter().position(|a| *a == t.addr).expect("known address");
+            let dst = self
+                .addrs
+                .iter()
+                .position(|a| *a == t.addr)
+                .expect("known address");
             let bytes = t.msg.encode();
             self.sent.push(t.msg);
             if self.cut.contains(&(i, dst)) {
                 continue;
             }
             self.seq += 1;
-            self.queue.insert((self.now + self.latency, self.seq), (dst, bytes));
+            self.queue
+                .insert((self.now + self.latency, self.seq), (dst, bytes));
         }
         while let Some(e) = node.poll_event() {
             self.events[i].push(e);
@@ -152,7 +163,10 @@ fn track(topic: &str, key: &str, conn: u64) -> Command {
 }
 
 fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    items.iter().map(|(t, k)| (t.to_string(), k.to_string())).collect()
+    items
+        .iter()
+        .map(|(t, k)| (t.to_string(), k.to_string()))
+        .collect()
 }
 
 #[test]
@@ -160,7 +174,12 @@ fn three_nodes_join_from_a_seed_and_converge() {
     let mut net = Net::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
     for i in 0..3 {
-        let up = net.node(i).members().iter().filter(|m| m.2 == PeerState::Up).count();
+        let up = net
+            .node(i)
+            .members()
+            .iter()
+            .filter(|m| m.2 == PeerState::Up)
+            .count();
         assert_eq!(up, 2, "node {i} sees both peers");
     }
     net.cmd(0, track("room:1", "alice", 1));
@@ -175,7 +194,9 @@ fn three_nodes_join_from_a_seed_and_converge() {
     let joins: usize = net.events[2]
         .iter()
         .filter_map(|e| match e {
-            Event::PresenceDiff { topic, diff } if topic.as_str() == "room:1" => Some(diff.joins.len()),
+            Event::PresenceDiff { topic, diff } if topic.as_str() == "room:1" => {
+                Some(diff.joins.len())
+            }
             _ => None,
         })
         .sum();
@@ -188,7 +209,13 @@ fn publish_crosses_the_network_once_per_interested_node() {
     net.run_for(Duration::from_millis(100));
     let t = Topic::new("room:9");
     for sub in 1..=5 {
-        net.cmd(1, Command::Subscribe { topic: t.clone(), sub: SubscriberId(sub) });
+        net.cmd(
+            1,
+            Command::Subscribe {
+                topic: t.clone(),
+                sub: SubscriberId(sub),
+            },
+        );
     }
     net.run_for(Duration::from_millis(50));
     let ready = net.events[1]
@@ -198,7 +225,14 @@ fn publish_crosses_the_network_once_per_interested_node() {
     assert_eq!(ready, 5);
     net.sent.clear();
     for n in 0..10u8 {
-        net.cmd(0, Command::Publish { topic: t.clone(), payload: Bytes::from(vec![n]), exclude: None });
+        net.cmd(
+            0,
+            Command::Publish {
+                topic: t.clone(),
+                payload: Bytes::from(vec![n]),
+                exclude: None,
+            },
+        );
     }
     net.run_for(Duration::from_millis(20));
     let broadcasts: Vec<_> = net
@@ -206,7 +240,11 @@ fn publish_crosses_the_network_once_per_interested_node() {
         .iter()
         .filter(|m| matches!(m.body, chorus_engine::Body::Broadcast { .. }))
         .collect();
-    assert_eq!(broadcasts.len(), 10, "one transmit per publish, to node 1 only");
+    assert_eq!(
+        broadcasts.len(),
+        10,
+        "one transmit per publish, to node 1 only"
+    );
     let got: Vec<u8> = net.events[1]
         .iter()
         .filter_map(|e| match e {
@@ -214,32 +252,63 @@ fn publish_crosses_the_network_once_per_interested_node() {
             _ => None,
         })
         .collect();
-    assert_eq!(got, (0..10).collect::<Vec<u8>>(), "in publish order, once each");
-    assert!(!net.events[2].iter().any(|e| matches!(e, Event::Broadcast { .. })));
+    assert_eq!(
+        got,
+        (0..10).collect::<Vec<u8>>(),
+        "in publish order, once each"
+    );
+    assert!(!net.events[2]
+        .iter()
+        .any(|e| matches!(e, Event::Broadcast { .. })));
 }
 
 #[test]
 fn first_subscriber_waits_for_peers_to_acknowledge_its_route() {
     let mut net = Net::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
-    net.cmd(2, Command::Subscribe { topic: Topic::new("x"), sub: SubscriberId(1) });
-    assert!(!net.events[2].iter().any(|e| matches!(e, Event::SubscribeReady { .. })));
+    net.cmd(
+        2,
+        Command::Subscribe {
+            topic: Topic::new("x"),
+            sub: SubscriberId(1),
+        },
+    );
+    assert!(!net.events[2]
+        .iter()
+        .any(|e| matches!(e, Event::SubscribeReady { .. })));
     net.run_for(Duration::from_millis(10));
-    assert!(net.events[2].iter().any(|e| matches!(e, Event::SubscribeReady { .. })));
+    assert!(net.events[2]
+        .iter()
+        .any(|e| matches!(e, Event::SubscribeReady { .. })));
     // By then every peer routes the topic to node 2.
     for i in 0..2 {
-        let nodes: Vec<_> = net.node(i).subs().nodes_for(&Topic::new("x")).cloned().collect();
+        let nodes: Vec<_> = net
+            .node(i)
+            .subs()
+            .nodes_for(&Topic::new("x"))
+            .cloned()
+            .collect();
         assert_eq!(nodes, vec![NodeId::new("n2", 1)]);
     }
     // With peers unreachable, the wait is bounded.
     net.cut.insert((2, 0));
     net.cut.insert((2, 1));
     net.events[2].clear();
-    net.cmd(2, Command::Subscribe { topic: Topic::new("y"), sub: SubscriberId(1) });
+    net.cmd(
+        2,
+        Command::Subscribe {
+            topic: Topic::new("y"),
+            sub: SubscriberId(1),
+        },
+    );
     net.run_for(Duration::from_millis(499));
-    assert!(!net.events[2].iter().any(|e| matches!(e, Event::SubscribeReady { .. })));
+    assert!(!net.events[2]
+        .iter()
+        .any(|e| matches!(e, Event::SubscribeReady { .. })));
     net.run_for(Duration::from_millis(2));
-    assert!(net.events[2].iter().any(|e| matches!(e, Event::SubscribeReady { .. })));
+    assert!(net.events[2]
+        .iter()
+        .any(|e| matches!(e, Event::SubscribeReady { .. })));
 }
 
 #[test]
@@ -252,8 +321,14 @@ fn a_crashed_node_goes_down_then_permdown_and_its_restart_brings_no_zombie() {
     assert_eq!(net.view(0).len(), 2);
     net.crash(2);
     net.run_for(Duration::from_millis(2300));
-    assert_eq!(net.view(0), set(&[("room:1", "alice")]), "down within 2.3 s: hidden");
-    assert!(net.events[0].iter().any(|e| matches!(e, Event::MemberDown(id) if id.name == "n2")));
+    assert_eq!(
+        net.view(0),
+        set(&[("room:1", "alice")]),
+        "down within 2.3 s: hidden"
+    );
+    assert!(net.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::MemberDown(id) if id.name == "n2")));
     // Restart as a new incarnation: the old one is purged as soon as it speaks.
     net.restart(2, 2);
     net.run_for(Duration::from_millis(200));
@@ -273,7 +348,11 @@ fn permdown_purges_a_node_that_never_returns() {
     net.run_for(Duration::from_millis(50));
     net.crash(2);
     net.run_for(Duration::from_secs(8));
-    assert!(net.node(0).presence().store().is_purged(&NodeId::new("n2", 1)));
+    assert!(net
+        .node(0)
+        .presence()
+        .store()
+        .is_purged(&NodeId::new("n2", 1)));
     assert!(net.node(0).presence().store().is_empty());
     assert!(net.node(1).presence().store().is_empty());
 }
@@ -305,7 +384,14 @@ fn a_partitioned_node_hides_then_heals_without_transfer_of_known_entries() {
     assert_eq!(net.view(2), set(&[("room:1", "carol")]));
     // Both sides keep changing during the cut.
     net.cmd(0, track("room:1", "ann", 2));
-    net.cmd(2, Command::Untrack { topic: Topic::new("room:1"), key: "carol".into(), conn: ConnId(1) });
+    net.cmd(
+        2,
+        Command::Untrack {
+            topic: Topic::new("room:1"),
+            key: "carol".into(),
+            conn: ConnId(1),
+        },
+    );
     net.cmd(2, track("room:1", "cat", 2));
     net.run_for(Duration::from_secs(1));
     net.cut.clear();
@@ -326,7 +412,14 @@ fn a_peer_behind_a_dropped_buffer_is_repaired_per_origin() {
         net.cmd(0, track("room:1", &format!("u{k}"), k));
     }
     for k in 0..20u64 {
-        net.cmd(0, Command::Untrack { topic: Topic::new("room:1"), key: format!("u{k}").into(), conn: ConnId(k) });
+        net.cmd(
+            0,
+            Command::Untrack {
+                topic: Topic::new("room:1"),
+                key: format!("u{k}").into(),
+                conn: ConnId(k),
+            },
+        );
     }
     net.run_for(Duration::from_millis(500));
     assert!(net.node(0).stats().buffer_overflows > 0);
