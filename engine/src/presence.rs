@@ -7,8 +7,10 @@
 //! `untrack_conn`). Every change of the visible view is reported as a join or a
 //! leave, so a node computes its diffs from its own merges; diffs never travel.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use foldhash::fast::FixedState;
 
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +118,11 @@ pub struct Presence {
     store: Store<PresEntry>,
     /// Visible slots by topic. Slots only: the key is in the entry, and
     /// listings sort anyway (a copy of the key here cost 24+ bytes per entry).
-    topics: BTreeMap<Topic, BTreeSet<u32>>,
+    /// A hash map, keyed per incarnation from the random ref prefix (so topic
+    /// names chosen by clients cannot force collisions): a B-tree over 20k
+    /// topics cost a chain of cache misses per merged entry. It is never
+    /// iterated where order could leak.
+    topics: HashMap<Topic, BTreeSet<u32>, FixedState>,
     local: BTreeMap<(Topic, Key, ConnId), u32>,
     by_conn: BTreeSet<(ConnId, u32)>,
     ref_prefix: [u8; 6],
@@ -127,7 +133,16 @@ impl Presence {
     pub fn new(me: NodeId, ref_prefix: [u8; 6], tomb_cap: usize) -> Self {
         Presence {
             store: Store::new(me, tomb_cap),
-            topics: BTreeMap::new(),
+            topics: HashMap::with_hasher(FixedState::with_seed(u64::from_le_bytes([
+                ref_prefix[0],
+                ref_prefix[1],
+                ref_prefix[2],
+                ref_prefix[3],
+                ref_prefix[4],
+                ref_prefix[5],
+                0x5a,
+                0xc3,
+            ]))),
             local: BTreeMap::new(),
             by_conn: BTreeSet::new(),
             ref_prefix,
