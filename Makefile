@@ -20,8 +20,9 @@ test: ## Build and run every test
 sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on 2 cores)
 	$(CARGO) run --release -p chorus-sim -- sweep --seeds 10000
 
-bench: ## Criterion benchmarks; numbers go to BENCHMARKS.md by hand with the command and machine
-	$(CARGO) bench -p chorus-engine --bench presence
+bench: ## Benchmarks; record results in BENCHMARKS.md with the command, date and machine
+	$(CARGO) bench -p chorus-engine --bench presence -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p chorus-engine --bench memory
 
 fmt: ## Format everything
 	$(CARGO) fmt --all
