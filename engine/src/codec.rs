@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{NodeId, Topic};
+use crate::membership::Update;
 use crate::presence::PresEntry;
 use crate::store::Delta;
 
@@ -43,7 +44,8 @@ pub enum Body {
     },
     /// The members the sender knows, as `(node, gossip address)`.
     Members(Vec<(NodeId, SocketAddr)>),
-    /// Liveness when there is nothing else to send.
+    /// Liveness of the old all-to-all detector; kept for the wire format,
+    /// ignored (SWIM probes replaced it).
     Heartbeat,
     /// A δ-group of the sender's buffer entries `start..seq`.
     Delta {
@@ -91,6 +93,40 @@ pub enum Body {
     },
     /// The sender is shutting down: drop its entries now.
     Leave,
+    /// SWIM probe of `target` (ignored by any other incarnation), with
+    /// piggybacked membership updates.
+    Ping {
+        /// Probe sequence number, echoed by the ack.
+        seq: u64,
+        /// The probed node incarnation.
+        target: NodeId,
+        /// Membership updates.
+        gossip: Vec<Update>,
+    },
+    /// Answers a [`Body::Ping`] (directly, or relayed by a helper).
+    PingAck {
+        /// The ping's `seq`.
+        seq: u64,
+        /// Membership updates.
+        gossip: Vec<Update>,
+    },
+    /// Asks the receiver to probe `target` and relay its ack (indirect probe).
+    PingReq {
+        /// The requester's probe sequence number.
+        seq: u64,
+        /// The node to probe.
+        target: NodeId,
+        /// Its gossip address.
+        target_addr: SocketAddr,
+        /// Membership updates.
+        gossip: Vec<Update>,
+    },
+    /// A helper could not reach the target of a [`Body::PingReq`] in time
+    /// (Lifeguard: tells the requester its own link works).
+    PingNack {
+        /// The requester's probe sequence number.
+        seq: u64,
+    },
 }
 
 impl Body {
@@ -99,7 +135,13 @@ impl Body {
     pub fn loss_tolerant(&self) -> bool {
         matches!(
             self,
-            Body::Heartbeat | Body::Digest { .. } | Body::Hello { .. }
+            Body::Heartbeat
+                | Body::Digest { .. }
+                | Body::Hello { .. }
+                | Body::Ping { .. }
+                | Body::PingAck { .. }
+                | Body::PingReq { .. }
+                | Body::PingNack { .. }
         )
     }
 }

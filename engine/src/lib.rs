@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod codec;
 pub mod context;
 pub mod id;
+pub mod membership;
 pub mod node;
 pub mod presence;
 #[cfg(feature = "runtime")]

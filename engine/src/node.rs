@@ -24,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::coalesce::{CoalesceConfig, Coalescer, TopicDiff};
 use crate::codec::{Body, Message};
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
+use crate::membership::{Membership, Output as SwimOutput, SwimConfig};
 use crate::presence::{DiffItem, PresEntry, Presence, PresenceError, PresenceItem};
 use crate::store::{Delta, Part};
 use crate::subs::{SubChange, Subs, SubsError};
@@ -41,13 +42,22 @@ pub struct Config {
     pub rng_seed: u64,
     /// Delay between a local change and the delta push that carries it.
     pub flush_delay: Duration,
-    /// Heartbeats, failure checks and retransmissions run at this period.
+    /// SWIM protocol period (one probe each), also the period of
+    /// retransmission checks.
     pub tick: Duration,
+    /// Wait for a direct probe ack before asking helpers.
+    pub probe_timeout: Duration,
+    /// Helpers asked to probe a member that missed a direct probe (`k`).
+    pub indirect_probes: usize,
+    /// Shortest suspicion, reached with `indirect_probes` independent
+    /// confirmations (scaled by `max(1, log10(N))`, capped at `down_after`).
+    pub suspicion_min: Duration,
     /// Unacknowledged deltas are sent again after this long.
     pub retransmit_after: Duration,
     /// Period of version-vector exchange with one random peer.
     pub anti_entropy: Duration,
-    /// A peer not heard from for this long is down (entries hidden).
+    /// Longest suspicion: a suspect member nobody confirms is down (entries
+    /// hidden) after this long.
     pub down_after: Duration,
     /// A peer down for this long is purged (entries dropped).
     pub permdown_after: Duration,
@@ -63,10 +73,21 @@ pub struct Config {
     pub repair_chunk: usize,
     /// How many random peers a node relays the novel part of a delta to.
     pub relay_fanout: usize,
+    /// Each membership update is piggybacked `gossip_mult * ceil(log10(N + 1))`
+    /// times.
+    pub gossip_mult: u32,
+    /// Most membership updates piggybacked on one probe message.
+    pub max_gossip: usize,
+    /// Ceiling of the Lifeguard local health score.
+    pub max_health: u32,
+    /// One down member is pinged every this many periods (so a healed
+    /// partition comes back).
+    pub down_probe_every: u32,
 }
 
 impl Config {
-    /// LAN defaults: a silent peer is down after 2 s, purged after 5 min.
+    /// LAN defaults: 200 ms probe period, 100 ms probe timeout, suspicion
+    /// 0.8 to 2 s, purged after 5 min.
     pub fn lan(id: NodeId, addr: SocketAddr) -> Self {
         Config {
             id,
@@ -75,6 +96,9 @@ impl Config {
             rng_seed: 0,
             flush_delay: Duration::from_millis(2),
             tick: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(100),
+            indirect_probes: 3,
+            suspicion_min: Duration::from_millis(800),
             retransmit_after: Duration::from_millis(600),
             anti_entropy: Duration::from_secs(1),
             down_after: Duration::from_secs(2),
@@ -85,19 +109,41 @@ impl Config {
             tomb_cap: 100_000,
             repair_chunk: 10_000,
             relay_fanout: 3,
+            gossip_mult: 4,
+            max_gossip: 6,
+            max_health: 8,
+            down_probe_every: 3,
         }
     }
 
-    /// Phoenix.Tracker's timing: 1.5 s broadcasts, down after 30 s, purged
-    /// after 20 min.
+    /// Phoenix.Tracker's timing: 1.5 s period, down after at most 30 s of
+    /// suspicion (15 s when confirmed), purged after 20 min.
     pub fn phoenix(id: NodeId, addr: SocketAddr) -> Self {
         Config {
             tick: Duration::from_millis(1500),
+            probe_timeout: Duration::from_millis(750),
+            suspicion_min: Duration::from_secs(15),
             retransmit_after: Duration::from_millis(4500),
             anti_entropy: Duration::from_secs(5),
             down_after: Duration::from_secs(30),
             permdown_after: Duration::from_secs(1200),
             ..Config::lan(id, addr)
+        }
+    }
+
+    /// The failure detector's part of the configuration.
+    pub fn swim(&self) -> SwimConfig {
+        SwimConfig {
+            period: self.tick,
+            probe_timeout: self.probe_timeout,
+            indirect_probes: self.indirect_probes,
+            suspicion_min: self.suspicion_min,
+            suspicion_max: self.down_after,
+            permdown_after: self.permdown_after,
+            gossip_mult: self.gossip_mult,
+            max_gossip: self.max_gossip,
+            max_health: self.max_health,
+            down_probe_every: self.down_probe_every,
         }
     }
 }
@@ -253,12 +299,13 @@ pub enum Event {
     MemberGone(NodeId),
 }
 
-/// Membership state of a peer.
+/// Visibility of a peer's entries (see [`Node::membership`] for the SWIM
+/// state: an alive or suspect member is `Up`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
-    /// Heard from recently.
+    /// Alive or suspect: entries visible.
     Up,
-    /// Silent for `down_after`: entries hidden.
+    /// Declared down by the failure detector: entries hidden.
     Down,
 }
 
@@ -266,13 +313,11 @@ pub enum PeerState {
 struct Peer {
     addr: Option<SocketAddr>,
     state: PeerState,
-    last_heard: Instant,
     /// It holds every buffer entry below this.
     acked: u64,
     /// Entries below this were sent (maybe not acknowledged yet).
     sent: u64,
     last_delta: Instant,
-    sent_this_tick: bool,
 }
 
 #[derive(Debug)]
@@ -320,6 +365,8 @@ pub struct Node {
     presence: Presence,
     subs: Subs,
     peers: BTreeMap<NodeId, Peer>,
+    /// SWIM failure detection and membership gossip.
+    swim: Membership,
     /// Members we said hello to lately, so many lists naming one cost one hello.
     greeted: BTreeMap<NodeId, Instant>,
     buffer: VecDeque<Buffered>,
@@ -349,6 +396,7 @@ impl Node {
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
+            swim: Membership::new(cfg.id.clone(), cfg.addr, cfg.swim(), cfg.rng_seed, now),
             greeted: BTreeMap::new(),
             buffer: VecDeque::new(),
             next_seq: 0,
@@ -403,6 +451,11 @@ impl Node {
             .iter()
             .map(|(id, p)| (id.clone(), p.addr, p.state))
             .collect()
+    }
+
+    /// The SWIM member table and failure detector.
+    pub fn membership(&self) -> &Membership {
+        &self.swim
     }
 
     /// Current δ-buffer length.
@@ -533,6 +586,13 @@ impl Node {
                 }
             }
             Body::Heartbeat => {}
+            body @ (Body::Ping { .. }
+            | Body::PingAck { .. }
+            | Body::PingReq { .. }
+            | Body::PingNack { .. }) => {
+                self.swim.handle_message(now, &from, msg.addr, body);
+                self.apply_swim(now);
+            }
             Body::Delta {
                 start,
                 seq,
@@ -573,6 +633,7 @@ impl Node {
                 self.deliver_local(&topic, &payload, None);
             }
             Body::Leave => {
+                self.swim.leave(&from);
                 self.forget(&from);
             }
         }
@@ -592,6 +653,10 @@ impl Node {
         if self.anti_entropy_at.is_some_and(|t| t <= now) {
             self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
             self.anti_entropy();
+        }
+        if self.swim.poll_timeout() <= now {
+            self.swim.handle_timeout(now);
+            self.apply_swim(now);
         }
         self.check_pending_subs(now);
         self.drain_diffs(now);
@@ -625,6 +690,7 @@ impl Node {
             self.flush_at,
             self.tick_at,
             self.anti_entropy_at,
+            Some(self.swim.poll_timeout()),
             self.coalescer.next_due(),
             self.pending_subs.iter().map(|p| p.deadline).min(),
         ]
@@ -646,9 +712,6 @@ impl Node {
     }
 
     fn send(&mut self, to: Option<NodeId>, addr: SocketAddr, body: Body) {
-        if let Some(p) = to.as_ref().and_then(|id| self.peers.get_mut(id)) {
-            p.sent_this_tick = true;
-        }
         self.transmits.push_back(Transmit {
             to,
             addr,
@@ -689,23 +752,17 @@ impl Node {
                 self.forget(&old);
             }
         }
+        // Liveness is SWIM's alone: other traffic from a known member (even a
+        // down one) neither refreshes nor revives it.
         match self.peers.get_mut(from) {
             Some(p) => {
-                p.last_heard = now;
-                if addr.is_some() {
+                if addr.is_some() && p.addr != addr {
                     p.addr = addr;
-                }
-                if p.state == PeerState::Down {
-                    p.state = PeerState::Up;
-                    p.acked = self.next_seq;
-                    p.sent = self.next_seq;
-                    self.presence.set_up(from, true, &mut self.scratch);
-                    self.subs.set_up(from, true);
-                    self.events.push_back(Event::MemberUp(from.clone()));
-                    self.send_digest(from, false);
+                    self.swim.insert(now, from.clone(), addr);
                 }
             }
             None => {
+                self.swim.insert(now, from.clone(), addr);
                 self.presence.revive(from);
                 self.subs.revive(from);
                 self.peers.insert(
@@ -713,11 +770,9 @@ impl Node {
                     Peer {
                         addr,
                         state: PeerState::Up,
-                        last_heard: now,
                         acked: self.next_seq,
                         sent: self.next_seq,
                         last_delta: now,
-                        sent_this_tick: false,
                     },
                 );
                 self.events.push_back(Event::MemberUp(from.clone()));
@@ -785,6 +840,7 @@ impl Node {
                 b.from = None;
             }
         }
+        self.swim.remove(id);
         if self.peers.remove(id).is_some() {
             self.events.push_back(Event::MemberGone(id.clone()));
         }
@@ -1018,16 +1074,15 @@ impl Node {
         for old in older {
             self.forget(&old);
         }
+        self.swim.insert(now, origin.clone(), None);
         self.peers.insert(
             origin.clone(),
             Peer {
                 addr: None,
                 state: PeerState::Up,
-                last_heard: now,
                 acked: self.next_seq,
                 sent: self.next_seq,
                 last_delta: now,
-                sent_this_tick: false,
             },
         );
         self.events.push_back(Event::MemberUp(origin.clone()));
@@ -1107,23 +1162,14 @@ impl Node {
         }
     }
 
-    /// Heartbeats, failure detection, retransmission, seeds.
+    /// Retransmission of unacknowledged deltas (failure detection runs in
+    /// [`Membership`]).
     fn tick(&mut self, now: Instant) {
         let ae = self.cfg.anti_entropy;
         self.greeted
             .retain(|_, t| now.saturating_duration_since(*t) < ae);
-        let mut down = Vec::new();
-        let mut gone = Vec::new();
         let mut retransmit = false;
-        for (id, p) in &mut self.peers {
-            let silent = now.saturating_duration_since(p.last_heard);
-            match p.state {
-                PeerState::Up if silent >= self.cfg.down_after => down.push(id.clone()),
-                PeerState::Down if silent >= self.cfg.down_after + self.cfg.permdown_after => {
-                    gone.push(id.clone())
-                }
-                _ => {}
-            }
+        for p in self.peers.values_mut() {
             if p.state == PeerState::Up
                 && p.acked < p.sent
                 && now.saturating_duration_since(p.last_delta) >= self.cfg.retransmit_after
@@ -1132,35 +1178,47 @@ impl Node {
                 retransmit = true;
             }
         }
-        for id in down {
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.state = PeerState::Down;
-            }
-            self.presence.set_up(&id, false, &mut self.scratch);
-            self.subs.set_up(&id, false);
-            self.events.push_back(Event::MemberDown(id));
-        }
-        for id in gone {
-            self.forget(&id);
-        }
         if retransmit {
             self.flush(now);
         }
-        // Heartbeat everyone we did not otherwise talk to since the last tick,
-        // down peers included, so they can come back.
-        let quiet: Vec<(NodeId, SocketAddr)> = self
-            .peers
-            .iter_mut()
-            .filter_map(|(id, p)| {
-                let quiet = !p.sent_this_tick;
-                p.sent_this_tick = false;
-                quiet.then_some((id.clone(), p.addr?))
-            })
-            .collect();
-        for (id, addr) in quiet {
-            self.send(Some(id.clone()), addr, Body::Heartbeat);
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.sent_this_tick = false;
+        self.gc_buffer();
+    }
+
+    /// Carries out what the failure detector decided.
+    fn apply_swim(&mut self, now: Instant) {
+        while let Some(out) = self.swim.poll_output() {
+            match out {
+                SwimOutput::Send { to, addr, body } => self.send(Some(to), addr, body),
+                SwimOutput::Up(id) => {
+                    let next = self.next_seq;
+                    let Some(p) = self.peers.get_mut(&id) else {
+                        continue;
+                    };
+                    if p.state == PeerState::Up {
+                        continue;
+                    }
+                    p.state = PeerState::Up;
+                    p.acked = next;
+                    p.sent = next;
+                    self.presence.set_up(&id, true, &mut self.scratch);
+                    self.subs.set_up(&id, true);
+                    self.events.push_back(Event::MemberUp(id.clone()));
+                    self.send_digest(&id, false);
+                }
+                SwimOutput::Down(id) => {
+                    let Some(p) = self.peers.get_mut(&id) else {
+                        continue;
+                    };
+                    if p.state == PeerState::Down {
+                        continue;
+                    }
+                    p.state = PeerState::Down;
+                    self.presence.set_up(&id, false, &mut self.scratch);
+                    self.subs.set_up(&id, false);
+                    self.events.push_back(Event::MemberDown(id));
+                }
+                SwimOutput::Gone(id) => self.forget(&id),
+                SwimOutput::Learned(id, addr) => self.learn(now, id, addr),
             }
         }
         self.gc_buffer();

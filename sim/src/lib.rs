@@ -35,7 +35,7 @@
 //! - The connection **breaks** when the pair's direction is cut, or when either
 //!   endpoint crashes or restarts: stream messages still in flight on it are
 //!   lost, as the bytes QUIC had not delivered yet are.
-//! - Loss-tolerant messages (heartbeats, digests, hellos) are **datagrams**:
+//! - Loss-tolerant messages (probes, digests, hellos) are **datagrams**:
 //!   each may be lost, duplicated or delayed past later ones (reordered).
 //!   Datagrams already on the wire when their sender crashes still arrive; any
 //!   message arriving after its receiver restarted is dropped (it belonged to

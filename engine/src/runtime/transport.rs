@@ -5,13 +5,14 @@
 //!
 //! - **Datagrams** (QUIC unreliable datagrams, RFC 9221) carry the bodies the
 //!   core marks [`Body::loss_tolerant`](crate::codec::Body::loss_tolerant):
-//!   `Hello`, `Heartbeat` and `Digest`. Each is idempotent and superseded by the
-//!   next one the node's timers send anyway (hellos are repeated every
-//!   anti-entropy period until the seed answers, heartbeats every tick, digests
-//!   every anti-entropy period), so retransmitting a lost one would only add
-//!   latency and head-of-line blocking for newer information. Heartbeats on
-//!   datagrams also measure what failure detection needs: whether the peer's
-//!   packets arrive now, not whether a retransmission eventually got through. A
+//!   `Hello`, `Digest` and the SWIM probes (`Ping`, `PingAck`, `PingReq`,
+//!   `PingNack`). Each is idempotent and superseded by the next one the node's
+//!   timers send anyway (hellos are repeated every anti-entropy period until the
+//!   seed answers, probes every protocol period, digests every anti-entropy
+//!   period), so retransmitting a lost one would only add latency and
+//!   head-of-line blocking for newer information. Probes on datagrams also
+//!   measure what failure detection needs: whether the peer's packets arrive
+//!   now, not whether a retransmission eventually got through. A
 //!   loss-tolerant body too big for one datagram (a digest of a very large
 //!   cluster) goes on the stream instead.
 //! - **One long-lived unidirectional stream per direction** carries everything

@@ -1,0 +1,1139 @@
+//! SWIM failure detection with the Lifeguard refinements: the member table, the
+//! probe state machine and the piggybacked membership gossip.
+//!
+//! Sans-IO and deterministic like [`crate::node::Node`], which owns one
+//! [`Membership`] and drives it: inputs are [`Membership::handle_message`]
+//! (a `Ping`, `PingAck`, `PingReq` or `PingNack` from a peer),
+//! [`Membership::handle_timeout`] and the table edits the node makes
+//! ([`Membership::insert`], [`Membership::remove`], [`Membership::leave`]);
+//! outputs are pulled with [`Membership::poll_output`], and the next deadline
+//! with [`Membership::poll_timeout`]. Time is passed in; the RNG is seeded.
+//!
+//! Every protocol period one member is probed, round-robin over a shuffled
+//! list: a `Ping`; no `PingAck` within the probe timeout, then `PingReq` to
+//! `indirect_probes` other members, which ping the target and relay its ack (or
+//! answer `PingNack`). No ack by the end of the period: the target is
+//! *suspect*. A suspicion becomes *down* after a timeout that starts at
+//! `suspicion_max` and shrinks towards `suspicion_min` with each independent
+//! confirmation (Lifeguard). A member refutes a suspicion (or a down verdict)
+//! about itself with a higher membership incarnation. Missed acks and nacks
+//! raise the local health multiplier, which stretches the probe timeout and the
+//! period. Updates travel piggybacked on the probe messages, each about
+//! `gossip_mult * log10(N)` times. See ALGORITHM.md §8.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Body;
+use crate::id::NodeId;
+
+/// Timing and sizes of the failure detector.
+#[derive(Clone, Debug)]
+pub struct SwimConfig {
+    /// Protocol period: one probe per period (times the health multiplier).
+    pub period: Duration,
+    /// Wait for a direct ack before asking helpers (times the health multiplier).
+    pub probe_timeout: Duration,
+    /// Helpers asked to probe indirectly (`k`).
+    pub indirect_probes: usize,
+    /// Shortest suspicion (reached with `indirect_probes` confirmations);
+    /// multiplied by `max(1, log10(N))`, capped at `suspicion_max`.
+    pub suspicion_min: Duration,
+    /// Longest suspicion (no confirmation).
+    pub suspicion_max: Duration,
+    /// A member down this long is purged.
+    pub permdown_after: Duration,
+    /// Each update is piggybacked about `gossip_mult * ceil(log10(N + 1))` times.
+    pub gossip_mult: u32,
+    /// Most updates piggybacked on one message.
+    pub max_gossip: usize,
+    /// Ceiling of the local health score (the multiplier is score + 1).
+    pub max_health: u32,
+    /// One down member is pinged every this many periods.
+    pub down_probe_every: u32,
+}
+
+/// What a member's state is in this node's view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe: still visible, down when the suspicion times out.
+    Suspect,
+    /// Declared failed: its entries are hidden.
+    Down,
+}
+
+/// A membership update, piggybacked on probe messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    /// The member.
+    pub node: NodeId,
+    /// Its gossip address.
+    pub addr: SocketAddr,
+    /// Its membership incarnation (a per-process counter, bumped to refute).
+    pub inc: u64,
+    /// What is said of it.
+    pub kind: UpdateKind,
+}
+
+/// What an [`Update`] says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateKind {
+    /// Alive at `inc`.
+    Alive,
+    /// Suspected at `inc` by `by`.
+    Suspect {
+        /// The suspecting member.
+        by: NodeId,
+    },
+    /// Down at `inc`.
+    Down,
+    /// Left gracefully.
+    Left,
+}
+
+/// What the membership asks of its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `body` to a member.
+    Send {
+        /// The member.
+        to: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+        /// The message.
+        body: Body,
+    },
+    /// A down member is back (alive or suspect): show its entries.
+    Up(NodeId),
+    /// A member is down: hide its entries.
+    Down(NodeId),
+    /// A member is gone (permdown or left): purge it.
+    Gone(NodeId),
+    /// Gossip names a member not in the table: the node may greet it.
+    Learned(NodeId, SocketAddr),
+}
+
+/// One row of the member table.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Gossip address, once known.
+    pub addr: Option<SocketAddr>,
+    /// Current state.
+    pub state: State,
+    /// Highest membership incarnation heard.
+    pub inc: u64,
+    /// When it entered its state.
+    pub since: Instant,
+    /// Suspecters heard at this incarnation (the first included).
+    suspecters: BTreeSet<NodeId>,
+}
+
+#[derive(Debug)]
+struct Probe {
+    target: NodeId,
+    seq: u64,
+    indirect_at: Instant,
+    asked: bool,
+    acked: bool,
+    expected_nacks: u32,
+    nacks: u32,
+}
+
+#[derive(Debug)]
+struct Relay {
+    requester: NodeId,
+    addr: SocketAddr,
+    seq: u64,
+    nack_at: Option<Instant>,
+    drop_at: Instant,
+}
+
+#[derive(Debug)]
+struct Queued {
+    update: Update,
+    transmits: u32,
+    order: u64,
+}
+
+/// The member table and the probe state machine. See the module docs.
+#[derive(Debug)]
+pub struct Membership {
+    cfg: SwimConfig,
+    id: NodeId,
+    addr: SocketAddr,
+    inc: u64,
+    health: u32,
+    rng: ChaCha8Rng,
+    members: BTreeMap<NodeId, Member>,
+    order: Vec<NodeId>,
+    cursor: usize,
+    next_seq: u64,
+    probe: Option<Probe>,
+    relays: BTreeMap<u64, Relay>,
+    /// Suspects and when their suspicion ends.
+    deadlines: BTreeMap<NodeId, Instant>,
+    queue: BTreeMap<NodeId, Queued>,
+    by_priority: BTreeSet<(u32, Reverse<u64>, NodeId)>,
+    next_order: u64,
+    period_at: Instant,
+    periods: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl Membership {
+    /// An empty table; the first period starts one period after `now`.
+    pub fn new(id: NodeId, addr: SocketAddr, cfg: SwimConfig, rng_seed: u64, now: Instant) -> Self {
+        Membership {
+            period_at: now + cfg.period,
+            cfg,
+            id,
+            addr,
+            inc: 0,
+            health: 0,
+            rng: ChaCha8Rng::seed_from_u64(rng_seed ^ 0x5377_696d_4c67_6400),
+            members: BTreeMap::new(),
+            order: Vec::new(),
+            cursor: 0,
+            next_seq: 1,
+            probe: None,
+            relays: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            by_priority: BTreeSet::new(),
+            next_order: 0,
+            periods: 0,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Our own membership incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.inc
+    }
+
+    /// Local health score (0 = healthy); probe timeout and period are
+    /// multiplied by score + 1.
+    pub fn health(&self) -> u32 {
+        self.health
+    }
+
+    /// A member's row.
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// A member's state.
+    pub fn state(&self, id: &NodeId) -> Option<State> {
+        self.members.get(id).map(|m| m.state)
+    }
+
+    /// Updates waiting to be piggybacked.
+    pub fn pending_gossip(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The current suspicion timeout for `confirmations` independent
+    /// confirmations (Lifeguard): `max - (max - min) * log(C + 1) / log(K + 1)`,
+    /// where `K` is `indirect_probes`, or 0 (timeout = min) when there are too
+    /// few members to confirm.
+    pub fn suspicion_timeout(&self, confirmations: usize) -> Duration {
+        let n = self.live_count() + 1;
+        let scale = (n as f64).log10().max(1.0);
+        let max = self.cfg.suspicion_max;
+        let min = self.cfg.suspicion_min.mul_f64(scale).min(max);
+        let k = self.cfg.indirect_probes;
+        if n < k + 2 || k == 0 {
+            return min;
+        }
+        let frac = ((confirmations as f64 + 1.0).ln() / (k as f64 + 1.0).ln()).min(1.0);
+        max - (max - min).mul_f64(frac)
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Adds a member heard from (alive at incarnation 0), or fills in its
+    /// address. Announces it in the gossip when it is new.
+    pub fn insert(&mut self, now: Instant, id: NodeId, addr: Option<SocketAddr>) {
+        if id == self.id {
+            return;
+        }
+        if let Some(m) = self.members.get_mut(&id) {
+            if addr.is_some() {
+                m.addr = addr;
+            }
+            return;
+        }
+        self.members.insert(
+            id.clone(),
+            Member {
+                addr,
+                state: State::Alive,
+                inc: 0,
+                since: now,
+                suspecters: BTreeSet::new(),
+            },
+        );
+        // A newcomer joins the round-robin at a random place.
+        let at = self.rng.random_range(self.cursor..=self.order.len());
+        self.order.insert(at, id.clone());
+        if let Some(addr) = addr {
+            self.enqueue(Update {
+                node: id,
+                addr,
+                inc: 0,
+                kind: UpdateKind::Alive,
+            });
+        }
+    }
+
+    /// Drops a member (purged by the node).
+    pub fn remove(&mut self, id: &NodeId) {
+        self.members.remove(id);
+        self.deadlines.remove(id);
+    }
+
+    /// A member left gracefully: drop it and tell the others.
+    pub fn leave(&mut self, id: &NodeId) {
+        if let Some(m) = self.members.remove(id) {
+            self.deadlines.remove(id);
+            if let Some(addr) = m.addr {
+                self.enqueue(Update {
+                    node: id.clone(),
+                    addr,
+                    inc: m.inc,
+                    kind: UpdateKind::Left,
+                });
+            }
+        }
+    }
+
+    /// Applies a probe message from `from`. Other bodies are ignored.
+    pub fn handle_message(&mut self, now: Instant, from: &NodeId, addr: SocketAddr, body: Body) {
+        match body {
+            Body::Ping {
+                seq,
+                target,
+                gossip,
+            } => {
+                self.apply_all(now, gossip);
+                if target == self.id {
+                    let gossip = self.gossip_for(from);
+                    self.send(from.clone(), addr, Body::PingAck { seq, gossip });
+                }
+            }
+            Body::PingReq {
+                seq,
+                target,
+                target_addr,
+                gossip,
+            } => {
+                self.apply_all(now, gossip);
+                let ours = self.next_seq;
+                self.next_seq += 1;
+                let timeout = self.probe_timeout();
+                self.relays.insert(
+                    ours,
+                    Relay {
+                        requester: from.clone(),
+                        addr,
+                        seq,
+                        nack_at: Some(now + timeout.mul_f64(0.8)),
+                        drop_at: now + self.period() * 2,
+                    },
+                );
+                let gossip = self.gossip_for(&target);
+                self.send(
+                    target.clone(),
+                    target_addr,
+                    Body::Ping {
+                        seq: ours,
+                        target,
+                        gossip,
+                    },
+                );
+            }
+            Body::PingAck { seq, gossip } => {
+                self.apply_all(now, gossip);
+                if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    p.acked = true;
+                } else if let Some(r) = self.relays.remove(&seq) {
+                    let gossip = self.gossip_for(&r.requester);
+                    self.send(r.requester, r.addr, Body::PingAck { seq: r.seq, gossip });
+                }
+            }
+            Body::PingNack { seq } => {
+                if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    p.nacks += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Fires what is due at `now`. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Indirect probes for a direct probe that went unanswered.
+        let helpers_needed = self
+            .probe
+            .as_ref()
+            .is_some_and(|p| !p.acked && !p.asked && p.indirect_at <= now);
+        if helpers_needed {
+            self.ask_helpers();
+        }
+        // Helpers that could not reach their target say so.
+        let nacks: Vec<u64> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.nack_at.is_some_and(|t| t <= now))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in nacks {
+            let r = self.relays.get_mut(&s).expect("listed above");
+            r.nack_at = None;
+            let (to, addr, seq) = (r.requester.clone(), r.addr, r.seq);
+            self.send(to, addr, Body::PingNack { seq });
+        }
+        self.relays.retain(|_, r| r.drop_at > now);
+        // Suspicions that ran out.
+        let expired: Vec<NodeId> = self
+            .deadlines
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.deadlines.remove(&id);
+            let Some(m) = self.members.get(&id) else {
+                continue;
+            };
+            if m.state == State::Suspect {
+                let (inc, addr) = (m.inc, m.addr);
+                self.set_down(now, &id);
+                if let Some(addr) = addr {
+                    self.enqueue(Update {
+                        node: id,
+                        addr,
+                        inc,
+                        kind: UpdateKind::Down,
+                    });
+                }
+            }
+        }
+        if self.period_at <= now {
+            self.run_period(now);
+        }
+    }
+
+    // --------------------------------------------------------------- outputs
+
+    /// The next thing for the node to do, if any. Poll until `None` after
+    /// every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Membership::handle_timeout`] must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        let probe = self
+            .probe
+            .as_ref()
+            .filter(|p| !p.acked && !p.asked)
+            .map(|p| p.indirect_at);
+        let relays = self
+            .relays
+            .values()
+            .map(|r| r.nack_at.unwrap_or(r.drop_at))
+            .min();
+        [probe, relays, self.deadlines.values().min().copied()]
+            .into_iter()
+            .flatten()
+            .fold(self.period_at, Instant::min)
+    }
+
+    // ------------------------------------------------------------- internals
+
+    fn multiplier(&self) -> u32 {
+        self.health + 1
+    }
+
+    fn period(&self) -> Duration {
+        self.cfg.period * self.multiplier()
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        self.cfg.probe_timeout * self.multiplier()
+    }
+
+    fn raise_health(&mut self, by: u32) {
+        self.health = (self.health + by).min(self.cfg.max_health);
+    }
+
+    fn live_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.state != State::Down)
+            .count()
+    }
+
+    /// One protocol period: judge the last probe, purge, probe the next member.
+    fn run_period(&mut self, now: Instant) {
+        self.periods += 1;
+        if let Some(p) = self.probe.take() {
+            if p.acked {
+                self.health = self.health.saturating_sub(1);
+            } else {
+                // Lifeguard: with helpers, only their missing nacks point at us;
+                // without, any failed probe does.
+                let delta = if p.expected_nacks > 0 {
+                    p.expected_nacks.saturating_sub(p.nacks)
+                } else {
+                    1
+                };
+                self.raise_health(delta);
+                self.suspect(now, &p.target, None);
+            }
+        }
+        self.purge(now);
+        if self.cfg.down_probe_every > 0 && self.periods % u64::from(self.cfg.down_probe_every) == 0
+        {
+            self.probe_down_member();
+        }
+        if let Some(target) = self.next_target() {
+            let addr = self.members[&target].addr.expect("targets have addresses");
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.probe = Some(Probe {
+                target: target.clone(),
+                seq,
+                indirect_at: now + self.probe_timeout(),
+                asked: false,
+                acked: false,
+                expected_nacks: 0,
+                nacks: 0,
+            });
+            let gossip = self.gossip_for(&target);
+            self.send(
+                target.clone(),
+                addr,
+                Body::Ping {
+                    seq,
+                    target,
+                    gossip,
+                },
+            );
+        }
+        self.period_at = now + self.period();
+    }
+
+    /// Permdown, and down for members whose address we never learned.
+    fn purge(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        let mut down = Vec::new();
+        for (id, m) in &self.members {
+            let age = now.saturating_duration_since(m.since);
+            match m.state {
+                State::Down if age >= self.cfg.permdown_after => gone.push(id.clone()),
+                State::Alive if m.addr.is_none() && age >= self.cfg.suspicion_max => {
+                    down.push(id.clone())
+                }
+                _ => {}
+            }
+        }
+        for id in down {
+            self.set_down(now, &id);
+        }
+        for id in gone {
+            self.remove(&id);
+            self.outputs.push_back(Output::Gone(id));
+        }
+    }
+
+    fn probe_down_member(&mut self) {
+        let down: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == State::Down && m.addr.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if down.is_empty() {
+            return;
+        }
+        let target = down[self.rng.random_range(0..down.len())].clone();
+        let addr = self.members[&target].addr.expect("filtered");
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // Its down verdict rides along, so a live member refutes it in the ack.
+        let gossip = self.gossip_for(&target);
+        self.send(
+            target.clone(),
+            addr,
+            Body::Ping {
+                seq,
+                target,
+                gossip,
+            },
+        );
+    }
+
+    /// Round-robin over a shuffled list of probeable members; reshuffled after
+    /// each full pass.
+    fn next_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while self.cursor < self.order.len() {
+                let id = self.order[self.cursor].clone();
+                self.cursor += 1;
+                if self
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| m.state != State::Down && m.addr.is_some())
+                {
+                    return Some(id);
+                }
+            }
+            self.order = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.state != State::Down && m.addr.is_some())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for i in (1..self.order.len()).rev() {
+                let j = self.rng.random_range(0..=i);
+                self.order.swap(i, j);
+            }
+            self.cursor = 0;
+        }
+        None
+    }
+
+    fn ask_helpers(&mut self) {
+        let Some(p) = self.probe.as_ref() else {
+            return;
+        };
+        let target = p.target.clone();
+        let seq = p.seq;
+        let Some(target_addr) = self.members.get(&target).and_then(|m| m.addr) else {
+            return;
+        };
+        let mut helpers: Vec<(NodeId, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(id, m)| **id != target && m.state == State::Alive)
+            .filter_map(|(id, m)| Some((id.clone(), m.addr?)))
+            .collect();
+        let k = self.cfg.indirect_probes.min(helpers.len());
+        for i in 0..k {
+            let j = self.rng.random_range(i..helpers.len());
+            helpers.swap(i, j);
+        }
+        helpers.truncate(k);
+        let p = self.probe.as_mut().expect("checked above");
+        p.asked = true;
+        p.expected_nacks = k as u32;
+        for (id, addr) in helpers {
+            let gossip = self.gossip_for(&id);
+            self.send(
+                id,
+                addr,
+                Body::PingReq {
+                    seq,
+                    target: target.clone(),
+                    target_addr,
+                    gossip,
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, to: NodeId, addr: SocketAddr, body: Body) {
+        self.outputs.push_back(Output::Send { to, addr, body });
+    }
+
+    /// Marks `id` suspect at its current incarnation, as suspected by `by`
+    /// (`None`: by us), and gossips it.
+    fn suspect(&mut self, now: Instant, id: &NodeId, by: Option<NodeId>) {
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        let by = by.unwrap_or_else(|| self.id.clone());
+        match m.state {
+            State::Down => return,
+            // Already suspected by others: ours is a confirmation (once).
+            State::Suspect if !m.suspecters.insert(by.clone()) => return,
+            State::Suspect => {}
+            State::Alive => {
+                m.state = State::Suspect;
+                m.since = now;
+                m.suspecters.clear();
+                m.suspecters.insert(by.clone());
+            }
+        }
+        let (inc, addr) = (m.inc, m.addr);
+        self.reschedule(id, now);
+        if let Some(addr) = addr {
+            self.enqueue(Update {
+                node: id.clone(),
+                addr,
+                inc,
+                kind: UpdateKind::Suspect { by },
+            });
+        }
+    }
+
+    /// Sets the suspicion deadline from the confirmations heard so far.
+    fn reschedule(&mut self, id: &NodeId, now: Instant) {
+        let Some(m) = self.members.get(id) else {
+            return;
+        };
+        let _ = now;
+        let confirmations = m.suspecters.len().saturating_sub(1);
+        let at = m.since + self.suspicion_timeout(confirmations);
+        self.deadlines.insert(id.clone(), at);
+    }
+
+    fn set_down(&mut self, now: Instant, id: &NodeId) {
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        if m.state == State::Down {
+            return;
+        }
+        m.state = State::Down;
+        m.since = now;
+        m.suspecters.clear();
+        self.deadlines.remove(id);
+        self.outputs.push_back(Output::Down(id.clone()));
+    }
+
+    fn apply_all(&mut self, now: Instant, gossip: Vec<Update>) {
+        for u in gossip {
+            self.apply(now, u);
+        }
+    }
+
+    /// SWIM's precedence rules: alive needs a higher incarnation than what is
+    /// known; suspect and down win at an equal one (down over suspect).
+    fn apply(&mut self, now: Instant, u: Update) {
+        if u.node == self.id {
+            if u.kind != UpdateKind::Alive {
+                // Refute with a higher incarnation of our membership; a stale
+                // verdict (our refutation was lost) gets the current one again.
+                if u.inc >= self.inc {
+                    self.inc = u.inc + 1;
+                    self.raise_health(1);
+                }
+                self.enqueue(Update {
+                    node: self.id.clone(),
+                    addr: self.addr,
+                    inc: self.inc,
+                    kind: UpdateKind::Alive,
+                });
+            }
+            return;
+        }
+        if u.node.same_name(&self.id) {
+            return;
+        }
+        let Some(m) = self.members.get_mut(&u.node) else {
+            if matches!(u.kind, UpdateKind::Alive | UpdateKind::Suspect { .. }) {
+                self.outputs.push_back(Output::Learned(u.node, u.addr));
+            }
+            return;
+        };
+        m.addr.get_or_insert(u.addr);
+        match &u.kind {
+            UpdateKind::Alive => {
+                if u.inc <= m.inc && !(m.state == State::Alive && m.addr.is_none()) {
+                    return;
+                }
+                m.inc = m.inc.max(u.inc);
+                let was = m.state;
+                if was != State::Alive {
+                    m.state = State::Alive;
+                    m.since = now;
+                    m.suspecters.clear();
+                    self.deadlines.remove(&u.node);
+                }
+                if was == State::Down {
+                    self.outputs.push_back(Output::Up(u.node.clone()));
+                }
+                self.enqueue(u);
+            }
+            UpdateKind::Suspect { by } => {
+                let fresh = match m.state {
+                    State::Alive => u.inc >= m.inc,
+                    State::Suspect | State::Down => u.inc > m.inc,
+                };
+                if fresh {
+                    let was = m.state;
+                    m.inc = u.inc;
+                    m.state = State::Suspect;
+                    m.since = now;
+                    m.suspecters.clear();
+                    m.suspecters.insert(by.clone());
+                    if was == State::Down {
+                        self.outputs.push_back(Output::Up(u.node.clone()));
+                    }
+                    self.reschedule(&u.node, now);
+                    self.enqueue(u);
+                } else if m.state == State::Suspect && u.inc == m.inc {
+                    // An independent confirmation shortens the suspicion.
+                    if m.suspecters.insert(by.clone()) {
+                        self.reschedule(&u.node, now);
+                        self.enqueue(u);
+                    }
+                }
+            }
+            UpdateKind::Down => {
+                let fresh = match m.state {
+                    State::Alive | State::Suspect => u.inc >= m.inc,
+                    State::Down => false,
+                };
+                if fresh {
+                    m.inc = u.inc;
+                    let id = u.node.clone();
+                    self.set_down(now, &id);
+                    self.enqueue(u);
+                }
+            }
+            UpdateKind::Left => {
+                let id = u.node.clone();
+                self.remove(&id);
+                self.outputs.push_back(Output::Gone(id));
+                self.enqueue(u);
+            }
+        }
+    }
+
+    /// Queues an update for piggybacking, replacing any older one about the
+    /// same member.
+    fn enqueue(&mut self, update: Update) {
+        let order = self.next_order;
+        self.next_order += 1;
+        if let Some(old) = self.queue.remove(&update.node) {
+            self.by_priority
+                .remove(&(old.transmits, Reverse(old.order), update.node.clone()));
+        }
+        self.by_priority
+            .insert((0, Reverse(order), update.node.clone()));
+        self.queue.insert(
+            update.node.clone(),
+            Queued {
+                update,
+                transmits: 0,
+                order,
+            },
+        );
+    }
+
+    /// The updates to piggyback on a message to `to`: what we hold against it
+    /// first (so it can refute), then the least-sent, newest updates.
+    fn gossip_for(&mut self, to: &NodeId) -> Vec<Update> {
+        let mut out = Vec::new();
+        if let Some(m) = self.members.get(to) {
+            if let (State::Suspect | State::Down, Some(addr)) = (m.state, m.addr) {
+                let by = m
+                    .suspecters
+                    .iter()
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| self.id.clone());
+                let kind = match m.state {
+                    State::Suspect => UpdateKind::Suspect { by },
+                    _ => UpdateKind::Down,
+                };
+                out.push(Update {
+                    node: to.clone(),
+                    addr,
+                    inc: m.inc,
+                    kind,
+                });
+            }
+        }
+        let n = self.members.len() as f64 + 1.0;
+        let limit = self.cfg.gossip_mult * ((n + 1.0).log10().ceil() as u32).max(1);
+        let picked: Vec<(u32, Reverse<u64>, NodeId)> = self
+            .by_priority
+            .iter()
+            .filter(|(_, _, id)| id != to || out.is_empty())
+            .take(self.cfg.max_gossip.saturating_sub(out.len()))
+            .cloned()
+            .collect();
+        for key in picked {
+            self.by_priority.remove(&key);
+            let q = self.queue.get_mut(&key.2).expect("indexed");
+            q.transmits += 1;
+            out.push(q.update.clone());
+            if q.transmits >= limit {
+                self.queue.remove(&key.2);
+            } else {
+                self.by_priority.insert((q.transmits, key.1, key.2));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SwimConfig {
+        SwimConfig {
+            period: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(100),
+            indirect_probes: 3,
+            suspicion_min: Duration::from_millis(800),
+            suspicion_max: Duration::from_secs(2),
+            permdown_after: Duration::from_secs(300),
+            gossip_mult: 4,
+            max_gossip: 6,
+            max_health: 8,
+            down_probe_every: 3,
+        }
+    }
+
+    fn id(i: usize) -> NodeId {
+        NodeId::new(format!("m{i}"), 1)
+    }
+
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))
+    }
+
+    /// `n` fully meshed memberships on a 1 ms network with directed cuts.
+    struct Mesh {
+        m: Vec<Membership>,
+        now: Instant,
+        queue: BTreeMap<(Instant, u64), (usize, usize, Body)>,
+        seq: u64,
+        cut: BTreeSet<(usize, usize)>,
+        /// Outputs other than sends, per member.
+        seen: Vec<Vec<(Instant, Output)>>,
+        sent: Vec<(Instant, usize, usize, Body)>,
+    }
+
+    impl Mesh {
+        fn new(n: usize) -> Mesh {
+            Mesh::with(n, cfg())
+        }
+
+        fn with(n: usize, c: SwimConfig) -> Mesh {
+            let now = Instant::now();
+            let mut m = Vec::new();
+            for i in 0..n {
+                let mut ms = Membership::new(id(i), addr(i), c.clone(), i as u64, now);
+                for j in (0..n).filter(|j| *j != i) {
+                    ms.insert(now, id(j), Some(addr(j)));
+                }
+                m.push(ms);
+            }
+            Mesh {
+                m,
+                now,
+                queue: BTreeMap::new(),
+                seq: 0,
+                cut: BTreeSet::new(),
+                seen: vec![Vec::new(); n],
+                sent: Vec::new(),
+            }
+        }
+
+        fn drain(&mut self, i: usize) {
+            while let Some(o) = self.m[i].poll_output() {
+                match o {
+                    Output::Send { addr, body, .. } => {
+                        let dst = (addr.port() - 7400) as usize;
+                        self.sent.push((self.now, i, dst, body.clone()));
+                        if !self.cut.contains(&(i, dst)) {
+                            self.seq += 1;
+                            self.queue.insert(
+                                (self.now + Duration::from_millis(1), self.seq),
+                                (i, dst, body),
+                            );
+                        }
+                    }
+                    other => self.seen[i].push((self.now, other)),
+                }
+            }
+        }
+
+        fn run_for(&mut self, d: Duration) {
+            let end = self.now + d;
+            loop {
+                let msg = self.queue.keys().next().map(|k| k.0);
+                let (timer, who) = (0..self.m.len())
+                    .map(|i| (self.m[i].poll_timeout(), i))
+                    .min()
+                    .expect("members");
+                let next = msg.map_or(timer, |m| m.min(timer));
+                if next > end {
+                    break;
+                }
+                self.now = next;
+                if msg == Some(next) {
+                    let (_, (from, to, body)) = self.queue.pop_first().expect("peeked");
+                    let now = self.now;
+                    self.m[to].handle_message(now, &id(from), addr(from), body);
+                    self.drain(to);
+                } else {
+                    self.m[who].handle_timeout(next);
+                    self.drain(who);
+                }
+            }
+            self.now = end;
+        }
+
+        fn isolate(&mut self, x: usize) {
+            for j in 0..self.m.len() {
+                self.cut.insert((x, j));
+                self.cut.insert((j, x));
+            }
+        }
+
+        fn down_at(&self, i: usize, x: usize) -> Option<Instant> {
+            self.seen[i].iter().find_map(|(t, o)| match o {
+                Output::Down(d) if *d == id(x) => Some(*t),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_suspected_member_refutes_and_is_alive_again() {
+        let mut net = Mesh::new(3);
+        net.run_for(Duration::from_secs(1));
+        // Cut m2's answers only: its pings arrive, its acks do not.
+        net.cut.insert((2, 0));
+        net.cut.insert((2, 1));
+        let t = net.now;
+        net.run_for(Duration::from_millis(700));
+        assert_eq!(net.m[0].state(&id(2)), Some(State::Suspect), "missed acks");
+        // m2 hears the suspicion on the next ping and refutes, but its
+        // refutation cannot get out yet.
+        assert_eq!(net.m[2].incarnation(), 1);
+        assert_eq!(net.m[0].member(&id(2)).unwrap().inc, 0);
+        net.cut.clear();
+        net.run_for(Duration::from_millis(500));
+        assert!(
+            net.m[2].incarnation() >= 1,
+            "it refuted with a higher incarnation"
+        );
+        for i in 0..2 {
+            assert_eq!(net.m[i].state(&id(2)), Some(State::Alive), "m{i}");
+            assert!(net.m[i].member(&id(2)).unwrap().inc >= 1);
+            assert!(net.down_at(i, 2).is_none(), "refuted before the timeout");
+        }
+        assert!(net.now - t < Duration::from_millis(1300));
+    }
+
+    #[test]
+    fn a_dead_member_goes_down_after_the_suspicion_timeout() {
+        let mut net = Mesh::new(3);
+        net.run_for(Duration::from_secs(1));
+        let crash = net.now;
+        net.isolate(2);
+        net.run_for(Duration::from_secs(3));
+        let down = net.down_at(0, 2).expect("m2 down at m0");
+        // Three members: too few to confirm, so the minimum applies at once.
+        let suspected = down - net.m[0].suspicion_timeout(0);
+        assert!(suspected > crash && suspected - crash <= Duration::from_millis(700));
+        assert_eq!(net.m[0].state(&id(2)), Some(State::Down));
+        assert_eq!(net.m[1].state(&id(2)), Some(State::Down));
+    }
+
+    #[test]
+    fn confirmations_shrink_the_suspicion_timeout() {
+        let mut net = Mesh::new(6);
+        let m = &net.m[0];
+        let (t0, t1, t3) = (
+            m.suspicion_timeout(0),
+            m.suspicion_timeout(1),
+            m.suspicion_timeout(3),
+        );
+        assert_eq!(t0, Duration::from_secs(2), "no confirmation: the max");
+        assert_eq!(t3, Duration::from_millis(800), "k confirmations: the min");
+        assert!(t1 < t0 && t1 > t3);
+        net.run_for(Duration::from_secs(1));
+        let crash = net.now;
+        net.isolate(5);
+        net.run_for(Duration::from_secs(4));
+        // Five suspecters: every survivor hears at least k-ish confirmations,
+        // so m5 goes down well before the unconfirmed maximum.
+        for i in 0..5 {
+            let down = net.down_at(i, 5).expect("down");
+            assert!(
+                down - crash < Duration::from_millis(1900),
+                "m{i} down after {:?}",
+                down - crash
+            );
+        }
+    }
+
+    #[test]
+    fn an_indirect_probe_keeps_a_member_alive_when_the_direct_path_is_cut() {
+        let mut net = Mesh::new(3);
+        net.run_for(Duration::from_secs(1));
+        net.cut.insert((0, 1));
+        net.cut.insert((1, 0));
+        net.run_for(Duration::from_secs(4));
+        assert_eq!(net.m[0].state(&id(1)), Some(State::Alive));
+        assert_eq!(net.m[1].state(&id(0)), Some(State::Alive));
+        assert!(net.down_at(0, 1).is_none());
+        assert!(
+            net.sent
+                .iter()
+                .any(|(_, f, t, b)| *f == 0 && *t == 2 && matches!(b, Body::PingReq { .. })),
+            "m0 asked m2 to probe m1"
+        );
+        assert!(net
+            .sent
+            .iter()
+            .any(|(_, f, t, b)| *f == 2 && *t == 0 && matches!(b, Body::PingAck { .. })));
+    }
+
+    #[test]
+    fn missed_nacks_raise_local_health_and_stretch_the_period() {
+        // Long suspicions, so m0 keeps probing its suspects.
+        let mut c = cfg();
+        c.suspicion_min = Duration::from_secs(30);
+        c.suspicion_max = Duration::from_secs(30);
+        let mut net = Mesh::with(4, c);
+        net.run_for(Duration::from_secs(1));
+        assert_eq!(net.m[0].health(), 0);
+        // m0 hears nothing: no acks, no nacks from its helpers.
+        for j in 1..4 {
+            net.cut.insert((j, 0));
+        }
+        net.run_for(Duration::from_secs(10));
+        let h = net.m[0].health();
+        assert_eq!(h, 8, "health score at its ceiling");
+        let pings: Vec<Instant> = net
+            .sent
+            .iter()
+            .filter(|(_, f, _, b)| *f == 0 && matches!(b, Body::Ping { .. }))
+            .map(|(t, ..)| *t)
+            .collect();
+        let gap = pings[pings.len() - 1] - pings[pings.len() - 2];
+        assert!(
+            gap >= Duration::from_millis(200) * 9,
+            "probe period {gap:?} should be stretched 9x"
+        );
+        // Healthy members saw nacks for m0, not silence: their score stays low.
+        for i in 1..4 {
+            assert!(net.m[i].health() <= 2, "m{i} health {}", net.m[i].health());
+        }
+        net.cut.clear();
+        net.run_for(Duration::from_secs(30));
+        assert_eq!(net.m[0].health(), 0, "acks bring it back down");
+    }
+}
