@@ -794,16 +794,19 @@ impl Membership {
                 }
             }
             UpdateKind::Down => {
-                let fresh = match m.state {
-                    State::Alive | State::Suspect => u.inc >= m.inc,
-                    State::Down => false,
-                };
-                if fresh {
-                    m.inc = u.inc;
-                    let id = u.node.clone();
-                    self.set_down(now, &id);
-                    self.enqueue(u);
+                // Someone else's down verdict only starts (or confirms) a
+                // suspicion here: the member gets the suspicion timeout to
+                // refute, and a node that was itself cut off cannot hide
+                // members the rest of the cluster reaches.
+                if m.state == State::Down || u.inc < m.inc {
+                    return;
                 }
+                if u.inc > m.inc {
+                    m.inc = u.inc;
+                    m.state = State::Alive;
+                }
+                let id = u.node.clone();
+                self.suspect(now, &id, Some(id.clone()));
             }
             UpdateKind::Left => {
                 let id = u.node.clone();
