@@ -1,14 +1,23 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run test sim bench fmt lint check-core ci
+.PHONY: help run cluster test sim bench fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
-run: ## Build and start one node on 127.0.0.1:4000 (not available yet: see README, Status)
-	@echo "make run: the chorus server binary is not built yet (gateway issue #5); see README.md, Status." >&2
-	@exit 1
+run: ## Build and start one node on 127.0.0.1:4000 (demo channel room:*)
+	$(CARGO) run --release -p chorus-gateway --bin chorus -- --listen 127.0.0.1:4000
+
+cluster: ## Start three nodes (HTTP 4000-4002, gossip 7400-7402) with a dev secret; Ctrl-C stops them
+	$(CARGO) build --release -p chorus-gateway --bin chorus
+	@export CHORUS_CLUSTER_SECRET="$${CHORUS_CLUSTER_SECRET:-chorus-dev-cluster-secret}"; \
+	bin="$${CARGO_TARGET_DIR:-target}/release/chorus"; \
+	$$bin --node n1 --listen 127.0.0.1:4000 --gossip 127.0.0.1:7400 --seeds 127.0.0.1:7401,127.0.0.1:7402 & p1=$$!; \
+	$$bin --node n2 --listen 127.0.0.1:4001 --gossip 127.0.0.1:7401 --seeds 127.0.0.1:7400,127.0.0.1:7402 & p2=$$!; \
+	$$bin --node n3 --listen 127.0.0.1:4002 --gossip 127.0.0.1:7402 --seeds 127.0.0.1:7400,127.0.0.1:7401 & p3=$$!; \
+	trap 'kill -TERM $$p1 $$p2 $$p3 2>/dev/null; wait $$p1 $$p2 $$p3' INT TERM; \
+	wait $$p1 $$p2 $$p3
 
 test: ## Build and run every test
 	$(CARGO) test --workspace --exclude chorus-sim

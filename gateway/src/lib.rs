@@ -5,11 +5,16 @@
 //! - [`socket`]: the per-connection [`Session`](socket::Session) (channel table, the
 //!   join/leave/heartbeat rules of PROTOCOL.md §3, presence payloads), sans-IO;
 //! - [`channel`]: the [`Channel`](channel::Channel) trait and the topic
-//!   [`Router`](channel::Router).
+//!   [`Router`](channel::Router);
+//! - [`server`]: the WebSocket server (hyper + tokio-tungstenite) that drives sessions
+//!   against the cluster engine, and the per-node topic dispatcher;
+//! - [`demo`]: the built-in demo channel `room:*`.
 //!
-//! Everything here is synchronous and deterministic; the transports and the cluster
-//! engine drive it.
+//! `protocol`, `socket` and `channel` are synchronous and deterministic; `server` is
+//! the I/O layer that drives them. The `chorus` binary starts an engine and a server.
 
 pub mod channel;
+pub mod demo;
 pub mod protocol;
+pub mod server;
 pub mod socket;
