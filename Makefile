@@ -25,6 +25,10 @@ test: ## Build and run every test
 	$(CARGO) test --release -p chorus-sim
 	# Prove the checkers can fail: a deliberately broken merge must be caught.
 	$(CARGO) test --release -p chorus-sim --features broken-merge --test broken_merge
+	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus.
+	$(CARGO) build -p chorus-gateway --bin chorus
+	cd tests/js && npm ci --no-audit --no-fund
+	cd tests/js && CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" node --test --test-concurrency=1
 
 sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on 2 cores)
 	$(CARGO) run --release -p chorus-sim -- sweep --seeds 10000
