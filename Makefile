@@ -36,6 +36,7 @@ sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on
 bench: ## Benchmarks; record results in BENCHMARKS.md with the command, date and machine
 	$(CARGO) bench -p chorus-engine --bench presence -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p chorus-engine --bench memory
+	$(CARGO) bench -p chorus-engine --bench cluster
 
 fmt: ## Format everything
 	$(CARGO) fmt --all
