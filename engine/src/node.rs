@@ -1219,9 +1219,21 @@ impl Node {
                 .map_or(0, |i| vv[i].1)
         };
         let chunk = self.cfg.repair_chunk;
+        // Serve our own ops, and those of origins that cannot serve themselves
+        // (not up here): an up origin answers the same peer's digest with its
+        // own slice, so a joining node receives each entry once, not once per
+        // member.
+        let serves = |id: &NodeId| {
+            id != from
+                && (*id == self.cfg.id
+                    || self
+                        .peers
+                        .get(id)
+                        .is_none_or(|p| p.state != PeerState::Up || p.addr.is_none()))
+        };
         let mut p_parts: Vec<Part<PresEntry>> = Vec::new();
         for (id, _) in self.presence.store().digest() {
-            if &id != from {
+            if serves(&id) {
                 p_parts.extend(
                     self.presence
                         .store()
@@ -1231,7 +1243,7 @@ impl Node {
         }
         let mut s_parts: Vec<Part<Topic>> = Vec::new();
         for (id, _) in self.subs.store().digest() {
-            if &id != from {
+            if serves(&id) {
                 s_parts.extend(self.subs.store().slice(&id, their(subs, &id), chunk));
             }
         }
