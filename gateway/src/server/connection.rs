@@ -217,6 +217,13 @@ impl Connection {
                 warn!(conn = self.conn, error = %e, "closing connection: frame too large");
                 return Err(Exit::Close(close::TOO_BIG, "frame too large"));
             }
+            Some(Err(WsError::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ))) => {
+                // A tab closed or a network dropped: a disconnect, not bad input.
+                debug!(conn = self.conn, "client went away without a close frame");
+                return Err(Exit::Gone);
+            }
             Some(Err(WsError::Protocol(e))) => {
                 self.shared
                     .stats
