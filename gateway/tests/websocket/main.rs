@@ -4,5 +4,6 @@
 mod bad_input;
 mod cluster;
 mod fanout;
+mod process;
 mod protocol;
 mod util;
