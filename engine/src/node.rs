@@ -907,7 +907,7 @@ impl Node {
     /// of what is relayed: the origins push their own ops to everyone, so
     /// relaying is the epidemic backup for links that are cut, not a second
     /// full broadcast (which would cost N² messages per change).
-    fn relay_targets(&mut self, from: &NodeId, origins: &[&NodeId]) -> Vec<NodeId> {
+    fn relay_targets(&mut self, from: &NodeId, origins: &[NodeId]) -> Vec<NodeId> {
         let mut candidates: Vec<NodeId> = self
             .peers
             .iter()
@@ -979,8 +979,7 @@ impl Node {
                     .map(|p| p.origin.clone())
                     .chain(novel_s.iter().map(|p| p.origin.clone()))
                     .collect();
-                let refs: Vec<&NodeId> = origins.iter().collect();
-                self.relay_targets(f, &refs)
+                self.relay_targets(f, &origins)
             });
             self.push_buffer(now, from.cloned(), to, novel_p, novel_s);
         }
@@ -1150,18 +1149,16 @@ impl Node {
         // down peers included, so they can come back.
         let quiet: Vec<(NodeId, SocketAddr)> = self
             .peers
-            .iter_mut()
-            .filter_map(|(id, p)| {
-                let quiet = !p.sent_this_tick;
-                p.sent_this_tick = false;
-                quiet.then_some((id.clone(), p.addr?))
-            })
+            .iter()
+            .filter(|(_, p)| !p.sent_this_tick)
+            .filter_map(|(id, p)| Some((id.clone(), p.addr?)))
             .collect();
         for (id, addr) in quiet {
-            self.send(Some(id.clone()), addr, Body::Heartbeat);
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.sent_this_tick = false;
-            }
+            self.send(Some(id), addr, Body::Heartbeat);
+        }
+        // A new tick starts: nothing sent in it yet.
+        for p in self.peers.values_mut() {
+            p.sent_this_tick = false;
         }
         self.gc_buffer();
     }
