@@ -4,7 +4,8 @@
 //! [`Session`](crate::socket::Session), with a bounded outbound queue written in
 //! batches by a writer task.
 //!
-//! - [`websocket`]: `GET /healthz` and the handshake at `GET /socket/websocket`;
+//! - [`http`]: the route table (`GET /healthz`, the endpoints below);
+//! - [`websocket`]: the handshake at `GET /socket/websocket`;
 //! - `connection`: the per-client task (session, actions, idle timeout, bad input);
 //! - [`hub`]: the per-node topic dispatcher (one engine subscription per topic,
 //!   encode once, fan out `Arc<Encoded>`);
@@ -17,6 +18,7 @@
 pub mod auth;
 mod connection;
 pub mod envelope;
+pub mod http;
 pub mod hub;
 mod shutdown;
 pub mod websocket;
@@ -255,7 +257,7 @@ async fn serve_http(
     done: mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| websocket::handle(req, shared.clone(), done.clone()));
+    let service = service_fn(move |req| http::handle(req, shared.clone(), done.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -1,10 +1,8 @@
-//! The HTTP side: `GET /healthz`, and the WebSocket handshake at
-//! `GET /socket/websocket` with Phoenix's checks in Phoenix's order (PROTOCOL §1.2):
+//! The WebSocket handshake at `GET /socket/websocket`, with Phoenix's checks in Phoenix's order (PROTOCOL §1.2):
 //! method, `vsn` (403), subprotocols (403 when offered without `phoenix`; `phoenix`
 //! echoed), then the connect hook (403). Only then is the connection upgraded and
 //! handed to a [`Connection`] task.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -12,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -21,38 +19,13 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
 use super::connection::Connection;
+use super::http::{text, Body};
 use super::Shared;
 use crate::protocol::{Query, Subprotocols};
 use crate::socket::Session;
 
 /// The WebSocket endpoint (Phoenix's `socket "/socket"` + `/websocket`).
 pub const WEBSOCKET_PATH: &str = "/socket/websocket";
-/// The health check.
-pub const HEALTH_PATH: &str = "/healthz";
-
-type Body = Full<Bytes>;
-
-/// Answers one HTTP request.
-pub(crate) async fn handle(
-    mut req: Request<Incoming>,
-    shared: Arc<Shared>,
-    done: tokio::sync::mpsc::Sender<()>,
-) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path();
-    let response = match (req.method(), path) {
-        (&Method::GET, HEALTH_PATH) => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, WEBSOCKET_PATH) => upgrade(&mut req, shared, done),
-        (_, WEBSOCKET_PATH) => text(StatusCode::BAD_REQUEST, ""),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    };
-    Ok(response)
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
-}
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -67,7 +40,7 @@ fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(
+pub(crate) fn upgrade(
     req: &mut Request<Incoming>,
     shared: Arc<Shared>,
     done: tokio::sync::mpsc::Sender<()>,
