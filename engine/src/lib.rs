@@ -14,6 +14,7 @@ pub mod context;
 pub mod id;
 pub mod node;
 pub mod presence;
+pub mod records;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;
@@ -23,3 +24,4 @@ pub use codec::{Body, DecodeError, Message, WIRE_VERSION};
 pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 pub use node::{Command, CommandError, Config, Event, Node, Outcome, Transmit};
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
+pub use records::{Record, Records, RecordsReader, Stamp};

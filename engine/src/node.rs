@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use crate::coalesce::{CoalesceConfig, Coalescer, TopicDiff};
 use crate::codec::{Body, Message};
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 use crate::presence::{DiffItem, PresEntry, Presence, PresenceError, PresenceItem};
+use crate::records::{Record, Records, RecordsReader, Stamp};
 use crate::store::{Delta, Part};
 use crate::subs::{SubChange, Subs, SubsError};
 
@@ -63,6 +65,10 @@ pub struct Config {
     pub repair_chunk: usize,
     /// How many random peers a node relays the novel part of a delta to.
     pub relay_fanout: usize,
+    /// Entries kept per replicated log (topic history).
+    pub history_cap: usize,
+    /// Most bytes of records per repair message.
+    pub records_chunk: usize,
 }
 
 impl Config {
@@ -85,6 +91,8 @@ impl Config {
             tomb_cap: 100_000,
             repair_chunk: 10_000,
             relay_fanout: 3,
+            history_cap: 100,
+            records_chunk: 1 << 20,
         }
     }
 
@@ -173,6 +181,27 @@ pub enum Command {
         /// Opaque payload.
         payload: Bytes,
     },
+    /// Append `body` to `topic`'s replicated log (history); `time_ms` is the
+    /// caller's wall clock, raised past every stamp this node has seen.
+    Append {
+        /// Topic.
+        topic: Topic,
+        /// Milliseconds since the Unix epoch.
+        time_ms: u64,
+        /// The entry (opaque; the gateway stores JSON).
+        body: Arc<str>,
+    },
+    /// Write register `(space, key)`; `None` removes it. Last writer wins.
+    Put {
+        /// Namespace, e.g. `room`.
+        space: Arc<str>,
+        /// Key within the space.
+        key: Arc<str>,
+        /// Milliseconds since the Unix epoch.
+        time_ms: u64,
+        /// The value, or `None` to remove.
+        value: Option<Arc<str>>,
+    },
     /// Graceful shutdown: tell every peer to drop our entries now.
     Leave,
 }
@@ -184,6 +213,8 @@ pub enum Outcome {
     Tracked(PhxRef),
     /// Done.
     Done,
+    /// A record was written with this stamp.
+    Recorded(Stamp),
     /// Published: delivered locally (`local`) and sent to `remote_nodes` nodes.
     Published {
         /// Whether local subscribers got it.
@@ -310,6 +341,10 @@ pub struct Stats {
     pub peak_transmits: usize,
     /// Buffer entries dropped before every peer acknowledged them.
     pub buffer_overflows: u64,
+    /// Record messages sent (pushes and repairs).
+    pub records_sent: u64,
+    /// Records from peers that changed the local state.
+    pub records_merged: u64,
 }
 
 /// One cluster member. See the module docs.
@@ -319,6 +354,12 @@ pub struct Node {
     rng: ChaCha8Rng,
     presence: Presence,
     subs: Subs,
+    /// Shared with readers on other threads ([`Node::records`]).
+    records: Arc<RwLock<Records>>,
+    /// Counter of local record writes.
+    record_seq: u64,
+    /// The greatest stamp time issued or seen: local writes stamp past it.
+    record_clock: u64,
     peers: BTreeMap<NodeId, Peer>,
     /// Members we said hello to lately, so many lists naming one cost one hello.
     greeted: BTreeMap<NodeId, Instant>,
@@ -346,6 +387,9 @@ impl Node {
         let mut node = Node {
             presence: Presence::new(cfg.id.clone(), prefix, cfg.tomb_cap),
             subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
+            records: Arc::new(RwLock::new(Records::new(cfg.history_cap))),
+            record_seq: 0,
+            record_clock: 0,
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
@@ -385,6 +429,12 @@ impl Node {
     /// The subscription table.
     pub fn subs(&self) -> &Subs {
         &self.subs
+    }
+
+    /// Read access to the replicated records (history, registers), shareable
+    /// with other threads.
+    pub fn records(&self) -> RecordsReader {
+        RecordsReader(self.records.clone())
     }
 
     /// Counters.
@@ -494,6 +544,34 @@ impl Node {
                     }
                 }
             }
+            Command::Append {
+                topic,
+                time_ms,
+                body,
+            } => {
+                let stamp = self.next_stamp(time_ms);
+                self.write_record(Record::Log {
+                    topic,
+                    stamp: stamp.clone(),
+                    body,
+                });
+                Outcome::Recorded(stamp)
+            }
+            Command::Put {
+                space,
+                key,
+                time_ms,
+                value,
+            } => {
+                let stamp = self.next_stamp(time_ms);
+                self.write_record(Record::Reg {
+                    space,
+                    key,
+                    stamp: stamp.clone(),
+                    value,
+                });
+                Outcome::Recorded(stamp)
+            }
             Command::Leave => {
                 self.left = true;
                 let targets: Vec<(NodeId, SocketAddr)> = self
@@ -574,6 +652,10 @@ impl Node {
             }
             Body::Leave => {
                 self.forget(&from);
+            }
+            Body::Records(records) => self.merge_records(&records),
+            Body::RecordsDigest { buckets, reply } => {
+                self.handle_records_digest(&from, msg.addr, &buckets, reply);
             }
         }
         self.drain_diffs(now);
@@ -1201,6 +1283,104 @@ impl Node {
             members: self.up_members(),
         };
         self.send(Some(to.clone()), addr, body);
+        self.send_records_digest(to.clone(), addr, false);
+    }
+
+    // --------------------------------------------------------------- records
+
+    fn next_stamp(&mut self, time_ms: u64) -> Stamp {
+        self.record_clock = time_ms.max(self.record_clock + 1);
+        self.record_seq += 1;
+        Stamp {
+            time_ms: self.record_clock,
+            origin: self.cfg.id.clone(),
+            seq: self.record_seq,
+        }
+    }
+
+    /// Applies a local write and pushes it to every up peer. Peers that miss
+    /// it (down, partitioned) get it from anti-entropy.
+    fn write_record(&mut self, record: Record) {
+        self.records
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .merge(&record);
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == PeerState::Up)
+            .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+            .collect();
+        for (id, addr) in targets {
+            self.stats.records_sent += 1;
+            self.send(Some(id), addr, Body::Records(vec![record.clone()]));
+        }
+    }
+
+    fn merge_records(&mut self, records: &[Record]) {
+        let mut state = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        for record in records.iter().filter(|r| r.is_valid()) {
+            self.record_clock = self.record_clock.max(record.stamp().time_ms);
+            if state.merge(record) {
+                self.stats.records_merged += 1;
+            }
+        }
+    }
+
+    fn send_records_digest(&mut self, to: NodeId, addr: SocketAddr, reply: bool) {
+        let buckets = self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .digest()
+            .to_vec();
+        self.send(Some(to), addr, Body::RecordsDigest { buckets, reply });
+    }
+
+    /// Ships our records of every bucket that differs from the peer's, and
+    /// answers a first digest with ours so the peer ships what we lack.
+    fn handle_records_digest(
+        &mut self,
+        from: &NodeId,
+        addr: SocketAddr,
+        theirs: &[u64],
+        reply: bool,
+    ) {
+        let records = {
+            let state = self.records.read().unwrap_or_else(PoisonError::into_inner);
+            let differ: Vec<bool> = state
+                .digest()
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| a != b)
+                .collect();
+            if !differ.contains(&true) {
+                return;
+            }
+            state.bucket_records(&differ)
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            bytes += record.size();
+            chunk.push(record);
+            if bytes >= self.cfg.records_chunk {
+                self.stats.records_sent += 1;
+                self.send(
+                    Some(from.clone()),
+                    addr,
+                    Body::Records(std::mem::take(&mut chunk)),
+                );
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.stats.records_sent += 1;
+            self.send(Some(from.clone()), addr, Body::Records(chunk));
+        }
+        if !reply {
+            self.send_records_digest(from.clone(), addr, true);
+        }
     }
 
     fn handle_digest(

@@ -25,7 +25,7 @@ pub type ViewItem = (Topic, Key, PhxRef, Meta);
 pub const BASE_PORT: u16 = 7400;
 
 /// Number of message kinds counted in [`WorldStats`].
-pub const KINDS: usize = 9;
+pub const KINDS: usize = 11;
 
 /// Names of the message kinds, indexed like the counters.
 pub const KIND_NAMES: [&str; KINDS] = [
@@ -38,6 +38,8 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "repair",
     "broadcast",
     "leave",
+    "records",
+    "records_digest",
 ];
 
 /// Node timing overrides of a scenario (the rest is `Config::lan`).
@@ -368,6 +370,8 @@ pub fn kind_of(body: &Body) -> usize {
         Body::Repair { .. } => 6,
         Body::Broadcast { .. } => 7,
         Body::Leave => 8,
+        Body::Records(_) => 9,
+        Body::RecordsDigest { .. } => 10,
     }
 }
 

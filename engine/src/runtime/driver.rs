@@ -20,6 +20,7 @@ use super::transport::{
 use super::EngineConfig;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Config, Event, Node, Transmit};
+use crate::records::RecordsReader;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,6 +96,11 @@ impl Driver {
             next_sub: 0,
             stats: RuntimeStats::default(),
         }
+    }
+
+    /// Read access to the node's replicated records.
+    pub(crate) fn records(&self) -> RecordsReader {
+        self.node.records()
     }
 
     /// The node task. Ends on [`Request::Shutdown`] or when every handle is

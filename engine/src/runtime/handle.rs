@@ -14,6 +14,7 @@ use crate::coalesce::TopicDiff;
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 use crate::node::{self, Command, CommandError, Outcome, PeerState};
 use crate::presence::PresenceItem;
+use crate::records::{RecordsReader, Stamp};
 
 /// One item for a subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +110,7 @@ pub(crate) struct Shared {
     pub requests: mpsc::Sender<Request>,
     /// Unsubscribes from `Drop`, which cannot wait for room.
     pub drops: mpsc::UnboundedSender<(Topic, SubscriberId)>,
+    pub records: RecordsReader,
     pub subscriber_queue: usize,
     pub task: Mutex<Option<AbortHandle>>,
 }
@@ -299,6 +301,47 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// Appends `body` to `topic`'s replicated history log (the newest
+    /// [`Config::history_cap`](crate::node::Config::history_cap) entries are
+    /// kept, ordered by stamp). `time_ms` is the wall clock in ms.
+    pub async fn append(
+        &self,
+        topic: impl Into<Topic>,
+        time_ms: u64,
+        body: impl Into<Arc<str>>,
+    ) -> Result<Stamp, RuntimeError> {
+        let cmd = Command::Append {
+            topic: topic.into(),
+            time_ms,
+            body: body.into(),
+        };
+        recorded(self.command(cmd).await?)
+    }
+
+    /// Writes register `(space, key)`, or removes it with `None`. The write
+    /// with the greatest stamp wins on every node.
+    pub async fn put(
+        &self,
+        space: &str,
+        key: &str,
+        time_ms: u64,
+        value: Option<&str>,
+    ) -> Result<Stamp, RuntimeError> {
+        let cmd = Command::Put {
+            space: space.into(),
+            key: key.into(),
+            time_ms,
+            value: value.map(Arc::from),
+        };
+        recorded(self.command(cmd).await?)
+    }
+
+    /// Synchronous read access to the replicated records (history, registers)
+    /// as this node holds them.
+    pub fn records(&self) -> &RecordsReader {
+        &self.shared.records
+    }
+
     /// The visible presence metas of `topic`, cluster-wide.
     pub async fn presence(
         &self,
@@ -342,6 +385,13 @@ impl EngineHandle {
 fn tracked(outcome: Outcome) -> Result<PhxRef, RuntimeError> {
     match outcome {
         Outcome::Tracked(r) => Ok(r),
+        other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn recorded(outcome: Outcome) -> Result<Stamp, RuntimeError> {
+    match outcome {
+        Outcome::Recorded(stamp) => Ok(stamp),
         other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
     }
 }
