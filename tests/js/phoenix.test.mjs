@@ -1,121 +1,36 @@
 // The unmodified phoenix npm client (pinned 1.8.16, `ws` as its transport on
-// Node 20) against a real `chorus` process serving the demo `room:*` channel.
+// Node 20) against a real `chorus` process: the protocol itself (presence,
+// replies, broadcast and broadcast_from, binary payloads, reconnects) on a
+// generic `test:{id}` topic declared in a config file, with signed tokens.
 // CHORUS_BIN names the binary (the Makefile builds it).
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import net from "node:net";
-import { createRequire } from "node:module";
-import WebSocket from "ws";
+import {
+  Presence, cleanup, connect, connectAs, freePort, handshakeStatus, join, mintToken,
+  push, pushError, startServer, stop, until, users, writeConfig,
+} from "./helpers.mjs";
 
-const require = createRequire(import.meta.url);
-const { Socket, Presence } = require("phoenix");
+after(cleanup);
 
-const BIN = process.env.CHORUS_BIN ?? "../../target/debug/chorus";
-const children = new Set();
-const sockets = new Set();
+const config = writeConfig(`
+[server]
+dev_mode = false
 
-after(() => {
-  for (const s of sockets) s.disconnect();
-  for (const c of children) c.kill("SIGKILL");
-});
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(httpPort, gossipPort) {
-  const child = spawn(
-    BIN,
-    ["--listen", `127.0.0.1:${httpPort}`, "--gossip", `127.0.0.1:${gossipPort}`, "--node", "js"],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "warn" } },
-  );
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  const deadline = Date.now() + 20_000;
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
-      if (res.ok) return child;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill("SIGKILL");
-  throw new Error("chorus did not answer /healthz within 20 s");
-}
-
-function stop(child) {
-  return new Promise((resolve) => {
-    child.once("exit", resolve);
-    child.kill("SIGTERM");
-  });
-}
-
-function connect(port, opts = {}) {
-  const socket = new Socket(`ws://127.0.0.1:${port}/socket`, {
-    transport: WebSocket,
-    reconnectAfterMs: () => 50,
-    rejoinAfterMs: () => 50,
-    ...opts,
-  });
-  socket.connect();
-  sockets.add(socket);
-  return socket;
-}
-
-function join(channel) {
-  return new Promise((resolve, reject) => {
-    channel
-      .join()
-      .receive("ok", resolve)
-      .receive("error", (e) => reject(new Error(`join error ${JSON.stringify(e)}`)))
-      .receive("timeout", () => reject(new Error("join timeout")));
-  });
-}
-
-function push(channel, event, payload) {
-  return new Promise((resolve, reject) => {
-    channel
-      .push(event, payload)
-      .receive("ok", resolve)
-      .receive("error", (e) => reject(new Error(`push error ${JSON.stringify(e)}`)))
-      .receive("timeout", () => reject(new Error("push timeout")));
-  });
-}
-
-/** Resolves when `pred()` holds, checked after every Presence sync. */
-function until(pred, what, ms = 5_000) {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const tick = () => {
-      if (pred()) return resolve();
-      if (Date.now() - t0 > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 10);
-    };
-    tick();
-  });
-}
-
-const users = (presence) => presence.list((id) => id).sort();
+[[topics]]
+pattern = "test:{id}"
+presence = true
+events = { new_msg = "broadcast", shout = "broadcast_from", ping = "echo" }
+`);
 
 const port = await freePort();
-const server = await startServer(port, await freePort());
+const server = await startServer(port, { config });
 
 test("join, presence for two users, push with reply, broadcast and broadcast_from", async () => {
-  const alice = connect(port, { params: { user_id: "alice" } });
-  const bob = connect(port, { params: { user_id: "bob" } });
-  const ca = alice.channel("room:lobby");
-  const cb = bob.channel("room:lobby");
+  const alice = connectAs(port, { sub: "alice" });
+  const bob = connectAs(port, { sub: "bob" });
+  const ca = alice.channel("test:lobby");
+  const cb = bob.channel("test:lobby");
   const pa = new Presence(ca);
   const pb = new Presence(cb);
   const gotA = [];
@@ -145,25 +60,37 @@ test("join, presence for two users, push with reply, broadcast and broadcast_fro
 });
 
 test("an unknown event is answered with an error and the channel stays joined", async () => {
-  const s = connect(port, { params: { user_id: "carol" } });
-  const c = s.channel("room:errors");
+  const s = connectAs(port, { sub: "carol" });
+  const c = s.channel("test:errors");
   await join(c);
-  await assert.rejects(push(c, "nope", {}), /unknown event/);
+  const err = new Promise((resolve) => c.on("error", resolve));
+  assert.deepEqual(await pushError(c, "nope", {}), { reason: "unknown_event" });
+  assert.deepEqual(await err, { reason: "unknown_event" });
   assert.deepEqual(await push(c, "ping", { still: "joined" }), { still: "joined" });
   s.disconnect();
 });
 
 test("authToken is carried in the subprotocol and accepted", async () => {
-  const s = connect(port, { authToken: "my-secret-token", params: { user_id: "dave" } });
-  const c = s.channel("room:auth");
+  const s = connect(port, { authToken: mintToken({ sub: "dave" }) });
+  const c = s.channel("test:auth");
   await join(c);
   assert.equal(s.isConnected(), true);
   s.disconnect();
 });
 
+test("missing, forged, malformed and expired tokens get 403 at connect", async () => {
+  const url = (q) => `ws://127.0.0.1:${port}/socket/websocket?vsn=2.0.0${q}`;
+  assert.equal(await handshakeStatus(url(`&token=${mintToken({ sub: "ok" })}`)), 101);
+  assert.equal(await handshakeStatus(url("")), 403);
+  assert.equal(await handshakeStatus(url(`&token=${mintToken({ sub: "x" }, { secret: "wrong-secret-wrong-secret" })}`)), 403);
+  assert.equal(await handshakeStatus(url("&token=not-a-jwt")), 403);
+  assert.equal(await handshakeStatus(url(`&token=${mintToken({ sub: "x" }, { ttl: -10 })}`)), 403);
+  assert.equal(await handshakeStatus(url(""), ["phoenix", `base64url.bearer.phx.${Buffer.from(mintToken({ sub: "sp" })).toString("base64url")}`]), 101);
+});
+
 test("binary payloads round-trip as ArrayBuffer", async () => {
-  const s = connect(port, { params: { user_id: "erin" } });
-  const c = s.channel("room:bin");
+  const s = connectAs(port, { sub: "erin" });
+  const c = s.channel("test:bin");
   await join(c);
   const reply = await push(c, "ping", new Uint8Array([1, 2, 3, 255]).buffer);
   assert.ok(reply instanceof ArrayBuffer, "binary reply");
@@ -172,8 +99,8 @@ test("binary payloads round-trip as ArrayBuffer", async () => {
 });
 
 test("the client reconnects and rejoins by itself after a server restart", async () => {
-  const s = connect(port, { params: { user_id: "frank" } });
-  const c = s.channel("room:restart");
+  const s = connectAs(port, { sub: "frank" });
+  const c = s.channel("test:restart");
   const p = new Presence(c);
   let joins = 0;
   c.on("phx_reply", () => {});
@@ -183,7 +110,7 @@ test("the client reconnects and rejoins by itself after a server restart", async
 
   await stop(server);
   await until(() => !s.isConnected(), "disconnect", 5_000);
-  const again = await startServer(port, await freePort());
+  const again = await startServer(port, { config });
   await until(() => s.isConnected() && c.state === "joined", "rejoin", 15_000);
   await until(() => users(p).join() === "frank", "presence after rejoin", 5_000);
   assert.ok(joins >= 1, "the join was sent again");

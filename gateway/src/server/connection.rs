@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use super::hub::{entries, Budget, Hub, Inbound, Mailbox};
 use super::Shared;
 use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame, Ref};
-use crate::socket::{Action, Session};
+use crate::socket::{Action, PresenceCount, Session};
 
 /// Close codes the server uses; never 1000, so phoenix.js reconnects (PROTOCOL §1.5).
 pub mod close {
@@ -128,6 +128,12 @@ impl Connection {
             tracked: HashMap::new(),
             tracked_any: false,
         };
+        if let Some(id) = this.session.id() {
+            this.tracked_any = true;
+            if let Err(e) = this.shared.hub.track_socket(id, conn).await {
+                warn!(conn, error = %e, "tracking the socket failed");
+            }
+        }
         let exit = this.serve(&mut stream, &drain).await;
         this.cleanup().await;
         let stats = &this.shared.stats;
@@ -415,6 +421,36 @@ impl Connection {
                     }
                 }
             }
+            Action::Append { topic, log, body } => {
+                if let Err(e) = engine.append(log.as_str(), unix_ms(), body).await {
+                    warn!(conn = self.conn, topic, log, error = %e, "history append failed");
+                }
+            }
+            Action::Put {
+                topic,
+                space,
+                key,
+                value,
+            } => {
+                if let Err(e) = engine.put(&space, &key, unix_ms(), value.as_deref()).await {
+                    warn!(conn = self.conn, topic, space, error = %e, "record write failed");
+                }
+            }
+            Action::CountPresence {
+                topic,
+                join_ref,
+                of,
+            } => match engine.presence(of.as_str()).await {
+                Ok(items) => {
+                    let count = PresenceCount {
+                        of,
+                        count: items.len(),
+                    };
+                    self.session
+                        .handle_info(&topic, Some(&join_ref), Box::new(count));
+                }
+                Err(e) => warn!(conn = self.conn, topic, error = %e, "presence count failed"),
+            },
         }
         Ok(())
     }
@@ -442,6 +478,13 @@ impl Connection {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn close_frame(code: u16, reason: &'static str) -> CloseFrame {

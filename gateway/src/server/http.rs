@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::dev;
 use super::websocket::{self, WEBSOCKET_PATH};
 use super::Shared;
 
@@ -28,6 +29,12 @@ pub(crate) async fn handle(
     let path = req.uri().path();
     let response = match (req.method(), path) {
         (&Method::GET, HEALTH_PATH) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/") if shared.config.dev_tokens.is_some() => dev::index(),
+        (&Method::GET, "/assets/phoenix.min.js") => dev::phoenix_js(),
+        (&Method::GET, "/dev/token") => match &shared.config.dev_tokens {
+            Some(tokens) => dev::token(tokens, req.uri().query()),
+            None => text(StatusCode::NOT_FOUND, "not found (dev mode is off)\n"),
+        },
         (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done),
         (_, WEBSOCKET_PATH) => text(StatusCode::BAD_REQUEST, ""),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

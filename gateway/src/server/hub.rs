@@ -222,6 +222,27 @@ impl Hub {
         self.topics.lock().expect("hub topics lock").len()
     }
 
+    /// The presence topic where every connection of socket `id` is tracked
+    /// (key: the connection number), so a user's sockets can be counted
+    /// cluster-wide.
+    pub fn socket_topic(id: &str) -> String {
+        format!("phx_socket:{id}")
+    }
+
+    /// Tracks connection `conn` of socket `id` in [`Hub::socket_topic`]. The
+    /// entry leaves with the connection's other presences (`untrack_conn`).
+    pub async fn track_socket(&self, id: &str, conn: u64) -> Result<(), HubError> {
+        self.engine
+            .track(
+                Self::socket_topic(id).as_str(),
+                conn.to_string(),
+                chorus_engine::ConnId(conn),
+                chorus_engine::Meta::new("{}"),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Broadcasts `event` to every subscriber of `topic` in the cluster (Phoenix's
     /// `Endpoint.broadcast`). `broadcast(socket_id, "disconnect", {})` closes that
     /// socket's connections with 1001.

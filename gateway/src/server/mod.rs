@@ -17,6 +17,7 @@
 
 pub mod auth;
 mod connection;
+pub mod dev;
 pub mod envelope;
 pub mod http;
 pub mod hub;
@@ -43,6 +44,7 @@ pub use hub::{Hub, HubError};
 
 use crate::channel::Router;
 use crate::socket::SessionConfig;
+use crate::token::Tokens;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -66,6 +68,9 @@ pub struct ServerConfig {
     pub drain_interval: Duration,
     /// How long shutdown waits for connections to finish after the last batch.
     pub drain_timeout: Duration,
+    /// Dev mode: the demo page at `/` and `/dev/token`, minting tokens for any
+    /// name with these keys. `None` (the default) in production.
+    pub dev_tokens: Option<Tokens>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +85,7 @@ impl Default for ServerConfig {
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
+            dev_tokens: None,
         }
     }
 }

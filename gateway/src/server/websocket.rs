@@ -76,7 +76,13 @@ pub(crate) fn upgrade(
             }
         }
     };
-    let auth_token = subprotocols.as_ref().and_then(|s| s.auth_token.as_deref());
+    let bearer = header(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let auth_token = subprotocols
+        .as_ref()
+        .and_then(|s| s.auth_token.as_deref())
+        .or(bearer);
     let Ok(info) = shared.auth.connect(&query.params(), auth_token) else {
         debug!("refusing connect: denied by the authenticator");
         return text(StatusCode::FORBIDDEN, "");

@@ -32,7 +32,9 @@ mod lifecycle;
 mod outbox;
 pub mod presence;
 
-pub use action::{Action, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE};
+pub use action::{
+    Action, PresenceCount, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE,
+};
 pub use presence::{presence_diff, presence_state, PresenceEntry};
 
 use std::collections::{BTreeMap, BTreeSet};

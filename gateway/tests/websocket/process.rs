@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chorus_gateway::token::{Claims, Tokens};
 use serde_json::Value;
 use tokio::time::timeout;
 
@@ -49,6 +50,7 @@ async fn spawn(
         ])
         .args(["--seeds", &seed.to_string()])
         .env("CHORUS_CLUSTER_SECRET", SECRET)
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -64,8 +66,15 @@ async fn spawn(
     anyhow::bail!("chorus {name} did not listen on {http}")
 }
 
+/// The token secret the processes verify client tokens with.
+const TOKEN_SECRET: &str = "process-test-token-secret-0123";
+
+/// A connect URL with a token for `user`; `chat:*` (default config) tracks
+/// presence for anyone.
 fn url(http: SocketAddr, user: &str) -> String {
-    format!("ws://{http}/socket/websocket?user_id={user}&vsn=2.0.0")
+    let tokens = Tokens::new(TOKEN_SECRET.as_bytes());
+    let token = tokens.sign(&Claims::new(user, Duration::from_secs(600)));
+    format!("ws://{http}/socket/websocket?token={token}&vsn=2.0.0")
 }
 
 /// Reads frames until `key` is present (`true`) or gone (`false`) in the
@@ -94,9 +103,9 @@ async fn a_killed_process_leaves_within_the_lan_bound_and_its_restart_brings_no_
     let mut b = spawn("b", http_b, gossip_b, gossip_a).await?;
 
     let mut alice = Client::connect(&url(http_a, "alice")).await?;
-    alice.join("1", "room:kill", "{}").await?;
+    alice.join("1", "chat:kill", "{}").await?;
     let mut bob = Client::connect(&url(http_b, "bob")).await?;
-    bob.join("1", "room:kill", "{}").await?;
+    bob.join("1", "chat:kill", "{}").await?;
     timeout(
         Duration::from_secs(10),
         wait_presence(&mut alice, "bob", true),
@@ -124,7 +133,7 @@ async fn a_killed_process_leaves_within_the_lan_bound_and_its_restart_brings_no_
     drop(b);
     let _b2 = spawn("b", http_b, gossip_b, gossip_a).await?;
     let mut carol = Client::connect(&url(http_b, "carol")).await?;
-    carol.join("1", "room:kill", "{}").await?;
+    carol.join("1", "chat:kill", "{}").await?;
     timeout(
         Duration::from_secs(10),
         wait_presence(&mut carol, "alice", true),
@@ -134,7 +143,7 @@ async fn a_killed_process_leaves_within_the_lan_bound_and_its_restart_brings_no_
 
     for http in [http_a, http_b] {
         let mut probe = Client::connect(&url(http, "probe")).await?;
-        probe.join("1", "room:kill", "{}").await?;
+        probe.join("1", "chat:kill", "{}").await?;
         let state = probe.recv_event("presence_state").await?;
         let keys: Vec<&String> = state[4].as_object().expect("object").keys().collect();
         assert!(
