@@ -86,7 +86,7 @@ pub struct Log {
     pub last_fault: Duration,
     /// The last client command.
     pub last_change: Duration,
-    /// Diff replay errors (a leave of an unseen meta, a double join).
+    /// Diff errors (a ref both joined and left in one diff).
     pub diff_errors: Vec<String>,
     /// Frames the codec refused.
     pub codec_errors: Vec<String>,
