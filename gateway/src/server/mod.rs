@@ -17,6 +17,7 @@
 
 pub mod auth;
 mod connection;
+mod driver;
 pub mod envelope;
 pub mod http;
 pub mod hub;
