@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use chorus_engine::runtime::{Engine, EngineConfig};
 use chorus_engine::{Config, NodeId};
 use chorus_gateway::demo::demo_router;
-use chorus_gateway::server::{Server, ServerConfig};
+use chorus_gateway::server::{LongPollKey, Server, ServerConfig};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -88,6 +88,12 @@ async fn main() -> anyhow::Result<()> {
     };
     node.seeds = args.seeds.clone();
     node.rng_seed = rand::random();
+    // LongPoll tokens must verify on every node: sign them with a key derived from
+    // the cluster secret.
+    let config = ServerConfig {
+        longpoll_key: LongPollKey::derive(&secret),
+        ..ServerConfig::default()
+    };
     let engine = Engine::start(EngineConfig::new(node, secret))
         .await
         .context("starting the cluster engine")?;
@@ -97,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let router = demo_router().context("building the demo router")?;
-    let server = Server::new(engine.clone(), router, ServerConfig::default());
+    let server = Server::new(engine.clone(), router, config);
     info!(listen = %args.listen, "serving ws://{}/socket/websocket (demo channel room:*)", args.listen);
     server.run(listener, shutdown_signal()).await?;
     info!("connections drained; leaving the cluster");

@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::longpoll::{self, LONGPOLL_PATH};
 use super::websocket::{self, WEBSOCKET_PATH};
 use super::Shared;
 
@@ -30,6 +31,7 @@ pub(crate) async fn handle(
         (&Method::GET, HEALTH_PATH) => text(StatusCode::OK, "ok\n"),
         (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done),
         (_, WEBSOCKET_PATH) => text(StatusCode::BAD_REQUEST, ""),
+        (_, LONGPOLL_PATH) => longpoll::handle(req, shared, done).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)

@@ -7,6 +7,10 @@
 //! - [`http`]: the route table (`GET /healthz`, the endpoints below);
 //! - [`websocket`]: the handshake at `GET /socket/websocket`;
 //! - `connection`: the per-client task (session, actions, idle timeout, bad input);
+//! - [`longpoll`]: the LongPoll transport at `/socket/longpoll`, its sessions and
+//!   their forwarding between nodes;
+//! - `driver`: what both transports do with a session (actions against the hub
+//!   and engine, deliveries, cleanup);
 //! - [`hub`]: the per-node topic dispatcher (one engine subscription per topic,
 //!   encode once, fan out `Arc<Encoded>`);
 //! - [`envelope`]: the bytes a broadcast crosses the cluster as;
@@ -21,13 +25,14 @@ mod driver;
 pub mod envelope;
 pub mod http;
 pub mod hub;
+pub mod longpoll;
 mod shutdown;
 pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +46,7 @@ use tracing::{debug, warn};
 pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use connection::close;
 pub use hub::{Hub, HubError};
+pub use longpoll::LongPollKey;
 
 use crate::channel::Router;
 use crate::socket::SessionConfig;
@@ -59,7 +65,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Largest incoming frame or message; larger closes the connection (1009).
     pub max_frame_size: usize,
-    /// Most live WebSocket connections; beyond, the handshake gets 503.
+    /// Most live connections (WebSocket connections plus LongPoll sessions);
+    /// beyond, a WebSocket handshake gets 503 and a new LongPoll session status 500.
     pub max_connections: usize,
     /// Connections closed per batch on shutdown.
     pub drain_batch: usize,
@@ -67,6 +74,14 @@ pub struct ServerConfig {
     pub drain_interval: Duration,
     /// How long shutdown waits for connections to finish after the last batch.
     pub drain_timeout: Duration,
+    /// How long a LongPoll poll is held when nothing is waiting (then 204).
+    pub longpoll_window: Duration,
+    /// A LongPoll session with no poll for this long ends (its channels close,
+    /// its presences leave). Keep it above `longpoll_window`.
+    pub longpoll_timeout: Duration,
+    /// The key LongPoll session tokens are signed with: the same on every node of
+    /// a cluster (see [`LongPollKey::derive`]), random by default.
+    pub longpoll_key: LongPollKey,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +96,9 @@ impl Default for ServerConfig {
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
+            longpoll_window: Duration::from_secs(10),
+            longpoll_timeout: Duration::from_secs(15),
+            longpoll_key: LongPollKey::random(),
         }
     }
 }
@@ -90,6 +108,8 @@ impl Default for ServerConfig {
 pub struct ServerStats {
     /// WebSocket connections upgraded so far.
     pub connections: AtomicU64,
+    /// LongPoll sessions started so far.
+    pub longpoll_sessions: AtomicU64,
     /// Connections closed because their outbound queue filled up (1008).
     pub slow_consumers: AtomicU64,
     /// Connections closed for bad input (1002, 1007, 1009).
@@ -105,13 +125,13 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
-    /// Live connections and their drain signal.
+    pub(crate) longpoll: longpoll::LongPoll,
+    /// Live connections (and LongPoll sessions) and their drain signal.
     conns: Mutex<BTreeMap<u64, Arc<Notify>>>,
 }
 
 impl Shared {
     pub(crate) fn register(&self, conn: u64, drain: Arc<Notify>) {
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.conns
             .lock()
             .expect("connection registry lock")
@@ -156,6 +176,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
+                longpoll: longpoll::LongPoll::default(),
                 conns: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -182,7 +203,12 @@ impl Server {
         &self.shared.stats
     }
 
-    /// Live WebSocket connections.
+    /// Live LongPoll sessions owned by this node.
+    pub fn longpoll_session_count(&self) -> usize {
+        self.shared.longpoll.session_count()
+    }
+
+    /// Live connections: WebSocket connections and LongPoll sessions.
     pub fn connection_count(&self) -> usize {
         self.shared
             .conns
@@ -201,6 +227,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let forwarding = longpoll::start(&self.shared).await;
         let accepted = tokio::select! {
             res = self.accept_loop(&listener, &done_tx, &stop_rx) => res,
             _ = shutdown => Ok(()),
@@ -215,6 +242,9 @@ impl Server {
                 open = self.connection_count(),
                 "shutdown: connections still open after the drain timeout"
             );
+        }
+        if let Some(forwarding) = forwarding {
+            forwarding.abort();
         }
         accepted
     }
