@@ -37,6 +37,9 @@ struct Args {
     /// Failure-detection timing.
     #[arg(long, value_enum, default_value_t = Profile::Lan)]
     profile: Profile,
+    /// LongPoll: milliseconds without a poll after which a session ends.
+    #[arg(long, default_value_t = 15_000)]
+    longpoll_timeout_ms: u64,
     /// Configuration file (not supported yet).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -92,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
     // the cluster secret.
     let config = ServerConfig {
         longpoll_key: LongPollKey::derive(&secret),
+        longpoll_timeout: std::time::Duration::from_millis(args.longpoll_timeout_ms),
         ..ServerConfig::default()
     };
     let engine = Engine::start(EngineConfig::new(node, secret))

@@ -76,8 +76,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// How long a LongPoll poll is held when nothing is waiting (then 204).
     pub longpoll_window: Duration,
-    /// A LongPoll session with no poll for this long ends (its channels close,
-    /// its presences leave). Keep it above `longpoll_window`.
+    /// A LongPoll session ends when no poll is held and none arrived for this
+    /// long (its channels close, its presences leave).
     pub longpoll_timeout: Duration,
     /// The key LongPoll session tokens are signed with: the same on every node of
     /// a cluster (see [`LongPollKey::derive`]), random by default.
