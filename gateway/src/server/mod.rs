@@ -1,4 +1,4 @@
-//! The WebSocket server, shaped like mini-redis: [`Server::run`] takes a bound
+//! The WebSocket and LongPoll server, shaped like mini-redis: [`Server::run`] takes a bound
 //! listener and a shutdown future, accepts connections (a semaphore caps live
 //! WebSocket connections), and gives every client its own task owning its
 //! [`Session`](crate::socket::Session), with a bounded outbound queue written in

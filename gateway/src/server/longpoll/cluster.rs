@@ -132,6 +132,7 @@ pub(crate) async fn call(
         return Outcome::Gone;
     }
     let outcome = match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(answer)) if answer.status == status::GONE => Outcome::Gone,
         Ok(Ok(answer)) => Outcome::Answer(answer),
         Ok(Err(_)) | Err(_) => Outcome::TimedOut,
     };

@@ -13,10 +13,10 @@
 //!   frames) runs the frames and answers 200; their replies come on the next poll.
 //!   No session: 410; over `max_frame_size`: 413; a line that does not decode: 400.
 //!
-//! A session lives on the node that started it ([`session`]); its token is signed
-//! with the cluster-wide [`LongPollKey`] and names that node ([`token`]), so a
+//! A session lives on the node that started it (`session`); its token is signed
+//! with the cluster-wide [`LongPollKey`] and names that node (`token`), so a
 //! request that lands anywhere in the cluster is verified there and forwarded to
-//! the owner ([`cluster`]): no sticky sessions needed.
+//! the owner (`cluster`): no sticky sessions needed.
 
 mod cluster;
 mod session;
@@ -226,10 +226,15 @@ async fn poll(
     };
     if let Some(token) = session_token(req.headers(), Some(&query)) {
         match call(shared, token, Op::Poll).await {
-            Some(Outcome::Answer(answer)) => {
+            Some(Outcome::Answer(answer))
+                if matches!(answer.status, status::OK | status::NO_CONTENT) =>
+            {
                 return json_response(answer.status, Some(token), Some(&answer.messages))
             }
-            Some(Outcome::TimedOut) => return json_response(status::SERVER_ERROR, None, None),
+            // phoenix.js knows no other poll status: it reconnects on 500.
+            Some(Outcome::Answer(_) | Outcome::TimedOut) => {
+                return json_response(status::SERVER_ERROR, None, None)
+            }
             // No such session (any more): start one, as for a first poll.
             Some(Outcome::Gone) | None => {}
         }
