@@ -79,6 +79,8 @@ pub struct ServerSection {
     /// Development mode: `/dev/token` mints a token for any name, and the demo
     /// page uses it. Never enable it in production.
     pub dev_mode: bool,
+    /// A LongPoll session without a poll for this long ends, in milliseconds.
+    pub longpoll_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -86,6 +88,7 @@ impl Default for ServerSection {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             dev_mode: false,
+            longpoll_timeout_ms: 15_000,
         }
     }
 }

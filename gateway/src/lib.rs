@@ -6,7 +6,7 @@
 //!   join/leave/heartbeat rules of PROTOCOL.md §3, presence payloads), sans-IO;
 //! - [`channel`]: the [`Channel`](channel::Channel) trait and the topic
 //!   [`Router`](channel::Router);
-//! - [`server`]: the WebSocket server (hyper + tokio-tungstenite) that drives sessions
+//! - [`server`]: the WebSocket and LongPoll server (hyper + tokio-tungstenite) that drives sessions
 //!   against the cluster engine, and the per-node topic dispatcher;
 //! - [`demo`]: the built-in demo channel `room:*`.
 //!

@@ -14,7 +14,7 @@ use chorus_engine::runtime::{Engine, EngineConfig};
 use chorus_engine::{Config as NodeConfig, NodeId};
 use chorus_gateway::app::App;
 use chorus_gateway::config::{Config, Profile};
-use chorus_gateway::server::{Server, ServerConfig};
+use chorus_gateway::server::{LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Development mode (demo page tokens from /dev/token): true or false.
     #[arg(long, env = "CHORUS_DEV_MODE")]
     dev_mode: Option<bool>,
+    /// A LongPoll session without a poll for this long ends (milliseconds).
+    #[arg(long, env = "CHORUS_LONGPOLL_TIMEOUT_MS")]
+    longpoll_timeout_ms: Option<u64>,
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
@@ -152,6 +155,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(profile) = args.profile {
         config.cluster.profile = profile;
     }
+    if let Some(ms) = args.longpoll_timeout_ms {
+        config.server.longpoll_timeout_ms = ms;
+    }
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;
     }
@@ -241,7 +247,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     node.seeds = seeds.clone();
     node.rng_seed = rand::random();
     node.history_cap = config.cluster.history_cap;
-    let engine = Engine::start(EngineConfig::new(node, cluster_secret))
+    let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
         .await
         .context("starting the cluster engine")?;
     info!(node = %id, gossip = %engine.local_addr(), ?seeds, "engine started");
@@ -251,6 +257,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let tokens = Tokens::new(&token_secret);
     let server_config = ServerConfig {
         dev_tokens: dev.then(|| tokens.clone()),
+        // LongPoll session tokens must verify on every node: their key derives
+        // from the cluster secret.
+        longpoll_key: LongPollKey::derive(&cluster_secret),
+        longpoll_timeout: Duration::from_millis(config.server.longpoll_timeout_ms),
         ..ServerConfig::default()
     };
     let listen = config.server.listen;

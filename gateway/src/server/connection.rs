@@ -1,17 +1,16 @@
-//! One WebSocket client: a task that owns its [`Session`], reads frames, executes the
-//! session's [`Action`]s against the engine, and a writer task that owns the socket's
-//! sink and writes queued frames in batches (several frames fed, then one flush).
+//! One WebSocket client: a task that owns its [`Session`] through a [`Driver`] (which
+//! executes the session's actions against the engine), reads frames, and a writer
+//! task that owns the socket's sink and writes queued frames in batches (several
+//! frames fed, then one flush).
 //!
 //! Everything queued for the client (replies, pushes, broadcasts handed over by the
-//! [`Hub`]) is charged to one byte [`Budget`] (default 1 MiB). A client that stops
+//! [`Hub`](super::hub::Hub)) is charged to one byte [`Budget`] (default 1 MiB). A client that stops
 //! reading exhausts it and is closed with 1008; the others never wait for it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::{ConnId, Meta};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,10 +23,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use super::hub::{entries, Budget, Hub, Inbound, Mailbox};
+use super::driver::{Driver, Exit};
+use super::hub::{Budget, Inbound};
 use super::Shared;
-use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame, Ref};
-use crate::socket::{Action, PresenceCount, Session};
+use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame};
+use crate::socket::Session;
 
 /// Close codes the server uses; never 1000, so phoenix.js reconnects (PROTOCOL §1.5).
 pub mod close {
@@ -47,17 +47,6 @@ pub mod close {
     pub const RESTART: u16 = 1012;
 }
 
-/// How a connection ends.
-#[derive(Debug)]
-enum Exit {
-    /// Write what is queued, then close with this code.
-    Close(u16, &'static str),
-    /// The client is not reading: close at once with 1008.
-    SlowConsumer,
-    /// The client closed or the socket failed: nothing more to send.
-    Gone,
-}
-
 /// One input of the connection task.
 enum Event {
     Drain,
@@ -74,17 +63,8 @@ enum Outbound {
 }
 
 pub(crate) struct Connection {
-    conn: u64,
-    session: Session,
-    shared: Arc<Shared>,
-    mailbox: Mailbox,
-    inbox: mpsc::UnboundedReceiver<Inbound>,
+    driver: Driver,
     writer: mpsc::UnboundedSender<Outbound>,
-    /// Local subscriptions held in the hub, with counts.
-    subscribed: BTreeMap<String, usize>,
-    /// Presence keys tracked per topic, by join.
-    tracked: HashMap<String, (Ref, BTreeSet<String>)>,
-    tracked_any: bool,
 }
 
 impl Connection {
@@ -99,50 +79,25 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (sink, mut stream) = ws.split();
-        let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
-        let (tx, inbox) = mpsc::unbounded_channel();
+        let driver = Driver::new(shared.clone(), conn, session, true);
         let (writer, writer_rx) = mpsc::unbounded_channel();
         let (kill, kill_rx) = oneshot::channel();
         let writer_task = tokio::spawn(write_loop(
             sink,
             writer_rx,
             kill_rx,
-            budget.clone(),
+            driver.budget().clone(),
             shared.config.write_batch,
         ));
-        let mailbox = Mailbox {
-            conn,
-            vsn: session.vsn(),
-            binary_frames: true,
-            tx,
-            budget,
-        };
-        let mut this = Connection {
-            conn,
-            session,
-            shared,
-            mailbox,
-            inbox,
-            writer,
-            subscribed: BTreeMap::new(),
-            tracked: HashMap::new(),
-            tracked_any: false,
-        };
-        if let Some(id) = this.session.id() {
-            this.tracked_any = true;
-            if let Err(e) = this.shared.hub.track_socket(id, conn).await {
-                warn!(conn, error = %e, "tracking the socket failed");
-            }
-        }
+        let mut this = Connection { driver, writer };
         let exit = this.serve(&mut stream, &drain).await;
-        this.cleanup().await;
-        let stats = &this.shared.stats;
+        this.driver.cleanup().await;
         match exit {
             Exit::Close(code, reason) => {
                 let _ = this.writer.send(Outbound::Close(close_frame(code, reason)));
             }
             Exit::SlowConsumer => {
-                stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 let _ = kill.send(close_frame(close::SLOW_CONSUMER, "slow consumer"));
             }
             Exit::Gone => {}
@@ -166,39 +121,41 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if self.shared.draining.load(Ordering::Acquire) {
+        if self.driver.shared.draining.load(Ordering::Acquire) {
             return Exit::Close(close::RESTART, "server restarting");
         }
-        if let Some(id) = self.session.id().map(str::to_owned) {
-            if let Err(exit) = self.subscribe(&id).await {
-                return exit;
-            }
+        if let Err(exit) = self.driver.start().await {
+            return exit;
         }
-        let idle = self.shared.config.idle_timeout;
+        let idle = self.driver.shared.config.idle_timeout;
         let mut deadline = Instant::now() + idle;
+        let budget = self.driver.budget().clone();
         loop {
-            if self.mailbox.budget.overflowed() {
+            if budget.overflowed() {
                 return Exit::SlowConsumer;
             }
             let event = tokio::select! {
                 biased;
                 _ = drain.notified() => Event::Drain,
-                _ = self.mailbox.budget.notify.notified() => Event::Overflow,
-                item = self.inbox.recv() => Event::Inbound(item),
+                _ = budget.notify.notified() => Event::Overflow,
+                item = self.driver.recv() => Event::Inbound(item),
                 msg = stream.next() => Event::Frame(msg),
                 _ = sleep_until(deadline) => Event::Idle,
             };
             let step = match event {
                 Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
                 Event::Overflow => Err(Exit::SlowConsumer),
-                Event::Inbound(Some(item)) => self.handle_inbound(item).await,
+                Event::Inbound(Some(item)) => match self.driver.handle_inbound(item).await {
+                    Ok(()) => self.flush(),
+                    Err(exit) => Err(exit),
+                },
                 Event::Inbound(None) => Err(Exit::Gone),
                 Event::Frame(msg) => {
                     deadline = Instant::now() + idle;
                     self.handle_message(msg).await
                 }
                 Event::Idle => {
-                    debug!(conn = self.conn, "idle timeout");
+                    debug!(conn = self.driver.conn, "idle timeout");
                     Err(Exit::Close(close::SERVER_ERROR, "idle timeout"))
                 }
             };
@@ -209,282 +166,66 @@ impl Connection {
     }
 
     async fn handle_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
-        let vsn = self.session.vsn();
+        let conn = self.driver.conn;
+        let vsn = self.driver.session.vsn();
         let decoded = match msg {
             Some(Ok(Message::Text(text))) => decode_text(vsn, text.as_str()),
             Some(Ok(Message::Binary(bytes))) => decode_binary(vsn, bytes),
             Some(Ok(Message::Close(_))) | None => return Err(Exit::Gone),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
             Some(Err(WsError::Capacity(e))) => {
-                self.shared
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(conn = self.conn, error = %e, "closing connection: frame too large");
+                self.count_protocol_error();
+                warn!(conn, error = %e, "closing connection: frame too large");
                 return Err(Exit::Close(close::TOO_BIG, "frame too large"));
             }
             Some(Err(WsError::Protocol(
                 tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
             ))) => {
                 // A tab closed or a network dropped: a disconnect, not bad input.
-                debug!(conn = self.conn, "client went away without a close frame");
+                debug!(conn, "client went away without a close frame");
                 return Err(Exit::Gone);
             }
             Some(Err(WsError::Protocol(e))) => {
-                self.shared
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(conn = self.conn, error = %e, "closing connection: WebSocket protocol error");
+                self.count_protocol_error();
+                warn!(conn, error = %e, "closing connection: WebSocket protocol error");
                 return Err(Exit::Close(close::PROTOCOL, "protocol error"));
             }
             Some(Err(WsError::Utf8)) => {
-                self.shared
-                    .stats
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    conn = self.conn,
-                    "closing connection: text frame is not UTF-8"
-                );
+                self.count_protocol_error();
+                warn!(conn, "closing connection: text frame is not UTF-8");
                 return Err(Exit::Close(close::INVALID_FRAME, "invalid frame"));
             }
             Some(Err(e)) => {
-                debug!(conn = self.conn, error = %e, "socket error");
+                debug!(conn, error = %e, "socket error");
                 return Err(Exit::Gone);
             }
         };
-        let handled = decoded.and_then(|frame| self.session.handle_frame(frame));
+        let handled = decoded.and_then(|frame| self.driver.session.handle_frame(frame));
         if let Err(e) = handled {
             return Err(self.invalid(&e));
         }
-        self.flush().await
+        self.driver.run_actions().await?;
+        self.flush()
+    }
+
+    fn count_protocol_error(&self) {
+        let stats = &self.driver.shared.stats;
+        stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     fn invalid(&self, error: &FrameError) -> Exit {
-        self.shared
-            .stats
-            .protocol_errors
-            .fetch_add(1, Ordering::Relaxed);
-        warn!(conn = self.conn, error = %error, "closing connection: invalid frame");
+        self.count_protocol_error();
+        warn!(conn = self.driver.conn, error = %error, "closing connection: invalid frame");
         Exit::Close(close::INVALID_FRAME, "invalid frame")
     }
 
-    async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
-        let cost = item.cost();
-        let mut closed = None;
-        match item {
-            Inbound::Broadcast { encoded, .. } => {
-                if self.session.id() == Some(encoded.topic()) {
-                    closed = self.session.handle_id_broadcast(encoded.event());
-                }
-                if closed.is_none() {
-                    self.session.handle_broadcast(&encoded);
-                }
-            }
-            Inbound::PresenceDiff { encoded, diff, .. } => {
-                let topic = encoded.topic();
-                self.session
-                    .handle_presence_diff(topic, &diff.joins, &diff.leaves);
-                self.session.handle_broadcast(&encoded);
-            }
-        }
-        self.mailbox.budget.release(cost);
-        if let Some(code) = closed {
-            debug!(conn = self.conn, "disconnected by socket id");
-            return Err(Exit::Close(code, "disconnected"));
-        }
-        self.flush().await
-    }
-
-    /// Carries out the session's actions, then queues its frames. Actions go first
-    /// so a join's subscription is routed (and its presence state pushed) before the
-    /// join reply is written: the reply still precedes everything for that join,
-    /// because deliveries are only read from the mailbox after this returns.
-    async fn flush(&mut self) -> Result<(), Exit> {
-        while let Some(action) = self.session.poll_action() {
-            self.execute(action).await?;
-        }
-        while let Some(frame) = self.session.poll_transmit() {
-            let cost = frame.as_bytes().len();
-            if !self.mailbox.budget.try_take(cost) {
-                return Err(Exit::SlowConsumer);
-            }
+    /// Queues the session's frames for the writer (the actions already ran).
+    fn flush(&mut self) -> Result<(), Exit> {
+        while let Some((frame, cost)) = self.driver.take_frame()? {
             let _ = self.writer.send(Outbound::Frame(frame, cost));
         }
         Ok(())
     }
-
-    async fn subscribe(&mut self, topic: &str) -> Result<(), Exit> {
-        let hub: &Arc<Hub> = &self.shared.hub;
-        *self.subscribed.entry(topic.to_owned()).or_default() += 1;
-        hub.subscribe(topic, &self.mailbox).await.map_err(|e| {
-            warn!(conn = self.conn, topic, error = %e, "closing connection: cannot subscribe");
-            Exit::Close(close::SERVER_ERROR, "engine unavailable")
-        })
-    }
-
-    fn unsubscribe(&mut self, topic: &str) {
-        if let Some(count) = self.subscribed.get_mut(topic) {
-            *count -= 1;
-            if *count == 0 {
-                self.subscribed.remove(topic);
-            }
-            self.shared.hub.unsubscribe(topic, self.conn);
-        }
-    }
-
-    async fn execute(&mut self, action: Action) -> Result<(), Exit> {
-        let engine = self.shared.hub.engine().clone();
-        let conn = ConnId(self.conn);
-        match action {
-            Action::Subscribe { topic, .. } => self.subscribe(&topic).await?,
-            Action::Unsubscribe { topic, .. } => self.unsubscribe(&topic),
-            Action::Broadcast {
-                topic,
-                event,
-                payload,
-                exclude_self,
-            } => {
-                let exclude = exclude_self.then_some(self.conn);
-                if let Err(e) = self
-                    .shared
-                    .hub
-                    .publish(&topic, &event, payload, exclude)
-                    .await
-                {
-                    warn!(conn = self.conn, topic, error = %e, "broadcast failed");
-                }
-            }
-            Action::Track {
-                topic,
-                join_ref,
-                key,
-                meta,
-            } => {
-                self.tracked_any = true;
-                let tracked = engine
-                    .track(topic.as_str(), key.as_str(), conn, Meta::new(meta.as_str()))
-                    .await;
-                if let Err(e) = tracked {
-                    warn!(conn = self.conn, topic, error = %e, "presence track failed");
-                    return Ok(());
-                }
-                let entry = self
-                    .tracked
-                    .entry(topic.clone())
-                    .or_insert_with(|| (join_ref.clone(), BTreeSet::new()));
-                if entry.0 != join_ref {
-                    *entry = (join_ref.clone(), BTreeSet::new());
-                }
-                entry.1.insert(key);
-                match engine.presence(topic.as_str()).await {
-                    Ok(items) => {
-                        let _ =
-                            self.session
-                                .handle_presence_state(&topic, &join_ref, entries(&items));
-                    }
-                    Err(e) => warn!(conn = self.conn, topic, error = %e, "presence list failed"),
-                }
-            }
-            Action::Update {
-                topic, key, meta, ..
-            } => {
-                let meta = Meta::new(meta.as_str());
-                if let Err(e) = engine
-                    .update(topic.as_str(), key.as_str(), conn, meta)
-                    .await
-                {
-                    warn!(conn = self.conn, topic, error = %e, "presence update failed");
-                }
-            }
-            Action::Untrack { topic, key, .. } => {
-                if let Some((_, keys)) = self.tracked.get_mut(&topic) {
-                    keys.remove(&key);
-                }
-                if let Err(e) = engine.untrack(topic.as_str(), key.as_str(), conn).await {
-                    warn!(conn = self.conn, topic, error = %e, "presence untrack failed");
-                }
-            }
-            Action::UntrackAll { topic, join_ref } => {
-                let keys = match self.tracked.remove(&topic) {
-                    Some((owner, keys)) if owner == join_ref => keys,
-                    Some(other) => {
-                        self.tracked.insert(topic.clone(), other);
-                        BTreeSet::new()
-                    }
-                    None => BTreeSet::new(),
-                };
-                for key in keys {
-                    if let Err(e) = engine.untrack(topic.as_str(), key.as_str(), conn).await {
-                        warn!(conn = self.conn, topic, error = %e, "presence untrack failed");
-                    }
-                }
-            }
-            Action::Append { topic, log, body } => {
-                if let Err(e) = engine.append(log.as_str(), unix_ms(), body).await {
-                    warn!(conn = self.conn, topic, log, error = %e, "history append failed");
-                }
-            }
-            Action::Put {
-                topic,
-                space,
-                key,
-                value,
-            } => {
-                if let Err(e) = engine.put(&space, &key, unix_ms(), value.as_deref()).await {
-                    warn!(conn = self.conn, topic, space, error = %e, "record write failed");
-                }
-            }
-            Action::CountPresence {
-                topic,
-                join_ref,
-                of,
-            } => match engine.presence(of.as_str()).await {
-                Ok(items) => {
-                    let count = PresenceCount {
-                        of,
-                        count: items.len(),
-                    };
-                    self.session
-                        .handle_info(&topic, Some(&join_ref), Box::new(count));
-                }
-                Err(e) => warn!(conn = self.conn, topic, error = %e, "presence count failed"),
-            },
-        }
-        Ok(())
-    }
-
-    /// The connection is gone: channels terminate, hub subscriptions and presences
-    /// of this connection are removed.
-    async fn cleanup(&mut self) {
-        self.session.handle_close();
-        while let Some(action) = self.session.poll_action() {
-            if let Action::Unsubscribe { topic, .. } = action {
-                self.unsubscribe(&topic);
-            }
-        }
-        while self.session.poll_transmit().is_some() {}
-        let remaining = std::mem::take(&mut self.subscribed);
-        for (topic, count) in remaining {
-            for _ in 0..count {
-                self.shared.hub.unsubscribe(&topic, self.conn);
-            }
-        }
-        if self.tracked_any {
-            let engine = self.shared.hub.engine();
-            if let Err(e) = engine.untrack_conn(ConnId(self.conn)).await {
-                debug!(conn = self.conn, error = %e, "untrack on close failed");
-            }
-        }
-    }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn close_frame(code: u16, reason: &'static str) -> CloseFrame {

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::dev;
+use super::longpoll::{self, LONGPOLL_PATH};
 use super::websocket::{self, WEBSOCKET_PATH};
 use super::Shared;
 
@@ -37,6 +38,7 @@ pub(crate) async fn handle(
         },
         (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done),
         (_, WEBSOCKET_PATH) => text(StatusCode::BAD_REQUEST, ""),
+        (_, LONGPOLL_PATH) => longpoll::handle(req, shared, done).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)

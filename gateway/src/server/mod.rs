@@ -1,4 +1,4 @@
-//! The WebSocket server, shaped like mini-redis: [`Server::run`] takes a bound
+//! The WebSocket and LongPoll server, shaped like mini-redis: [`Server::run`] takes a bound
 //! listener and a shutdown future, accepts connections (a semaphore caps live
 //! WebSocket connections), and gives every client its own task owning its
 //! [`Session`](crate::socket::Session), with a bounded outbound queue written in
@@ -7,6 +7,10 @@
 //! - [`http`]: the route table (`GET /healthz`, the endpoints below);
 //! - [`websocket`]: the handshake at `GET /socket/websocket`;
 //! - `connection`: the per-client task (session, actions, idle timeout, bad input);
+//! - [`longpoll`]: the LongPoll transport at `/socket/longpoll`, its sessions and
+//!   their forwarding between nodes;
+//! - `driver`: what both transports do with a session (actions against the hub
+//!   and engine, deliveries, cleanup);
 //! - [`hub`]: the per-node topic dispatcher (one engine subscription per topic,
 //!   encode once, fan out `Arc<Encoded>`);
 //! - [`envelope`]: the bytes a broadcast crosses the cluster as;
@@ -18,16 +22,18 @@
 pub mod auth;
 mod connection;
 pub mod dev;
+mod driver;
 pub mod envelope;
 pub mod http;
 pub mod hub;
+pub mod longpoll;
 mod shutdown;
 pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +47,7 @@ use tracing::{debug, warn};
 pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use connection::close;
 pub use hub::{Hub, HubError};
+pub use longpoll::LongPollKey;
 
 use crate::channel::Router;
 use crate::socket::SessionConfig;
@@ -60,7 +67,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Largest incoming frame or message; larger closes the connection (1009).
     pub max_frame_size: usize,
-    /// Most live WebSocket connections; beyond, the handshake gets 503.
+    /// Most live connections (WebSocket connections plus LongPoll sessions);
+    /// beyond, a WebSocket handshake gets 503 and a new LongPoll session status 500.
     pub max_connections: usize,
     /// Connections closed per batch on shutdown.
     pub drain_batch: usize,
@@ -71,6 +79,14 @@ pub struct ServerConfig {
     /// Dev mode: the demo page at `/` and `/dev/token`, minting tokens for any
     /// name with these keys. `None` (the default) in production.
     pub dev_tokens: Option<Tokens>,
+    /// How long a LongPoll poll is held when nothing is waiting (then 204).
+    pub longpoll_window: Duration,
+    /// A LongPoll session ends when no poll is held and none arrived for this
+    /// long (its channels close, its presences leave).
+    pub longpoll_timeout: Duration,
+    /// The key LongPoll session tokens are signed with: the same on every node of
+    /// a cluster (see [`LongPollKey::derive`]), random by default.
+    pub longpoll_key: LongPollKey,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +102,9 @@ impl Default for ServerConfig {
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
             dev_tokens: None,
+            longpoll_window: Duration::from_secs(10),
+            longpoll_timeout: Duration::from_secs(15),
+            longpoll_key: LongPollKey::random(),
         }
     }
 }
@@ -95,6 +114,8 @@ impl Default for ServerConfig {
 pub struct ServerStats {
     /// WebSocket connections upgraded so far.
     pub connections: AtomicU64,
+    /// LongPoll sessions started so far.
+    pub longpoll_sessions: AtomicU64,
     /// Connections closed because their outbound queue filled up (1008).
     pub slow_consumers: AtomicU64,
     /// Connections closed for bad input (1002, 1007, 1009).
@@ -110,13 +131,13 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
-    /// Live connections and their drain signal.
+    pub(crate) longpoll: longpoll::LongPoll,
+    /// Live connections (and LongPoll sessions) and their drain signal.
     conns: Mutex<BTreeMap<u64, Arc<Notify>>>,
 }
 
 impl Shared {
     pub(crate) fn register(&self, conn: u64, drain: Arc<Notify>) {
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.conns
             .lock()
             .expect("connection registry lock")
@@ -161,6 +182,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
+                longpoll: longpoll::LongPoll::default(),
                 conns: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -187,7 +209,12 @@ impl Server {
         &self.shared.stats
     }
 
-    /// Live WebSocket connections.
+    /// Live LongPoll sessions owned by this node.
+    pub fn longpoll_session_count(&self) -> usize {
+        self.shared.longpoll.session_count()
+    }
+
+    /// Live connections: WebSocket connections and LongPoll sessions.
     pub fn connection_count(&self) -> usize {
         self.shared
             .conns
@@ -206,6 +233,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let forwarding = longpoll::start(&self.shared).await;
         let accepted = tokio::select! {
             res = self.accept_loop(&listener, &done_tx, &stop_rx) => res,
             _ = shutdown => Ok(()),
@@ -220,6 +248,9 @@ impl Server {
                 open = self.connection_count(),
                 "shutdown: connections still open after the drain timeout"
             );
+        }
+        if let Some(forwarding) = forwarding {
+            forwarding.abort();
         }
         accepted
     }

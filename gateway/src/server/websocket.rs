@@ -121,6 +121,7 @@ pub(crate) fn upgrade(
             .await;
             let drain = Arc::new(Notify::new());
             shared.register(conn, drain.clone());
+            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
             Connection::run(shared.clone(), conn, session, ws, drain).await;
             shared.unregister(conn);
             drop(permit);

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod fanout;
+mod longpoll;
 mod process;
 mod protocol;
 mod util;
