@@ -156,6 +156,7 @@ impl Engine {
         let shared = Arc::new(handle::Shared {
             id: node.id.clone(),
             addr,
+            seeds: config.seeds.clone(),
             requests,
             drops,
             subscriber_queue: config.subscriber_queue,
