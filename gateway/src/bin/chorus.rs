@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use chorus_engine::runtime::{Engine, EngineConfig};
 use chorus_engine::{Config, NodeId};
 use chorus_gateway::demo::demo_router;
-use chorus_gateway::server::{Server, ServerConfig};
+use chorus_gateway::server::{ApiKey, Server, ServerConfig};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -40,6 +40,21 @@ struct Args {
     /// Configuration file (not supported yet).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Log format; the level comes from `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Key of the HTTP API under `/api` (`Authorization: Bearer <key>`); without
+    /// it the API is disabled. Never logged (its `Debug` is redacted).
+    #[arg(long, env = "CHORUS_API_KEY", hide_env_values = true, value_parser = api_key)]
+    api_key: Option<ApiKey>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -50,17 +65,26 @@ enum Profile {
     Phoenix,
 }
 
+fn api_key(key: &str) -> Result<ApiKey, String> {
+    if key.is_empty() {
+        return Err("the API key must not be empty".into());
+    }
+    Ok(ApiKey::new(key))
+}
+
 /// The secret environment variable every cluster member must share.
 const SECRET_ENV: &str = "CHORUS_CLUSTER_SECRET";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    );
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Some(path) = &args.config {
         bail!(
             "--config {}: config files arrive with issue 6; use the command-line flags for now",
@@ -97,7 +121,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let router = demo_router().context("building the demo router")?;
-    let server = Server::new(engine.clone(), router, ServerConfig::default());
+    let config = ServerConfig {
+        api_key: args.api_key.clone(),
+        ..ServerConfig::default()
+    };
+    if config.api_key.is_none() {
+        info!("no API key (--api-key or CHORUS_API_KEY): the HTTP API under /api is disabled");
+    }
+    let server = Server::new(engine.clone(), router, config);
     info!(listen = %args.listen, "serving ws://{}/socket/websocket (demo channel room:*)", args.listen);
     server.run(listener, shutdown_signal()).await?;
     info!("connections drained; leaving the cluster");

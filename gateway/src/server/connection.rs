@@ -25,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use super::hub::{entries, Budget, Hub, Inbound, Mailbox};
+use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
 use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame, Ref};
 use crate::socket::{Action, Session};
@@ -85,6 +86,7 @@ pub(crate) struct Connection {
     /// Presence keys tracked per topic, by join.
     tracked: HashMap<String, (Ref, BTreeSet<String>)>,
     tracked_any: bool,
+    metrics: TransportMetrics,
 }
 
 impl Connection {
@@ -98,6 +100,9 @@ impl Connection {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let metrics = shared.metrics.transport(Transport::WebSocket);
+        metrics.connections.inc();
+        metrics.connections_opened.inc();
         let (sink, mut stream) = ws.split();
         let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
         let (tx, inbox) = mpsc::unbounded_channel();
@@ -127,6 +132,7 @@ impl Connection {
             subscribed: BTreeMap::new(),
             tracked: HashMap::new(),
             tracked_any: false,
+            metrics,
         };
         let exit = this.serve(&mut stream, &drain).await;
         this.cleanup().await;
@@ -141,6 +147,7 @@ impl Connection {
             }
             Exit::Gone => {}
         }
+        this.metrics.connections.dec();
         drop(this);
         drop(stream);
         let mut writer_task = writer_task;
@@ -204,6 +211,13 @@ impl Connection {
 
     async fn handle_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         let vsn = self.session.vsn();
+        if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &msg {
+            let len = msg
+                .as_ref()
+                .map_or(0, |m| m.as_ref().map_or(0, Message::len));
+            self.metrics.messages_in.inc();
+            self.metrics.bytes_in.inc_by(len as u64);
+        }
         let decoded = match msg {
             Some(Ok(Message::Text(text))) => decode_text(vsn, text.as_str()),
             Some(Ok(Message::Binary(bytes))) => decode_binary(vsn, bytes),
@@ -249,6 +263,7 @@ impl Connection {
             }
         };
         let handled = decoded.and_then(|frame| self.session.handle_frame(frame));
+        self.metrics.record_joins(self.session.take_join_counts());
         if let Err(e) = handled {
             return Err(self.invalid(&e));
         }
@@ -304,6 +319,8 @@ impl Connection {
             if !self.mailbox.budget.try_take(cost) {
                 return Err(Exit::SlowConsumer);
             }
+            self.metrics.messages_out.inc();
+            self.metrics.bytes_out.inc_by(cost as u64);
             let _ = self.writer.send(Outbound::Frame(frame, cost));
         }
         Ok(())
@@ -332,8 +349,14 @@ impl Connection {
         let engine = self.shared.hub.engine().clone();
         let conn = ConnId(self.conn);
         match action {
-            Action::Subscribe { topic, .. } => self.subscribe(&topic).await?,
-            Action::Unsubscribe { topic, .. } => self.unsubscribe(&topic),
+            Action::Subscribe { topic, .. } => {
+                self.metrics.channels_joined.inc();
+                self.subscribe(&topic).await?
+            }
+            Action::Unsubscribe { topic, .. } => {
+                self.metrics.channels_joined.dec();
+                self.unsubscribe(&topic)
+            }
             Action::Broadcast {
                 topic,
                 event,
@@ -425,6 +448,7 @@ impl Connection {
         self.session.handle_close();
         while let Some(action) = self.session.poll_action() {
             if let Action::Unsubscribe { topic, .. } = action {
+                self.metrics.channels_joined.dec();
                 self.unsubscribe(&topic);
             }
         }

@@ -5,6 +5,10 @@
 //! batches by a writer task.
 //!
 //! - [`http`]: the route table (`GET /healthz`, the endpoints below);
+//! - [`api`]: the HTTP API under `/api` (API key; broadcast, presence, disconnect,
+//!   cluster; OpenAPI document);
+//! - `health`: `GET /readyz`;
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the live counters;
 //! - [`websocket`]: the handshake at `GET /socket/websocket`;
 //! - `connection`: the per-client task (session, actions, idle timeout, bad input);
 //! - [`hub`]: the per-node topic dispatcher (one engine subscription per topic,
@@ -15,11 +19,14 @@
 //!
 //! Not deterministic: this is the I/O layer around the sans-IO session.
 
+pub mod api;
 pub mod auth;
 mod connection;
 pub mod envelope;
+mod health;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 mod shutdown;
 pub mod websocket;
 
@@ -37,12 +44,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
+pub use api::ApiKey;
 pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use connection::close;
+pub use health::READY_PATH;
 pub use hub::{Hub, HubError};
 
 use crate::channel::Router;
 use crate::socket::SessionConfig;
+use metrics::Metrics;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -66,6 +76,9 @@ pub struct ServerConfig {
     pub drain_interval: Duration,
     /// How long shutdown waits for connections to finish after the last batch.
     pub drain_timeout: Duration,
+    /// The key of the HTTP API under `/api`; `None` disables the API (its routes
+    /// answer 503). Its `Debug` is redacted.
+    pub api_key: Option<ApiKey>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +93,7 @@ impl Default for ServerConfig {
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
+            api_key: None,
         }
     }
 }
@@ -101,6 +115,9 @@ pub(crate) struct Shared {
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) config: ServerConfig,
     pub(crate) stats: ServerStats,
+    pub(crate) metrics: Metrics,
+    /// The HTTP API, when a key is configured.
+    pub(crate) api: Option<api::Api>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
@@ -145,13 +162,18 @@ impl Server {
     pub fn new(engine: EngineHandle, router: Router, config: ServerConfig) -> Self {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
+        let hub = Hub::new(engine, origin);
+        let metrics = Metrics::new(hub.fanout_histogram().clone());
+        let api = config.api_key.clone().map(api::Api::new);
         Self {
             shared: Arc::new(Shared {
-                hub: Hub::new(engine, origin),
+                hub,
                 router: Arc::new(router),
                 auth: Arc::new(AllowAll),
                 config,
                 stats: ServerStats::default(),
+                metrics,
+                api,
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
@@ -181,6 +203,11 @@ impl Server {
         &self.shared.stats
     }
 
+    /// The live metrics (`GET /metrics` adds the engine's at scrape time).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// Live WebSocket connections.
     pub fn connection_count(&self) -> usize {
         self.shared
@@ -200,11 +227,20 @@ impl Server {
     ) -> std::io::Result<()> {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let listener_task = self.shared.api.as_ref().map(|api| {
+            tokio::spawn(api::idempotency::listen(
+                api.idempotency.clone(),
+                self.shared.hub.engine().clone(),
+            ))
+        });
         let accepted = tokio::select! {
             res = self.accept_loop(&listener, &done_tx, &stop_rx) => res,
             _ = shutdown => Ok(()),
         };
         drop(listener);
+        if let Some(task) = listener_task {
+            task.abort();
+        }
         let _ = stop_tx.send(true);
         shutdown::drain(&self.shared).await;
         drop(done_tx);
