@@ -16,11 +16,22 @@ use crate::util::WAIT;
 pub const KEY: &str = "test-api-key-0123456789";
 
 /// One HTTP answer.
-#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut body = self.text();
+        body.truncate(500);
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &body)
+            .finish()
+    }
 }
 
 impl Reply {
