@@ -455,6 +455,11 @@ impl Node {
             .collect()
     }
 
+    /// When `peer` was last heard from (any message), if it is a member.
+    pub fn last_heard(&self, peer: &NodeId) -> Option<Instant> {
+        self.peers.get(peer).map(|p| p.last_heard)
+    }
+
     /// Current δ-buffer length.
     pub fn buffer_len(&self) -> usize {
         self.buffer.len()

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +35,9 @@ pub struct Member {
     pub addr: Option<SocketAddr>,
     /// Up or down.
     pub state: PeerState,
+    /// How long ago this node last heard from it (any message), as of the
+    /// [`EngineHandle::members`] call.
+    pub silent: Duration,
 }
 
 /// Traffic with one peer address, counted by the node task when it hands a
@@ -67,6 +71,8 @@ pub struct RuntimeStats {
     pub auth_failures: u64,
     /// Connections closed for an undecodable or oversized frame.
     pub protocol_errors: u64,
+    /// Presence metas visible on this node, all topics (a gauge, not a counter).
+    pub presence_entries: usize,
     /// The node state machine's own counters.
     pub node: node::Stats,
 }
@@ -92,6 +98,10 @@ pub(crate) enum Request {
         topic: Topic,
         reply: oneshot::Sender<Vec<PresenceItem>>,
     },
+    PresenceCount {
+        topic: Topic,
+        reply: oneshot::Sender<(usize, usize)>,
+    },
     Members {
         reply: oneshot::Sender<Vec<Member>>,
     },
@@ -107,6 +117,7 @@ pub(crate) enum Request {
 pub(crate) struct Shared {
     pub id: NodeId,
     pub addr: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
     pub requests: mpsc::Sender<Request>,
     /// Unsubscribes from `Drop`, which cannot wait for room.
     pub drops: mpsc::UnboundedSender<(Topic, SubscriberId)>,
@@ -143,6 +154,11 @@ impl EngineHandle {
     /// The gossip address peers reach this node at (use it as a seed).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// The gossip addresses this node was started with to join through.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.shared.seeds
     }
 
     async fn request<T>(
@@ -349,6 +365,17 @@ impl EngineHandle {
     ) -> Result<Vec<PresenceItem>, RuntimeError> {
         let topic = topic.into();
         self.request(|reply| Request::Presence { topic, reply })
+            .await
+    }
+
+    /// `(keys, metas)` visible in `topic`, cluster-wide: counted in the node
+    /// task, so nothing is copied however large the topic.
+    pub async fn presence_count(
+        &self,
+        topic: impl Into<Topic>,
+    ) -> Result<(usize, usize), RuntimeError> {
+        let topic = topic.into();
+        self.request(|reply| Request::PresenceCount { topic, reply })
             .await
     }
 

@@ -158,6 +158,7 @@ impl Engine {
         let shared = Arc::new(handle::Shared {
             id,
             addr,
+            seeds: config.seeds.clone(),
             requests,
             drops,
             records: driver.records(),

@@ -14,7 +14,7 @@ use chorus_engine::runtime::{Engine, EngineConfig};
 use chorus_engine::{Config as NodeConfig, NodeId};
 use chorus_gateway::app::App;
 use chorus_gateway::config::{Config, Profile};
-use chorus_gateway::server::{LongPollKey, Server, ServerConfig};
+use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
@@ -106,6 +106,7 @@ struct TokenArgs {
 
 const CLUSTER_SECRET_ENV: &str = "CHORUS_CLUSTER_SECRET";
 const TOKEN_SECRET_ENV: &str = "CHORUS_TOKEN_SECRET";
+const API_KEY_ENV: &str = "CHORUS_API_KEY";
 /// Shortest secret accepted, in bytes.
 const MIN_SECRET: usize = 16;
 
@@ -163,6 +164,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Ok(secret) = std::env::var(TOKEN_SECRET_ENV) {
         config.auth.token_secret = Some(chorus_gateway::config::Secret::new(secret));
+    }
+    if let Ok(key) = std::env::var(API_KEY_ENV) {
+        config.api.key = Some(chorus_gateway::config::Secret::new(key));
     }
     if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV) {
         config.cluster.secret = Some(chorus_gateway::config::Secret::new(secret));
@@ -261,6 +265,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // from the cluster secret.
         longpoll_key: LongPollKey::derive(&cluster_secret),
         longpoll_timeout: Duration::from_millis(config.server.longpoll_timeout_ms),
+        api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
         ..ServerConfig::default()
     };
     let listen = config.server.listen;
@@ -278,6 +283,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if dev {
         warn!("DEV MODE: GET /dev/token gives anyone a token for any name. Never run dev mode in production (set server.dev_mode = false).");
         info!("demo page: http://{listen}/");
+    }
+    if config.api.key.is_none() {
+        info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
     }
     info!(%listen, "serving ws://{listen}/socket/websocket");
     server.run(listener, shutdown_signal()).await?;

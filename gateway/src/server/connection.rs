@@ -168,6 +168,10 @@ impl Connection {
     async fn handle_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         let conn = self.driver.conn;
         let vsn = self.driver.session.vsn();
+        let len = match &msg {
+            Some(Ok(m)) => m.len(),
+            _ => 0,
+        };
         let decoded = match msg {
             Some(Ok(Message::Text(text))) => decode_text(vsn, text.as_str()),
             Some(Ok(Message::Binary(bytes))) => decode_binary(vsn, bytes),
@@ -200,7 +204,7 @@ impl Connection {
                 return Err(Exit::Gone);
             }
         };
-        let handled = decoded.and_then(|frame| self.driver.session.handle_frame(frame));
+        let handled = decoded.and_then(|frame| self.driver.handle_frame(frame, len));
         if let Err(e) = handled {
             return Err(self.invalid(&e));
         }

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::close;
 use super::hub::{entries, Budget, Hub, Inbound, Mailbox};
+use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
 use crate::protocol::{OutFrame, Ref};
 use crate::socket::{Action, PresenceCount, Session};
@@ -43,6 +44,8 @@ pub(crate) struct Driver {
     /// Presence keys tracked per topic, by join.
     tracked: HashMap<String, (Ref, BTreeSet<String>)>,
     tracked_any: bool,
+    /// This transport's counters.
+    pub(crate) metrics: TransportMetrics,
 }
 
 impl Driver {
@@ -54,6 +57,14 @@ impl Driver {
         session: Session,
         binary_frames: bool,
     ) -> Self {
+        let transport = if binary_frames {
+            Transport::WebSocket
+        } else {
+            Transport::LongPoll
+        };
+        let metrics = shared.metrics.transport(transport);
+        metrics.connections.inc();
+        metrics.connections_opened.inc();
         let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
         let (tx, inbox) = mpsc::unbounded_channel();
         let mailbox = Mailbox {
@@ -72,7 +83,22 @@ impl Driver {
             subscribed: BTreeMap::new(),
             tracked: HashMap::new(),
             tracked_any: false,
+            metrics,
         }
+    }
+
+    /// Hands one decoded client frame to the session, counting it and the
+    /// join outcomes it caused.
+    pub(crate) fn handle_frame(
+        &mut self,
+        frame: crate::protocol::InFrame,
+        bytes: usize,
+    ) -> Result<(), crate::protocol::FrameError> {
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.inc_by(bytes as u64);
+        let handled = self.session.handle_frame(frame);
+        self.metrics.record_joins(self.session.take_join_counts());
+        handled
     }
 
     /// The client's outbound byte budget.
@@ -151,6 +177,8 @@ impl Driver {
         if !self.mailbox.budget.try_take(cost) {
             return Err(Exit::SlowConsumer);
         }
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(cost as u64);
         Ok(Some((frame, cost)))
     }
 
@@ -177,8 +205,14 @@ impl Driver {
         let engine = self.shared.hub.engine().clone();
         let conn = ConnId(self.conn);
         match action {
-            Action::Subscribe { topic, .. } => self.subscribe(&topic).await?,
-            Action::Unsubscribe { topic, .. } => self.unsubscribe(&topic),
+            Action::Subscribe { topic, .. } => {
+                self.metrics.channels_joined.inc();
+                self.subscribe(&topic).await?;
+            }
+            Action::Unsubscribe { topic, .. } => {
+                self.metrics.channels_joined.dec();
+                self.unsubscribe(&topic);
+            }
             Action::Broadcast {
                 topic,
                 event,
@@ -297,9 +331,11 @@ impl Driver {
     /// The client is gone: channels terminate, hub subscriptions and presences of
     /// this connection are removed, and nothing more is sent.
     pub(crate) async fn cleanup(&mut self) {
+        self.metrics.connections.dec();
         self.session.handle_close();
         while let Some(action) = self.session.poll_action() {
             if let Action::Unsubscribe { topic, .. } = action {
+                self.metrics.channels_joined.dec();
                 self.unsubscribe(&topic);
             }
         }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use chorus_engine::runtime::{Delivery, EngineHandle, RuntimeError, Subscription};
 use chorus_engine::{PresenceItem, Topic};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
@@ -180,6 +181,7 @@ pub struct Hub {
     origin: u64,
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
     stats: HubStats,
+    fanout: Histogram,
 }
 
 impl std::fmt::Debug for Hub {
@@ -199,6 +201,7 @@ impl Hub {
             origin,
             topics: Mutex::new(HashMap::new()),
             stats: HubStats::default(),
+            fanout: super::metrics::fanout_histogram(),
         })
     }
 
@@ -215,6 +218,11 @@ impl Hub {
     /// The dispatcher's counters.
     pub fn stats(&self) -> &HubStats {
         &self.stats
+    }
+
+    /// Seconds each delivery took to reach every local subscriber's queue.
+    pub fn fanout_histogram(&self) -> &Histogram {
+        &self.fanout
     }
 
     /// How many topics have a local subscriber.
@@ -388,6 +396,7 @@ async fn dispatch(
 
 impl Hub {
     fn fan_out(&self, topic: &Topic, state: &TopicState, delivery: Delivery) {
+        let started = std::time::Instant::now();
         let (encoded, diff, exclude) = match delivery {
             Delivery::Broadcast(bytes) => {
                 let envelope = match Envelope::decode(bytes) {
@@ -422,6 +431,8 @@ impl Hub {
                 mailbox.offer(&encoded, diff.as_ref());
             }
         }
+        drop(locals);
+        self.fanout.observe(started.elapsed().as_secs_f64());
     }
 
     fn undecodable(&self, topic: &Topic, error: &dyn std::fmt::Display) {

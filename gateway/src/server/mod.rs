@@ -5,6 +5,10 @@
 //! batches by a writer task.
 //!
 //! - [`http`]: the route table (`GET /healthz`, the endpoints below);
+//! - [`api`]: the HTTP API under `/api` (API key; broadcast, presence, disconnect,
+//!   cluster; OpenAPI document);
+//! - `health`: `GET /readyz`;
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the live counters;
 //! - [`websocket`]: the handshake at `GET /socket/websocket`;
 //! - `connection`: the per-client task (session, actions, idle timeout, bad input);
 //! - [`longpoll`]: the LongPoll transport at `/socket/longpoll`, its sessions and
@@ -19,14 +23,17 @@
 //!
 //! Not deterministic: this is the I/O layer around the sans-IO session.
 
+pub mod api;
 pub mod auth;
 mod connection;
 pub mod dev;
 mod driver;
 pub mod envelope;
+mod health;
 pub mod http;
 pub mod hub;
 pub mod longpoll;
+pub mod metrics;
 mod shutdown;
 pub mod websocket;
 
@@ -44,14 +51,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
+pub use api::ApiKey;
 pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use connection::close;
+pub use health::READY_PATH;
 pub use hub::{Hub, HubError};
 pub use longpoll::LongPollKey;
 
 use crate::channel::Router;
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
+use metrics::Metrics;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -87,6 +97,9 @@ pub struct ServerConfig {
     /// The key LongPoll session tokens are signed with: the same on every node of
     /// a cluster (see [`LongPollKey::derive`]), random by default.
     pub longpoll_key: LongPollKey,
+    /// The key of the HTTP API under `/api`; `None` disables the API (its routes
+    /// answer 503). Its `Debug` is redacted.
+    pub api_key: Option<ApiKey>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +118,7 @@ impl Default for ServerConfig {
             longpoll_window: Duration::from_secs(10),
             longpoll_timeout: Duration::from_secs(15),
             longpoll_key: LongPollKey::random(),
+            api_key: None,
         }
     }
 }
@@ -128,6 +142,9 @@ pub(crate) struct Shared {
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) config: ServerConfig,
     pub(crate) stats: ServerStats,
+    pub(crate) metrics: Metrics,
+    /// The HTTP API, when a key is configured.
+    pub(crate) api: Option<api::Api>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
@@ -172,13 +189,18 @@ impl Server {
     pub fn new(engine: EngineHandle, router: Router, config: ServerConfig) -> Self {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
+        let hub = Hub::new(engine, origin);
+        let metrics = Metrics::new(hub.fanout_histogram().clone());
+        let api = config.api_key.clone().map(api::Api::new);
         Self {
             shared: Arc::new(Shared {
-                hub: Hub::new(engine, origin),
+                hub,
                 router: Arc::new(router),
                 auth: Arc::new(AllowAll),
                 config,
                 stats: ServerStats::default(),
+                metrics,
+                api,
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
@@ -214,6 +236,11 @@ impl Server {
         self.shared.longpoll.session_count()
     }
 
+    /// The live metrics (`GET /metrics` adds the engine's at scrape time).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// Live connections: WebSocket connections and LongPoll sessions.
     pub fn connection_count(&self) -> usize {
         self.shared
@@ -234,11 +261,20 @@ impl Server {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = watch::channel(false);
         let forwarding = longpoll::start(&self.shared).await;
+        let listener_task = self.shared.api.as_ref().map(|api| {
+            tokio::spawn(api::idempotency::listen(
+                api.idempotency.clone(),
+                self.shared.hub.engine().clone(),
+            ))
+        });
         let accepted = tokio::select! {
             res = self.accept_loop(&listener, &done_tx, &stop_rx) => res,
             _ = shutdown => Ok(()),
         };
         drop(listener);
+        if let Some(task) = listener_task {
+            task.abort();
+        }
         let _ = stop_tx.send(true);
         shutdown::drain(&self.shared).await;
         drop(done_tx);

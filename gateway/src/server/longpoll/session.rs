@@ -266,10 +266,10 @@ impl LpSession {
         };
         let vsn = self.driver.session.vsn();
         for line in lines {
+            let len = line.len();
             let handled = decode_line(vsn, line).and_then(|frame| {
                 self.driver
-                    .session
-                    .handle_frame(frame)
+                    .handle_frame(frame, len)
                     .map_err(LineError::from)
             });
             if let Err(e) = handled {
