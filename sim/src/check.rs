@@ -1,6 +1,7 @@
 //! The invariants, and the records they read ([`Log`]): convergence to the
 //! truth, no zombie entries, honest presence diffs, broadcasts on healthy
-//! links, clean codec and commands, scenario asserts. Determinism is checked
+//! links, replicated records (in [`crate::records`]), clean codec and
+//! commands, scenario asserts. Determinism is checked
 //! by the runner (it replays the seed and compares trace hashes).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +97,8 @@ pub struct Log {
     pub samples: Vec<Sample>,
     /// Scenario asserts: `(description, passed)`.
     pub asserts: Vec<(String, bool)>,
+    /// Every record written, and which incarnations it reached.
+    pub records: crate::records::Ledger,
 }
 
 /// An invariant the sim checks.
@@ -109,6 +112,9 @@ pub enum Invariant {
     DiffsHonest,
     /// Healthy pairs: nothing lost, nothing duplicated, order kept.
     Broadcasts,
+    /// Every live node holds exactly the records that survived (the newest
+    /// `history_cap` per log, the greatest write per register), same digest.
+    Records,
     /// Every frame decoded and every command was accepted.
     CodecAndCommands,
     /// Every scenario assert held.
@@ -124,6 +130,7 @@ impl fmt::Display for Invariant {
             Invariant::NoZombies => "no-zombies",
             Invariant::DiffsHonest => "diffs-honest",
             Invariant::Broadcasts => "broadcasts",
+            Invariant::Records => "records",
             Invariant::CodecAndCommands => "codec+commands",
             Invariant::Asserts => "asserts",
             Invariant::Determinism => "determinism",
@@ -176,6 +183,7 @@ pub fn evaluate(w: &mut World, within: Duration) -> (Vec<Verdict>, Option<Durati
     out.push(zombies(w, within));
     out.push(diffs(w));
     out.push(crate::check_bcast::broadcasts(w));
+    out.push(crate::records::check(w));
     let errs: Vec<&String> = w
         .log
         .codec_errors
