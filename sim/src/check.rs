@@ -68,6 +68,8 @@ pub struct Sample {
     pub at: Duration,
     /// Per node.
     pub agree: Vec<Option<bool>>,
+    /// Whether every live node's records digest was the same.
+    pub records_agree: bool,
 }
 
 /// What the checkers read, recorded while the world runs.
@@ -171,7 +173,22 @@ pub fn take_sample(w: &mut World) {
         .iter()
         .map(|s| s.node.as_ref().map(|n| n.presence().view() == truth))
         .collect();
-    w.log.samples.push(Sample { at: w.now, agree });
+    let mut digests = w
+        .nodes
+        .iter()
+        .filter_map(|s| s.node.as_ref().map(|n| n.records()));
+    let records_agree = match digests.next() {
+        Some(first) => {
+            let first = first.read();
+            digests.all(|d| d.read().digest() == first.digest())
+        }
+        None => true,
+    };
+    w.log.samples.push(Sample {
+        at: w.now,
+        agree,
+        records_agree,
+    });
 }
 
 /// Checks every invariant but determinism at the end of a run. Returns the

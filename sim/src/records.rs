@@ -21,7 +21,7 @@ use chorus_engine::records::BUCKETS;
 use chorus_engine::{Command, Outcome, Record, Records, Stamp, Topic};
 
 use crate::check::{Invariant, Verdict};
-use crate::world::World;
+use crate::world::{fmt_t, World};
 
 /// The virtual wall clock at virtual time zero, in milliseconds since the
 /// Unix epoch (2023-11-14).
@@ -184,6 +184,23 @@ fn model<'a>(survived: impl Iterator<Item = &'a Record>, cap: usize) -> Vec<Reco
     out
 }
 
+/// How long after the last fault or command the live nodes' digests agreed
+/// for good (from the convergence samples).
+fn agreed_after(w: &World) -> String {
+    let since = w.log.last_fault.max(w.log.last_change);
+    let mut at = None;
+    for s in w.log.samples.iter().filter(|s| s.at >= since) {
+        match (s.records_agree, at) {
+            (true, None) => at = Some(s.at),
+            (false, _) => at = None,
+            _ => {}
+        }
+    }
+    at.map_or("only at the end".into(), |a| {
+        format!("{} after the last change", fmt_t(a - since))
+    })
+}
+
 /// The records invariant: every live node holds exactly the model's records,
 /// with the model's digest.
 pub(crate) fn check(w: &World) -> Verdict {
@@ -227,9 +244,10 @@ pub(crate) fn check(w: &World) -> Verdict {
     }
     let detail = if bad.is_empty() {
         format!(
-            "{} writes ({lost} lost with every holder), {} records on every live node",
+            "{} writes ({lost} lost with every holder), {} records on every live node; digests agreed {}",
             ledger.writes.len(),
-            expected.len()
+            expected.len(),
+            agreed_after(w)
         )
     } else {
         let more = if bad.len() > 1 {
