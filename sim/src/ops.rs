@@ -49,6 +49,10 @@ impl World {
         if let Some(d) = self.timing.permdown_after {
             cfg.permdown_after = d;
         }
+        if let Some(c) = self.timing.history_cap {
+            cfg.history_cap = c;
+        }
+        self.log.records.cap = cfg.history_cap;
         self.nodes[i].node = Some(Node::new(cfg, self.base + self.now));
         self.disturb(i, "start");
         self.after_input(i);

@@ -49,6 +49,11 @@ pub struct Timing {
     pub down_after: Option<Duration>,
     /// `Config::permdown_after`, if not the default.
     pub permdown_after: Option<Duration>,
+    /// `Config::history_cap`, if not the default.
+    pub history_cap: Option<usize>,
+    /// Clock skew of node `i` in milliseconds (0 when unlisted): what its
+    /// clients pass as `time_ms` is the virtual wall clock plus this.
+    pub clock_skew_ms: Vec<i64>,
 }
 
 /// World-wide counters.
@@ -270,9 +275,15 @@ impl World {
                 return;
             }
         };
-        let Some(node) = self.nodes[a.to].node.as_mut() else {
+        let slot = &mut self.nodes[a.to];
+        let Some(node) = slot.node.as_mut() else {
             return;
         };
+        // The node merges every record handed to it (a stream message always
+        // comes from its sender's current incarnation, which nodes admit).
+        if let Body::Records(records) = &msg.body {
+            self.log.records.delivered(a.to, slot.incarnation, records);
+        }
         node.handle_message(self.base + self.now, msg);
         self.after_input(a.to);
         self.watch_arrival(a.to, a.hop);
