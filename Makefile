@@ -6,12 +6,13 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
-run: ## Build and start one node on 127.0.0.1:4000 (demo channel room:*)
+run: ## Build and start one node on 127.0.0.1:4000 (dev mode: demo chat page at /)
 	$(CARGO) run --release -p chorus-gateway --bin chorus -- --listen 127.0.0.1:4000
 
 cluster: ## Start three nodes (HTTP 4000-4002, gossip 7400-7402) with a dev secret; Ctrl-C stops them
 	$(CARGO) build --release -p chorus-gateway --bin chorus
 	@export CHORUS_CLUSTER_SECRET="$${CHORUS_CLUSTER_SECRET:-chorus-dev-cluster-secret}"; \
+	export CHORUS_TOKEN_SECRET="$${CHORUS_TOKEN_SECRET:-chorus-dev-token-secret}"; \
 	bin="$${CARGO_TARGET_DIR:-target}/release/chorus"; \
 	$$bin --node n1 --listen 127.0.0.1:4000 --gossip 127.0.0.1:7400 --seeds 127.0.0.1:7401,127.0.0.1:7402 & p1=$$!; \
 	$$bin --node n2 --listen 127.0.0.1:4001 --gossip 127.0.0.1:7401 --seeds 127.0.0.1:7400,127.0.0.1:7402 & p2=$$!; \
