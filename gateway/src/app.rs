@@ -119,6 +119,11 @@ impl App {
             .find_map(|(i, rule)| rule.matches(topic).map(|vars| (i, vars)))
     }
 
+    /// Messages kept per topic history (the engine's log bound).
+    pub fn history_cap(&self) -> usize {
+        self.records.read().cap()
+    }
+
     /// Whether room `id` exists: in the config, or created at run time.
     pub fn room_exists(&self, id: &str) -> bool {
         self.static_rooms.contains_key(id) || self.records.read().get(ROOM_SPACE, id).is_some()

@@ -1,6 +1,7 @@
-//! A built-in demo channel, so a freshly started `chorus` is usable before
-//! config-driven channels exist. It authorizes nobody and stores nothing; it is a
-//! demonstration, not an application.
+//! A small hand-written channel: an example of the [`Channel`] trait for Rust
+//! users (the `chorus` binary serves the configured channels of
+//! [`crate::app`] instead), used by the gateway's protocol tests. It
+//! authorizes nobody and stores nothing.
 //!
 //! `room:*`:
 //! - **join**: accepted for anyone. Tracks presence under the key given as the join

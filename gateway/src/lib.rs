@@ -8,7 +8,9 @@
 //!   [`Router`](channel::Router);
 //! - [`server`]: the WebSocket and LongPoll server (hyper + tokio-tungstenite) that drives sessions
 //!   against the cluster engine, and the per-node topic dispatcher;
-//! - [`demo`]: the built-in demo channel `room:*`.
+//! - [`config`], [`rules`], [`token`], [`app`]: the `chorus` binary's configuration,
+//!   JWT auth and configured channels;
+//! - [`demo`]: a small hand-written example channel (`room:*`), used by the tests.
 //!
 //! `protocol`, `socket` and `channel` are synchronous and deterministic; `server` is
 //! the I/O layer that drives them. The `chorus` binary starts an engine and a server.

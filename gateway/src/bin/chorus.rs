@@ -266,6 +266,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         longpoll_key: LongPollKey::derive(&cluster_secret),
         longpoll_timeout: Duration::from_millis(config.server.longpoll_timeout_ms),
         api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
+        app: Some(app.clone()),
         ..ServerConfig::default()
     };
     let listen = config.server.listen;

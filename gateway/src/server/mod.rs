@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub drain_interval: Duration,
     /// How long shutdown waits for connections to finish after the last batch.
     pub drain_timeout: Duration,
+    /// The configured channels' state (rooms, history) for `/api/rooms` and
+    /// `/api/history`; without it those routes answer 503.
+    pub app: Option<Arc<crate::app::App>>,
     /// Dev mode: the demo page at `/` and `/dev/token`, minting tokens for any
     /// name with these keys. `None` (the default) in production.
     pub dev_tokens: Option<Tokens>,
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
+            app: None,
             dev_tokens: None,
             longpoll_window: Duration::from_secs(10),
             longpoll_timeout: Duration::from_secs(15),

@@ -200,7 +200,24 @@ impl Spec {
     /// body matches the declared schema (types, required fields, enums).
     pub fn check(&self, method: &str, path: &str, reply: &Reply) -> anyhow::Result<()> {
         let status = reply.status.to_string();
-        let response = match self.0["paths"].get(path) {
+        let path = path.split('?').next().unwrap_or(path);
+        let item = self.0["paths"].get(path).or_else(|| {
+            // A templated path (`/api/rooms/{id}`) matches one segment per
+            // `{name}`.
+            self.0["paths"]
+                .as_object()?
+                .iter()
+                .find_map(|(template, item)| {
+                    let (t, p): (Vec<&str>, Vec<&str>) =
+                        (template.split('/').collect(), path.split('/').collect());
+                    let same = t.len() == p.len()
+                        && t.iter()
+                            .zip(&p)
+                            .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()));
+                    same.then_some(item)
+                })
+        });
+        let response = match item {
             None if path.starts_with("/api") => {
                 ensure!(status == "404", "undocumented API path answered {status}");
                 self.component_response("NotFound")

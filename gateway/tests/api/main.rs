@@ -5,6 +5,7 @@ mod cluster;
 mod http;
 mod ops;
 mod prom;
+mod rooms;
 mod routes;
 #[path = "../websocket/util.rs"]
 #[allow(dead_code)]

@@ -122,7 +122,7 @@ async fn bad_requests_get_documented_errors_and_disturb_nothing() -> anyhow::Res
         .await?;
     assert_eq!(no_topic.status, 400);
 
-    let unknown = Req::authed("GET", "/api/history").send(node.addr).await?;
+    let unknown = Req::authed("GET", "/api/nowhere").send(node.addr).await?;
     assert_eq!(
         (unknown.status, unknown.error_code().as_str()),
         (404, "not_found")

@@ -38,6 +38,8 @@ pub struct NodeBuilder {
     seeds: Vec<SocketAddr>,
     name: String,
     auth: Option<Box<dyn FnOnce(Server) -> Server>>,
+    /// Configured channels: built on the engine's records once it runs.
+    app: Option<chorus_gateway::config::Config>,
 }
 
 impl NodeBuilder {
@@ -47,6 +49,7 @@ impl NodeBuilder {
             seeds: Vec::new(),
             name: "test".into(),
             auth: None,
+            app: None,
         }
     }
 
@@ -58,6 +61,14 @@ impl NodeBuilder {
     pub fn seeds(mut self, name: &str, seeds: Vec<SocketAddr>) -> Self {
         self.name = name.into();
         self.seeds = seeds;
+        self
+    }
+
+    /// Serves the configured channels of `config` (rooms, history) and hands
+    /// their state to the API. (Used by the API tests, which share this file.)
+    #[allow(dead_code)]
+    pub fn app(mut self, config: chorus_gateway::config::Config) -> Self {
+        self.app = Some(config);
         self
     }
 
@@ -76,7 +87,16 @@ impl NodeBuilder {
         let engine = Engine::start(EngineConfig::new(node, SECRET)).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let mut server = Server::new(engine.clone(), demo_router()?, self.config);
+        let mut config = self.config;
+        let router = match &self.app {
+            Some(app_config) => {
+                let app = chorus_gateway::app::App::new(app_config, engine.records().clone());
+                config.app = Some(app.clone());
+                app.router()?
+            }
+            None => demo_router()?,
+        };
+        let mut server = Server::new(engine.clone(), router, config);
         if let Some(auth) = self.auth {
             server = auth(server);
         }

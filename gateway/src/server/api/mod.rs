@@ -2,10 +2,9 @@
 //! authenticated by an API key (`Authorization: Bearer <key>`).
 //!
 //! The routes are the table [`ROUTES`]; each endpoint lives in its own module
-//! ([`broadcast`], [`presence`], [`disconnect`], [`cluster`]). The OpenAPI 3
+//! ([`broadcast`], [`presence`], [`disconnect`], [`cluster`], [`rooms`]). The OpenAPI 3
 //! document `gateway/openapi.json` describes them all and is served, without
-//! authentication, at `GET /api/openapi.json`. To add an endpoint (history,
-//! rooms): a module here, a row in [`ROUTES`], an arm in [`dispatch`], and its
+//! authentication, at `GET /api/openapi.json`. To add an endpoint: a module here, a row in [`ROUTES`], an arm in [`dispatch`], and its
 //! description in `openapi.json` (the API tests fail on a route it lacks).
 //!
 //! Every error is `{"error":{"code":..,"message":..}}` with a fitting status:
@@ -19,6 +18,7 @@ pub mod cluster;
 pub mod disconnect;
 pub mod idempotency;
 pub mod presence;
+pub mod rooms;
 
 use std::fmt;
 use std::sync::Arc;
@@ -54,17 +54,30 @@ pub enum Endpoint {
     Disconnect,
     /// `GET /api/cluster`.
     Cluster,
+    /// `GET /api/history`.
+    History,
+    /// `GET /api/rooms`.
+    Rooms,
+    /// `POST /api/rooms`.
+    CreateRoom,
+    /// `DELETE /api/rooms/{id}`.
+    DeleteRoom,
     /// `GET /api/openapi.json` (no key needed).
     OpenApi,
 }
 
 /// The route table: `(method, path, endpoint)`. The dispatcher reads nothing else.
+/// A `{name}` segment matches one non-empty path segment.
 pub const ROUTES: &[(&str, &str, Endpoint)] = &[
     ("POST", "/api/broadcast", Endpoint::Broadcast),
     ("GET", "/api/presence", Endpoint::Presence),
     ("GET", "/api/presence/count", Endpoint::PresenceCount),
     ("POST", "/api/disconnect", Endpoint::Disconnect),
     ("GET", "/api/cluster", Endpoint::Cluster),
+    ("GET", "/api/history", Endpoint::History),
+    ("GET", "/api/rooms", Endpoint::Rooms),
+    ("POST", "/api/rooms", Endpoint::CreateRoom),
+    ("DELETE", "/api/rooms/{id}", Endpoint::DeleteRoom),
     ("GET", "/api/openapi.json", Endpoint::OpenApi),
 ];
 
@@ -165,7 +178,10 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 /// Answers one request under `/api`.
 pub(crate) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     let path = req.uri().path();
-    let matching: Vec<_> = ROUTES.iter().filter(|(_, p, _)| *p == path).collect();
+    let matching: Vec<_> = ROUTES
+        .iter()
+        .filter(|(_, p, _)| path_matches(p, path))
+        .collect();
     let Some((_, _, endpoint)) = matching
         .iter()
         .find(|(method, _, _)| *method == req.method().as_str())
@@ -203,13 +219,38 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Respo
     result.unwrap_or_else(ApiError::into_response)
 }
 
+/// Whether `path` matches the route `route` (`{name}` matches one segment).
+fn path_matches(route: &str, path: &str) -> bool {
+    let (mut r, mut p) = (route.split('/'), path.split('/'));
+    loop {
+        match (r.next(), p.next()) {
+            (None, None) => return true,
+            (Some(seg), Some(got)) if seg.starts_with('{') => {
+                if got.is_empty() {
+                    return false;
+                }
+            }
+            (Some(seg), Some(got)) if seg == got => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The last path segment, percent-decoded (`DELETE /api/rooms/{id}`).
+fn last_segment(req: &Request<Incoming>) -> Result<String, ApiError> {
+    let raw = req.uri().path().rsplit('/').next().unwrap_or("");
+    let query = Query::parse(&format!("v={raw}"))
+        .map_err(|e| ApiError::invalid(format!("bad path segment: {e}")))?;
+    Ok(query.get("v").unwrap_or_default().to_owned())
+}
+
 /// Checks the API is enabled and the request carries its key.
 fn authorize(req: &Request<Incoming>, shared: &Shared) -> Result<(), ApiError> {
     let Some(api) = &shared.api else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "api_disabled",
-            "the HTTP API is disabled: start the server with an API key (--api-key or CHORUS_API_KEY)",
+            "the HTTP API is disabled: start the server with an API key (CHORUS_API_KEY or `[api] key` in the config)",
         ));
     };
     let presented = req
@@ -239,6 +280,14 @@ async fn dispatch(endpoint: Endpoint, req: Request<Incoming>, shared: &Arc<Share
         Endpoint::PresenceCount => presence::count(&topic_param(&req)?, shared).await,
         Endpoint::Disconnect => disconnect::post(json_body(req, shared).await?, shared).await,
         Endpoint::Cluster => cluster::get(shared).await,
+        Endpoint::History => {
+            let query = Query::parse(req.uri().query().unwrap_or(""))
+                .map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
+            rooms::history(&topic_param(&req)?, query.get("limit"), shared)
+        }
+        Endpoint::Rooms => rooms::list(shared),
+        Endpoint::CreateRoom => rooms::create(json_body(req, shared).await?, shared).await,
+        Endpoint::DeleteRoom => rooms::delete(&last_segment(&req)?, shared).await,
         Endpoint::OpenApi => Ok(raw_json(
             StatusCode::OK,
             Bytes::from_static(OPENAPI_JSON.as_bytes()),
