@@ -11,8 +11,10 @@ import {
 after(cleanup);
 
 const [portA, portB, gossipA, gossipB] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-const nodeA = await startServer(portA, { node: "a", gossipPort: gossipA, seeds: [gossipB] });
-const nodeB = await startServer(portB, { node: "b", gossipPort: gossipB, seeds: [gossipA] });
+const API_KEY = "js-test-api-key";
+const env = { CHORUS_API_KEY: API_KEY };
+const nodeA = await startServer(portA, { node: "a", gossipPort: gossipA, seeds: [gossipB], env });
+const nodeB = await startServer(portB, { node: "b", gossipPort: gossipB, seeds: [gossipA], env });
 await sleep(1000); // let the nodes meet
 
 /** Collects `event` payloads of `channel`. */
@@ -127,6 +129,19 @@ test("rate limit: the 61st new_message in a minute is refused and not broadcast"
   await until(() => seen.length === 60, "60 broadcasts");
   await sleep(200);
   assert.equal(seen.length, 60, "the refused message was not broadcast");
+});
+
+test("a room created through the HTTP API on node A can be joined on node B", async () => {
+  const s = connectAs(portB, { sub: "newsreader" });
+  assert.deepEqual(await joinError(s.channel("room:news")), { reason: "room_not_found" });
+  const res = await fetch(`http://127.0.0.1:${portA}/api/rooms`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ id: "news", name: "News" }),
+  });
+  assert.equal(res.status, 201);
+  await sleep(300);
+  await join(s.channel("room:news"));
 });
 
 test("rooms:user:{id}: the rooms the user joined; only that user", async () => {
