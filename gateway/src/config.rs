@@ -81,6 +81,9 @@ pub struct ServerSection {
     pub dev_mode: bool,
     /// A LongPoll session without a poll for this long ends, in milliseconds.
     pub longpoll_timeout_ms: u64,
+    /// Browser origins allowed to open sockets (`https://app.example.com`,
+    /// `//app.example.com`, `https://*.example.com`); empty: any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -89,6 +92,7 @@ impl Default for ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             dev_mode: false,
             longpoll_timeout_ms: 15_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

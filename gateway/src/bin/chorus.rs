@@ -63,6 +63,9 @@ struct ServeArgs {
     /// A LongPoll session without a poll for this long ends (milliseconds).
     #[arg(long, env = "CHORUS_LONGPOLL_TIMEOUT_MS")]
     longpoll_timeout_ms: Option<u64>,
+    /// Browser origins allowed to open sockets, comma-separated (empty: any).
+    #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
@@ -158,6 +161,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(ms) = args.longpoll_timeout_ms {
         config.server.longpoll_timeout_ms = ms;
+    }
+    if let Some(origins) = &args.allowed_origins {
+        config.server.allowed_origins.clone_from(origins);
     }
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;
@@ -267,6 +273,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         longpoll_timeout: Duration::from_millis(config.server.longpoll_timeout_ms),
         api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
         app: Some(app.clone()),
+        allowed_origins: config.server.allowed_origins.clone(),
         ..ServerConfig::default()
     };
     let listen = config.server.listen;

@@ -34,6 +34,7 @@ pub mod http;
 pub mod hub;
 pub mod longpoll;
 pub mod metrics;
+pub mod origin;
 mod shutdown;
 pub mod websocket;
 
@@ -86,6 +87,9 @@ pub struct ServerConfig {
     pub drain_interval: Duration,
     /// How long shutdown waits for connections to finish after the last batch.
     pub drain_timeout: Duration,
+    /// Browser origins allowed to open sockets (Phoenix's `check_origin`);
+    /// empty: every origin. See [`origin`].
+    pub allowed_origins: Vec<String>,
     /// The configured channels' state (rooms, history) for `/api/rooms` and
     /// `/api/history`; without it those routes answer 503.
     pub app: Option<Arc<crate::app::App>>,
@@ -117,6 +121,7 @@ impl Default for ServerConfig {
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
             app: None,
             dev_tokens: None,
             longpoll_window: Duration::from_secs(10),

@@ -53,6 +53,10 @@ pub(crate) fn upgrade(
     let Some(key) = key.filter(|_| is_websocket) else {
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
     };
+    if !super::origin::allowed(&shared.config.allowed_origins, headers) {
+        debug!(origin = ?headers.get("origin"), "refusing connect: origin not allowed");
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
     let Ok(query) = Query::parse(req.uri().query().unwrap_or("")) else {
         return text(StatusCode::BAD_REQUEST, "");
     };

@@ -95,3 +95,58 @@ async fn binary_with_lying_lengths() -> anyhow::Result<()> {
     )
     .await
 }
+
+/// The handshake status for `url` with an optional `Origin`.
+async fn handshake_status(url: &str, origin: Option<&str>) -> anyhow::Result<u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = url.into_client_request()?;
+    if let Some(origin) = origin {
+        req.headers_mut().insert("origin", origin.parse()?);
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, response)) => Ok(response.status().as_u16()),
+        Err(Error::Http(response)) => Ok(response.status().as_u16()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test]
+async fn sockets_from_origins_not_allowed_get_403() -> anyhow::Result<()> {
+    let config = chorus_gateway::server::ServerConfig {
+        allowed_origins: vec!["https://app.example.com".into()],
+        ..Default::default()
+    };
+    let node = crate::util::NodeBuilder::new()
+        .config(config)
+        .start()
+        .await?;
+    let url = node.url("vsn=2.0.0");
+    assert_eq!(
+        handshake_status(&url, Some("https://app.example.com")).await?,
+        101
+    );
+    assert_eq!(
+        handshake_status(&url, Some("https://evil.example")).await?,
+        403
+    );
+    assert_eq!(
+        handshake_status(&url, None).await?,
+        101,
+        "no Origin: not a browser"
+    );
+    // LongPoll is checked the same way.
+    let stream = tokio::net::TcpStream::connect(node.addr).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(stream))
+    .await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/socket/longpoll?vsn=2.0.0")
+        .header("host", "127.0.0.1")
+        .header("origin", "https://evil.example")
+        .body(http_body_util::Empty::new())?;
+    assert_eq!(send.send_request(req).await?.status(), 403);
+    Ok(())
+}

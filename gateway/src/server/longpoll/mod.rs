@@ -118,6 +118,9 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
 ) -> Response<Body> {
+    if !super::origin::allowed(&shared.config.allowed_origins, req.headers()) {
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
     match *req.method() {
         Method::OPTIONS => preflight(req.headers()),
         Method::GET => poll(&req, &shared, done).await,
