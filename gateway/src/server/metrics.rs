@@ -264,32 +264,22 @@ pub(crate) fn fanout_histogram() -> Histogram {
 }
 
 /// Values read at scrape time, as a registry built for this scrape.
-fn scraped(
-    server: &ServerStats,
-    engine: Option<(&RuntimeStats, &[Member])>,
-    transport: Transport,
-) -> Registry {
+fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[Member])>) -> Registry {
     let mut registry = Registry::with_prefix("chorus");
-    let label = transport_label(transport);
     let counter = |value: u64| {
         let c: Counter = Counter::default();
         c.inc_by(value);
         c
     };
-    let labelled = |label: Labels1, value: u64| {
-        let family = Family::<Labels1, Counter>::default();
-        family.get_or_create(&label).inc_by(value);
-        family
-    };
     registry.register(
         "slow_consumer_disconnects",
-        "Connections closed because their outbound queue filled up (1008)",
-        labelled(label, server.slow_consumers.load(Ordering::Relaxed)),
+        "Clients (WebSocket and LongPoll) ended because their outbound queue filled up",
+        counter(server.slow_consumers.load(Ordering::Relaxed)),
     );
     registry.register(
         "protocol_errors",
-        "Connections closed for bad input (1002, 1007, 1009)",
-        labelled(label, server.protocol_errors.load(Ordering::Relaxed)),
+        "Clients (WebSocket and LongPoll) refused or ended for bad input",
+        counter(server.protocol_errors.load(Ordering::Relaxed)),
     );
     let up = Gauge::<i64>::default();
     up.set(i64::from(engine.is_some()));
@@ -384,11 +374,7 @@ pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<Body> {
     .await
     .ok()
     .flatten();
-    let scraped = scraped(
-        &shared.stats,
-        read.as_ref().map(|(s, m)| (s, m.as_slice())),
-        Transport::WebSocket,
-    );
+    let scraped = scraped(&shared.stats, read.as_ref().map(|(s, m)| (s, m.as_slice())));
     match shared.metrics.render(&scraped) {
         Ok(text) => {
             let mut response = Response::new(Body::from(text));
@@ -424,11 +410,7 @@ mod tests {
             ..JoinCounts::default()
         });
         let text = metrics
-            .render(&scraped(
-                &ServerStats::default(),
-                None,
-                Transport::WebSocket,
-            ))
+            .render(&scraped(&ServerStats::default(), None))
             .expect("encodes");
         assert!(
             text.contains("chorus_messages_in_total{transport=\"websocket\"} 3\n"),
