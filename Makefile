@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test sim bench fmt lint check-core ci
+.PHONY: help run cluster test chromium sim bench fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -26,10 +26,22 @@ test: ## Build and run every test
 	$(CARGO) test --release -p chorus-sim
 	# Prove the checkers can fail: a deliberately broken merge must be caught.
 	$(CARGO) test --release -p chorus-sim --features broken-merge --test broken_merge
-	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus.
+	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus,
+	# and the demo page in headless chromium (playwright-core; screenshot: target/demo-chat.png).
 	$(CARGO) build -p chorus-gateway --bin chorus
+	@$(MAKE) --no-print-directory chromium
 	cd tests/js && npm ci --no-audit --no-fund
-	cd tests/js && CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" node --test --test-concurrency=1
+	cd tests/js && CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" \
+		CHROMIUM="$$(command -v chromium)" node --test --test-concurrency=1
+
+chromium: ## Install Debian's chromium (for the browser test) if it is missing
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+		echo "make test: the browser test needs chromium; install it (apt-get install chromium) or run as root"; exit 1; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "make test: the browser test needs chromium and there is no apt-get; install chromium yourself"; exit 1; fi; \
+	echo "installing chromium with apt-get"; \
+	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on 2 cores)
 	$(CARGO) run --release -p chorus-sim -- sweep --seeds 10000
