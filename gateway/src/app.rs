@@ -146,6 +146,11 @@ impl App {
         rooms.into_iter().collect()
     }
 
+    /// Whether the membership `{user}:{room}` is recorded.
+    fn is_member(&self, member: &str) -> bool {
+        self.records.read().get(MEMBER_SPACE, member).is_some()
+    }
+
     /// The existing rooms `user` is a member of, in id order.
     pub fn rooms_of(&self, user: &str) -> Vec<String> {
         let prefix = format!("{user}:");
@@ -348,11 +353,11 @@ impl Channel for ConfiguredChannel {
             if !self.app.room_exists(id) {
                 return Err(reason("room_not_found"));
             }
-            ctx.put(
-                MEMBER_SPACE,
-                &format!("{}:{id}", self.user),
-                Some(String::new()),
-            );
+            let member = format!("{}:{id}", self.user);
+            // One replicated write per new membership, not one per join.
+            if !self.app.is_member(&member) {
+                ctx.put(MEMBER_SPACE, &member, Some(String::new()));
+            }
         }
         if rule.history > 0 {
             let messages = self.app.history(topic, rule.history);
