@@ -1,14 +1,24 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run test sim bench fmt lint check-core ci
+.PHONY: help run cluster test chromium sim bench fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
-run: ## Build and start one node on 127.0.0.1:4000 (not available yet: see README, Status)
-	@echo "make run: the chorus server binary is not built yet (gateway issue #5); see README.md, Status." >&2
-	@exit 1
+run: ## Build and start one node on 127.0.0.1:4000 (dev mode: demo chat page at /)
+	$(CARGO) run --release -p chorus-gateway --bin chorus -- --listen 127.0.0.1:4000
+
+cluster: ## Start three nodes (HTTP 4000-4002, gossip 7400-7402) with a dev secret; Ctrl-C stops them
+	$(CARGO) build --release -p chorus-gateway --bin chorus
+	@export CHORUS_CLUSTER_SECRET="$${CHORUS_CLUSTER_SECRET:-chorus-dev-cluster-secret}"; \
+	export CHORUS_TOKEN_SECRET="$${CHORUS_TOKEN_SECRET:-chorus-dev-token-secret}"; \
+	bin="$${CARGO_TARGET_DIR:-target}/release/chorus"; \
+	$$bin --node n1 --listen 127.0.0.1:4000 --gossip 127.0.0.1:7400 --seeds 127.0.0.1:7401,127.0.0.1:7402 & p1=$$!; \
+	$$bin --node n2 --listen 127.0.0.1:4001 --gossip 127.0.0.1:7401 --seeds 127.0.0.1:7400,127.0.0.1:7402 & p2=$$!; \
+	$$bin --node n3 --listen 127.0.0.1:4002 --gossip 127.0.0.1:7402 --seeds 127.0.0.1:7400,127.0.0.1:7401 & p3=$$!; \
+	trap 'kill -TERM $$p1 $$p2 $$p3 2>/dev/null; wait $$p1 $$p2 $$p3' INT TERM; \
+	wait $$p1 $$p2 $$p3
 
 test: ## Build and run every test
 	$(CARGO) test --workspace --exclude chorus-sim
@@ -16,6 +26,22 @@ test: ## Build and run every test
 	$(CARGO) test --release -p chorus-sim
 	# Prove the checkers can fail: a deliberately broken merge must be caught.
 	$(CARGO) test --release -p chorus-sim --features broken-merge --test broken_merge
+	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus,
+	# and the demo page in headless chromium (playwright-core; screenshot: target/demo-chat.png).
+	$(CARGO) build -p chorus-gateway --bin chorus
+	@$(MAKE) --no-print-directory chromium
+	cd tests/js && npm ci --no-audit --no-fund
+	cd tests/js && CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" \
+		CHROMIUM="$$(command -v chromium)" node --test --test-concurrency=1
+
+chromium: ## Install Debian's chromium (for the browser test) if it is missing
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+		echo "make test: the browser test needs chromium; install it (apt-get install chromium) or run as root"; exit 1; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "make test: the browser test needs chromium and there is no apt-get; install chromium yourself"; exit 1; fi; \
+	echo "installing chromium with apt-get"; \
+	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on 2 cores)
 	$(CARGO) run --release -p chorus-sim -- sweep --seeds 10000
@@ -23,6 +49,7 @@ sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on
 bench: ## Benchmarks; record results in BENCHMARKS.md with the command, date and machine
 	$(CARGO) bench -p chorus-engine --bench presence -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p chorus-engine --bench memory
+	$(CARGO) bench -p chorus-engine --bench cluster
 
 fmt: ## Format everything
 	$(CARGO) fmt --all

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::{NodeId, Topic};
 use crate::membership::Update;
 use crate::presence::PresEntry;
+use crate::records::{Record, BUCKETS};
 use crate::store::Delta;
 
 /// The version byte in front of every frame.
@@ -93,6 +94,17 @@ pub enum Body {
     },
     /// The sender is shutting down: drop its entries now.
     Leave,
+    /// Application records: a new local write pushed to every peer, or the
+    /// contents of digest buckets that differ.
+    Records(Vec<Record>),
+    /// Anti-entropy for records: the sender's bucket hashes
+    /// ([`Records::digest`](crate::records::Records::digest)).
+    RecordsDigest {
+        /// One hash per bucket.
+        buckets: Vec<u64>,
+        /// Set on the answer to a digest, which is not answered again.
+        reply: bool,
+    },
     /// SWIM probe of `target` (ignored by any other incarnation), with
     /// piggybacked membership updates.
     Ping {
@@ -164,8 +176,9 @@ pub enum DecodeError {
     /// Bytes left after the message.
     #[error("{0} trailing bytes")]
     Trailing(usize),
-    /// Decoded, but a delta breaks its invariants.
-    #[error("invalid delta from {0}")]
+    /// Decoded, but breaks its invariants (a malformed delta, an oversized
+    /// record, a digest of the wrong size).
+    #[error("invalid message from {0}")]
     InvalidDelta(NodeId),
 }
 
@@ -213,6 +226,8 @@ impl Message {
             Body::Delta { presence, subs, .. } | Body::Repair { presence, subs } => {
                 sorted_unique(presence) && sorted_unique(subs)
             }
+            Body::Records(records) => records.iter().all(Record::is_valid),
+            Body::RecordsDigest { buckets, .. } => buckets.len() == BUCKETS,
             _ => true,
         };
         if ok {

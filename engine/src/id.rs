@@ -67,6 +67,12 @@ impl fmt::Display for Topic {
     }
 }
 
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for Topic {
     fn from(s: &str) -> Self {
         Topic::new(s)

@@ -15,6 +15,7 @@ pub mod id;
 pub mod membership;
 pub mod node;
 pub mod presence;
+pub mod records;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;
@@ -24,3 +25,4 @@ pub use codec::{Body, DecodeError, Message, WIRE_VERSION};
 pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 pub use node::{Command, CommandError, Config, Event, Node, Outcome, Transmit};
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
+pub use records::{Record, Records, RecordsReader, Stamp};

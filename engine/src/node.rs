@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use crate::codec::{Body, Message};
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 use crate::membership::{Membership, Output as SwimOutput, SwimConfig};
 use crate::presence::{DiffItem, PresEntry, Presence, PresenceError, PresenceItem};
+use crate::records::{Record, Records, RecordsReader, Stamp};
 use crate::store::{Delta, Part};
 use crate::subs::{SubChange, Subs, SubsError};
 
@@ -83,6 +85,10 @@ pub struct Config {
     /// One down member is pinged every this many periods (so a healed
     /// partition comes back).
     pub down_probe_every: u32,
+    /// Entries kept per replicated log (topic history).
+    pub history_cap: usize,
+    /// Most bytes of records per repair message.
+    pub records_chunk: usize,
 }
 
 impl Config {
@@ -113,6 +119,8 @@ impl Config {
             max_gossip: 6,
             max_health: 8,
             down_probe_every: 3,
+            history_cap: 100,
+            records_chunk: 1 << 20,
         }
     }
 
@@ -219,6 +227,27 @@ pub enum Command {
         /// Opaque payload.
         payload: Bytes,
     },
+    /// Append `body` to `topic`'s replicated log (history); `time_ms` is the
+    /// caller's wall clock, raised past every stamp this node has seen.
+    Append {
+        /// Topic.
+        topic: Topic,
+        /// Milliseconds since the Unix epoch.
+        time_ms: u64,
+        /// The entry (opaque; the gateway stores JSON).
+        body: Arc<str>,
+    },
+    /// Write register `(space, key)`; `None` removes it. Last writer wins.
+    Put {
+        /// Namespace, e.g. `room`.
+        space: Arc<str>,
+        /// Key within the space.
+        key: Arc<str>,
+        /// Milliseconds since the Unix epoch.
+        time_ms: u64,
+        /// The value, or `None` to remove.
+        value: Option<Arc<str>>,
+    },
     /// Graceful shutdown: tell every peer to drop our entries now.
     Leave,
 }
@@ -230,6 +259,8 @@ pub enum Outcome {
     Tracked(PhxRef),
     /// Done.
     Done,
+    /// A record was written with this stamp.
+    Recorded(Stamp),
     /// Published: delivered locally (`local`) and sent to `remote_nodes` nodes.
     Published {
         /// Whether local subscribers got it.
@@ -313,6 +344,8 @@ pub enum PeerState {
 struct Peer {
     addr: Option<SocketAddr>,
     state: PeerState,
+    /// Last message from it (shown to operators; liveness is SWIM's).
+    last_heard: Instant,
     /// It holds every buffer entry below this.
     acked: u64,
     /// Entries below this were sent (maybe not acknowledged yet).
@@ -355,6 +388,10 @@ pub struct Stats {
     pub peak_transmits: usize,
     /// Buffer entries dropped before every peer acknowledged them.
     pub buffer_overflows: u64,
+    /// Record messages sent (pushes and repairs).
+    pub records_sent: u64,
+    /// Records from peers that changed the local state.
+    pub records_merged: u64,
 }
 
 /// One cluster member. See the module docs.
@@ -364,6 +401,12 @@ pub struct Node {
     rng: ChaCha8Rng,
     presence: Presence,
     subs: Subs,
+    /// Shared with readers on other threads ([`Node::records`]).
+    records: Arc<RwLock<Records>>,
+    /// Counter of local record writes.
+    record_seq: u64,
+    /// The greatest stamp time issued or seen: local writes stamp past it.
+    record_clock: u64,
     peers: BTreeMap<NodeId, Peer>,
     /// SWIM failure detection and membership gossip.
     swim: Membership,
@@ -393,6 +436,9 @@ impl Node {
         let mut node = Node {
             presence: Presence::new(cfg.id.clone(), prefix, cfg.tomb_cap),
             subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
+            records: Arc::new(RwLock::new(Records::new(cfg.history_cap))),
+            record_seq: 0,
+            record_clock: 0,
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
@@ -435,6 +481,12 @@ impl Node {
         &self.subs
     }
 
+    /// Read access to the replicated records (history, registers), shareable
+    /// with other threads.
+    pub fn records(&self) -> RecordsReader {
+        RecordsReader(self.records.clone())
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -456,6 +508,11 @@ impl Node {
     /// The SWIM member table and failure detector.
     pub fn membership(&self) -> &Membership {
         &self.swim
+    }
+
+    /// When `peer` was last heard from (any message), if it is a member.
+    pub fn last_heard(&self, peer: &NodeId) -> Option<Instant> {
+        self.peers.get(peer).map(|p| p.last_heard)
     }
 
     /// Current δ-buffer length.
@@ -547,6 +604,34 @@ impl Node {
                     }
                 }
             }
+            Command::Append {
+                topic,
+                time_ms,
+                body,
+            } => {
+                let stamp = self.next_stamp(time_ms);
+                self.write_record(Record::Log {
+                    topic,
+                    stamp: stamp.clone(),
+                    body,
+                });
+                Outcome::Recorded(stamp)
+            }
+            Command::Put {
+                space,
+                key,
+                time_ms,
+                value,
+            } => {
+                let stamp = self.next_stamp(time_ms);
+                self.write_record(Record::Reg {
+                    space,
+                    key,
+                    stamp: stamp.clone(),
+                    value,
+                });
+                Outcome::Recorded(stamp)
+            }
             Command::Leave => {
                 self.left = true;
                 let targets: Vec<(NodeId, SocketAddr)> = self
@@ -635,6 +720,10 @@ impl Node {
             Body::Leave => {
                 self.swim.leave(&from);
                 self.forget(&from);
+            }
+            Body::Records(records) => self.merge_records(&records),
+            Body::RecordsDigest { buckets, reply } => {
+                self.handle_records_digest(&from, msg.addr, &buckets, reply);
             }
         }
         self.drain_diffs(now);
@@ -756,6 +845,7 @@ impl Node {
         // down one) neither refreshes nor revives it.
         match self.peers.get_mut(from) {
             Some(p) => {
+                p.last_heard = now;
                 if addr.is_some() && p.addr != addr {
                     p.addr = addr;
                     self.swim.insert(now, from.clone(), addr);
@@ -770,6 +860,7 @@ impl Node {
                     Peer {
                         addr,
                         state: PeerState::Up,
+                        last_heard: now,
                         acked: self.next_seq,
                         sent: self.next_seq,
                         last_delta: now,
@@ -963,7 +1054,7 @@ impl Node {
     /// of what is relayed: the origins push their own ops to everyone, so
     /// relaying is the epidemic backup for links that are cut, not a second
     /// full broadcast (which would cost N² messages per change).
-    fn relay_targets(&mut self, from: &NodeId, origins: &[&NodeId]) -> Vec<NodeId> {
+    fn relay_targets(&mut self, from: &NodeId, origins: &[NodeId]) -> Vec<NodeId> {
         let mut candidates: Vec<NodeId> = self
             .peers
             .iter()
@@ -1035,8 +1126,7 @@ impl Node {
                     .map(|p| p.origin.clone())
                     .chain(novel_s.iter().map(|p| p.origin.clone()))
                     .collect();
-                let refs: Vec<&NodeId> = origins.iter().collect();
-                self.relay_targets(f, &refs)
+                self.relay_targets(f, &origins)
             });
             self.push_buffer(now, from.cloned(), to, novel_p, novel_s);
         }
@@ -1080,6 +1170,7 @@ impl Node {
             Peer {
                 addr: None,
                 state: PeerState::Up,
+                last_heard: now,
                 acked: self.next_seq,
                 sent: self.next_seq,
                 last_delta: now,
@@ -1262,6 +1353,107 @@ impl Node {
             members: self.up_members(),
         };
         self.send(Some(to.clone()), addr, body);
+        self.send_records_digest(to.clone(), addr, false);
+    }
+
+    // --------------------------------------------------------------- records
+
+    fn next_stamp(&mut self, time_ms: u64) -> Stamp {
+        self.record_clock = time_ms.max(self.record_clock + 1);
+        self.record_seq += 1;
+        Stamp {
+            time_ms: self.record_clock,
+            origin: self.cfg.id.clone(),
+            seq: self.record_seq,
+        }
+    }
+
+    /// Applies a local write and pushes it to every up peer. Peers that miss
+    /// it (down, partitioned) get it from anti-entropy.
+    fn write_record(&mut self, record: Record) {
+        self.records
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .merge(&record);
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == PeerState::Up)
+            .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+            .collect();
+        for (id, addr) in targets {
+            self.stats.records_sent += 1;
+            self.send(Some(id), addr, Body::Records(vec![record.clone()]));
+        }
+    }
+
+    fn merge_records(&mut self, records: &[Record]) {
+        let mut state = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        for record in records.iter().filter(|r| r.is_valid()) {
+            if cfg!(feature = "broken-merge") && matches!(record, Record::Reg { value: None, .. }) {
+                continue;
+            }
+            self.record_clock = self.record_clock.max(record.stamp().time_ms);
+            if state.merge(record) {
+                self.stats.records_merged += 1;
+            }
+        }
+    }
+
+    fn send_records_digest(&mut self, to: NodeId, addr: SocketAddr, reply: bool) {
+        let buckets = self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .digest()
+            .to_vec();
+        self.send(Some(to), addr, Body::RecordsDigest { buckets, reply });
+    }
+
+    /// Ships our records of every bucket that differs from the peer's, and
+    /// answers a first digest with ours so the peer ships what we lack.
+    fn handle_records_digest(
+        &mut self,
+        from: &NodeId,
+        addr: SocketAddr,
+        theirs: &[u64],
+        reply: bool,
+    ) {
+        let records = {
+            let state = self.records.read().unwrap_or_else(PoisonError::into_inner);
+            let differ: Vec<bool> = state
+                .digest()
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| a != b)
+                .collect();
+            if !differ.contains(&true) {
+                return;
+            }
+            state.bucket_records(&differ)
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            bytes += record.size();
+            chunk.push(record);
+            if bytes >= self.cfg.records_chunk {
+                self.stats.records_sent += 1;
+                self.send(
+                    Some(from.clone()),
+                    addr,
+                    Body::Records(std::mem::take(&mut chunk)),
+                );
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.stats.records_sent += 1;
+            self.send(Some(from.clone()), addr, Body::Records(chunk));
+        }
+        if !reply {
+            self.send_records_digest(from.clone(), addr, true);
+        }
     }
 
     fn handle_digest(
@@ -1277,9 +1469,21 @@ impl Node {
                 .map_or(0, |i| vv[i].1)
         };
         let chunk = self.cfg.repair_chunk;
+        // Serve our own ops, and those of origins that cannot serve themselves
+        // (not up here): an up origin answers the same peer's digest with its
+        // own slice, so a joining node receives each entry once, not once per
+        // member.
+        let serves = |id: &NodeId| {
+            id != from
+                && (*id == self.cfg.id
+                    || self
+                        .peers
+                        .get(id)
+                        .is_none_or(|p| p.state != PeerState::Up || p.addr.is_none()))
+        };
         let mut p_parts: Vec<Part<PresEntry>> = Vec::new();
         for (id, _) in self.presence.store().digest() {
-            if &id != from {
+            if serves(&id) {
                 p_parts.extend(
                     self.presence
                         .store()
@@ -1289,7 +1493,7 @@ impl Node {
         }
         let mut s_parts: Vec<Part<Topic>> = Vec::new();
         for (id, _) in self.subs.store().digest() {
-            if &id != from {
+            if serves(&id) {
                 s_parts.extend(self.subs.store().slice(&id, their(subs, &id), chunk));
             }
         }

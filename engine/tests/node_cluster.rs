@@ -476,3 +476,96 @@ fn a_join_storm_reaches_each_node_in_a_few_diffs() {
     assert_eq!(net.view(1).len(), 1000);
     assert!(diffs <= 20, "1000 joins over 1 s arrived in {diffs} diffs");
 }
+
+fn append(topic: &str, time_ms: u64, body: &str) -> Command {
+    Command::Append {
+        topic: Topic::new(topic),
+        time_ms,
+        body: body.into(),
+    }
+}
+
+impl Net {
+    fn history(&self, i: usize, topic: &str) -> Vec<String> {
+        let node = self.nodes[i].as_ref().expect("running");
+        let records = node.records();
+        let r = records.read();
+        r.last(topic, 100)
+            .into_iter()
+            .map(|(_, body)| body.to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn history_reaches_every_node_survives_a_crash_and_heals_a_partition() {
+    let mut net = Net::new(3, |_| {});
+    net.run_for(Duration::from_millis(100));
+    net.cmd(0, append("room:1", 1_000, "hello"));
+    net.run_for(Duration::from_millis(10));
+    for i in 0..3 {
+        assert_eq!(net.history(i, "room:1"), ["hello"], "node {i}");
+    }
+
+    // Node 2 is cut off; both sides write; the heal merges by stamp.
+    for (a, b) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        net.cut.insert((a, b));
+    }
+    net.cmd(0, append("room:1", 2_000, "from 0"));
+    net.cmd(2, append("room:1", 1_500, "from 2"));
+    net.cmd(
+        2,
+        Command::Put {
+            space: "room".into(),
+            key: "lobby".into(),
+            time_ms: 1_500,
+            value: Some("Lobby".into()),
+        },
+    );
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.history(1, "room:1"), ["hello", "from 0"]);
+    net.cut.clear();
+    net.run_for(Duration::from_secs(3));
+    for i in 0..3 {
+        assert_eq!(
+            net.history(i, "room:1"),
+            ["hello", "from 2", "from 0"],
+            "node {i}"
+        );
+        let records = net.nodes[i].as_ref().expect("running").records();
+        assert_eq!(
+            records.read().get("room", "lobby").map(|v| v.to_string()),
+            Some("Lobby".to_owned())
+        );
+    }
+
+    // The node that wrote "from 0" crashes; a node restarted empty learns the
+    // whole history from the survivors.
+    net.crash(0);
+    net.crash(2);
+    net.restart(2, 2);
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.history(2, "room:1"), ["hello", "from 2", "from 0"]);
+}
+
+#[test]
+fn a_register_write_after_a_skewed_one_still_wins() {
+    let mut net = Net::new(2, |_| {});
+    net.run_for(Duration::from_millis(100));
+    let put = |time_ms: u64, value: Option<&str>| Command::Put {
+        space: "room".into(),
+        key: "r1".into(),
+        time_ms,
+        value: value.map(Into::into),
+    };
+    // Node 0's clock runs an hour ahead; node 1 then deletes the room with
+    // its own (earlier) clock, after having seen node 0's write.
+    net.cmd(0, put(3_600_000, Some("R1")));
+    net.run_for(Duration::from_millis(10));
+    net.cmd(1, put(1_000, None));
+    net.run_for(Duration::from_millis(10));
+    for i in 0..2 {
+        let records = net.nodes[i].as_ref().expect("running").records();
+        assert_eq!(records.read().get("room", "r1"), None, "node {i}");
+    }
+}

@@ -600,3 +600,25 @@ async fn late_joiner_receives_100k_presences() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn history_and_registers_replicate_over_quic() {
+    let (a, b, c) = cluster_of_three().await;
+    a.append("room:1", 1_000, "{\"body\":\"hi\"}")
+        .await
+        .expect("append");
+    b.put("room", "lobby", 1_000, Some("Lobby"))
+        .await
+        .expect("put");
+    eventually(Duration::from_secs(5), "records on every node", || async {
+        [&a, &b, &c].iter().all(|h| {
+            let r = h.records().read();
+            r.last("room:1", 50).len() == 1 && r.get("room", "lobby").is_some()
+        })
+    })
+    .await;
+    // The writer of the message goes away; the others keep it.
+    a.abort();
+    let r = c.records().read();
+    assert_eq!(&*r.last("room:1", 50)[0].1, "{\"body\":\"hi\"}");
+}

@@ -5,11 +5,22 @@
 //! - [`socket`]: the per-connection [`Session`](socket::Session) (channel table, the
 //!   join/leave/heartbeat rules of PROTOCOL.md §3, presence payloads), sans-IO;
 //! - [`channel`]: the [`Channel`](channel::Channel) trait and the topic
-//!   [`Router`](channel::Router).
+//!   [`Router`](channel::Router);
+//! - [`server`]: the WebSocket and LongPoll server (hyper + tokio-tungstenite) that drives sessions
+//!   against the cluster engine, and the per-node topic dispatcher;
+//! - [`config`], [`rules`], [`token`], [`app`]: the `chorus` binary's configuration,
+//!   JWT auth and configured channels;
+//! - [`demo`]: a small hand-written example channel (`room:*`), used by the tests.
 //!
-//! Everything here is synchronous and deterministic; the transports and the cluster
-//! engine drive it.
+//! `protocol`, `socket` and `channel` are synchronous and deterministic; `server` is
+//! the I/O layer that drives them. The `chorus` binary starts an engine and a server.
 
+pub mod app;
 pub mod channel;
+pub mod config;
+pub mod demo;
 pub mod protocol;
+pub mod rules;
+pub mod server;
 pub mod socket;
+pub mod token;

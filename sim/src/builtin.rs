@@ -55,6 +55,11 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
         net: NetConfig::default(),
         down_after_ms: None,
         permdown_after_ms: None,
+        // Small logs, so that appends overflow them and merges must keep the
+        // newest entries; skewed clocks, so that last-writer-wins is decided
+        // by stamps that disagree with virtual time.
+        history_cap: Some(4),
+        clock_skew_ms: (0..n).map(|i| SKEW_MS[i % SKEW_MS.len()]).collect(),
         converge_within_ms: 5_000,
         sample_ms: None,
         steps,
@@ -66,6 +71,9 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
     }
     Some(sc)
 }
+
+/// Clock skews of the built-in scenarios' nodes, repeated past the fifth.
+const SKEW_MS: [i64; 5] = [0, 350, -600, 1_200, -40];
 
 fn wait(ms: u64) -> Step {
     Step::Wait { ms }
@@ -103,6 +111,8 @@ fn load(ms: u64, scale: f64) -> Step {
         untrack_per_s: d.untrack_per_s * scale,
         subscribe_per_s: d.subscribe_per_s * scale,
         publish_per_s: d.publish_per_s * scale,
+        append_per_s: 4.0 * scale,
+        put_per_s: 3.0 * scale,
         ..d
     })
 }

@@ -1,6 +1,7 @@
 //! The invariants, and the records they read ([`Log`]): convergence to the
 //! truth, no zombie entries, honest presence diffs, broadcasts on healthy
-//! links, clean codec and commands, scenario asserts. Determinism is checked
+//! links, replicated records (in [`crate::records`]), clean codec and
+//! commands, scenario asserts. Determinism is checked
 //! by the runner (it replays the seed and compares trace hashes).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +68,8 @@ pub struct Sample {
     pub at: Duration,
     /// Per node.
     pub agree: Vec<Option<bool>>,
+    /// Whether every live node's records digest was the same.
+    pub records_agree: bool,
 }
 
 /// What the checkers read, recorded while the world runs.
@@ -86,7 +89,7 @@ pub struct Log {
     pub last_fault: Duration,
     /// The last client command.
     pub last_change: Duration,
-    /// Diff replay errors (a leave of an unseen meta, a double join).
+    /// Diff errors (a ref both joined and left in one diff).
     pub diff_errors: Vec<String>,
     /// Frames the codec refused.
     pub codec_errors: Vec<String>,
@@ -96,6 +99,8 @@ pub struct Log {
     pub samples: Vec<Sample>,
     /// Scenario asserts: `(description, passed)`.
     pub asserts: Vec<(String, bool)>,
+    /// Every record written, and which incarnations it reached.
+    pub records: crate::records::Ledger,
 }
 
 /// An invariant the sim checks.
@@ -109,6 +114,9 @@ pub enum Invariant {
     DiffsHonest,
     /// Healthy pairs: nothing lost, nothing duplicated, order kept.
     Broadcasts,
+    /// Every live node holds exactly the records that survived (the newest
+    /// `history_cap` per log, the greatest write per register), same digest.
+    Records,
     /// Every frame decoded and every command was accepted.
     CodecAndCommands,
     /// Every scenario assert held.
@@ -124,6 +132,7 @@ impl fmt::Display for Invariant {
             Invariant::NoZombies => "no-zombies",
             Invariant::DiffsHonest => "diffs-honest",
             Invariant::Broadcasts => "broadcasts",
+            Invariant::Records => "records",
             Invariant::CodecAndCommands => "codec+commands",
             Invariant::Asserts => "asserts",
             Invariant::Determinism => "determinism",
@@ -164,7 +173,22 @@ pub fn take_sample(w: &mut World) {
         .iter()
         .map(|s| s.node.as_ref().map(|n| n.presence().view() == truth))
         .collect();
-    w.log.samples.push(Sample { at: w.now, agree });
+    let mut digests = w
+        .nodes
+        .iter()
+        .filter_map(|s| s.node.as_ref().map(|n| n.records()));
+    let records_agree = match digests.next() {
+        Some(first) => {
+            let first = first.read();
+            digests.all(|d| d.read().digest() == first.digest())
+        }
+        None => true,
+    };
+    w.log.samples.push(Sample {
+        at: w.now,
+        agree,
+        records_agree,
+    });
 }
 
 /// Checks every invariant but determinism at the end of a run. Returns the
@@ -176,6 +200,7 @@ pub fn evaluate(w: &mut World, within: Duration) -> (Vec<Verdict>, Option<Durati
     out.push(zombies(w, within));
     out.push(diffs(w));
     out.push(crate::check_bcast::broadcasts(w));
+    out.push(crate::records::check(w));
     let errs: Vec<&String> = w
         .log
         .codec_errors

@@ -15,11 +15,14 @@
 //!   gossip addresses `127.0.0.1:(7400 + i)`; nothing touches the OS network.
 //! - **faults and workload** ([`Step`]): partitions, one-way partitions, heal,
 //!   crash, restart as a new incarnation, pause, flapping links; clients that
-//!   track, update, untrack, subscribe and publish at configurable rates.
+//!   track, update, untrack, subscribe, publish, append to history logs and
+//!   write registers at configurable rates, each node's wall clock skewed as
+//!   the scenario says.
 //! - **scenarios as data** ([`Scenario`]): lists of steps, built in Rust
 //!   ([`builtin`]) or read from JSON files.
 //! - **invariants** ([`check`]): convergence, no zombies, honest diffs,
-//!   broadcasts on healthy links, asserts; a [`Report`] per run.
+//!   broadcasts on healthy links, records equal to a model of the surviving
+//!   writes ([`records`]), asserts; a [`Report`] per run.
 //!
 //! # How links model QUIC
 //!
@@ -54,6 +57,7 @@ pub mod builtin;
 pub mod check;
 pub mod net;
 pub mod plot;
+pub mod records;
 pub mod report;
 pub mod scenario;
 pub mod sweep;

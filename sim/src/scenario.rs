@@ -31,6 +31,13 @@ pub struct Scenario {
     /// Override of the nodes' `permdown_after`, in milliseconds.
     #[serde(default)]
     pub permdown_after_ms: Option<u64>,
+    /// Override of the nodes' `history_cap` (entries kept per log).
+    #[serde(default)]
+    pub history_cap: Option<usize>,
+    /// Clock skew of node `i`, in milliseconds (0 past the end of the list):
+    /// added to the virtual wall clock its record writes are stamped with.
+    #[serde(default)]
+    pub clock_skew_ms: Vec<i64>,
     /// Views must converge this long after the last fault or command.
     #[serde(default = "default_within")]
     pub converge_within_ms: u64,
@@ -116,6 +123,28 @@ pub enum Step {
         /// How many.
         #[serde(default = "one")]
         count: usize,
+    },
+    /// Append `count` numbered entries to `topic`'s history log on `node`.
+    Append {
+        /// Node.
+        node: usize,
+        /// Topic.
+        topic: String,
+        /// How many.
+        #[serde(default = "one")]
+        count: usize,
+    },
+    /// Write register `(space, key)` on `node`; a `null` value removes it.
+    Put {
+        /// Node.
+        node: usize,
+        /// Namespace.
+        space: String,
+        /// Key.
+        key: String,
+        /// Value, or `null`.
+        #[serde(default)]
+        value: Option<String>,
     },
     /// Partition: nodes in different groups cannot talk (unlisted nodes can).
     Cut {
@@ -221,6 +250,8 @@ pub fn run_scenario(sc: &Scenario, seed: u64) -> Report {
     let timing = Timing {
         down_after: sc.down_after_ms.map(Duration::from_millis),
         permdown_after: sc.permdown_after_ms.map(Duration::from_millis),
+        history_cap: sc.history_cap,
+        clock_skew_ms: sc.clock_skew_ms.clone(),
     };
     let nodes: usize = sc
         .steps
@@ -300,6 +331,17 @@ fn apply(w: &mut World, step: &Step) {
                 w.publish(*node, topic);
             }
         }
+        Step::Append { node, topic, count } => {
+            for _ in 0..*count {
+                w.append(*node, topic);
+            }
+        }
+        Step::Put {
+            node,
+            space,
+            key,
+            value,
+        } => w.put(*node, space, key, value.as_deref()),
         Step::Cut { groups } => w.cut_groups(groups),
         Step::CutOneWay { from, to } => w.cut_one_way(from, to),
         Step::Heal => w.heal(),

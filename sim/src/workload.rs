@@ -1,6 +1,8 @@
 //! Client workload: presences tracked, updated and untracked, topics
-//! subscribed and published to, at configurable cluster-wide rates (a Poisson
-//! process drawn from the world's RNG).
+//! subscribed and published to, history entries appended and registers
+//! written or removed, at configurable cluster-wide rates (a Poisson process
+//! drawn from the world's RNG). Record writes carry the node's skewed wall
+//! clock ([`World::wall_ms`]).
 
 use std::time::Duration;
 
@@ -25,8 +27,14 @@ pub struct Workload {
     pub subscribe_per_s: f64,
     /// Publishes per second.
     pub publish_per_s: f64,
+    /// History appends per second (to a random topic's log).
+    pub append_per_s: f64,
+    /// Register writes per second, one in four a removal.
+    pub put_per_s: f64,
     /// Number of topics (`room:0` ...) the clients use.
     pub topics: usize,
+    /// Number of registers (`room` / `k0` ...) the clients write.
+    pub registers: usize,
     /// The nodes clients connect to (all, when empty).
     pub nodes: Vec<usize>,
 }
@@ -40,7 +48,10 @@ impl Default for Workload {
             untrack_per_s: 5.0,
             subscribe_per_s: 2.0,
             publish_per_s: 20.0,
+            append_per_s: 0.0,
+            put_per_s: 0.0,
             topics: 4,
+            registers: 4,
             nodes: Vec::new(),
         }
     }
@@ -53,6 +64,8 @@ impl Workload {
             + self.untrack_per_s
             + self.subscribe_per_s
             + self.publish_per_s
+            + self.append_per_s
+            + self.put_per_s
     }
 }
 
@@ -105,6 +118,8 @@ impl World {
             cfg.untrack_per_s,
             cfg.subscribe_per_s,
             cfg.publish_per_s,
+            cfg.append_per_s,
+            cfg.put_per_s,
         ]
         .into_iter()
         .enumerate()
@@ -139,7 +154,14 @@ impl World {
                     }
                 }
                 3 => self.subscribe(node, &topic),
-                _ => self.publish(node, &topic),
+                4 => self.publish(node, &topic),
+                5 => self.append(node, &topic),
+                _ => {
+                    let key = format!("k{}", self.rng.random_range(0..cfg.registers.max(1)));
+                    let value =
+                        (self.rng.random_range(0..4) > 0).then(|| format!("v{}", self.stats.steps));
+                    self.put(node, "room", &key, value.as_deref());
+                }
             }
         }
         self.next_op(id);

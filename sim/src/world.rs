@@ -25,7 +25,7 @@ pub type ViewItem = (Topic, Key, PhxRef, Meta);
 pub const BASE_PORT: u16 = 7400;
 
 /// Number of message kinds counted in [`WorldStats`].
-pub const KINDS: usize = 13;
+pub const KINDS: usize = 15;
 
 /// Names of the message kinds, indexed like the counters.
 pub const KIND_NAMES: [&str; KINDS] = [
@@ -38,6 +38,8 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "repair",
     "broadcast",
     "leave",
+    "records",
+    "records_digest",
     "ping",
     "ping-ack",
     "ping-req",
@@ -51,6 +53,11 @@ pub struct Timing {
     pub down_after: Option<Duration>,
     /// `Config::permdown_after`, if not the default.
     pub permdown_after: Option<Duration>,
+    /// `Config::history_cap`, if not the default.
+    pub history_cap: Option<usize>,
+    /// Clock skew of node `i` in milliseconds (0 when unlisted): what its
+    /// clients pass as `time_ms` is the virtual wall clock plus this.
+    pub clock_skew_ms: Vec<i64>,
 }
 
 /// World-wide counters.
@@ -272,9 +279,15 @@ impl World {
                 return;
             }
         };
-        let Some(node) = self.nodes[a.to].node.as_mut() else {
+        let slot = &mut self.nodes[a.to];
+        let Some(node) = slot.node.as_mut() else {
             return;
         };
+        // The node merges every record handed to it (a stream message always
+        // comes from its sender's current incarnation, which nodes admit).
+        if let Body::Records(records) = &msg.body {
+            self.log.records.delivered(a.to, slot.incarnation, records);
+        }
         node.handle_message(self.base + self.now, msg);
         self.after_input(a.to);
         self.watch_arrival(a.to, a.hop);
@@ -372,10 +385,12 @@ pub fn kind_of(body: &Body) -> usize {
         Body::Repair { .. } => 6,
         Body::Broadcast { .. } => 7,
         Body::Leave => 8,
-        Body::Ping { .. } => 9,
-        Body::PingAck { .. } => 10,
-        Body::PingReq { .. } => 11,
-        Body::PingNack { .. } => 12,
+        Body::Records(_) => 9,
+        Body::RecordsDigest { .. } => 10,
+        Body::Ping { .. } => 11,
+        Body::PingAck { .. } => 12,
+        Body::PingReq { .. } => 13,
+        Body::PingNack { .. } => 14,
     }
 }
 

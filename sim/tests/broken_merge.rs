@@ -1,5 +1,7 @@
 //! Proves the checkers can fail: with the engine's `broken-merge` feature
-//! (removals from peers are ignored), the sweep must find failing seeds.
+//! (removals from peers are ignored, register removals included), the sweep
+//! must find failing seeds, and the records checker must be among the
+//! invariants that notice.
 //!
 //! Run alone: `cargo test -p chorus-sim --features broken-merge --test broken_merge`.
 #![cfg(feature = "broken-merge")]
@@ -21,4 +23,13 @@ fn the_sweep_catches_a_merge_that_ignores_removals() {
         .failures
         .iter()
         .all(|f| f.invariants.contains(&Invariant::Convergence)));
+    let records = r
+        .failures
+        .iter()
+        .filter(|f| f.invariants.contains(&Invariant::Records))
+        .count();
+    assert!(
+        records >= 10,
+        "ignored register removals went unnoticed: the records checker failed only {records} of 20 seeds"
+    );
 }

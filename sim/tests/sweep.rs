@@ -7,6 +7,7 @@
 //! seeds (and 30 nodes over 2 seeds). `make sim` sweeps 10,000 seeds in release.
 
 use chorus_sim::builtin;
+use chorus_sim::check::Invariant;
 use chorus_sim::sweep::sweep;
 use chorus_sim::{run_scenario, Scenario};
 
@@ -87,13 +88,32 @@ fn scenarios_round_trip_through_json() {
         let back = Scenario::from_json(&sc.to_json()).expect("parses");
         assert_eq!(back.to_json(), sc.to_json(), "{name}");
     }
-    let text = r#"{"name": "tiny", "steps": [
+    let text = r#"{"name": "tiny", "history_cap": 2, "clock_skew_ms": [0, 900], "steps": [
         {"step": "AddNode", "count": 3}, {"step": "Wait", "ms": 1000},
         {"step": "Track", "node": 0, "topic": "room:1", "key": "alice"},
-        {"step": "Cut", "groups": [[0], [1, 2]]}, {"step": "Wait", "ms": 3000},
+        {"step": "Cut", "groups": [[0], [1, 2]]},
+        {"step": "Append", "node": 0, "topic": "room:1", "count": 3},
+        {"step": "Put", "node": 1, "space": "room", "key": "lobby", "value": "Lobby"},
+        {"step": "Put", "node": 0, "space": "room", "key": "lobby"},
+        {"step": "Wait", "ms": 3000},
         {"step": "Heal"},
+        {"step": "Workload", "duration_ms": 500, "track_per_s": 0, "update_per_s": 0,
+         "untrack_per_s": 0, "subscribe_per_s": 0, "publish_per_s": 0,
+         "append_per_s": 20, "put_per_s": 20, "registers": 2},
+        {"step": "Wait", "ms": 3000},
         {"step": "Assert", "expect": {"Count": {"node": 2, "topic": "room:1", "metas": 1}}, "within_ms": 3000}
     ]}"#;
     let r = run_scenario(&Scenario::from_json(text).expect("parses"), 1);
     assert!(r.passed(), "{r}");
+    let records = r
+        .verdicts
+        .iter()
+        .find(|v| v.invariant == Invariant::Records);
+    let detail = &records.expect("records are checked").detail;
+    let writes: usize = detail
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("the detail starts with the write count");
+    assert!(writes > 5, "the steps and the workload wrote: {detail}");
 }

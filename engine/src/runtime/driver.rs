@@ -20,6 +20,7 @@ use super::transport::{
 use super::EngineConfig;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Config, Event, Node, Transmit};
+use crate::records::RecordsReader;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,6 +96,11 @@ impl Driver {
             next_sub: 0,
             stats: RuntimeStats::default(),
         }
+    }
+
+    /// Read access to the node's replicated records.
+    pub(crate) fn records(&self) -> RecordsReader {
+        self.node.records()
     }
 
     /// The node task. Ends on [`Request::Shutdown`] or when every handle is
@@ -214,18 +220,34 @@ impl Driver {
             Request::Presence { topic, reply } => {
                 let _ = reply.send(self.node.list(&topic));
             }
+            Request::PresenceCount { topic, reply } => {
+                let _ = reply.send(self.node.presence().count(&topic));
+            }
             Request::Members { reply } => {
+                let now = now();
                 let members = self
                     .node
                     .members()
                     .into_iter()
-                    .map(|(id, addr, state)| Member { id, addr, state })
+                    .map(|(id, addr, state)| {
+                        let silent = self
+                            .node
+                            .last_heard(&id)
+                            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                        Member {
+                            id,
+                            addr,
+                            state,
+                            silent,
+                        }
+                    })
                     .collect();
                 let _ = reply.send(members);
             }
             Request::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.node = self.node.stats().clone();
+                stats.presence_entries = self.node.presence().visible_len();
                 let _ = reply.send(stats);
             }
             Request::Shutdown { reply } => {

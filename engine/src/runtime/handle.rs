@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -14,6 +15,7 @@ use crate::coalesce::TopicDiff;
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 use crate::node::{self, Command, CommandError, Outcome, PeerState};
 use crate::presence::PresenceItem;
+use crate::records::{RecordsReader, Stamp};
 
 /// One item for a subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub struct Member {
     pub addr: Option<SocketAddr>,
     /// Up or down.
     pub state: PeerState,
+    /// How long ago this node last heard from it (any message), as of the
+    /// [`EngineHandle::members`] call.
+    pub silent: Duration,
 }
 
 /// Traffic with one peer address, counted by the node task when it hands a
@@ -66,6 +71,8 @@ pub struct RuntimeStats {
     pub auth_failures: u64,
     /// Connections closed for an undecodable or oversized frame.
     pub protocol_errors: u64,
+    /// Presence metas visible on this node, all topics (a gauge, not a counter).
+    pub presence_entries: usize,
     /// The node state machine's own counters.
     pub node: node::Stats,
 }
@@ -91,6 +98,10 @@ pub(crate) enum Request {
         topic: Topic,
         reply: oneshot::Sender<Vec<PresenceItem>>,
     },
+    PresenceCount {
+        topic: Topic,
+        reply: oneshot::Sender<(usize, usize)>,
+    },
     Members {
         reply: oneshot::Sender<Vec<Member>>,
     },
@@ -106,9 +117,11 @@ pub(crate) enum Request {
 pub(crate) struct Shared {
     pub id: NodeId,
     pub addr: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
     pub requests: mpsc::Sender<Request>,
     /// Unsubscribes from `Drop`, which cannot wait for room.
     pub drops: mpsc::UnboundedSender<(Topic, SubscriberId)>,
+    pub records: RecordsReader,
     pub subscriber_queue: usize,
     pub task: Mutex<Option<AbortHandle>>,
 }
@@ -141,6 +154,11 @@ impl EngineHandle {
     /// The gossip address peers reach this node at (use it as a seed).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// The gossip addresses this node was started with to join through.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.shared.seeds
     }
 
     async fn request<T>(
@@ -299,6 +317,47 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// Appends `body` to `topic`'s replicated history log (the newest
+    /// [`Config::history_cap`](crate::node::Config::history_cap) entries are
+    /// kept, ordered by stamp). `time_ms` is the wall clock in ms.
+    pub async fn append(
+        &self,
+        topic: impl Into<Topic>,
+        time_ms: u64,
+        body: impl Into<Arc<str>>,
+    ) -> Result<Stamp, RuntimeError> {
+        let cmd = Command::Append {
+            topic: topic.into(),
+            time_ms,
+            body: body.into(),
+        };
+        recorded(self.command(cmd).await?)
+    }
+
+    /// Writes register `(space, key)`, or removes it with `None`. The write
+    /// with the greatest stamp wins on every node.
+    pub async fn put(
+        &self,
+        space: &str,
+        key: &str,
+        time_ms: u64,
+        value: Option<&str>,
+    ) -> Result<Stamp, RuntimeError> {
+        let cmd = Command::Put {
+            space: space.into(),
+            key: key.into(),
+            time_ms,
+            value: value.map(Arc::from),
+        };
+        recorded(self.command(cmd).await?)
+    }
+
+    /// Synchronous read access to the replicated records (history, registers)
+    /// as this node holds them.
+    pub fn records(&self) -> &RecordsReader {
+        &self.shared.records
+    }
+
     /// The visible presence metas of `topic`, cluster-wide.
     pub async fn presence(
         &self,
@@ -306,6 +365,17 @@ impl EngineHandle {
     ) -> Result<Vec<PresenceItem>, RuntimeError> {
         let topic = topic.into();
         self.request(|reply| Request::Presence { topic, reply })
+            .await
+    }
+
+    /// `(keys, metas)` visible in `topic`, cluster-wide: counted in the node
+    /// task, so nothing is copied however large the topic.
+    pub async fn presence_count(
+        &self,
+        topic: impl Into<Topic>,
+    ) -> Result<(usize, usize), RuntimeError> {
+        let topic = topic.into();
+        self.request(|reply| Request::PresenceCount { topic, reply })
             .await
     }
 
@@ -342,6 +412,13 @@ impl EngineHandle {
 fn tracked(outcome: Outcome) -> Result<PhxRef, RuntimeError> {
     match outcome {
         Outcome::Tracked(r) => Ok(r),
+        other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+fn recorded(outcome: Outcome) -> Result<Stamp, RuntimeError> {
+    match outcome {
+        Outcome::Recorded(stamp) => Ok(stamp),
         other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
     }
 }

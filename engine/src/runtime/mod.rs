@@ -153,15 +153,18 @@ impl Engine {
         node.seeds = config.seeds.clone();
         let (requests, requests_rx) = mpsc::channel(1024);
         let (drops, drops_rx) = mpsc::unbounded_channel();
+        let id = node.id.clone();
+        let driver = driver::Driver::new(node, &config, endpoint, requests_rx, drops_rx);
         let shared = Arc::new(handle::Shared {
-            id: node.id.clone(),
+            id,
             addr,
+            seeds: config.seeds.clone(),
             requests,
             drops,
+            records: driver.records(),
             subscriber_queue: config.subscriber_queue,
             task: Mutex::new(None),
         });
-        let driver = driver::Driver::new(node, &config, endpoint, requests_rx, drops_rx);
         let span = tracing::debug_span!("node", id = %shared.id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         *shared.task.lock().expect("fresh lock") = Some(task.abort_handle());

@@ -136,6 +136,38 @@ impl<'a> ChannelContext<'a> {
         }));
     }
 
+    /// Appends `body` to the replicated history of `log` (this topic or
+    /// another); every node's [`records`](chorus_engine::RecordsReader) gets it.
+    pub fn append(&mut self, log: impl Into<String>, body: JsonObject) {
+        self.effects.push(Effect::Action(Action::Append {
+            topic: self.topic.to_owned(),
+            log: log.into(),
+            body: body.as_str().to_owned(),
+        }));
+    }
+
+    /// Writes the replicated register `(space, key)`; `None` removes it.
+    pub fn put(&mut self, space: &str, key: &str, value: Option<String>) {
+        self.effects.push(Effect::Action(Action::Put {
+            topic: self.topic.to_owned(),
+            space: space.to_owned(),
+            key: key.to_owned(),
+            value,
+        }));
+    }
+
+    /// Asks the driver how many connections are present in `of`, cluster-wide;
+    /// the answer comes to `handle_info` as a
+    /// [`PresenceCount`](crate::socket::PresenceCount).
+    pub fn count_presence(&mut self, of: impl Into<String>) {
+        let (topic, join_ref) = self.ids();
+        self.effects.push(Effect::Action(Action::CountPresence {
+            topic,
+            join_ref,
+            of: of.into(),
+        }));
+    }
+
     /// `Presence.list(socket)`: the topic's presences as last handed in by the driver
     /// (empty until the first `presence_state`). Render it with
     /// [`presence_state`](crate::socket::presence_state).

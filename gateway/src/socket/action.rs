@@ -132,6 +132,46 @@ pub enum Action {
         /// The join that ended.
         join_ref: Ref,
     },
+    /// Append `body` (a JSON object) to `log`'s replicated history.
+    Append {
+        /// The channel that asked.
+        topic: String,
+        /// The topic whose history grows (may differ from `topic`).
+        log: String,
+        /// The entry, JSON object text.
+        body: String,
+    },
+    /// Write the replicated register `(space, key)`; `None` removes it.
+    Put {
+        /// The channel that asked.
+        topic: String,
+        /// Namespace.
+        space: String,
+        /// Key.
+        key: String,
+        /// Value, or `None`.
+        value: Option<String>,
+    },
+    /// Count the connections present in `of` cluster-wide and hand the number
+    /// to the channel as a [`PresenceCount`] info.
+    CountPresence {
+        /// The channel that asked.
+        topic: String,
+        /// Its join.
+        join_ref: Ref,
+        /// The presence topic to count.
+        of: String,
+    },
+}
+
+/// The answer to [`Action::CountPresence`], delivered to
+/// [`Channel::handle_info`](crate::channel::Channel::handle_info).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceCount {
+    /// The topic counted.
+    pub of: String,
+    /// Presence metas in it (one per tracking connection).
+    pub count: usize,
 }
 
 impl Action {
@@ -144,7 +184,10 @@ impl Action {
             | Self::Track { topic, .. }
             | Self::Update { topic, .. }
             | Self::Untrack { topic, .. }
-            | Self::UntrackAll { topic, .. } => topic,
+            | Self::UntrackAll { topic, .. }
+            | Self::Append { topic, .. }
+            | Self::Put { topic, .. }
+            | Self::CountPresence { topic, .. } => topic,
         }
     }
 }

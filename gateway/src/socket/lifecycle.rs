@@ -75,6 +75,11 @@ impl Session {
         };
         let Some(Some(mut channel)) = routed else {
             let (join_ref, text) = refusal.unwrap_or((Some(&join_ref), "join crashed"));
+            match text {
+                "unmatched topic" => self.joins.unmatched_topic += 1,
+                "too many channels joined" => self.joins.too_many_channels += 1,
+                _ => self.joins.crashed += 1,
+            }
             self.outbox
                 .reply(join_ref, ref_, &topic, &Reply::error(reason(text)));
             self.outbox.transmit.extend(old_close);
@@ -103,6 +108,11 @@ impl Session {
             }
             Err(_) => (false, None),
         };
+        match (ok, frame.is_some()) {
+            (true, true) => self.joins.ok += 1,
+            (false, true) => self.joins.refused += 1,
+            (_, false) => self.joins.crashed += 1,
+        }
         // Row f: a panic, or a reply that cannot be encoded, is a crashed join.
         let ok = ok && frame.is_some();
         let frame = frame.map_or_else(

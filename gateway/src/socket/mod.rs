@@ -32,7 +32,9 @@ mod lifecycle;
 mod outbox;
 pub mod presence;
 
-pub use action::{Action, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE};
+pub use action::{
+    Action, PresenceCount, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE,
+};
 pub use presence::{presence_diff, presence_state, PresenceEntry};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +60,23 @@ pub struct Session {
     assigns: Assigns,
     channels: BTreeMap<String, Joined>,
     outbox: Outbox,
+    joins: JoinCounts,
+}
+
+/// Join outcomes counted by a session, for metrics: taken (and reset) with
+/// [`Session::take_join_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinCounts {
+    /// Joins the channel accepted.
+    pub ok: u64,
+    /// Refused: no route for the topic.
+    pub unmatched_topic: u64,
+    /// Refused: the connection's channel cap is reached.
+    pub too_many_channels: u64,
+    /// The channel (or its factory) panicked, or its reply could not be encoded.
+    pub crashed: u64,
+    /// The channel's `join` answered with an error.
+    pub refused: u64,
 }
 
 /// A joined channel. Leaving is synchronous here, so a channel is either joined (in
@@ -81,6 +100,7 @@ impl Session {
             assigns: Assigns::new(),
             channels: BTreeMap::new(),
             outbox: Outbox::new(vsn),
+            joins: JoinCounts::default(),
         }
     }
 
@@ -115,6 +135,11 @@ impl Session {
     /// The join_ref of the current join of `topic`, if joined.
     pub fn joined(&self, topic: &str) -> Option<&Ref> {
         self.channels.get(topic).map(|j| &j.join_ref)
+    }
+
+    /// The join outcomes since the last call (counters reset to zero).
+    pub fn take_join_counts(&mut self) -> JoinCounts {
+        std::mem::take(&mut self.joins)
     }
 
     /// How many channels are joined.

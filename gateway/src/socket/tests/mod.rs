@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::{Action, Session, SessionConfig};
+use super::{Action, JoinCounts, Session, SessionConfig};
 use crate::protocol::{
     decode_binary, decode_text, encode_broadcast, JsonObject, OutFrame, Payload, Ref, Vsn,
 };

@@ -303,3 +303,22 @@ fn l_events_on_unjoined_topic() {
     );
     assert_eq!(h.actions(), []);
 }
+
+/// Join outcomes are counted for metrics, by reason, and taking them resets them.
+#[test]
+fn join_outcomes_are_counted() {
+    let mut h = Harness::new(Vsn::V2, SessionConfig::default().with_max_channels(1));
+    h.join("bench:1", "1");
+    let _ = h.exchange(r#"["2","2","nope:1","phx_join",{}]"#);
+    let _ = h.exchange(r#"["3","3","bench:3","phx_join",{}]"#);
+    assert_eq!(
+        h.session.take_join_counts(),
+        JoinCounts {
+            ok: 1,
+            unmatched_topic: 1,
+            too_many_channels: 1,
+            ..JoinCounts::default()
+        }
+    );
+    assert_eq!(h.session.take_join_counts(), JoinCounts::default());
+}

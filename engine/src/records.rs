@@ -1,0 +1,471 @@
+//! Replicated application records: bounded per-topic message logs (chat
+//! history) and last-writer-wins registers (rooms, memberships).
+//!
+//! Both are state-based CRDTs whose join is a plain set operation, so records
+//! can be shipped in any order, any number of times, one by one or a whole
+//! topic at once:
+//!
+//! - a **log** keeps, per topic, the newest `cap` entries of everything ever
+//!   appended, ordered by [`Stamp`] (time, origin, sequence). Merging is
+//!   `top_cap(A ∪ B)`: commutative, associative and idempotent, and an entry
+//!   older than a full log's oldest is simply dominated;
+//! - a **register** `(space, key)` holds the value with the greatest stamp; a
+//!   removal is a write of `None` (a tombstone, kept so an older write arriving
+//!   late cannot resurrect the key).
+//!
+//! Unlike presence, records do not belong to a live node: they are not hidden
+//! when their origin goes down nor purged when it is gone, which is what lets
+//! history survive the crash of the node it was posted on.
+//!
+//! Anti-entropy compares [`Records::digest`]: [`BUCKETS`] order-independent
+//! sums of record hashes, a topic's log and a register each living in one
+//! bucket. A differing bucket is repaired by shipping its records.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{NodeId, Topic};
+
+/// Digest buckets.
+pub const BUCKETS: usize = 256;
+/// Longest log body or register value accepted, in bytes.
+pub const MAX_VALUE: usize = 64 * 1024;
+/// Longest topic, space or key accepted, in bytes.
+pub const MAX_NAME: usize = 1024;
+
+/// Orders records: wall-clock milliseconds, then the writing node, then its
+/// write counter. Unique per write, since `(origin, seq)` is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Milliseconds since the Unix epoch, as the writer's clock (raised past
+    /// every stamp it had seen) read them.
+    pub time_ms: u64,
+    /// The writing node incarnation.
+    pub origin: NodeId,
+    /// The writer's record counter.
+    pub seq: u64,
+}
+
+/// One replicated record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// An entry of `topic`'s log.
+    Log {
+        /// The log's topic.
+        topic: Topic,
+        /// The entry's stamp.
+        stamp: Stamp,
+        /// The entry (opaque to the engine; the gateway stores JSON).
+        body: Arc<str>,
+    },
+    /// A write of register `(space, key)`.
+    Reg {
+        /// A namespace, e.g. `room`.
+        space: Arc<str>,
+        /// The key within the space.
+        key: Arc<str>,
+        /// The write's stamp.
+        stamp: Stamp,
+        /// The value; `None` removes the key.
+        value: Option<Arc<str>>,
+    },
+}
+
+impl Record {
+    /// Whether a record from a peer is within the limits (names and values).
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Record::Log { topic, body, .. } => {
+                topic.as_str().len() <= MAX_NAME && body.len() <= MAX_VALUE
+            }
+            Record::Reg {
+                space, key, value, ..
+            } => {
+                space.len() <= MAX_NAME
+                    && key.len() <= MAX_NAME
+                    && value.as_ref().is_none_or(|v| v.len() <= MAX_VALUE)
+            }
+        }
+    }
+
+    /// The record's stamp.
+    pub fn stamp(&self) -> &Stamp {
+        match self {
+            Record::Log { stamp, .. } | Record::Reg { stamp, .. } => stamp,
+        }
+    }
+
+    /// Rough encoded size, for chunking.
+    pub fn size(&self) -> usize {
+        48 + match self {
+            Record::Log { topic, body, .. } => topic.as_str().len() + body.len(),
+            Record::Reg {
+                space, key, value, ..
+            } => space.len() + key.len() + value.as_ref().map_or(0, |v| v.len()),
+        }
+    }
+}
+
+/// A register's current write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reg {
+    stamp: Stamp,
+    value: Option<Arc<str>>,
+}
+
+/// The records of one node: logs, registers and their digest.
+#[derive(Clone, Debug)]
+pub struct Records {
+    cap: usize,
+    logs: BTreeMap<Topic, BTreeMap<Stamp, Arc<str>>>,
+    regs: BTreeMap<(Arc<str>, Arc<str>), Reg>,
+    buckets: Vec<u64>,
+}
+
+impl Records {
+    /// Empty records keeping the newest `cap` entries of each log.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            logs: BTreeMap::new(),
+            regs: BTreeMap::new(),
+            buckets: vec![0; BUCKETS],
+        }
+    }
+
+    /// Entries kept per log.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Joins one record in. Returns whether the state changed (a record that is
+    /// known, dominated or older than a full log's oldest entry changes nothing).
+    pub fn merge(&mut self, record: &Record) -> bool {
+        match record {
+            Record::Log { topic, stamp, body } => {
+                let log = self.logs.entry(topic.clone()).or_default();
+                if log.contains_key(stamp)
+                    || (log.len() >= self.cap
+                        && log
+                            .first_key_value()
+                            .is_some_and(|(oldest, _)| stamp < oldest))
+                {
+                    return false;
+                }
+                let b = bucket_of(topic.as_str().as_bytes(), b"");
+                log.insert(stamp.clone(), body.clone());
+                self.buckets[b] =
+                    self.buckets[b].wrapping_add(log_hash(topic.as_str(), stamp, body));
+                while log.len() > self.cap {
+                    let (old, old_body) = log.pop_first().expect("a log over its cap is not empty");
+                    self.buckets[b] =
+                        self.buckets[b].wrapping_sub(log_hash(topic.as_str(), &old, &old_body));
+                }
+                true
+            }
+            Record::Reg {
+                space,
+                key,
+                stamp,
+                value,
+            } => {
+                let b = bucket_of(space.as_bytes(), key.as_bytes());
+                let slot = (space.clone(), key.clone());
+                if let Some(cur) = self.regs.get(&slot) {
+                    if cur.stamp >= *stamp {
+                        return false;
+                    }
+                    self.buckets[b] = self.buckets[b].wrapping_sub(reg_hash(
+                        space,
+                        key,
+                        &cur.stamp,
+                        cur.value.as_deref(),
+                    ));
+                }
+                self.buckets[b] =
+                    self.buckets[b].wrapping_add(reg_hash(space, key, stamp, value.as_deref()));
+                self.regs.insert(
+                    slot,
+                    Reg {
+                        stamp: stamp.clone(),
+                        value: value.clone(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The newest `n` entries of `topic`'s log, oldest first.
+    pub fn last(&self, topic: &str, n: usize) -> Vec<(Stamp, Arc<str>)> {
+        let Some(log) = self.logs.get(topic) else {
+            return Vec::new();
+        };
+        let skip = log.len().saturating_sub(n);
+        log.iter()
+            .skip(skip)
+            .map(|(s, b)| (s.clone(), b.clone()))
+            .collect()
+    }
+
+    /// The live value of register `(space, key)`.
+    pub fn get(&self, space: &str, key: &str) -> Option<&Arc<str>> {
+        self.regs
+            .get(&(Arc::from(space), Arc::from(key)))
+            .and_then(|r| r.value.as_ref())
+    }
+
+    /// The live `(key, value)` pairs of `space` whose key starts with `prefix`,
+    /// in key order.
+    pub fn scan<'a>(
+        &'a self,
+        space: &str,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Arc<str>)> + 'a {
+        let from = (Arc::<str>::from(space), Arc::<str>::from(prefix));
+        let space_owned = from.0.clone();
+        self.regs
+            .range(from..)
+            .take_while(move |((s, k), _)| *s == space_owned && k.starts_with(prefix))
+            .filter_map(|((_, k), r)| r.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// Entries in logs plus registers (tombstones included).
+    pub fn len(&self) -> usize {
+        self.logs.values().map(BTreeMap::len).sum::<usize>() + self.regs.len()
+    }
+
+    /// Whether there is no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty() && self.regs.is_empty()
+    }
+
+    /// The anti-entropy digest: one order-independent hash per bucket.
+    pub fn digest(&self) -> &[u64] {
+        &self.buckets
+    }
+
+    /// Every record in the buckets listed, for a repair.
+    pub fn bucket_records(&self, wanted: &[bool]) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (topic, log) in &self.logs {
+            if wanted.get(bucket_of(topic.as_str().as_bytes(), b"")) == Some(&true) {
+                out.extend(log.iter().map(|(stamp, body)| Record::Log {
+                    topic: topic.clone(),
+                    stamp: stamp.clone(),
+                    body: body.clone(),
+                }));
+            }
+        }
+        for ((space, key), reg) in &self.regs {
+            if wanted.get(bucket_of(space.as_bytes(), key.as_bytes())) == Some(&true) {
+                out.push(Record::Reg {
+                    space: space.clone(),
+                    key: key.clone(),
+                    stamp: reg.stamp.clone(),
+                    value: reg.value.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The greatest stamp time known, so a writer can stamp past it.
+    pub fn max_time(&self) -> u64 {
+        let logs = self
+            .logs
+            .values()
+            .filter_map(|l| l.last_key_value().map(|(s, _)| s.time_ms));
+        let regs = self.regs.values().map(|r| r.stamp.time_ms);
+        logs.chain(regs).max().unwrap_or(0)
+    }
+}
+
+/// Shared read access to a node's [`Records`]: the node writes, readers on
+/// other threads (a gateway deciding a join) take short read locks.
+#[derive(Clone, Debug)]
+pub struct RecordsReader(pub(crate) Arc<RwLock<Records>>);
+
+impl RecordsReader {
+    /// Locks the records for reading. Keep the guard briefly: the node waits
+    /// for it to merge.
+    pub fn read(&self) -> RwLockReadGuard<'_, Records> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// FNV-1a 64: stable across builds and platforms, so digests of nodes running
+/// the same wire version compare.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separate the parts, so ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Final avalanche (splitmix64), so sums of hashes do not cancel easily.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn bucket_of(a: &[u8], b: &[u8]) -> usize {
+    (fnv(&[a, b]) % BUCKETS as u64) as usize
+}
+
+fn stamp_bytes(s: &Stamp) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..8].copy_from_slice(&s.time_ms.to_le_bytes());
+    out[8..16].copy_from_slice(&s.origin.incarnation.to_le_bytes());
+    out[16..].copy_from_slice(&s.seq.to_le_bytes());
+    out
+}
+
+fn log_hash(topic: &str, stamp: &Stamp, body: &str) -> u64 {
+    fnv(&[
+        b"L",
+        topic.as_bytes(),
+        stamp.origin.name.as_bytes(),
+        &stamp_bytes(stamp),
+        body.as_bytes(),
+    ])
+}
+
+fn reg_hash(space: &str, key: &str, stamp: &Stamp, value: Option<&str>) -> u64 {
+    fnv(&[
+        b"R",
+        space.as_bytes(),
+        key.as_bytes(),
+        stamp.origin.name.as_bytes(),
+        &stamp_bytes(stamp),
+        value.map_or(b"\x00-none".as_slice(), str::as_bytes),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(t: u64, node: &str, seq: u64) -> Stamp {
+        Stamp {
+            time_ms: t,
+            origin: NodeId::new(node, 1),
+            seq,
+        }
+    }
+
+    fn log(topic: &str, t: u64, body: &str) -> Record {
+        Record::Log {
+            topic: Topic::from(topic),
+            stamp: stamp(t, "a", t),
+            body: body.into(),
+        }
+    }
+
+    fn reg(key: &str, t: u64, node: &str, value: Option<&str>) -> Record {
+        Record::Reg {
+            space: "room".into(),
+            key: key.into(),
+            stamp: stamp(t, node, t),
+            value: value.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn logs_keep_the_newest_cap_entries_oldest_first() {
+        let mut r = Records::new(3);
+        for t in [5, 1, 4, 2, 3] {
+            r.merge(&log("room:1", t, &t.to_string()));
+        }
+        let bodies: Vec<_> = r
+            .last("room:1", 10)
+            .into_iter()
+            .map(|(_, b)| b.to_string())
+            .collect();
+        assert_eq!(bodies, ["3", "4", "5"]);
+        assert_eq!(r.last("room:1", 2).len(), 2);
+        assert!(
+            !r.merge(&log("room:1", 1, "1")),
+            "older than a full log: dominated"
+        );
+        assert!(!r.merge(&log("room:1", 5, "5")), "known");
+    }
+
+    #[test]
+    fn registers_keep_the_greatest_stamp_and_tombstones_win_when_newer() {
+        let mut r = Records::new(10);
+        assert!(r.merge(&reg("lobby", 2, "a", Some("Lobby"))));
+        assert!(!r.merge(&reg("lobby", 1, "b", Some("Old"))));
+        assert_eq!(r.get("room", "lobby").map(|v| &**v), Some("Lobby"));
+        assert!(r.merge(&reg("lobby", 3, "b", None)));
+        assert_eq!(r.get("room", "lobby"), None);
+        assert!(
+            !r.merge(&reg("lobby", 2, "c", Some("Back"))),
+            "the tombstone stays"
+        );
+    }
+
+    #[test]
+    fn scan_lists_live_keys_of_a_space_with_a_prefix() {
+        let mut r = Records::new(10);
+        r.merge(&reg("alice\u{0}1", 1, "a", Some("")));
+        r.merge(&reg("alice\u{0}2", 1, "a", Some("")));
+        r.merge(&reg("alice\u{0}3", 1, "a", Some("")));
+        r.merge(&reg("alice\u{0}3", 2, "a", None));
+        r.merge(&reg("bob\u{0}1", 1, "a", Some("")));
+        let keys: Vec<_> = r
+            .scan("room", "alice\u{0}")
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(keys, ["alice\u{0}1", "alice\u{0}2"]);
+        assert_eq!(r.scan("other", "").count(), 0);
+    }
+
+    #[test]
+    fn digests_match_exactly_when_states_match() {
+        let records = [
+            log("room:1", 1, "x"),
+            log("room:1", 2, "y"),
+            log("room:2", 3, "z"),
+            reg("lobby", 1, "a", Some("L")),
+            reg("lobby", 2, "b", None),
+        ];
+        let mut a = Records::new(2);
+        let mut b = Records::new(2);
+        for rec in &records {
+            a.merge(rec);
+        }
+        for rec in records.iter().rev() {
+            b.merge(rec);
+        }
+        assert_eq!(a.digest(), b.digest());
+        b.merge(&log("room:1", 9, "new"));
+        assert_ne!(a.digest(), b.digest());
+        let differ: Vec<bool> = a
+            .digest()
+            .iter()
+            .zip(b.digest())
+            .map(|(x, y)| x != y)
+            .collect();
+        for rec in b.bucket_records(&differ) {
+            a.merge(&rec);
+        }
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.last("room:1", 5), b.last("room:1", 5));
+    }
+
+    #[test]
+    fn limits() {
+        assert!(log("t", 1, "x").is_valid());
+        assert!(!log("t", 1, &"x".repeat(MAX_VALUE + 1)).is_valid());
+        assert!(!reg(&"k".repeat(MAX_NAME + 1), 1, "a", None).is_valid());
+    }
+}

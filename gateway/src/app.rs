@@ -1,0 +1,471 @@
+//! The built-in, configuration-driven channels of the `chorus` server.
+//!
+//! One [`ConfiguredChannel`] serves every topic a [`TopicRule`] matches: the
+//! rule says who may join, whether the join tracks presence, pushes history,
+//! counts the user's sockets or lists their rooms, and what each accepted
+//! client event does. Rooms, memberships and history live in the engine's
+//! replicated records, so every node sees the same ones; rate limits are kept
+//! per node.
+//!
+//! Records used:
+//! - history: the log of the topic itself (`room:lobby`, `notifications:bob`);
+//! - rooms: register `("room", id)`, value the display name;
+//! - memberships: register `("member", "{user}:{room}")`.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use chorus_engine::RecordsReader;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::channel::{
+    reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, Reply, RouteError,
+    Router,
+};
+use crate::config::Config;
+use crate::protocol::{JsonObject, Payload};
+use crate::rules::{EventAction, JoinRule, TopicRule};
+use crate::server::Hub;
+use crate::socket::PresenceCount;
+use crate::token::socket_id;
+
+/// Longest message, in characters after trimming.
+pub const MAX_MESSAGE_CHARS: usize = 4000;
+
+/// Register space of rooms.
+pub const ROOM_SPACE: &str = "room";
+/// Register space of memberships (`{user}:{room}`).
+pub const MEMBER_SPACE: &str = "member";
+
+type Limiter = DefaultKeyedRateLimiter<(String, String)>;
+
+/// Limiter entries kept before idle ones are dropped.
+const LIMITER_PRUNE_AT: usize = 10_000;
+
+/// Rules, rooms and limiters shared by every configured channel of a node.
+pub struct App {
+    rules: Vec<TopicRule>,
+    static_rooms: BTreeMap<String, Option<String>>,
+    records: RecordsReader,
+    /// Per rule, per rate-limited event.
+    limiters: Vec<BTreeMap<String, Limiter>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("rules", &self.rules.len())
+            .field("static_rooms", &self.static_rooms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// The channels of `config`, reading and writing `records`.
+    pub fn new(config: &Config, records: RecordsReader) -> Arc<Self> {
+        let rules = config.topic_rules().to_vec();
+        let limiters = rules
+            .iter()
+            .map(|rule| {
+                rule.rate_limit
+                    .iter()
+                    .filter_map(|(event, per_minute)| {
+                        let n = NonZeroU32::new(*per_minute)?;
+                        Some((event.clone(), RateLimiter::keyed(Quota::per_minute(n))))
+                    })
+                    .collect()
+            })
+            .collect();
+        Arc::new(Self {
+            rules,
+            static_rooms: config
+                .rooms
+                .iter()
+                .map(|r| (r.id.clone(), r.name.clone()))
+                .collect(),
+            records,
+            limiters,
+        })
+    }
+
+    /// A router sending every topic some rule could match to a
+    /// [`ConfiguredChannel`].
+    pub fn router(self: &Arc<Self>) -> Result<Router, RouteError> {
+        let mut routes: Vec<String> = self.rules.iter().map(TopicRule::route).collect();
+        routes.dedup();
+        let mut router = Router::new();
+        let mut seen = Vec::new();
+        for route in routes {
+            if seen.contains(&route) {
+                continue;
+            }
+            let app = self.clone();
+            router = router.channel(&route, move || ConfiguredChannel::new(app.clone()))?;
+            seen.push(route);
+        }
+        Ok(router)
+    }
+
+    /// The first rule matching `topic`, with its bound variables.
+    pub fn rule_for(&self, topic: &str) -> Option<(usize, BTreeMap<String, String>)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find_map(|(i, rule)| rule.matches(topic).map(|vars| (i, vars)))
+    }
+
+    /// Messages kept per topic history (the engine's log bound).
+    pub fn history_cap(&self) -> usize {
+        self.records.read().cap()
+    }
+
+    /// Whether room `id` exists: in the config, or created at run time.
+    pub fn room_exists(&self, id: &str) -> bool {
+        self.static_rooms.contains_key(id) || self.records.read().get(ROOM_SPACE, id).is_some()
+    }
+
+    /// Whether room `id` comes from the config (and cannot be deleted).
+    pub fn is_static_room(&self, id: &str) -> bool {
+        self.static_rooms.contains_key(id)
+    }
+
+    /// Every room, `(id, name)`, in id order.
+    pub fn rooms(&self) -> Vec<(String, Option<String>)> {
+        let mut rooms = self.static_rooms.clone();
+        let records = self.records.read();
+        for (id, name) in records.scan(ROOM_SPACE, "") {
+            rooms
+                .entry(id.to_string())
+                .or_insert_with(|| Some(name.to_string()).filter(|n| !n.is_empty()));
+        }
+        rooms.into_iter().collect()
+    }
+
+    /// Whether the membership `{user}:{room}` is recorded.
+    fn is_member(&self, member: &str) -> bool {
+        self.records.read().get(MEMBER_SPACE, member).is_some()
+    }
+
+    /// The existing rooms `user` is a member of, in id order.
+    pub fn rooms_of(&self, user: &str) -> Vec<String> {
+        let prefix = format!("{user}:");
+        let ids: Vec<String> = {
+            let records = self.records.read();
+            records
+                .scan(MEMBER_SPACE, &prefix)
+                .map(|(k, _)| k[prefix.len()..].to_owned())
+                .collect()
+        };
+        ids.into_iter().filter(|id| self.room_exists(id)).collect()
+    }
+
+    /// The newest `n` history entries of `topic`, oldest first, as raw JSON.
+    pub fn history(&self, topic: &str, n: usize) -> Vec<Box<RawValue>> {
+        self.records
+            .read()
+            .last(topic, n)
+            .into_iter()
+            .filter_map(|(_, body)| RawValue::from_string(body.to_string()).ok())
+            .collect()
+    }
+
+    /// Whether `user` may push `event` on `topic` once more (rule `rule`).
+    fn allow(&self, rule: usize, event: &str, user: &str, topic: &str) -> bool {
+        let Some(limiter) = self.limiters[rule].get(event) else {
+            return true;
+        };
+        if limiter.len() > LIMITER_PRUNE_AT {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&(user.to_owned(), topic.to_owned()))
+            .is_ok()
+    }
+}
+
+/// A channel following the [`TopicRule`] its topic matches.
+#[derive(Debug)]
+pub struct ConfiguredChannel {
+    app: Arc<App>,
+    rule: usize,
+    vars: BTreeMap<String, String>,
+    user: String,
+    name: String,
+    /// The meta tracked for the user, when the rule tracks presence.
+    meta: Option<Map<String, Value>>,
+}
+
+impl ConfiguredChannel {
+    /// A channel instance for one join.
+    pub fn new(app: Arc<App>) -> Self {
+        Self {
+            app,
+            rule: 0,
+            vars: BTreeMap::new(),
+            user: String::new(),
+            name: String::new(),
+            meta: None,
+        }
+    }
+
+    fn rule(&self) -> &TopicRule {
+        &self.app.rules[self.rule]
+    }
+
+    /// The topic of the same rule with `{id}` bound to `id`.
+    fn topic_for(&self, id: &str) -> String {
+        let mut vars = self.vars.clone();
+        vars.insert("id".into(), id.to_owned());
+        self.rule()
+            .pattern
+            .split(':')
+            .map(
+                |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => vars.get(name).cloned().unwrap_or_default(),
+                    None => seg.to_owned(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    fn authorized(&self, join: JoinRule, assigns: &Map<String, Value>) -> bool {
+        let claim = |name: &str| assigns.get(name).and_then(Value::as_str);
+        let var = |name: &str| self.vars.get(name).map(String::as_str);
+        let in_org = || claim("org").is_some() && claim("org") == var("org");
+        match join {
+            JoinRule::Anyone => true,
+            JoinRule::User => var("id") == Some(self.user.as_str()),
+            JoinRule::Org => in_org(),
+            JoinRule::Team => {
+                in_org()
+                    && assigns
+                        .get("teams")
+                        .and_then(Value::as_array)
+                        .is_some_and(|teams| teams.iter().any(|t| t.as_str() == var("team")))
+            }
+        }
+    }
+
+    /// A saved item: `{id, user_id, username, body, inserted_at}`.
+    fn item(&self, body: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), Value::from(new_id()));
+        m.insert("user_id".into(), Value::from(self.user.clone()));
+        m.insert("username".into(), Value::from(self.name.clone()));
+        m.insert("body".into(), Value::from(body));
+        m.insert("inserted_at".into(), Value::from(now_iso8601()));
+        m
+    }
+
+    fn handle_message(&mut self, payload: &Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
+        let text = match validated_text(payload, "message") {
+            Ok(text) => text,
+            Err(errors) => return refuse(ctx, validation_error(errors)),
+        };
+        let item = object(&Value::Object(self.item(&text)));
+        ctx.append(ctx.topic().to_owned(), item.clone());
+        ctx.broadcast("message", Payload::Json(item.clone()));
+        HandleIn::Reply(Reply::ok_with(Payload::Json(item)))
+    }
+
+    fn handle_notify(&mut self, payload: &Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
+        let fields = json_fields(payload);
+        let target = fields
+            .as_ref()
+            .and_then(|f| f.get("user_id"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && !t.contains(':'));
+        let Some(target) = target.map(str::to_owned) else {
+            return refuse(
+                ctx,
+                validation_error(json!({"user_id": ["can't be blank"]})),
+            );
+        };
+        let text = match validated_text(payload, "message") {
+            Ok(text) => text,
+            Err(errors) => return refuse(ctx, validation_error(errors)),
+        };
+        let friend = ctx
+            .assigns()
+            .get("friends")
+            .and_then(Value::as_array)
+            .is_some_and(|friends| friends.iter().any(|f| f.as_str() == Some(&target)));
+        if !friend {
+            return HandleIn::Reply(Reply::error(reason("unauthorized")));
+        }
+        let mut item = self.item(&text);
+        item.insert("to".into(), Value::from(target.clone()));
+        let item = object(&Value::Object(item));
+        let to = self.topic_for(&target);
+        ctx.append(to.clone(), item.clone());
+        ctx.broadcast_to(to, "new_notification", Payload::Json(item.clone()));
+        HandleIn::Reply(Reply::ok_with(Payload::Json(item)))
+    }
+
+    fn handle_update_presence(
+        &mut self,
+        payload: &Payload,
+        ctx: &mut ChannelContext<'_>,
+    ) -> HandleIn {
+        let (Some(fields), Some(meta)) = (json_fields(payload), self.meta.as_mut()) else {
+            return refuse(ctx, validation_error(json!({"meta": ["is invalid"]})));
+        };
+        for (k, v) in fields {
+            if k != "phx_ref" && k != "phx_ref_prev" {
+                meta.insert(k, v);
+            }
+        }
+        let meta = object(&Value::Object(meta.clone()));
+        ctx.update(self.user.clone(), meta);
+        HandleIn::Reply(Reply::ok())
+    }
+}
+
+impl Channel for ConfiguredChannel {
+    fn join(&mut self, topic: &str, _payload: Payload, ctx: &mut ChannelContext<'_>) -> JoinResult {
+        let Some((rule, vars)) = self.app.rule_for(topic) else {
+            return Err(reason("unmatched topic"));
+        };
+        self.rule = rule;
+        self.vars = vars;
+        let Some(user) = ctx.assigns().get("user_id").and_then(Value::as_str) else {
+            return Err(reason("unauthorized"));
+        };
+        self.user = user.to_owned();
+        self.name = ctx
+            .assigns()
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(user)
+            .to_owned();
+        let rule = self.app.rules[self.rule].clone();
+        if !self.authorized(rule.join, ctx.assigns()) {
+            return Err(reason("unauthorized"));
+        }
+        if rule.room {
+            let id = &self.vars["id"];
+            if !self.app.room_exists(id) {
+                return Err(reason("room_not_found"));
+            }
+            let member = format!("{}:{id}", self.user);
+            // One replicated write per new membership, not one per join.
+            if !self.app.is_member(&member) {
+                ctx.put(MEMBER_SPACE, &member, Some(String::new()));
+            }
+        }
+        if rule.history > 0 {
+            let messages = self.app.history(topic, rule.history);
+            ctx.push(
+                "messages_history",
+                Payload::Json(object(&json!({ "messages": messages }))),
+            );
+        }
+        if rule.presence {
+            let mut meta = Map::new();
+            meta.insert("online_at".into(), Value::from(now_iso8601()));
+            meta.insert("username".into(), Value::from(self.name.clone()));
+            ctx.track(self.user.clone(), object(&Value::Object(meta.clone())));
+            self.meta = Some(meta);
+        }
+        if rule.push_sockets {
+            ctx.count_presence(Hub::socket_topic(&socket_id(&self.user)));
+        }
+        if rule.reply_rooms {
+            let rooms = self.app.rooms_of(&self.user);
+            return Ok(Some(Payload::Json(object(&json!({ "rooms": rooms })))));
+        }
+        Ok(None)
+    }
+
+    fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<'_>,
+    ) -> HandleIn {
+        let Some(action) = self.rule().events.get(event).copied() else {
+            return refuse(ctx, object(&json!({"reason": "unknown_event"})));
+        };
+        if !self.app.allow(self.rule, event, &self.user, ctx.topic()) {
+            return refuse(ctx, object(&json!({"reason": "rate_limit_exceeded"})));
+        }
+        match action {
+            EventAction::Message => self.handle_message(&payload, ctx),
+            EventAction::Notify => self.handle_notify(&payload, ctx),
+            EventAction::UpdatePresence => self.handle_update_presence(&payload, ctx),
+            EventAction::Broadcast => {
+                ctx.broadcast(event, payload);
+                HandleIn::Reply(Reply::ok())
+            }
+            EventAction::BroadcastFrom => {
+                ctx.broadcast_from(event, payload);
+                HandleIn::Reply(Reply::ok())
+            }
+            EventAction::Echo => HandleIn::Reply(Reply::ok_with(payload)),
+        }
+    }
+
+    fn handle_info(&mut self, msg: Info, ctx: &mut ChannelContext<'_>) -> HandleInfo {
+        if let Ok(count) = msg.downcast::<PresenceCount>() {
+            let init = json!({ "user_id": self.user, "sockets": count.count });
+            ctx.push("init", Payload::Json(object(&init)));
+        }
+        HandleInfo::NoReply
+    }
+}
+
+/// Answers the push with an error and pushes `error` with the same payload.
+fn refuse(ctx: &mut ChannelContext<'_>, payload: JsonObject) -> HandleIn {
+    ctx.push("error", Payload::Json(payload.clone()));
+    HandleIn::Reply(Reply::error(Payload::Json(payload)))
+}
+
+fn validation_error(errors: Value) -> JsonObject {
+    object(&json!({ "reason": "validation_error", "errors": errors }))
+}
+
+fn object(value: &Value) -> JsonObject {
+    JsonObject::from_value(value).expect("a JSON map serializes to an object")
+}
+
+fn json_fields(payload: &Payload) -> Option<Map<String, Value>> {
+    match payload {
+        Payload::Json(json) => serde_json::from_str(json.as_str()).ok(),
+        Payload::Binary(_) => None,
+    }
+}
+
+/// The trimmed string field `field`, 1 to [`MAX_MESSAGE_CHARS`] characters,
+/// or the errors in Ecto's words.
+fn validated_text(payload: &Payload, field: &str) -> Result<String, Value> {
+    let fields = json_fields(payload).unwrap_or_default();
+    let text = match fields.get(field) {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.trim(),
+        Some(_) => return Err(json!({ field: ["is invalid"] })),
+    };
+    let chars = text.chars().count();
+    if chars == 0 {
+        Err(json!({ field: ["can't be blank"] }))
+    } else if chars > MAX_MESSAGE_CHARS {
+        Err(json!({ field: [format!("should be at most {MAX_MESSAGE_CHARS} character(s)")] }))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+/// 16 url-safe random characters.
+fn new_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
+}
+
+/// Now, as ISO 8601 in UTC with milliseconds (`2026-11-26T13:40:00.123Z`).
+pub fn now_iso8601() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

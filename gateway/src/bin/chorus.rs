@@ -1,0 +1,333 @@
+//! `chorus`: one Chorus node (cluster engine, Phoenix Channels server, the
+//! configured channels), and `chorus token`, which mints client tokens.
+//!
+//! Settings come from the built-in default config or `--config FILE`, then
+//! `CHORUS_*` environment variables, then flags. Secrets come from the
+//! environment (or the file), never from flags, and are never logged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use chorus_engine::runtime::{Engine, EngineConfig};
+use chorus_engine::{Config as NodeConfig, NodeId};
+use chorus_gateway::app::App;
+use chorus_gateway::config::{Config, Profile};
+use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
+use chorus_gateway::token::{Claims, TokenAuth, Tokens};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// A Chorus node: Phoenix Channels and presence, clustered.
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a client token signed with the token secret (CHORUS_TOKEN_SECRET
+    /// or the config's auth.token_secret).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Default: the built-in dev config.
+    #[arg(long, env = "CHORUS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// HTTP address for clients, the API and the demo page.
+    #[arg(long, env = "CHORUS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// This node's name in the cluster.
+    #[arg(long, env = "CHORUS_NODE")]
+    node: Option<String>,
+    /// UDP address for cluster gossip (QUIC).
+    #[arg(long, env = "CHORUS_GOSSIP")]
+    gossip: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join through, comma-separated.
+    #[arg(long, env = "CHORUS_SEEDS", value_delimiter = ',')]
+    seeds: Option<Vec<SocketAddr>>,
+    /// Failure-detection timing.
+    #[arg(long, env = "CHORUS_PROFILE", value_enum)]
+    profile: Option<Profile>,
+    /// Development mode (demo page tokens from /dev/token): true or false.
+    #[arg(long, env = "CHORUS_DEV_MODE")]
+    dev_mode: Option<bool>,
+    /// A LongPoll session without a poll for this long ends (milliseconds).
+    #[arg(long, env = "CHORUS_LONGPOLL_TIMEOUT_MS")]
+    longpoll_timeout_ms: Option<u64>,
+    /// Browser origins allowed to open sockets, comma-separated (empty: any).
+    #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+    /// Messages kept per topic history (the same on every node).
+    #[arg(long, env = "CHORUS_HISTORY_CAP")]
+    history_cap: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Organisation.
+    #[arg(long)]
+    org: Option<String>,
+    /// Role.
+    #[arg(long)]
+    role: Option<String>,
+    /// Teams, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    teams: Vec<String>,
+    /// Friends (user ids), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    friends: Vec<String>,
+    /// Lifetime, e.g. `1h`, `30m`, `7days`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+const CLUSTER_SECRET_ENV: &str = "CHORUS_CLUSTER_SECRET";
+const TOKEN_SECRET_ENV: &str = "CHORUS_TOKEN_SECRET";
+const API_KEY_ENV: &str = "CHORUS_API_KEY";
+/// Shortest secret accepted, in bytes.
+const MIN_SECRET: usize = 16;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.serve.log_format);
+    let config = load_config(&cli.serve)?;
+    match cli.command {
+        Some(Command::Token(args)) => print_token(&config, args),
+        None => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(serve(config)),
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The config file (or the built-in one) with environment and flags on top.
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default_config(),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dev) = args.dev_mode {
+        config.server.dev_mode = dev;
+    }
+    if let Some(node) = &args.node {
+        config.cluster.node.clone_from(node);
+    }
+    if let Some(gossip) = args.gossip {
+        config.cluster.gossip = gossip;
+    }
+    if let Some(seeds) = &args.seeds {
+        config.cluster.seeds.clone_from(seeds);
+    }
+    if let Some(profile) = args.profile {
+        config.cluster.profile = profile;
+    }
+    if let Some(ms) = args.longpoll_timeout_ms {
+        config.server.longpoll_timeout_ms = ms;
+    }
+    if let Some(origins) = &args.allowed_origins {
+        config.server.allowed_origins.clone_from(origins);
+    }
+    if let Some(cap) = args.history_cap {
+        config.cluster.history_cap = cap;
+    }
+    if let Ok(secret) = std::env::var(TOKEN_SECRET_ENV) {
+        config.auth.token_secret = Some(chorus_gateway::config::Secret::new(secret));
+    }
+    if let Ok(key) = std::env::var(API_KEY_ENV) {
+        config.api.key = Some(chorus_gateway::config::Secret::new(key));
+    }
+    if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV) {
+        config.cluster.secret = Some(chorus_gateway::config::Secret::new(secret));
+    }
+    let name = args
+        .config
+        .as_ref()
+        .map_or("<built-in default config>".into(), |p| {
+            p.display().to_string()
+        });
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("{name} (with flags and environment): {e}"))?;
+    Ok(config)
+}
+
+/// The token secret, checked; `None` when none is configured.
+fn token_secret(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    match &config.auth.token_secret {
+        Some(s) if s.expose().len() < MIN_SECRET => {
+            bail!("the token secret must be at least {MIN_SECRET} bytes")
+        }
+        Some(s) => Ok(Some(s.expose().as_bytes().to_vec())),
+        None => Ok(None),
+    }
+}
+
+fn print_token(config: &Config, args: TokenArgs) -> anyhow::Result<()> {
+    let Some(secret) = token_secret(config)? else {
+        bail!("no token secret: set {TOKEN_SECRET_ENV} or auth.token_secret in the config");
+    };
+    let mut claims = Claims::new(args.sub, args.ttl);
+    claims.name = args.name;
+    claims.org = args.org;
+    claims.role = args.role;
+    claims.teams = args.teams;
+    claims.friends = args.friends;
+    let tokens = Tokens::new(&secret);
+    let token = tokens.sign(&claims);
+    tokens
+        .verify(&token)
+        .context("the token would be refused")?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let dev = config.server.dev_mode;
+    let token_secret = match token_secret(&config)? {
+        Some(secret) => secret,
+        None if dev => {
+            warn!("{TOKEN_SECRET_ENV} not set: dev mode signs tokens with a random secret (tokens work on this node only)");
+            rand::random::<[u8; 32]>().to_vec()
+        }
+        None => bail!(
+            "no token secret: set {TOKEN_SECRET_ENV} (or auth.token_secret) to the HS256 secret your backend signs client tokens with"
+        ),
+    };
+    let seeds = config.cluster.seeds.clone();
+    let cluster_secret = match &config.cluster.secret {
+        Some(s) if s.expose().len() < MIN_SECRET => {
+            bail!("the cluster secret must be at least {MIN_SECRET} bytes")
+        }
+        Some(s) => s.expose().as_bytes().to_vec(),
+        None if !seeds.is_empty() => bail!(
+            "{CLUSTER_SECRET_ENV} must be set when seeds are given: every cluster member needs the same secret"
+        ),
+        None => {
+            info!("{CLUSTER_SECRET_ENV} not set: single-node mode with a random secret (no peer can join)");
+            rand::random::<[u8; 32]>().to_vec()
+        }
+    };
+    let incarnation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_millis() as u64;
+    let id = NodeId::new(config.cluster.node.as_str(), incarnation);
+    let mut node = match config.cluster.profile {
+        Profile::Lan => NodeConfig::lan(id.clone(), config.cluster.gossip),
+        Profile::Phoenix => NodeConfig::phoenix(id.clone(), config.cluster.gossip),
+    };
+    node.seeds = seeds.clone();
+    node.rng_seed = rand::random();
+    node.history_cap = config.cluster.history_cap;
+    let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
+        .await
+        .context("starting the cluster engine")?;
+    info!(node = %id, gossip = %engine.local_addr(), ?seeds, "engine started");
+
+    let app = App::new(&config, engine.records().clone());
+    let router = app.router().context("building the channel router")?;
+    let tokens = Tokens::new(&token_secret);
+    let server_config = ServerConfig {
+        dev_tokens: dev.then(|| tokens.clone()),
+        // LongPoll session tokens must verify on every node: their key derives
+        // from the cluster secret.
+        longpoll_key: LongPollKey::derive(&cluster_secret),
+        longpoll_timeout: Duration::from_millis(config.server.longpoll_timeout_ms),
+        api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
+        app: Some(app.clone()),
+        allowed_origins: config.server.allowed_origins.clone(),
+        ..ServerConfig::default()
+    };
+    let listen = config.server.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let server = Server::new(engine.clone(), router, server_config)
+        .with_authenticator(TokenAuth::new(tokens));
+    let rooms: Vec<String> = app.rooms().into_iter().map(|(id, _)| id).collect();
+    info!(
+        ?rooms,
+        topics = config.topic_rules().len(),
+        "channels configured"
+    );
+    if dev {
+        warn!("DEV MODE: GET /dev/token gives anyone a token for any name. Never run dev mode in production (set server.dev_mode = false).");
+        info!("demo page: http://{listen}/");
+    }
+    if config.api.key.is_none() {
+        info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
+    }
+    info!(%listen, "serving ws://{listen}/socket/websocket");
+    server.run(listener, shutdown_signal()).await?;
+    info!("connections drained; leaving the cluster");
+    if let Err(e) = engine.shutdown().await {
+        warn!(error = %e, "engine shutdown failed");
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("Ctrl-C: shutting down"),
+        _ = term => info!("SIGTERM: shutting down"),
+    }
+}

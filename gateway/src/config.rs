@@ -1,0 +1,359 @@
+//! The `chorus` configuration: a TOML file (or the embedded default,
+//! [`DEFAULT_CONFIG`]), then `CHORUS_*` environment variables and command-line
+//! flags on top (applied by the binary).
+//!
+//! Unknown keys are errors, so a typo stops startup with the file, line and
+//! column instead of being silently ignored. Secrets are [`Secret`]s: their
+//! `Debug` prints `<redacted>`, so a logged config never shows them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::rules::{EventAction, TopicRule};
+
+/// The configuration `make run` uses when no `--config` is given: dev mode,
+/// the room `lobby`, and the reference topic rules.
+pub const DEFAULT_CONFIG: &str = include_str!("../chorus.toml");
+
+/// The most messages a topic's history may keep: the engine's per-topic log
+/// bound when `cluster.history_cap` is not set.
+pub const DEFAULT_HISTORY_CAP: usize = 100;
+
+/// A secret string. Never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret's text. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP side.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Cluster membership.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    /// Client authentication.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// The server HTTP API.
+    #[serde(default)]
+    pub api: ApiSection,
+    /// Rooms that always exist (the HTTP API creates more at run time).
+    #[serde(default)]
+    pub rooms: Vec<RoomConfig>,
+    /// Topic rules, first match wins. Absent: the default rules of
+    /// [`DEFAULT_CONFIG`].
+    pub topics: Option<Vec<TopicRule>>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// HTTP address for clients, the API and the demo page.
+    pub listen: SocketAddr,
+    /// Development mode: `/dev/token` mints a token for any name, and the demo
+    /// page uses it. Never enable it in production.
+    pub dev_mode: bool,
+    /// A LongPoll session without a poll for this long ends, in milliseconds.
+    pub longpoll_timeout_ms: u64,
+    /// Browser origins allowed to open sockets (`https://app.example.com`,
+    /// `//app.example.com`, `https://*.example.com`); empty: any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            dev_mode: false,
+            longpoll_timeout_ms: 15_000,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This node's name, stable across restarts.
+    pub node: String,
+    /// UDP address for gossip (QUIC).
+    pub gossip: SocketAddr,
+    /// Gossip addresses of nodes to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Failure-detection timing.
+    pub profile: Profile,
+    /// The shared cluster secret (at least 16 bytes); better given as
+    /// `CHORUS_CLUSTER_SECRET`.
+    pub secret: Option<Secret>,
+    /// Messages kept per topic log. Must be the same on every node.
+    pub history_cap: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node: "chorus".into(),
+            gossip: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            seeds: Vec::new(),
+            profile: Profile::Lan,
+            secret: None,
+            history_cap: DEFAULT_HISTORY_CAP,
+        }
+    }
+}
+
+/// Failure-detection timing of the cluster.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Down after 2 s of silence, purged after 5 min.
+    #[default]
+    Lan,
+    /// Phoenix.Tracker's timing: down after 30 s, purged after 20 min.
+    Phoenix,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// HS256 secret of client tokens; better given as `CHORUS_TOKEN_SECRET`.
+    pub token_secret: Option<Secret>,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// The API key (`Authorization: Bearer <key>`); better given as
+    /// `CHORUS_API_KEY`. No key: the API is disabled.
+    pub key: Option<Secret>,
+}
+
+/// A `[[rooms]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    /// The room id, as in `room:{id}`.
+    pub id: String,
+    /// A display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not a valid configuration; the message names the
+    /// line and column.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, where.
+        message: String,
+    },
+    /// Parsed, but inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn default_config() -> Self {
+        Self::parse(DEFAULT_CONFIG, "<built-in default config>")
+            .expect("the embedded default config is valid")
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::parse(&text, &name)
+    }
+
+    /// Parses and checks configuration text; `name` labels errors.
+    pub fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_owned(),
+            message: describe(text, &e),
+        })?;
+        if config.topics.is_none() && text != DEFAULT_CONFIG {
+            config.topics = Self::default_config().topics;
+        }
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: name.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// The topic rules in force.
+    pub fn topic_rules(&self) -> &[TopicRule] {
+        self.topics.as_deref().unwrap_or_default()
+    }
+
+    /// Consistency checks serde cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cluster.history_cap == 0 {
+            return Err("cluster.history_cap must be at least 1".into());
+        }
+        for (i, rule) in self.topic_rules().iter().enumerate() {
+            rule.check(self.cluster.history_cap)
+                .map_err(|e| format!("topics[{i}] (pattern {:?}): {e}", rule.pattern))?;
+        }
+        let mut seen = BTreeMap::new();
+        for room in &self.rooms {
+            if room.id.is_empty() || room.id.len() > 200 {
+                return Err(format!("rooms: bad room id {:?}", room.id));
+            }
+            if seen.insert(room.id.clone(), ()).is_some() {
+                return Err(format!("rooms: room {:?} is listed twice", room.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any topic accepts an event that stores messages.
+    pub fn stores_messages(&self) -> bool {
+        self.topic_rules().iter().any(|r| {
+            r.events
+                .values()
+                .any(|a| matches!(a, EventAction::Message | EventAction::Notify))
+        })
+    }
+}
+
+/// A TOML error as `line L, column C: message`, from its byte span.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_dev_mode_with_a_lobby() {
+        let c = Config::default_config();
+        assert!(c.server.dev_mode);
+        assert_eq!(c.rooms[0].id, "lobby");
+        assert!(c.topic_rules().len() >= 7);
+        assert!(c.stores_messages());
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_problem() {
+        let text = "[server]\nlisten = \"127.0.0.1:4000\"\nlistne = 3\n";
+        let e = Config::parse(text, "my.toml").unwrap_err().to_string();
+        assert!(e.starts_with("my.toml: line 3, column 1:"), "{e}");
+        assert!(e.contains("unknown field `listne`"), "{e}");
+
+        let e = Config::parse("[server]\nlisten = \"nowhere\"\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a.toml: line 2, column 10:"), "{e}");
+
+        let e = Config::parse(
+            "[[topics]]\npattern = \"x:{id}\"\njoin = \"owner\"\n",
+            "b.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("unknown variant `owner`"),
+            "{e}"
+        );
+
+        let e = Config::parse(
+            "[[topics]]\npattern = \"x:{id}\"\njoin = \"org\"\n",
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("c.toml: topics[0]") && e.contains("{org}"),
+            "{e}"
+        );
+
+        let e = Config::parse("[[rooms]]\nid = \"a\"\n[[rooms]]\nid = \"a\"\n", "d.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_file_without_topics_gets_the_default_rules() {
+        let c = Config::parse("[server]\ndev_mode = false\n", "x.toml").unwrap();
+        assert!(!c.server.dev_mode);
+        assert_eq!(
+            c.topic_rules().len(),
+            Config::default_config().topic_rules().len()
+        );
+        assert!(c.rooms.is_empty());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::parse(
+            "[auth]\ntoken_secret = \"s3cr3t-s3cr3t-s3cr3t\"\n[api]\nkey = \"k3y-k3y\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("k3y-k3y"));
+        assert!(shown.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,243 @@
+//! Topic rules: the `[[topics]]` of the configuration. A rule matches topics by
+//! a pattern with named segments (`org:{org}:team:{team}`) and says who may
+//! join, what the join does, which client events are accepted and how often.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Who may join a topic.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinRule {
+    /// Any authenticated user.
+    #[default]
+    Anyone,
+    /// Only the user named by `{id}` (the token's `sub`).
+    User,
+    /// Users whose `org` claim equals `{org}`.
+    Org,
+    /// Users of org `{org}` with `{team}` in their `teams` claim.
+    Team,
+}
+
+/// What an accepted client event does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EventAction {
+    /// `{"message": text}`: validated (1 to 4,000 characters after trimming),
+    /// stored in the topic's history, broadcast as `message`, and the push is
+    /// answered with the saved message.
+    Message,
+    /// Merges the pushed object into the user's presence meta.
+    UpdatePresence,
+    /// `{"user_id": target, "message": text}`: delivered as `new_notification`
+    /// to `notifications:{target}` and kept in its history, if the target is in
+    /// the sender's `friends` claim.
+    Notify,
+    /// Broadcasts the payload as is, under the same event, to the whole topic.
+    Broadcast,
+    /// Broadcasts the payload as is to the topic, except the sender.
+    BroadcastFrom,
+    /// Replies `ok` with the payload as is (JSON or binary): a round-trip probe.
+    Echo,
+}
+
+/// One `[[topics]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRule {
+    /// `prefix:{name}:literal:{name}`: literal segments match exactly, `{name}`
+    /// matches one non-empty segment without `:`.
+    pub pattern: String,
+    /// Who may join.
+    #[serde(default)]
+    pub join: JoinRule,
+    /// The topic is a room: the join fails with `room_not_found` unless room
+    /// `{id}` exists, and joining makes the user a member.
+    #[serde(default)]
+    pub room: bool,
+    /// Track the user's presence with `online_at` and `username`.
+    #[serde(default)]
+    pub presence: bool,
+    /// Messages of the topic's history pushed after the join
+    /// (`messages_history`); 0: no history.
+    #[serde(default)]
+    pub history: usize,
+    /// After the join, push `init` `{"user_id", "sockets"}`: how many sockets
+    /// the user has open across the cluster.
+    #[serde(default)]
+    pub push_sockets: bool,
+    /// The join reply is `{"rooms": [...]}`: the rooms the user is a member of.
+    #[serde(default)]
+    pub reply_rooms: bool,
+    /// Client events accepted, and what each does. Others are answered with
+    /// `unknown_event`.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventAction>,
+    /// Most pushes of an event per minute per user and topic, by event.
+    #[serde(default)]
+    pub rate_limit: BTreeMap<String, u32>,
+}
+
+/// A pattern segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Var(String),
+}
+
+impl TopicRule {
+    fn segments(&self) -> Vec<Segment> {
+        self.pattern
+            .split(':')
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => Segment::Var(name.to_owned()),
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
+            .collect()
+    }
+
+    /// The pattern's variables bound to `topic`'s segments, if it matches.
+    pub fn matches(&self, topic: &str) -> Option<BTreeMap<String, String>> {
+        let segments = self.segments();
+        let parts: Vec<&str> = topic.split(':').collect();
+        if parts.len() != segments.len() {
+            return None;
+        }
+        let mut vars = BTreeMap::new();
+        for (seg, part) in segments.iter().zip(parts) {
+            match seg {
+                Segment::Literal(l) if l == part => {}
+                Segment::Var(name) if !part.is_empty() => {
+                    vars.insert(name.clone(), part.to_owned());
+                }
+                _ => return None,
+            }
+        }
+        Some(vars)
+    }
+
+    /// The literal prefix before the first variable, for the router
+    /// (`org:{org}:team:{team}` routes as `org:*`).
+    pub fn route(&self) -> String {
+        match self.pattern.find('{') {
+            Some(i) => format!("{}*", &self.pattern[..i]),
+            None => self.pattern.clone(),
+        }
+    }
+
+    /// Checks the rule against itself and the history bound.
+    pub fn check(&self, history_cap: usize) -> Result<(), String> {
+        let segments = self.segments();
+        let has = |name: &str| segments.contains(&Segment::Var(name.to_owned()));
+        for seg in &segments {
+            match seg {
+                Segment::Literal(l) if l.is_empty() || l.contains(['{', '}', '*']) => {
+                    return Err(format!("bad segment {l:?} (use {{name}} for variables)"));
+                }
+                Segment::Var(v) if v.is_empty() => return Err("empty variable name".into()),
+                _ => {}
+            }
+        }
+        if !matches!(segments.first(), Some(Segment::Literal(_))) {
+            return Err("the pattern must start with a literal segment".into());
+        }
+        let needs: &[&str] = match self.join {
+            JoinRule::Anyone => &[],
+            JoinRule::User => &["id"],
+            JoinRule::Org => &["org"],
+            JoinRule::Team => &["org", "team"],
+        };
+        if self.room && !has("id") {
+            return Err("`room = true` needs an {id} segment".into());
+        }
+        for need in needs {
+            if !has(need) {
+                return Err(format!("join = {:?} needs a {{{need}}} segment", self.join));
+            }
+        }
+        if self.history > history_cap {
+            return Err(format!(
+                "history = {} exceeds cluster.history_cap = {history_cap}",
+                self.history
+            ));
+        }
+        let message_events = self.events.values().any(|a| *a == EventAction::Message);
+        if message_events && self.history == 0 {
+            return Err("a `message` event needs `history` > 0 to store messages".into());
+        }
+        if self
+            .events
+            .values()
+            .any(|a| *a == EventAction::UpdatePresence)
+            && !self.presence
+        {
+            return Err("`update_presence` needs `presence = true`".into());
+        }
+        for (event, limit) in &self.rate_limit {
+            if !self.events.contains_key(event) {
+                return Err(format!(
+                    "rate_limit for {event:?}, which is not in `events`"
+                ));
+            }
+            if *limit == 0 {
+                return Err(format!("rate_limit for {event:?} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str) -> TopicRule {
+        TopicRule {
+            pattern: pattern.into(),
+            join: JoinRule::Anyone,
+            room: false,
+            presence: false,
+            history: 0,
+            push_sockets: false,
+            reply_rooms: false,
+            events: BTreeMap::new(),
+            rate_limit: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn patterns_bind_named_segments() {
+        let r = rule("org:{org}:team:{team}");
+        let vars = r.matches("org:7:team:3").expect("matches");
+        assert_eq!(vars["org"], "7");
+        assert_eq!(vars["team"], "3");
+        assert_eq!(r.matches("org:7"), None);
+        assert_eq!(r.matches("org:7:team:"), None);
+        assert_eq!(r.matches("org:7:group:3"), None);
+        assert_eq!(rule("org:{org}").matches("org:7:team:3"), None);
+        assert_eq!(r.route(), "org:*");
+        assert_eq!(rule("rooms:user:{id}").route(), "rooms:user:*");
+    }
+
+    #[test]
+    fn checks_catch_inconsistent_rules() {
+        let mut r = rule("x:{id}");
+        r.join = JoinRule::Team;
+        assert!(r.check(100).unwrap_err().contains("{org}"));
+        let mut r = rule("room:{id}");
+        r.history = 500;
+        assert!(r.check(100).unwrap_err().contains("history_cap"));
+        let mut r = rule("room:{id}");
+        r.events.insert("new_message".into(), EventAction::Message);
+        assert!(r.check(100).unwrap_err().contains("history"));
+        r.history = 50;
+        r.rate_limit.insert("typo".into(), 5);
+        assert!(r.check(100).unwrap_err().contains("typo"));
+        assert!(rule("{id}").check(100).is_err());
+        assert!(rule("room:*").check(100).is_err());
+    }
+}

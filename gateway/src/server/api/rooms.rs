@@ -1,0 +1,146 @@
+//! `GET /api/history?topic=&limit=`, `GET /api/rooms`, `POST /api/rooms`
+//! `{id, name?}` and `DELETE /api/rooms/{id}`: the replicated records the
+//! configured channels use (see [`crate::app`]).
+//!
+//! Rooms from the config always exist and cannot be deleted (409); rooms
+//! created here are registers replicated to every node, so a `room:{id}` join
+//! on any node finds them a moment later.
+
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiResult};
+use crate::app::{App, ROOM_SPACE};
+use crate::server::http::json_response;
+use crate::server::Shared;
+
+/// Longest room id.
+const MAX_ROOM_ID: usize = 200;
+
+fn app(shared: &Shared) -> Result<&Arc<App>, ApiError> {
+    shared.config.app.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "this server has no configured channels (no rooms or history)",
+        )
+    })
+}
+
+/// `GET /api/history`: the newest `limit` messages (default 50), oldest first.
+pub(crate) fn history(topic: &str, limit: Option<&str>, shared: &Shared) -> ApiResult {
+    let app = app(shared)?;
+    let limit = match limit {
+        None => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=app.history_cap()).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "`limit` must be a number from 1 to {}",
+                    app.history_cap()
+                ))
+            })?,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "messages": app.history(topic, limit) }),
+    ))
+}
+
+/// `GET /api/rooms`.
+pub(crate) fn list(shared: &Shared) -> ApiResult {
+    let rooms: Vec<Value> = app(shared)?
+        .rooms()
+        .into_iter()
+        .map(|(id, name)| json!({ "id": id, "name": name }))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "rooms": rooms })))
+}
+
+/// The body of `POST /api/rooms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewRoom {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ROOM_ID
+        && id
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "room id must be 1 to {MAX_ROOM_ID} letters, digits, `-`, `_` or `.`"
+        )))
+    }
+}
+
+/// `POST /api/rooms`: 201 with the room, 409 if it exists.
+pub(crate) async fn create(room: NewRoom, shared: &Arc<Shared>) -> ApiResult {
+    check_id(&room.id)?;
+    let app = app(shared)?;
+    if app.room_exists(&room.id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "room_exists",
+            format!("room {:?} exists", room.id),
+        ));
+    }
+    let name = room.name.unwrap_or_default();
+    shared
+        .hub
+        .engine()
+        .put(ROOM_SPACE, &room.id, unix_ms(), Some(&name))
+        .await
+        .map_err(|e| ApiError::engine(&e))?;
+    let name = (!name.is_empty()).then_some(name);
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({ "id": room.id, "name": name }),
+    ))
+}
+
+/// `DELETE /api/rooms/{id}`: 204; 404 unknown, 409 a room of the config.
+pub(crate) async fn delete(id: &str, shared: &Arc<Shared>) -> ApiResult {
+    let app = app(shared)?;
+    if app.is_static_room(id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "static_room",
+            format!("room {id:?} is defined in the config file"),
+        ));
+    }
+    if !app.room_exists(id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+            format!("no room {id:?}"),
+        ));
+    }
+    shared
+        .hub
+        .engine()
+        .put(ROOM_SPACE, id, unix_ms(), None)
+        .await
+        .map_err(|e| ApiError::engine(&e))?;
+    let mut response = json_response(StatusCode::NO_CONTENT, &Value::Null);
+    *response.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
+    Ok(response)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,363 @@
+//! What every transport does with a [`Session`] once the bytes are decoded: carry
+//! out its [`Action`]s against the [`Hub`] and the engine (subscriptions, broadcasts,
+//! presence), hand it the broadcasts and presence diffs the hub delivers, charge the
+//! frames it produces to the client's byte [`Budget`], and clean up when the client
+//! is gone (channels terminate, subscriptions and presences are removed).
+//!
+//! The WebSocket [`Connection`](super::connection) and the LongPoll session task
+//! each own one [`Driver`]; they differ only in how frames arrive and leave.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chorus_engine::{ConnId, Meta};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::close;
+use super::hub::{entries, Budget, Hub, Inbound, Mailbox};
+use super::metrics::{Transport, TransportMetrics};
+use super::Shared;
+use crate::protocol::{OutFrame, Ref};
+use crate::socket::{Action, PresenceCount, Session};
+
+/// Why a client's session ends.
+#[derive(Debug)]
+pub(crate) enum Exit {
+    /// Write what is queued, then close with this code.
+    Close(u16, &'static str),
+    /// The client is not reading: close at once with 1008.
+    SlowConsumer,
+    /// The client closed or the socket failed: nothing more to send.
+    Gone,
+}
+
+/// One client's session wired to the hub and the engine.
+pub(crate) struct Driver {
+    pub(crate) conn: u64,
+    pub(crate) session: Session,
+    pub(crate) shared: Arc<Shared>,
+    mailbox: Mailbox,
+    inbox: mpsc::UnboundedReceiver<Inbound>,
+    /// Local subscriptions held in the hub, with counts.
+    subscribed: BTreeMap<String, usize>,
+    /// Presence keys tracked per topic, by join.
+    tracked: HashMap<String, (Ref, BTreeSet<String>)>,
+    tracked_any: bool,
+    /// This transport's counters.
+    pub(crate) metrics: TransportMetrics,
+}
+
+impl Driver {
+    /// A driver for connection `conn`. `binary_frames` says whether the transport
+    /// can carry binary broadcasts (WebSocket) or not (LongPoll).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        conn: u64,
+        session: Session,
+        binary_frames: bool,
+    ) -> Self {
+        let transport = if binary_frames {
+            Transport::WebSocket
+        } else {
+            Transport::LongPoll
+        };
+        let metrics = shared.metrics.transport(transport);
+        metrics.connections.inc();
+        metrics.connections_opened.inc();
+        let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
+        let (tx, inbox) = mpsc::unbounded_channel();
+        let mailbox = Mailbox {
+            conn,
+            vsn: session.vsn(),
+            binary_frames,
+            tx,
+            budget,
+        };
+        Self {
+            conn,
+            session,
+            shared,
+            mailbox,
+            inbox,
+            subscribed: BTreeMap::new(),
+            tracked: HashMap::new(),
+            tracked_any: false,
+            metrics,
+        }
+    }
+
+    /// Hands one decoded client frame to the session, counting it and the
+    /// join outcomes it caused.
+    pub(crate) fn handle_frame(
+        &mut self,
+        frame: crate::protocol::InFrame,
+        bytes: usize,
+    ) -> Result<(), crate::protocol::FrameError> {
+        self.metrics.messages_in.inc();
+        self.metrics.bytes_in.inc_by(bytes as u64);
+        let handled = self.session.handle_frame(frame);
+        self.metrics.record_joins(self.session.take_join_counts());
+        handled
+    }
+
+    /// The client's outbound byte budget.
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        &self.mailbox.budget
+    }
+
+    /// Subscribes to the socket id's topic, if the connect hook gave one, so a
+    /// `disconnect` broadcast on it reaches this client, and tracks the
+    /// connection in [`Hub::socket_topic`] so the user's sockets can be counted.
+    pub(crate) async fn start(&mut self) -> Result<(), Exit> {
+        if let Some(id) = self.session.id().map(str::to_owned) {
+            self.subscribe(&id).await?;
+            self.tracked_any = true;
+            if let Err(e) = self.shared.hub.track_socket(&id, self.conn).await {
+                warn!(conn = self.conn, error = %e, "tracking the socket failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// The next delivery from the hub. Cancel-safe; `None` never happens while the
+    /// driver lives (it holds a sender in its mailbox).
+    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
+        self.inbox.recv().await
+    }
+
+    /// Hands a delivery to the session and carries out what follows. A
+    /// `disconnect` on the socket id ends the client with 1001.
+    pub(crate) async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
+        let cost = item.cost();
+        let mut closed = None;
+        match item {
+            Inbound::Broadcast { encoded, .. } => {
+                if self.session.id() == Some(encoded.topic()) {
+                    closed = self.session.handle_id_broadcast(encoded.event());
+                }
+                if closed.is_none() {
+                    self.session.handle_broadcast(&encoded);
+                }
+            }
+            Inbound::PresenceDiff { encoded, diff, .. } => {
+                let topic = encoded.topic();
+                self.session
+                    .handle_presence_diff(topic, &diff.joins, &diff.leaves);
+                self.session.handle_broadcast(&encoded);
+            }
+        }
+        self.mailbox.budget.release(cost);
+        if let Some(code) = closed {
+            debug!(conn = self.conn, "disconnected by socket id");
+            return Err(Exit::Close(code, "disconnected"));
+        }
+        self.run_actions().await
+    }
+
+    /// Carries out every action the session has queued. Run it before taking the
+    /// frames, so a join's subscription is routed (and its presence state pushed)
+    /// before the join reply leaves: the reply still precedes everything for that
+    /// join, because deliveries are only read from the mailbox after this returns.
+    pub(crate) async fn run_actions(&mut self) -> Result<(), Exit> {
+        while let Some(action) = self.session.poll_action() {
+            self.execute(action).await?;
+        }
+        Ok(())
+    }
+
+    /// The session's next frame for the client with its byte cost, charged to the
+    /// budget (give it back with [`Budget::release`] once written). An exhausted
+    /// budget ends the client as a slow consumer.
+    pub(crate) fn take_frame(&mut self) -> Result<Option<(OutFrame, usize)>, Exit> {
+        let Some(frame) = self.session.poll_transmit() else {
+            return Ok(None);
+        };
+        let cost = frame.as_bytes().len();
+        if !self.mailbox.budget.try_take(cost) {
+            return Err(Exit::SlowConsumer);
+        }
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(cost as u64);
+        Ok(Some((frame, cost)))
+    }
+
+    async fn subscribe(&mut self, topic: &str) -> Result<(), Exit> {
+        let hub: &Arc<Hub> = &self.shared.hub;
+        *self.subscribed.entry(topic.to_owned()).or_default() += 1;
+        hub.subscribe(topic, &self.mailbox).await.map_err(|e| {
+            warn!(conn = self.conn, topic, error = %e, "ending client: cannot subscribe");
+            Exit::Close(close::SERVER_ERROR, "engine unavailable")
+        })
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        if let Some(count) = self.subscribed.get_mut(topic) {
+            *count -= 1;
+            if *count == 0 {
+                self.subscribed.remove(topic);
+            }
+            self.shared.hub.unsubscribe(topic, self.conn);
+        }
+    }
+
+    async fn execute(&mut self, action: Action) -> Result<(), Exit> {
+        let engine = self.shared.hub.engine().clone();
+        let conn = ConnId(self.conn);
+        match action {
+            Action::Subscribe { topic, .. } => {
+                self.metrics.channels_joined.inc();
+                self.subscribe(&topic).await?;
+            }
+            Action::Unsubscribe { topic, .. } => {
+                self.metrics.channels_joined.dec();
+                self.unsubscribe(&topic);
+            }
+            Action::Broadcast {
+                topic,
+                event,
+                payload,
+                exclude_self,
+            } => {
+                let exclude = exclude_self.then_some(self.conn);
+                if let Err(e) = self
+                    .shared
+                    .hub
+                    .publish(&topic, &event, payload, exclude)
+                    .await
+                {
+                    warn!(conn = self.conn, topic, error = %e, "broadcast failed");
+                }
+            }
+            Action::Track {
+                topic,
+                join_ref,
+                key,
+                meta,
+            } => {
+                self.tracked_any = true;
+                let tracked = engine
+                    .track(topic.as_str(), key.as_str(), conn, Meta::new(meta.as_str()))
+                    .await;
+                if let Err(e) = tracked {
+                    warn!(conn = self.conn, topic, error = %e, "presence track failed");
+                    return Ok(());
+                }
+                let entry = self
+                    .tracked
+                    .entry(topic.clone())
+                    .or_insert_with(|| (join_ref.clone(), BTreeSet::new()));
+                if entry.0 != join_ref {
+                    *entry = (join_ref.clone(), BTreeSet::new());
+                }
+                entry.1.insert(key);
+                match engine.presence(topic.as_str()).await {
+                    Ok(items) => {
+                        let _ =
+                            self.session
+                                .handle_presence_state(&topic, &join_ref, entries(&items));
+                    }
+                    Err(e) => warn!(conn = self.conn, topic, error = %e, "presence list failed"),
+                }
+            }
+            Action::Update {
+                topic, key, meta, ..
+            } => {
+                let meta = Meta::new(meta.as_str());
+                if let Err(e) = engine
+                    .update(topic.as_str(), key.as_str(), conn, meta)
+                    .await
+                {
+                    warn!(conn = self.conn, topic, error = %e, "presence update failed");
+                }
+            }
+            Action::Untrack { topic, key, .. } => {
+                if let Some((_, keys)) = self.tracked.get_mut(&topic) {
+                    keys.remove(&key);
+                }
+                if let Err(e) = engine.untrack(topic.as_str(), key.as_str(), conn).await {
+                    warn!(conn = self.conn, topic, error = %e, "presence untrack failed");
+                }
+            }
+            Action::UntrackAll { topic, join_ref } => {
+                let keys = match self.tracked.remove(&topic) {
+                    Some((owner, keys)) if owner == join_ref => keys,
+                    Some(other) => {
+                        self.tracked.insert(topic.clone(), other);
+                        BTreeSet::new()
+                    }
+                    None => BTreeSet::new(),
+                };
+                for key in keys {
+                    if let Err(e) = engine.untrack(topic.as_str(), key.as_str(), conn).await {
+                        warn!(conn = self.conn, topic, error = %e, "presence untrack failed");
+                    }
+                }
+            }
+            Action::Append { topic, log, body } => {
+                if let Err(e) = engine.append(log.as_str(), unix_ms(), body).await {
+                    warn!(conn = self.conn, topic, log, error = %e, "history append failed");
+                }
+            }
+            Action::Put {
+                topic,
+                space,
+                key,
+                value,
+            } => {
+                if let Err(e) = engine.put(&space, &key, unix_ms(), value.as_deref()).await {
+                    warn!(conn = self.conn, topic, space, error = %e, "record write failed");
+                }
+            }
+            Action::CountPresence {
+                topic,
+                join_ref,
+                of,
+            } => match engine.presence(of.as_str()).await {
+                Ok(items) => {
+                    let count = PresenceCount {
+                        of,
+                        count: items.len(),
+                    };
+                    self.session
+                        .handle_info(&topic, Some(&join_ref), Box::new(count));
+                }
+                Err(e) => warn!(conn = self.conn, topic, error = %e, "presence count failed"),
+            },
+        }
+        Ok(())
+    }
+
+    /// The client is gone: channels terminate, hub subscriptions and presences of
+    /// this connection are removed, and nothing more is sent.
+    pub(crate) async fn cleanup(&mut self) {
+        self.metrics.connections.dec();
+        self.session.handle_close();
+        while let Some(action) = self.session.poll_action() {
+            if let Action::Unsubscribe { topic, .. } = action {
+                self.metrics.channels_joined.dec();
+                self.unsubscribe(&topic);
+            }
+        }
+        while self.session.poll_transmit().is_some() {}
+        let remaining = std::mem::take(&mut self.subscribed);
+        for (topic, count) in remaining {
+            for _ in 0..count {
+                self.shared.hub.unsubscribe(&topic, self.conn);
+            }
+        }
+        if self.tracked_any {
+            let engine = self.shared.hub.engine();
+            if let Err(e) = engine.untrack_conn(ConnId(self.conn)).await {
+                debug!(conn = self.conn, error = %e, "untrack on close failed");
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,62 @@
+//! `GET /readyz`: whether a load balancer should send clients here. Ready means
+//! all of:
+//!
+//! - the server is not draining (shutdown has not begun);
+//! - the engine answers (its task is running);
+//! - the cluster is joined: some peer is up, or the engine was started without
+//!   seeds (a lone node, or the first of a cluster);
+//! - there is room for another connection (the connection cap is not reached);
+//! - with the HTTP API enabled, its cluster-wide idempotency listener is subscribed.
+//!
+//! `GET /healthz` (in [`super::http`]) only says the process is up.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_engine::node::PeerState;
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use super::http::{json_response, Body};
+use super::Shared;
+
+/// The readiness check.
+pub const READY_PATH: &str = "/readyz";
+
+/// Answers `GET /readyz`: 200 `{"status":"ready"}`, or 503
+/// `{"status":"not_ready","reason":..}`.
+pub(crate) async fn ready(shared: &Arc<Shared>) -> Response<Body> {
+    match not_ready(shared).await {
+        None => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Some(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": reason}),
+        ),
+    }
+}
+
+/// Why the node is not ready, if it is not.
+async fn not_ready(shared: &Shared) -> Option<&'static str> {
+    if shared.draining.load(Ordering::Acquire) {
+        return Some("draining: the server is shutting down");
+    }
+    let engine = shared.hub.engine();
+    let members = tokio::time::timeout(Duration::from_secs(2), engine.members()).await;
+    let Ok(Ok(members)) = members else {
+        return Some("the cluster engine is not answering");
+    };
+    let joined = engine.seeds().is_empty() || members.iter().any(|m| m.state == PeerState::Up);
+    if !joined {
+        return Some("no cluster peer reached yet (seeds configured)");
+    }
+    if shared.limit.available_permits() == 0 {
+        return Some("at the connection limit");
+    }
+    if let Some(api) = &shared.api {
+        if !api.idempotency.is_listening() {
+            return Some("the HTTP API's idempotency listener is not subscribed yet");
+        }
+    }
+    None
+}

@@ -1,0 +1,484 @@
+//! The node's topic dispatcher: one engine [`Subscription`] per topic with local
+//! subscribers, whose deliveries are decoded and encoded **once per node** and then
+//! handed to every local connection as the same [`Arc<Encoded>`].
+//!
+//! A connection never waits on another: handing over is a non-blocking push into the
+//! connection's [`Mailbox`], charged against that connection's outbound byte budget.
+//! A connection whose budget is exhausted is flagged as a slow consumer (its own task
+//! closes it); the dispatcher moves on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chorus_engine::runtime::{Delivery, EngineHandle, RuntimeError, Subscription};
+use chorus_engine::{PresenceItem, Topic};
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::AbortHandle;
+use tracing::{debug, warn};
+
+use super::envelope::{Envelope, Exclude};
+use crate::protocol::{encode_broadcast, Encoded, FrameError, JsonObject, Payload, Vsn};
+use crate::socket::{presence_diff, PresenceEntry};
+
+/// What the dispatcher hands a connection.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A broadcast on a topic the connection subscribed to.
+    Broadcast { encoded: Arc<Encoded>, cost: usize },
+    /// A presence diff: its `presence_diff` broadcast plus the entries for `list`.
+    PresenceDiff {
+        encoded: Arc<Encoded>,
+        diff: Arc<RenderedDiff>,
+        cost: usize,
+    },
+}
+
+impl Inbound {
+    /// The bytes charged to the connection's budget for this item.
+    pub(crate) fn cost(&self) -> usize {
+        match self {
+            Self::Broadcast { cost, .. } | Self::PresenceDiff { cost, .. } => *cost,
+        }
+    }
+}
+
+/// A presence diff converted once per node for the sessions' `list` snapshots.
+#[derive(Debug)]
+pub(crate) struct RenderedDiff {
+    pub(crate) joins: Vec<PresenceEntry>,
+    pub(crate) leaves: Vec<PresenceEntry>,
+}
+
+/// A connection's outbound byte budget: frames waiting in its mailbox or writer
+/// queue. Exceeding it flags the connection as a slow consumer.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    queued: AtomicUsize,
+    limit: usize,
+    overflow: AtomicBool,
+    pub(crate) notify: Notify,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            limit,
+            overflow: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Reserves `n` bytes; on failure flags the overflow and wakes the connection.
+    /// An empty queue always admits one frame, however large.
+    pub(crate) fn try_take(&self, n: usize) -> bool {
+        let taken = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued == 0 || queued + n <= self.limit).then_some(queued + n)
+            })
+            .is_ok();
+        if !taken && !self.overflow.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+        taken
+    }
+
+    /// Returns `n` bytes once written (or dropped).
+    pub(crate) fn release(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Whether the budget was exceeded.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflow.load(Ordering::Acquire)
+    }
+
+    /// Bytes currently queued.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// The dispatcher's handle on one local connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Mailbox {
+    pub(crate) conn: u64,
+    pub(crate) vsn: Vsn,
+    pub(crate) binary_frames: bool,
+    pub(crate) tx: mpsc::UnboundedSender<Inbound>,
+    pub(crate) budget: Arc<Budget>,
+}
+
+impl Mailbox {
+    fn offer(&self, encoded: &Arc<Encoded>, diff: Option<&Arc<RenderedDiff>>) {
+        let cost = encoded
+            .for_vsn(self.vsn, self.binary_frames)
+            .map_or(0, |f| f.as_bytes().len());
+        if !self.budget.try_take(cost) {
+            return;
+        }
+        let item = match diff {
+            None => Inbound::Broadcast {
+                encoded: encoded.clone(),
+                cost,
+            },
+            Some(diff) => Inbound::PresenceDiff {
+                encoded: encoded.clone(),
+                diff: diff.clone(),
+                cost,
+            },
+        };
+        if self.tx.send(item).is_err() {
+            self.budget.release(cost);
+        }
+    }
+}
+
+/// Why a subscription could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The engine refused or stopped.
+    #[error("engine subscription failed: {0}")]
+    Engine(String),
+    /// A broadcast that cannot be encoded (an event over 255 bytes).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The engine refused the publish.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ready {
+    Pending,
+    Routed,
+    Failed(String),
+}
+
+struct TopicState {
+    locals: Mutex<HashMap<u64, (Mailbox, usize)>>,
+    ready: watch::Receiver<Ready>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+/// Counters of the dispatcher.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Deliveries from the engine that could not be decoded.
+    pub undecodable: AtomicU64,
+    /// Engine subscriptions re-established after the engine dropped one.
+    pub resubscribed: AtomicU64,
+}
+
+/// The per-node topic dispatcher; also the entry point for server-side broadcasts
+/// (Phoenix's `Endpoint.broadcast`).
+pub struct Hub {
+    engine: EngineHandle,
+    origin: u64,
+    topics: Mutex<HashMap<String, Arc<TopicState>>>,
+    stats: HubStats,
+    fanout: Histogram,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A dispatcher over `engine`. `origin` tags this node's `broadcast_from`
+    /// exclusions; draw it at random per process.
+    pub fn new(engine: EngineHandle, origin: u64) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            origin,
+            topics: Mutex::new(HashMap::new()),
+            stats: HubStats::default(),
+            fanout: super::metrics::fanout_histogram(),
+        })
+    }
+
+    /// The engine this hub publishes through.
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// This node's tag in `broadcast_from` exclusions.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// The dispatcher's counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Seconds each delivery took to reach every local subscriber's queue.
+    pub fn fanout_histogram(&self) -> &Histogram {
+        &self.fanout
+    }
+
+    /// How many topics have a local subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.topics.lock().expect("hub topics lock").len()
+    }
+
+    /// The presence topic where every connection of socket `id` is tracked
+    /// (key: the connection number), so a user's sockets can be counted
+    /// cluster-wide.
+    pub fn socket_topic(id: &str) -> String {
+        format!("phx_socket:{id}")
+    }
+
+    /// Tracks connection `conn` of socket `id` in [`Hub::socket_topic`]. The
+    /// entry leaves with the connection's other presences (`untrack_conn`).
+    pub async fn track_socket(&self, id: &str, conn: u64) -> Result<(), HubError> {
+        self.engine
+            .track(
+                Self::socket_topic(id).as_str(),
+                conn.to_string(),
+                chorus_engine::ConnId(conn),
+                chorus_engine::Meta::new("{}"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Broadcasts `event` to every subscriber of `topic` in the cluster (Phoenix's
+    /// `Endpoint.broadcast`). `broadcast(socket_id, "disconnect", {})` closes that
+    /// socket's connections with 1001.
+    pub async fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), HubError> {
+        self.publish(topic, event, payload, None).await
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude_conn: Option<u64>,
+    ) -> Result<(), HubError> {
+        let envelope = Envelope {
+            event: event.to_owned(),
+            payload,
+            exclude: exclude_conn.map(|conn| Exclude {
+                origin: self.origin,
+                conn,
+            }),
+        };
+        let bytes = envelope.encode()?;
+        self.engine.publish(topic, bytes).await?;
+        Ok(())
+    }
+
+    /// Adds `mailbox` as a local subscriber of `topic` and waits until the topic's
+    /// engine subscription is routed (so a publish started after this returns
+    /// reaches it). Subscribing twice counts twice.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        mailbox: &Mailbox,
+    ) -> Result<(), HubError> {
+        let state = {
+            let mut topics = self.topics.lock().expect("hub topics lock");
+            let state = topics
+                .entry(topic.to_owned())
+                .or_insert_with(|| self.spawn_topic(topic))
+                .clone();
+            let mut locals = state.locals.lock().expect("hub locals lock");
+            locals
+                .entry(mailbox.conn)
+                .or_insert_with(|| (mailbox.clone(), 0))
+                .1 += 1;
+            drop(locals);
+            state
+        };
+        let mut ready = state.ready.clone();
+        let outcome = ready
+            .wait_for(|r| *r != Ready::Pending)
+            .await
+            .map(|r| r.clone());
+        match outcome {
+            Ok(Ready::Routed) => Ok(()),
+            Ok(Ready::Failed(e)) => Err(HubError::Engine(e)),
+            Ok(Ready::Pending) | Err(_) => Err(HubError::Engine("dispatcher ended".into())),
+        }
+    }
+
+    /// Removes one subscription of `conn` to `topic`; the topic's engine
+    /// subscription ends with its last local subscriber.
+    pub(crate) fn unsubscribe(&self, topic: &str, conn: u64) {
+        let mut topics = self.topics.lock().expect("hub topics lock");
+        let Some(state) = topics.get(topic) else {
+            return;
+        };
+        let mut locals = state.locals.lock().expect("hub locals lock");
+        if let Some((_, count)) = locals.get_mut(&conn) {
+            *count -= 1;
+            if *count == 0 {
+                locals.remove(&conn);
+            }
+        }
+        if locals.is_empty() {
+            drop(locals);
+            if let Some(state) = topics.remove(topic) {
+                if let Some(task) = state.task.lock().expect("hub task lock").take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    fn spawn_topic(self: &Arc<Self>, topic: &str) -> Arc<TopicState> {
+        let (ready_tx, ready_rx) = watch::channel(Ready::Pending);
+        let state = Arc::new(TopicState {
+            locals: Mutex::new(HashMap::new()),
+            ready: ready_rx,
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(dispatch(
+            Arc::downgrade(self),
+            self.engine.clone(),
+            Topic::new(topic),
+            state.clone(),
+            ready_tx,
+        ));
+        *state.task.lock().expect("hub task lock") = Some(task.abort_handle());
+        state
+    }
+}
+
+/// One topic's dispatcher: holds the engine subscription and fans out.
+async fn dispatch(
+    hub: std::sync::Weak<Hub>,
+    engine: EngineHandle,
+    topic: Topic,
+    state: Arc<TopicState>,
+    ready: watch::Sender<Ready>,
+) {
+    let mut first = true;
+    loop {
+        let mut sub: Subscription = match engine.subscribe(topic.clone()).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                debug!(topic = %topic, error = %e, "engine subscription failed");
+                ready.send_replace(Ready::Failed(e.to_string()));
+                return;
+            }
+        };
+        if first {
+            ready.send_replace(Ready::Routed);
+            first = false;
+        }
+        while let Some(delivery) = sub.recv().await {
+            let Some(hub) = hub.upgrade() else { return };
+            hub.fan_out(&topic, &state, delivery);
+        }
+        // The engine dropped us (our queue filled up) or stopped. Try again: a
+        // stopped engine refuses, which ends this task.
+        let Some(hub) = hub.upgrade() else { return };
+        hub.stats.resubscribed.fetch_add(1, Ordering::Relaxed);
+        warn!(topic = %topic, "engine subscription ended; resubscribing (deliveries may have been lost)");
+    }
+}
+
+impl Hub {
+    fn fan_out(&self, topic: &Topic, state: &TopicState, delivery: Delivery) {
+        let started = std::time::Instant::now();
+        let (encoded, diff, exclude) = match delivery {
+            Delivery::Broadcast(bytes) => {
+                let envelope = match Envelope::decode(bytes) {
+                    Ok(envelope) => envelope,
+                    Err(e) => return self.undecodable(topic, &e),
+                };
+                let exclude = envelope
+                    .exclude
+                    .filter(|e| e.origin == self.origin)
+                    .map(|e| e.conn);
+                match encode_broadcast(topic.as_str(), &envelope.event, envelope.payload) {
+                    Ok(encoded) => (encoded, None, exclude),
+                    Err(e) => return self.undecodable(topic, &e),
+                }
+            }
+            Delivery::PresenceDiff(diff) => {
+                let rendered = RenderedDiff {
+                    joins: entries(&diff.joins),
+                    leaves: entries(&diff.leaves),
+                };
+                let payload = presence_diff(&rendered.joins, &rendered.leaves);
+                match encode_broadcast(topic.as_str(), "presence_diff", Payload::Json(payload)) {
+                    Ok(encoded) => (encoded, Some(Arc::new(rendered)), None),
+                    Err(e) => return self.undecodable(topic, &e),
+                }
+            }
+        };
+        let encoded = Arc::new(encoded);
+        let locals = state.locals.lock().expect("hub locals lock");
+        for (conn, (mailbox, _)) in locals.iter() {
+            if Some(*conn) != exclude {
+                mailbox.offer(&encoded, diff.as_ref());
+            }
+        }
+        drop(locals);
+        self.fanout.observe(started.elapsed().as_secs_f64());
+    }
+
+    fn undecodable(&self, topic: &Topic, error: &dyn std::fmt::Display) {
+        self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+        warn!(topic = %topic, error = %error, "dropping a broadcast that cannot be decoded");
+    }
+}
+
+/// Engine presence items as the session's presence entries. A meta that is not a
+/// JSON object (a peer bug) is left out with a warning.
+pub(crate) fn entries(items: &[PresenceItem]) -> Vec<PresenceEntry> {
+    items
+        .iter()
+        .filter_map(|item| {
+            let meta = match JsonObject::from_json(item.meta.as_str()) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    warn!(key = %item.key, error = %e, "skipping a presence meta that is not a JSON object");
+                    return None;
+                }
+            };
+            let phx_ref = String::from_utf8_lossy(&item.phx_ref.encode()).into_owned();
+            let mut entry = PresenceEntry::new(item.key.as_str(), phx_ref, meta);
+            if let Some(prev) = item.prev_ref {
+                entry = entry.with_prev(String::from_utf8_lossy(&prev.encode()).into_owned());
+            }
+            Some(entry)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_admits_one_frame_then_enforces_the_limit() {
+        let budget = Budget::new(10);
+        assert!(budget.try_take(50), "an empty queue admits any frame");
+        assert!(!budget.try_take(1));
+        assert!(budget.overflowed());
+        budget.release(50);
+        assert_eq!(budget.queued(), 0);
+        let budget = Budget::new(10);
+        assert!(budget.try_take(6));
+        assert!(budget.try_take(4));
+        assert!(!budget.try_take(1));
+    }
+}

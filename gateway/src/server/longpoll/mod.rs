@@ -1,0 +1,350 @@
+//! The LongPoll transport at `/socket/longpoll` (PROTOCOL §6), for clients that
+//! cannot keep a WebSocket open (phoenix.js `transport: LongPoll`, or its
+//! `longPollFallbackMs` fallback).
+//!
+//! Every answer is HTTP 200 with the protocol status in a JSON body
+//! (`{"status":410,"token":…,"messages":[]}`); `OPTIONS` is the CORS preflight.
+//!
+//! - `GET` without a valid session token runs the connect hook (query params,
+//!   `X-Phoenix-AuthToken`) and starts a session: 410 and a new token (403 if
+//!   refused). With a token it polls: 200 and the waiting frames at once, or held
+//!   up to the window (10 s) and 204.
+//! - `POST` (`application/x-ndjson`, at most 100 lines, base64 lines are binary
+//!   frames) runs the frames and answers 200; their replies come on the next poll.
+//!   No session: 410; over `max_frame_size`: 413; a line that does not decode: 400.
+//!
+//! A session lives on the node that started it (`session`); its token is signed
+//! with the cluster-wide [`LongPollKey`] and names that node (`token`), so a
+//! request that lands anywhere in the cluster is verified there and forwarded to
+//! the owner (`cluster`): no sticky sessions needed.
+
+mod cluster;
+mod session;
+mod token;
+
+pub use session::MAX_LINES;
+pub use token::derive_key;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, Instrument};
+
+use super::driver::Driver;
+use super::http::{text, Body};
+use super::{ServerConfig, Shared};
+use crate::protocol::Query;
+use crate::socket::{Session, SessionConfig};
+use cluster::Outcome;
+use session::{status, Answer, LpSession, Op, Timing};
+use token::SessionRef;
+
+/// The LongPoll endpoint (Phoenix's `socket "/socket"` + `/longpoll`).
+pub const LONGPOLL_PATH: &str = "/socket/longpoll";
+
+/// The key LongPoll session tokens are signed with. Every node of a cluster needs
+/// the same key so that any node can verify any token: derive it from the cluster
+/// secret with [`LongPollKey::derive`]. Its `Debug` does not show the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LongPollKey([u8; 32]);
+
+impl LongPollKey {
+    /// A random key: tokens verify on this server only.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// `HMAC-SHA256(cluster_secret, "chorus longpoll v1")`.
+    pub fn derive(cluster_secret: &[u8]) -> Self {
+        Self(derive_key(cluster_secret))
+    }
+
+    /// A key given as bytes.
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LongPollKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LongPollKey(..)")
+    }
+}
+
+/// The node's LongPoll state: its sessions and its forwarded requests in flight.
+#[derive(Default)]
+pub(crate) struct LongPoll {
+    sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<session::Request>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+}
+
+impl LongPoll {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<session::Request>>> {
+        self.sessions.lock().expect("longpoll sessions lock")
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Answer>>> {
+        self.pending.lock().expect("longpoll pending lock")
+    }
+
+    /// Live sessions owned by this node.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+}
+
+/// Starts serving forwarded requests for this node's sessions (see [`cluster`]).
+pub(crate) async fn start(shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
+    cluster::start(shared).await
+}
+
+/// Answers one request on [`LONGPOLL_PATH`].
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<()>,
+) -> Response<Body> {
+    if !super::origin::allowed(&shared.config.allowed_origins, req.headers()) {
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    match *req.method() {
+        Method::OPTIONS => preflight(req.headers()),
+        Method::GET => poll(&req, &shared, done).await,
+        Method::POST => send(req, &shared).await,
+        _ => text(StatusCode::BAD_REQUEST, ""),
+    }
+}
+
+/// The CORS preflight: Phoenix's headers, echoing the requested ones.
+fn preflight(headers: &HeaderMap) -> Response<Body> {
+    let requested: Vec<&str> = headers
+        .get_all("access-control-request-headers")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let mut response = text(StatusCode::OK, "");
+    let out = response.headers_mut();
+    out.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    if let Ok(value) = HeaderValue::from_str(&requested.join(", ")) {
+        out.insert("access-control-allow-headers", value);
+    }
+    out.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("get, post, options"),
+    );
+    out.insert("access-control-max-age", HeaderValue::from_static("3600"));
+    response
+}
+
+/// A JSON answer: HTTP 200, the status in the body, CORS open (requests are
+/// authenticated by their token, not by cookies).
+fn json_response(status: u16, token: Option<&str>, messages: Option<&[String]>) -> Response<Body> {
+    let mut body = json!({ "status": status });
+    if let Some(token) = token {
+        body["token"] = token.into();
+    }
+    if let Some(messages) = messages {
+        body["messages"] = messages.into();
+    }
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    response
+}
+
+/// The session token: the `x-phoenix-longpoll-token` header (Phoenix ≥ 1.8.10) or
+/// the `token` query param.
+fn session_token<'a>(headers: &'a HeaderMap, query: Option<&'a Query>) -> Option<&'a str> {
+    headers
+        .get("x-phoenix-longpoll-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query.and_then(|q| q.get("token")))
+        .filter(|t| !t.is_empty())
+}
+
+/// How long a caller waits for a session to answer `op`: a poll is held up to the
+/// window, anything else runs at once.
+pub(crate) fn wait_for(config: &ServerConfig, op: &Op) -> Duration {
+    match op {
+        Op::Poll => config.longpoll_window + cluster::SLACK,
+        Op::Send { .. } | Op::Requeue(_) => config.longpoll_window,
+    }
+}
+
+/// Runs `op` on a session of this node.
+pub(crate) async fn call_local(shared: &Shared, id: u64, op: Op, wait: Duration) -> Outcome {
+    let Some(tx) = shared.longpoll.sessions().get(&id).cloned() else {
+        return Outcome::Gone;
+    };
+    let (reply, answer) = oneshot::channel();
+    if tx.send(session::Request { op, reply }).is_err() {
+        return Outcome::Gone;
+    }
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(answer)) if answer.status == status::GONE => Outcome::Gone,
+        Ok(Ok(answer)) => Outcome::Answer(answer),
+        Ok(Err(_)) => Outcome::Gone,
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+/// Runs `op` on the session `token` names, wherever it lives. `None`: no valid token.
+async fn call(shared: &Arc<Shared>, token: &str, op: Op) -> Option<Outcome> {
+    let session: SessionRef = token::verify(shared.config.longpoll_key.bytes(), token)?;
+    let wait = wait_for(&shared.config, &op);
+    let outcome = if session.owner == *shared.hub.engine().node_id() {
+        call_local(shared, session.id, op, wait).await
+    } else {
+        cluster::call(shared, &session, token, op, wait).await
+    };
+    Some(outcome)
+}
+
+async fn poll(
+    req: &Request<Incoming>,
+    shared: &Arc<Shared>,
+    done: mpsc::Sender<()>,
+) -> Response<Body> {
+    let Ok(query) = Query::parse(req.uri().query().unwrap_or("")) else {
+        return json_response(status::FORBIDDEN, None, None);
+    };
+    if let Some(token) = session_token(req.headers(), Some(&query)) {
+        match call(shared, token, Op::Poll).await {
+            Some(Outcome::Answer(answer))
+                if matches!(answer.status, status::OK | status::NO_CONTENT) =>
+            {
+                return json_response(answer.status, Some(token), Some(&answer.messages))
+            }
+            // phoenix.js knows no other poll status: it reconnects on 500.
+            Some(Outcome::Answer(_) | Outcome::TimedOut) => {
+                return json_response(status::SERVER_ERROR, None, None)
+            }
+            // No such session (any more): start one, as for a first poll.
+            Some(Outcome::Gone) | None => {}
+        }
+    }
+    new_session(req.headers(), &query, shared, done)
+}
+
+/// Connects and starts a session on this node: 410 with its token.
+fn new_session(
+    headers: &HeaderMap,
+    query: &Query,
+    shared: &Arc<Shared>,
+    done: mpsc::Sender<()>,
+) -> Response<Body> {
+    let Ok(vsn) = query.vsn() else {
+        debug!("LongPoll: refusing connect: unsupported vsn");
+        return json_response(status::FORBIDDEN, None, None);
+    };
+    let auth_token = headers
+        .get("x-phoenix-authtoken")
+        .and_then(|v| v.to_str().ok());
+    let Ok(info) = shared.auth.connect(&query.params(), auth_token) else {
+        debug!("LongPoll: refusing connect: denied by the authenticator");
+        return json_response(status::FORBIDDEN, None, None);
+    };
+    if shared.draining.load(Ordering::Acquire) {
+        return json_response(status::SERVER_ERROR, None, None);
+    }
+    let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+        return json_response(status::SERVER_ERROR, None, None);
+    };
+    let config = SessionConfig {
+        binary_frames: false,
+        ..shared.config.session.clone()
+    };
+    let session = Session::new(vsn, shared.router.clone(), config)
+        .with_id(info.id)
+        .with_assigns(info.assigns);
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, requests) = mpsc::unbounded_channel();
+    shared.longpoll.sessions().insert(conn, tx);
+    let drain = Arc::new(Notify::new());
+    shared.register(conn, drain.clone());
+    shared
+        .stats
+        .longpoll_sessions
+        .fetch_add(1, Ordering::Relaxed);
+    let timing = Timing {
+        window: shared.config.longpoll_window,
+        timeout: shared.config.longpoll_timeout,
+    };
+    let driver = Driver::new(shared.clone(), conn, session, false);
+    let task_shared = shared.clone();
+    tokio::spawn(
+        async move {
+            LpSession::new(driver, requests, timing).run(drain).await;
+            task_shared.longpoll.sessions().remove(&conn);
+            task_shared.unregister(conn);
+            drop(permit);
+            drop(done);
+        }
+        .instrument(tracing::debug_span!("longpoll", id = conn)),
+    );
+    let token = token::sign(
+        shared.config.longpoll_key.bytes(),
+        &SessionRef {
+            owner: shared.hub.engine().node_id().clone(),
+            id: conn,
+        },
+    );
+    json_response(status::GONE, Some(&token), Some(&[][..]))
+}
+
+async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
+    let query = Query::parse(req.uri().query().unwrap_or("")).ok();
+    let Some(token) = session_token(req.headers(), query.as_ref()).map(str::to_owned) else {
+        return json_response(status::GONE, None, None);
+    };
+    if token::verify(shared.config.longpoll_key.bytes(), &token).is_none() {
+        return json_response(status::GONE, None, None);
+    }
+    let ndjson = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let limit = shared.config.max_frame_size;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            debug!(limit, "LongPoll: refusing a POST body over the size limit");
+            return json_response(status::TOO_LARGE, None, None);
+        }
+        Err(e) => {
+            debug!(error = %e, "LongPoll: reading a POST body failed");
+            return json_response(status::BAD_REQUEST, None, None);
+        }
+    };
+    let Ok(body) = String::from_utf8(body.to_vec()) else {
+        shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        return json_response(status::BAD_REQUEST, None, None);
+    };
+    let answer = match call(shared, &token, Op::Send { body, ndjson }).await {
+        Some(Outcome::Answer(answer)) => answer.status,
+        Some(Outcome::TimedOut) => status::TIMEOUT,
+        Some(Outcome::Gone) | None => status::GONE,
+    };
+    json_response(answer, None, None)
+}

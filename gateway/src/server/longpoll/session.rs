@@ -1,0 +1,361 @@
+//! One LongPoll session on the node that owns it: a task owning the client's
+//! [`Driver`] (so its [`Session`](crate::socket::Session)), the frames waiting for
+//! the next poll, and at most one held poll. Polls and sends reach it as [`Request`]s,
+//! from this node's HTTP handlers or forwarded by another node.
+//!
+//! - a poll is answered at once with everything buffered, or held until something
+//!   arrives or the window (10 s) passes (204);
+//! - a send decodes the POST body's lines in order (at most 100; `[`/`{` lines are
+//!   JSON frames, other lines base64 binary frames) and answers once they ran;
+//! - with no poll held and none received for the session timeout (15 s), the session
+//!   ends as a closed WebSocket does: channels terminate, presences are untracked.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, warn};
+
+use crate::protocol::{decode_binary, decode_text, FrameError, InFrame, OutFrame, Vsn};
+use crate::server::close;
+use crate::server::driver::{Driver, Exit};
+
+/// Most lines of one POST that are processed; the rest are dropped (as Phoenix).
+pub const MAX_LINES: usize = 100;
+
+/// Protocol statuses, carried in the JSON body of every answer (the HTTP status is
+/// always 200).
+pub(crate) mod status {
+    pub(crate) const OK: u16 = 200;
+    pub(crate) const NO_CONTENT: u16 = 204;
+    pub(crate) const BAD_REQUEST: u16 = 400;
+    pub(crate) const FORBIDDEN: u16 = 403;
+    pub(crate) const TIMEOUT: u16 = 408;
+    pub(crate) const GONE: u16 = 410;
+    pub(crate) const TOO_LARGE: u16 = 413;
+    pub(crate) const SERVER_ERROR: u16 = 500;
+}
+
+/// What a client asks of its session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    /// A GET: the buffered frames, or wait for some.
+    Poll,
+    /// A POST body: newline-delimited frames, or one text frame (any other content type).
+    Send { body: String, ndjson: bool },
+    /// Frames a forwarded poll answer could not hand over (its client had gone):
+    /// they go back in front of the buffer.
+    Requeue(Vec<String>),
+}
+
+/// The session's answer: a status and, for a poll, the frames as JSON text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) messages: Vec<String>,
+}
+
+impl Answer {
+    pub(crate) fn status(status: u16) -> Self {
+        Self {
+            status,
+            messages: Vec::new(),
+        }
+    }
+}
+
+/// One request to a session task.
+pub(crate) struct Request {
+    pub(crate) op: Op,
+    pub(crate) reply: oneshot::Sender<Answer>,
+}
+
+/// Timing of a session.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub(crate) window: std::time::Duration,
+    pub(crate) timeout: std::time::Duration,
+}
+
+struct Held {
+    reply: oneshot::Sender<Answer>,
+    until: Instant,
+}
+
+enum Event {
+    Drain,
+    Overflow,
+    Request(Option<Request>),
+    Inbound(Option<super::super::hub::Inbound>),
+    PollGone,
+    Timer,
+}
+
+/// The owner-side state of one LongPoll session.
+pub(crate) struct LpSession {
+    driver: Driver,
+    requests: mpsc::UnboundedReceiver<Request>,
+    timing: Timing,
+    /// Frames waiting for a poll, as JSON text, and their bytes (charged to the budget).
+    buffer: Vec<String>,
+    buffered_bytes: usize,
+    held: Option<Held>,
+    /// When the last poll arrived or was answered.
+    last_poll: Instant,
+}
+
+impl LpSession {
+    pub(crate) fn new(
+        driver: Driver,
+        requests: mpsc::UnboundedReceiver<Request>,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            driver,
+            requests,
+            timing,
+            buffer: Vec::new(),
+            buffered_bytes: 0,
+            held: None,
+            last_poll: Instant::now(),
+        }
+    }
+
+    /// Serves requests until the session expires, is disconnected or drained; then
+    /// cleans up as a closed WebSocket does. A held poll is answered 410.
+    pub(crate) async fn run(mut self, drain: Arc<Notify>) {
+        let exit = self.serve(&drain).await;
+        let conn = self.driver.conn;
+        match &exit {
+            Exit::SlowConsumer => {
+                warn!(
+                    conn,
+                    "ending LongPoll session: too many bytes waiting for a poll"
+                );
+                let stats = &self.driver.shared.stats;
+                stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+            Exit::Close(code, reason) => debug!(conn, code, reason, "LongPoll session ends"),
+            Exit::Gone => debug!(conn, "LongPoll session expired"),
+        }
+        self.requests.close();
+        if let Some(held) = self.held.take() {
+            let _ = held.reply.send(Answer::status(status::GONE));
+        }
+        // Requests that raced the end: their callers see the session gone.
+        while let Ok(request) = self.requests.try_recv() {
+            let _ = request.reply.send(Answer::status(status::GONE));
+        }
+        self.driver.cleanup().await;
+        self.driver.budget().release(self.buffered_bytes);
+    }
+
+    async fn serve(&mut self, drain: &Notify) -> Exit {
+        if let Err(exit) = self.driver.start().await {
+            return exit;
+        }
+        let budget = self.driver.budget().clone();
+        loop {
+            if budget.overflowed() {
+                return Exit::SlowConsumer;
+            }
+            let wake = match &self.held {
+                Some(held) => held.until,
+                None => self.last_poll + self.timing.timeout,
+            };
+            let event = tokio::select! {
+                biased;
+                _ = drain.notified() => Event::Drain,
+                _ = budget.notify.notified() => Event::Overflow,
+                request = self.requests.recv() => Event::Request(request),
+                item = self.driver.recv() => Event::Inbound(item),
+                _ = poll_gone(&mut self.held) => Event::PollGone,
+                _ = sleep_until(wake) => Event::Timer,
+            };
+            let step = match event {
+                Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
+                Event::Overflow => Err(Exit::SlowConsumer),
+                Event::Request(Some(request)) => self.handle_request(request).await,
+                Event::Request(None) | Event::Inbound(None) => Err(Exit::Gone),
+                Event::Inbound(Some(item)) => match self.driver.handle_inbound(item).await {
+                    Ok(()) => self.collect(),
+                    Err(exit) => Err(exit),
+                },
+                Event::PollGone => {
+                    self.held = None;
+                    self.last_poll = Instant::now();
+                    Ok(())
+                }
+                Event::Timer => self.handle_timer(),
+            };
+            if let Err(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    fn handle_timer(&mut self) -> Result<(), Exit> {
+        let now = Instant::now();
+        match self.held.take() {
+            Some(held) if held.until <= now => {
+                let _ = held.reply.send(Answer::status(status::NO_CONTENT));
+                self.last_poll = now;
+                Ok(())
+            }
+            Some(held) => {
+                self.held = Some(held);
+                Ok(())
+            }
+            None if self.last_poll + self.timing.timeout <= now => Err(Exit::Gone),
+            None => Ok(()),
+        }
+    }
+
+    async fn handle_request(&mut self, request: Request) -> Result<(), Exit> {
+        let Request { op, reply } = request;
+        match op {
+            Op::Poll => {
+                let now = Instant::now();
+                self.last_poll = now;
+                if let Some(old) = self.held.take() {
+                    // A newer poll replaces an older one; the older one gets nothing.
+                    let _ = old.reply.send(Answer::status(status::NO_CONTENT));
+                }
+                self.held = Some(Held {
+                    reply,
+                    until: now + self.timing.window,
+                });
+                self.deliver();
+                Ok(())
+            }
+            Op::Send { body, ndjson } => {
+                let (answer, result) = self.handle_send(&body, ndjson).await;
+                let _ = reply.send(Answer::status(answer));
+                result
+            }
+            Op::Requeue(messages) => {
+                let bytes: usize = messages.iter().map(String::len).sum();
+                if !self.driver.budget().try_take(bytes) {
+                    return Err(Exit::SlowConsumer);
+                }
+                self.buffered_bytes += bytes;
+                self.buffer.splice(0..0, messages);
+                let _ = reply.send(Answer::status(status::OK));
+                self.deliver();
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs a POST body's frames in order. A line that does not decode stops the
+    /// batch (the lines before it ran) and is answered 400; the session goes on.
+    async fn handle_send(&mut self, body: &str, ndjson: bool) -> (u16, Result<(), Exit>) {
+        let lines: Vec<&str> = if ndjson {
+            body.split('\n')
+                .map(|line| line.strip_suffix('\r').unwrap_or(line))
+                .filter(|line| !line.is_empty())
+                .take(MAX_LINES)
+                .collect()
+        } else {
+            vec![body]
+        };
+        let vsn = self.driver.session.vsn();
+        for line in lines {
+            let len = line.len();
+            let handled = decode_line(vsn, line).and_then(|frame| {
+                self.driver
+                    .handle_frame(frame, len)
+                    .map_err(LineError::from)
+            });
+            if let Err(e) = handled {
+                let stats = &self.driver.shared.stats;
+                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(conn = self.driver.conn, error = %e, "LongPoll: refusing a line that does not decode");
+                return (status::BAD_REQUEST, Ok(()));
+            }
+            if let Err(exit) = self.driver.run_actions().await {
+                return (status::SERVER_ERROR, Err(exit));
+            }
+            if let Err(exit) = self.collect() {
+                return (status::SERVER_ERROR, Err(exit));
+            }
+        }
+        (status::OK, Ok(()))
+    }
+
+    /// Moves the session's frames into the buffer and hands them to a held poll.
+    /// LongPoll carries text only: a binary frame (a reply or push with a binary
+    /// payload) cannot be delivered and is dropped.
+    fn collect(&mut self) -> Result<(), Exit> {
+        while let Some((frame, cost)) = self.driver.take_frame()? {
+            match frame {
+                OutFrame::Text(bytes) => {
+                    self.buffer
+                        .push(String::from_utf8_lossy(&bytes).into_owned());
+                    self.buffered_bytes += cost;
+                }
+                OutFrame::Binary(_) => {
+                    self.driver.budget().release(cost);
+                    debug!(conn = self.driver.conn, "LongPoll: dropping a binary frame");
+                }
+            }
+        }
+        self.deliver();
+        Ok(())
+    }
+
+    /// Answers the held poll with everything buffered, if both exist. A poll whose
+    /// client has gone gets nothing and the frames stay for the next one.
+    fn deliver(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        self.last_poll = Instant::now();
+        let answer = Answer {
+            status: status::OK,
+            messages: std::mem::take(&mut self.buffer),
+        };
+        match held.reply.send(answer) {
+            Ok(()) => {
+                self.driver.budget().release(self.buffered_bytes);
+                self.buffered_bytes = 0;
+            }
+            Err(answer) => self.buffer = answer.messages,
+        }
+    }
+}
+
+/// Why a POSTed line was refused.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("line is neither a JSON frame nor standard base64")]
+    Base64,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A line starting with `[` (v2) or `{` (v1) is a JSON frame; any other line is the
+/// standard base64 of a binary frame.
+fn decode_line(vsn: Vsn, line: &str) -> Result<InFrame, LineError> {
+    if line.starts_with('[') || line.starts_with('{') {
+        return Ok(decode_text(vsn, line)?);
+    }
+    let bytes = STANDARD.decode(line).map_err(|_| LineError::Base64)?;
+    Ok(decode_binary(vsn, Bytes::from(bytes))?)
+}
+
+/// Resolves when the held poll's client stops waiting; never without one.
+async fn poll_gone(held: &mut Option<Held>) {
+    match held {
+        Some(held) => held.reply.closed().await,
+        None => std::future::pending().await,
+    }
+}

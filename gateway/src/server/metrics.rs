@@ -1,0 +1,434 @@
+//! `GET /metrics`: the server's counters in the Prometheus (OpenMetrics) text format.
+//!
+//! Two kinds of values:
+//! - **live** ones, moved where traffic flows (connection tasks, the hub): kept in
+//!   [`Metrics`] as `prometheus-client` counters, gauges and a histogram;
+//! - **scraped** ones, read at scrape time from the engine
+//!   ([`EngineHandle::stats`](chorus_engine::runtime::EngineHandle::stats),
+//!   [`members`](chorus_engine::runtime::EngineHandle::members)) and from
+//!   [`ServerStats`](super::ServerStats), rendered from a registry built per scrape.
+//!
+//! Every name starts with `chorus_`; gateway/README.md lists them all.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_engine::node::PeerState;
+use chorus_engine::runtime::{Member, RuntimeStats};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing::warn;
+
+use super::http::{json_error, Body};
+use super::{ServerStats, Shared};
+use crate::socket::JoinCounts;
+
+/// The metrics endpoint.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The content type of the exposition: OpenMetrics text, which Prometheus scrapes.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A client transport, the `transport` label of per-connection metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `/socket/websocket`.
+    WebSocket,
+    /// `/socket/longpoll`.
+    LongPoll,
+}
+
+impl Transport {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::LongPoll => "longpoll",
+        }
+    }
+}
+
+type Labels1 = [(&'static str, &'static str); 1];
+
+fn transport_label(transport: Transport) -> Labels1 {
+    [("transport", transport.as_str())]
+}
+
+/// The live metrics of one server. Cheap handles for one transport come from
+/// [`Metrics::transport`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<Labels1, Gauge>,
+    connections_opened: Family<Labels1, Counter>,
+    channels_joined: Family<Labels1, Gauge>,
+    joins: Family<Labels1, Counter>,
+    join_errors: Family<Labels1, Counter>,
+    messages_in: Family<Labels1, Counter>,
+    messages_out: Family<Labels1, Counter>,
+    bytes_in: Family<Labels1, Counter>,
+    bytes_out: Family<Labels1, Counter>,
+    api_broadcasts: Family<Labels1, Counter>,
+}
+
+/// One transport's live counters, cloned into each connection task (each field
+/// is a shared handle: incrementing a clone moves the registered metric).
+#[derive(Clone, Debug)]
+pub struct TransportMetrics {
+    /// Live connections.
+    pub connections: Gauge,
+    /// Connections accepted so far.
+    pub connections_opened: Counter,
+    /// Channels currently joined.
+    pub channels_joined: Gauge,
+    /// Accepted joins.
+    pub joins: Counter,
+    /// Frames received from clients.
+    pub messages_in: Counter,
+    /// Frames queued for clients.
+    pub messages_out: Counter,
+    /// Bytes of frames received from clients.
+    pub bytes_in: Counter,
+    /// Bytes of frames queued for clients.
+    pub bytes_out: Counter,
+    join_errors: [Counter; 4],
+}
+
+impl TransportMetrics {
+    /// Adds a session's join outcomes ([`crate::socket::Session::take_join_counts`]).
+    pub fn record_joins(&self, counts: JoinCounts) {
+        self.joins.inc_by(counts.ok);
+        let [unmatched, too_many, crashed, refused] = &self.join_errors;
+        unmatched.inc_by(counts.unmatched_topic);
+        too_many.inc_by(counts.too_many_channels);
+        crashed.inc_by(counts.crashed);
+        refused.inc_by(counts.refused);
+    }
+}
+
+/// The `reason` label values of `chorus_join_errors_total`, in the order of
+/// [`TransportMetrics`]'s `join_errors`.
+const JOIN_ERROR_REASONS: [&str; 4] =
+    ["unmatched_topic", "too_many_channels", "crashed", "refused"];
+
+impl Metrics {
+    /// Registers every live metric; `fanout` is the hub's fan-out histogram.
+    pub fn new(fanout: Histogram) -> Self {
+        let mut registry = Registry::with_prefix("chorus");
+        let this = Self {
+            registry: Registry::default(),
+            connections: Family::default(),
+            connections_opened: Family::default(),
+            channels_joined: Family::default(),
+            joins: Family::default(),
+            join_errors: Family::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            api_broadcasts: Family::default(),
+        };
+        let families = [
+            (
+                "connections",
+                "Live client connections",
+                &this.connections as &dyn Register,
+            ),
+            (
+                "connections_opened",
+                "Client connections accepted",
+                &this.connections_opened,
+            ),
+            (
+                "channels_joined",
+                "Channels currently joined",
+                &this.channels_joined,
+            ),
+            ("joins", "Channel joins accepted", &this.joins),
+            (
+                "join_errors",
+                "Channel joins refused, by reason",
+                &this.join_errors,
+            ),
+            (
+                "messages_in",
+                "Frames received from clients",
+                &this.messages_in,
+            ),
+            (
+                "messages_out",
+                "Frames queued for clients",
+                &this.messages_out,
+            ),
+            (
+                "bytes_in",
+                "Bytes of frames received from clients",
+                &this.bytes_in,
+            ),
+            (
+                "bytes_out",
+                "Bytes of frames queued for clients",
+                &this.bytes_out,
+            ),
+            (
+                "api_broadcasts",
+                "POST /api/broadcast requests, by outcome (sent, duplicate)",
+                &this.api_broadcasts,
+            ),
+        ];
+        for (name, help, family) in families {
+            family.register(&mut registry, name, help);
+        }
+        registry.register(
+            "broadcast_fanout_seconds",
+            "Time to hand one delivery to every local subscriber of its topic (decode, encode once, enqueue)",
+            fanout,
+        );
+        let this = Self { registry, ..this };
+        // WebSocket series exist (at 0) before the first connection.
+        let _ = this.transport(Transport::WebSocket);
+        this
+    }
+
+    /// The counters of `transport`. Every join-error reason is created at once, so
+    /// each appears (at 0) before its first occurrence.
+    pub fn transport(&self, transport: Transport) -> TransportMetrics {
+        let label = transport_label(transport);
+        let join_errors = JOIN_ERROR_REASONS.map(|reason| {
+            self.join_errors
+                .get_or_create(&[("reason", reason)])
+                .clone()
+        });
+        TransportMetrics {
+            connections: self.connections.get_or_create(&label).clone(),
+            connections_opened: self.connections_opened.get_or_create(&label).clone(),
+            channels_joined: self.channels_joined.get_or_create(&label).clone(),
+            joins: self.joins.get_or_create(&label).clone(),
+            messages_in: self.messages_in.get_or_create(&label).clone(),
+            messages_out: self.messages_out.get_or_create(&label).clone(),
+            bytes_in: self.bytes_in.get_or_create(&label).clone(),
+            bytes_out: self.bytes_out.get_or_create(&label).clone(),
+            join_errors,
+        }
+    }
+
+    /// Counts one `POST /api/broadcast` by outcome (`sent` or `duplicate`).
+    pub(crate) fn api_broadcast(&self, outcome: &'static str) {
+        self.api_broadcasts
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// The exposition: the live metrics, then the values scraped now.
+    pub(crate) fn render(&self, scraped: &Registry) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        encode_registry(&mut out, &self.registry)?;
+        encode_registry(&mut out, scraped)?;
+        encode_eof(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// Registering a family without naming its metric type.
+trait Register {
+    fn register(&self, registry: &mut Registry, name: &str, help: &str);
+}
+
+impl<M> Register for Family<Labels1, M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help, self.clone());
+    }
+}
+
+/// The histogram the hub records fan-out times in: 10 µs to about 10 s.
+pub(crate) fn fanout_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
+}
+
+/// Values read at scrape time, as a registry built for this scrape.
+fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[Member])>) -> Registry {
+    let mut registry = Registry::with_prefix("chorus");
+    let counter = |value: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        c
+    };
+    registry.register(
+        "slow_consumer_disconnects",
+        "Clients (WebSocket and LongPoll) ended because their outbound queue filled up",
+        counter(server.slow_consumers.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "protocol_errors",
+        "Clients (WebSocket and LongPoll) refused or ended for bad input",
+        counter(server.protocol_errors.load(Ordering::Relaxed)),
+    );
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(engine.is_some()));
+    registry.register("engine_up", "1 when the engine answered this scrape", up);
+    let Some((stats, members)) = engine else {
+        return registry;
+    };
+    let presence = Gauge::<i64>::default();
+    presence.set(i64::try_from(stats.presence_entries).unwrap_or(i64::MAX));
+    registry.register(
+        "presence_entries",
+        "Presence metas visible on this node, all topics",
+        presence,
+    );
+    let by_state = Family::<Labels1, Gauge>::default();
+    for state in ["up", "down"] {
+        let n = members
+            .iter()
+            .filter(|m| state_label(m.state) == state)
+            .count();
+        by_state
+            .get_or_create(&[("state", state)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "cluster_members",
+        "Peers this node knows (itself excluded), by state",
+        by_state,
+    );
+    let (mut bytes_in, mut bytes_out, mut msgs_in, mut msgs_out) = (0, 0, 0, 0);
+    for peer in stats.peers.values() {
+        bytes_in += peer.bytes_in;
+        bytes_out += peer.bytes_out;
+        msgs_in += peer.messages_in;
+        msgs_out += peer.messages_out;
+    }
+    let direction = |i: u64, o: u64| {
+        let family = Family::<Labels1, Counter>::default();
+        family.get_or_create(&[("direction", "in")]).inc_by(i);
+        family.get_or_create(&[("direction", "out")]).inc_by(o);
+        family
+    };
+    registry.register(
+        "gossip_bytes",
+        "Bytes of encoded cluster messages, all peers",
+        direction(bytes_in, bytes_out),
+    );
+    registry.register(
+        "gossip_messages",
+        "Cluster messages, all peers",
+        direction(msgs_in, msgs_out),
+    );
+    let overflows = Family::<Labels1, Counter>::default();
+    overflows
+        .get_or_create(&[("queue", "peer")])
+        .inc_by(stats.peer_queue_overflows);
+    overflows
+        .get_or_create(&[("queue", "subscriber")])
+        .inc_by(stats.slow_subscribers);
+    overflows
+        .get_or_create(&[("queue", "delta_buffer")])
+        .inc_by(stats.node.buffer_overflows);
+    registry.register(
+        "queue_overflows",
+        "Engine queues that overflowed: frames dropped to a slow peer, subscribers dropped, delta-buffer entries dropped",
+        overflows,
+    );
+    registry.register(
+        "cluster_auth_failures",
+        "Cluster connections closed for a missing or wrong secret proof",
+        counter(stats.auth_failures),
+    );
+    registry
+}
+
+/// The `state` label of a member.
+pub(crate) fn state_label(state: PeerState) -> &'static str {
+    match state {
+        PeerState::Up => "up",
+        PeerState::Down => "down",
+    }
+}
+
+/// Answers `GET /metrics`.
+pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<Body> {
+    let engine = shared.hub.engine();
+    // A stopped or wedged engine must not hang the scrape.
+    let wait = Duration::from_secs(2);
+    let read = tokio::time::timeout(wait, async {
+        Some((engine.stats().await.ok()?, engine.members().await.ok()?))
+    })
+    .await
+    .ok()
+    .flatten();
+    let scraped = scraped(&shared.stats, read.as_ref().map(|(s, m)| (s, m.as_slice())));
+    match shared.metrics.render(&scraped) {
+        Ok(text) => {
+            let mut response = Response::new(Body::from(text));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
+            );
+            response
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot encode metrics");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the metrics could not be encoded",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_live_and_scraped_metrics() {
+        let metrics = Metrics::new(fanout_histogram());
+        let ws = metrics.transport(Transport::WebSocket);
+        ws.messages_in.inc_by(3);
+        ws.record_joins(JoinCounts {
+            ok: 2,
+            refused: 1,
+            ..JoinCounts::default()
+        });
+        let text = metrics
+            .render(&scraped(&ServerStats::default(), None))
+            .expect("encodes");
+        assert!(
+            text.contains("chorus_messages_in_total{transport=\"websocket\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chorus_joins_total{transport=\"websocket\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chorus_join_errors_total{reason=\"refused\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chorus_join_errors_total{reason=\"crashed\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("chorus_engine_up 0\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,358 @@
+//! The WebSocket and LongPoll server, shaped like mini-redis: [`Server::run`] takes a bound
+//! listener and a shutdown future, accepts connections (a semaphore caps live
+//! WebSocket connections), and gives every client its own task owning its
+//! [`Session`](crate::socket::Session), with a bounded outbound queue written in
+//! batches by a writer task.
+//!
+//! - [`http`]: the route table (`GET /healthz`, the endpoints below);
+//! - [`api`]: the HTTP API under `/api` (API key; broadcast, presence, disconnect,
+//!   cluster; OpenAPI document);
+//! - `health`: `GET /readyz`;
+//! - [`metrics`]: `GET /metrics` (Prometheus text) and the live counters;
+//! - [`websocket`]: the handshake at `GET /socket/websocket`;
+//! - `connection`: the per-client task (session, actions, idle timeout, bad input);
+//! - [`longpoll`]: the LongPoll transport at `/socket/longpoll`, its sessions and
+//!   their forwarding between nodes;
+//! - `driver`: what both transports do with a session (actions against the hub
+//!   and engine, deliveries, cleanup);
+//! - [`hub`]: the per-node topic dispatcher (one engine subscription per topic,
+//!   encode once, fan out `Arc<Encoded>`);
+//! - [`envelope`]: the bytes a broadcast crosses the cluster as;
+//! - [`auth`]: the connect hook;
+//! - `shutdown`: stop accepting, close clients with 1012 in batches.
+//!
+//! Not deterministic: this is the I/O layer around the sans-IO session.
+
+pub mod api;
+pub mod auth;
+mod connection;
+pub mod dev;
+mod driver;
+pub mod envelope;
+mod health;
+pub mod http;
+pub mod hub;
+pub mod longpoll;
+pub mod metrics;
+pub mod origin;
+mod shutdown;
+pub mod websocket;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_engine::runtime::EngineHandle;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tracing::{debug, warn};
+
+pub use api::ApiKey;
+pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
+pub use connection::close;
+pub use health::READY_PATH;
+pub use hub::{Hub, HubError};
+pub use longpoll::LongPollKey;
+
+use crate::channel::Router;
+use crate::socket::SessionConfig;
+use crate::token::Tokens;
+use metrics::Metrics;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Per-connection session settings (channel cap).
+    pub session: SessionConfig,
+    /// Bytes of frames queued for one client before it is closed as a slow
+    /// consumer (1008).
+    pub outbound_queue_bytes: usize,
+    /// Most frames fed to a socket per flush.
+    pub write_batch: usize,
+    /// A connection with no incoming frame for this long is closed (1011).
+    pub idle_timeout: Duration,
+    /// Largest incoming frame or message; larger closes the connection (1009).
+    pub max_frame_size: usize,
+    /// Most live connections (WebSocket connections plus LongPoll sessions);
+    /// beyond, a WebSocket handshake gets 503 and a new LongPoll session status 500.
+    pub max_connections: usize,
+    /// Connections closed per batch on shutdown.
+    pub drain_batch: usize,
+    /// Pause between shutdown batches.
+    pub drain_interval: Duration,
+    /// How long shutdown waits for connections to finish after the last batch.
+    pub drain_timeout: Duration,
+    /// Browser origins allowed to open sockets (Phoenix's `check_origin`);
+    /// empty: every origin. See [`origin`].
+    pub allowed_origins: Vec<String>,
+    /// The configured channels' state (rooms, history) for `/api/rooms` and
+    /// `/api/history`; without it those routes answer 503.
+    pub app: Option<Arc<crate::app::App>>,
+    /// Dev mode: the demo page at `/` and `/dev/token`, minting tokens for any
+    /// name with these keys. `None` (the default) in production.
+    pub dev_tokens: Option<Tokens>,
+    /// How long a LongPoll poll is held when nothing is waiting (then 204).
+    pub longpoll_window: Duration,
+    /// A LongPoll session ends when no poll is held and none arrived for this
+    /// long (its channels close, its presences leave).
+    pub longpoll_timeout: Duration,
+    /// The key LongPoll session tokens are signed with: the same on every node of
+    /// a cluster (see [`LongPollKey::derive`]), random by default.
+    pub longpoll_key: LongPollKey,
+    /// The key of the HTTP API under `/api`; `None` disables the API (its routes
+    /// answer 503). Its `Debug` is redacted.
+    pub api_key: Option<ApiKey>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            session: SessionConfig::websocket(),
+            outbound_queue_bytes: 1 << 20,
+            write_batch: 64,
+            idle_timeout: Duration::from_secs(60),
+            max_frame_size: 1 << 20,
+            max_connections: 100_000,
+            drain_batch: 10_000,
+            drain_interval: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            app: None,
+            dev_tokens: None,
+            longpoll_window: Duration::from_secs(10),
+            longpoll_timeout: Duration::from_secs(15),
+            longpoll_key: LongPollKey::random(),
+            api_key: None,
+        }
+    }
+}
+
+/// Server counters.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// WebSocket connections upgraded so far.
+    pub connections: AtomicU64,
+    /// LongPoll sessions started so far.
+    pub longpoll_sessions: AtomicU64,
+    /// Connections closed because their outbound queue filled up (1008).
+    pub slow_consumers: AtomicU64,
+    /// Connections closed for bad input (1002, 1007, 1009).
+    pub protocol_errors: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) config: ServerConfig,
+    pub(crate) stats: ServerStats,
+    pub(crate) metrics: Metrics,
+    /// The HTTP API, when a key is configured.
+    pub(crate) api: Option<api::Api>,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) draining: AtomicBool,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) longpoll: longpoll::LongPoll,
+    /// Live connections (and LongPoll sessions) and their drain signal.
+    conns: Mutex<BTreeMap<u64, Arc<Notify>>>,
+}
+
+impl Shared {
+    pub(crate) fn register(&self, conn: u64, drain: Arc<Notify>) {
+        self.conns
+            .lock()
+            .expect("connection registry lock")
+            .insert(conn, drain);
+    }
+
+    pub(crate) fn unregister(&self, conn: u64) {
+        self.conns
+            .lock()
+            .expect("connection registry lock")
+            .remove(&conn);
+    }
+}
+
+/// A Phoenix Channels server over one engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server routing joins with `router`, publishing through `engine`, accepting
+    /// every connect ([`AllowAll`]) until [`Server::with_authenticator`].
+    pub fn new(engine: EngineHandle, router: Router, config: ServerConfig) -> Self {
+        let origin = rand::random::<u64>();
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let hub = Hub::new(engine, origin);
+        let metrics = Metrics::new(hub.fanout_histogram().clone());
+        let api = config.api_key.clone().map(api::Api::new);
+        Self {
+            shared: Arc::new(Shared {
+                hub,
+                router: Arc::new(router),
+                auth: Arc::new(AllowAll),
+                config,
+                stats: ServerStats::default(),
+                metrics,
+                api,
+                next_conn: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
+                limit,
+                longpoll: longpoll::LongPoll::default(),
+                conns: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Replaces the connect hook. Call before [`Server::run`].
+    ///
+    /// # Panics
+    /// If the server was cloned or is running.
+    pub fn with_authenticator(mut self, auth: impl Authenticator) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("set the authenticator before cloning or running the server")
+            .auth = Arc::new(auth);
+        self
+    }
+
+    /// The topic dispatcher, for server-side broadcasts.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    /// Live LongPoll sessions owned by this node.
+    pub fn longpoll_session_count(&self) -> usize {
+        self.shared.longpoll.session_count()
+    }
+
+    /// The live metrics (`GET /metrics` adds the engine's at scrape time).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Live connections: WebSocket connections and LongPoll sessions.
+    pub fn connection_count(&self) -> usize {
+        self.shared
+            .conns
+            .lock()
+            .expect("connection registry lock")
+            .len()
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then stops accepting, closes
+    /// every client with 1012 in batches and waits (bounded) for their tasks. The
+    /// engine is left running: shut it down afterwards.
+    pub async fn run(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let forwarding = longpoll::start(&self.shared).await;
+        let listener_task = self.shared.api.as_ref().map(|api| {
+            tokio::spawn(api::idempotency::listen(
+                api.idempotency.clone(),
+                self.shared.hub.engine().clone(),
+            ))
+        });
+        let accepted = tokio::select! {
+            res = self.accept_loop(&listener, &done_tx, &stop_rx) => res,
+            _ = shutdown => Ok(()),
+        };
+        drop(listener);
+        if let Some(task) = listener_task {
+            task.abort();
+        }
+        let _ = stop_tx.send(true);
+        shutdown::drain(&self.shared).await;
+        drop(done_tx);
+        let waited = tokio::time::timeout(self.shared.config.drain_timeout, done_rx.recv()).await;
+        if waited.is_err() {
+            warn!(
+                open = self.connection_count(),
+                "shutdown: connections still open after the drain timeout"
+            );
+        }
+        if let Some(forwarding) = forwarding {
+            forwarding.abort();
+        }
+        accepted
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: &TcpListener,
+        done: &mpsc::Sender<()>,
+        stop: &watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            debug!(%addr, "accepting connections");
+        }
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve_http(
+                self.shared.clone(),
+                stream,
+                peer,
+                done.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+}
+
+/// Serves one TCP connection's HTTP requests until it upgrades or closes.
+async fn serve_http(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    done: mpsc::Sender<()>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| http::handle(req, shared.clone(), done.clone()));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                debug!(%peer, error = %e, "http connection error");
+            }
+        }
+        _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The WebSocket handshake at `GET /socket/websocket`, with Phoenix's checks in Phoenix's order (PROTOCOL §1.2):
+//! method, `vsn` (403), subprotocols (403 when offered without `phoenix`; `phoenix`
+//! echoed), then the connect hook (403). Only then is the connection upgraded and
+//! handed to a [`Connection`] task.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, Instrument};
+
+use super::connection::Connection;
+use super::http::{text, Body};
+use super::Shared;
+use crate::protocol::{Query, Subprotocols};
+use crate::socket::Session;
+
+/// The WebSocket endpoint (Phoenix's `socket "/socket"` + `/websocket`).
+pub const WEBSOCKET_PATH: &str = "/socket/websocket";
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+pub(crate) fn upgrade(
+    req: &mut Request<Incoming>,
+    shared: Arc<Shared>,
+    done: tokio::sync::mpsc::Sender<()>,
+) -> Response<Body> {
+    let headers = req.headers();
+    let key = header(headers, "sec-websocket-key").map(str::to_owned);
+    let is_websocket = has_token(headers, "upgrade", "websocket")
+        && has_token(headers, "connection", "upgrade")
+        && header(headers, "sec-websocket-version") == Some("13");
+    let Some(key) = key.filter(|_| is_websocket) else {
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    };
+    if !super::origin::allowed(&shared.config.allowed_origins, headers) {
+        debug!(origin = ?headers.get("origin"), "refusing connect: origin not allowed");
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let Ok(query) = Query::parse(req.uri().query().unwrap_or("")) else {
+        return text(StatusCode::BAD_REQUEST, "");
+    };
+    let Ok(vsn) = query.vsn() else {
+        debug!(query = ?req.uri().query(), "refusing connect: unsupported vsn");
+        return text(StatusCode::FORBIDDEN, "");
+    };
+    let offered: Vec<&str> = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let subprotocols = if offered.is_empty() {
+        None
+    } else {
+        match Subprotocols::parse(&offered.join(",")) {
+            Ok(s) if s.phoenix => Some(s),
+            Ok(_) | Err(_) => {
+                debug!("refusing connect: subprotocols offered without `phoenix`");
+                return text(StatusCode::FORBIDDEN, "");
+            }
+        }
+    };
+    let bearer = header(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let auth_token = subprotocols
+        .as_ref()
+        .and_then(|s| s.auth_token.as_deref())
+        .or(bearer);
+    let Ok(info) = shared.auth.connect(&query.params(), auth_token) else {
+        debug!("refusing connect: denied by the authenticator");
+        return text(StatusCode::FORBIDDEN, "");
+    };
+    if shared.draining.load(Ordering::Acquire) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "");
+    }
+    let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+    };
+    let session = Session::new(vsn, shared.router.clone(), shared.config.session.clone())
+        .with_id(info.id)
+        .with_assigns(info.assigns);
+    let on_upgrade = hyper::upgrade::on(req);
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!("conn", id = conn);
+    tokio::spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let config = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(16 * 1024)
+                .max_message_size(Some(shared.config.max_frame_size))
+                .max_frame_size(Some(shared.config.max_frame_size));
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            let drain = Arc::new(Notify::new());
+            shared.register(conn, drain.clone());
+            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+            Connection::run(shared.clone(), conn, session, ws, drain).await;
+            shared.unregister(conn);
+            drop(permit);
+            drop(done);
+        }
+        .instrument(span),
+    );
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert("upgrade", HeaderValue::from_static("websocket"));
+    headers.insert("connection", HeaderValue::from_static("Upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    if subprotocols.is_some() {
+        headers.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("phoenix"),
+        );
+    }
+    response
+}

@@ -1,0 +1,157 @@
+//! `/api/rooms` and `/api/history` on two nodes: a room created through node A
+//! is listed (and joinable) on node B, config rooms cannot be deleted, history
+//! written on A is read on B, and bad requests get their documented answers.
+
+use std::time::Duration;
+
+use chorus_gateway::config::Config;
+use chorus_gateway::server::{ApiKey, ServerConfig};
+use serde_json::{json, Value};
+
+use crate::http::{spec, Reply, Req, KEY};
+use crate::util::{eventually, NodeBuilder};
+
+fn with_key() -> ServerConfig {
+    ServerConfig {
+        api_key: Some(ApiKey::new(KEY)),
+        ..ServerConfig::default()
+    }
+}
+
+fn check(method: &str, path: &str, reply: &Reply) {
+    spec()
+        .check(method, path, reply)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{reply:?}"));
+}
+
+fn room_ids(reply: &Reply) -> Vec<String> {
+    reply.json().expect("json")["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_and_history_replicate_and_refuse_bad_requests() -> anyhow::Result<()> {
+    let config = Config::default_config();
+    let a = NodeBuilder::new()
+        .config(with_key())
+        .app(config.clone())
+        .start()
+        .await?;
+    let b = NodeBuilder::new()
+        .config(with_key())
+        .app(config)
+        .seeds("b", vec![a.engine.local_addr()])
+        .start()
+        .await?;
+
+    let created = Req::authed("POST", "/api/rooms")
+        .json(&json!({"id": "news", "name": "News"}))
+        .send(a.addr)
+        .await?;
+    check("POST", "/api/rooms", &created);
+    assert_eq!(created.status, 201);
+    assert_eq!(created.json()?, json!({"id": "news", "name": "News"}));
+    let again = Req::authed("POST", "/api/rooms")
+        .json(&json!({"id": "news"}))
+        .send(a.addr)
+        .await?;
+    check("POST", "/api/rooms", &again);
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (409, "room_exists")
+    );
+    let bad = Req::authed("POST", "/api/rooms")
+        .json(&json!({"id": "a:b"}))
+        .send(a.addr)
+        .await?;
+    check("POST", "/api/rooms", &bad);
+    assert_eq!(bad.status, 400);
+
+    // Node B lists it a moment later, and a client there can join room:news.
+    let listed = eventually(Duration::from_secs(5), || async {
+        let r = Req::authed("GET", "/api/rooms")
+            .send(b.addr)
+            .await
+            .expect("get");
+        room_ids(&r) == ["lobby", "news"]
+    })
+    .await;
+    assert!(listed, "node B lists the new room");
+    let rooms = Req::authed("GET", "/api/rooms").send(b.addr).await?;
+    check("GET", "/api/rooms", &rooms);
+
+    // History written on A is read on B, oldest first, bounded by `limit`.
+    for n in 0..3 {
+        a.engine
+            .append("room:news", 1_000 + n, format!("{{\"body\":\"m{n}\"}}"))
+            .await?;
+    }
+    let arrived = eventually(Duration::from_secs(5), || async {
+        let r = Req::authed("GET", "/api/history?topic=room:news&limit=2")
+            .send(b.addr)
+            .await
+            .expect("get");
+        r.json()
+            .map(|v| v["messages"].as_array().map_or(0, Vec::len) == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(arrived);
+    let history = Req::authed("GET", "/api/history?topic=room:news&limit=2")
+        .send(b.addr)
+        .await?;
+    check("GET", "/api/history", &history);
+    let bodies: Vec<Value> = history.json()?["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    assert_eq!(bodies, [json!("m1"), json!("m2")]);
+    for target in [
+        "/api/history?topic=room:news&limit=0",
+        "/api/history?topic=room:news&limit=x",
+        "/api/history",
+    ] {
+        let r = Req::authed("GET", target).send(b.addr).await?;
+        check("GET", "/api/history", &r);
+        assert_eq!(r.status, 400, "{target}");
+    }
+
+    // Deleting: config rooms are refused, unknown rooms are 404, API rooms go.
+    let lobby = Req::authed("DELETE", "/api/rooms/lobby")
+        .send(b.addr)
+        .await?;
+    check("DELETE", "/api/rooms/{id}", &lobby);
+    assert_eq!(
+        (lobby.status, lobby.error_code().as_str()),
+        (409, "static_room")
+    );
+    let unknown = Req::authed("DELETE", "/api/rooms/nope")
+        .send(b.addr)
+        .await?;
+    check("DELETE", "/api/rooms/{id}", &unknown);
+    assert_eq!(unknown.status, 404);
+    let deleted = Req::authed("DELETE", "/api/rooms/news")
+        .send(b.addr)
+        .await?;
+    check("DELETE", "/api/rooms/{id}", &deleted);
+    assert_eq!(deleted.status, 204);
+    let gone = eventually(Duration::from_secs(5), || async {
+        let r = Req::authed("GET", "/api/rooms")
+            .send(a.addr)
+            .await
+            .expect("get");
+        room_ids(&r) == ["lobby"]
+    })
+    .await;
+    assert!(gone, "node A sees the deletion");
+    let no_key = Req::new("DELETE", "/api/rooms/news").send(a.addr).await?;
+    check("DELETE", "/api/rooms/{id}", &no_key);
+    assert_eq!(no_key.status, 401);
+    Ok(())
+}

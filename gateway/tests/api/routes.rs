@@ -1,0 +1,201 @@
+//! Every route's answers to good and bad requests on one node: auth, malformed
+//! JSON, missing fields, unknown routes and methods, oversized bodies, and a
+//! disabled API. Bad requests disturb nothing: a client keeps receiving.
+
+use chorus_gateway::server::api::routes;
+use chorus_gateway::server::{ApiKey, ServerConfig};
+use serde_json::json;
+
+use crate::http::{spec, Req, KEY};
+use crate::util::NodeBuilder;
+
+fn with_key() -> ServerConfig {
+    ServerConfig {
+        api_key: Some(ApiKey::new(KEY)),
+        ..ServerConfig::default()
+    }
+}
+
+/// The document and the route table agree both ways, so an undocumented route
+/// (or a documented one the server lacks) fails here.
+#[test]
+fn the_document_and_the_route_table_agree() {
+    let paths = spec().0["paths"].as_object().expect("paths");
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .filter(|(path, _)| path.starts_with("/api"))
+        .flat_map(|(path, item)| {
+            let path = path.clone();
+            item.as_object()
+                .expect("path item")
+                .keys()
+                .map(move |m| (m.to_ascii_uppercase(), path.clone()))
+        })
+        .collect();
+    let mut served: Vec<(String, String)> = routes()
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_documented_errors_and_disturb_nothing() -> anyhow::Result<()> {
+    let node = NodeBuilder::new().config(with_key()).start().await?;
+    let mut client = node.client("vsn=2.0.0").await?;
+    client.join("1", "room:bad", "{}").await?;
+    let good = json!({"topic": "room:bad", "event": "ok", "payload": {"n": 1}});
+
+    let no_key = Req::new("POST", "/api/broadcast")
+        .json(&good)
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (no_key.status, no_key.error_code().as_str()),
+        (401, "unauthorized")
+    );
+    assert_eq!(
+        no_key.headers.get("www-authenticate").map(String::as_str),
+        Some("Bearer")
+    );
+    let wrong = Req::new("POST", "/api/broadcast")
+        .header("authorization", "Bearer not-the-key")
+        .json(&good)
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (401, "unauthorized")
+    );
+    let wrong_scheme = Req::new("GET", "/api/cluster")
+        .header("authorization", &format!("Basic {KEY}"))
+        .send(node.addr)
+        .await?;
+    assert_eq!(wrong_scheme.status, 401);
+
+    let malformed = Req::authed("POST", "/api/broadcast")
+        .body(r#"{"topic": "room:bad", "event": "#)
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (malformed.status, malformed.error_code().as_str()),
+        (400, "malformed_json")
+    );
+    let missing = Req::authed("POST", "/api/broadcast")
+        .json(&json!({"event": "e", "payload": {}}))
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (missing.status, missing.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    assert!(missing.json()?["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("topic"));
+    let not_object = Req::authed("POST", "/api/broadcast")
+        .json(&json!({"topic": "room:bad", "event": "e", "payload": [1]}))
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (not_object.status, not_object.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    let long_event = Req::authed("POST", "/api/broadcast")
+        .json(&json!({"topic": "room:bad", "event": "e".repeat(256), "payload": {}}))
+        .send(node.addr)
+        .await?;
+    assert_eq!(long_event.status, 400);
+    let no_user = Req::authed("POST", "/api/disconnect")
+        .json(&json!({"user": "x"}))
+        .send(node.addr)
+        .await?;
+    assert_eq!(no_user.status, 400);
+    let no_topic = Req::authed("GET", "/api/presence").send(node.addr).await?;
+    assert_eq!(
+        (no_topic.status, no_topic.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    let no_topic = Req::authed("GET", "/api/presence/count?topic=")
+        .send(node.addr)
+        .await?;
+    assert_eq!(no_topic.status, 400);
+
+    let unknown = Req::authed("GET", "/api/nowhere").send(node.addr).await?;
+    assert_eq!(
+        (unknown.status, unknown.error_code().as_str()),
+        (404, "not_found")
+    );
+    let method = Req::authed("GET", "/api/broadcast").send(node.addr).await?;
+    assert_eq!(
+        (method.status, method.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(
+        method.headers.get("allow").map(String::as_str),
+        Some("POST")
+    );
+
+    // Over the 1 MiB limit: announced by Content-Length, or found while reading a
+    // chunked body.
+    let declared = Req::authed("POST", "/api/broadcast")
+        .body("{}")
+        .send_declared(node.addr, 2 << 20)
+        .await?;
+    assert_eq!(
+        (declared.status, declared.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    let big = format!(
+        r#"{{"topic":"room:bad","event":"e","payload":{{"x":"{}"}}}}"#,
+        "a".repeat(1 << 20)
+    );
+    let mut chunked = Req::authed("POST", "/api/broadcast").body(big);
+    chunked.chunked = true;
+    let chunked = chunked.send(node.addr).await?;
+    assert_eq!(
+        (chunked.status, chunked.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+
+    // Nothing was broadcast, the client is fine, and a good request works.
+    client.assert_alive("1", "room:bad").await?;
+    let sent = Req::authed("POST", "/api/broadcast")
+        .json(&good)
+        .send(node.addr)
+        .await?;
+    assert_eq!(sent.status, 202);
+    assert_eq!(sent.json()?, json!({"status": "sent"}));
+    let got = client.recv_event("ok").await?;
+    assert_eq!(got, json!([null, null, "room:bad", "ok", {"n": 1}]));
+
+    let doc = Req::new("GET", "/api/openapi.json").send(node.addr).await?;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.json()?, spec().0);
+    node.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_the_api_is_disabled() -> anyhow::Result<()> {
+    let node = NodeBuilder::new().start().await?;
+    for (method, path) in routes().filter(|(_, p)| *p != "/api/openapi.json") {
+        let target = format!("{path}?topic=room:x");
+        let reply = Req::authed(method, &target)
+            .json(&json!({"topic": "t", "event": "e", "payload": {}, "user_id": "u"}))
+            .send(node.addr)
+            .await?;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (503, "api_disabled"),
+            "{method} {path}"
+        );
+        assert!(reply.json()?["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disabled"));
+    }
+    let doc = Req::new("GET", "/api/openapi.json").send(node.addr).await?;
+    assert_eq!(doc.status, 200, "the document needs no key");
+    node.stop().await
+}

@@ -1,0 +1,159 @@
+//! Two real `chorus` processes seeded to each other on 127.0.0.1: one is killed
+//! with SIGKILL; its users leave the other's presence within the `lan` bound,
+//! and after a restart (a new incarnation) they never come back.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_gateway::token::{Claims, Tokens};
+use serde_json::Value;
+use tokio::time::timeout;
+
+use crate::util::Client;
+
+const SECRET: &str = "process-test-cluster-secret-0123456789";
+
+fn free_tcp() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    l.local_addr().expect("addr")
+}
+
+fn free_udp() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    s.local_addr().expect("addr")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn spawn(
+    name: &str,
+    http: SocketAddr,
+    gossip: SocketAddr,
+    seed: SocketAddr,
+) -> anyhow::Result<Proc> {
+    let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "--node",
+            name,
+            "--listen",
+            &http.to_string(),
+            "--gossip",
+            &gossip.to_string(),
+        ])
+        .args(["--seeds", &seed.to_string()])
+        .env("CHORUS_CLUSTER_SECRET", SECRET)
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(http).await.is_ok() {
+            return Ok(proc);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("chorus {name} did not listen on {http}")
+}
+
+/// The token secret the processes verify client tokens with.
+const TOKEN_SECRET: &str = "process-test-token-secret-0123";
+
+/// A connect URL with a token for `user`; `chat:*` (default config) tracks
+/// presence for anyone.
+fn url(http: SocketAddr, user: &str) -> String {
+    let tokens = Tokens::new(TOKEN_SECRET.as_bytes());
+    let token = tokens.sign(&Claims::new(user, Duration::from_secs(600)));
+    format!("ws://{http}/socket/websocket?token={token}&vsn=2.0.0")
+}
+
+/// Reads frames until `key` is present (`true`) or gone (`false`) in the
+/// client's view of the topic; returns when that holds.
+async fn wait_presence(client: &mut Client, key: &str, present: bool) -> anyhow::Result<()> {
+    loop {
+        let v: Value = serde_json::from_str(&client.recv_text().await?)?;
+        let holds = match v[3].as_str() {
+            Some("presence_state") => v[4].get(key).is_some() == present,
+            Some("presence_diff") if present => v[4]["joins"].get(key).is_some(),
+            Some("presence_diff") => v[4]["leaves"].get(key).is_some(),
+            _ => false,
+        };
+        if holds {
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_leaves_within_the_lan_bound_and_its_restart_brings_no_zombie(
+) -> anyhow::Result<()> {
+    let (http_a, gossip_a) = (free_tcp(), free_udp());
+    let (http_b, gossip_b) = (free_tcp(), free_udp());
+    let _a = spawn("a", http_a, gossip_a, gossip_b).await?;
+    let mut b = spawn("b", http_b, gossip_b, gossip_a).await?;
+
+    let mut alice = Client::connect(&url(http_a, "alice")).await?;
+    alice.join("1", "chat:kill", "{}").await?;
+    let mut bob = Client::connect(&url(http_b, "bob")).await?;
+    bob.join("1", "chat:kill", "{}").await?;
+    timeout(
+        Duration::from_secs(10),
+        wait_presence(&mut alice, "bob", true),
+    )
+    .await??;
+
+    // kill -9: no Leave reaches node a.
+    b.0.kill()?;
+    b.0.wait()?;
+    let killed = Instant::now();
+    timeout(
+        Duration::from_secs(10),
+        wait_presence(&mut alice, "bob", false),
+    )
+    .await??;
+    let took = killed.elapsed();
+    eprintln!("bob left node a {took:?} after kill -9 of node b");
+    assert!(
+        took < Duration::from_millis(3500),
+        "bob left after {took:?}, over the lan bound"
+    );
+
+    // Restart b: a new incarnation. Once it holds alice, the cluster is whole
+    // again, and bob's old entry must not be anywhere.
+    drop(b);
+    let _b2 = spawn("b", http_b, gossip_b, gossip_a).await?;
+    let mut carol = Client::connect(&url(http_b, "carol")).await?;
+    carol.join("1", "chat:kill", "{}").await?;
+    timeout(
+        Duration::from_secs(10),
+        wait_presence(&mut carol, "alice", true),
+    )
+    .await??;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for http in [http_a, http_b] {
+        let mut probe = Client::connect(&url(http, "probe")).await?;
+        probe.join("1", "chat:kill", "{}").await?;
+        let state = probe.recv_event("presence_state").await?;
+        let keys: Vec<&String> = state[4].as_object().expect("object").keys().collect();
+        assert!(
+            !keys.iter().any(|k| k.as_str() == "bob"),
+            "zombie bob on {http}: {keys:?}"
+        );
+        assert!(
+            keys.iter().any(|k| k.as_str() == "alice")
+                && keys.iter().any(|k| k.as_str() == "carol")
+        );
+    }
+    Ok(())
+}
