@@ -846,8 +846,10 @@ impl Node {
         match self.peers.get_mut(from) {
             Some(p) => {
                 p.last_heard = now;
-                if addr.is_some() && p.addr != addr {
+                if addr.is_some() {
                     p.addr = addr;
+                    // The failure detector keeps its own copy of the address:
+                    // fill it in even when a member list gave us this one.
                     self.swim.insert(now, from.clone(), addr);
                 }
             }
@@ -878,7 +880,10 @@ impl Node {
     fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
         if id == self.cfg.id || self.peers.contains_key(&id) {
             if let Some(p) = self.peers.get_mut(&id) {
-                p.addr.get_or_insert(addr);
+                if p.addr.is_none() {
+                    p.addr = Some(addr);
+                    self.swim.insert(now, id, Some(addr));
+                }
             }
             return;
         }
