@@ -298,12 +298,16 @@ impl Membership {
     pub fn remove(&mut self, id: &NodeId) {
         self.members.remove(id);
         self.deadlines.remove(id);
+        // A probe of a purged member has nothing left to judge.
+        if self.probe.as_ref().is_some_and(|p| &p.target == id) {
+            self.probe = None;
+        }
     }
 
     /// A member left gracefully: drop it and tell the others.
     pub fn leave(&mut self, id: &NodeId) {
-        if let Some(m) = self.members.remove(id) {
-            self.deadlines.remove(id);
+        if let Some(m) = self.members.get(id).cloned() {
+            self.remove(id);
             if let Some(addr) = m.addr {
                 self.enqueue(Update {
                     node: id.clone(),
@@ -616,9 +620,12 @@ impl Membership {
     }
 
     fn ask_helpers(&mut self) {
-        let Some(p) = self.probe.as_ref() else {
+        let Some(p) = self.probe.as_mut() else {
             return;
         };
+        // Asked or not, this probe's indirect stage is over (a deadline left
+        // pending would be due forever).
+        p.asked = true;
         let target = p.target.clone();
         let seq = p.seq;
         let Some(target_addr) = self.members.get(&target).and_then(|m| m.addr) else {
@@ -637,7 +644,6 @@ impl Membership {
         }
         helpers.truncate(k);
         let p = self.probe.as_mut().expect("checked above");
-        p.asked = true;
         p.expected_nacks = k as u32;
         for (id, addr) in helpers {
             let gossip = self.gossip_for(&id);
@@ -911,6 +917,27 @@ mod tests {
 
     fn addr(i: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))
+    }
+
+    #[test]
+    fn purging_the_probed_member_leaves_no_deadline_due_forever() {
+        // A restart replaces the incarnation being probed: the node purges the
+        // old one mid-probe. The probe's indirect deadline must not stay due
+        // (the driver would call handle_timeout in a loop at the same instant).
+        let now = Instant::now();
+        let mut m = Membership::new(id(0), addr(0), cfg(), 0, now);
+        m.insert(now, id(1), Some(addr(1)));
+        let t = now + cfg().period;
+        m.handle_timeout(t);
+        assert!(
+            std::iter::from_fn(|| m.poll_output())
+                .any(|o| matches!(o, Output::Send { body: Body::Ping { .. }, .. })),
+            "the only member is probed"
+        );
+        m.remove(&id(1));
+        let later = t + cfg().probe_timeout;
+        m.handle_timeout(later);
+        assert!(m.poll_timeout() > later, "nothing is due any more");
     }
 
     /// `n` fully meshed memberships on a 1 ms network with directed cuts.
