@@ -161,6 +161,9 @@ struct Queued {
     update: Update,
     transmits: u32,
     order: u64,
+    /// Members it was piggybacked to: none gets it twice before every member
+    /// got it once.
+    sent_to: BTreeSet<NodeId>,
 }
 
 /// The member table and the probe state machine. See the module docs.
@@ -512,6 +515,7 @@ impl Membership {
         {
             self.probe_down_member();
         }
+        self.ping_suspects(now);
         if let Some(target) = self.next_target() {
             let addr = self.members[&target].addr.expect("targets have addresses");
             let seq = self.next_seq;
@@ -560,6 +564,48 @@ impl Membership {
             self.remove(&id);
             self.outputs.push_back(Output::Gone(id));
         }
+    }
+
+    /// Lifeguard's buddy system, made active: every period the suspects whose
+    /// suspicion ends soonest (at most `indirect_probes`) are pinged with the
+    /// charge piggybacked, so a live suspect hears it and refutes in its ack
+    /// to the very member that holds the suspicion, instead of depending on
+    /// the round-robin reaching it (or on gossip) before the timeout.
+    fn ping_suspects(&mut self, now: Instant) {
+        let mut due: Vec<(Instant, NodeId)> = self
+            .deadlines
+            .iter()
+            .filter(|(id, _)| self.probe.as_ref().is_none_or(|p| &p.target != *id))
+            .map(|(id, t)| (*t, id.clone()))
+            .collect();
+        due.sort();
+        due.truncate(self.cfg.indirect_probes.max(1));
+        for (_, id) in due {
+            self.ping_suspect(now, &id);
+        }
+    }
+
+    fn ping_suspect(&mut self, _now: Instant, id: &NodeId) {
+        let Some(addr) = self
+            .members
+            .get(id)
+            .filter(|m| m.state == State::Suspect)
+            .and_then(|m| m.addr)
+        else {
+            return;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let gossip = self.gossip_for(id);
+        self.send(
+            id.clone(),
+            addr,
+            Body::Ping {
+                seq,
+                target: id.clone(),
+                gossip,
+            },
+        );
     }
 
     fn probe_down_member(&mut self) {
@@ -671,6 +717,7 @@ impl Membership {
             return;
         };
         let by = by.unwrap_or_else(|| self.id.clone());
+        let new = m.state == State::Alive;
         match m.state {
             State::Down => return,
             // Already suspected by others: ours is a confirmation (once).
@@ -692,6 +739,9 @@ impl Membership {
                 inc,
                 kind: UpdateKind::Suspect { by },
             });
+        }
+        if new {
+            self.ping_suspect(now, id);
         }
     }
 
@@ -789,8 +839,10 @@ impl Membership {
                     if was == State::Down {
                         self.outputs.push_back(Output::Up(u.node.clone()));
                     }
-                    self.reschedule(&u.node, now);
+                    let id = u.node.clone();
+                    self.reschedule(&id, now);
                     self.enqueue(u);
+                    self.ping_suspect(now, &id);
                 } else if m.state == State::Suspect && u.inc == m.inc {
                     // An independent confirmation shortens the suspicion.
                     if m.suspecters.insert(by.clone()) {
@@ -840,6 +892,7 @@ impl Membership {
                 update,
                 transmits: 0,
                 order,
+                sent_to: BTreeSet::new(),
             },
         );
     }
@@ -870,10 +923,19 @@ impl Membership {
         }
         let n = self.members.len() as f64 + 1.0;
         let limit = self.cfg.gossip_mult * ((n + 1.0).log10().ceil() as u32).max(1);
+        // A member knows what it says of itself (a charge against it went
+        // first above); an update already sent to `to` waits until every
+        // other member got it once, so a few transmissions reach distinct
+        // members (in a small cluster, always the one that needs it).
+        let others = self.members.len().saturating_sub(1);
         let picked: Vec<(u32, Reverse<u64>, NodeId)> = self
             .by_priority
             .iter()
-            .filter(|(_, _, id)| id != to || out.is_empty())
+            .filter(|(_, _, id)| id != to)
+            .filter(|(_, _, id)| {
+                let q = &self.queue[id];
+                !q.sent_to.contains(to) || q.sent_to.len() >= others
+            })
             .take(self.cfg.max_gossip.saturating_sub(out.len()))
             .cloned()
             .collect();
@@ -881,6 +943,10 @@ impl Membership {
             self.by_priority.remove(&key);
             let q = self.queue.get_mut(&key.2).expect("indexed");
             q.transmits += 1;
+            if q.sent_to.len() >= others {
+                q.sent_to.clear();
+            }
+            q.sent_to.insert(to.clone());
             out.push(q.update.clone());
             if q.transmits >= limit {
                 self.queue.remove(&key.2);
@@ -930,8 +996,13 @@ mod tests {
         let t = now + cfg().period;
         m.handle_timeout(t);
         assert!(
-            std::iter::from_fn(|| m.poll_output())
-                .any(|o| matches!(o, Output::Send { body: Body::Ping { .. }, .. })),
+            std::iter::from_fn(|| m.poll_output()).any(|o| matches!(
+                o,
+                Output::Send {
+                    body: Body::Ping { .. },
+                    ..
+                }
+            )),
             "the only member is probed"
         );
         m.remove(&id(1));
