@@ -39,10 +39,11 @@ fn idle_connections_are_opened_and_the_server_memory_is_read() {
 #[test]
 fn fanout_delivers_every_broadcast_to_every_subscriber() {
     let r = load(&["fanout", "--subs", "20", "--rate", "20", "--secs", "1"]);
+    assert!(r["delivered_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert_eq!(r["published"].as_u64(), Some(20), "{r}");
     assert_eq!(r["delivered"].as_u64(), Some(400), "{r}");
     assert_eq!(
-        (r["lost"].as_u64(), r["out_of_order"].as_u64()),
+        (r["missing"].as_u64(), r["out_of_order"].as_u64()),
         (Some(0), Some(0)),
         "{r}"
     );
@@ -50,9 +51,19 @@ fn fanout_delivers_every_broadcast_to_every_subscriber() {
 }
 
 #[test]
+fn paced_ping_counts_echoed_replies() {
+    let r = load(&["ping", "--conns", "2", "--interval-ms", "50", "--secs", "1"]);
+    // Two connections, one push per 50 ms each for a second: never more
+    // than 2 x 21 (slowness can only make it fewer).
+    let replies = r["replies"].as_u64().unwrap_or(0);
+    assert!((1..=42).contains(&replies), "{r}");
+}
+
+#[test]
 fn ping_counts_echoed_replies() {
     let r = load(&["ping", "--conns", "2", "--inflight", "2", "--secs", "1"]);
     assert!(r["replies"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r["replies_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     assert_eq!(r["errors"].as_u64(), Some(0), "{r}");
     assert_eq!(r["rtt"]["count"], r["replies"], "{r}");
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 
 use crate::client::{frame, now_us, Frame, HEARTBEAT};
+use crate::server::{Cpu, CpuMeter};
 use crate::stats::Latency;
 use crate::Ctx;
 
@@ -48,7 +49,8 @@ pub struct FanoutResult {
     /// Subscribers × published.
     pub expected: u64,
     pub delivered: u64,
-    pub lost: u64,
+    /// Expected but not delivered when the run ended (after `--drain`).
+    pub missing: u64,
     /// Deliveries with a sequence number below one already received.
     pub out_of_order: u64,
     /// Subscribers whose connection ended during the run.
@@ -58,6 +60,8 @@ pub struct FanoutResult {
     /// Deliveries per second, from the first publish to the last delivery.
     pub delivered_per_sec: f64,
     pub latency: Latency,
+    /// From the first publish until every subscriber is done.
+    pub cpu: Cpu,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +107,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
     let mut publisher = ctx.connect("publisher").await?;
     publisher.join(&args.topic, "1").await?;
     let (sent_tx, sent) = oneshot::channel();
+    let meter = CpuMeter::start(ctx.pid);
     let pad = "x".repeat(args.pad);
     let publishing = tokio::spawn(publish(
         publisher,
@@ -131,6 +136,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
             }
         }
     }
+    let cpu = meter.stop();
     let _ = stop_tx.send(true);
     publishing.await??;
 
@@ -151,7 +157,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         published,
         expected,
         delivered,
-        lost: expected.saturating_sub(delivered),
+        missing: expected.saturating_sub(delivered),
         out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
         disconnected: seen.iter().filter(|s| s.ended).count(),
         offered_per_sec: seen.len() as f64 * f64::from(args.rate),
@@ -161,6 +167,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
             0.0
         },
         latency: Latency::of(&mut all),
+        cpu,
     })
 }
 
@@ -297,9 +304,10 @@ impl std::fmt::Display for FanoutResult {
         )?;
         writeln!(
             f,
-            "fanout: {} of {} delivered ({} lost, {} out of order, {} subscribers disconnected): {:.0} deliveries/s",
-            self.delivered, self.expected, self.lost, self.out_of_order, self.disconnected, self.delivered_per_sec
+            "fanout: {} of {} delivered ({} missing at the end, {} out of order, {} subscribers disconnected): {:.0} deliveries/s",
+            self.delivered, self.expected, self.missing, self.out_of_order, self.disconnected, self.delivered_per_sec
         )?;
-        write!(f, "fanout: latency {}", self.latency)
+        writeln!(f, "fanout: latency {}", self.latency)?;
+        write!(f, "fanout: {}", self.cpu)
     }
 }

@@ -11,9 +11,10 @@ use clap::Args;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::client::{check_ok, frame, Conn};
+use crate::server::{Cpu, CpuMeter};
 use crate::stats::Latency;
 use crate::Ctx;
 
@@ -28,6 +29,10 @@ pub struct PingArgs {
     /// Seconds of pushing.
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
+    /// Milliseconds between pushes on each connection (light load); 0: the
+    /// next push goes out as soon as a reply comes back.
+    #[arg(long, default_value_t = 0)]
+    pub interval_ms: u64,
     /// The topic.
     #[arg(long, default_value = "load:ping")]
     pub topic: String,
@@ -38,13 +43,18 @@ pub struct PingResult {
     pub scenario: &'static str,
     pub conns: usize,
     pub inflight: usize,
+    /// Milliseconds between pushes per connection; 0: closed loop.
+    pub interval_ms: u64,
     pub replies: u64,
     /// Replies that were not `ok`.
     pub errors: u64,
     /// Connections that ended early.
     pub disconnected: usize,
+    /// Replies per second, from the start to the last reply.
     pub replies_per_sec: f64,
     pub rtt: Latency,
+    /// From the first push until every connection is done.
+    pub cpu: Cpu,
 }
 
 /// What one connection saw.
@@ -53,10 +63,13 @@ struct Seen {
     rtts_us: Vec<u32>,
     errors: u64,
     ended: bool,
+    /// When the last reply arrived.
+    last: Option<Instant>,
 }
 
 pub async fn run(ctx: &Ctx, args: PingArgs) -> anyhow::Result<PingResult> {
     anyhow::ensure!(args.inflight > 0, "--inflight must be positive");
+    let pace = (args.interval_ms > 0).then(|| Duration::from_millis(args.interval_ms));
     let (start_tx, start) = watch::channel(None);
     let (ready_tx, mut ready) = mpsc::channel(1024);
     let mut tasks = JoinSet::new();
@@ -74,7 +87,7 @@ pub async fn run(ctx: &Ctx, args: PingArgs) -> anyhow::Result<PingResult> {
                 Ok(conn) => {
                     let _ = ready_tx.send(Ok(())).await;
                     drop(ready_tx);
-                    Some(pinger(conn, topic, args.inflight, start).await)
+                    Some(pinger(conn, topic, args.inflight, pace, start).await)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e)).await;
@@ -87,6 +100,7 @@ pub async fn run(ctx: &Ctx, args: PingArgs) -> anyhow::Result<PingResult> {
     while let Some(r) = ready.recv().await {
         r.context("a ping connection failed")?;
     }
+    let meter = CpuMeter::start(ctx.pid);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.secs);
     start_tx.send(Some(deadline))?;
@@ -94,7 +108,9 @@ pub async fn run(ctx: &Ctx, args: PingArgs) -> anyhow::Result<PingResult> {
     while let Some(s) = tasks.join_next().await {
         seen.extend(s?);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = meter.stop();
+    let last = seen.iter().filter_map(|s| s.last).max().unwrap_or(started);
+    let elapsed = last.duration_since(started).as_secs_f64();
     let replies: u64 = seen.iter().map(|s| s.rtts_us.len() as u64).sum();
     let mut all: Vec<u32> = seen
         .iter()
@@ -104,20 +120,29 @@ pub async fn run(ctx: &Ctx, args: PingArgs) -> anyhow::Result<PingResult> {
         scenario: "ping",
         conns: seen.len(),
         inflight: args.inflight,
+        interval_ms: args.interval_ms,
         replies,
         errors: seen.iter().map(|s| s.errors).sum(),
         disconnected: seen.iter().filter(|s| s.ended).count(),
-        replies_per_sec: replies as f64 / elapsed,
+        replies_per_sec: if elapsed > 0.0 {
+            replies as f64 / elapsed
+        } else {
+            0.0
+        },
         rtt: Latency::of(&mut all),
+        cpu,
     })
 }
 
-/// Keeps `inflight` pushes outstanding until the deadline, then waits (at
-/// most 5 s) for the outstanding replies.
+/// Until the deadline: unpaced, keeps `inflight` pushes outstanding (a new
+/// push for each reply); paced, sends one push per `pace` while fewer than
+/// `inflight` are outstanding. Then waits (at most 5 s) for the outstanding
+/// replies.
 async fn pinger(
     mut conn: Conn,
     topic: String,
     inflight: usize,
+    pace: Option<Duration>,
     mut start: watch::Receiver<Option<Instant>>,
 ) -> Seen {
     let mut seen = Seen::default();
@@ -130,13 +155,27 @@ async fn pinger(
     };
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let mut next = 0u64;
+    // Unpaced, the timer only wakes the loop up to notice the deadline.
+    let mut tick = interval(pace.unwrap_or(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let ran = async {
-        for _ in 0..inflight {
-            push(&mut conn, &topic, &mut next, &mut sent_at).await?;
+        if pace.is_none() {
+            for _ in 0..inflight {
+                push(&mut conn, &topic, &mut next, &mut sent_at).await?;
+            }
+            conn.flush().await?;
         }
-        conn.flush().await?;
-        while !sent_at.is_empty() {
-            let f = conn.recv().await?;
+        while Instant::now() < deadline || !sent_at.is_empty() {
+            let f = tokio::select! {
+                _ = tick.tick() => {
+                    if pace.is_some() && Instant::now() < deadline && sent_at.len() < inflight {
+                        push(&mut conn, &topic, &mut next, &mut sent_at).await?;
+                        conn.flush().await?;
+                    }
+                    continue;
+                }
+                f = conn.recv() => f?,
+            };
             let Some(reference) = f.reference.as_deref() else {
                 continue;
             };
@@ -147,12 +186,13 @@ async fn pinger(
                 continue;
             };
             let now = Instant::now();
+            seen.last = Some(now);
             seen.rtts_us
                 .push(now.duration_since(at).as_micros().min(u128::from(u32::MAX)) as u32);
             if check_ok(&f).is_err() {
                 seen.errors += 1;
             }
-            if now < deadline {
+            if pace.is_none() && now < deadline {
                 push(&mut conn, &topic, &mut next, &mut sent_at).await?;
                 conn.flush().await?;
             }
@@ -183,11 +223,20 @@ async fn push(
 
 impl std::fmt::Display for PingResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pacing = if self.interval_ms == 0 {
+            format!("{} in flight", self.inflight)
+        } else {
+            format!(
+                "one push every {} ms (at most {} in flight)",
+                self.interval_ms, self.inflight
+            )
+        };
         writeln!(
             f,
-            "ping: {} connections x {} in flight: {} replies ({} errors, {} connections ended early), {:.0} replies/s",
-            self.conns, self.inflight, self.replies, self.errors, self.disconnected, self.replies_per_sec
+            "ping: {} connections x {}: {} replies ({} errors, {} connections ended early), {:.0} replies/s",
+            self.conns, pacing, self.replies, self.errors, self.disconnected, self.replies_per_sec
         )?;
-        write!(f, "ping: round trip {}", self.rtt)
+        writeln!(f, "ping: round trip {}", self.rtt)?;
+        write!(f, "ping: {}", self.cpu)
     }
 }

@@ -90,6 +90,26 @@ pub fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU time (user + system) of process `pid` so far, in seconds, from
+/// /proc/<pid>/stat (clock ticks of 1/100 s, as on every Linux this runs on;
+/// `getconf CLK_TCK` says).
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which is in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ')' in stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        bail!("no utime/stime in {path}");
+    };
+    Ok((user + system) as f64 / 100.0)
+}
+
 fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
@@ -106,4 +126,55 @@ async fn healthy(addr: SocketAddr) -> bool {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
     answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// CPU used by the server and by this process over a stretch of wall time.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Cpu {
+    pub wall_s: f64,
+    /// Server CPU seconds (user + system), when its pid is known.
+    pub server_s: Option<f64>,
+    /// This load generator's CPU seconds.
+    pub load_s: Option<f64>,
+}
+
+/// Starts measuring [`Cpu`] at creation.
+pub struct CpuMeter {
+    pid: Option<u32>,
+    started: Instant,
+    server: Option<f64>,
+    load: Option<f64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            started: Instant::now(),
+            server: pid.and_then(|p| cpu_secs(p).ok()),
+            load: cpu_secs(std::process::id()).ok(),
+        }
+    }
+
+    pub fn stop(&self) -> Cpu {
+        let delta = |before: Option<f64>, pid: Option<u32>| Some(cpu_secs(pid?).ok()? - before?);
+        Cpu {
+            wall_s: self.started.elapsed().as_secs_f64(),
+            server_s: delta(self.server, self.pid),
+            load_s: delta(self.load, Some(std::process::id())),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1} s"));
+        write!(
+            f,
+            "CPU over {:.1} s: server {}, load generator {}",
+            self.wall_s,
+            s(self.server_s),
+            s(self.load_s)
+        )
+    }
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::{interval_at, Instant};
 
 use crate::client::{check_ok, frame, now_us, Conn, Frame, HEARTBEAT};
+use crate::server::{Cpu, CpuMeter};
 use crate::Ctx;
 
 #[derive(Debug, Args)]
@@ -54,6 +55,8 @@ pub struct StormResult {
     pub frames_in: u64,
     pub diffs_in: u64,
     pub bytes_in: u64,
+    /// From the first join until the end.
+    pub cpu: Cpu,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +183,7 @@ pub async fn run(ctx: &Ctx, args: StormArgs) -> anyhow::Result<StormResult> {
     }
     let connected = go.len();
 
+    let meter = CpuMeter::start(ctx.pid);
     let started = Instant::now();
     let first_us = now_us();
     for (i, go_tx) in go.into_iter().enumerate() {
@@ -213,6 +217,7 @@ pub async fn run(ctx: &Ctx, args: StormArgs) -> anyhow::Result<StormResult> {
     }
     // Anything still in flight (duplicates, late diffs) is counted too.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = meter.stop();
     stop_tx.send(true)?;
     let mut seen = Vec::new();
     while let Some(s) = tasks.join_next().await {
@@ -242,6 +247,7 @@ pub async fn run(ctx: &Ctx, args: StormArgs) -> anyhow::Result<StormResult> {
         frames_in: seen.iter().map(|s| s.frames_in).sum(),
         diffs_in: seen.iter().map(|s| s.diffs_in).sum(),
         bytes_in: seen.iter().map(|s| s.bytes_in).sum(),
+        cpu,
     })
 }
 
@@ -357,6 +363,7 @@ impl std::fmt::Display for StormResult {
             self.frames_in,
             self.diffs_in,
             self.bytes_in as f64 / 1e6
-        )
+        )?;
+        write!(f, "\nstorm: {}", self.cpu)
     }
 }
