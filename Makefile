@@ -65,9 +65,10 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	bin="$${CARGO_TARGET_DIR:-target}/release"; load="$$bin/chorus-load --spawn $$bin/chorus"; \
 	set -x; \
 	$$load idle --conns $(LOAD_IDLE); \
-	$$load fanout --subs 1000 --rate 100 --secs $(LOAD_FANOUT_SECS); \
-	$$load fanout --subs 10000 --rate 10 --secs $(LOAD_FANOUT_SECS); \
-	$$load ping --conns 10 --inflight 1 --secs $(LOAD_PING_SECS); \
+	$$load fanout --subs 1000 --rate 50 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 1000 --rate 200 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 10000 --rate 5 --secs $(LOAD_FANOUT_SECS); \
+	$$load ping --conns 10 --interval-ms 10 --secs $(LOAD_PING_SECS); \
 	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
 	$$load storm --users $(LOAD_STORM) --rate 200; \
 	$$load storm --users $(LOAD_BURST)
