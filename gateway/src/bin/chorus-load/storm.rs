@@ -44,11 +44,12 @@ pub struct StormResult {
     /// Clients whose connection ended during the storm.
     pub disconnected: usize,
     /// Seconds from the first join sent: the last join sent, the last join
-    /// reply, and the moment every joined client's view held all users.
+    /// reply, and the moment every connected client's view held all users.
     pub last_join_sent_s: f64,
     pub last_join_ok_s: Option<f64>,
     pub all_seen_s: Option<f64>,
-    /// Clients whose view never held all users, and the smallest view.
+    /// Connected clients whose view never held all users (joined or not),
+    /// and the smallest view among the connected clients.
     pub incomplete: usize,
     pub smallest_view: usize,
     /// Received by all clients together during the storm.
@@ -227,7 +228,7 @@ pub async fn run(ctx: &Ctx, args: StormArgs) -> anyhow::Result<StormResult> {
     let secs = |us: u64| us.saturating_sub(first_us) as f64 / 1e6;
     let joined: Vec<&Seen> = seen.iter().filter(|s| s.joined_us.is_some()).collect();
     let last_join_ok_s = joined.iter().filter_map(|s| s.joined_us).max().map(secs);
-    let incomplete = joined.iter().filter(|s| s.complete_us.is_none()).count();
+    let incomplete = seen.iter().filter(|s| s.complete_us.is_none()).count();
     let all_seen_s = (incomplete == 0 && !joined.is_empty())
         .then(|| joined.iter().filter_map(|s| s.complete_us).max().map(secs))
         .flatten();
@@ -243,7 +244,7 @@ pub async fn run(ctx: &Ctx, args: StormArgs) -> anyhow::Result<StormResult> {
         last_join_ok_s,
         all_seen_s,
         incomplete,
-        smallest_view: joined.iter().map(|s| s.view).min().unwrap_or(0),
+        smallest_view: seen.iter().map(|s| s.view).min().unwrap_or(0),
         frames_in: seen.iter().map(|s| s.frames_in).sum(),
         diffs_in: seen.iter().map(|s| s.diffs_in).sum(),
         bytes_in: seen.iter().map(|s| s.bytes_in).sum(),
