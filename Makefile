@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test chromium sim bench fmt lint check-core ci
+.PHONY: help run cluster test chromium sim bench bench-load fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -50,6 +50,28 @@ bench: ## Benchmarks; record results in BENCHMARKS.md with the command, date and
 	$(CARGO) bench -p chorus-engine --bench presence -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p chorus-engine --bench memory
 	$(CARGO) bench -p chorus-engine --bench cluster
+	$(MAKE) bench-load
+
+# Sizes of the load scenarios; override on the command line or in the environment.
+LOAD_IDLE ?= 10000
+LOAD_FANOUT_SECS ?= 10
+LOAD_PING_SECS ?= 10
+LOAD_STORM ?= 1000
+LOAD_BURST ?= 2000
+
+bench-load: ## Load generator (chorus-load) against a fresh release chorus per scenario, on 127.0.0.1 (about 3 min)
+	$(CARGO) build --release -p chorus-gateway --bin chorus --bin chorus-load
+	@ulimit -n $$(ulimit -Hn); set -e; \
+	bin="$${CARGO_TARGET_DIR:-target}/release"; load="$$bin/chorus-load --spawn $$bin/chorus"; \
+	set -x; \
+	$$load idle --conns $(LOAD_IDLE); \
+	$$load fanout --subs 1000 --rate 50 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 1000 --rate 200 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 10000 --rate 5 --secs $(LOAD_FANOUT_SECS); \
+	$$load ping --conns 10 --interval-ms 10 --secs $(LOAD_PING_SECS); \
+	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
+	$$load storm --users $(LOAD_STORM) --rate 200; \
+	$$load storm --users $(LOAD_BURST)
 
 fmt: ## Format everything
 	$(CARGO) fmt --all

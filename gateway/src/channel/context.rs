@@ -169,7 +169,9 @@ impl<'a> ChannelContext<'a> {
     }
 
     /// `Presence.list(socket)`: the topic's presences as last handed in by the driver
-    /// (empty until the first `presence_state`). Render it with
+    /// (empty until the first `presence_state`, and always empty unless the
+    /// channel's [`Channel::keeps_presence_list`](super::Channel::keeps_presence_list)
+    /// says `true`). Render it with
     /// [`presence_state`](crate::socket::presence_state).
     pub fn list(&self) -> &[PresenceEntry] {
         self.presence

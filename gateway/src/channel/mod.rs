@@ -150,6 +150,15 @@ pub trait Channel: Send + 'static {
         HandleInfo::NoReply
     }
 
+    /// Whether [`ChannelContext::list`] is kept current for this channel. Keeping
+    /// it costs a copy of the topic's presences per joined connection (memory
+    /// and diff work grow with the topic's users on every connection), so only
+    /// channels that read the list ask for it. `false` by default: `list` is
+    /// then empty.
+    fn keeps_presence_list(&self) -> bool {
+        false
+    }
+
     /// The broadcast events that go through [`Channel::handle_out`] instead of
     /// straight to the client (Phoenix's `intercept`). None by default.
     fn intercepts(&self) -> &[&str] {

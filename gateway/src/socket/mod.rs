@@ -216,7 +216,9 @@ impl Session {
             return false;
         }
         let payload = Payload::Json(presence_state(&entries));
-        entry.presence = entries;
+        if entry.channel.keeps_presence_list() {
+            entry.presence = entries;
+        }
         let frame = crate::protocol::encode_push(
             self.outbox.vsn,
             Some(join_ref),
@@ -237,7 +239,9 @@ impl Session {
         leaves: &[PresenceEntry],
     ) {
         if let Some(entry) = self.channels.get_mut(topic) {
-            presence::apply_diff(&mut entry.presence, joins, leaves);
+            if entry.channel.keeps_presence_list() {
+                presence::apply_diff(&mut entry.presence, joins, leaves);
+            }
         }
     }
 

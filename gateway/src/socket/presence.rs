@@ -68,13 +68,24 @@ pub(crate) fn apply_diff(
     joins: &[PresenceEntry],
     leaves: &[PresenceEntry],
 ) {
-    for join in joins {
-        state.retain(|e| !(e.key == join.key && e.phx_ref == join.phx_ref));
-        state.push(join.clone());
-    }
-    for leave in leaves {
-        state.retain(|e| !(e.key == leave.key && e.phx_ref == leave.phx_ref));
-    }
+    // One pass over the state per diff, not one per item: a join storm would
+    // otherwise cost O(users) per joined user on every connection.
+    let gone: std::collections::HashSet<(&str, &str)> = joins
+        .iter()
+        .chain(leaves)
+        .map(|e| (e.key.as_str(), e.phx_ref.as_str()))
+        .collect();
+    let left: std::collections::HashSet<(&str, &str)> = leaves
+        .iter()
+        .map(|e| (e.key.as_str(), e.phx_ref.as_str()))
+        .collect();
+    state.retain(|e| !gone.contains(&(e.key.as_str(), e.phx_ref.as_str())));
+    state.extend(
+        joins
+            .iter()
+            .filter(|j| !left.contains(&(j.key.as_str(), j.phx_ref.as_str())))
+            .cloned(),
+    );
 }
 
 /// Drops `phx_ref` and `phx_ref_prev` from an application meta, so the spliced refs

@@ -157,3 +157,60 @@ async fn a_killed_process_leaves_within_the_lan_bound_and_its_restart_brings_no_
     }
     Ok(())
 }
+
+/// `chorus token` prints a token the server accepts, with the claims given.
+#[test]
+fn the_token_subcommand_mints_a_valid_token() -> anyhow::Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["token", "--sub", "alice", "--name", "Alice", "--org", "7"])
+        .args(["--teams", "3,4", "--friends", "bob", "--ttl", "2h"])
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?;
+    let claims = Tokens::new(TOKEN_SECRET.as_bytes()).verify(token.trim())?;
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.name.as_deref(), Some("Alice"));
+    assert_eq!(claims.org.as_deref(), Some("7"));
+    assert_eq!(claims.teams, ["3", "4"]);
+    assert_eq!(claims.friends, ["bob"]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let ttl = claims.exp.saturating_sub(now.as_secs());
+    assert!((7190..=7200).contains(&ttl), "exp {ttl} s from now");
+
+    let no_secret = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["token", "--sub", "alice"])
+        .env_remove("CHORUS_TOKEN_SECRET")
+        .output()?;
+    assert!(!no_secret.status.success());
+    assert!(String::from_utf8_lossy(&no_secret.stderr).contains("CHORUS_TOKEN_SECRET"));
+    Ok(())
+}
+
+/// A bad config file stops startup with the file, the line and the problem,
+/// before anything listens.
+#[test]
+fn a_bad_config_file_stops_startup_naming_file_and_line() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("chorus-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\ndev_mode = false\n\n[[topics]]\npattern = \"room:{id}\"\njoin = \"owner\"\n",
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("--config")
+        .arg(&path)
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml: line 6, column 8"), "{err}");
+    assert!(err.contains("unknown variant `owner`"), "{err}");
+    Ok(())
+}

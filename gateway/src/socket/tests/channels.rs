@@ -150,6 +150,10 @@ impl Channel for Room {
         HandleInfo::NoReply
     }
 
+    fn keeps_presence_list(&self) -> bool {
+        true
+    }
+
     fn intercepts(&self) -> &[&str] {
         &["secret", "loud", "explode"]
     }

@@ -1,0 +1,148 @@
+//! `chorus-load`: a load generator for Phoenix Channels servers (Chorus, or
+//! any server speaking the Phoenix v2 JSON protocol over WebSocket).
+//!
+//! Each scenario opens real WebSocket connections over the network, runs for
+//! a bounded time and prints what it measured:
+//!
+//! - `idle`: N connections joined to one topic; the server's resident memory
+//!   before, at N/2 and at N (needs the server's pid: `--spawn`, or `--pid`);
+//! - `fanout`: M subscribers of one topic, one publisher at a fixed rate;
+//!   delivery latency (timestamp in the payload) and deliveries per second;
+//! - `ping`: connections pushing an echoed event with pushes in flight;
+//!   round-trip times and replies per second;
+//! - `storm`: K clients joining one presence topic; when each client's
+//!   presence view holds all K users, frames and bytes received.
+//!
+//! `--spawn BIN` starts a fresh `chorus` per scenario with
+//! `gateway/bench/load.toml` on a free port of 127.0.0.1; `--url` points at a
+//! running server, which then needs the topics of that file (`load:*` with
+//! `ping` echoed and `fanout` broadcast, `storm:*` with presence). Latencies
+//! are taken on this process's clock, so they include its own scheduling.
+
+mod client;
+mod fanout;
+mod idle;
+mod ping;
+mod server;
+mod stats;
+mod storm;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::bail;
+use chorus_gateway::token::Tokens;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::client::Target;
+use crate::server::Spawned;
+
+/// Load generator for Phoenix Channels servers.
+#[derive(Debug, Parser)]
+#[command(name = "chorus-load")]
+struct Cli {
+    /// Start this `chorus` binary for the scenario (a fresh process with
+    /// gateway/bench/load.toml on a free port), and stop it after.
+    #[arg(long, conflicts_with = "url")]
+    spawn: Option<PathBuf>,
+    /// The socket URL of a running server, e.g.
+    /// ws://127.0.0.1:4000/socket/websocket.
+    #[arg(long, required_unless_present = "spawn")]
+    url: Option<String>,
+    /// With --url: the server's process id, to read its memory.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
+    /// HS256 secret: each client gets a `token` connect param for its own
+    /// user. With --spawn, the server is given this secret.
+    #[arg(
+        long,
+        env = "CHORUS_TOKEN_SECRET",
+        default_value = "chorus-load-token-secret-0123456789"
+    )]
+    token_secret: String,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Print the result as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Server memory per idle connection.
+    Idle(idle::IdleArgs),
+    /// Broadcast to many subscribers of one topic at a fixed rate.
+    Fanout(fanout::FanoutArgs),
+    /// Echoed pushes: round-trip time and replies per second.
+    Ping(ping::PingArgs),
+    /// Many clients joining one presence topic.
+    Storm(storm::StormArgs),
+}
+
+/// What every scenario gets: where to connect and the server's pid.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub target: Target,
+    /// The server's pid, when its memory can be read.
+    pub pid: Option<u32>,
+    /// Bounds the connection attempts in flight.
+    pub connecting: Arc<Semaphore>,
+}
+
+impl Ctx {
+    /// Opens a connection for `user` (waiting for a connect slot).
+    pub async fn connect(&self, user: &str) -> anyhow::Result<client::Conn> {
+        let _slot = self.connecting.acquire().await?;
+        client::Conn::connect(&self.target.url_for(user)).await
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tokio::runtime::Runtime::new()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    client::now_us();
+    let spawned = match &cli.spawn {
+        Some(bin) => Some(Spawned::start(bin, &cli.token_secret).await?),
+        None => None,
+    };
+    let (url, pid) = match (&spawned, &cli.url) {
+        (Some(s), _) => (s.url.clone(), Some(s.pid())),
+        (None, Some(url)) => (url.clone(), cli.pid),
+        (None, None) => bail!("give --spawn or --url"),
+    };
+    let ctx = Ctx {
+        target: Target {
+            url,
+            tokens: Some(Tokens::new(cli.token_secret.as_bytes())),
+        },
+        pid,
+        connecting: Arc::new(Semaphore::new(cli.connect_concurrency.max(1))),
+    };
+    match cli.scenario {
+        Scenario::Idle(args) => print(cli.json, &idle::run(&ctx, args).await?),
+        Scenario::Fanout(args) => print(cli.json, &fanout::run(&ctx, args).await?),
+        Scenario::Ping(args) => print(cli.json, &ping::run(&ctx, args).await?),
+        Scenario::Storm(args) => print(cli.json, &storm::run(&ctx, args).await?),
+    }
+    drop(spawned);
+    Ok(())
+}
+
+fn print<R: Serialize + std::fmt::Display>(json: bool, result: &R) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(result).expect("results serialize")
+        );
+    } else {
+        println!("{result}");
+    }
+}

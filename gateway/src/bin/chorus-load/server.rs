@@ -1,0 +1,180 @@
+//! The server under load: a `chorus` process this tool starts (`--spawn`), or
+//! one started elsewhere (`--url`, and `--pid` to read its memory).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The topic rules the scenarios need (`gateway/bench/load.toml`).
+pub const CONFIG: &str = include_str!("../../../bench/load.toml");
+
+/// A `chorus` child process on a free port of 127.0.0.1; killed on drop.
+pub struct Spawned {
+    child: Child,
+    config: PathBuf,
+    /// The socket URL.
+    pub url: String,
+}
+
+impl Spawned {
+    /// Starts `bin --config <CONFIG> --listen 127.0.0.1:<free>` with the token
+    /// secret, and waits until `GET /healthz` answers 200.
+    pub async fn start(bin: &Path, token_secret: &str) -> anyhow::Result<Self> {
+        let addr = free_port()?;
+        let config = std::env::temp_dir().join(format!(
+            "chorus-load-{}-{}.toml",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::write(&config, CONFIG).context("writing the server config")?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &addr.to_string()])
+            .env("CHORUS_TOKEN_SECRET", token_secret)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut server = Self {
+            child,
+            config,
+            url: format!("ws://{addr}/socket/websocket"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !healthy(addr).await {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("{} exited with {status}", bin.display());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not answer /healthz on {addr}", bin.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(server)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS` of /proc/<pid>/status).
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .with_context(|| format!("no VmRSS in {path}"))?;
+    Ok(kb * 1024)
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds, from
+/// /proc/<pid>/stat (clock ticks of 1/100 s, as on every Linux this runs on;
+/// `getconf CLK_TCK` says).
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command name, which is in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ')' in stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        bail!("no utime/stime in {path}");
+    };
+    Ok((user + system) as f64 / 100.0)
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+async fn healthy(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// CPU used by the server and by this process over a stretch of wall time.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Cpu {
+    pub wall_s: f64,
+    /// Server CPU seconds (user + system), when its pid is known.
+    pub server_s: Option<f64>,
+    /// This load generator's CPU seconds.
+    pub load_s: Option<f64>,
+}
+
+/// Starts measuring [`Cpu`] at creation.
+pub struct CpuMeter {
+    pid: Option<u32>,
+    started: Instant,
+    server: Option<f64>,
+    load: Option<f64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            started: Instant::now(),
+            server: pid.and_then(|p| cpu_secs(p).ok()),
+            load: cpu_secs(std::process::id()).ok(),
+        }
+    }
+
+    pub fn stop(&self) -> Cpu {
+        let delta = |before: Option<f64>, pid: Option<u32>| Some(cpu_secs(pid?).ok()? - before?);
+        Cpu {
+            wall_s: self.started.elapsed().as_secs_f64(),
+            server_s: delta(self.server, self.pid),
+            load_s: delta(self.load, Some(std::process::id())),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1} s"));
+        write!(
+            f,
+            "CPU over {:.1} s: server {}, load generator {}",
+            self.wall_s,
+            s(self.server_s),
+            s(self.load_s)
+        )
+    }
+}
