@@ -28,8 +28,11 @@ fn the_sweep_catches_a_merge_that_ignores_removals() {
         .iter()
         .filter(|f| f.invariants.contains(&Invariant::Records))
         .count();
+    // Only seeds where some node merges a peer's register removal before
+    // the end expose this bug, and how many do depends on timing (15 of 20
+    // with heartbeat membership, 9 of 20 with SWIM): require a clear share.
     assert!(
-        records >= 10,
+        records >= 5,
         "ignored register removals went unnoticed: the records checker failed only {records} of 20 seeds"
     );
 }
