@@ -118,7 +118,7 @@ impl Config {
             gossip_mult: 4,
             max_gossip: 6,
             max_health: 8,
-            down_probe_every: 3,
+            down_probe_every: 1,
             history_cap: 100,
             records_chunk: 1 << 20,
         }
