@@ -17,6 +17,17 @@ export const BIN = process.env.CHORUS_BIN ?? "../../target/debug/chorus";
 export const TOKEN_SECRET = "js-test-token-secret-0123456789";
 export const CLUSTER_SECRET = "js-test-cluster-secret-012345678";
 
+/** A config with one generic topic rule, for protocol tests. */
+export const TEST_TOPIC_CONFIG = `
+[server]
+dev_mode = false
+
+[[topics]]
+pattern = "test:{id}"
+presence = true
+events = { new_msg = "broadcast", shout = "broadcast_from", ping = "echo" }
+`;
+
 const children = new Set();
 const sockets = new Set();
 
@@ -47,7 +58,8 @@ export function writeConfig(text) {
 
 /**
  * Starts `chorus` on `httpPort` and resolves once /healthz answers.
- * `opts`: `gossipPort`, `node`, `config` (a file), `seeds` (gossip ports), `env`.
+ * `opts`: `gossipPort`, `node`, `config` (a file), `seeds` (gossip ports), `env`,
+ * `args` (more flags).
  */
 export async function startServer(httpPort, opts = {}) {
   const gossipPort = opts.gossipPort ?? (await freePort());
@@ -57,6 +69,7 @@ export async function startServer(httpPort, opts = {}) {
     "--node", opts.node ?? "js",
   ];
   if (opts.config) args.push("--config", opts.config);
+  if (opts.args) args.push(...opts.args);
   if (opts.seeds?.length) args.push("--seeds", opts.seeds.map((p) => `127.0.0.1:${p}`).join(","));
   const child = spawn(BIN, args, {
     stdio: ["ignore", "ignore", "pipe"],

@@ -6,126 +6,31 @@
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import net from "node:net";
 import { createRequire } from "node:module";
 import WebSocket from "ws";
-import { TOKEN_SECRET, mintToken, writeConfig } from "./helpers.mjs";
+import {
+  Presence, TEST_TOPIC_CONFIG, cleanup, connect as connectWith, freePort, join, mintToken,
+  push, startServer, until, users, writeConfig,
+} from "./helpers.mjs";
 
 const require = createRequire(import.meta.url);
-const { Socket, Presence, LongPoll } = require("phoenix");
+const { LongPoll } = require("phoenix");
 
-const BIN = process.env.CHORUS_BIN ?? "../../target/debug/chorus";
 /** The server ends a session this long after its last poll (default 15 s). */
 const SESSION_TIMEOUT_MS = 1_000;
-const config = writeConfig(`
-[server]
-dev_mode = false
+const config = writeConfig(TEST_TOPIC_CONFIG);
 
-[[topics]]
-pattern = "test:{id}"
-presence = true
-events = { new_msg = "broadcast", shout = "broadcast_from", ping = "echo" }
-`);
-const children = new Set();
-const sockets = new Set();
+after(cleanup);
 
-after(() => {
-  for (const s of sockets) s.disconnect();
-  for (const c of children) c.kill("SIGKILL");
-});
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(httpPort, gossipPort) {
-  const child = spawn(
-    BIN,
-    [
-      "--listen", `127.0.0.1:${httpPort}`,
-      "--gossip", `127.0.0.1:${gossipPort}`,
-      "--node", "js-lp",
-      "--longpoll-timeout-ms", String(SESSION_TIMEOUT_MS),
-      "--config", config,
-    ],
-    {
-      stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, RUST_LOG: "warn", CHORUS_TOKEN_SECRET: TOKEN_SECRET },
-    },
-  );
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  const deadline = Date.now() + 20_000;
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
-      if (res.ok) return child;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill("SIGKILL");
-  throw new Error("chorus did not answer /healthz within 20 s");
-}
-
-function connect(port, opts = {}) {
-  const socket = new Socket(`ws://127.0.0.1:${port}/socket`, {
-    transport: LongPoll,
-    reconnectAfterMs: () => 50,
-    rejoinAfterMs: () => 50,
-    ...opts,
-  });
-  socket.connect();
-  sockets.add(socket);
-  return socket;
-}
-
-function join(channel) {
-  return new Promise((resolve, reject) => {
-    channel
-      .join()
-      .receive("ok", resolve)
-      .receive("error", (e) => reject(new Error(`join error ${JSON.stringify(e)}`)))
-      .receive("timeout", () => reject(new Error("join timeout")));
-  });
-}
-
-function push(channel, event, payload) {
-  return new Promise((resolve, reject) => {
-    channel
-      .push(event, payload)
-      .receive("ok", resolve)
-      .receive("error", (e) => reject(new Error(`push error ${JSON.stringify(e)}`)))
-      .receive("timeout", () => reject(new Error("push timeout")));
-  });
-}
-
-/** Resolves when `pred()` holds, checked every 10 ms. */
-function until(pred, what, ms = 5_000) {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const tick = () => {
-      if (pred()) return resolve();
-      if (Date.now() - t0 > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 10);
-    };
-    tick();
-  });
-}
-
-const users = (presence) => presence.list((id) => id).sort();
+/** A socket on the LongPoll transport unless `opts` names another. */
+const connect = (port, opts = {}) => connectWith(port, { transport: LongPoll, ...opts });
 
 const port = await freePort();
-await startServer(port, await freePort());
+await startServer(port, {
+  node: "js-lp",
+  config,
+  args: ["--longpoll-timeout-ms", String(SESSION_TIMEOUT_MS)],
+});
 
 test("LongPoll: join, presence, push with reply, broadcast and broadcast_from", async () => {
   const alice = connect(port, { params: { token: mintToken({ sub: "alice" }) } });

@@ -7,21 +7,13 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import {
-  Presence, cleanup, connect, connectAs, freePort, handshakeStatus, join, mintToken,
+  Presence, TEST_TOPIC_CONFIG, cleanup, connect, connectAs, freePort, handshakeStatus, join, mintToken,
   push, pushError, startServer, stop, until, users, writeConfig,
 } from "./helpers.mjs";
 
 after(cleanup);
 
-const config = writeConfig(`
-[server]
-dev_mode = false
-
-[[topics]]
-pattern = "test:{id}"
-presence = true
-events = { new_msg = "broadcast", shout = "broadcast_from", ping = "echo" }
-`);
+const config = writeConfig(TEST_TOPIC_CONFIG);
 
 const port = await freePort();
 const server = await startServer(port, { config });
