@@ -594,15 +594,21 @@ impl Membership {
         else {
             return;
         };
+        self.ping_with_verdict(id.clone(), addr);
+    }
+
+    /// A ping outside the probe round (no probe state), its gossip led by
+    /// what we hold against `target`, so a live target refutes in its ack.
+    fn ping_with_verdict(&mut self, target: NodeId, addr: SocketAddr) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let gossip = self.gossip_for(id);
+        let gossip = self.gossip_for(&target);
         self.send(
-            id.clone(),
+            target.clone(),
             addr,
             Body::Ping {
                 seq,
-                target: id.clone(),
+                target,
                 gossip,
             },
         );
@@ -620,19 +626,7 @@ impl Membership {
         }
         let target = down[self.rng.random_range(0..down.len())].clone();
         let addr = self.members[&target].addr.expect("filtered");
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // Its down verdict rides along, so a live member refutes it in the ack.
-        let gossip = self.gossip_for(&target);
-        self.send(
-            target.clone(),
-            addr,
-            Body::Ping {
-                seq,
-                target,
-                gossip,
-            },
-        );
+        self.ping_with_verdict(target, addr);
     }
 
     /// Round-robin over a shuffled list of probeable members; reshuffled after

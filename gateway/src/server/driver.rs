@@ -355,8 +355,9 @@ impl Driver {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the
+/// wall-clock time of record writes.
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

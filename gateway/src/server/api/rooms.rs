@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, ApiResult};
 use crate::app::{App, ROOM_SPACE};
+use crate::server::driver::unix_ms;
 use crate::server::http::json_response;
 use crate::server::Shared;
 
@@ -137,10 +138,4 @@ pub(crate) async fn delete(id: &str, shared: &Arc<Shared>) -> ApiResult {
     let mut response = json_response(StatusCode::NO_CONTENT, &Value::Null);
     *response.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
     Ok(response)
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
