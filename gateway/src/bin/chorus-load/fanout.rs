@@ -161,11 +161,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
         disconnected: seen.iter().filter(|s| s.ended).count(),
         offered_per_sec: seen.len() as f64 * f64::from(args.rate),
-        delivered_per_sec: if window > 0.0 {
-            delivered as f64 / window
-        } else {
-            0.0
-        },
+        delivered_per_sec: crate::stats::per_sec(delivered, window),
         latency: Latency::of(&mut all),
         cpu,
     })

@@ -124,11 +124,7 @@ pub async fn run(ctx: &Ctx, args: PingArgs) -> anyhow::Result<PingResult> {
         replies,
         errors: seen.iter().map(|s| s.errors).sum(),
         disconnected: seen.iter().filter(|s| s.ended).count(),
-        replies_per_sec: if elapsed > 0.0 {
-            replies as f64 / elapsed
-        } else {
-            0.0
-        },
+        replies_per_sec: crate::stats::per_sec(replies, elapsed),
         rtt: Latency::of(&mut all),
         cpu,
     })

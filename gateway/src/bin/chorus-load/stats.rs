@@ -42,6 +42,15 @@ impl std::fmt::Display for Latency {
     }
 }
 
+/// `count` per second over `secs` (0 for an empty window).
+pub fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
