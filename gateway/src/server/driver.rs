@@ -313,11 +313,12 @@ impl Driver {
                 topic,
                 join_ref,
                 of,
-            } => match engine.presence(of.as_str()).await {
-                Ok(items) => {
+            } => match engine.presence_count(of.as_str()).await {
+                // Counted in the engine: no metas are copied.
+                Ok((_users, connections)) => {
                     let count = PresenceCount {
                         of,
-                        count: items.len(),
+                        count: connections,
                     };
                     self.session
                         .handle_info(&topic, Some(&join_ref), Box::new(count));
