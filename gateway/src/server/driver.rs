@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::close;
-use super::hub::{entries, Budget, Hub, Inbound, Mailbox};
+use super::hub::{entries, state_json, Budget, Hub, Inbound, Mailbox};
 use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
 use crate::protocol::{OutFrame, Ref};
@@ -253,9 +253,12 @@ impl Driver {
                 entry.1.insert(key);
                 match engine.presence(topic.as_str()).await {
                     Ok(items) => {
-                        let _ =
-                            self.session
-                                .handle_presence_state(&topic, &join_ref, entries(&items));
+                        let _ = self.session.handle_presence_state_json(
+                            &topic,
+                            &join_ref,
+                            state_json(&items),
+                            || entries(&items),
+                        );
                     }
                     Err(e) => warn!(conn = self.conn, topic, error = %e, "presence list failed"),
                 }

@@ -35,14 +35,14 @@ pub mod presence;
 pub use action::{
     Action, PresenceCount, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE,
 };
-pub use presence::{presence_diff, presence_state, PresenceEntry};
+pub use presence::{presence_diff, presence_state, PresenceEntry, StateWriter};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::channel::{Channel, Info, Router, StopReason};
 use crate::protocol::{
-    encode_heartbeat_reply, Encoded, FrameError, InFrame, OutFrame, Payload, Ref, Vsn,
+    encode_heartbeat_reply, Encoded, FrameError, InFrame, JsonObject, OutFrame, Payload, Ref, Vsn,
     MAX_FIELD_LEN, PHOENIX_TOPIC,
 };
 use outbox::Outbox;
@@ -209,22 +209,34 @@ impl Session {
         join_ref: &Ref,
         entries: Vec<PresenceEntry>,
     ) -> bool {
+        let state = presence_state(&entries);
+        self.handle_presence_state_json(topic, join_ref, state, || entries)
+    }
+
+    /// [`Session::handle_presence_state`] with the payload already written;
+    /// `entries` is called only if the channel keeps a presence `list`.
+    pub fn handle_presence_state_json(
+        &mut self,
+        topic: &str,
+        join_ref: &Ref,
+        state: JsonObject,
+        entries: impl FnOnce() -> Vec<PresenceEntry>,
+    ) -> bool {
         let Some(entry) = self.channels.get_mut(topic) else {
             return false;
         };
         if entry.join_ref != *join_ref {
             return false;
         }
-        let payload = Payload::Json(presence_state(&entries));
         if entry.channel.keeps_presence_list() {
-            entry.presence = entries;
+            entry.presence = entries();
         }
         let frame = crate::protocol::encode_push(
             self.outbox.vsn,
             Some(join_ref),
             topic,
             "presence_state",
-            &payload,
+            &Payload::Json(state),
         );
         self.outbox.send(frame);
         true

@@ -6,8 +6,6 @@
 //! of a key keep the order they were given in. An update is one diff with the new
 //! meta (carrying `phx_ref_prev`) in `joins` and the old meta in `leaves`.
 
-use std::collections::BTreeMap;
-
 use crate::protocol::JsonObject;
 
 /// One presence meta of one key, as the presence system hands it in.
@@ -108,38 +106,93 @@ pub(crate) fn strip_reserved(meta: JsonObject) -> JsonObject {
 
 /// Writes `{"key":{"metas":[..]},..}`, keys sorted, metas in input order.
 fn write_state(out: &mut String, entries: &[PresenceEntry]) {
-    let mut by_key: BTreeMap<&str, Vec<&PresenceEntry>> = BTreeMap::new();
-    for entry in entries {
-        by_key.entry(&entry.key).or_default().push(entry);
+    let mut sorted: Vec<&PresenceEntry> = entries.iter().collect();
+    if !sorted.is_sorted_by(|a, b| a.key <= b.key) {
+        // Stable: the metas of a key keep their order.
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
     }
-    out.push('{');
-    for (i, (key, metas)) in by_key.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_str(out, key);
-        out.push_str(r#":{"metas":["#);
-        for (j, entry) in metas.into_iter().enumerate() {
-            if j > 0 {
-                out.push(',');
+    let mut w = StateWriter::into(std::mem::take(out));
+    for e in sorted {
+        w.push(
+            &e.key,
+            &e.phx_ref,
+            e.phx_ref_prev.as_deref(),
+            e.meta.as_str(),
+        );
+    }
+    *out = w.finish_string();
+}
+
+/// Writes a `presence_state` shaped object from metas handed in sorted by key
+/// (the metas of one key next to each other), straight from borrowed parts:
+/// no per-meta copies, maps or allocations. The engine lists a topic's
+/// presences in this order, so a joining client's `presence_state` is one pass.
+pub struct StateWriter {
+    out: String,
+    /// The key whose `metas` array is open, if any.
+    open: Option<String>,
+}
+
+impl StateWriter {
+    /// A writer with room for about `metas` metas.
+    pub fn with_capacity(metas: usize) -> Self {
+        Self::into(String::with_capacity(64 * metas + 2))
+    }
+
+    fn into(mut out: String) -> Self {
+        out.push('{');
+        Self { out, open: None }
+    }
+
+    /// Adds one meta. `meta` is the application's JSON object text.
+    pub fn push(&mut self, key: &str, phx_ref: &str, phx_ref_prev: Option<&str>, meta: &str) {
+        let out = &mut self.out;
+        match &mut self.open {
+            Some(open) if open == key => out.push(','),
+            Some(open) => {
+                debug_assert!(open.as_str() < key, "metas must come sorted by key");
+                out.push_str("]},");
+                open.clear();
+                open.push_str(key);
+                write_key(out, key);
             }
-            write_meta(out, entry);
+            None => {
+                self.open = Some(key.to_owned());
+                write_key(out, key);
+            }
         }
-        out.push_str("]}");
+        write_meta(out, phx_ref, phx_ref_prev, meta);
     }
-    out.push('}');
+
+    /// The finished object.
+    pub fn finish(self) -> JsonObject {
+        into_object(self.finish_string())
+    }
+
+    fn finish_string(mut self) -> String {
+        if self.open.is_some() {
+            self.out.push_str("]}");
+        }
+        self.out.push('}');
+        self.out
+    }
+}
+
+fn write_key(out: &mut String, key: &str) {
+    write_str(out, key);
+    out.push_str(r#":{"metas":["#);
 }
 
 /// Writes `{"phx_ref":..,"phx_ref_prev":..,<meta's own fields>}`.
-fn write_meta(out: &mut String, entry: &PresenceEntry) {
+fn write_meta(out: &mut String, phx_ref: &str, phx_ref_prev: Option<&str>, meta: &str) {
     out.push_str(r#"{"phx_ref":"#);
-    write_str(out, &entry.phx_ref);
-    if let Some(prev) = &entry.phx_ref_prev {
+    write_str(out, phx_ref);
+    if let Some(prev) = phx_ref_prev {
         out.push_str(r#","phx_ref_prev":"#);
         write_str(out, prev);
     }
-    let raw = entry.meta.as_str().trim();
-    let fields = raw
+    let fields = meta
+        .trim()
         .strip_prefix('{')
         .and_then(|r| r.strip_suffix('}'))
         .unwrap_or("")
@@ -151,8 +204,17 @@ fn write_meta(out: &mut String, entry: &PresenceEntry) {
     out.push('}');
 }
 
+/// A JSON string; text that needs no escaping (refs, most keys) is copied as is.
 fn write_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
+    }
 }
 
 fn into_object(json: String) -> JsonObject {
@@ -225,11 +287,39 @@ mod tests {
     }
 
     #[test]
+    fn unsorted_keys_come_out_sorted_with_their_metas_in_order() {
+        let e = |key: &str, r: &str| PresenceEntry::new(key, r, JsonObject::empty());
+        let entries = [e("zed", "1"), e("amy", "2"), e("zed", "0"), e("amy", "3")];
+        assert_eq!(
+            presence_state(&entries).as_str(),
+            r#"{"amy":{"metas":[{"phx_ref":"2"},{"phx_ref":"3"}]},"zed":{"metas":[{"phx_ref":"1"},{"phx_ref":"0"}]}}"#
+        );
+    }
+
+    #[test]
+    fn state_writer_groups_sorted_metas() {
+        let mut w = StateWriter::with_capacity(3);
+        w.push("amy", "1", None, r#"{"a":1}"#);
+        w.push("amy", "2", Some("1"), "{}");
+        w.push("b\\q", "3", None, r#" { "x" : [1] } "#);
+        assert_eq!(
+            w.finish().as_str(),
+            r#"{"amy":{"metas":[{"phx_ref":"1","a":1},{"phx_ref":"2","phx_ref_prev":"1"}]},"b\\q":{"metas":[{"phx_ref":"3","x" : [1]}]}}"#
+        );
+        assert_eq!(StateWriter::with_capacity(0).finish().as_str(), "{}");
+    }
+
+    #[test]
     fn keys_are_escaped() {
         let odd = PresenceEntry::new("a\"b", "r", JsonObject::empty());
         assert_eq!(
             presence_state(&[odd]).as_str(),
             r#"{"a\"b":{"metas":[{"phx_ref":"r"}]}}"#
+        );
+        let unicode = PresenceEntry::new("zoë\n", "r", JsonObject::empty());
+        assert_eq!(
+            presence_state(&[unicode]).as_str(),
+            r#"{"zoë\n":{"metas":[{"phx_ref":"r"}]}}"#
         );
     }
 

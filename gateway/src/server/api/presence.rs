@@ -14,9 +14,8 @@ use serde_json::json;
 
 use super::{ApiError, ApiResult};
 use crate::server::http::{json_response, raw_json};
-use crate::server::hub::entries;
+use crate::server::hub::state_json;
 use crate::server::Shared;
-use crate::socket::presence_state;
 
 pub(crate) async fn get(topic: &str, shared: &Arc<Shared>) -> ApiResult {
     let items = shared
@@ -25,7 +24,7 @@ pub(crate) async fn get(topic: &str, shared: &Arc<Shared>) -> ApiResult {
         .presence(topic)
         .await
         .map_err(|e| ApiError::engine(&e))?;
-    let state = presence_state(&entries(&items));
+    let state = state_json(&items);
     Ok(raw_json(
         StatusCode::OK,
         Bytes::from(state.as_str().to_owned()),
