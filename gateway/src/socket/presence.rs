@@ -191,12 +191,13 @@ fn write_meta(out: &mut String, phx_ref: &str, phx_ref_prev: Option<&str>, meta:
         out.push_str(r#","phx_ref_prev":"#);
         write_str(out, prev);
     }
+    // JSON whitespace is ASCII only.
     let fields = meta
-        .trim()
+        .trim_ascii()
         .strip_prefix('{')
         .and_then(|r| r.strip_suffix('}'))
         .unwrap_or("")
-        .trim();
+        .trim_ascii();
     if !fields.is_empty() {
         out.push(',');
         out.push_str(fields);
