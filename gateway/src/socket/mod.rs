@@ -58,7 +58,9 @@ pub struct Session {
     router: Arc<Router>,
     id: Option<String>,
     assigns: Assigns,
-    channels: BTreeMap<String, Joined>,
+    /// Boxed: a map node holds 11 slots, so an unboxed `Joined` would cost a
+    /// connection with one channel about 1.2 KB (`chorus-load idle`).
+    channels: BTreeMap<String, Box<Joined>>,
     outbox: Outbox,
     joins: JoinCounts,
 }
@@ -249,7 +251,7 @@ impl Session {
     /// no frame is sent, and the cleanup actions (untrack, unsubscribe) come out.
     pub fn handle_close(&mut self) {
         for (topic, entry) in std::mem::take(&mut self.channels) {
-            let _ = self.end(&topic, entry, StopReason::Closed);
+            let _ = self.end(&topic, *entry, StopReason::Closed);
         }
         self.outbox.transmit.clear();
         self.outbox.infos.clear();
