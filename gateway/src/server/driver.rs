@@ -126,6 +126,11 @@ impl Driver {
         self.inbox.recv().await
     }
 
+    /// The next delivery if one is waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
+        self.inbox.try_recv().ok()
+    }
+
     /// Hands a delivery to the session and carries out what follows. A
     /// `disconnect` on the socket id ends the client with 1001.
     pub(crate) async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
@@ -161,7 +166,9 @@ impl Driver {
     /// join, because deliveries are only read from the mailbox after this returns.
     pub(crate) async fn run_actions(&mut self) -> Result<(), Exit> {
         while let Some(action) = self.session.poll_action() {
-            self.execute(action).await?;
+            // Boxed: the future of an action against the engine is large, and
+            // every connection's task would carry its size while idle.
+            Box::pin(self.execute(action)).await?;
         }
         Ok(())
     }

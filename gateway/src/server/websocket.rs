@@ -113,7 +113,9 @@ pub(crate) fn upgrade(
                 }
             };
             let config = WebSocketConfig::default()
-                .read_buffer_size(4096)
+                // Client frames are small (joins, heartbeats, pushes); a larger
+                // one grows the buffer. 4 KiB here was 4 KiB per idle connection.
+                .read_buffer_size(512)
                 .write_buffer_size(16 * 1024)
                 .max_message_size(Some(shared.config.max_frame_size))
                 .max_frame_size(Some(shared.config.max_frame_size));
