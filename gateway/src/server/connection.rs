@@ -62,7 +62,7 @@ const INBOUND_BATCH: usize = 64;
 enum Event {
     Drain,
     Overflow,
-    Inbound(Option<Inbound>),
+    Inbound(Inbound),
     Frame(Option<Result<Message, WsError>>),
     /// Writing to the socket failed: the client is gone.
     WriteFailed,
@@ -79,34 +79,41 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Serves one upgraded socket until it closes.
-    pub(crate) async fn run(
+    /// A connection for an upgraded socket. Boxed, and built outside the task's
+    /// future: values moved into an `async fn` keep their argument slot for the
+    /// whole life of the future, so passing the session and socket by value would
+    /// store them twice in every idle connection's task.
+    pub(crate) fn new(
         shared: Arc<Shared>,
         conn: u64,
-        session: Session,
+        session: Box<Session>,
         ws: WebSocketStream<S>,
-        drain: Arc<Notify>,
-    ) {
-        let driver = Driver::new(shared.clone(), conn, session, true);
+    ) -> Box<Self> {
+        let driver = Driver::new(shared.clone(), conn, *session, true);
         let out = Outgoing::new(driver.budget().clone(), shared.config.write_batch);
-        let mut this = Connection { driver, ws, out };
-        let exit = this.serve(&drain).await;
-        Box::pin(this.driver.cleanup()).await;
+        Box::new(Connection { driver, ws, out })
+    }
+
+    /// Serves the socket until it closes.
+    pub(crate) async fn run(mut self: Box<Self>, drain: Arc<Notify>) {
+        let shared = self.driver.shared.clone();
+        let exit = self.serve(&drain).await;
+        Box::pin(self.driver.cleanup()).await;
         let close = match exit {
             Exit::Close(code, reason) => Some(close_frame(code, reason)),
             Exit::SlowConsumer => {
                 shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 // Whatever is queued is abandoned: the client is not reading it.
-                this.out.abandon();
+                self.out.abandon();
                 let frame = close_frame(close::SLOW_CONSUMER, "slow consumer");
-                let send = this.ws.send(Message::Close(Some(frame)));
+                let send = self.ws.send(Message::Close(Some(frame)));
                 let _ = timeout(Duration::from_secs(1), send).await;
                 return;
             }
             Exit::Gone => None,
         };
-        let _ = timeout(Duration::from_secs(5), Box::pin(this.finish(close))).await;
-        this.out.abandon();
+        let _ = timeout(Duration::from_secs(5), Box::pin(self.finish(close))).await;
+        self.out.abandon();
     }
 
     /// Writes what is queued, then the close frame, and closes the socket.
@@ -150,8 +157,8 @@ where
             let step = match event {
                 Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
                 Event::Overflow => Err(Exit::SlowConsumer),
-                Event::Inbound(Some(item)) => self.handle_inbound(item).await,
-                Event::Inbound(None) | Event::WriteFailed => Err(Exit::Gone),
+                Event::Inbound(item) => self.handle_inbound(item).await,
+                Event::WriteFailed => Err(Exit::Gone),
                 Event::Frame(msg) => {
                     deadline = Instant::now() + idle;
                     self.handle_message(msg).await
@@ -337,8 +344,9 @@ impl Outgoing {
                 }
             }
             if self.fed == 0 {
-                // Idle again: give back the room a burst left behind.
-                if self.queue.capacity() > 16 {
+                // Everything is written: give the queue's room back (one
+                // allocation per burst; an idle connection keeps none).
+                if self.queue.capacity() > 0 {
                     self.queue = VecDeque::new();
                 }
                 return Poll::Ready(Ok(()));
