@@ -58,6 +58,10 @@ pub mod close {
 /// Deliveries handled per turn of the loop before the socket is served again.
 const INBOUND_BATCH: usize = 64;
 
+/// Client frames read in a row before the queued frames are written and the
+/// deliveries get a turn.
+const READ_BATCH: usize = 32;
+
 /// One input of the connection task.
 enum Event {
     Drain,
@@ -145,7 +149,8 @@ where
             }
             let (ws, out) = (&mut self.ws, &mut self.out);
             // The socket comes before the deliveries so that, under a flood of
-            // deliveries, queued frames are still written on every turn.
+            // deliveries, queued frames are still written on every turn; it
+            // yields after a batch of client frames so deliveries get theirs.
             let event = tokio::select! {
                 biased;
                 _ = drain.notified() => Event::Drain,
@@ -273,8 +278,10 @@ fn message(frame: OutFrame) -> Message {
     }
 }
 
-/// Reads the next frame, after writing what the socket accepts. Ready with a
-/// frame, the end of the stream, or a write error; pending otherwise.
+/// Reads the next frame; once none is waiting (or after [`READ_BATCH`] in a
+/// row), writes what the socket accepts. Reading first lets the replies to
+/// frames that arrived together leave in one flush. Ready with a frame, the end
+/// of the stream, or a write error; pending otherwise.
 fn poll_socket<S>(
     ws: &mut WebSocketStream<S>,
     out: &mut Outgoing,
@@ -283,10 +290,22 @@ fn poll_socket<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let read_more = out.reads < READ_BATCH;
+    if read_more {
+        if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+            out.reads += 1;
+            return Poll::Ready(Event::Frame(msg));
+        }
+    }
+    out.reads = 0;
     if let Poll::Ready(Err(_)) = out.poll_write_all(ws, cx) {
         return Poll::Ready(Event::WriteFailed);
     }
-    ws.poll_next_unpin(cx).map(Event::Frame)
+    if !read_more {
+        // Frames may still be waiting: come back once the deliveries had a turn.
+        cx.waker().wake_by_ref();
+    }
+    Poll::Pending
 }
 
 /// Frames queued for the socket with their budget costs, and how many were fed
@@ -297,6 +316,8 @@ struct Outgoing {
     batch: usize,
     fed: usize,
     fed_bytes: usize,
+    /// Client frames read since the last write.
+    reads: usize,
 }
 
 impl Outgoing {
@@ -307,6 +328,7 @@ impl Outgoing {
             batch: batch.max(1),
             fed: 0,
             fed_bytes: 0,
+            reads: 0,
         }
     }
 
