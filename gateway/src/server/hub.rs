@@ -205,6 +205,9 @@ pub enum HubError {
     /// The engine refused the publish.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// [`DISCONNECT_TOPIC`] is the hub's own: nothing else is published there.
+    #[error("topic {DISCONNECT_TOPIC} is reserved")]
+    Reserved,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,6 +331,9 @@ impl Hub {
         payload: Payload,
         exclude_conn: Option<u64>,
     ) -> Result<(), HubError> {
+        if topic == DISCONNECT_TOPIC {
+            return Err(HubError::Reserved);
+        }
         let envelope = Envelope {
             event: event.to_owned(),
             payload,
