@@ -193,7 +193,8 @@ impl App {
 pub struct ConfiguredChannel {
     app: Arc<App>,
     rule: usize,
-    vars: BTreeMap<String, String>,
+    /// The rule's variables bound by the topic (a few: a `Vec`, not a map node).
+    vars: Vec<(String, String)>,
     user: String,
     name: String,
     /// The meta tracked for the user, when the rule tracks presence.
@@ -206,7 +207,7 @@ impl ConfiguredChannel {
         Self {
             app,
             rule: 0,
-            vars: BTreeMap::new(),
+            vars: Vec::new(),
             user: String::new(),
             name: String::new(),
             meta: None,
@@ -217,16 +218,23 @@ impl ConfiguredChannel {
         &self.app.rules[self.rule]
     }
 
+    /// The value of the topic's variable `name`.
+    fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The topic of the same rule with `{id}` bound to `id`.
     fn topic_for(&self, id: &str) -> String {
-        let mut vars = self.vars.clone();
-        vars.insert("id".into(), id.to_owned());
         self.rule()
             .pattern
             .split(':')
             .map(
                 |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(name) => vars.get(name).cloned().unwrap_or_default(),
+                    Some("id") => id.to_owned(),
+                    Some(name) => self.var(name).unwrap_or_default().to_owned(),
                     None => seg.to_owned(),
                 },
             )
@@ -236,7 +244,7 @@ impl ConfiguredChannel {
 
     fn authorized(&self, join: JoinRule, assigns: &Map<String, Value>) -> bool {
         let claim = |name: &str| assigns.get(name).and_then(Value::as_str);
-        let var = |name: &str| self.vars.get(name).map(String::as_str);
+        let var = |name: &str| self.var(name);
         let in_org = || claim("org").is_some() && claim("org") == var("org");
         match join {
             JoinRule::Anyone => true,
@@ -333,7 +341,7 @@ impl Channel for ConfiguredChannel {
             return Err(reason("unmatched topic"));
         };
         self.rule = rule;
-        self.vars = vars;
+        self.vars = vars.into_iter().collect();
         let Some(user) = ctx.assigns().get("user_id").and_then(Value::as_str) else {
             return Err(reason("unauthorized"));
         };
@@ -349,8 +357,8 @@ impl Channel for ConfiguredChannel {
             return Err(reason("unauthorized"));
         }
         if rule.room {
-            let id = &self.vars["id"];
-            if !self.app.room_exists(id) {
+            let id = self.var("id").unwrap_or_default().to_owned();
+            if !self.app.room_exists(&id) {
                 return Err(reason("room_not_found"));
             }
             let member = format!("{}:{id}", self.user);

@@ -1,20 +1,28 @@
-//! One WebSocket client: a task that owns its [`Session`] through a [`Driver`] (which
-//! executes the session's actions against the engine), reads frames, and a writer
-//! task that owns the socket's sink and writes queued frames in batches (several
-//! frames fed, then one flush).
+//! One WebSocket client: one task owns its [`Session`] through a [`Driver`] (which
+//! executes the session's actions against the engine) and the socket. It reads
+//! frames, takes the hub's deliveries, and writes queued frames in batches (up to
+//! `write_batch` frames fed, then one flush) whenever the socket accepts them, so
+//! a client that is slow to read never stops the task from reading or from taking
+//! deliveries.
 //!
 //! Everything queued for the client (replies, pushes, broadcasts handed over by the
 //! [`Hub`](super::hub::Hub)) is charged to one byte [`Budget`] (default 1 MiB). A client that stops
 //! reading exhausts it and is closed with 1008; the others never wait for it.
+//!
+//! One task, not a reader and a writer: an idle connection is what it costs in
+//! memory, so it has no second task, no channel to a writer, and its rare large
+//! futures (actions against the engine, cleanup) are boxed while they run.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
@@ -47,84 +55,89 @@ pub mod close {
     pub const RESTART: u16 = 1012;
 }
 
+/// Deliveries handled per turn of the loop before the socket is served again.
+const INBOUND_BATCH: usize = 64;
+
+/// Client frames read in a row before the queued frames are written and the
+/// deliveries get a turn.
+const READ_BATCH: usize = 32;
+
 /// One input of the connection task.
 enum Event {
     Drain,
     Overflow,
-    Inbound(Option<Inbound>),
+    Inbound(Inbound),
     Frame(Option<Result<Message, WsError>>),
+    /// Writing to the socket failed: the client is gone.
+    WriteFailed,
     Idle,
 }
 
-/// What the writer task receives, in order.
-enum Outbound {
-    Frame(OutFrame, usize),
-    Close(CloseFrame),
-}
-
-pub(crate) struct Connection {
+pub(crate) struct Connection<S> {
     driver: Driver,
-    writer: mpsc::UnboundedSender<Outbound>,
+    ws: WebSocketStream<S>,
+    out: Outgoing,
 }
 
-impl Connection {
-    /// Serves one upgraded socket until it closes.
-    pub(crate) async fn run<S>(
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// A connection for an upgraded socket. Boxed, and built outside the task's
+    /// future: values moved into an `async fn` keep their argument slot for the
+    /// whole life of the future, so passing the session and socket by value would
+    /// store them twice in every idle connection's task.
+    pub(crate) fn new(
         shared: Arc<Shared>,
         conn: u64,
-        session: Session,
+        session: Box<Session>,
         ws: WebSocketStream<S>,
-        drain: Arc<Notify>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sink, mut stream) = ws.split();
-        let driver = Driver::new(shared.clone(), conn, session, true);
-        let (writer, writer_rx) = mpsc::unbounded_channel();
-        let (kill, kill_rx) = oneshot::channel();
-        let writer_task = tokio::spawn(write_loop(
-            sink,
-            writer_rx,
-            kill_rx,
-            driver.budget().clone(),
-            shared.config.write_batch,
-        ));
-        let mut this = Connection { driver, writer };
-        let exit = this.serve(&mut stream, &drain).await;
-        this.driver.cleanup().await;
-        match exit {
-            Exit::Close(code, reason) => {
-                let _ = this.writer.send(Outbound::Close(close_frame(code, reason)));
-            }
-            Exit::SlowConsumer => {
-                shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                let _ = kill.send(close_frame(close::SLOW_CONSUMER, "slow consumer"));
-            }
-            Exit::Gone => {}
-        }
-        drop(this);
-        drop(stream);
-        let mut writer_task = writer_task;
-        if timeout(Duration::from_secs(5), &mut writer_task)
-            .await
-            .is_err()
-        {
-            writer_task.abort();
-        }
+    ) -> Box<Self> {
+        let driver = Driver::new(shared.clone(), conn, *session, true);
+        let out = Outgoing::new(driver.budget().clone(), shared.config.write_batch);
+        Box::new(Connection { driver, ws, out })
     }
 
-    async fn serve<S>(
-        &mut self,
-        stream: &mut SplitStream<WebSocketStream<S>>,
-        drain: &Notify,
-    ) -> Exit
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    /// Serves the socket until it closes.
+    pub(crate) async fn run(mut self: Box<Self>, drain: Arc<Notify>) {
+        let shared = self.driver.shared.clone();
+        let exit = self.serve(&drain).await;
+        Box::pin(self.driver.cleanup()).await;
+        let close = match exit {
+            Exit::Close(code, reason) => Some(close_frame(code, reason)),
+            Exit::SlowConsumer => {
+                shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                // Whatever is queued is abandoned: the client is not reading it.
+                self.out.abandon();
+                let frame = close_frame(close::SLOW_CONSUMER, "slow consumer");
+                let send = self.ws.send(Message::Close(Some(frame)));
+                let _ = timeout(Duration::from_secs(1), send).await;
+                return;
+            }
+            Exit::Gone => None,
+        };
+        let _ = timeout(Duration::from_secs(5), Box::pin(self.finish(close))).await;
+        self.out.abandon();
+    }
+
+    /// Writes what is queued, then the close frame, and closes the socket.
+    async fn finish(&mut self, close: Option<CloseFrame>) {
+        let (ws, out) = (&mut self.ws, &mut self.out);
+        if poll_fn(|cx| out.poll_write_all(ws, cx)).await.is_err() {
+            return;
+        }
+        if let Some(frame) = close {
+            let _ = ws.feed(Message::Close(Some(frame))).await;
+            let _ = ws.flush().await;
+        }
+        let _ = timeout(Duration::from_secs(2), SinkExt::close(ws)).await;
+    }
+
+    async fn serve(&mut self, drain: &Notify) -> Exit {
         if self.driver.shared.draining.load(Ordering::Acquire) {
             return Exit::Close(close::RESTART, "server restarting");
         }
-        if let Err(exit) = self.driver.start().await {
+        if let Err(exit) = Box::pin(self.driver.start()).await {
             return exit;
         }
         let idle = self.driver.shared.config.idle_timeout;
@@ -134,22 +147,23 @@ impl Connection {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
             }
+            let (ws, out) = (&mut self.ws, &mut self.out);
+            // The socket comes before the deliveries so that, under a flood of
+            // deliveries, queued frames are still written on every turn; it
+            // yields after a batch of client frames so deliveries get theirs.
             let event = tokio::select! {
                 biased;
                 _ = drain.notified() => Event::Drain,
                 _ = budget.notify.notified() => Event::Overflow,
+                event = poll_fn(|cx| poll_socket(ws, out, cx)) => event,
                 item = self.driver.recv() => Event::Inbound(item),
-                msg = stream.next() => Event::Frame(msg),
                 _ = sleep_until(deadline) => Event::Idle,
             };
             let step = match event {
                 Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
                 Event::Overflow => Err(Exit::SlowConsumer),
-                Event::Inbound(Some(item)) => match self.driver.handle_inbound(item).await {
-                    Ok(()) => self.flush(),
-                    Err(exit) => Err(exit),
-                },
-                Event::Inbound(None) => Err(Exit::Gone),
+                Event::Inbound(item) => self.handle_inbound(item).await,
+                Event::WriteFailed => Err(Exit::Gone),
                 Event::Frame(msg) => {
                     deadline = Instant::now() + idle;
                     self.handle_message(msg).await
@@ -163,6 +177,19 @@ impl Connection {
                 return exit;
             }
         }
+    }
+
+    /// Hands `item` and whatever else is waiting (up to a batch) to the session,
+    /// then queues the frames they produced.
+    async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
+        self.driver.handle_inbound(item).await?;
+        for _ in 1..INBOUND_BATCH {
+            let Some(item) = self.driver.try_recv() else {
+                break;
+            };
+            self.driver.handle_inbound(item).await?;
+        }
+        self.flush()
     }
 
     async fn handle_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
@@ -223,10 +250,10 @@ impl Connection {
         Exit::Close(close::INVALID_FRAME, "invalid frame")
     }
 
-    /// Queues the session's frames for the writer (the actions already ran).
+    /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
         while let Some((frame, cost)) = self.driver.take_frame()? {
-            let _ = self.writer.send(Outbound::Frame(frame, cost));
+            self.out.push(frame, cost);
         }
         Ok(())
     }
@@ -251,79 +278,115 @@ fn message(frame: OutFrame) -> Message {
     }
 }
 
-enum Step {
-    Continue,
-    End,
-}
-
-/// Owns the sink: writes queued frames in batches of up to `batch` frames per flush,
-/// returns their bytes to the budget once flushed, and closes. A `kill` (slow
-/// consumer) abandons whatever is queued.
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    mut kill: oneshot::Receiver<CloseFrame>,
-    budget: Arc<Budget>,
-    batch: usize,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        let step = tokio::select! {
-            biased;
-            frame = &mut kill => match frame {
-                Ok(frame) => {
-                    let _ = timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
-                    return;
-                }
-                Err(_) => Step::End,
-            },
-            step = write_batch(&mut sink, &mut rx, &budget, batch) => step,
-        };
-        if let Step::End = step {
-            break;
-        }
-    }
-    let _ = timeout(Duration::from_secs(2), sink.close()).await;
-}
-
-async fn write_batch<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    rx: &mut mpsc::UnboundedReceiver<Outbound>,
-    budget: &Budget,
-    batch: usize,
-) -> Step
+/// Reads the next frame; once none is waiting (or after [`READ_BATCH`] in a
+/// row), writes what the socket accepts. Reading first lets the replies to
+/// frames that arrived together leave in one flush. Ready with a frame, the end
+/// of the stream, or a write error; pending otherwise.
+fn poll_socket<S>(
+    ws: &mut WebSocketStream<S>,
+    out: &mut Outgoing,
+    cx: &mut Context<'_>,
+) -> Poll<Event>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(first) = rx.recv().await else {
-        return Step::End;
-    };
-    let mut next = Some(first);
-    let (mut bytes, mut frames) = (0, 0);
-    while let Some(item) = next.take() {
-        match item {
-            Outbound::Frame(frame, cost) => {
-                bytes += cost;
-                if sink.feed(message(frame)).await.is_err() {
-                    return Step::End;
+    let read_more = out.reads < READ_BATCH;
+    if read_more {
+        if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+            out.reads += 1;
+            return Poll::Ready(Event::Frame(msg));
+        }
+    }
+    out.reads = 0;
+    if let Poll::Ready(Err(_)) = out.poll_write_all(ws, cx) {
+        return Poll::Ready(Event::WriteFailed);
+    }
+    if !read_more {
+        // Frames may still be waiting: come back once the deliveries had a turn.
+        cx.waker().wake_by_ref();
+    }
+    Poll::Pending
+}
+
+/// Frames queued for the socket with their budget costs, and how many were fed
+/// to the socket but not yet flushed.
+struct Outgoing {
+    queue: VecDeque<(OutFrame, usize)>,
+    budget: Arc<Budget>,
+    batch: usize,
+    fed: usize,
+    fed_bytes: usize,
+    /// Client frames read since the last write.
+    reads: usize,
+}
+
+impl Outgoing {
+    fn new(budget: Arc<Budget>, batch: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            budget,
+            batch: batch.max(1),
+            fed: 0,
+            fed_bytes: 0,
+            reads: 0,
+        }
+    }
+
+    fn push(&mut self, frame: OutFrame, cost: usize) {
+        self.queue.push_back((frame, cost));
+    }
+
+    /// Feeds queued frames to the socket in batches of up to `batch`, flushing
+    /// after each batch and returning its bytes to the budget. Ready(Ok) once
+    /// everything is written; pending while the socket is full (the socket wakes
+    /// the task when it drains).
+    fn poll_write_all<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            while self.fed < self.batch {
+                if self.queue.is_empty() {
+                    break;
+                }
+                if let Err(e) = std::task::ready!(ws.poll_ready_unpin(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+                let Some((frame, cost)) = self.queue.pop_front() else {
+                    break;
+                };
+                self.fed += 1;
+                self.fed_bytes += cost;
+                if let Err(e) = ws.start_send_unpin(message(frame)) {
+                    return Poll::Ready(Err(e));
                 }
             }
-            Outbound::Close(frame) => {
-                let _ = sink.feed(Message::Close(Some(frame))).await;
-                let _ = sink.flush().await;
-                budget.release(bytes);
-                return Step::End;
+            if self.fed == 0 {
+                // Everything is written: give the queue's room back (one
+                // allocation per burst; an idle connection keeps none).
+                if self.queue.capacity() > 0 {
+                    self.queue = VecDeque::new();
+                }
+                return Poll::Ready(Ok(()));
             }
-        }
-        frames += 1;
-        if frames < batch {
-            next = rx.try_recv().ok();
+            if let Err(e) = std::task::ready!(ws.poll_flush_unpin(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            self.budget.release(self.fed_bytes);
+            self.fed = 0;
+            self.fed_bytes = 0;
         }
     }
-    if sink.flush().await.is_err() {
-        return Step::End;
+
+    /// Gives back the budget of every frame not written.
+    fn abandon(&mut self) {
+        let queued: usize = self.queue.drain(..).map(|(_, cost)| cost).sum();
+        self.budget.release(queued + self.fed_bytes);
+        self.fed = 0;
+        self.fed_bytes = 0;
     }
-    budget.release(bytes);
-    Step::Continue
 }

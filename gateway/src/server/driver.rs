@@ -7,15 +7,14 @@
 //! The WebSocket [`Connection`](super::connection) and the LongPoll session task
 //! each own one [`Driver`]; they differ only in how frames arrive and leave.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chorus_engine::{ConnId, Meta};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::close;
-use super::hub::{entries, state_json, Budget, Hub, Inbound, Mailbox};
+use super::hub::{entries, state_json, Budget, Hub, Inbound, Inbox, Mailbox};
 use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
 use crate::protocol::{OutFrame, Ref};
@@ -38,9 +37,10 @@ pub(crate) struct Driver {
     pub(crate) session: Session,
     pub(crate) shared: Arc<Shared>,
     mailbox: Mailbox,
-    inbox: mpsc::UnboundedReceiver<Inbound>,
+    inbox: Arc<Inbox>,
     /// Local subscriptions held in the hub, with counts.
-    subscribed: BTreeMap<String, usize>,
+    /// A few entries at most (the channel cap): a `Vec`, not a map node.
+    subscribed: Vec<(String, usize)>,
     /// Presence keys tracked per topic, by join.
     tracked: HashMap<String, (Ref, BTreeSet<String>)>,
     tracked_any: bool,
@@ -66,12 +66,12 @@ impl Driver {
         metrics.connections.inc();
         metrics.connections_opened.inc();
         let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
-        let (tx, inbox) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
         let mailbox = Mailbox {
             conn,
             vsn: session.vsn(),
             binary_frames,
-            tx,
+            inbox: inbox.clone(),
             budget,
         };
         Self {
@@ -80,7 +80,7 @@ impl Driver {
             shared,
             mailbox,
             inbox,
-            subscribed: BTreeMap::new(),
+            subscribed: Vec::new(),
             tracked: HashMap::new(),
             tracked_any: false,
             metrics,
@@ -106,12 +106,19 @@ impl Driver {
         &self.mailbox.budget
     }
 
-    /// Subscribes to the socket id's topic, if the connect hook gave one, so a
-    /// `disconnect` broadcast on it reaches this client, and tracks the
-    /// connection in [`Hub::socket_topic`] so the user's sockets can be counted.
+    /// Registers the socket id, if the connect hook gave one, so a `disconnect`
+    /// broadcast on it reaches this client, and tracks the connection in
+    /// [`Hub::socket_topic`] so the user's sockets can be counted.
     pub(crate) async fn start(&mut self) -> Result<(), Exit> {
         if let Some(id) = self.session.id().map(str::to_owned) {
-            self.subscribe(&id).await?;
+            self.shared
+                .hub
+                .register_id(&id, &self.mailbox)
+                .await
+                .map_err(|e| {
+                    warn!(conn = self.conn, error = %e, "ending client: cannot register the socket id");
+                    Exit::Close(close::SERVER_ERROR, "engine unavailable")
+                })?;
             self.tracked_any = true;
             if let Err(e) = self.shared.hub.track_socket(&id, self.conn).await {
                 warn!(conn = self.conn, error = %e, "tracking the socket failed");
@@ -120,10 +127,14 @@ impl Driver {
         Ok(())
     }
 
-    /// The next delivery from the hub. Cancel-safe; `None` never happens while the
-    /// driver lives (it holds a sender in its mailbox).
-    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
+    /// The next delivery from the hub. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Inbound {
         self.inbox.recv().await
+    }
+
+    /// The next delivery if one is waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
+        self.inbox.pop()
     }
 
     /// Hands a delivery to the session and carries out what follows. A
@@ -161,7 +172,9 @@ impl Driver {
     /// join, because deliveries are only read from the mailbox after this returns.
     pub(crate) async fn run_actions(&mut self) -> Result<(), Exit> {
         while let Some(action) = self.session.poll_action() {
-            self.execute(action).await?;
+            // Boxed: the future of an action against the engine is large, and
+            // every connection's task would carry its size while idle.
+            Box::pin(self.execute(action)).await?;
         }
         Ok(())
     }
@@ -184,7 +197,10 @@ impl Driver {
 
     async fn subscribe(&mut self, topic: &str) -> Result<(), Exit> {
         let hub: &Arc<Hub> = &self.shared.hub;
-        *self.subscribed.entry(topic.to_owned()).or_default() += 1;
+        match self.subscribed.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, count)) => *count += 1,
+            None => self.subscribed.push((topic.to_owned(), 1)),
+        }
         hub.subscribe(topic, &self.mailbox).await.map_err(|e| {
             warn!(conn = self.conn, topic, error = %e, "ending client: cannot subscribe");
             Exit::Close(close::SERVER_ERROR, "engine unavailable")
@@ -192,10 +208,10 @@ impl Driver {
     }
 
     fn unsubscribe(&mut self, topic: &str) {
-        if let Some(count) = self.subscribed.get_mut(topic) {
-            *count -= 1;
-            if *count == 0 {
-                self.subscribed.remove(topic);
+        if let Some(i) = self.subscribed.iter().position(|(t, _)| t == topic) {
+            self.subscribed[i].1 -= 1;
+            if self.subscribed[i].1 == 0 {
+                self.subscribed.swap_remove(i);
             }
             self.shared.hub.unsubscribe(topic, self.conn);
         }
@@ -336,6 +352,9 @@ impl Driver {
     /// this connection are removed, and nothing more is sent.
     pub(crate) async fn cleanup(&mut self) {
         self.metrics.connections.dec();
+        if let Some(id) = self.session.id() {
+            self.shared.hub.unregister_id(id, self.conn);
+        }
         self.session.handle_close();
         while let Some(action) = self.session.poll_action() {
             if let Action::Unsubscribe { topic, .. } = action {

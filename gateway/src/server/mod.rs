@@ -1,8 +1,8 @@
 //! The WebSocket and LongPoll server, shaped like mini-redis: [`Server::run`] takes a bound
 //! listener and a shutdown future, accepts connections (a semaphore caps live
-//! WebSocket connections), and gives every client its own task owning its
-//! [`Session`](crate::socket::Session), with a bounded outbound queue written in
-//! batches by a writer task.
+//! WebSocket connections), and gives every client one task owning its
+//! [`Session`](crate::socket::Session) and its socket, with a bounded outbound
+//! queue that the same task writes in batches.
 //!
 //! - [`http`]: the route table (`GET /healthz`, the endpoints below);
 //! - [`api`]: the HTTP API under `/api` (API key; broadcast, presence, disconnect,

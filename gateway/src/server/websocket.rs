@@ -97,9 +97,12 @@ pub(crate) fn upgrade(
     let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
-    let session = Session::new(vsn, shared.router.clone(), shared.config.session.clone())
-        .with_id(info.id)
-        .with_assigns(info.assigns);
+    // Boxed: the task below keeps what it captures for its whole life.
+    let session = Box::new(
+        Session::new(vsn, shared.router.clone(), shared.config.session.clone())
+            .with_id(info.id)
+            .with_assigns(info.assigns),
+    );
     let on_upgrade = hyper::upgrade::on(req);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("conn", id = conn);
@@ -113,7 +116,9 @@ pub(crate) fn upgrade(
                 }
             };
             let config = WebSocketConfig::default()
-                .read_buffer_size(4096)
+                // Client frames are small (joins, heartbeats, pushes); a larger
+                // one grows the buffer. 4 KiB here was 4 KiB per idle connection.
+                .read_buffer_size(512)
                 .write_buffer_size(16 * 1024)
                 .max_message_size(Some(shared.config.max_frame_size))
                 .max_frame_size(Some(shared.config.max_frame_size));
@@ -126,7 +131,9 @@ pub(crate) fn upgrade(
             let drain = Arc::new(Notify::new());
             shared.register(conn, drain.clone());
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            Connection::run(shared.clone(), conn, session, ws, drain).await;
+            Connection::new(shared.clone(), conn, session, ws)
+                .run(drain)
+                .await;
             shared.unregister(conn);
             drop(permit);
             drop(done);

@@ -57,7 +57,7 @@ impl Session {
         payload: Payload,
     ) {
         let old_close = match self.channels.remove(&topic) {
-            Some(old) => self.end(&topic, old, StopReason::DuplicateJoin),
+            Some(old) => self.end(&topic, *old, StopReason::DuplicateJoin),
             None => None,
         };
         let ref_ = ref_.as_ref();
@@ -147,7 +147,7 @@ impl Session {
         let flushed = self
             .outbox
             .flush(&topic, &entry.join_ref, &mut entry.tracked, effects, true);
-        self.channels.insert(topic.clone(), entry);
+        self.channels.insert(topic.clone(), Box::new(entry));
         if flushed.is_err() {
             self.crash(&topic, Vec::new());
         }
@@ -199,7 +199,7 @@ impl Session {
     /// Stops the joined channel on `topic` and sends its `phx_close`/`phx_error`.
     pub(super) fn stop(&mut self, topic: &str, reason: StopReason) {
         if let Some(entry) = self.channels.remove(topic) {
-            let frame = self.end(topic, entry, reason);
+            let frame = self.end(topic, *entry, reason);
             self.outbox.transmit.extend(frame);
         }
     }
@@ -219,7 +219,7 @@ impl Session {
             .flush(topic, &entry.join_ref, &mut entry.tracked, before, true);
         let error = encode_error(self.outbox.vsn, &entry.join_ref, topic);
         self.outbox.send(error);
-        self.outbox.cleanup(topic, entry);
+        self.outbox.cleanup(topic, *entry);
     }
 }
 

@@ -384,6 +384,21 @@ async fn disconnect_by_socket_id_closes_with_1001() -> anyhow::Result<()> {
         .await?;
     assert_eq!(kicked.ended().await?, Ended::Code(close::DISCONNECTED));
     other.assert_alive("1", "room:k").await?;
+    // The hub's own disconnect topic cannot be published on to kick someone.
+    let forged = node
+        .server
+        .hub()
+        .broadcast(
+            chorus_gateway::server::hub::DISCONNECT_TOPIC,
+            "disconnect",
+            Payload::Binary(bytes::Bytes::from_static(b"user_socket:8")),
+        )
+        .await;
+    assert!(
+        forged.is_err(),
+        "publishing on the reserved topic must fail"
+    );
+    other.assert_alive("1", "room:k").await?;
     node.stop().await
 }
 

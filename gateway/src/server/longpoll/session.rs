@@ -91,7 +91,7 @@ enum Event {
     Drain,
     Overflow,
     Request(Option<Request>),
-    Inbound(Option<super::super::hub::Inbound>),
+    Inbound(super::super::hub::Inbound),
     PollGone,
     Timer,
 }
@@ -181,8 +181,8 @@ impl LpSession {
                 Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
                 Event::Overflow => Err(Exit::SlowConsumer),
                 Event::Request(Some(request)) => self.handle_request(request).await,
-                Event::Request(None) | Event::Inbound(None) => Err(Exit::Gone),
-                Event::Inbound(Some(item)) => match self.driver.handle_inbound(item).await {
+                Event::Request(None) => Err(Exit::Gone),
+                Event::Inbound(item) => match self.driver.handle_inbound(item).await {
                     Ok(()) => self.collect(),
                     Err(exit) => Err(exit),
                 },
