@@ -412,6 +412,8 @@ pub struct Node {
     swim: Membership,
     /// Members we said hello to lately, so many lists naming one cost one hello.
     greeted: BTreeMap<NodeId, Instant>,
+    /// When we last answered a digest with our member list.
+    list_sent: Option<Instant>,
     buffer: VecDeque<Buffered>,
     next_seq: u64,
     pending_subs: Vec<PendingSub>,
@@ -444,6 +446,7 @@ impl Node {
             peers: BTreeMap::new(),
             swim: Membership::new(cfg.id.clone(), cfg.addr, cfg.swim(), cfg.rng_seed, now),
             greeted: BTreeMap::new(),
+            list_sent: None,
             buffer: VecDeque::new(),
             next_seq: 0,
             pending_subs: Vec::new(),
@@ -705,7 +708,14 @@ impl Node {
                 reply,
                 members,
             } => {
-                if members < self.up_members() {
+                // Push-pull backstop for members the gossip missed: at most
+                // one list per anti-entropy period, whoever asks.
+                if self
+                    .list_sent
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.anti_entropy)
+                    && members < self.up_members()
+                {
+                    self.list_sent = Some(now);
                     let list = self.member_list();
                     self.send(Some(from.clone()), msg.addr, Body::Members(list));
                 }
