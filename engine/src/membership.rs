@@ -284,9 +284,12 @@ impl Membership {
                 suspecters: BTreeSet::new(),
             },
         );
-        // A newcomer joins the round-robin at a random place.
+        // A newcomer joins the rest of this pass at a random place (swapped
+        // there: inserting would shift the list, O(N) per join).
         let at = self.rng.random_range(self.cursor..=self.order.len());
-        self.order.insert(at, id.clone());
+        self.order.push(id.clone());
+        let last = self.order.len() - 1;
+        self.order.swap(at, last);
         if let Some(addr) = addr {
             self.enqueue(Update {
                 node: id,

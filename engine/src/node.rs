@@ -408,6 +408,9 @@ pub struct Node {
     /// The greatest stamp time issued or seen: local writes stamp past it.
     record_clock: u64,
     peers: BTreeMap<NodeId, Peer>,
+    /// Peers up and with an address (what a digest reports, plus us): kept
+    /// as a count because a joining node sends N digests.
+    up_peers: u32,
     /// SWIM failure detection and membership gossip.
     swim: Membership,
     /// Members we said hello to lately, so many lists naming one cost one hello.
@@ -444,6 +447,7 @@ impl Node {
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
+            up_peers: 0,
             swim: Membership::new(cfg.id.clone(), cfg.addr, cfg.swim(), cfg.rng_seed, now),
             greeted: BTreeMap::new(),
             list_sent: None,
@@ -830,19 +834,16 @@ impl Node {
             // A node we have not heard from: refuse a stale incarnation, and let a
             // newer one replace every older one, including incarnations we only
             // know through entries relayed by others.
-            if self
-                .peers
-                .keys()
-                .any(|id| id.same_name(from) && id.incarnation > from.incarnation)
-            {
+            if self.newer_peer(from) {
                 return false;
             }
             let older: Vec<NodeId> = self
                 .peers
-                .keys()
-                .chain(self.presence.store().replicas().map(|(id, _)| id))
-                .chain(self.subs.store().replicas().map(|(id, _)| id))
-                .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
+                .range(from.incarnations())
+                .map(|(id, _)| id)
+                .chain(self.presence.store().incarnations_of(from))
+                .chain(self.subs.store().incarnations_of(from))
+                .filter(|id| id.incarnation < from.incarnation)
                 .cloned()
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -857,6 +858,9 @@ impl Node {
             Some(p) => {
                 p.last_heard = now;
                 if addr.is_some() {
+                    if p.addr.is_none() && p.state == PeerState::Up {
+                        self.up_peers += 1;
+                    }
                     p.addr = addr;
                     // The failure detector keeps its own copy of the address:
                     // fill it in even when a member list gave us this one.
@@ -867,6 +871,7 @@ impl Node {
                 self.swim.insert(now, from.clone(), addr);
                 self.presence.revive(from);
                 self.subs.revive(from);
+                self.up_peers += u32::from(addr.is_some());
                 self.peers.insert(
                     from.clone(),
                     Peer {
@@ -892,17 +897,15 @@ impl Node {
             if let Some(p) = self.peers.get_mut(&id) {
                 if p.addr.is_none() {
                     p.addr = Some(addr);
+                    if p.state == PeerState::Up {
+                        self.up_peers += 1;
+                    }
                     self.swim.insert(now, id, Some(addr));
                 }
             }
             return;
         }
-        if self
-            .peers
-            .keys()
-            .any(|k| k.same_name(&id) && k.incarnation > id.incarnation)
-            || self.presence.store().is_purged(&id)
-        {
+        if self.newer_peer(&id) || self.presence.store().is_purged(&id) {
             return;
         }
         if self
@@ -916,12 +919,22 @@ impl Node {
         self.send(Some(id), addr, Body::Hello { full: false });
     }
 
+    /// Whether a newer incarnation of `id`'s name is a peer.
+    fn newer_peer(&self, id: &NodeId) -> bool {
+        self.peers
+            .range(id.incarnations())
+            .any(|(k, _)| k.incarnation > id.incarnation)
+    }
+
     fn up_members(&self) -> u32 {
-        let up = self
-            .peers
-            .values()
-            .filter(|p| p.state == PeerState::Up && p.addr.is_some());
-        1 + up.count() as u32
+        debug_assert_eq!(
+            self.up_peers as usize,
+            self.peers
+                .values()
+                .filter(|p| p.state == PeerState::Up && p.addr.is_some())
+                .count()
+        );
+        1 + self.up_peers
     }
 
     fn member_list(&self) -> Vec<(NodeId, SocketAddr)> {
@@ -947,7 +960,10 @@ impl Node {
             }
         }
         self.swim.remove(id);
-        if self.peers.remove(id).is_some() {
+        if let Some(p) = self.peers.remove(id) {
+            if p.state == PeerState::Up && p.addr.is_some() {
+                self.up_peers -= 1;
+            }
             self.events.push_back(Event::MemberGone(id.clone()));
         }
         self.gc_buffer();
@@ -1163,17 +1179,14 @@ impl Node {
         }
         // Heard of only through others: watch it like a peer, so that if we
         // never hear from it directly its entries go down and then away.
-        if self
-            .peers
-            .keys()
-            .any(|k| k.same_name(origin) && k.incarnation > origin.incarnation)
-        {
+        if self.newer_peer(origin) {
             return false;
         }
         let older: Vec<NodeId> = self
             .peers
-            .keys()
-            .filter(|k| k.same_name(origin) && k.incarnation < origin.incarnation)
+            .range(origin.incarnations())
+            .map(|(k, _)| k)
+            .filter(|k| k.incarnation < origin.incarnation)
             .cloned()
             .collect();
         for old in older {
@@ -1304,6 +1317,7 @@ impl Node {
                         continue;
                     }
                     p.state = PeerState::Up;
+                    self.up_peers += u32::from(p.addr.is_some());
                     p.acked = next;
                     p.sent = next;
                     self.presence.set_up(&id, true, &mut self.scratch);
@@ -1319,6 +1333,7 @@ impl Node {
                         continue;
                     }
                     p.state = PeerState::Down;
+                    self.up_peers -= u32::from(p.addr.is_some());
                     self.presence.set_up(&id, false, &mut self.scratch);
                     self.subs.set_up(&id, false);
                     self.events.push_back(Event::MemberDown(id));
