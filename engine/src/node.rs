@@ -857,14 +857,8 @@ impl Node {
         match self.peers.get_mut(from) {
             Some(p) => {
                 p.last_heard = now;
-                if addr.is_some() {
-                    if p.addr.is_none() && p.state == PeerState::Up {
-                        self.up_peers += 1;
-                    }
-                    p.addr = addr;
-                    // The failure detector keeps its own copy of the address:
-                    // fill it in even when a member list gave us this one.
-                    self.swim.insert(now, from.clone(), addr);
+                if let Some(addr) = addr {
+                    self.set_addr(now, from, addr);
                 }
             }
             None => {
@@ -894,14 +888,8 @@ impl Node {
     /// per anti-entropy period, however many lists name it).
     fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
         if id == self.cfg.id || self.peers.contains_key(&id) {
-            if let Some(p) = self.peers.get_mut(&id) {
-                if p.addr.is_none() {
-                    p.addr = Some(addr);
-                    if p.state == PeerState::Up {
-                        self.up_peers += 1;
-                    }
-                    self.swim.insert(now, id, Some(addr));
-                }
+            if self.peers.get(&id).is_some_and(|p| p.addr.is_none()) {
+                self.set_addr(now, &id, addr);
             }
             return;
         }
@@ -917,6 +905,32 @@ impl Node {
         }
         self.greeted.insert(id.clone(), now);
         self.send(Some(id), addr, Body::Hello { full: false });
+    }
+
+    /// Fills in a peer's address. The first one makes it a new contact, as a
+    /// peer that comes up is: it was known only through entries relayed by
+    /// others, nothing was pushed to it, and it may know nothing of us, so we
+    /// exchange digests (both sides stayed address-less for seconds after a
+    /// heal otherwise, one missing the other's oldest entries until a random
+    /// anti-entropy round picked the right peer).
+    fn set_addr(&mut self, now: Instant, id: &NodeId, addr: SocketAddr) {
+        let next = self.next_seq;
+        let Some(p) = self.peers.get_mut(id) else {
+            return;
+        };
+        let first = p.addr.is_none() && p.state == PeerState::Up;
+        p.addr = Some(addr);
+        if first {
+            p.acked = next;
+            p.sent = next;
+            self.up_peers += 1;
+        }
+        // The failure detector keeps its own copy of the address: fill it in
+        // even when a member list gave us this one.
+        self.swim.insert(now, id.clone(), Some(addr));
+        if first {
+            self.send_digest(id, false);
+        }
     }
 
     /// Whether a newer incarnation of `id`'s name is a peer.
