@@ -75,7 +75,9 @@ pub enum Body {
         /// Set on the answer to a digest, which is not answered again.
         reply: bool,
         /// How many up members the sender knows (itself included); a receiver
-        /// that knows more answers with its member list.
+        /// that knows more answers with its member list (at most one list per
+        /// anti-entropy period: membership spreads by SWIM gossip, this is
+        /// the backstop).
         members: u32,
     },
     /// What a digest showed the receiver lacks, per origin.

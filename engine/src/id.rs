@@ -31,6 +31,12 @@ impl NodeId {
     pub fn same_name(&self, other: &NodeId) -> bool {
         self.name == other.name
     }
+
+    /// Every incarnation of this name, as a range of the id order: a map
+    /// keyed by `NodeId` finds them with `range` instead of a scan.
+    pub fn incarnations(&self) -> std::ops::RangeInclusive<NodeId> {
+        NodeId::new(self.name.clone(), 0)..=NodeId::new(self.name.clone(), u64::MAX)
+    }
 }
 
 impl fmt::Display for NodeId {
@@ -212,6 +218,12 @@ mod tests {
         let b0 = NodeId::new("b", 0);
         assert!(a1 < a2 && a2 < b0);
         assert!(a1.same_name(&a2) && !a1.same_name(&b0));
+        let ids = [a1.clone(), a2.clone(), b0.clone(), NodeId::new("ab", 0)];
+        let named: Vec<&NodeId> = ids
+            .iter()
+            .filter(|id| a2.incarnations().contains(id))
+            .collect();
+        assert_eq!(named, [&a1, &a2]);
         assert_eq!(a2.to_string(), "a#2");
     }
 }

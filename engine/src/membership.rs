@@ -117,7 +117,8 @@ pub enum Output {
     Down(NodeId),
     /// A member is gone (permdown or left): purge it.
     Gone(NodeId),
-    /// Gossip names a member not in the table: the node may greet it.
+    /// Gossip names a member not in the table, or gives the address of one
+    /// known only by name: the node may greet it, or fill in the address.
     Learned(NodeId, SocketAddr),
 }
 
@@ -284,9 +285,12 @@ impl Membership {
                 suspecters: BTreeSet::new(),
             },
         );
-        // A newcomer joins the round-robin at a random place.
+        // A newcomer joins the rest of this pass at a random place (swapped
+        // there: inserting would shift the list, O(N) per join).
         let at = self.rng.random_range(self.cursor..=self.order.len());
-        self.order.insert(at, id.clone());
+        self.order.push(id.clone());
+        let last = self.order.len() - 1;
+        self.order.swap(at, last);
         if let Some(addr) = addr {
             self.enqueue(Update {
                 node: id,
@@ -799,7 +803,13 @@ impl Membership {
             }
             return;
         };
-        m.addr.get_or_insert(u.addr);
+        if m.addr.is_none() {
+            m.addr = Some(u.addr);
+            if matches!(u.kind, UpdateKind::Alive | UpdateKind::Suspect { .. }) {
+                self.outputs
+                    .push_back(Output::Learned(u.node.clone(), u.addr));
+            }
+        }
         match &u.kind {
             UpdateKind::Alive => {
                 if u.inc <= m.inc && !(m.state == State::Alive && m.addr.is_none()) {

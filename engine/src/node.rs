@@ -408,10 +408,15 @@ pub struct Node {
     /// The greatest stamp time issued or seen: local writes stamp past it.
     record_clock: u64,
     peers: BTreeMap<NodeId, Peer>,
+    /// Peers up and with an address (what a digest reports, plus us): kept
+    /// as a count because a joining node sends N digests.
+    up_peers: u32,
     /// SWIM failure detection and membership gossip.
     swim: Membership,
     /// Members we said hello to lately, so many lists naming one cost one hello.
     greeted: BTreeMap<NodeId, Instant>,
+    /// When we last answered a digest with our member list.
+    list_sent: Option<Instant>,
     buffer: VecDeque<Buffered>,
     next_seq: u64,
     pending_subs: Vec<PendingSub>,
@@ -442,8 +447,10 @@ impl Node {
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
+            up_peers: 0,
             swim: Membership::new(cfg.id.clone(), cfg.addr, cfg.swim(), cfg.rng_seed, now),
             greeted: BTreeMap::new(),
+            list_sent: None,
             buffer: VecDeque::new(),
             next_seq: 0,
             pending_subs: Vec::new(),
@@ -705,7 +712,14 @@ impl Node {
                 reply,
                 members,
             } => {
-                if members < self.up_members() {
+                // Push-pull backstop for members the gossip missed: at most
+                // one list per anti-entropy period, whoever asks.
+                if self
+                    .list_sent
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.anti_entropy)
+                    && members < self.up_members()
+                {
+                    self.list_sent = Some(now);
                     let list = self.member_list();
                     self.send(Some(from.clone()), msg.addr, Body::Members(list));
                 }
@@ -820,19 +834,16 @@ impl Node {
             // A node we have not heard from: refuse a stale incarnation, and let a
             // newer one replace every older one, including incarnations we only
             // know through entries relayed by others.
-            if self
-                .peers
-                .keys()
-                .any(|id| id.same_name(from) && id.incarnation > from.incarnation)
-            {
+            if self.newer_peer(from) {
                 return false;
             }
             let older: Vec<NodeId> = self
                 .peers
-                .keys()
-                .chain(self.presence.store().replicas().map(|(id, _)| id))
-                .chain(self.subs.store().replicas().map(|(id, _)| id))
-                .filter(|id| id.same_name(from) && id.incarnation < from.incarnation)
+                .range(from.incarnations())
+                .map(|(id, _)| id)
+                .chain(self.presence.store().incarnations_of(from))
+                .chain(self.subs.store().incarnations_of(from))
+                .filter(|id| id.incarnation < from.incarnation)
                 .cloned()
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -846,17 +857,15 @@ impl Node {
         match self.peers.get_mut(from) {
             Some(p) => {
                 p.last_heard = now;
-                if addr.is_some() {
-                    p.addr = addr;
-                    // The failure detector keeps its own copy of the address:
-                    // fill it in even when a member list gave us this one.
-                    self.swim.insert(now, from.clone(), addr);
+                if let Some(addr) = addr {
+                    self.set_addr(now, from, addr);
                 }
             }
             None => {
                 self.swim.insert(now, from.clone(), addr);
                 self.presence.revive(from);
                 self.subs.revive(from);
+                self.up_peers += u32::from(addr.is_some());
                 self.peers.insert(
                     from.clone(),
                     Peer {
@@ -879,20 +888,12 @@ impl Node {
     /// per anti-entropy period, however many lists name it).
     fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
         if id == self.cfg.id || self.peers.contains_key(&id) {
-            if let Some(p) = self.peers.get_mut(&id) {
-                if p.addr.is_none() {
-                    p.addr = Some(addr);
-                    self.swim.insert(now, id, Some(addr));
-                }
+            if self.peers.get(&id).is_some_and(|p| p.addr.is_none()) {
+                self.set_addr(now, &id, addr);
             }
             return;
         }
-        if self
-            .peers
-            .keys()
-            .any(|k| k.same_name(&id) && k.incarnation > id.incarnation)
-            || self.presence.store().is_purged(&id)
-        {
+        if self.newer_peer(&id) || self.presence.store().is_purged(&id) {
             return;
         }
         if self
@@ -906,12 +907,48 @@ impl Node {
         self.send(Some(id), addr, Body::Hello { full: false });
     }
 
+    /// Fills in a peer's address. The first one makes it a new contact, as a
+    /// peer that comes up is: it was known only through entries relayed by
+    /// others, nothing was pushed to it, and it may know nothing of us, so we
+    /// exchange digests (both sides stayed address-less for seconds after a
+    /// heal otherwise, one missing the other's oldest entries until a random
+    /// anti-entropy round picked the right peer).
+    fn set_addr(&mut self, now: Instant, id: &NodeId, addr: SocketAddr) {
+        let next = self.next_seq;
+        let Some(p) = self.peers.get_mut(id) else {
+            return;
+        };
+        let first = p.addr.is_none() && p.state == PeerState::Up;
+        p.addr = Some(addr);
+        if first {
+            p.acked = next;
+            p.sent = next;
+            self.up_peers += 1;
+        }
+        // The failure detector keeps its own copy of the address: fill it in
+        // even when a member list gave us this one.
+        self.swim.insert(now, id.clone(), Some(addr));
+        if first {
+            self.send_digest(id, false);
+        }
+    }
+
+    /// Whether a newer incarnation of `id`'s name is a peer.
+    fn newer_peer(&self, id: &NodeId) -> bool {
+        self.peers
+            .range(id.incarnations())
+            .any(|(k, _)| k.incarnation > id.incarnation)
+    }
+
     fn up_members(&self) -> u32 {
-        let up = self
-            .peers
-            .values()
-            .filter(|p| p.state == PeerState::Up && p.addr.is_some());
-        1 + up.count() as u32
+        debug_assert_eq!(
+            self.up_peers as usize,
+            self.peers
+                .values()
+                .filter(|p| p.state == PeerState::Up && p.addr.is_some())
+                .count()
+        );
+        1 + self.up_peers
     }
 
     fn member_list(&self) -> Vec<(NodeId, SocketAddr)> {
@@ -937,7 +974,10 @@ impl Node {
             }
         }
         self.swim.remove(id);
-        if self.peers.remove(id).is_some() {
+        if let Some(p) = self.peers.remove(id) {
+            if p.state == PeerState::Up && p.addr.is_some() {
+                self.up_peers -= 1;
+            }
             self.events.push_back(Event::MemberGone(id.clone()));
         }
         self.gc_buffer();
@@ -1153,17 +1193,14 @@ impl Node {
         }
         // Heard of only through others: watch it like a peer, so that if we
         // never hear from it directly its entries go down and then away.
-        if self
-            .peers
-            .keys()
-            .any(|k| k.same_name(origin) && k.incarnation > origin.incarnation)
-        {
+        if self.newer_peer(origin) {
             return false;
         }
         let older: Vec<NodeId> = self
             .peers
-            .keys()
-            .filter(|k| k.same_name(origin) && k.incarnation < origin.incarnation)
+            .range(origin.incarnations())
+            .map(|(k, _)| k)
+            .filter(|k| k.incarnation < origin.incarnation)
             .cloned()
             .collect();
         for old in older {
@@ -1294,6 +1331,7 @@ impl Node {
                         continue;
                     }
                     p.state = PeerState::Up;
+                    self.up_peers += u32::from(p.addr.is_some());
                     p.acked = next;
                     p.sent = next;
                     self.presence.set_up(&id, true, &mut self.scratch);
@@ -1309,6 +1347,7 @@ impl Node {
                         continue;
                     }
                     p.state = PeerState::Down;
+                    self.up_peers -= u32::from(p.addr.is_some());
                     self.presence.set_up(&id, false, &mut self.scratch);
                     self.subs.set_up(&id, false);
                     self.events.push_back(Event::MemberDown(id));

@@ -550,6 +550,11 @@ impl<E: Clone> Store<E> {
             .map(|(id, &i)| (id, self.replicas[i as usize].up))
     }
 
+    /// Known incarnations of `id`'s name (itself included, if known).
+    pub fn incarnations_of(&self, id: &NodeId) -> impl Iterator<Item = &NodeId> {
+        self.by_id.range(id.incarnations()).map(|(id, _)| id)
+    }
+
     /// Live slots of one replica, in dot order.
     pub fn slots_of(&self, id: &NodeId) -> Vec<usize> {
         self.by_id.get(id).map_or_else(Vec::new, |&i| {
