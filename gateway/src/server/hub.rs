@@ -121,36 +121,68 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    fn push(&self, item: Inbound) {
+    /// Queues `items` under one lock, waking the connection once if its queue
+    /// was empty.
+    fn push_all(&self, items: impl IntoIterator<Item = Inbound>) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        queue.push_back(item);
-        let first = queue.len() == 1;
+        let first = queue.is_empty();
+        queue.extend(items);
+        let woken = first && !queue.is_empty();
         drop(queue);
-        if first {
+        if woken {
             self.ready.notify_one();
         }
     }
 
-    /// The next delivery, if any. Once the queue is empty again, a large
-    /// capacity left by a burst is given back.
-    pub(crate) fn pop(&self) -> Option<Inbound> {
+    /// Moves every waiting delivery to the back of `into`, under one lock:
+    /// a connection takes a burst at once rather than one lock per delivery.
+    /// When `into` is empty the two queues are swapped, so the inbox gets
+    /// back the room `into` had and a burst allocates nothing.
+    pub(crate) fn take_all(&self, into: &mut VecDeque<Inbound>) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        let item = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > 256 {
-            *queue = VecDeque::new();
+        if into.is_empty() {
+            std::mem::swap(&mut *queue, into);
+        } else {
+            into.append(&mut queue);
+        }
+    }
+
+    /// Waits until a delivery is pushed (or one was pushed since the last
+    /// wait). Cancel-safe.
+    pub(crate) async fn pushed(&self) {
+        self.ready.notified().await;
+    }
+}
+
+/// Deliveries a connection took from its [`Inbox`] and has not handled yet.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    queue: VecDeque<Inbound>,
+}
+
+impl Taken {
+    /// The next delivery, taking the inbox's whole queue when this one is
+    /// empty. Once drained, a large capacity left by a burst is given back.
+    pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
+        if self.queue.is_empty() {
+            inbox.take_all(&mut self.queue);
+        }
+        let item = self.queue.pop_front();
+        if self.queue.is_empty() && self.queue.capacity() > 256 {
+            self.queue = VecDeque::new();
         }
         item
     }
 
-    /// The next delivery, waiting for one. Cancel-safe: a delivery is only
-    /// taken when it is returned.
-    pub(crate) async fn recv(&self) -> Inbound {
+    /// The next delivery, waiting for one. Cancel-safe: taken deliveries stay
+    /// here until returned.
+    pub(crate) async fn recv(&mut self, inbox: &Inbox) -> Inbound {
         loop {
-            if let Some(item) = self.pop() {
+            if let Some(item) = self.pop(inbox) {
                 return item;
             }
-            // A push between the pop and here stored a permit: no lost wake-up.
-            self.ready.notified().await;
+            // A push between the take and here stored a permit: no lost wake-up.
+            inbox.pushed().await;
         }
     }
 }
@@ -165,26 +197,40 @@ pub(crate) struct Mailbox {
     pub(crate) budget: Arc<Budget>,
 }
 
+/// A delivery ready to hand to the local subscribers: encoded once, with the
+/// connection it must skip (`broadcast_from` on this node).
+struct Prepared {
+    encoded: Arc<Encoded>,
+    diff: Option<Arc<RenderedDiff>>,
+    exclude: Option<u64>,
+}
+
 impl Mailbox {
-    fn offer(&self, encoded: &Arc<Encoded>, diff: Option<&Arc<RenderedDiff>>) {
-        let cost = encoded
-            .for_vsn(self.vsn, self.binary_frames)
-            .map_or(0, |f| f.as_bytes().len());
-        if !self.budget.try_take(cost) {
+    /// Hands the connection every delivery of `batch` that is not excluded for
+    /// it: one budget charge, one lock and at most one wake-up for the whole
+    /// batch. A batch over the budget flags the connection as a slow consumer
+    /// (an empty queue admits any one batch).
+    fn offer(&self, batch: &[Prepared]) {
+        let for_us = |p: &&Prepared| p.exclude != Some(self.conn);
+        let cost_of = |p: &Prepared| p.encoded.len_for(self.vsn, self.binary_frames).unwrap_or(0);
+        let total: usize = batch.iter().filter(for_us).map(cost_of).sum();
+        if !batch.iter().any(|p| for_us(&p)) || !self.budget.try_take(total) {
             return;
         }
-        let item = match diff {
-            None => Inbound::Broadcast {
-                encoded: encoded.clone(),
-                cost,
-            },
-            Some(diff) => Inbound::PresenceDiff {
-                encoded: encoded.clone(),
-                diff: diff.clone(),
-                cost,
-            },
-        };
-        self.inbox.push(item);
+        self.inbox.push_all(batch.iter().filter(for_us).map(|p| {
+            let cost = cost_of(p);
+            match &p.diff {
+                None => Inbound::Broadcast {
+                    encoded: p.encoded.clone(),
+                    cost,
+                },
+                Some(diff) => Inbound::PresenceDiff {
+                    encoded: p.encoded.clone(),
+                    diff: diff.clone(),
+                    cost,
+                },
+            }
+        }));
     }
 }
 
@@ -495,9 +541,24 @@ async fn dispatch(
             ready.send_replace(Ready::Routed);
             first = false;
         }
+        let mut batch = Vec::new();
         while let Some(delivery) = sub.recv().await {
             let Some(hub) = hub.upgrade() else { return };
-            hub.fan_out(&topic, &state, delivery);
+            // Everything the engine has ready goes out in one pass: each
+            // connection is woken once for the lot and writes it at once.
+            let started = std::time::Instant::now();
+            hub.prepare(&topic, delivery, &mut batch);
+            while batch.len() < FANOUT_BATCH {
+                let Some(delivery) = sub.try_recv() else {
+                    break;
+                };
+                hub.prepare(&topic, delivery, &mut batch);
+            }
+            hub.fan_out(&state, &batch, started);
+            batch.clear();
+            if batch.capacity() > FANOUT_BATCH {
+                batch = Vec::new();
+            }
         }
         // The engine dropped us (our queue filled up) or stopped. Try again: a
         // stopped engine refuses, which ends this task.
@@ -507,10 +568,15 @@ async fn dispatch(
     }
 }
 
+/// Deliveries of one topic fanned out together at most.
+const FANOUT_BATCH: usize = 64;
+
 impl Hub {
-    fn fan_out(&self, topic: &Topic, state: &TopicState, delivery: Delivery) {
-        let started = std::time::Instant::now();
-        let (encoded, diff, exclude) = match delivery {
+    /// Decodes and encodes one engine delivery (once for every local
+    /// subscriber) onto `batch`; a `disconnect` control message is handled
+    /// here and an undecodable one counted.
+    fn prepare(&self, topic: &Topic, delivery: Delivery, batch: &mut Vec<Prepared>) {
+        let prepared = match delivery {
             Delivery::Broadcast(bytes) => {
                 let envelope = match Envelope::decode(bytes) {
                     Ok(envelope) => envelope,
@@ -524,7 +590,11 @@ impl Hub {
                     .filter(|e| e.origin == self.origin)
                     .map(|e| e.conn);
                 match encode_broadcast(topic.as_str(), &envelope.event, envelope.payload) {
-                    Ok(encoded) => (encoded, None, exclude),
+                    Ok(encoded) => Prepared {
+                        encoded: Arc::new(encoded),
+                        diff: None,
+                        exclude,
+                    },
                     Err(e) => return self.undecodable(topic, &e),
                 }
             }
@@ -535,20 +605,33 @@ impl Hub {
                 };
                 let payload = presence_diff(&rendered.joins, &rendered.leaves);
                 match encode_broadcast(topic.as_str(), "presence_diff", Payload::Json(payload)) {
-                    Ok(encoded) => (encoded, Some(Arc::new(rendered)), None),
+                    Ok(encoded) => Prepared {
+                        encoded: Arc::new(encoded),
+                        diff: Some(Arc::new(rendered)),
+                        exclude: None,
+                    },
                     Err(e) => return self.undecodable(topic, &e),
                 }
             }
         };
-        let encoded = Arc::new(encoded);
+        batch.push(prepared);
+    }
+
+    /// Hands `batch` to every local subscriber in one pass.
+    fn fan_out(&self, state: &TopicState, batch: &[Prepared], started: std::time::Instant) {
+        if batch.is_empty() {
+            return;
+        }
         let locals = state.locals.lock().expect("hub locals lock");
-        for (conn, (mailbox, _)) in locals.iter() {
-            if Some(*conn) != exclude {
-                mailbox.offer(&encoded, diff.as_ref());
-            }
+        for (mailbox, _) in locals.values() {
+            mailbox.offer(batch);
         }
         drop(locals);
-        self.fanout.observe(started.elapsed().as_secs_f64());
+        // Every delivery of the batch waited for the whole pass.
+        let elapsed = started.elapsed().as_secs_f64();
+        for _ in batch {
+            self.fanout.observe(elapsed);
+        }
     }
 
     /// A `disconnect` published on [`DISCONNECT_TOPIC`]: handed, as a broadcast
@@ -567,9 +650,13 @@ impl Hub {
         let Ok(encoded) = encode_broadcast(id, &envelope.event, Payload::empty()) else {
             return;
         };
-        let encoded = Arc::new(encoded);
+        let batch = [Prepared {
+            encoded: Arc::new(encoded),
+            diff: None,
+            exclude: None,
+        }];
         for mailbox in mailboxes {
-            mailbox.offer(&encoded, None);
+            mailbox.offer(&batch);
         }
     }
 
