@@ -265,7 +265,7 @@ impl Driver {
                 if let Err(e) = self
                     .shared
                     .hub
-                    .publish(&topic, &event, payload, exclude)
+                    .publish_queued(&topic, &event, payload, exclude)
                     .await
                 {
                     warn!(conn = self.conn, topic, error = %e, "broadcast failed");

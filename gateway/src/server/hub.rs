@@ -403,6 +403,42 @@ impl Hub {
         Ok(())
     }
 
+    /// [`Hub::publish`] for a client's broadcast: handed to the engine behind
+    /// the connection's earlier publishes (so they keep their order) without
+    /// waiting for it to be carried out, which would cost the connection a
+    /// round trip through the engine task per message. A failure is logged.
+    /// A `disconnect` is published and waited for as by [`Hub::publish`].
+    pub(crate) async fn publish_queued(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude_conn: Option<u64>,
+    ) -> Result<(), HubError> {
+        if topic == DISCONNECT_TOPIC || event == "disconnect" {
+            return self.publish(topic, event, payload, exclude_conn).await;
+        }
+        let envelope = Envelope {
+            event: event.to_owned(),
+            payload,
+            exclude: exclude_conn.map(|conn| Exclude {
+                origin: self.origin,
+                conn,
+            }),
+        };
+        let receipt = self
+            .engine
+            .publish_queued(topic, envelope.encode()?)
+            .await?;
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = receipt.outcome().await {
+                warn!(topic, error = %e, "broadcast failed");
+            }
+        });
+        Ok(())
+    }
+
     /// Registers `mailbox` under socket `id`: a `disconnect` broadcast on `id`
     /// reaches it (as a broadcast on topic `id`). Waits until this node's
     /// [`DISCONNECT_TOPIC`] subscription is routed.
