@@ -484,6 +484,13 @@ impl Subscription {
         self.rx.try_recv().ok()
     }
 
+    /// Deliveries queued and not received yet. The node drops a subscription
+    /// whose queue is full (`subscriber_queue`), so a publisher that wants
+    /// nothing lost can wait while this is high.
+    pub fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Unsubscribes now and waits for the node to apply it.
     pub async fn unsubscribe(mut self, handle: &EngineHandle) -> Result<(), RuntimeError> {
         self.drops = None;

@@ -265,6 +265,9 @@ enum Ready {
 
 struct TopicState {
     locals: Mutex<HashMap<u64, (Mailbox, usize)>>,
+    /// Deliveries waiting in the engine subscription after the dispatcher's
+    /// last pass: clients' publishes wait while it is at [`BACKLOG_HIGH`].
+    backlog: AtomicUsize,
     ready: watch::Receiver<Ready>,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -426,6 +429,7 @@ impl Hub {
                 conn,
             }),
         };
+        self.wait_for_backlog(topic).await;
         let receipt = self
             .engine
             .publish_queued(topic, envelope.encode()?)
@@ -437,6 +441,30 @@ impl Hub {
             }
         });
         Ok(())
+    }
+
+    /// Waits while this node's dispatcher of `topic` is behind: the engine
+    /// drops a subscription whose queue fills up, and a publisher that does
+    /// not wait for the engine's reply could otherwise outrun the dispatcher
+    /// and lose deliveries for every local subscriber. Stops waiting if the
+    /// topic loses its last local subscriber meanwhile.
+    async fn wait_for_backlog(&self, topic: &str) {
+        let current = || {
+            self.topics
+                .lock()
+                .expect("hub topics lock")
+                .get(topic)
+                .cloned()
+        };
+        let Some(state) = current() else {
+            return;
+        };
+        while state.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if !current().is_some_and(|now| Arc::ptr_eq(&now, &state)) {
+                return;
+            }
+        }
     }
 
     /// Registers `mailbox` under socket `id`: a `disconnect` broadcast on `id`
@@ -526,6 +554,7 @@ impl Hub {
         let (ready_tx, ready_rx) = watch::channel(Ready::Pending);
         let state = Arc::new(TopicState {
             locals: Mutex::new(HashMap::new()),
+            backlog: AtomicUsize::new(0),
             ready: ready_rx,
             task: Mutex::new(None),
         });
@@ -591,6 +620,7 @@ async fn dispatch(
                 hub.prepare(&topic, delivery, &mut batch);
             }
             hub.fan_out(&state, &batch, started);
+            state.backlog.store(sub.backlog(), Ordering::Release);
             batch.clear();
             if batch.capacity() > FANOUT_BATCH {
                 batch = Vec::new();
@@ -606,6 +636,10 @@ async fn dispatch(
 
 /// Deliveries of one topic fanned out together at most.
 const FANOUT_BATCH: usize = 64;
+
+/// Deliveries waiting for a topic's dispatcher at which clients' publishes to
+/// that topic wait: a quarter of the engine's default `subscriber_queue`.
+const BACKLOG_HIGH: usize = 256;
 
 impl Hub {
     /// Decodes and encodes one engine delivery (once for every local
