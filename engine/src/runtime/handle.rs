@@ -77,6 +77,20 @@ pub struct RuntimeStats {
     pub node: node::Stats,
 }
 
+/// The outcome of a publish started with [`EngineHandle::publish_queued`].
+#[derive(Debug)]
+#[must_use = "await the receipt for the outcome, or drop it explicitly"]
+pub struct PublishReceipt {
+    rx: oneshot::Receiver<Result<Outcome, CommandError>>,
+}
+
+impl PublishReceipt {
+    /// Waits until the engine carried out the publish.
+    pub async fn outcome(self) -> Result<Outcome, RuntimeError> {
+        Ok(self.rx.await.map_err(|_| RuntimeError::Stopped)??)
+    }
+}
+
 /// A request from a handle to the node task.
 #[derive(Debug)]
 pub(crate) enum Request {
@@ -228,6 +242,31 @@ impl EngineHandle {
             exclude: None,
         })
         .await
+    }
+
+    /// Hands a publish to the engine without waiting for it to be carried out:
+    /// it is queued behind this handle's earlier requests (so publishes from
+    /// one task keep their order), waiting only for room in the engine's
+    /// queue. A sender that does not need the outcome before its next publish
+    /// saves a round trip through the engine task per message; await the
+    /// receipt for the outcome, or drop it.
+    pub async fn publish_queued(
+        &self,
+        topic: impl Into<Topic>,
+        payload: Bytes,
+    ) -> Result<PublishReceipt, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Publish {
+            topic: topic.into(),
+            payload,
+            exclude: None,
+        };
+        self.shared
+            .requests
+            .send(Request::Command { cmd, reply })
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        Ok(PublishReceipt { rx })
     }
 
     /// Publishes to every subscriber of `topic` but the local `exclude`
@@ -443,6 +482,13 @@ impl Subscription {
     /// The next delivery if one is queued.
     pub fn try_recv(&mut self) -> Option<Delivery> {
         self.rx.try_recv().ok()
+    }
+
+    /// Deliveries queued and not received yet. The node drops a subscription
+    /// whose queue is full (`subscriber_queue`), so a publisher that wants
+    /// nothing lost can wait while this is high.
+    pub fn backlog(&self) -> usize {
+        self.rx.len()
     }
 
     /// Unsubscribes now and waits for the node to apply it.

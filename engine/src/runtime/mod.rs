@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-pub use handle::{Delivery, EngineHandle, Member, PeerStats, RuntimeStats, Subscription};
+pub use handle::{
+    Delivery, EngineHandle, Member, PeerStats, PublishReceipt, RuntimeStats, Subscription,
+};
 
 use crate::node::{CommandError, Config};
 

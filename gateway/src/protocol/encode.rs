@@ -125,22 +125,36 @@ impl Encoded {
     /// LongPoll, which cannot carry binary frames. `None` when this connection cannot
     /// receive a binary broadcast (v1, or not binary-capable): skip it.
     pub fn for_vsn(&self, vsn: Vsn, binary_capable: bool) -> Option<OutFrame> {
+        self.bytes_for(vsn, binary_capable).map(|(bytes, text)| {
+            if text {
+                OutFrame::Text(bytes.clone())
+            } else {
+                OutFrame::Binary(bytes.clone())
+            }
+        })
+    }
+
+    /// The length of [`Encoded::for_vsn`]'s frame, without sharing its bytes
+    /// (a reference count touched by every subscriber's core).
+    pub fn len_for(&self, vsn: Vsn, binary_capable: bool) -> Option<usize> {
+        self.bytes_for(vsn, binary_capable)
+            .map(|(bytes, _)| bytes.len())
+    }
+
+    /// The frame's bytes for `vsn`, and whether they are a text frame.
+    fn bytes_for(&self, vsn: Vsn, binary_capable: bool) -> Option<(&Bytes, bool)> {
         match (&self.payload, vsn) {
-            (Payload::Json(p), Vsn::V2) => {
-                let bytes = self
-                    .v2
-                    .get_or_init(|| json::encode_v2(None, None, &self.topic, &self.event, p));
-                Some(OutFrame::Text(bytes.clone()))
-            }
-            (Payload::Json(p), Vsn::V1) => {
-                let bytes = self
-                    .v1
-                    .get_or_init(|| json::encode_v1(None, &self.topic, &self.event, p));
-                Some(OutFrame::Text(bytes.clone()))
-            }
-            (Payload::Binary(_), Vsn::V2) if binary_capable => {
-                self.v2.get().cloned().map(OutFrame::Binary)
-            }
+            (Payload::Json(p), Vsn::V2) => Some((
+                self.v2
+                    .get_or_init(|| json::encode_v2(None, None, &self.topic, &self.event, p)),
+                true,
+            )),
+            (Payload::Json(p), Vsn::V1) => Some((
+                self.v1
+                    .get_or_init(|| json::encode_v1(None, &self.topic, &self.event, p)),
+                true,
+            )),
+            (Payload::Binary(_), Vsn::V2) if binary_capable => self.v2.get().map(|b| (b, false)),
             (Payload::Binary(_), _) => None,
         }
     }

@@ -56,7 +56,7 @@ pub mod close {
 }
 
 /// Deliveries handled per turn of the loop before the socket is served again.
-const INBOUND_BATCH: usize = 64;
+const INBOUND_BATCH: usize = 256;
 
 /// Client frames read in a row before the queued frames are written and the
 /// deliveries get a turn.
@@ -252,10 +252,14 @@ where
 
     /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
-        while let Some((frame, cost)) = self.driver.take_frame()? {
-            self.out.push(frame, cost);
+        let before = self.out.queue.len();
+        let out = &mut self.out;
+        let taken = self.driver.take_frames(|frame, cost| out.push(frame, cost));
+        if taken.is_err() {
+            // Not charged to the budget: not queued either.
+            self.out.queue.truncate(before);
         }
-        Ok(())
+        taken
     }
 }
 

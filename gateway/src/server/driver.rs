@@ -14,7 +14,7 @@ use chorus_engine::{ConnId, Meta};
 use tracing::{debug, warn};
 
 use super::close;
-use super::hub::{entries, state_json, Budget, Hub, Inbound, Inbox, Mailbox};
+use super::hub::{entries, state_json, Budget, Hub, Inbound, Inbox, Mailbox, Taken};
 use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
 use crate::protocol::{OutFrame, Ref};
@@ -38,6 +38,8 @@ pub(crate) struct Driver {
     pub(crate) shared: Arc<Shared>,
     mailbox: Mailbox,
     inbox: Arc<Inbox>,
+    /// Deliveries taken from the inbox in one go, not handled yet.
+    taken: Taken,
     /// Local subscriptions held in the hub, with counts.
     /// A few entries at most (the channel cap): a `Vec`, not a map node.
     subscribed: Vec<(String, usize)>,
@@ -80,6 +82,7 @@ impl Driver {
             shared,
             mailbox,
             inbox,
+            taken: Taken::default(),
             subscribed: Vec::new(),
             tracked: HashMap::new(),
             tracked_any: false,
@@ -129,12 +132,12 @@ impl Driver {
 
     /// The next delivery from the hub. Cancel-safe.
     pub(crate) async fn recv(&mut self) -> Inbound {
-        self.inbox.recv().await
+        self.taken.recv(&self.inbox).await
     }
 
     /// The next delivery if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
-        self.inbox.pop()
+        self.taken.pop(&self.inbox)
     }
 
     /// Hands a delivery to the session and carries out what follows. A
@@ -195,6 +198,29 @@ impl Driver {
         Ok(Some((frame, cost)))
     }
 
+    /// Every frame the session has queued, handed to `out` with its byte cost;
+    /// the budget is charged and the counters counted once for them all (an
+    /// empty budget admits the whole burst). An exhausted budget ends the client
+    /// as a slow consumer.
+    pub(crate) fn take_frames(&mut self, mut out: impl FnMut(OutFrame, usize)) -> Result<(), Exit> {
+        let (mut frames, mut bytes) = (0u64, 0usize);
+        while let Some(frame) = self.session.poll_transmit() {
+            let cost = frame.as_bytes().len();
+            frames += 1;
+            bytes += cost;
+            out(frame, cost);
+        }
+        if frames == 0 {
+            return Ok(());
+        }
+        if !self.mailbox.budget.try_take(bytes) {
+            return Err(Exit::SlowConsumer);
+        }
+        self.metrics.messages_out.inc_by(frames);
+        self.metrics.bytes_out.inc_by(bytes as u64);
+        Ok(())
+    }
+
     async fn subscribe(&mut self, topic: &str) -> Result<(), Exit> {
         let hub: &Arc<Hub> = &self.shared.hub;
         match self.subscribed.iter_mut().find(|(t, _)| t == topic) {
@@ -239,7 +265,7 @@ impl Driver {
                 if let Err(e) = self
                     .shared
                     .hub
-                    .publish(&topic, &event, payload, exclude)
+                    .publish_queued(&topic, &event, payload, exclude)
                     .await
                 {
                     warn!(conn = self.conn, topic, error = %e, "broadcast failed");

@@ -121,36 +121,68 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    fn push(&self, item: Inbound) {
+    /// Queues `items` under one lock, waking the connection once if its queue
+    /// was empty.
+    fn push_all(&self, items: impl IntoIterator<Item = Inbound>) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        queue.push_back(item);
-        let first = queue.len() == 1;
+        let first = queue.is_empty();
+        queue.extend(items);
+        let woken = first && !queue.is_empty();
         drop(queue);
-        if first {
+        if woken {
             self.ready.notify_one();
         }
     }
 
-    /// The next delivery, if any. Once the queue is empty again, a large
-    /// capacity left by a burst is given back.
-    pub(crate) fn pop(&self) -> Option<Inbound> {
+    /// Moves every waiting delivery to the back of `into`, under one lock:
+    /// a connection takes a burst at once rather than one lock per delivery.
+    /// When `into` is empty the two queues are swapped, so the inbox gets
+    /// back the room `into` had and a burst allocates nothing.
+    pub(crate) fn take_all(&self, into: &mut VecDeque<Inbound>) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        let item = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > 256 {
-            *queue = VecDeque::new();
+        if into.is_empty() {
+            std::mem::swap(&mut *queue, into);
+        } else {
+            into.append(&mut queue);
+        }
+    }
+
+    /// Waits until a delivery is pushed (or one was pushed since the last
+    /// wait). Cancel-safe.
+    pub(crate) async fn pushed(&self) {
+        self.ready.notified().await;
+    }
+}
+
+/// Deliveries a connection took from its [`Inbox`] and has not handled yet.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    queue: VecDeque<Inbound>,
+}
+
+impl Taken {
+    /// The next delivery, taking the inbox's whole queue when this one is
+    /// empty. Once drained, a large capacity left by a burst is given back.
+    pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
+        if self.queue.is_empty() {
+            inbox.take_all(&mut self.queue);
+        }
+        let item = self.queue.pop_front();
+        if self.queue.is_empty() && self.queue.capacity() > 256 {
+            self.queue = VecDeque::new();
         }
         item
     }
 
-    /// The next delivery, waiting for one. Cancel-safe: a delivery is only
-    /// taken when it is returned.
-    pub(crate) async fn recv(&self) -> Inbound {
+    /// The next delivery, waiting for one. Cancel-safe: taken deliveries stay
+    /// here until returned.
+    pub(crate) async fn recv(&mut self, inbox: &Inbox) -> Inbound {
         loop {
-            if let Some(item) = self.pop() {
+            if let Some(item) = self.pop(inbox) {
                 return item;
             }
-            // A push between the pop and here stored a permit: no lost wake-up.
-            self.ready.notified().await;
+            // A push between the take and here stored a permit: no lost wake-up.
+            inbox.pushed().await;
         }
     }
 }
@@ -165,26 +197,40 @@ pub(crate) struct Mailbox {
     pub(crate) budget: Arc<Budget>,
 }
 
+/// A delivery ready to hand to the local subscribers: encoded once, with the
+/// connection it must skip (`broadcast_from` on this node).
+struct Prepared {
+    encoded: Arc<Encoded>,
+    diff: Option<Arc<RenderedDiff>>,
+    exclude: Option<u64>,
+}
+
 impl Mailbox {
-    fn offer(&self, encoded: &Arc<Encoded>, diff: Option<&Arc<RenderedDiff>>) {
-        let cost = encoded
-            .for_vsn(self.vsn, self.binary_frames)
-            .map_or(0, |f| f.as_bytes().len());
-        if !self.budget.try_take(cost) {
+    /// Hands the connection every delivery of `batch` that is not excluded for
+    /// it: one budget charge, one lock and at most one wake-up for the whole
+    /// batch. A batch over the budget flags the connection as a slow consumer
+    /// (an empty queue admits any one batch).
+    fn offer(&self, batch: &[Prepared]) {
+        let for_us = |p: &&Prepared| p.exclude != Some(self.conn);
+        let cost_of = |p: &Prepared| p.encoded.len_for(self.vsn, self.binary_frames).unwrap_or(0);
+        let total: usize = batch.iter().filter(for_us).map(cost_of).sum();
+        if !batch.iter().any(|p| for_us(&p)) || !self.budget.try_take(total) {
             return;
         }
-        let item = match diff {
-            None => Inbound::Broadcast {
-                encoded: encoded.clone(),
-                cost,
-            },
-            Some(diff) => Inbound::PresenceDiff {
-                encoded: encoded.clone(),
-                diff: diff.clone(),
-                cost,
-            },
-        };
-        self.inbox.push(item);
+        self.inbox.push_all(batch.iter().filter(for_us).map(|p| {
+            let cost = cost_of(p);
+            match &p.diff {
+                None => Inbound::Broadcast {
+                    encoded: p.encoded.clone(),
+                    cost,
+                },
+                Some(diff) => Inbound::PresenceDiff {
+                    encoded: p.encoded.clone(),
+                    diff: diff.clone(),
+                    cost,
+                },
+            }
+        }));
     }
 }
 
@@ -219,6 +265,9 @@ enum Ready {
 
 struct TopicState {
     locals: Mutex<HashMap<u64, (Mailbox, usize)>>,
+    /// Deliveries waiting in the engine subscription after the dispatcher's
+    /// last pass: clients' publishes wait while it is at [`BACKLOG_HIGH`].
+    backlog: AtomicUsize,
     ready: watch::Receiver<Ready>,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -357,6 +406,67 @@ impl Hub {
         Ok(())
     }
 
+    /// [`Hub::publish`] for a client's broadcast: handed to the engine behind
+    /// the connection's earlier publishes (so they keep their order) without
+    /// waiting for it to be carried out, which would cost the connection a
+    /// round trip through the engine task per message. A failure is logged.
+    /// A `disconnect` is published and waited for as by [`Hub::publish`].
+    pub(crate) async fn publish_queued(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude_conn: Option<u64>,
+    ) -> Result<(), HubError> {
+        if topic == DISCONNECT_TOPIC || event == "disconnect" {
+            return self.publish(topic, event, payload, exclude_conn).await;
+        }
+        let envelope = Envelope {
+            event: event.to_owned(),
+            payload,
+            exclude: exclude_conn.map(|conn| Exclude {
+                origin: self.origin,
+                conn,
+            }),
+        };
+        self.wait_for_backlog(topic).await;
+        let receipt = self
+            .engine
+            .publish_queued(topic, envelope.encode()?)
+            .await?;
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = receipt.outcome().await {
+                warn!(topic, error = %e, "broadcast failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits while this node's dispatcher of `topic` is behind: the engine
+    /// drops a subscription whose queue fills up, and a publisher that does
+    /// not wait for the engine's reply could otherwise outrun the dispatcher
+    /// and lose deliveries for every local subscriber. Stops waiting if the
+    /// topic loses its last local subscriber meanwhile.
+    async fn wait_for_backlog(&self, topic: &str) {
+        let current = || {
+            self.topics
+                .lock()
+                .expect("hub topics lock")
+                .get(topic)
+                .cloned()
+        };
+        let Some(state) = current() else {
+            return;
+        };
+        while state.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if !current().is_some_and(|now| Arc::ptr_eq(&now, &state)) {
+                return;
+            }
+        }
+    }
+
     /// Registers `mailbox` under socket `id`: a `disconnect` broadcast on `id`
     /// reaches it (as a broadcast on topic `id`). Waits until this node's
     /// [`DISCONNECT_TOPIC`] subscription is routed.
@@ -444,6 +554,7 @@ impl Hub {
         let (ready_tx, ready_rx) = watch::channel(Ready::Pending);
         let state = Arc::new(TopicState {
             locals: Mutex::new(HashMap::new()),
+            backlog: AtomicUsize::new(0),
             ready: ready_rx,
             task: Mutex::new(None),
         });
@@ -495,9 +606,25 @@ async fn dispatch(
             ready.send_replace(Ready::Routed);
             first = false;
         }
+        let mut batch = Vec::new();
         while let Some(delivery) = sub.recv().await {
             let Some(hub) = hub.upgrade() else { return };
-            hub.fan_out(&topic, &state, delivery);
+            // Everything the engine has ready goes out in one pass: each
+            // connection is woken once for the lot and writes it at once.
+            let started = std::time::Instant::now();
+            hub.prepare(&topic, delivery, &mut batch);
+            while batch.len() < FANOUT_BATCH {
+                let Some(delivery) = sub.try_recv() else {
+                    break;
+                };
+                hub.prepare(&topic, delivery, &mut batch);
+            }
+            hub.fan_out(&state, &batch, started);
+            state.backlog.store(sub.backlog(), Ordering::Release);
+            batch.clear();
+            if batch.capacity() > FANOUT_BATCH {
+                batch = Vec::new();
+            }
         }
         // The engine dropped us (our queue filled up) or stopped. Try again: a
         // stopped engine refuses, which ends this task.
@@ -507,10 +634,19 @@ async fn dispatch(
     }
 }
 
+/// Deliveries of one topic fanned out together at most.
+const FANOUT_BATCH: usize = 64;
+
+/// Deliveries waiting for a topic's dispatcher at which clients' publishes to
+/// that topic wait: a quarter of the engine's default `subscriber_queue`.
+const BACKLOG_HIGH: usize = 256;
+
 impl Hub {
-    fn fan_out(&self, topic: &Topic, state: &TopicState, delivery: Delivery) {
-        let started = std::time::Instant::now();
-        let (encoded, diff, exclude) = match delivery {
+    /// Decodes and encodes one engine delivery (once for every local
+    /// subscriber) onto `batch`; a `disconnect` control message is handled
+    /// here and an undecodable one counted.
+    fn prepare(&self, topic: &Topic, delivery: Delivery, batch: &mut Vec<Prepared>) {
+        let prepared = match delivery {
             Delivery::Broadcast(bytes) => {
                 let envelope = match Envelope::decode(bytes) {
                     Ok(envelope) => envelope,
@@ -524,7 +660,11 @@ impl Hub {
                     .filter(|e| e.origin == self.origin)
                     .map(|e| e.conn);
                 match encode_broadcast(topic.as_str(), &envelope.event, envelope.payload) {
-                    Ok(encoded) => (encoded, None, exclude),
+                    Ok(encoded) => Prepared {
+                        encoded: Arc::new(encoded),
+                        diff: None,
+                        exclude,
+                    },
                     Err(e) => return self.undecodable(topic, &e),
                 }
             }
@@ -535,20 +675,33 @@ impl Hub {
                 };
                 let payload = presence_diff(&rendered.joins, &rendered.leaves);
                 match encode_broadcast(topic.as_str(), "presence_diff", Payload::Json(payload)) {
-                    Ok(encoded) => (encoded, Some(Arc::new(rendered)), None),
+                    Ok(encoded) => Prepared {
+                        encoded: Arc::new(encoded),
+                        diff: Some(Arc::new(rendered)),
+                        exclude: None,
+                    },
                     Err(e) => return self.undecodable(topic, &e),
                 }
             }
         };
-        let encoded = Arc::new(encoded);
+        batch.push(prepared);
+    }
+
+    /// Hands `batch` to every local subscriber in one pass.
+    fn fan_out(&self, state: &TopicState, batch: &[Prepared], started: std::time::Instant) {
+        if batch.is_empty() {
+            return;
+        }
         let locals = state.locals.lock().expect("hub locals lock");
-        for (conn, (mailbox, _)) in locals.iter() {
-            if Some(*conn) != exclude {
-                mailbox.offer(&encoded, diff.as_ref());
-            }
+        for (mailbox, _) in locals.values() {
+            mailbox.offer(batch);
         }
         drop(locals);
-        self.fanout.observe(started.elapsed().as_secs_f64());
+        // Every delivery of the batch waited for the whole pass.
+        let elapsed = started.elapsed().as_secs_f64();
+        for _ in batch {
+            self.fanout.observe(elapsed);
+        }
     }
 
     /// A `disconnect` published on [`DISCONNECT_TOPIC`]: handed, as a broadcast
@@ -567,9 +720,13 @@ impl Hub {
         let Ok(encoded) = encode_broadcast(id, &envelope.event, Payload::empty()) else {
             return;
         };
-        let encoded = Arc::new(encoded);
+        let batch = [Prepared {
+            encoded: Arc::new(encoded),
+            diff: None,
+            exclude: None,
+        }];
         for mailbox in mailboxes {
-            mailbox.offer(&encoded, None);
+            mailbox.offer(&batch);
         }
     }
 

@@ -114,7 +114,7 @@ impl Default for ServerConfig {
         Self {
             session: SessionConfig::websocket(),
             outbound_queue_bytes: 1 << 20,
-            write_batch: 64,
+            write_batch: 256,
             idle_timeout: Duration::from_secs(60),
             max_frame_size: 1 << 20,
             max_connections: 100_000,

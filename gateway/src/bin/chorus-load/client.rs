@@ -79,7 +79,13 @@ pub struct Conn {
 impl Conn {
     /// Opens the WebSocket (small buffers: thousands of these share one box).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let config = WebSocketConfig::default().read_buffer_size(4096);
+        Self::connect_with_buffer(url, 4096).await
+    }
+
+    /// Opens the WebSocket with a read buffer of `read_buffer` bytes: each read
+    /// from the socket takes at most that much.
+    pub async fn connect_with_buffer(url: &str, read_buffer: usize) -> anyhow::Result<Self> {
+        let config = WebSocketConfig::default().read_buffer_size(read_buffer);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
             .context("connecting")?;
@@ -136,6 +142,61 @@ impl Conn {
             return serde_json::from_str(text.as_str())
                 .with_context(|| format!("not a v2 frame: {}", text.as_str()));
         }
+    }
+
+    /// Waits for at least one text frame, then hands `f` every text frame
+    /// already received (up to `max`), without parsing them: a receiver that
+    /// needs little of each frame reads it itself. Returns how many frames `f`
+    /// saw; an error when the connection ended (or sent a binary or close
+    /// frame first). Other frames are skipped. Cancel-safe.
+    pub async fn recv_texts(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&str),
+    ) -> anyhow::Result<usize> {
+        let mut seen = 0;
+        std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            while seen < max {
+                let msg = match self.ws.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(msg))) => msg,
+                    Poll::Ready(Some(Err(e))) if seen == 0 => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(None) if seen == 0 => {
+                        return Poll::Ready(Err(anyhow!("connection ended")))
+                    }
+                    // An error or the end after some frames ends this batch;
+                    // the next call finds the stream ended.
+                    Poll::Ready(_) | Poll::Pending => break,
+                };
+                match msg {
+                    Message::Text(text) => {
+                        self.frames_in += 1;
+                        self.bytes_in += text.len() as u64;
+                        seen += 1;
+                        f(text.as_str());
+                    }
+                    Message::Binary(b) if seen == 0 => {
+                        return Poll::Ready(Err(anyhow!(
+                            "unexpected binary frame ({} bytes)",
+                            b.len()
+                        )))
+                    }
+                    Message::Close(close) if seen == 0 => {
+                        return Poll::Ready(Err(anyhow!(
+                            "closed by the server: {:?}",
+                            close.map(|c| c.code)
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            if seen == 0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(seen))
+            }
+        })
+        .await
     }
 
     /// Joins `topic` with join ref `join_ref` and waits for the reply; frames

@@ -1,8 +1,15 @@
 //! Broadcast fan-out: M subscribers of one topic, one publisher pushing the
-//! `fanout` event (broadcast to the topic) at a fixed rate. Each payload
+//! `fanout` event (broadcast to the topic) at a fixed rate, or with `--rate 0`
+//! as fast as a bounded window of deliveries in flight allows. Each payload
 //! carries its send time and a sequence number; each subscriber records the
 //! delivery latency and checks the order.
+//!
+//! Subscribers read their socket in large batches and take only the stamp
+//! from each `fanout` frame (the full parser for any other frame), so that
+//! the generator, on the same cores as the server, costs little per delivery.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,9 +29,14 @@ pub struct FanoutArgs {
     /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     pub subs: usize,
-    /// Messages published per second.
+    /// Messages published per second; 0: as fast as `--window` allows, for
+    /// `--secs`.
     #[arg(long, default_value_t = 100)]
     pub rate: u32,
+    /// With `--rate 0`: most messages in flight, counted as deliveries not
+    /// yet received by the subscribers (`--window` × subscribers).
+    #[arg(long, default_value_t = 100)]
+    pub window: u64,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
@@ -64,6 +76,20 @@ pub struct FanoutResult {
     pub cpu: Cpu,
 }
 
+/// Bytes each subscriber reads from its socket at most at once (about 120
+/// deliveries). Larger is not cheaper: tungstenite zeroes the free part of
+/// its buffer before every read.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Frames a subscriber handles per wake-up at most.
+const RECV_BATCH: usize = 1024;
+
+/// Shared between the publisher and the subscribers.
+struct Progress {
+    /// Deliveries received by all subscribers together.
+    delivered: AtomicU64,
+}
+
 #[derive(Deserialize)]
 struct Stamp {
     t: u64,
@@ -77,21 +103,31 @@ struct Seen {
     out_of_order: u64,
     last_us: u64,
     ended: bool,
+    /// Deliveries already added to [`Progress::delivered`].
+    reported: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
-    let total = u64::from(args.rate) * args.secs;
+    // With --rate 0 the count is known once publishing ends: until then the
+    // subscribers' target is "more than will ever come".
+    let planned = u64::from(args.rate) * args.secs;
     anyhow::ensure!(
-        total > 0,
-        "nothing to publish: --rate and --secs must be positive"
+        args.secs > 0 && (args.rate == 0 || planned > 0),
+        "nothing to publish: --secs must be positive"
     );
+    anyhow::ensure!(args.window > 0, "--window must be positive");
+    let (total_tx, total) = watch::channel(if args.rate == 0 { u64::MAX } else { planned });
+    let progress = Arc::new(Progress {
+        delivered: AtomicU64::new(0),
+    });
     let (stop_tx, stop) = watch::channel(false);
     let (ready_tx, mut ready) = mpsc::channel(1024);
     let mut subs = JoinSet::new();
     for i in 0..args.subs {
         let (ctx, topic) = (ctx.clone(), args.topic.clone());
-        let (ready_tx, stop) = (ready_tx.clone(), stop.clone());
-        subs.spawn(subscriber(ctx, i, topic, total, ready_tx, stop));
+        let (ready_tx, stop, total) = (ready_tx.clone(), stop.clone(), total.clone());
+        let progress = progress.clone();
+        subs.spawn(subscriber(ctx, i, topic, total, progress, ready_tx, stop));
     }
     drop(ready_tx);
     let mut failed_joins = 0;
@@ -109,16 +145,28 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
     let (sent_tx, sent) = oneshot::channel();
     let meter = CpuMeter::start(ctx.pid);
     let pad = "x".repeat(args.pad);
+    let pace = match args.rate {
+        0 => Pace::Window {
+            secs: args.secs,
+            deliveries: args.window * seen_subs(args.subs, failed_joins),
+            subs: seen_subs(args.subs, failed_joins),
+            progress: progress.clone(),
+        },
+        rate => Pace::Rate {
+            rate,
+            total: planned,
+        },
+    };
     let publishing = tokio::spawn(publish(
         publisher,
         args.topic.clone(),
-        args.rate,
-        total,
+        pace,
         pad,
         sent_tx,
         stop.clone(),
     ));
     let (first_us, published) = sent.await.context("the publisher failed")?;
+    total_tx.send_replace(published);
 
     // Wait for every subscriber to have all, or for the drain time.
     let deadline = Instant::now() + Duration::from_secs(args.drain);
@@ -160,28 +208,53 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         missing: expected.saturating_sub(delivered),
         out_of_order: seen.iter().map(|s| s.out_of_order).sum(),
         disconnected: seen.iter().filter(|s| s.ended).count(),
-        offered_per_sec: seen.len() as f64 * f64::from(args.rate),
+        offered_per_sec: if args.rate == 0 {
+            f64::INFINITY
+        } else {
+            seen.len() as f64 * f64::from(args.rate)
+        },
         delivered_per_sec: crate::stats::per_sec(delivered, window),
         latency: Latency::of(&mut all),
         cpu,
     })
 }
 
-/// Publishes `total` messages at `rate` per second (catching up if late),
-/// reports `(first send time, count)`, then drains its socket until stopped.
+/// How the publisher paces itself.
+enum Pace {
+    /// `total` messages at `rate` per second (catching up if late).
+    Rate { rate: u32, total: u64 },
+    /// For `secs`, as fast as possible while at most `deliveries` are in
+    /// flight (sent × `subs` minus received by the subscribers).
+    Window {
+        secs: u64,
+        deliveries: u64,
+        subs: u64,
+        progress: Arc<Progress>,
+    },
+}
+
+/// The subscribers that joined (each counts in the window).
+fn seen_subs(subs: usize, failed: usize) -> u64 {
+    subs.saturating_sub(failed) as u64
+}
+
+/// Publishes as `pace` says, reports `(first send time, count)`, then drains
+/// its socket until stopped.
 async fn publish(
     mut conn: crate::client::Conn,
     topic: String,
-    rate: u32,
-    total: u64,
+    pace: Pace,
     pad: String,
     sent_tx: oneshot::Sender<(u64, u64)>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let period = Duration::from_secs(1)
-        .checked_div(rate.max(1))
-        .unwrap_or_default()
-        .max(Duration::from_millis(1));
+    let period = match &pace {
+        Pace::Rate { rate, .. } => Duration::from_secs(1)
+            .checked_div((*rate).max(1))
+            .unwrap_or_default()
+            .max(Duration::from_millis(1)),
+        Pace::Window { .. } => Duration::from_millis(1),
+    };
     let mut tick = interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let started = Instant::now();
@@ -191,15 +264,27 @@ async fn publish(
     let mut report = Some(sent_tx);
     loop {
         tokio::select! {
-            _ = tick.tick(), if sent < total => {
-                let due = ((started.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1).min(total);
+            _ = tick.tick(), if report.is_some() => {
+                let (due, done) = match &pace {
+                    Pace::Rate { rate, total } => {
+                        let due = ((started.elapsed().as_secs_f64() * f64::from(*rate)) as u64 + 1).min(*total);
+                        (due, due == *total)
+                    }
+                    Pace::Window { secs, deliveries, subs, progress } => {
+                        let received = progress.delivered.load(Ordering::Relaxed);
+                        let in_flight = (sent * subs).saturating_sub(received);
+                        let room = deliveries.saturating_sub(in_flight) / (*subs).max(1);
+                        let over = started.elapsed() >= Duration::from_secs(*secs);
+                        (if over { sent } else { sent + room }, over)
+                    }
+                };
                 while sent < due {
                     let payload = format!(r#"{{"t":{},"seq":{sent},"pad":"{pad}"}}"#, now_us());
                     conn.feed(frame(Some("1"), &sent.to_string(), &topic, "fanout", &payload)).await?;
                     sent += 1;
                 }
                 conn.flush().await?;
-                if sent == total {
+                if done {
                     if let Some(report) = report.take() {
                         let _ = report.send((first_us, sent));
                     }
@@ -222,17 +307,20 @@ async fn publish(
 }
 
 /// One subscriber: connect, join, report, then record every `fanout` delivery
-/// until it has `total` or is stopped. `None` if it never joined.
+/// until it has the published total or is stopped. `None` if it never joined.
 async fn subscriber(
     ctx: Ctx,
     i: usize,
     topic: String,
-    total: u64,
+    mut total: watch::Receiver<u64>,
+    progress: Arc<Progress>,
     ready: mpsc::Sender<anyhow::Result<()>>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Seen> {
     let opened = async {
-        let mut conn = ctx.connect(&format!("sub{i}")).await?;
+        let mut conn = ctx
+            .connect_with_buffer(&format!("sub{i}"), READ_BUFFER)
+            .await?;
         conn.join(&topic, "1").await?;
         anyhow::Ok(conn)
     }
@@ -246,39 +334,50 @@ async fn subscriber(
     };
     let _ = ready.send(Ok(())).await;
     drop(ready);
+    let planned = *total.borrow_and_update();
     let mut seen = Seen {
-        latencies_us: Vec::with_capacity(total as usize),
+        latencies_us: Vec::with_capacity(if planned == u64::MAX {
+            1 << 16
+        } else {
+            planned as usize
+        }),
         ..Seen::default()
     };
     let mut next_seq = 0;
     let mut heartbeat = interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
-    while (seen.latencies_us.len() as u64) < total {
+    while (seen.latencies_us.len() as u64) < *total.borrow() {
         tokio::select! {
             _ = stop.changed() => break,
+            _ = total.changed() => {}
             _ = heartbeat.tick() => {
                 if conn.heartbeat().await.is_err() {
                     seen.ended = true;
                     return Some(seen);
                 }
             }
-            f = conn.recv() => match f {
-                Ok(f) => record(&f, &mut seen, &mut next_seq),
+            got = conn.recv_texts(RECV_BATCH, |text| record(text, &mut seen, &mut next_seq)) => match got {
+                Ok(_) => {}
                 Err(_) => {
                     seen.ended = true;
                     return Some(seen);
                 }
             }
         }
+        let received = seen.latencies_us.len() as u64;
+        if received > seen.reported {
+            progress
+                .delivered
+                .fetch_add(received - seen.reported, Ordering::Relaxed);
+            seen.reported = received;
+        }
     }
     conn.close().await;
     Some(seen)
 }
 
-fn record(f: &Frame, seen: &mut Seen, next_seq: &mut u64) {
-    if f.event != "fanout" {
-        return;
-    }
-    let Ok(stamp) = serde_json::from_str::<Stamp>(f.payload.get()) else {
+/// Records a `fanout` delivery; other frames are ignored.
+fn record(text: &str, seen: &mut Seen, next_seq: &mut u64) {
+    let Some(stamp) = stamp(text) else {
         return;
     };
     let now = now_us();
@@ -289,6 +388,37 @@ fn record(f: &Frame, seen: &mut Seen, next_seq: &mut u64) {
         seen.out_of_order += 1;
     }
     *next_seq = (*next_seq).max(stamp.seq + 1);
+}
+
+/// The stamp of a `fanout` frame; `None` for any other frame (or a `fanout`
+/// frame without a stamp, which then counts as missing).
+fn stamp(text: &str) -> Option<Stamp> {
+    if let Some(stamp) = quick_stamp(text) {
+        return Some(stamp);
+    }
+    let f: Frame = serde_json::from_str(text).ok()?;
+    if f.event != "fanout" {
+        return None;
+    }
+    serde_json::from_str(f.payload.get()).ok()
+}
+
+/// The stamp read straight from a broadcast as the server writes it and the
+/// publisher formats it: `[null,null,"<topic>","fanout",{"t":…,"seq":…,…}]`.
+/// `None` for any other shape (the full parser decides then).
+fn quick_stamp(text: &str) -> Option<Stamp> {
+    let rest = text.strip_prefix(r#"[null,null,""#)?;
+    let end = rest.bytes().position(|b| b == b'"' || b == b'\\')?;
+    let rest = rest[end..].strip_prefix(r#"","fanout",{"t":"#)?;
+    let (t, rest) = leading_number(rest)?;
+    let (seq, _) = leading_number(rest.strip_prefix(r#","seq":"#)?)?;
+    Some(Stamp { t, seq })
+}
+
+/// The unsigned integer at the start of `s`, and what follows it.
+fn leading_number(s: &str) -> Option<(u64, &str)> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    Some((s[..digits].parse().ok()?, &s[digits..]))
 }
 
 impl std::fmt::Display for FanoutResult {
@@ -305,5 +435,34 @@ impl std::fmt::Display for FanoutResult {
         )?;
         writeln!(f, "fanout: latency {}", self.latency)?;
         write!(f, "fanout: {}", self.cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quick_stamp_reads_what_the_full_parser_reads() {
+        let broadcast = r#"[null,null,"load:fanout","fanout",{"t":1234567,"seq":42,"pad":"xx"}]"#;
+        let quick = quick_stamp(broadcast).expect("the server's shape");
+        assert_eq!((quick.t, quick.seq), (1234567, 42));
+        let full = stamp(broadcast).expect("a stamp");
+        assert_eq!((full.t, full.seq), (1234567, 42));
+
+        // Other shapes go to the full parser, which still finds the stamp.
+        let spaced = r#"[null, null, "load:fanout", "fanout", {"seq": 7, "t": 9}]"#;
+        assert!(quick_stamp(spaced).is_none());
+        let full = stamp(spaced).expect("a stamp");
+        assert_eq!((full.t, full.seq), (9, 7));
+        let escaped = r#"[null,null,"load:\"x","fanout",{"t":1,"seq":2}]"#;
+        assert!(quick_stamp(escaped).is_none());
+        assert_eq!(stamp(escaped).map(|s| s.seq), Some(2));
+
+        // Not a fanout delivery.
+        assert!(
+            stamp(r#"[null,"hb","phoenix","phx_reply",{"status":"ok","response":{}}]"#).is_none()
+        );
+        assert!(stamp(r#"[null,null,"load:fanout","other",{"t":1,"seq":2}]"#).is_none());
     }
 }

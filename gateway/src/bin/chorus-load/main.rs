@@ -100,6 +100,16 @@ impl Ctx {
         let _slot = self.connecting.acquire().await?;
         client::Conn::connect(&self.target.url_for(user)).await
     }
+
+    /// [`Ctx::connect`] with a read buffer of `read_buffer` bytes.
+    pub async fn connect_with_buffer(
+        &self,
+        user: &str,
+        read_buffer: usize,
+    ) -> anyhow::Result<client::Conn> {
+        let _slot = self.connecting.acquire().await?;
+        client::Conn::connect_with_buffer(&self.target.url_for(user), read_buffer).await
+    }
 }
 
 fn main() -> anyhow::Result<()> {
