@@ -19,7 +19,7 @@
 //!
 //! Deterministic: no clock, no randomness, ordered maps only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use slab::Slab;
@@ -138,13 +138,54 @@ impl<E: Clone> Delta<E> {
 pub struct Slot<E> {
     /// Index of the owning replica inside this store.
     pub replica: u32,
+    /// Free for the index built on top (presence keeps the entry's position
+    /// in its topic's list here). Not replicated; the store sets it to 0 and
+    /// never reads it. It fills what was padding after `replica`.
+    pub aux: u32,
     /// The op counter that created it.
     pub dot: u64,
     /// The entry itself.
     pub value: E,
 }
 
-/// A change the store made, for the owner of the indexes built on top.
+/// The entries of a store by slot, as an [`Observer`] sees them during a
+/// merge: it may annotate them (`aux`) or share memory between equal values,
+/// but must leave every value equal, as values replicate.
+#[derive(Debug)]
+pub struct Slots<E>(Slab<Slot<E>>);
+
+impl<E> Slots<E> {
+    /// The entry in `slot`.
+    pub fn get(&self, slot: usize) -> &Slot<E> {
+        &self.0[slot]
+    }
+
+    /// The entry in `slot`, mutably (see the type's docs).
+    pub fn get_mut(&mut self, slot: usize) -> &mut Slot<E> {
+        &mut self.0[slot]
+    }
+}
+
+/// Told of each entry a merge or a purge adds or removes, as it happens, so
+/// the indexes above the store follow without an intermediate list of
+/// changes. `visible`: the owner is up (visible entries are indexed and
+/// diffed).
+pub trait Observer<E> {
+    /// The entry at `slot`, owned by `owner`, is new.
+    fn added(&mut self, slots: &mut Slots<E>, slot: usize, owner: &NodeId, visible: bool);
+    /// `old`, owned by `owner`, was removed from `slot`, which is free again.
+    fn removed(
+        &mut self,
+        slots: &mut Slots<E>,
+        slot: usize,
+        old: Slot<E>,
+        owner: &NodeId,
+        visible: bool,
+    );
+}
+
+/// A change the store made. A `Vec` of them is the simplest [`Observer`]
+/// (subscriptions and tests use it; presence indexes as changes happen).
 #[derive(Debug)]
 pub enum Change<E> {
     /// The entry at `slot` is new.
@@ -167,6 +208,35 @@ pub enum Change<E> {
     },
 }
 
+impl<E> Observer<E> for Vec<Change<E>> {
+    fn added(&mut self, _: &mut Slots<E>, slot: usize, _: &NodeId, visible: bool) {
+        self.push(Change::Added { slot, visible });
+    }
+
+    fn removed(
+        &mut self,
+        _: &mut Slots<E>,
+        slot: usize,
+        old: Slot<E>,
+        owner: &NodeId,
+        visible: bool,
+    ) {
+        self.push(Change::Removed {
+            slot,
+            owner: owner.clone(),
+            value: old.value,
+            visible,
+        });
+    }
+}
+
+/// Ignores every change (a bare store without indexes on top).
+impl<E> Observer<E> for () {
+    fn added(&mut self, _: &mut Slots<E>, _: usize, _: &NodeId, _: bool) {}
+
+    fn removed(&mut self, _: &mut Slots<E>, _: usize, _: Slot<E>, _: &NodeId, _: bool) {}
+}
+
 #[derive(Debug)]
 struct Replica {
     id: NodeId,
@@ -187,7 +257,7 @@ struct Replica {
 pub struct Store<E> {
     replicas: Slab<Replica>,
     by_id: BTreeMap<NodeId, u32>,
-    slots: Slab<Slot<E>>,
+    slots: Slots<E>,
     purged: BTreeSet<NodeId>,
     tomb_cap: usize,
     me: u32,
@@ -200,7 +270,7 @@ impl<E: Clone> Store<E> {
         let mut s = Store {
             replicas: Slab::new(),
             by_id: BTreeMap::new(),
-            slots: Slab::new(),
+            slots: Slots(Slab::new()),
             purged: BTreeSet::new(),
             tomb_cap: tomb_cap.max(1),
             me: 0,
@@ -211,7 +281,7 @@ impl<E: Clone> Store<E> {
 
     /// The entry in `slot`.
     pub fn slot(&self, slot: usize) -> &Slot<E> {
-        &self.slots[slot]
+        self.slots.get(slot)
     }
 
     /// The owner of the replica index in a slot.
@@ -219,25 +289,26 @@ impl<E: Clone> Store<E> {
         &self.replicas[replica as usize].id
     }
 
-    /// The entry in `slot`, mutably, only to share memory between equal
-    /// values (interning): the caller must leave it equal, as it replicates.
-    pub fn value_mut(&mut self, slot: usize) -> &mut E {
-        &mut self.slots[slot].value
+    /// The entries, mutably, only to annotate them (`aux`) or to share
+    /// memory between equal values (interning): values must stay equal, as
+    /// they replicate.
+    pub fn slots_mut(&mut self) -> &mut Slots<E> {
+        &mut self.slots
     }
 
     /// Whether the entry in `slot` is visible (its owner is up).
     pub fn is_visible(&self, slot: usize) -> bool {
-        self.replicas[self.slots[slot].replica as usize].up
+        self.replicas[self.slots.get(slot).replica as usize].up
     }
 
     /// Number of entries, visible or not.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.0.len()
     }
 
     /// Whether the store holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.0.is_empty()
     }
 
     /// The next op counter of this node (for refs derived from it).
@@ -273,8 +344,9 @@ impl<E: Clone> Store<E> {
         let r = &mut self.replicas[me as usize];
         let n = r.ctx.max() + 1;
         r.ctx.insert(n);
-        let slot = self.slots.insert(Slot {
+        let slot = self.slots.0.insert(Slot {
             replica: me,
+            aux: 0,
             dot: n,
             value: value.clone(),
         });
@@ -303,7 +375,7 @@ impl<E: Clone> Store<E> {
         value: Option<E>,
     ) -> (E, Part<E>, Option<usize>) {
         let me = self.me;
-        let old = self.slots.remove(slot);
+        let old = self.slots.0.remove(slot);
         assert_eq!(old.replica, me, "only the owner removes its entries");
         let r = &mut self.replicas[me as usize];
         let n = r.ctx.max() + 1;
@@ -314,8 +386,9 @@ impl<E: Clone> Store<E> {
         part.ops.insert(n);
         part.removes.push((n, old.dot));
         let new_slot = value.map(|value| {
-            let s = self.slots.insert(Slot {
+            let s = self.slots.0.insert(Slot {
                 replica: me,
+                aux: 0,
                 dot: n,
                 value: value.clone(),
             });
@@ -339,10 +412,11 @@ impl<E: Clone> Store<E> {
 
     // ---- replication ----
 
-    /// Merges a part from a peer. Returns the changes made and the novel
-    /// sub-part (what was not known yet), to buffer for relay. A part of this
-    /// node's own ops, of a purged replica, or a full part yields no relay.
-    pub fn merge(&mut self, part: &Part<E>, changes: &mut Vec<Change<E>>) -> Option<Part<E>> {
+    /// Merges a part from a peer, telling `obs` of each entry added or
+    /// removed. Returns the novel sub-part (what was not known yet), to buffer
+    /// for relay. A part of this node's own ops, of a purged replica, or a
+    /// full part yields no relay.
+    pub fn merge(&mut self, part: &Part<E>, obs: &mut impl Observer<E>) -> Option<Part<E>> {
         let idx = self.replica_idx(&part.origin)?;
         if idx == self.me {
             return None;
@@ -352,6 +426,7 @@ impl<E: Clone> Store<E> {
         let visible = r.up;
         let mut novel = Part::empty(part.origin.clone());
         novel.ops = r.ctx.missing(&part.ops);
+        novel.removes.reserve(part.removes.len());
         // Removals first: an add that the same part removes (a peer may send
         // both) is then skipped, never added and removed in one batch.
         for &(n, k) in &part.removes {
@@ -359,13 +434,8 @@ impl<E: Clone> Store<E> {
                 continue;
             }
             if let Some(slot) = r.live.remove(&k) {
-                let value = slots.remove(slot as usize).value;
-                changes.push(Change::Removed {
-                    slot: slot as usize,
-                    owner: r.id.clone(),
-                    value,
-                    visible,
-                });
+                let old = slots.0.remove(slot as usize);
+                obs.removed(slots, slot as usize, old, &r.id, visible);
             }
             if !r.ctx.contains(k) {
                 r.dead.insert(k);
@@ -373,48 +443,50 @@ impl<E: Clone> Store<E> {
             r.tombs.insert(n, k);
             novel.removes.push((n, k));
         }
-        novel.adds.reserve(part.adds.len());
-        for (d, value) in &part.adds {
-            if r.ctx.contains(*d) || r.dead.contains(d) {
-                continue;
-            }
-            if !r.live.contains_key(d) {
-                let slot = slots.insert(Slot {
-                    replica: idx,
-                    dot: *d,
-                    value: value.clone(),
-                });
-                r.live.insert(*d, slot as u32);
-                changes.push(Change::Added { slot, visible });
-            }
-            // Its op is in `novel.ops`: leaving the add out would declare it dead.
-            novel.adds.push((*d, value.clone()));
-        }
         // Every dot inside `ops` that the part does not hold is dead: this
         // kills what a full slice leaves out, and costs one range scan of the
-        // owner's dot index per span, never a scan of the state.
+        // owner's dot index per span, never a scan of the state. It runs
+        // before the adds, so it only meets entries held before this part
+        // (none, for a δ of new ops): an add is never one it would kill.
         for &(lo, hi) in part
             .ops
             .spans()
             .iter()
             .filter(|_| !cfg!(feature = "broken-merge"))
         {
+            let mut held = part.adds.iter().map(|a| a.0).peekable();
             let dead: Vec<(u64, u32)> = r
                 .live
                 .range(lo..=hi)
-                .filter(|(d, _)| part.adds.binary_search_by_key(*d, |a| a.0).is_err())
+                .filter(|&(&d, _)| {
+                    while held.next_if(|&h| h < d).is_some() {}
+                    held.peek() != Some(&d)
+                })
                 .map(|(d, s)| (*d, *s))
                 .collect();
             for (d, slot) in dead {
                 r.live.remove(&d);
-                let value = slots.remove(slot as usize).value;
-                changes.push(Change::Removed {
-                    slot: slot as usize,
-                    owner: r.id.clone(),
-                    value,
-                    visible,
-                });
+                let old = slots.0.remove(slot as usize);
+                obs.removed(slots, slot as usize, old, &r.id, visible);
             }
+        }
+        novel.adds.reserve(part.adds.len());
+        for (d, value) in &part.adds {
+            if r.ctx.contains(*d) || r.dead.contains(d) {
+                continue;
+            }
+            if let btree_map::Entry::Vacant(v) = r.live.entry(*d) {
+                let slot = slots.0.insert(Slot {
+                    replica: idx,
+                    aux: 0,
+                    dot: *d,
+                    value: value.clone(),
+                });
+                v.insert(slot as u32);
+                obs.added(slots, slot, &r.id, visible);
+            }
+            // Its op is in `novel.ops`: leaving the add out would declare it dead.
+            novel.adds.push((*d, value.clone()));
         }
         if part.full {
             // Its removals were not listed: we cannot serve them to others.
@@ -458,7 +530,7 @@ impl<E: Clone> Store<E> {
                 .live
                 .range(lo..=hi)
                 .take(max_adds.max(1))
-                .map(|(d, s)| (*d, self.slots[*s as usize].value.clone()))
+                .map(|(d, s)| (*d, self.slots.get(*s as usize).value.clone()))
                 .collect();
             let end = if part.adds.len() < max_adds.max(1) {
                 hi
@@ -525,7 +597,7 @@ impl<E: Clone> Store<E> {
 
     /// Drops a replica and everything it owned, for good (permdown, or a newer
     /// incarnation seen). Its later deltas are refused.
-    pub fn purge(&mut self, id: &NodeId, changes: &mut Vec<Change<E>>) {
+    pub fn purge(&mut self, id: &NodeId, obs: &mut impl Observer<E>) {
         self.purged.insert(id.clone());
         let Some(i) = self.by_id.remove(id) else {
             return;
@@ -533,13 +605,8 @@ impl<E: Clone> Store<E> {
         assert_ne!(i, self.me, "a node never purges itself");
         let r = self.replicas.remove(i as usize);
         for (_, slot) in r.live {
-            let value = self.slots.remove(slot as usize).value;
-            changes.push(Change::Removed {
-                slot: slot as usize,
-                owner: r.id.clone(),
-                value,
-                visible: r.up,
-            });
+            let old = self.slots.0.remove(slot as usize);
+            obs.removed(&mut self.slots, slot as usize, old, &r.id, r.up);
         }
     }
 
@@ -568,7 +635,7 @@ impl<E: Clone> Store<E> {
 
     /// Every slot, in slab order (for tests and full listings).
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Slot<E>)> {
-        self.slots.iter()
+        self.slots.0.iter()
     }
 }
 
