@@ -57,9 +57,10 @@ LOAD_IDLE ?= 10000
 LOAD_FANOUT_SECS ?= 10
 LOAD_PING_SECS ?= 10
 LOAD_STORM ?= 1000
+LOAD_STORM_BIG ?= 3000
 LOAD_BURST ?= 2000
 
-bench-load: ## Load generator (chorus-load) against a fresh release chorus per scenario, on 127.0.0.1 (about 3 min)
+bench-load: ## Load generator (chorus-load) against a fresh release chorus per scenario, on 127.0.0.1 (about 5 min)
 	$(CARGO) build --release -p chorus-gateway --bin chorus --bin chorus-load
 	@ulimit -n $$(ulimit -Hn); set -e; \
 	bin="$${CARGO_TARGET_DIR:-target}/release"; load="$$bin/chorus-load --spawn $$bin/chorus"; \
@@ -67,10 +68,13 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load idle --conns $(LOAD_IDLE); \
 	$$load fanout --subs 1000 --rate 50 --secs $(LOAD_FANOUT_SECS); \
 	$$load fanout --subs 1000 --rate 200 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 1000 --rate 800 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 1000 --rate 0 --secs $(LOAD_FANOUT_SECS); \
 	$$load fanout --subs 10000 --rate 5 --secs $(LOAD_FANOUT_SECS); \
 	$$load ping --conns 10 --interval-ms 10 --secs $(LOAD_PING_SECS); \
 	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
 	$$load storm --users $(LOAD_STORM) --rate 200; \
+	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
 	$$load storm --users $(LOAD_BURST)
 
 fmt: ## Format everything
