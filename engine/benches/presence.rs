@@ -31,14 +31,17 @@
 //! the time on CPU and on the run queue of this thread (from
 //! `/proc/thread-self/schedstat`, exact to a scheduler tick per reading).
 
-use std::collections::VecDeque;
+#[path = "support/origin.rs"]
+mod origin;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chorus_engine::presence::Presence;
 use chorus_engine::store::{Delta, Part};
-use chorus_engine::{ConnId, DiffItem, Key, Meta, NodeId, PresEntry, Topic};
+use chorus_engine::{ConnId, Key, Meta, NodeId, PresEntry, Topic};
 use criterion::{criterion_group, criterion_main, Bencher, Criterion, SamplingMode};
+use origin::{meta, Diff, Origin};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -50,8 +53,6 @@ const BIG_TOPIC_METAS: usize = 1_000;
 const TOMB_CAP: usize = 100_000;
 /// Adds per anti-entropy part while building states.
 const CHUNK: usize = 10_000;
-
-type Diff = Vec<(Topic, DiffItem)>;
 
 /// `(on CPU, waiting for a CPU)` of this thread so far, in nanoseconds.
 fn sched() -> (u64, u64) {
@@ -101,73 +102,6 @@ impl Clocks {
     }
 }
 
-/// A meta of 29 bytes, different for every entry.
-fn meta(n: u64) -> Meta {
-    Meta::new(format!(
-        "{{\"online_at\":\"{:013}\"}}",
-        1_700_000_000_000 + n
-    ))
-}
-
-/// An origin replica that remembers its entries oldest first.
-struct Origin {
-    id: NodeId,
-    p: Presence,
-    fifo: VecDeque<(Topic, Key, ConnId)>,
-    next_conn: u64,
-    diff: Diff,
-}
-
-impl Origin {
-    fn new(name: &str, prefix: u8, tomb_cap: usize) -> Self {
-        let id = NodeId::new(name, 1);
-        Origin {
-            p: Presence::new(id.clone(), [prefix; 6], tomb_cap),
-            id,
-            fifo: VecDeque::new(),
-            next_conn: 0,
-            diff: Vec::new(),
-        }
-    }
-
-    fn track(&mut self, topic: Topic, key: Key) -> Part<PresEntry> {
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        let (_, part) = self
-            .p
-            .track(
-                topic.clone(),
-                key.clone(),
-                conn,
-                meta(conn.0),
-                &mut self.diff,
-            )
-            .expect("every conn is new");
-        self.diff.clear();
-        self.fifo.push_back((topic, key, conn));
-        part
-    }
-
-    fn untrack_oldest(&mut self) -> Part<PresEntry> {
-        let (t, k, c) = self.fifo.pop_front().expect("the origin has entries");
-        let part = self
-            .p
-            .untrack(t, k, c, &mut self.diff)
-            .expect("the fifo holds tracked entries");
-        self.diff.clear();
-        part
-    }
-
-    /// Sends everything `rx` lacks of this origin, as anti-entropy does.
-    fn feed(&self, rx: &mut Presence, diff: &mut Diff) {
-        let known = rx.store().known(&self.id);
-        for part in self.p.store().slice(&self.id, known, CHUNK) {
-            rx.merge(&part, diff);
-            diff.clear();
-        }
-    }
-}
-
 fn topics(n: usize) -> Vec<Topic> {
     (0..n).map(|t| Topic::new(format!("room:{t}"))).collect()
 }
@@ -204,7 +138,7 @@ impl Big {
             }
         }
         for o in &origins {
-            o.feed(&mut rx, &mut diff);
+            o.feed(&mut rx, &mut diff, CHUNK);
         }
         let mut x = origins.swap_remove(0);
         drop(origins);
@@ -368,7 +302,7 @@ fn one_million_each() -> (Presence, Part<PresEntry>, NodeId) {
             a.track(t.clone(), format!("a{k}").into());
         }
     }
-    a.feed(&mut rx, &mut diff);
+    a.feed(&mut rx, &mut diff, CHUNK);
     drop(a);
     let mut b = Origin::new("fb", 0x22, 64);
     for t in &topics {

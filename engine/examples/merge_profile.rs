@@ -17,64 +17,26 @@
 //! Arguments: topics (default 2,000, i.e. 200k entries; the criterion bench
 //! uses 20,000), adds per δ-group (1,000), rounds (5).
 
-use std::collections::VecDeque;
+// The bench's origin replica; `feed` is the bench's (this harness slices
+// its own parts, to send them through the codec).
+#[path = "../benches/support/origin.rs"]
+#[allow(dead_code)]
+mod origin;
+
 use std::hint::black_box;
 use std::time::Instant;
 
 use chorus_engine::codec::{Body, Message};
 use chorus_engine::presence::Presence;
 use chorus_engine::store::{Delta, Part};
-use chorus_engine::{ConnId, DiffItem, Key, Meta, NodeId, PresEntry, Topic};
+use chorus_engine::{NodeId, PresEntry, Topic};
+use origin::{Diff, Origin};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const KEYS_PER_TOPIC: usize = 100;
 const ORIGINS: usize = 4;
-
-type Diff = Vec<(Topic, DiffItem)>;
-
-fn meta(n: u64) -> Meta {
-    Meta::new(format!(
-        "{{\"online_at\":\"{:013}\"}}",
-        1_700_000_000_000 + n
-    ))
-}
-
-struct Origin {
-    id: NodeId,
-    p: Presence,
-    fifo: VecDeque<(Topic, Key, ConnId)>,
-    next_conn: u64,
-    diff: Diff,
-}
-
-impl Origin {
-    fn track(&mut self, topic: Topic, key: Key) -> Part<PresEntry> {
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        let (_, part) = self
-            .p
-            .track(
-                topic.clone(),
-                key.clone(),
-                conn,
-                meta(conn.0),
-                &mut self.diff,
-            )
-            .expect("every conn is new");
-        self.diff.clear();
-        self.fifo.push_back((topic, key, conn));
-        part
-    }
-
-    fn untrack_oldest(&mut self) -> Part<PresEntry> {
-        let (t, k, c) = self.fifo.pop_front().expect("the origin has entries");
-        let part = self.p.untrack(t, k, c, &mut self.diff).expect("tracked");
-        self.diff.clear();
-        part
-    }
-}
 
 /// Encodes and decodes a δ-group, so its entries own their text as a
 /// receiver's do.
@@ -139,16 +101,7 @@ fn main() {
     let mut rx = Presence::new(NodeId::new("rx", 1), [0xAA; 6], 100_000);
     let mut diff = Vec::new();
     let mut origins: Vec<Origin> = (0..ORIGINS)
-        .map(|i| {
-            let id = NodeId::new(format!("o{i}"), 1);
-            Origin {
-                p: Presence::new(id.clone(), [i as u8 + 1; 6], 100_000),
-                id,
-                fifo: VecDeque::new(),
-                next_conn: 0,
-                diff: Vec::new(),
-            }
-        })
+        .map(|i| Origin::new(&format!("o{i}"), i as u8 + 1, 100_000))
         .collect();
     for t in &topics {
         for k in 0..KEYS_PER_TOPIC {
