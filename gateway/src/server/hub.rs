@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use chorus_engine::runtime::{Delivery, EngineHandle, RuntimeError, Subscription};
 use chorus_engine::{PresenceItem, Topic};
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
@@ -266,7 +266,8 @@ enum Ready {
 struct TopicState {
     locals: Mutex<HashMap<u64, (Mailbox, usize)>>,
     /// Deliveries waiting in the engine subscription after the dispatcher's
-    /// last pass: clients' publishes wait while it is at [`BACKLOG_HIGH`].
+    /// last pass, plus this node's client publishes since: clients' publishes
+    /// wait while it is at [`BACKLOG_HIGH`].
     backlog: AtomicUsize,
     ready: watch::Receiver<Ready>,
     task: Mutex<Option<AbortHandle>>,
@@ -291,6 +292,10 @@ pub struct Hub {
     ids: Mutex<HashMap<String, Vec<Mailbox>>>,
     stats: HubStats,
     fanout: Histogram,
+    /// Client publishes handed to the engine and not carried out yet: with the
+    /// backlog check this bounds what can reach a topic's subscription queue
+    /// at once, so a flood is slowed down, not dropped.
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -312,6 +317,7 @@ impl Hub {
             ids: Mutex::new(HashMap::new()),
             stats: HubStats::default(),
             fanout: super::metrics::fanout_histogram(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
@@ -429,16 +435,25 @@ impl Hub {
                 conn,
             }),
         };
-        self.wait_for_backlog(topic).await;
-        let receipt = self
-            .engine
-            .publish_queued(topic, envelope.encode()?)
-            .await?;
+        let payload = envelope.encode()?;
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the in-flight semaphore is never closed");
+        if let Some(state) = self.wait_for_backlog(topic).await {
+            // Counted at once: the dispatcher's figure is from its last pass,
+            // and publishes until its next pass must count against it too.
+            state.backlog.fetch_add(1, Ordering::AcqRel);
+        }
+        let receipt = self.engine.publish_queued(topic, payload).await?;
         let topic = topic.to_owned();
         tokio::spawn(async move {
             if let Err(e) = receipt.outcome().await {
                 warn!(topic, error = %e, "broadcast failed");
             }
+            drop(permit);
         });
         Ok(())
     }
@@ -448,7 +463,7 @@ impl Hub {
     /// not wait for the engine's reply could otherwise outrun the dispatcher
     /// and lose deliveries for every local subscriber. Stops waiting if the
     /// topic loses its last local subscriber meanwhile.
-    async fn wait_for_backlog(&self, topic: &str) {
+    async fn wait_for_backlog(&self, topic: &str) -> Option<Arc<TopicState>> {
         let current = || {
             self.topics
                 .lock()
@@ -456,15 +471,14 @@ impl Hub {
                 .get(topic)
                 .cloned()
         };
-        let Some(state) = current() else {
-            return;
-        };
+        let state = current()?;
         while state.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             if !current().is_some_and(|now| Arc::ptr_eq(&now, &state)) {
-                return;
+                return None;
             }
         }
+        Some(state)
     }
 
     /// Registers `mailbox` under socket `id`: a `disconnect` broadcast on `id`
@@ -640,6 +654,12 @@ const FANOUT_BATCH: usize = 64;
 /// Deliveries waiting for a topic's dispatcher at which clients' publishes to
 /// that topic wait: a quarter of the engine's default `subscriber_queue`.
 const BACKLOG_HIGH: usize = 256;
+
+/// Client publishes in the engine's queue at once, all topics together. With
+/// [`BACKLOG_HIGH`], at most 512 deliveries of this node's clients can be
+/// waiting for a topic's dispatcher: half the engine's default
+/// `subscriber_queue` (1,024), whose overflow drops the subscription.
+const MAX_IN_FLIGHT: usize = 256;
 
 impl Hub {
     /// Decodes and encodes one engine delivery (once for every local
