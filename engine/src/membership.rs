@@ -522,10 +522,9 @@ impl Membership {
         self.ping_suspects(now);
         if let Some(target) = self.next_target() {
             let addr = self.members[&target].addr.expect("targets have addresses");
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = self.ping(target.clone(), addr);
             self.probe = Some(Probe {
-                target: target.clone(),
+                target,
                 seq,
                 indirect_at: now + self.probe_timeout(),
                 asked: false,
@@ -533,16 +532,6 @@ impl Membership {
                 expected_nacks: 0,
                 nacks: 0,
             });
-            let gossip = self.gossip_for(&target);
-            self.send(
-                target.clone(),
-                addr,
-                Body::Ping {
-                    seq,
-                    target,
-                    gossip,
-                },
-            );
         }
         self.period_at = now + self.period();
     }
@@ -598,12 +587,13 @@ impl Membership {
         else {
             return;
         };
-        self.ping_with_verdict(id.clone(), addr);
+        self.ping(id.clone(), addr);
     }
 
-    /// A ping outside the probe round (no probe state), its gossip led by
-    /// what we hold against `target`, so a live target refutes in its ack.
-    fn ping_with_verdict(&mut self, target: NodeId, addr: SocketAddr) {
+    /// Pings `target` and returns the ping's seq. Its gossip is led by what we
+    /// hold against `target`, so a live target refutes in its ack. Outside the
+    /// probe round (suspects, down members) no probe state is kept.
+    fn ping(&mut self, target: NodeId, addr: SocketAddr) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let gossip = self.gossip_for(&target);
@@ -616,6 +606,7 @@ impl Membership {
                 gossip,
             },
         );
+        seq
     }
 
     fn probe_down_member(&mut self) {
@@ -630,7 +621,7 @@ impl Membership {
         }
         let target = down[self.rng.random_range(0..down.len())].clone();
         let addr = self.members[&target].addr.expect("filtered");
-        self.ping_with_verdict(target, addr);
+        self.ping(target, addr);
     }
 
     /// Round-robin over a shuffled list of probeable members; reshuffled after

@@ -491,10 +491,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         let state = {
             let mut topics = self.topics.lock().expect("hub topics lock");
-            let state = topics
-                .entry(DISCONNECT_TOPIC.to_owned())
-                .or_insert_with(|| self.spawn_topic(DISCONNECT_TOPIC))
-                .clone();
+            let state = self.topic_state(&mut topics, DISCONNECT_TOPIC);
             let mut ids = self.ids.lock().expect("hub ids lock");
             let mailboxes = ids.entry(id.to_owned()).or_default();
             mailboxes.reserve_exact(1);
@@ -525,10 +522,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         let state = {
             let mut topics = self.topics.lock().expect("hub topics lock");
-            let state = topics
-                .entry(topic.to_owned())
-                .or_insert_with(|| self.spawn_topic(topic))
-                .clone();
+            let state = self.topic_state(&mut topics, topic);
             let mut locals = state.locals.lock().expect("hub locals lock");
             locals
                 .entry(mailbox.conn)
@@ -562,6 +556,19 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// `topic`'s state in `topics` (the locked map), its dispatcher started
+    /// if it had none.
+    fn topic_state(
+        self: &Arc<Self>,
+        topics: &mut HashMap<String, Arc<TopicState>>,
+        topic: &str,
+    ) -> Arc<TopicState> {
+        topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| self.spawn_topic(topic))
+            .clone()
     }
 
     fn spawn_topic(self: &Arc<Self>, topic: &str) -> Arc<TopicState> {
