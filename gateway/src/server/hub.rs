@@ -389,14 +389,7 @@ impl Hub {
         if topic == DISCONNECT_TOPIC {
             return Err(HubError::Reserved);
         }
-        let envelope = Envelope {
-            event: event.to_owned(),
-            payload,
-            exclude: exclude_conn.map(|conn| Exclude {
-                origin: self.origin,
-                conn,
-            }),
-        };
+        let envelope = self.envelope(event, payload, exclude_conn);
         let bytes = envelope.encode()?;
         self.engine.publish(topic, bytes).await?;
         if event == "disconnect" {
@@ -410,6 +403,19 @@ impl Hub {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A broadcast as it crosses the cluster; `exclude_conn` is a local
+    /// connection that must not receive it (`broadcast_from`).
+    fn envelope(&self, event: &str, payload: Payload, exclude_conn: Option<u64>) -> Envelope {
+        Envelope {
+            event: event.to_owned(),
+            payload,
+            exclude: exclude_conn.map(|conn| Exclude {
+                origin: self.origin,
+                conn,
+            }),
+        }
     }
 
     /// [`Hub::publish`] for a client's broadcast: handed to the engine behind
@@ -427,14 +433,7 @@ impl Hub {
         if topic == DISCONNECT_TOPIC || event == "disconnect" {
             return self.publish(topic, event, payload, exclude_conn).await;
         }
-        let envelope = Envelope {
-            event: event.to_owned(),
-            payload,
-            exclude: exclude_conn.map(|conn| Exclude {
-                origin: self.origin,
-                conn,
-            }),
-        };
+        let envelope = self.envelope(event, payload, exclude_conn);
         let payload = envelope.encode()?;
         let permit = self
             .in_flight
