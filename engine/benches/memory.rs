@@ -118,7 +118,7 @@ fn run_case(case: &str) -> (usize, usize) {
             let share_meta = case != "replicated";
             let share_topic = case == "replicated_shared_meta_topic";
             for part in chunks(share_meta, share_topic) {
-                p.merge(&part, &mut diff);
+                p.merge(part, &mut diff);
                 diff.clear();
             }
             (p.visible_len(), rss_bytes() - before)
@@ -127,7 +127,7 @@ fn run_case(case: &str) -> (usize, usize) {
             let mut s: Store<PresEntry> = Store::new(me, 100_000);
             let mut changes = Vec::new();
             for part in chunks(true, true) {
-                s.merge(&part, &mut changes);
+                s.merge(part, &mut changes);
                 changes.clear();
             }
             (s.len(), rss_bytes() - before)

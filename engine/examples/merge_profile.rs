@@ -62,7 +62,7 @@ fn over_the_wire(parts: &[Part<PresEntry>]) -> Delta<PresEntry> {
 #[inline(never)]
 fn merge_warm_up(
     rx: &mut Presence,
-    delta: &Delta<PresEntry>,
+    delta: Delta<PresEntry>,
     diff: &mut Diff,
 ) -> Vec<Option<Part<PresEntry>>> {
     merge_all(rx, delta, diff)
@@ -71,7 +71,7 @@ fn merge_warm_up(
 #[inline(never)]
 fn merge_timed(
     rx: &mut Presence,
-    delta: &Delta<PresEntry>,
+    delta: Delta<PresEntry>,
     diff: &mut Diff,
 ) -> Vec<Option<Part<PresEntry>>> {
     merge_all(rx, delta, diff)
@@ -81,10 +81,10 @@ fn merge_timed(
 /// dropping them is not counted.
 fn merge_all(
     rx: &mut Presence,
-    delta: &Delta<PresEntry>,
+    delta: Delta<PresEntry>,
     diff: &mut Diff,
 ) -> Vec<Option<Part<PresEntry>>> {
-    delta.parts.iter().map(|p| rx.merge(p, diff)).collect()
+    delta.parts.into_iter().map(|p| rx.merge(p, diff)).collect()
 }
 
 fn main() {
@@ -111,7 +111,7 @@ fn main() {
     for o in &origins {
         for part in o.p.store().slice(&o.id, 0, 10_000) {
             let d = over_the_wire(std::slice::from_ref(&part));
-            for p in &d.parts {
+            for p in d.parts {
                 rx.merge(p, &mut diff);
             }
             diff.clear();
@@ -139,18 +139,18 @@ fn main() {
         drop(parts);
         let t = Instant::now();
         let novel = if round == 0 {
-            merge_warm_up(&mut rx, &delta, &mut diff)
+            merge_warm_up(&mut rx, delta, &mut diff)
         } else {
-            merge_timed(&mut rx, &delta, &mut diff)
+            merge_timed(&mut rx, delta, &mut diff)
         };
         let took = t.elapsed();
         assert!(novel.len() == 1 && novel[0].is_some(), "the delta was new");
         assert_eq!(diff.len(), adds + removes);
         eprintln!("merged {} ops in {took:.2?}", adds + removes);
-        drop(black_box((delta, novel)));
+        drop(black_box(novel));
         diff.clear();
         let back: Vec<_> = (removes..adds).map(|_| x.untrack_oldest()).collect();
-        for p in &Delta::join(&back).parts {
+        for p in Delta::join(&back).parts {
             rx.merge(p, &mut diff);
         }
         diff.clear();

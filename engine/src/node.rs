@@ -697,7 +697,7 @@ impl Node {
                 presence,
                 subs,
             } => {
-                self.merge(now, Some(&from), &presence, &subs);
+                self.merge(now, Some(&from), presence, subs);
                 self.send(Some(from.clone()), msg.addr, Body::Ack { start, seq });
             }
             Body::Ack { start, seq } => {
@@ -733,7 +733,7 @@ impl Node {
                 self.handle_digest(&from, msg.addr, &presence, &subs, reply);
             }
             Body::Repair { presence, subs } => {
-                self.merge(now, Some(&from), &presence, &subs);
+                self.merge(now, Some(&from), presence, subs);
             }
             Body::Broadcast { topic, payload } => {
                 self.deliver_local(&topic, &payload, None);
@@ -1157,17 +1157,17 @@ impl Node {
         &mut self,
         now: Instant,
         from: Option<&NodeId>,
-        presence: &Delta<PresEntry>,
-        subs: &Delta<Topic>,
+        presence: Delta<PresEntry>,
+        subs: Delta<Topic>,
     ) {
         let mut novel_p = Vec::new();
         let mut novel_s = Vec::new();
-        for part in &presence.parts {
+        for part in presence.parts {
             if self.admit_origin(now, &part.origin) {
                 novel_p.extend(self.presence.merge(part, &mut self.scratch));
             }
         }
-        for part in &subs.parts {
+        for part in subs.parts {
             if self.admit_origin(now, &part.origin) {
                 novel_s.extend(self.subs.merge(part));
             }

@@ -283,10 +283,11 @@ impl Presence {
     }
 
     /// Merges a part from a peer; reports the visible changes into `diff`.
-    /// Returns the novel sub-part for relay.
+    /// Returns the novel sub-part for relay (the part itself, cut down to
+    /// what was new).
     pub fn merge(
         &mut self,
-        part: &Part<PresEntry>,
+        part: Part<PresEntry>,
         diff: &mut Vec<(Topic, DiffItem)>,
     ) -> Option<Part<PresEntry>> {
         let mut indexer = Indexer {
@@ -585,7 +586,7 @@ mod tests {
         parts.extend(a.untrack_conn(ConnId(7), &mut d));
         assert_eq!(a.visible_len(), 1);
         for p in parts.iter().rev() {
-            b.merge(p, &mut d);
+            b.merge(p.clone(), &mut d);
         }
         assert_eq!(a.view(), b.view());
     }
@@ -622,7 +623,7 @@ mod tests {
         };
         assert_eq!(keys(&a), ["k0", "k2"]);
         for p in &parts {
-            b.merge(p, &mut d);
+            b.merge(p.clone(), &mut d);
         }
         assert_eq!(keys(&b), ["k0", "k2"]);
         assert_eq!(a.view(), b.view());
@@ -640,7 +641,7 @@ mod tests {
         let (_, p) = a
             .track(t("r"), "k".into(), ConnId(1), Meta::new("{}"), &mut d)
             .unwrap();
-        b.merge(&p, &mut d);
+        b.merge(p.clone(), &mut d);
         let id = NodeId::new("a", 1);
         d.clear();
         b.set_up(&id, false, &mut d);
@@ -653,7 +654,7 @@ mod tests {
         b.purge(&id, &mut d);
         assert!(matches!(d[..], [(_, DiffItem::Leave(_))]));
         assert!(b.store().is_empty());
-        b.merge(&p, &mut d);
+        b.merge(p.clone(), &mut d);
         assert!(b.store().is_empty(), "no zombie after purge");
     }
 }

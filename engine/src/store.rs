@@ -414,9 +414,10 @@ impl<E: Clone> Store<E> {
 
     /// Merges a part from a peer, telling `obs` of each entry added or
     /// removed. Returns the novel sub-part (what was not known yet), to buffer
-    /// for relay. A part of this node's own ops, of a purged replica, or a
-    /// full part yields no relay.
-    pub fn merge(&mut self, part: &Part<E>, obs: &mut impl Observer<E>) -> Option<Part<E>> {
+    /// for relay: the part itself, cut down in place, so a δ of new ops costs
+    /// one copy of each entry (the store's) and no new buffer. A part of this
+    /// node's own ops, of a purged replica, or a full part yields no relay.
+    pub fn merge(&mut self, mut part: Part<E>, obs: &mut impl Observer<E>) -> Option<Part<E>> {
         let idx = self.replica_idx(&part.origin)?;
         if idx == self.me {
             return None;
@@ -424,14 +425,11 @@ impl<E: Clone> Store<E> {
         let slots = &mut self.slots;
         let r = &mut self.replicas[idx as usize];
         let visible = r.up;
-        let mut novel = Part::empty(part.origin.clone());
-        novel.ops = r.ctx.missing(&part.ops);
-        novel.removes.reserve(part.removes.len());
         // Removals first: an add that the same part removes (a peer may send
         // both) is then skipped, never added and removed in one batch.
-        for &(n, k) in &part.removes {
+        part.removes.retain(|&(n, k)| {
             if r.ctx.contains(n) || cfg!(feature = "broken-merge") {
-                continue;
+                return false;
             }
             if let Some(slot) = r.live.remove(&k) {
                 let old = slots.0.remove(slot as usize);
@@ -441,8 +439,8 @@ impl<E: Clone> Store<E> {
                 r.dead.insert(k);
             }
             r.tombs.insert(n, k);
-            novel.removes.push((n, k));
-        }
+            true
+        });
         // Every dot inside `ops` that the part does not hold is dead: this
         // kills what a full slice leaves out, and costs one range scan of the
         // owner's dot index per span, never a scan of the state. It runs
@@ -470,10 +468,9 @@ impl<E: Clone> Store<E> {
                 obs.removed(slots, slot as usize, old, &r.id, visible);
             }
         }
-        novel.adds.reserve(part.adds.len());
-        for (d, value) in &part.adds {
+        part.adds.retain(|(d, value)| {
             if r.ctx.contains(*d) || r.dead.contains(d) {
-                continue;
+                return false;
             }
             if let btree_map::Entry::Vacant(v) = r.live.entry(*d) {
                 let slot = slots.0.insert(Slot {
@@ -485,9 +482,11 @@ impl<E: Clone> Store<E> {
                 v.insert(slot as u32);
                 obs.added(slots, slot, &r.id, visible);
             }
-            // Its op is in `novel.ops`: leaving the add out would declare it dead.
-            novel.adds.push((*d, value.clone()));
-        }
+            // Its op stays in the novel part's ops: dropping the add would
+            // declare it dead.
+            true
+        });
+        let novel_ops = r.ctx.missing(&part.ops);
         if part.full {
             // Its removals were not listed: we cannot serve them to others.
             let hi = part.ops.spans().last().map_or(0, |s| s.1);
@@ -502,9 +501,10 @@ impl<E: Clone> Store<E> {
             r.dead.retain(|d| !ctx.contains(*d));
         }
         self.trim_tombs(idx);
-        // No add of `novel` is killed by its removals: those were applied
-        // first, and the adds loop skipped what they killed.
-        (!part.full && !novel.ops.is_empty()).then_some(novel)
+        part.ops = novel_ops;
+        // No add of the novel part is killed by its removals: those were
+        // applied first, and the adds loop skipped what they killed.
+        (!part.full && !part.ops.is_empty()).then_some(part)
     }
 
     /// What a peer that knows `origin`'s ops `1..=after` lacks of them, split
@@ -662,7 +662,7 @@ mod tests {
         let (_, p2) = a.add(20);
         let (_, _, p3) = a.replace(s1, 11);
         for p in [&p3, &p1, &p2] {
-            b.merge(p, &mut ch);
+            b.merge(p.clone(), &mut ch);
         }
         assert_eq!(values(&b), vec![11, 20]);
         // The add of dot 1 arrived after its replacement and stayed dead.
@@ -675,10 +675,10 @@ mod tests {
         let mut b = store("b");
         let (_, p1) = a.add(1);
         let mut ch = Vec::new();
-        assert!(b.merge(&p1, &mut ch).is_some());
+        assert!(b.merge(p1.clone(), &mut ch).is_some());
         assert_eq!(ch.len(), 1);
         ch.clear();
-        assert!(b.merge(&p1, &mut ch).is_none());
+        assert!(b.merge(p1.clone(), &mut ch).is_none());
         assert!(ch.is_empty());
     }
 
@@ -700,9 +700,9 @@ mod tests {
             let mut a2 = Store::new(NodeId::new("a", 1), 10);
             a2.add(1)
         };
-        b.merge(&p1, &mut ch);
+        b.merge(p1.clone(), &mut ch);
         assert_eq!(values(&b), vec![1]);
-        b.merge(&part, &mut ch);
+        b.merge(part.clone(), &mut ch);
         assert!(values(&b).is_empty());
         let tail = a.slice(&NodeId::new("a", 1), 5, 100).remove(0);
         assert!(!tail.full);
@@ -719,15 +719,15 @@ mod tests {
         for order in [[&p1, &p3, &p2], [&p3, &p2, &p1], [&p2, &p3, &p1]] {
             let mut b = store("b");
             for p in order {
-                b.merge(p, &mut ch);
+                b.merge(p.clone(), &mut ch);
             }
             assert!(values(&b).is_empty(), "replaced value came back");
             assert_eq!(b.known(&NodeId::new("a", 1)), 3);
         }
         // Until the replace arrives, op 2 is not known: a peer must still send it.
         let mut b = store("b");
-        b.merge(&p1, &mut ch);
-        b.merge(&p3, &mut ch);
+        b.merge(p1.clone(), &mut ch);
+        b.merge(p3.clone(), &mut ch);
         assert_eq!(values(&b), vec![1]);
         assert_eq!(b.known(&NodeId::new("a", 1)), 1);
     }
@@ -740,7 +740,7 @@ mod tests {
         let (_, p1) = a.add(1);
         assert!(b.set_up(&a_id, false).is_empty());
         let mut ch = Vec::new();
-        b.merge(&p1, &mut ch);
+        b.merge(p1.clone(), &mut ch);
         assert!(matches!(ch[..], [Change::Added { visible: false, .. }]));
         assert_eq!(b.set_up(&a_id, true).len(), 1);
     }
@@ -752,10 +752,10 @@ mod tests {
         let (_, p1) = a.add(1);
         let (_, p2) = a.add(2);
         let mut ch = Vec::new();
-        b.merge(&p1, &mut ch);
+        b.merge(p1.clone(), &mut ch);
         b.purge(&NodeId::new("a", 1), &mut ch);
         assert!(b.is_empty());
-        assert!(b.merge(&p2, &mut ch).is_none());
+        assert!(b.merge(p2.clone(), &mut ch).is_none());
         assert!(b.is_empty());
     }
 

@@ -110,8 +110,9 @@ impl Subs {
         self.routes.get(topic).into_iter().flat_map(|m| m.keys())
     }
 
-    /// Merges a peer's part. Returns the novel sub-part for relay.
-    pub fn merge(&mut self, part: &Part<Topic>) -> Option<Part<Topic>> {
+    /// Merges a peer's part. Returns the novel sub-part for relay (the part
+    /// itself, cut down to what was new).
+    pub fn merge(&mut self, part: Part<Topic>) -> Option<Part<Topic>> {
         let mut changes = Vec::new();
         let novel = self.store.merge(part, &mut changes);
         self.apply(changes);
@@ -216,7 +217,7 @@ mod tests {
             Ok(SubChange::None)
         ));
         assert!(a.subscribe(t.clone(), SubscriberId(2)).is_err());
-        b.merge(&p1);
+        b.merge(p1.clone());
         assert_eq!(
             b.nodes_for(&t).collect::<Vec<_>>(),
             vec![&NodeId::new("a", 1)]
@@ -228,7 +229,7 @@ mod tests {
         let SubChange::Replicate(p2) = a.unsubscribe(&t, SubscriberId(2)).unwrap() else {
             panic!("last subscriber replicates")
         };
-        b.merge(&p2);
+        b.merge(p2.clone());
         assert_eq!(b.nodes_for(&t).count(), 0);
         assert_eq!(a.nodes_for(&t).count(), 0);
     }
@@ -241,7 +242,7 @@ mod tests {
         let SubChange::Replicate(p) = a.subscribe(t.clone(), SubscriberId(1)).unwrap() else {
             panic!()
         };
-        b.merge(&p);
+        b.merge(p.clone());
         b.set_up(&NodeId::new("a", 1), false);
         assert_eq!(b.nodes_for(&t).count(), 0);
         b.set_up(&NodeId::new("a", 1), true);

@@ -123,7 +123,7 @@ impl PresRx {
     }
 
     fn merge(&mut self, part: &Part<PresEntry>) {
-        if let Some(n) = self.p.merge(part, &mut self.diff) {
+        if let Some(n) = self.p.merge(part.clone(), &mut self.diff) {
             self.novel.push(n);
         }
     }
@@ -585,7 +585,7 @@ fn sub_history() -> impl Strategy<Value = (usize, Vec<(usize, SubOp)>)> {
 fn merge_subs(rx: &mut Subs, groups: &[Delta<Topic>]) {
     for d in groups {
         for p in &d.parts {
-            rx.merge(p);
+            rx.merge(p.clone());
         }
     }
 }
@@ -674,7 +674,7 @@ proptest! {
         fixes.shuffle(&mut rng);
         for p in &fixes {
             prop_assert!(p.is_well_formed());
-            lossy.merge(p);
+            lossy.merge(p.clone());
         }
         prop_assert_eq!(&lossy.view(), &model, "repaired");
         for t in 0..3 {
@@ -801,12 +801,14 @@ mod large_spans {
         let mut c = Store::new(NodeId::new("c", 1), BIG_TOMB_CAP);
         let mut ch = Vec::new();
         let last = parts.last().expect("ops");
-        b.merge(last, &mut ch);
-        c.merge(last, &mut ch);
-        b.merge(&parts[0], &mut ch);
+        b.merge(last.clone(), &mut ch);
+        c.merge(last.clone(), &mut ch);
+        b.merge(parts[0].clone(), &mut ch);
         let group = Delta::join(&parts[1..]);
-        let novel = b.merge(&group.parts[0], &mut ch).expect("B learned ops");
-        c.merge(&novel, &mut ch);
+        let novel = b
+            .merge(group.parts[0].clone(), &mut ch)
+            .expect("B learned ops");
+        c.merge(novel.clone(), &mut ch);
         assert_eq!(dots(&b).len() as u64, CHURN, "B has every op");
         let want: BTreeSet<u64> = (2..=CHURN).collect();
         let got = dots(&c);
@@ -841,11 +843,11 @@ mod large_spans {
         let mut ch = Vec::new();
         let mut in_order = Store::new(NodeId::new("b", 1), BIG_TOMB_CAP);
         for p in [&slice[0], &slice[1], &stale] {
-            in_order.merge(p, &mut ch);
+            in_order.merge(p.clone(), &mut ch);
         }
         let mut reordered = Store::new(NodeId::new("c", 1), BIG_TOMB_CAP);
         for p in [&slice[1], &stale, &slice[0]] {
-            reordered.merge(p, &mut ch);
+            reordered.merge(p.clone(), &mut ch);
         }
         assert_eq!(dots(&in_order), want);
         assert_eq!(dots(&reordered), want, "stale add came back to life");

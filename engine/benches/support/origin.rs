@@ -71,7 +71,7 @@ impl Origin {
     pub fn feed(&self, rx: &mut Presence, diff: &mut Diff, chunk: usize) {
         let known = rx.store().known(&self.id);
         for part in self.p.store().slice(&self.id, known, chunk) {
-            rx.merge(&part, diff);
+            rx.merge(part, diff);
             diff.clear();
         }
     }
