@@ -11,6 +11,7 @@
 pub mod coalesce;
 pub mod codec;
 pub mod context;
+pub mod dots;
 pub mod id;
 pub mod membership;
 pub mod node;

@@ -7,10 +7,10 @@
 //! `untrack_conn`). Every change of the visible view is reported as a join or a
 //! leave, so a node computes its diffs from its own merges; diffs never travel.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::fast::FixedState;
+use hashbrown::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -418,19 +418,17 @@ impl Topics {
     /// Lists the entry at `slot` under its topic and notes its position.
     fn insert(&mut self, slots: &mut Slots<PresEntry>, slot: usize) {
         let s = slots.get_mut(slot);
-        match self.0.entry(s.value.topic.clone()) {
-            Entry::Occupied(mut o) => {
-                let list = o.get_mut();
-                s.aux = u32::try_from(list.len()).expect("a topic holds fewer than 2^32 slots");
-                list.push(slot as u32);
-                // Entries decoded from the network each own their topic text:
-                // share the indexed one instead (tens of bytes per entry).
-                s.value.topic = o.key().clone();
+        if let Some((topic, list)) = self.0.get_key_value_mut(&s.value.topic) {
+            s.aux = u32::try_from(list.len()).expect("a topic holds fewer than 2^32 slots");
+            list.push(slot as u32);
+            // Entries decoded from the network each own their topic text:
+            // share the indexed one instead (tens of bytes per entry).
+            if !s.value.topic.same(topic) {
+                s.value.topic = topic.clone();
             }
-            Entry::Vacant(v) => {
-                s.aux = 0;
-                v.insert(vec![slot as u32]);
-            }
+        } else {
+            s.aux = 0;
+            self.0.insert(s.value.topic.clone(), vec![slot as u32]);
         }
     }
 

@@ -19,12 +19,13 @@
 //!
 //! Deterministic: no clock, no randomness, ordered maps only.
 
-use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use slab::Slab;
 
 use crate::context::{Context, Ranges};
+use crate::dots::DotMap;
 use crate::id::NodeId;
 
 /// The ops of one replica carried by a delta.
@@ -241,8 +242,10 @@ impl<E> Observer<E> for () {
 struct Replica {
     id: NodeId,
     ctx: Context,
-    live: BTreeMap<u64, u32>,
-    tombs: BTreeMap<u64, u64>,
+    /// Live entries by dot: dot -> slot.
+    live: DotMap<u32>,
+    /// Tombstones: removing op -> removed dot.
+    tombs: DotMap<u64>,
     /// Dots removed by a known op whose own op is not known yet (a removal
     /// that overtook its add). Not marked in `ctx`: op `k` may be a replace
     /// that removes another dot, and marking it known would skip that.
@@ -326,8 +329,8 @@ impl<E: Clone> Store<E> {
         let i = self.replicas.insert(Replica {
             id: id.clone(),
             ctx: Context::default(),
-            live: BTreeMap::new(),
-            tombs: BTreeMap::new(),
+            live: DotMap::new(),
+            tombs: DotMap::new(),
             dead: BTreeSet::new(),
             tomb_floor: 0,
             up: true,
@@ -380,7 +383,7 @@ impl<E: Clone> Store<E> {
         let r = &mut self.replicas[me as usize];
         let n = r.ctx.max() + 1;
         r.ctx.insert(n);
-        r.live.remove(&old.dot);
+        r.live.remove(old.dot);
         r.tombs.insert(n, old.dot);
         let mut part = Part::empty(r.id.clone());
         part.ops.insert(n);
@@ -431,7 +434,7 @@ impl<E: Clone> Store<E> {
             if r.ctx.contains(n) || cfg!(feature = "broken-merge") {
                 return false;
             }
-            if let Some(slot) = r.live.remove(&k) {
+            if let Some(slot) = r.live.remove(k) {
                 let old = slots.0.remove(slot as usize);
                 obs.removed(slots, slot as usize, old, &r.id, visible);
             }
@@ -455,15 +458,14 @@ impl<E: Clone> Store<E> {
             let mut held = part.adds.iter().map(|a| a.0).peekable();
             let dead: Vec<(u64, u32)> = r
                 .live
-                .range(lo..=hi)
-                .filter(|&(&d, _)| {
+                .range(lo, hi)
+                .filter(|&(d, _)| {
                     while held.next_if(|&h| h < d).is_some() {}
                     held.peek() != Some(&d)
                 })
-                .map(|(d, s)| (*d, *s))
                 .collect();
             for (d, slot) in dead {
-                r.live.remove(&d);
+                r.live.remove(d);
                 let old = slots.0.remove(slot as usize);
                 obs.removed(slots, slot as usize, old, &r.id, visible);
             }
@@ -472,14 +474,18 @@ impl<E: Clone> Store<E> {
             if r.ctx.contains(*d) || r.dead.contains(d) {
                 return false;
             }
-            if let btree_map::Entry::Vacant(v) = r.live.entry(*d) {
-                let slot = slots.0.insert(Slot {
+            let mut slot = None;
+            r.live.insert_with(*d, || {
+                let s = slots.0.insert(Slot {
                     replica: idx,
                     aux: 0,
                     dot: *d,
                     value: value.clone(),
                 });
-                v.insert(slot as u32);
+                slot = Some(s);
+                s as u32
+            });
+            if let Some(slot) = slot {
                 obs.added(slots, slot, &r.id, visible);
             }
             // Its op stays in the novel part's ops: dropping the add would
@@ -491,7 +497,7 @@ impl<E: Clone> Store<E> {
             // Its removals were not listed: we cannot serve them to others.
             let hi = part.ops.spans().last().map_or(0, |s| s.1);
             r.tomb_floor = r.tomb_floor.max(hi);
-            r.tombs = r.tombs.split_off(&(hi + 1));
+            r.tombs.remove_to(hi);
         }
         for &(lo, hi) in part.ops.spans() {
             r.ctx.insert_span(lo, hi);
@@ -528,9 +534,9 @@ impl<E: Clone> Store<E> {
             part.full = full;
             part.adds = r
                 .live
-                .range(lo..=hi)
+                .range(lo, hi)
                 .take(max_adds.max(1))
-                .map(|(d, s)| (*d, self.slots.get(*s as usize).value.clone()))
+                .map(|(d, s)| (d, self.slots.get(s as usize).value.clone()))
                 .collect();
             let end = if part.adds.len() < max_adds.max(1) {
                 hi
@@ -539,7 +545,7 @@ impl<E: Clone> Store<E> {
             };
             part.ops.insert_span(lo, end);
             if !full {
-                part.removes = r.tombs.range(lo..=end).map(|(n, k)| (*n, *k)).collect();
+                part.removes = r.tombs.range(lo, end).collect();
             }
             out.push(part);
             lo = end + 1;
@@ -592,7 +598,7 @@ impl<E: Clone> Store<E> {
             return Vec::new();
         }
         r.up = up;
-        r.live.values().map(|&s| s as usize).collect()
+        r.live.values().map(|s| s as usize).collect()
     }
 
     /// Drops a replica and everything it owned, for good (permdown, or a newer
@@ -604,7 +610,7 @@ impl<E: Clone> Store<E> {
         };
         assert_ne!(i, self.me, "a node never purges itself");
         let r = self.replicas.remove(i as usize);
-        for (_, slot) in r.live {
+        for slot in r.live.values() {
             let old = self.slots.0.remove(slot as usize);
             obs.removed(&mut self.slots, slot as usize, old, &r.id, r.up);
         }
@@ -628,7 +634,7 @@ impl<E: Clone> Store<E> {
             self.replicas[i as usize]
                 .live
                 .values()
-                .map(|&s| s as usize)
+                .map(|s| s as usize)
                 .collect()
         })
     }
