@@ -689,6 +689,27 @@ mod tests {
     }
 
     #[test]
+    fn novel_part_is_what_was_not_known() {
+        let mut a = store("a");
+        let (s1, p1) = a.add(1);
+        let (_, p2) = a.add(2);
+        let (_, p3) = a.remove(s1);
+        let (_, p4) = a.add(4);
+        let mut b = store("b");
+        let mut ch = Vec::new();
+        b.merge(p1.clone(), &mut ch);
+        b.merge(p2.clone(), &mut ch);
+        // A group of ops 1-4, of which b knows 1 and 2.
+        let group = Delta::join([&p1, &p2, &p3, &p4]).parts.remove(0);
+        let novel = b.merge(group, &mut ch).expect("ops 3 and 4 are new");
+        assert!(novel.is_well_formed());
+        assert_eq!(novel.ops.spans(), &[(3, 4)]);
+        assert_eq!(novel.removes, vec![(3, 1)]);
+        assert_eq!(novel.adds, vec![(4, 4)]);
+        assert_eq!(values(&b), vec![2, 4]);
+    }
+
+    #[test]
     fn slice_serves_a_peer_behind_and_full_slice_when_tombs_are_gone() {
         let mut a = Store::new(NodeId::new("a", 1), 2);
         let (s1, _) = a.add(1);
