@@ -7,9 +7,9 @@
 //! merge. Here keys sit in sorted chunks of at most [`CAP`], found by a binary
 //! search over a flat array holding each chunk's largest key: an append is a
 //! push (one allocation per [`CAP`] keys), a lookup reads that array and one
-//! chunk, and a range walks adjacent memory. A chunk that falls under a
-//! quarter full joins a neighbour when both fit in one, so at most about half
-//! of the reserved space is unused.
+//! chunk, and a range walks adjacent memory. A chunk gives back space when
+//! half of it is unused, and one that falls under a quarter full joins a
+//! neighbour when both fit in one.
 //!
 //! Deterministic: iteration is in key order.
 
@@ -130,6 +130,12 @@ impl<V: Copy> DotMap<V> {
         }
         // `key` is below this chunk's largest key: the max stays.
         let c = &mut self.chunks[i];
+        if c.keys.len() == c.keys.capacity() {
+            // Grow by doubling, but never past `CAP`.
+            let more = c.keys.len().clamp(1, CAP - c.keys.len());
+            c.keys.reserve_exact(more);
+            c.vals.reserve_exact(more);
+        }
         c.keys.insert(j, key);
         c.vals.insert(j, make());
         self.len += 1;
@@ -159,16 +165,22 @@ impl<V: Copy> DotMap<V> {
         Some(val)
     }
 
-    /// Keeps chunk `i` non-empty, its max current, and joins it with a
-    /// neighbour when it is under a quarter full and both fit in one.
+    /// Keeps chunk `i` non-empty, its max current, at least half of its
+    /// reserved space used, and joins it with a neighbour when it is under a
+    /// quarter full and both fit in one.
     fn after_removal(&mut self, i: usize) {
-        let n = self.chunks[i].keys.len();
+        let c = &mut self.chunks[i];
+        let n = c.keys.len();
         if n == 0 {
             self.chunks.remove(i);
             self.maxes.remove(i);
             return;
         }
-        self.maxes[i] = self.chunks[i].max();
+        self.maxes[i] = c.max();
+        if n * 2 <= c.keys.capacity() {
+            c.keys.shrink_to(n);
+            c.vals.shrink_to(n);
+        }
         if n >= CAP / 4 {
             return;
         }
@@ -187,6 +199,8 @@ impl<V: Copy> DotMap<V> {
         let right = self.chunks.remove(left + 1);
         self.maxes.remove(left + 1);
         let c = &mut self.chunks[left];
+        c.keys.reserve_exact(right.keys.len());
+        c.vals.reserve_exact(right.keys.len());
         c.keys.extend_from_slice(&right.keys);
         c.vals.extend(right.vals);
         self.maxes[left] = c.max();
@@ -365,6 +379,44 @@ mod tests {
                 prop_assert_eq!(m.get(k), model.get(&k).copied());
             }
         }
+    }
+
+    /// Bytes reserved on the heap, per key.
+    fn bytes_per_key(m: &DotMap<u32>) -> f64 {
+        let chunks: usize = m
+            .chunks
+            .iter()
+            .map(|c| c.keys.capacity() * 8 + c.vals.capacity() * 4)
+            .sum();
+        let spine =
+            m.chunks.capacity() * std::mem::size_of::<Chunk<u32>>() + m.maxes.capacity() * 8;
+        (chunks + spine) as f64 / m.len() as f64
+    }
+
+    #[test]
+    fn random_removals_leave_at_most_25_bytes_per_key() {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut m = DotMap::new();
+        let mut keys: Vec<u64> = (1..=200_000).collect();
+        for &k in &keys {
+            m.insert_with(k, || 0);
+        }
+        let dense = bytes_per_key(&m);
+        assert!(
+            dense < 13.0,
+            "appended keys fill their chunks: {dense:.1} B"
+        );
+        keys.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
+        for (n, k) in keys.iter().enumerate() {
+            m.remove(*k);
+            // Sampled as the map thins out, down to 1 key in 20.
+            if n % 10_000 == 0 && m.len() >= 10_000 {
+                let sparse = bytes_per_key(&m);
+                assert!(sparse <= 25.0, "{sparse:.1} B per key at {} keys", m.len());
+            }
+        }
+        check(&m);
     }
 
     #[test]
