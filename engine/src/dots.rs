@@ -45,16 +45,14 @@ impl<V> Chunk<V> {
         *self.keys.last().expect("chunks are never empty")
     }
 
-    /// Inserts at position `j`, growing by doubling but never past `CAP`.
-    fn insert(&mut self, j: usize, key: u64, val: V) {
+    /// Room for one more key, growing by doubling but never past `CAP`.
+    fn make_room(&mut self) {
         debug_assert!(self.keys.len() < CAP, "full chunks split first");
         if self.keys.len() == self.keys.capacity() {
             let more = self.keys.len().clamp(1, CAP - self.keys.len());
             self.keys.reserve_exact(more);
             self.vals.reserve_exact(more);
         }
-        self.keys.insert(j, key);
-        self.vals.insert(j, val);
     }
 }
 
@@ -104,7 +102,9 @@ impl<V: Copy> DotMap<V> {
             // Above every key: the common case, an append.
             match self.chunks.last_mut() {
                 Some(c) if c.keys.len() < CAP => {
-                    c.insert(c.keys.len(), key, make());
+                    c.make_room();
+                    c.keys.push(key);
+                    c.vals.push(make());
                     *self.maxes.last_mut().expect("one max per chunk") = key;
                 }
                 _ => {
@@ -135,7 +135,10 @@ impl<V: Copy> DotMap<V> {
             }
         }
         // `key` is below this chunk's largest key: the max stays.
-        self.chunks[i].insert(j, key, make());
+        let c = &mut self.chunks[i];
+        c.make_room();
+        c.keys.insert(j, key);
+        c.vals.insert(j, make());
         self.len += 1;
         true
     }
