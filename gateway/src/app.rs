@@ -23,6 +23,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use crate::channel::PresenceCount;
 use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, Reply, RouteError,
     Router,
@@ -31,7 +32,6 @@ use crate::config::Config;
 use crate::protocol::{JsonObject, Payload};
 use crate::rules::{EventAction, JoinRule, TopicRule};
 use crate::server::Hub;
-use crate::socket::PresenceCount;
 use crate::token::socket_id;
 
 /// Longest message, in characters after trimming.

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::debug;
 
-use crate::server::{Authenticator, Denied, SocketInfo};
-use crate::socket::Assigns;
+use crate::channel::Assigns;
+use crate::socket::{Authenticator, Denied, SocketInfo};
 
 /// The socket id of user `sub`'s connections: `user_socket:{sub}`.
 pub fn socket_id(sub: &str) -> String {

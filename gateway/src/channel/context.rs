@@ -7,9 +7,9 @@
 
 use std::any::Any;
 
+use super::presence::strip_reserved;
+use super::{Action, Assigns, PresenceEntry};
 use crate::protocol::{JsonObject, Payload, Ref};
-use crate::socket::presence::strip_reserved;
-use crate::socket::{Action, Assigns, PresenceEntry};
 
 use super::{Info, Reply};
 
@@ -158,7 +158,7 @@ impl<'a> ChannelContext<'a> {
 
     /// Asks the driver how many connections are present in `of`, cluster-wide;
     /// the answer comes to `handle_info` as a
-    /// [`PresenceCount`](crate::socket::PresenceCount).
+    /// [`PresenceCount`](crate::channel::PresenceCount).
     pub fn count_presence(&mut self, of: impl Into<String>) {
         let (topic, join_ref) = self.ids();
         self.effects.push(Effect::Action(Action::CountPresence {
@@ -172,7 +172,7 @@ impl<'a> ChannelContext<'a> {
     /// (empty until the first `presence_state`, and always empty unless the
     /// channel's [`Channel::keeps_presence_list`](super::Channel::keeps_presence_list)
     /// says `true`). Render it with
-    /// [`presence_state`](crate::socket::presence_state).
+    /// [`presence_state`](crate::channel::presence_state).
     pub fn list(&self) -> &[PresenceEntry] {
         self.presence
     }

@@ -13,10 +13,14 @@
 //! order it was asked for. A callback that panics takes down its own channel only
 //! (`phx_error` for that join); the connection and its other channels carry on.
 
+mod action;
 pub(crate) mod context;
+pub mod presence;
 mod router;
 
+pub use action::{Action, Assigns, PresenceCount};
 pub use context::ChannelContext;
+pub use presence::{presence_diff, presence_state, PresenceEntry, StateWriter};
 pub use router::{RouteError, Router, TopicPattern};
 
 use std::any::Any;

@@ -17,8 +17,9 @@ use super::close;
 use super::hub::{entries, state_json, Budget, Hub, Inbound, Inbox, Mailbox, Taken};
 use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
+use crate::channel::{Action, PresenceCount};
 use crate::protocol::{OutFrame, Ref};
-use crate::socket::{Action, PresenceCount, Session};
+use crate::socket::Session;
 
 /// Why a client's session ends.
 #[derive(Debug)]

@@ -25,8 +25,8 @@ use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use super::envelope::{Envelope, Exclude};
+use crate::channel::{presence_diff, PresenceEntry, StateWriter};
 use crate::protocol::{encode_broadcast, Encoded, FrameError, JsonObject, Payload, Vsn};
-use crate::socket::{presence_diff, PresenceEntry, StateWriter};
 
 /// What the dispatcher hands a connection.
 #[derive(Debug)]
@@ -827,7 +827,7 @@ mod tests {
             item("b\"ob", 3, None, "{}"),
             item("carol", 4, None, r#"{"n":[1,{"x":"}"}]}"#),
         ];
-        let expected = crate::socket::presence_state(&entries(&items));
+        let expected = crate::channel::presence_state(&entries(&items));
         assert_eq!(state_json(&items).as_str(), expected.as_str());
         assert_eq!(state_json(&[]).as_str(), "{}");
     }

@@ -24,7 +24,6 @@
 //! Not deterministic: this is the I/O layer around the sans-IO session.
 
 pub mod api;
-pub mod auth;
 mod connection;
 pub mod dev;
 mod driver;
@@ -52,8 +51,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
+pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
-pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use connection::close;
 pub use health::READY_PATH;
 pub use hub::{Hub, HubError};

@@ -26,30 +26,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod action;
+pub mod auth;
+mod config;
 mod dispatch;
 mod lifecycle;
 mod outbox;
-pub mod presence;
 
-pub use action::{
-    Action, PresenceCount, SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE,
-};
-pub use presence::{presence_diff, presence_state, PresenceEntry, StateWriter};
+pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
+pub use config::{SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::channel::{Channel, Info, Router, StopReason};
+use crate::channel::presence;
+use crate::channel::{Action, Assigns, Channel, Info, PresenceEntry, Router, StopReason};
 use crate::protocol::{
     encode_heartbeat_reply, Encoded, FrameError, InFrame, JsonObject, OutFrame, Payload, Ref, Vsn,
     MAX_FIELD_LEN, PHOENIX_TOPIC,
 };
 use outbox::Outbox;
-
-/// Socket-wide data set at connect time (Phoenix's `socket.assigns`), read by
-/// channels through [`ChannelContext::assigns`](crate::channel::ChannelContext::assigns).
-pub type Assigns = serde_json::Map<String, serde_json::Value>;
 
 /// One client connection's protocol state: its serializer, socket id, assigns and
 /// channel table `topic -> (join_ref, channel, tracked presences)`.
@@ -211,7 +206,7 @@ impl Session {
         join_ref: &Ref,
         entries: Vec<PresenceEntry>,
     ) -> bool {
-        let state = presence_state(&entries);
+        let state = presence::presence_state(&entries);
         self.handle_presence_state_json(topic, join_ref, state, || entries)
     }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chorus_engine::runtime::Delivery;
+use chorus_gateway::channel::Assigns;
 use chorus_gateway::server::api::idempotency;
 use chorus_gateway::server::{ApiKey, Authenticator, ServerConfig, SocketInfo};
-use chorus_gateway::socket::Assigns;
 use serde_json::{json, Value};
 
 use crate::http::{Req, KEY};

@@ -7,9 +7,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::util::{Client, Ended, Node, NodeBuilder};
+use chorus_gateway::channel::Assigns;
 use chorus_gateway::protocol::Payload;
 use chorus_gateway::server::{close, Denied, SocketInfo};
-use chorus_gateway::socket::Assigns;
 
 #[tokio::test]
 async fn heartbeat_is_answered_with_nothing_joined() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! diffs as fastlane broadcasts, updates as one diff, `list` from the driver's data.
 
 use super::*;
-use crate::socket::{presence_diff, PresenceEntry};
+use crate::channel::{presence_diff, PresenceEntry};
 
 fn alice(phx_ref: &str) -> PresenceEntry {
     PresenceEntry::new("alice", phx_ref, obj(r#"{"online_at":"1795674323"}"#))

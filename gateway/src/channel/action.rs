@@ -1,61 +1,16 @@
-//! What a session asks its driver to do, and how a session is configured.
+//! What a channel asks the server to do, through its session: subscriptions,
+//! broadcasts, presence and record writes.
 //!
-//! The session owns no engine handle: subscriptions, broadcasts and presence changes
-//! come out of [`Session::poll_action`](super::Session::poll_action) as [`Action`]s,
-//! in the order the protocol requires, and the driver carries them out for this
+//! The session owns no engine handle: these come out of
+//! [`Session::poll_action`](crate::socket::Session::poll_action) as [`Action`]s, in
+//! the order the protocol requires, and the driver carries them out for the
 //! connection (it knows the connection's id; the session does not).
 
 use crate::protocol::{JsonObject, Payload, Ref};
 
-/// Default cap on channels joined on one connection, as Phoenix's
-/// `max_channels_per_transport`.
-pub const DEFAULT_MAX_CHANNELS: usize = 100;
-
-/// WebSocket close code for a disconnect-by-socket-id (Phoenix's
-/// `{:shutdown, :disconnected}`); never 1000, so clients reconnect.
-pub const DISCONNECT_CLOSE_CODE: u16 = 1001;
-
-/// Per-connection settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// Joins beyond this many channels get `{"reason":"too many channels joined"}`.
-    pub max_channels: usize,
-    /// Whether the transport can write binary frames (WebSocket: yes; LongPoll: no).
-    /// Binary broadcasts are skipped for connections that cannot carry them.
-    pub binary_frames: bool,
-}
-
-impl SessionConfig {
-    /// A WebSocket connection: 100 channels, binary frames.
-    pub fn websocket() -> Self {
-        Self {
-            max_channels: DEFAULT_MAX_CHANNELS,
-            binary_frames: true,
-        }
-    }
-
-    /// A LongPoll session: 100 channels, no binary frames server to client.
-    pub fn longpoll() -> Self {
-        Self {
-            binary_frames: false,
-            ..Self::websocket()
-        }
-    }
-
-    /// The same settings with another channel cap.
-    pub fn with_max_channels(self, max_channels: usize) -> Self {
-        Self {
-            max_channels,
-            ..self
-        }
-    }
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self::websocket()
-    }
-}
+/// Socket-wide data set at connect time (Phoenix's `socket.assigns`), read by
+/// channels through [`ChannelContext::assigns`](crate::channel::ChannelContext::assigns).
+pub type Assigns = serde_json::Map<String, serde_json::Value>;
 
 /// A side effect for the driver to perform on behalf of this connection.
 ///
@@ -64,7 +19,7 @@ impl Default for SessionConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Deliver this topic's broadcasts to the session
-    /// ([`Session::handle_broadcast`](super::Session::handle_broadcast)). Emitted when
+    /// ([`Session::handle_broadcast`](crate::socket::Session::handle_broadcast)). Emitted when
     /// a join succeeds, before the join's own actions.
     Subscribe {
         /// The joined topic.
@@ -93,7 +48,7 @@ pub enum Action {
     },
     /// Track presence `key` with `meta` on `topic`, owned by this join. Once the
     /// track is in, hand the topic's state back with
-    /// [`Session::handle_presence_state`](super::Session::handle_presence_state).
+    /// [`Session::handle_presence_state`](crate::socket::Session::handle_presence_state).
     Track {
         /// The topic.
         topic: String,
@@ -195,15 +150,6 @@ impl Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn presets() {
-        let ws = SessionConfig::default();
-        assert_eq!(ws.max_channels, 100);
-        assert!(ws.binary_frames);
-        let lp = SessionConfig::longpoll().with_max_channels(3);
-        assert_eq!((lp.max_channels, lp.binary_frames), (3, false));
-    }
 
     #[test]
     fn every_action_names_its_topic() {

@@ -3,7 +3,7 @@
 //! and the decoded `authToken` subprotocol, and either refuses the connection (HTTP
 //! 403 before the upgrade) or gives the socket its id and assigns.
 
-use crate::socket::Assigns;
+use crate::channel::Assigns;
 
 /// What a successful connect gives the socket.
 #[derive(Clone, Debug, Default, PartialEq)]
