@@ -31,8 +31,8 @@ use crate::channel::{
 use crate::config::Config;
 use crate::protocol::{JsonObject, Payload};
 use crate::rules::{EventAction, JoinRule, TopicRule};
-use crate::server::Hub;
 use crate::token::socket_id;
+use crate::topics;
 
 /// Longest message, in characters after trimming.
 pub const MAX_MESSAGE_CHARS: usize = 4000;
@@ -382,7 +382,7 @@ impl Channel for ConfiguredChannel {
             self.meta = Some(meta);
         }
         if rule.push_sockets {
-            ctx.count_presence(Hub::socket_topic(&socket_id(&self.user)));
+            ctx.count_presence(topics::socket_topic(&socket_id(&self.user)));
         }
         if rule.reply_rooms {
             let rooms = self.app.rooms_of(&self.user);

@@ -24,3 +24,4 @@ pub mod rules;
 pub mod server;
 pub mod socket;
 pub mod token;
+pub mod topics;

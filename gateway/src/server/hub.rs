@@ -3,7 +3,7 @@
 //! handed to every local connection as the same [`Arc<Encoded>`].
 //!
 //! Socket ids (disconnect-by-id) are not topics here: every node subscribes once to
-//! [`DISCONNECT_TOPIC`], a `disconnect` broadcast is published there too, and the
+//! [`topics::DISCONNECT`], a `disconnect` broadcast is published there too, and the
 //! hub hands it to the local connections registered under that id. An engine
 //! subscription per connection (a task, a queue, the engine's routing entries)
 //! was about 4 KB of every idle connection.
@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use super::envelope::{Envelope, Exclude};
 use crate::channel::{presence_diff, PresenceEntry, StateWriter};
 use crate::protocol::{encode_broadcast, Encoded, FrameError, JsonObject, Payload, Vsn};
+use crate::topics;
 
 /// What the dispatcher hands a connection.
 #[derive(Debug)]
@@ -234,11 +235,6 @@ impl Mailbox {
     }
 }
 
-/// The topic on which every `disconnect` broadcast is also published, its binary
-/// payload the topic it was broadcast on: each node hands it to the local
-/// connections whose socket id that is.
-pub const DISCONNECT_TOPIC: &str = "phx_disconnect";
-
 /// Why a subscription could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -251,9 +247,9 @@ pub enum HubError {
     /// The engine refused the publish.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    /// [`DISCONNECT_TOPIC`] is the hub's own: nothing else is published there.
-    #[error("topic {DISCONNECT_TOPIC} is reserved")]
-    Reserved,
+    /// The topic is one of the server's own ([`topics::is_internal`]).
+    #[error("topic {0:?} is reserved for the server")]
+    Reserved(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,7 +284,7 @@ pub struct Hub {
     engine: EngineHandle,
     origin: u64,
     topics: Mutex<HashMap<String, Arc<TopicState>>>,
-    /// Local connections by socket id, for [`DISCONNECT_TOPIC`].
+    /// Local connections by socket id, for [`topics::DISCONNECT`].
     ids: Mutex<HashMap<String, Vec<Mailbox>>>,
     stats: HubStats,
     fanout: Histogram,
@@ -346,19 +342,12 @@ impl Hub {
         self.topics.lock().expect("hub topics lock").len()
     }
 
-    /// The presence topic where every connection of socket `id` is tracked
-    /// (key: the connection number), so a user's sockets can be counted
-    /// cluster-wide.
-    pub fn socket_topic(id: &str) -> String {
-        format!("phx_socket:{id}")
-    }
-
-    /// Tracks connection `conn` of socket `id` in [`Hub::socket_topic`]. The
+    /// Tracks connection `conn` of socket `id` in [`topics::socket_topic`]. The
     /// entry leaves with the connection's other presences (`untrack_conn`).
     pub async fn track_socket(&self, id: &str, conn: u64) -> Result<(), HubError> {
         self.engine
             .track(
-                Self::socket_topic(id).as_str(),
+                topics::socket_topic(id).as_str(),
                 conn.to_string(),
                 chorus_engine::ConnId(conn),
                 chorus_engine::Meta::new("{}"),
@@ -386,8 +375,8 @@ impl Hub {
         payload: Payload,
         exclude_conn: Option<u64>,
     ) -> Result<(), HubError> {
-        if topic == DISCONNECT_TOPIC {
-            return Err(HubError::Reserved);
+        if topics::is_internal(topic) {
+            return Err(HubError::Reserved(topic.to_owned()));
         }
         let envelope = self.envelope(event, payload, exclude_conn);
         let bytes = envelope.encode()?;
@@ -399,7 +388,7 @@ impl Hub {
                 exclude: None,
             };
             self.engine
-                .publish(DISCONNECT_TOPIC, control.encode()?)
+                .publish(topics::DISCONNECT, control.encode()?)
                 .await?;
         }
         Ok(())
@@ -430,7 +419,7 @@ impl Hub {
         payload: Payload,
         exclude_conn: Option<u64>,
     ) -> Result<(), HubError> {
-        if topic == DISCONNECT_TOPIC || event == "disconnect" {
+        if topics::is_internal(topic) || event == "disconnect" {
             return self.publish(topic, event, payload, exclude_conn).await;
         }
         let envelope = self.envelope(event, payload, exclude_conn);
@@ -482,7 +471,7 @@ impl Hub {
 
     /// Registers `mailbox` under socket `id`: a `disconnect` broadcast on `id`
     /// reaches it (as a broadcast on topic `id`). Waits until this node's
-    /// [`DISCONNECT_TOPIC`] subscription is routed.
+    /// [`topics::DISCONNECT`] subscription is routed.
     pub(crate) async fn register_id(
         self: &Arc<Self>,
         id: &str,
@@ -490,7 +479,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         let state = {
             let mut topics = self.topics.lock().expect("hub topics lock");
-            let state = self.topic_state(&mut topics, DISCONNECT_TOPIC);
+            let state = self.topic_state(&mut topics, topics::DISCONNECT);
             let mut ids = self.ids.lock().expect("hub ids lock");
             let mailboxes = ids.entry(id.to_owned()).or_default();
             mailboxes.reserve_exact(1);
@@ -678,7 +667,7 @@ impl Hub {
                     Ok(envelope) => envelope,
                     Err(e) => return self.undecodable(topic, &e),
                 };
-                if topic.as_str() == DISCONNECT_TOPIC {
+                if topic.as_str() == topics::DISCONNECT {
                     return self.disconnect(envelope);
                 }
                 let exclude = envelope
@@ -730,7 +719,7 @@ impl Hub {
         }
     }
 
-    /// A `disconnect` published on [`DISCONNECT_TOPIC`]: handed, as a broadcast
+    /// A `disconnect` published on [`topics::DISCONNECT`]: handed, as a broadcast
     /// on the socket id's topic, to the local connections with that id.
     fn disconnect(&self, envelope: Envelope) {
         let Payload::Binary(id) = envelope.payload else {

@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::channel::context::{Effect, Scope};
 use crate::channel::{reason, ChannelContext, HandleIn, HandleInfo, Reply, StopReason};
 use crate::protocol::{encode_close, encode_error, encode_reply, OutFrame, Payload, Ref};
+use crate::topics;
 
 use super::{Action, Joined, Session};
 
@@ -61,7 +62,7 @@ impl Session {
             None => None,
         };
         let ref_ = ref_.as_ref();
-        let refusal = if !self.router.matches(&topic) {
+        let refusal = if topics::is_internal(&topic) || !self.router.matches(&topic) {
             Some((None, "unmatched topic"))
         } else if self.channels.len() >= self.config.max_channels {
             Some((Some(&join_ref), "too many channels joined"))

@@ -107,6 +107,24 @@ async fn bad_requests_get_documented_errors_and_disturb_nothing() -> anyhow::Res
         .send(node.addr)
         .await?;
     assert_eq!(long_event.status, 400);
+    // The server's own topics cannot be broadcast to: no forged disconnects,
+    // socket counts, LongPoll forwarding or idempotency keys.
+    for topic in [
+        "phx_disconnect",
+        "phx_socket:user_socket:alice",
+        "phx_lp:n1#1",
+        "chorus:api:idempotency",
+    ] {
+        let reserved = Req::authed("POST", "/api/broadcast")
+            .json(&json!({"topic": topic, "event": "disconnect", "payload": {}}))
+            .send(node.addr)
+            .await?;
+        assert_eq!(
+            (reserved.status, reserved.error_code().as_str()),
+            (400, "reserved_topic"),
+            "{topic}"
+        );
+    }
     let no_user = Req::authed("POST", "/api/disconnect")
         .json(&json!({"user": "x"}))
         .send(node.addr)

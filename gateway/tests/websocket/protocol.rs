@@ -389,7 +389,7 @@ async fn disconnect_by_socket_id_closes_with_1001() -> anyhow::Result<()> {
         .server
         .hub()
         .broadcast(
-            chorus_gateway::server::hub::DISCONNECT_TOPIC,
+            chorus_gateway::topics::DISCONNECT,
             "disconnect",
             Payload::Binary(bytes::Bytes::from_static(b"user_socket:8")),
         )

@@ -18,6 +18,7 @@ use super::{ApiError, ApiResult};
 use crate::protocol::{JsonObject, Payload, MAX_FIELD_LEN};
 use crate::server::http::json_response;
 use crate::server::Shared;
+use crate::topics;
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,13 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
         return Err(ApiError::invalid(format!(
             "`topic` must be 1 to {MAX_FIELD_LEN} bytes"
         )));
+    }
+    if topics::is_internal(&req.topic) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_topic",
+            format!("topic {:?} is reserved for the server", req.topic),
+        ));
     }
     if req.event.is_empty() || req.event.len() > MAX_FIELD_LEN {
         return Err(ApiError::invalid(format!(

@@ -34,9 +34,8 @@ pub const MAX_KEYS: usize = 100_000;
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
 
-/// The engine topic keys cross the cluster on. Reserved: no channel should be
-/// routed under it.
-pub const TOPIC: &str = "chorus:api:idempotency";
+/// The engine topic keys cross the cluster on.
+pub const TOPIC: &str = crate::topics::API_IDEMPOTENCY;
 
 /// The keys one node has seen.
 #[derive(Debug)]

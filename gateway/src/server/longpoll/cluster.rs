@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chorus_engine::runtime::{Delivery, Subscription};
-use chorus_engine::{NodeId, Topic};
+use chorus_engine::NodeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,17 +28,13 @@ use tracing::{debug, warn};
 use super::session::{status, Answer, Op};
 use super::token;
 use crate::server::Shared;
+use crate::topics::longpoll_topic;
 
 /// Marks a forwarding message (a channel broadcast envelope starts with byte 1).
 const MAGIC: &[u8] = b"chorus-longpoll-v1\n";
 
 /// How much longer than the session's own bound a forwarding node waits.
 pub(crate) const SLACK: Duration = Duration::from_secs(3);
-
-/// The engine topic node `node` receives forwarded LongPoll traffic on.
-pub(crate) fn topic(node: &NodeId) -> Topic {
-    Topic::new(format!("phx_lp:{node}"))
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct WireNode {
@@ -125,7 +121,7 @@ pub(crate) async fn call(
     };
     let owner = session.owner.clone();
     let sent = engine
-        .direct_publish(owner.clone(), topic(&owner), request.encode())
+        .direct_publish(owner.clone(), longpoll_topic(&owner), request.encode())
         .await;
     if let Err(e) = sent {
         debug!(owner = %owner, error = %e, "LongPoll: cannot forward to the session's node");
@@ -166,7 +162,7 @@ impl Drop for Pending<'_> {
 pub(crate) async fn start(shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
     let engine = shared.hub.engine();
     let me = engine.node_id().clone();
-    match engine.subscribe(topic(&me)).await {
+    match engine.subscribe(longpoll_topic(&me)).await {
         Ok(sub) => Some(tokio::spawn(inbox(Arc::downgrade(shared), sub))),
         Err(e) => {
             warn!(error = %e, "LongPoll: cannot subscribe the forwarding topic; no forwarding to this node");
@@ -197,7 +193,7 @@ async fn inbox(shared: Weak<Shared>, mut sub: Subscription) {
         };
         let engine = shared.hub.engine();
         warn!("LongPoll: forwarding subscription ended; resubscribing");
-        match engine.subscribe(topic(engine.node_id())).await {
+        match engine.subscribe(longpoll_topic(engine.node_id())).await {
             Ok(again) => sub = again,
             Err(_) => return,
         }
@@ -227,7 +223,7 @@ fn handle(shared: &Arc<Shared>, wire: Wire) {
                 };
                 let to = NodeId::from(&reply_to);
                 if let Err(e) = engine
-                    .direct_publish(to.clone(), topic(&to), answer.encode())
+                    .direct_publish(to.clone(), longpoll_topic(&to), answer.encode())
                     .await
                 {
                     debug!(to = %to, error = %e, "LongPoll: cannot return a forwarded answer");
@@ -280,7 +276,7 @@ fn requeue(shared: &Arc<Shared>, owner: &WireNode, token: String, messages: Vec<
     let owner = NodeId::from(owner);
     tokio::spawn(async move {
         if let Err(e) = engine
-            .direct_publish(owner.clone(), topic(&owner), request.encode())
+            .direct_publish(owner.clone(), longpoll_topic(&owner), request.encode())
             .await
         {
             debug!(owner = %owner, error = %e, "LongPoll: cannot requeue undelivered frames");
@@ -313,10 +309,5 @@ mod tests {
             "a channel broadcast"
         );
         assert_eq!(Wire::decode(b"chorus-longpoll-v1\n{"), None);
-    }
-
-    #[test]
-    fn topics_name_the_incarnation() {
-        assert_eq!(topic(&NodeId::new("a", 7)).as_str(), "phx_lp:a#7");
     }
 }

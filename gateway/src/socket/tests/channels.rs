@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{obj, Log};
+use super::{obj, Harness, Log};
 use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, Reply, Router,
     StopReason,
 };
-use crate::protocol::{Payload, Ref};
+use crate::protocol::{Payload, Ref, Vsn};
+use crate::socket::{Session, SessionConfig};
 
 /// `send(self(), :after_join)`.
 struct AfterJoin;
@@ -200,4 +201,34 @@ impl Channel for Bench {
             other => panic!("no handle_in clause for {other}"),
         }
     }
+}
+
+/// The server's own topics are refused even by a router that takes any topic:
+/// a client cannot listen in on disconnects, socket counts, LongPoll forwarding
+/// or the API's idempotency keys.
+#[test]
+fn internal_topics_cannot_be_joined() {
+    let router = Router::new().channel("*", || Bench).expect("valid pattern");
+    let mut h = Harness {
+        session: Session::new(Vsn::V2, Arc::new(router), SessionConfig::default()),
+        log: Log::default(),
+    };
+    let internal = [
+        crate::topics::DISCONNECT.to_owned(),
+        crate::topics::socket_topic("users_socket:alice"),
+        crate::topics::longpoll_topic(&chorus_engine::NodeId::new("n1", 1))
+            .as_str()
+            .to_owned(),
+        crate::topics::API_IDEMPOTENCY.to_owned(),
+    ];
+    for topic in &internal {
+        assert_eq!(
+            h.exchange(&format!(r#"["1","1","{topic}","phx_join",{{}}]"#)),
+            [format!(
+                r#"[null,"1","{topic}","phx_reply",{{"status":"error","response":{{"reason":"unmatched topic"}}}}]"#
+            )],
+        );
+        assert_eq!(h.actions(), [], "{topic}: nothing subscribed");
+    }
+    h.join("room:any", "2");
 }
