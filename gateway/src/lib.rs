@@ -17,6 +17,7 @@
 
 pub mod app;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod protocol;

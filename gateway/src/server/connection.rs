@@ -6,7 +6,7 @@
 //! deliveries.
 //!
 //! Everything queued for the client (replies, pushes, broadcasts handed over by the
-//! [`Hub`](super::hub::Hub)) is charged to one byte [`Budget`] (default 1 MiB). A client that stops
+//! [`Hub`](crate::cluster::Hub)) is charged to one byte [`Budget`] (default 1 MiB). A client that stops
 //! reading exhausts it and is closed with 1008; the others never wait for it.
 //!
 //! One task, not a reader and a writer: an idle connection is what it costs in
@@ -32,8 +32,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use super::driver::{Driver, Exit};
-use super::hub::{Budget, Inbound};
 use super::Shared;
+use crate::cluster::mailbox::{Budget, Inbound};
 use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame};
 use crate::socket::Session;
 

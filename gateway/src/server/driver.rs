@@ -1,5 +1,5 @@
 //! What every transport does with a [`Session`] once the bytes are decoded: carry
-//! out its [`Action`]s against the [`Hub`] and the engine (subscriptions, broadcasts,
+//! out its [`Action`]s against the [`Hub`] (subscriptions, broadcasts,
 //! presence), hand it the broadcasts and presence diffs the hub delivers, charge the
 //! frames it produces to the client's byte [`Budget`], and clean up when the client
 //! is gone (channels terminate, subscriptions and presences are removed).
@@ -10,14 +10,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chorus_engine::{ConnId, Meta};
 use tracing::{debug, warn};
 
 use super::close;
-use super::hub::{entries, state_json, Budget, Hub, Inbound, Inbox, Mailbox, Taken};
 use super::metrics::{Transport, TransportMetrics};
 use super::Shared;
 use crate::channel::{Action, PresenceCount};
+use crate::cluster::mailbox::{Budget, Inbound, Inbox, Mailbox, Taken};
+use crate::cluster::render::{entries, state_json};
+use crate::cluster::Hub;
 use crate::protocol::{OutFrame, Ref};
 use crate::socket::Session;
 
@@ -32,7 +33,7 @@ pub(crate) enum Exit {
     Gone,
 }
 
-/// One client's session wired to the hub and the engine.
+/// One client's session wired to the hub.
 pub(crate) struct Driver {
     pub(crate) conn: u64,
     pub(crate) session: Session,
@@ -112,7 +113,7 @@ impl Driver {
 
     /// Registers the socket id, if the connect hook gave one, so a `disconnect`
     /// broadcast on it reaches this client, and tracks the connection in
-    /// [`Hub::socket_topic`] so the user's sockets can be counted.
+    /// [`topics::socket_topic`](crate::topics::socket_topic) so the user's sockets can be counted.
     pub(crate) async fn start(&mut self) -> Result<(), Exit> {
         if let Some(id) = self.session.id().map(str::to_owned) {
             self.shared
@@ -245,8 +246,8 @@ impl Driver {
     }
 
     async fn execute(&mut self, action: Action) -> Result<(), Exit> {
-        let engine = self.shared.hub.engine().clone();
-        let conn = ConnId(self.conn);
+        let hub = &self.shared.hub;
+        let conn = self.conn;
         match action {
             Action::Subscribe { topic, .. } => {
                 self.metrics.channels_joined.inc();
@@ -279,9 +280,7 @@ impl Driver {
                 meta,
             } => {
                 self.tracked_any = true;
-                let tracked = engine
-                    .track(topic.as_str(), key.as_str(), conn, Meta::new(meta.as_str()))
-                    .await;
+                let tracked = hub.track(&topic, &key, conn, &meta).await;
                 if let Err(e) = tracked {
                     warn!(conn = self.conn, topic, error = %e, "presence track failed");
                     return Ok(());
@@ -294,7 +293,7 @@ impl Driver {
                     *entry = (join_ref.clone(), BTreeSet::new());
                 }
                 entry.1.insert(key);
-                match engine.presence(topic.as_str()).await {
+                match hub.presence(&topic).await {
                     Ok(items) => {
                         let _ = self.session.handle_presence_state_json(
                             &topic,
@@ -309,11 +308,7 @@ impl Driver {
             Action::Update {
                 topic, key, meta, ..
             } => {
-                let meta = Meta::new(meta.as_str());
-                if let Err(e) = engine
-                    .update(topic.as_str(), key.as_str(), conn, meta)
-                    .await
-                {
+                if let Err(e) = hub.update(&topic, &key, conn, &meta).await {
                     warn!(conn = self.conn, topic, error = %e, "presence update failed");
                 }
             }
@@ -321,7 +316,7 @@ impl Driver {
                 if let Some((_, keys)) = self.tracked.get_mut(&topic) {
                     keys.remove(&key);
                 }
-                if let Err(e) = engine.untrack(topic.as_str(), key.as_str(), conn).await {
+                if let Err(e) = hub.untrack(&topic, &key, conn).await {
                     warn!(conn = self.conn, topic, error = %e, "presence untrack failed");
                 }
             }
@@ -335,13 +330,13 @@ impl Driver {
                     None => BTreeSet::new(),
                 };
                 for key in keys {
-                    if let Err(e) = engine.untrack(topic.as_str(), key.as_str(), conn).await {
+                    if let Err(e) = hub.untrack(&topic, &key, conn).await {
                         warn!(conn = self.conn, topic, error = %e, "presence untrack failed");
                     }
                 }
             }
             Action::Append { topic, log, body } => {
-                if let Err(e) = engine.append(log.as_str(), unix_ms(), body).await {
+                if let Err(e) = hub.append(&log, body).await {
                     warn!(conn = self.conn, topic, log, error = %e, "history append failed");
                 }
             }
@@ -351,7 +346,7 @@ impl Driver {
                 key,
                 value,
             } => {
-                if let Err(e) = engine.put(&space, &key, unix_ms(), value.as_deref()).await {
+                if let Err(e) = hub.put(&space, &key, value.as_deref()).await {
                     warn!(conn = self.conn, topic, space, error = %e, "record write failed");
                 }
             }
@@ -359,7 +354,7 @@ impl Driver {
                 topic,
                 join_ref,
                 of,
-            } => match engine.presence_count(of.as_str()).await {
+            } => match hub.presence_count(&of).await {
                 // Counted in the engine: no metas are copied.
                 Ok((_users, connections)) => {
                     let count = PresenceCount {
@@ -397,18 +392,9 @@ impl Driver {
             }
         }
         if self.tracked_any {
-            let engine = self.shared.hub.engine();
-            if let Err(e) = engine.untrack_conn(ConnId(self.conn)).await {
+            if let Err(e) = self.shared.hub.untrack_conn(self.conn).await {
                 debug!(conn = self.conn, error = %e, "untrack on close failed");
             }
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it): the
-/// wall-clock time of record writes.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

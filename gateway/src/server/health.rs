@@ -41,12 +41,12 @@ async fn not_ready(shared: &Shared) -> Option<&'static str> {
     if shared.draining.load(Ordering::Acquire) {
         return Some("draining: the server is shutting down");
     }
-    let engine = shared.hub.engine();
-    let members = tokio::time::timeout(Duration::from_secs(2), engine.members()).await;
+    let hub = &shared.hub;
+    let members = tokio::time::timeout(Duration::from_secs(2), hub.members()).await;
     let Ok(Ok(members)) = members else {
         return Some("the cluster engine is not answering");
     };
-    let joined = engine.seeds().is_empty() || members.iter().any(|m| m.state == PeerState::Up);
+    let joined = hub.seeds().is_empty() || members.iter().any(|m| m.state == PeerState::Up);
     if !joined {
         return Some("no cluster peer reached yet (seeds configured)");
     }

@@ -22,7 +22,7 @@ use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
@@ -258,11 +258,6 @@ where
     }
 }
 
-/// The histogram the hub records fan-out times in: 10 µs to about 10 s.
-pub(crate) fn fanout_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
-}
-
 /// Values read at scrape time, as a registry built for this scrape.
 fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[Member])>) -> Registry {
     let mut registry = Registry::with_prefix("chorus");
@@ -365,11 +360,11 @@ pub(crate) fn state_label(state: PeerState) -> &'static str {
 
 /// Answers `GET /metrics`.
 pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<Body> {
-    let engine = shared.hub.engine();
+    let hub = &shared.hub;
     // A stopped or wedged engine must not hang the scrape.
     let wait = Duration::from_secs(2);
     let read = tokio::time::timeout(wait, async {
-        Some((engine.stats().await.ok()?, engine.members().await.ok()?))
+        Some((hub.engine_stats().await.ok()?, hub.members().await.ok()?))
     })
     .await
     .ok()
@@ -401,7 +396,7 @@ mod tests {
 
     #[test]
     fn renders_live_and_scraped_metrics() {
-        let metrics = Metrics::new(fanout_histogram());
+        let metrics = Metrics::new(crate::cluster::fanout_histogram());
         let ws = metrics.transport(Transport::WebSocket);
         ws.messages_in.inc_by(3);
         ws.record_joins(JoinCounts {

@@ -27,10 +27,8 @@ pub mod api;
 mod connection;
 pub mod dev;
 mod driver;
-pub mod envelope;
 mod health;
 pub mod http;
-pub mod hub;
 pub mod longpoll;
 pub mod metrics;
 pub mod origin;
@@ -51,11 +49,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
+pub use crate::cluster::{Hub, HubError};
 pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
 pub use connection::close;
 pub use health::READY_PATH;
-pub use hub::{Hub, HubError};
 pub use longpoll::LongPollKey;
 
 use crate::channel::Router;
@@ -272,7 +270,7 @@ impl Server {
         let listener_task = self.shared.api.as_ref().map(|api| {
             tokio::spawn(api::idempotency::listen(
                 api.idempotency.clone(),
-                self.shared.hub.engine().clone(),
+                self.shared.hub.clone(),
             ))
         });
         let accepted = tokio::select! {

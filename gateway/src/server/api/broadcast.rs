@@ -86,7 +86,7 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
         return Err(ApiError::engine(&e));
     }
     if let Some(key) = key {
-        api.idempotency.announce(shared.hub.engine(), key).await;
+        api.idempotency.announce(&shared.hub, key).await;
     }
     shared.metrics.api_broadcast("sent");
     Ok(json_response(

@@ -12,9 +12,9 @@ use crate::server::metrics::state_label;
 use crate::server::Shared;
 
 pub(crate) async fn get(shared: &Arc<Shared>) -> ApiResult {
-    let engine = shared.hub.engine();
-    let members = engine.members().await.map_err(|e| ApiError::engine(&e))?;
-    let me = engine.node_id();
+    let hub = &shared.hub;
+    let members = hub.members().await.map_err(|e| ApiError::engine(&e))?;
+    let me = hub.node_id();
     let members: Vec<_> = members
         .iter()
         .map(|m| {
@@ -35,7 +35,7 @@ pub(crate) async fn get(shared: &Arc<Shared>) -> ApiResult {
                 "id": me.to_string(),
                 "name": me.name.as_str(),
                 "incarnation": me.incarnation,
-                "address": engine.local_addr().to_string(),
+                "address": hub.gossip_addr().to_string(),
             },
             "members": members,
         }),

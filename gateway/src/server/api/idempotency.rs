@@ -21,9 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_engine::runtime::{Delivery, EngineHandle};
+use chorus_engine::runtime::Delivery;
+use chorus_engine::Topic;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+use crate::cluster::Hub;
 
 /// How long a key suppresses a repeated broadcast.
 pub const WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -121,9 +124,9 @@ impl Idempotency {
     }
 
     /// Tells the cluster a key was used.
-    pub(crate) async fn announce(&self, engine: &EngineHandle, key: &str) {
+    pub(crate) async fn announce(&self, hub: &Hub, key: &str) {
         let bytes = Bytes::copy_from_slice(key.as_bytes());
-        if let Err(e) = engine.publish(TOPIC, bytes).await {
+        if let Err(e) = hub.publish_internal(TOPIC, bytes).await {
             warn!(error = %e, "cannot announce an idempotency key to the cluster");
         }
     }
@@ -131,9 +134,9 @@ impl Idempotency {
 
 /// Subscribes to [`TOPIC`] and remembers every key heard, until the engine stops.
 /// A subscription the engine drops (too slow) is renewed.
-pub(crate) async fn listen(store: Arc<Idempotency>, engine: EngineHandle) {
+pub(crate) async fn listen(store: Arc<Idempotency>, hub: Arc<Hub>) {
     loop {
-        let mut sub = match engine.subscribe(TOPIC).await {
+        let mut sub = match hub.subscribe_internal(Topic::new(TOPIC)).await {
             Ok(sub) => sub,
             Err(e) => {
                 debug!(error = %e, "idempotency listener: cannot subscribe; stopping");

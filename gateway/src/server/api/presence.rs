@@ -13,14 +13,13 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use super::{ApiError, ApiResult};
+use crate::cluster::state_json;
 use crate::server::http::{json_response, raw_json};
-use crate::server::hub::state_json;
 use crate::server::Shared;
 
 pub(crate) async fn get(topic: &str, shared: &Arc<Shared>) -> ApiResult {
     let items = shared
         .hub
-        .engine()
         .presence(topic)
         .await
         .map_err(|e| ApiError::engine(&e))?;
@@ -34,7 +33,6 @@ pub(crate) async fn get(topic: &str, shared: &Arc<Shared>) -> ApiResult {
 pub(crate) async fn count(topic: &str, shared: &Arc<Shared>) -> ApiResult {
     let (users, connections) = shared
         .hub
-        .engine()
         .presence_count(topic)
         .await
         .map_err(|e| ApiError::engine(&e))?;

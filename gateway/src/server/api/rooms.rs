@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use super::{ApiError, ApiResult};
 use crate::app::{App, ROOM_SPACE};
-use crate::server::driver::unix_ms;
 use crate::server::http::json_response;
 use crate::server::Shared;
 
@@ -101,8 +100,7 @@ pub(crate) async fn create(room: NewRoom, shared: &Arc<Shared>) -> ApiResult {
     let name = room.name.unwrap_or_default();
     shared
         .hub
-        .engine()
-        .put(ROOM_SPACE, &room.id, unix_ms(), Some(&name))
+        .put(ROOM_SPACE, &room.id, Some(&name))
         .await
         .map_err(|e| ApiError::engine(&e))?;
     let name = (!name.is_empty()).then_some(name);
@@ -131,8 +129,7 @@ pub(crate) async fn delete(id: &str, shared: &Arc<Shared>) -> ApiResult {
     }
     shared
         .hub
-        .engine()
-        .put(ROOM_SPACE, id, unix_ms(), None)
+        .put(ROOM_SPACE, id, None)
         .await
         .map_err(|e| ApiError::engine(&e))?;
     let mut response = json_response(StatusCode::NO_CONTENT, &Value::Null);

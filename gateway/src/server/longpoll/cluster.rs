@@ -109,19 +109,19 @@ pub(crate) async fn call(
     op: Op,
     wait: Duration,
 ) -> Outcome {
-    let engine = shared.hub.engine();
+    let hub = &shared.hub;
     let id = rand::random::<u64>().max(1);
     let (tx, rx) = oneshot::channel();
     let pending = Pending::insert(shared, id, tx);
     let request = Wire::Request {
         id,
-        reply_to: engine.node_id().into(),
+        reply_to: hub.node_id().into(),
         token: token.to_owned(),
         op,
     };
     let owner = session.owner.clone();
-    let sent = engine
-        .direct_publish(owner.clone(), longpoll_topic(&owner), request.encode())
+    let sent = hub
+        .send_internal(owner.clone(), longpoll_topic(&owner), request.encode())
         .await;
     if let Err(e) = sent {
         debug!(owner = %owner, error = %e, "LongPoll: cannot forward to the session's node");
@@ -160,9 +160,8 @@ impl Drop for Pending<'_> {
 /// dropped. `None` (with a warning) if the engine refuses: sessions of this node
 /// are then reachable only through it.
 pub(crate) async fn start(shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
-    let engine = shared.hub.engine();
-    let me = engine.node_id().clone();
-    match engine.subscribe(longpoll_topic(&me)).await {
+    let hub = &shared.hub;
+    match hub.subscribe_internal(longpoll_topic(hub.node_id())).await {
         Ok(sub) => Some(tokio::spawn(inbox(Arc::downgrade(shared), sub))),
         Err(e) => {
             warn!(error = %e, "LongPoll: cannot subscribe the forwarding topic; no forwarding to this node");
@@ -191,9 +190,9 @@ async fn inbox(shared: Weak<Shared>, mut sub: Subscription) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let engine = shared.hub.engine();
+        let hub = &shared.hub;
         warn!("LongPoll: forwarding subscription ended; resubscribing");
-        match engine.subscribe(longpoll_topic(engine.node_id())).await {
+        match hub.subscribe_internal(longpoll_topic(hub.node_id())).await {
             Ok(again) => sub = again,
             Err(_) => return,
         }
@@ -214,16 +213,16 @@ fn handle(shared: &Arc<Shared>, wire: Wire) {
                 if id == 0 {
                     return;
                 }
-                let engine = shared.hub.engine();
+                let hub = &shared.hub;
                 let answer = Wire::Answer {
                     id,
-                    owner: engine.node_id().into(),
+                    owner: hub.node_id().into(),
                     token,
                     answer,
                 };
                 let to = NodeId::from(&reply_to);
-                if let Err(e) = engine
-                    .direct_publish(to.clone(), longpoll_topic(&to), answer.encode())
+                if let Err(e) = hub
+                    .send_internal(to.clone(), longpoll_topic(&to), answer.encode())
                     .await
                 {
                     debug!(to = %to, error = %e, "LongPoll: cannot return a forwarded answer");
@@ -250,9 +249,8 @@ fn handle(shared: &Arc<Shared>, wire: Wire) {
 
 /// Runs a forwarded request against a session of this node.
 async fn run_here(shared: &Arc<Shared>, token: &str, op: Op) -> Answer {
-    let engine = shared.hub.engine();
     let session = token::verify(shared.config.longpoll_key.bytes(), token)
-        .filter(|s| s.owner == *engine.node_id());
+        .filter(|s| s.owner == *shared.hub.node_id());
     let Some(session) = session else {
         return Answer::status(status::GONE);
     };
@@ -266,17 +264,17 @@ async fn run_here(shared: &Arc<Shared>, token: &str, op: Op) -> Answer {
 
 /// Sends frames an answer could not hand over back to their session.
 fn requeue(shared: &Arc<Shared>, owner: &WireNode, token: String, messages: Vec<String>) {
-    let engine = shared.hub.engine().clone();
+    let hub = shared.hub.clone();
     let request = Wire::Request {
         id: 0,
-        reply_to: engine.node_id().into(),
+        reply_to: hub.node_id().into(),
         token,
         op: Op::Requeue(messages),
     };
     let owner = NodeId::from(owner);
     tokio::spawn(async move {
-        if let Err(e) = engine
-            .direct_publish(owner.clone(), longpoll_topic(&owner), request.encode())
+        if let Err(e) = hub
+            .send_internal(owner.clone(), longpoll_topic(&owner), request.encode())
             .await
         {
             debug!(owner = %owner, error = %e, "LongPoll: cannot requeue undelivered frames");

@@ -211,7 +211,7 @@ pub(crate) async fn call_local(shared: &Shared, id: u64, op: Op, wait: Duration)
 async fn call(shared: &Arc<Shared>, token: &str, op: Op) -> Option<Outcome> {
     let session: SessionRef = token::verify(shared.config.longpoll_key.bytes(), token)?;
     let wait = wait_for(&shared.config, &op);
-    let outcome = if session.owner == *shared.hub.engine().node_id() {
+    let outcome = if session.owner == *shared.hub.node_id() {
         call_local(shared, session.id, op, wait).await
     } else {
         cluster::call(shared, &session, token, op, wait).await
@@ -304,7 +304,7 @@ fn new_session(
     let token = token::sign(
         shared.config.longpoll_key.bytes(),
         &SessionRef {
-            owner: shared.hub.engine().node_id().clone(),
+            owner: shared.hub.node_id().clone(),
             id: conn,
         },
     );

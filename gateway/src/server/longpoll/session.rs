@@ -91,7 +91,7 @@ enum Event {
     Drain,
     Overflow,
     Request(Option<Request>),
-    Inbound(super::super::hub::Inbound),
+    Inbound(crate::cluster::mailbox::Inbound),
     PollGone,
     Timer,
 }

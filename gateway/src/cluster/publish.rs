@@ -1,0 +1,140 @@
+//! Publishing: server-side broadcasts (Phoenix's `Endpoint.broadcast`) and
+//! clients' broadcasts, which are queued behind the topic's backlog so a
+//! publisher past saturation is slowed down rather than overflowing the engine
+//! subscription of every local subscriber.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::envelope::{Envelope, Exclude};
+use super::topic::TopicState;
+use super::{Hub, HubError};
+use crate::protocol::Payload;
+use crate::topics;
+
+/// Deliveries waiting for a topic's dispatcher at which clients' publishes to
+/// that topic wait: a quarter of the engine's default `subscriber_queue`.
+const BACKLOG_HIGH: usize = 256;
+
+/// Client publishes in the engine's queue at once, all topics together. With
+/// [`BACKLOG_HIGH`], at most 512 deliveries of this node's clients can be
+/// waiting for a topic's dispatcher: half the engine's default
+/// `subscriber_queue` (1,024), whose overflow drops the subscription.
+pub(super) const MAX_IN_FLIGHT: usize = 256;
+
+impl Hub {
+    /// Broadcasts `event` to every subscriber of `topic` in the cluster (Phoenix's
+    /// `Endpoint.broadcast`). `broadcast(socket_id, "disconnect", {})` closes that
+    /// socket's connections with 1001.
+    pub async fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Result<(), HubError> {
+        self.publish(topic, event, payload, None).await
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude_conn: Option<u64>,
+    ) -> Result<(), HubError> {
+        if topics::is_internal(topic) {
+            return Err(HubError::Reserved(topic.to_owned()));
+        }
+        let envelope = self.envelope(event, payload, exclude_conn);
+        let bytes = envelope.encode()?;
+        self.engine.publish(topic, bytes).await?;
+        if event == "disconnect" {
+            let control = Envelope {
+                event: event.to_owned(),
+                payload: Payload::Binary(bytes::Bytes::copy_from_slice(topic.as_bytes())),
+                exclude: None,
+            };
+            self.engine
+                .publish(topics::DISCONNECT, control.encode()?)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A broadcast as it crosses the cluster; `exclude_conn` is a local
+    /// connection that must not receive it (`broadcast_from`).
+    fn envelope(&self, event: &str, payload: Payload, exclude_conn: Option<u64>) -> Envelope {
+        Envelope {
+            event: event.to_owned(),
+            payload,
+            exclude: exclude_conn.map(|conn| Exclude {
+                origin: self.origin,
+                conn,
+            }),
+        }
+    }
+
+    /// [`Hub::publish`] for a client's broadcast: handed to the engine behind
+    /// the connection's earlier publishes (so they keep their order) without
+    /// waiting for it to be carried out, which would cost the connection a
+    /// round trip through the engine task per message. A failure is logged.
+    /// A `disconnect` is published and waited for as by [`Hub::publish`].
+    pub(crate) async fn publish_queued(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: Payload,
+        exclude_conn: Option<u64>,
+    ) -> Result<(), HubError> {
+        if topics::is_internal(topic) || event == "disconnect" {
+            return self.publish(topic, event, payload, exclude_conn).await;
+        }
+        let envelope = self.envelope(event, payload, exclude_conn);
+        let payload = envelope.encode()?;
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the in-flight semaphore is never closed");
+        if let Some(state) = self.wait_for_backlog(topic).await {
+            // Counted at once: the dispatcher's figure is from its last pass,
+            // and publishes until its next pass must count against it too.
+            state.backlog.fetch_add(1, Ordering::AcqRel);
+        }
+        let receipt = self.engine.publish_queued(topic, payload).await?;
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = receipt.outcome().await {
+                warn!(topic, error = %e, "broadcast failed");
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Waits while this node's dispatcher of `topic` is behind: the engine
+    /// drops a subscription whose queue fills up, and a publisher that does
+    /// not wait for the engine's reply could otherwise outrun the dispatcher
+    /// and lose deliveries for every local subscriber. Stops waiting if the
+    /// topic loses its last local subscriber meanwhile.
+    async fn wait_for_backlog(&self, topic: &str) -> Option<Arc<TopicState>> {
+        let current = || {
+            self.topics
+                .lock()
+                .expect("hub topics lock")
+                .get(topic)
+                .cloned()
+        };
+        let state = current()?;
+        while state.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if !current().is_some_and(|now| Arc::ptr_eq(&now, &state)) {
+                return None;
+            }
+        }
+        Some(state)
+    }
+}
