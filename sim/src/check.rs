@@ -1,107 +1,15 @@
-//! The invariants, and the records they read ([`Log`]): convergence to the
-//! truth, no zombie entries, honest presence diffs, broadcasts on healthy
-//! links, replicated records (in [`crate::records`]), clean codec and
-//! commands, scenario asserts. Determinism is checked
-//! by the runner (it replays the seed and compares trace hashes).
+//! The invariants, checked at the end of a run against the world and what it
+//! recorded ([`crate::log::Log`]): convergence to the truth, no zombie
+//! entries, honest presence diffs, broadcasts on healthy links, replicated
+//! records (in [`crate::records`]), clean codec and commands, scenario
+//! asserts. Determinism is checked by the runner (it replays the seed and
+//! compares trace hashes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use chorus_engine::Topic;
-
 use crate::world::{fmt_t, ViewItem, World};
-
-/// A publish made by the workload or a step.
-#[derive(Clone, Debug)]
-pub struct PubRec {
-    /// Publisher node index and incarnation.
-    pub from: usize,
-    /// Publisher incarnation.
-    pub inc: u64,
-    /// Per-publisher-incarnation sequence number (in the payload).
-    pub seq: u64,
-    /// Topic.
-    pub topic: Topic,
-    /// When.
-    pub at: Duration,
-}
-
-/// A broadcast delivered to a node.
-#[derive(Clone, Debug)]
-pub struct Receipt {
-    /// Receiving node and its incarnation.
-    pub node: usize,
-    /// Receiving incarnation.
-    pub inc: u64,
-    /// Topic.
-    pub topic: Topic,
-    /// Publisher, its incarnation and sequence number (from the payload).
-    pub from: usize,
-    /// Publisher incarnation.
-    pub from_inc: u64,
-    /// Sequence number.
-    pub seq: u64,
-    /// When.
-    pub at: Duration,
-}
-
-/// A subscription of one node incarnation.
-#[derive(Clone, Debug)]
-pub struct SubRec {
-    /// Node and incarnation.
-    pub node: usize,
-    /// Incarnation.
-    pub inc: u64,
-    /// Topic.
-    pub topic: Topic,
-    /// Subscribed at.
-    pub at: Duration,
-    /// `SubscribeReady` at.
-    pub ready: Option<Duration>,
-}
-
-/// Which live nodes' views equal the truth at one instant (`None`: crashed).
-#[derive(Clone, Debug)]
-pub struct Sample {
-    /// When.
-    pub at: Duration,
-    /// Per node.
-    pub agree: Vec<Option<bool>>,
-    /// Whether every live node's records digest was the same.
-    pub records_agree: bool,
-}
-
-/// What the checkers read, recorded while the world runs.
-#[derive(Debug, Default)]
-pub struct Log {
-    /// Every publish.
-    pub publishes: Vec<PubRec>,
-    /// Every delivered broadcast.
-    pub receipts: Vec<Receipt>,
-    /// Every subscription.
-    pub subs: Vec<SubRec>,
-    /// Node-level disturbances `(time, node)`: start, crash, restart, pause, resume.
-    pub node_faults: Vec<(Duration, usize)>,
-    /// Faults with labels, for the report and the plot.
-    pub faults: Vec<(Duration, String)>,
-    /// The last fault or heal.
-    pub last_fault: Duration,
-    /// The last client command.
-    pub last_change: Duration,
-    /// Diff errors (a ref both joined and left in one diff).
-    pub diff_errors: Vec<String>,
-    /// Frames the codec refused.
-    pub codec_errors: Vec<String>,
-    /// Commands the engine refused.
-    pub command_errors: Vec<String>,
-    /// Convergence samples.
-    pub samples: Vec<Sample>,
-    /// Scenario asserts: `(description, passed)`.
-    pub asserts: Vec<(String, bool)>,
-    /// Every record written, and which incarnations it reached.
-    pub records: crate::records::Ledger,
-}
 
 /// An invariant the sim checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,45 +58,6 @@ pub struct Verdict {
     pub pass: bool,
     /// Numbers, or what went wrong.
     pub detail: String,
-}
-
-/// The truth: the entries of live incarnations that clients did not untrack.
-pub fn truth(w: &World) -> BTreeSet<ViewItem> {
-    w.nodes
-        .iter()
-        .filter(|s| s.is_live())
-        .flat_map(|s| {
-            s.truth
-                .iter()
-                .map(|((t, k, _), (r, m))| (t.clone(), k.clone(), *r, m.clone()))
-        })
-        .collect()
-}
-
-/// Records which nodes agree with the truth now.
-pub fn take_sample(w: &mut World) {
-    let truth = truth(w);
-    let agree = w
-        .nodes
-        .iter()
-        .map(|s| s.node.as_ref().map(|n| n.presence().view() == truth))
-        .collect();
-    let mut digests = w
-        .nodes
-        .iter()
-        .filter_map(|s| s.node.as_ref().map(|n| n.records()));
-    let records_agree = match digests.next() {
-        Some(first) => {
-            let first = first.read();
-            digests.all(|d| d.read().digest() == first.digest())
-        }
-        None => true,
-    };
-    w.log.samples.push(Sample {
-        at: w.now,
-        agree,
-        records_agree,
-    });
 }
 
 /// Checks every invariant but determinism at the end of a run. Returns the
@@ -240,7 +109,7 @@ fn first(errs: &[&String]) -> String {
 }
 
 fn convergence(w: &mut World, within: Duration) -> (Verdict, Option<Duration>) {
-    take_sample(w);
+    w.take_sample();
     let since = w.log.last_fault.max(w.log.last_change);
     let mut conv_at = None;
     for s in w.log.samples.iter().filter(|s| s.at >= since) {
@@ -252,7 +121,7 @@ fn convergence(w: &mut World, within: Duration) -> (Verdict, Option<Duration>) {
         }
     }
     let after = conv_at.map(|t| t - since);
-    let truth = truth(w);
+    let truth = w.truth();
     let mut bad = Vec::new();
     for s in w.nodes.iter().filter(|s| s.is_live()) {
         let view = s.node.as_ref().expect("live").presence().view();

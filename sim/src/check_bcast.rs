@@ -75,7 +75,7 @@ pub fn broadcasts(w: &World) -> Verdict {
         })
     };
 
-    let mut subs_by_topic: BTreeMap<&chorus_engine::Topic, Vec<&crate::check::SubRec>> =
+    let mut subs_by_topic: BTreeMap<&chorus_engine::Topic, Vec<&crate::log::SubRec>> =
         BTreeMap::new();
     for s in &w.log.subs {
         subs_by_topic.entry(&s.topic).or_default().push(s);

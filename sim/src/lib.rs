@@ -55,6 +55,7 @@
 
 pub mod builtin;
 pub mod check;
+pub mod log;
 pub mod net;
 pub mod plot;
 pub mod records;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chorus_engine::{Command, Config, ConnId, Event, Meta, Node, Outcome, SubscriberId, Topic};
 use rand::Rng;
 
-use crate::check::{PubRec, Receipt, SubRec};
+use crate::log::{PubRec, Receipt, SubRec};
 use crate::world::{fmt_t, Ev, Slot, World};
 
 impl World {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{evaluate, truth, Invariant, Verdict};
+use crate::check::{evaluate, Invariant, Verdict};
 use crate::net::NetConfig;
 use crate::report::Report;
 use crate::workload::Workload;
@@ -381,7 +381,7 @@ fn apply(w: &mut World, step: &Step) {
 fn holds(w: &World, expect: &Expect) -> bool {
     match expect {
         Expect::Converged => {
-            let t = truth(w);
+            let t = w.truth();
             w.nodes
                 .iter()
                 .filter_map(|s| s.node.as_ref())

@@ -14,7 +14,7 @@ use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Topi
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::check::Log;
+use crate::log::{Log, Sample};
 use crate::net::{Lane, Net, NetConfig};
 use crate::trace::Trace;
 
@@ -207,7 +207,7 @@ impl World {
             let due = next.filter(|t| *t <= until);
             if self.next_sample <= due.unwrap_or(until) {
                 self.now = self.now.max(self.next_sample);
-                crate::check::take_sample(self);
+                self.take_sample();
                 self.next_sample += self.sample_every;
                 continue;
             }
@@ -218,6 +218,46 @@ impl World {
             self.dispatch(ev);
         }
         self.now = until;
+    }
+
+    /// The truth: the entries of live incarnations that clients did not untrack.
+    pub fn truth(&self) -> BTreeSet<ViewItem> {
+        self.nodes
+            .iter()
+            .filter(|s| s.is_live())
+            .flat_map(|s| {
+                s.truth
+                    .iter()
+                    .map(|((t, k, _), (r, m))| (t.clone(), k.clone(), *r, m.clone()))
+            })
+            .collect()
+    }
+
+    /// Records in the log which nodes agree with the truth now, and whether
+    /// every live node's records digest is the same.
+    pub(crate) fn take_sample(&mut self) {
+        let truth = self.truth();
+        let agree = self
+            .nodes
+            .iter()
+            .map(|s| s.node.as_ref().map(|n| n.presence().view() == truth))
+            .collect();
+        let mut digests = self
+            .nodes
+            .iter()
+            .filter_map(|s| s.node.as_ref().map(|n| n.records()));
+        let records_agree = match digests.next() {
+            Some(first) => {
+                let first = first.read();
+                digests.all(|d| d.read().digest() == first.digest())
+            }
+            None => true,
+        };
+        self.log.samples.push(Sample {
+            at: self.now,
+            agree,
+            records_agree,
+        });
     }
 
     pub(crate) fn schedule(&mut self, at: Duration, ev: Ev) {
