@@ -66,7 +66,6 @@ pub mod trace;
 pub mod workload;
 pub mod world;
 
-mod check_bcast;
 mod ops;
 mod watch;
 
