@@ -14,7 +14,7 @@ use crate::check::{evaluate, Invariant, Verdict};
 use crate::net::NetConfig;
 use crate::report::Report;
 use crate::workload::Workload;
-use crate::world::{Timing, World};
+use crate::world::{NodeTiming, World};
 
 /// A scenario: settings and steps.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,7 +247,7 @@ impl Scenario {
 /// Plays `sc` with `seed` and checks every invariant but determinism.
 pub fn run_scenario(sc: &Scenario, seed: u64) -> Report {
     let wall = Instant::now();
-    let timing = Timing {
+    let timing = NodeTiming {
         down_after: sc.down_after_ms.map(Duration::from_millis),
         permdown_after: sc.permdown_after_ms.map(Duration::from_millis),
         history_cap: sc.history_cap,

@@ -46,9 +46,10 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "ping-nack",
 ];
 
-/// Node timing overrides of a scenario (the rest is `Config::lan`).
+/// A scenario's overrides of the nodes' `Config::lan` (failure-detection
+/// timing, history cap) and each node's clock skew.
 #[derive(Clone, Debug, Default)]
-pub struct Timing {
+pub struct NodeTiming {
     /// `Config::down_after`, if not the default.
     pub down_after: Option<Duration>,
     /// `Config::permdown_after`, if not the default.
@@ -79,7 +80,7 @@ pub struct WorldStats {
 
 /// One node name: its current incarnation and what the checkers know of it.
 #[derive(Debug)]
-pub struct Slot {
+pub struct NodeSlot {
     /// Node name (`n{i}`), stable across restarts.
     pub name: String,
     /// Fake gossip address.
@@ -110,7 +111,7 @@ pub struct Slot {
     pub overflows: u64,
 }
 
-impl Slot {
+impl NodeSlot {
     /// Whether the node is running (not crashed).
     pub fn is_live(&self) -> bool {
         self.node.is_some()
@@ -154,14 +155,14 @@ pub struct World {
     /// Link state and behaviour.
     pub net: Net,
     /// Node slots, by index.
-    pub nodes: Vec<Slot>,
+    pub nodes: Vec<NodeSlot>,
     /// The event trace.
     pub trace: Trace,
     /// Counters.
     pub stats: WorldStats,
     /// What the checkers read.
     pub log: Log,
-    pub(crate) timing: Timing,
+    pub(crate) timing: NodeTiming,
     pub(crate) sample_every: Duration,
     next_sample: Duration,
     pub(crate) workloads: Vec<crate::workload::Running>,
@@ -170,7 +171,7 @@ pub struct World {
 
 impl World {
     /// An empty world with the given seed, network and node timing.
-    pub fn new(seed: u64, net: NetConfig, timing: Timing, sample_every: Duration) -> Self {
+    pub fn new(seed: u64, net: NetConfig, timing: NodeTiming, sample_every: Duration) -> Self {
         World {
             base: Instant::now(),
             now: Duration::ZERO,

@@ -171,12 +171,12 @@ mod tests {
 
     use super::*;
     use crate::net::NetConfig;
-    use crate::world::Timing;
+    use crate::world::NodeTiming;
 
     fn world(skew: Vec<i64>) -> World {
-        let timing = Timing {
+        let timing = NodeTiming {
             clock_skew_ms: skew,
-            ..Timing::default()
+            ..NodeTiming::default()
         };
         let mut w = World::new(7, NetConfig::default(), timing, Duration::from_millis(100));
         for _ in 0..3 {
