@@ -5,6 +5,8 @@
 //! world is made; nodes see `base + offset`, everything else sees offsets. The
 //! queue is a `BTreeMap` keyed by `(time, sequence)`, so ties break in the
 //! order events were scheduled. Faults, commands and workload live in `ops`.
+//! What the checkers need is written to the [`Log`] as the world runs,
+//! convergence samples included; the world never calls into `check`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
