@@ -3,26 +3,41 @@
 //! `chorus-sim` runs many real [`chorus_engine::Node`]s (the code the server
 //! runs, not a model of it) in one process on a virtual clock. It owns:
 //!
-//! - **the world** ([`World`]): N node slots, a virtual clock (one base
-//!   [`std::time::Instant`] captured once, plus virtual [`std::time::Duration`]
-//!   offsets; all logic and traces use offsets only), one event queue ordered by
+//! - **the world** ([`World`], in [`world`]): N node slots
+//!   ([`world::NodeSlot`]), a virtual clock (one base [`std::time::Instant`]
+//!   captured once, plus virtual [`std::time::Duration`] offsets; all logic
+//!   and traces use offsets only), one event queue ordered by
 //!   `(time, sequence)` and one seeded RNG ([`rand_chacha::ChaCha8Rng`]).
 //!   Nothing else feeds it: no wall clock, no OS randomness, no hash-map
 //!   iteration. The same seed replays the same run byte for byte, and the
-//!   report prints the hash of the event trace as `trace-hash: HEX`.
+//!   report prints the hash of the event trace ([`trace`]) as
+//!   `trace-hash: HEX`.
+//! - **the log** ([`log`]): plain data the world writes as it runs and the
+//!   checkers read afterwards: publishes, delivered broadcasts,
+//!   subscriptions, faults, refused frames and commands, convergence samples
+//!   (taken by the world itself), scenario asserts, and the records
+//!   [`records::Ledger`].
 //! - **the network** ([`net`]): every message crosses the real codec
 //!   (`Message::encode`, then `Message::decode`) on its way. Nodes have fake
 //!   gossip addresses `127.0.0.1:(7400 + i)`; nothing touches the OS network.
-//! - **faults and workload** ([`Step`]): partitions, one-way partitions, heal,
-//!   crash, restart as a new incarnation, pause, flapping links; clients that
-//!   track, update, untrack, subscribe, publish, append to history logs and
-//!   write registers at configurable rates, each node's wall clock skewed as
-//!   the scenario says.
+//! - **faults and workload** ([`Step`], [`workload`]): partitions, one-way
+//!   partitions, heal, crash, restart as a new incarnation, pause, flapping
+//!   links; clients that track, update, untrack, subscribe, publish, append to
+//!   history logs and write registers ([`records`]) at configurable rates, each
+//!   node's wall clock skewed as the scenario says ([`world::NodeTiming`]).
 //! - **scenarios as data** ([`Scenario`]): lists of steps, built in Rust
-//!   ([`builtin`]) or read from JSON files.
-//! - **invariants** ([`check`]): convergence, no zombies, honest diffs,
-//!   broadcasts on healthy links, records equal to a model of the surviving
-//!   writes ([`records`]), asserts; a [`Report`] per run.
+//!   ([`builtin`]) or read from JSON files; [`sweep()`] runs one over many
+//!   seeds.
+//! - **invariants** ([`check`]): one file per invariant under `check/`:
+//!   `convergence`, `zombies` (no entry of an ended incarnation survives),
+//!   `diffs` (honest presence diffs), `broadcasts` (on healthy links),
+//!   `records` (equal to a model of the surviving writes), `codec` (every
+//!   frame decoded, every command accepted), `asserts`; determinism is checked
+//!   by replaying the seed ([`run_checked`]). A [`Report`] per run
+//!   ([`report`], [`plot`]).
+//!
+//! Dependencies point one way: [`check`] reads [`world`] and [`log`]; the
+//! world writes the log and never imports [`check`].
 //!
 //! # How links model QUIC
 //!
@@ -55,6 +70,7 @@
 
 pub mod builtin;
 pub mod check;
+pub mod log;
 pub mod net;
 pub mod plot;
 pub mod records;
@@ -65,7 +81,6 @@ pub mod trace;
 pub mod workload;
 pub mod world;
 
-mod check_bcast;
 mod ops;
 mod watch;
 

@@ -8,14 +8,14 @@ use bytes::Bytes;
 use chorus_engine::{Command, Config, ConnId, Event, Meta, Node, Outcome, SubscriberId, Topic};
 use rand::Rng;
 
-use crate::check::{PubRec, Receipt, SubRec};
-use crate::world::{fmt_t, Ev, Slot, World};
+use crate::log::{PubRec, Receipt, SubRec};
+use crate::world::{fmt_t, Ev, NodeSlot, World};
 
 impl World {
     /// Adds a node (the next index) and starts it.
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        self.nodes.push(Slot {
+        self.nodes.push(NodeSlot {
             name: format!("n{i}"),
             addr: World::addr(i),
             incarnation: 1,

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::check::{Sample, Verdict};
+use crate::check::Verdict;
+use crate::log::Sample;
 use crate::scenario::Scenario;
 use crate::world::{fmt_t, World, KINDS, KIND_NAMES};
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{evaluate, truth, Invariant, Verdict};
+use crate::check::{evaluate, Invariant, Verdict};
 use crate::net::NetConfig;
 use crate::report::Report;
 use crate::workload::Workload;
-use crate::world::{Timing, World};
+use crate::world::{NodeTiming, World};
 
 /// A scenario: settings and steps.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,7 +247,7 @@ impl Scenario {
 /// Plays `sc` with `seed` and checks every invariant but determinism.
 pub fn run_scenario(sc: &Scenario, seed: u64) -> Report {
     let wall = Instant::now();
-    let timing = Timing {
+    let timing = NodeTiming {
         down_after: sc.down_after_ms.map(Duration::from_millis),
         permdown_after: sc.permdown_after_ms.map(Duration::from_millis),
         history_cap: sc.history_cap,
@@ -381,7 +381,7 @@ fn apply(w: &mut World, step: &Step) {
 fn holds(w: &World, expect: &Expect) -> bool {
     match expect {
         Expect::Converged => {
-            let t = truth(w);
+            let t = w.truth();
             w.nodes
                 .iter()
                 .filter_map(|s| s.node.as_ref())

@@ -5,6 +5,8 @@
 //! world is made; nodes see `base + offset`, everything else sees offsets. The
 //! queue is a `BTreeMap` keyed by `(time, sequence)`, so ties break in the
 //! order events were scheduled. Faults, commands and workload live in `ops`.
+//! What the checkers need is written to the [`Log`] as the world runs,
+//! convergence samples included; the world never calls into `check`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +16,7 @@ use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Topi
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::check::Log;
+use crate::log::{Log, Sample};
 use crate::net::{Lane, Net, NetConfig};
 use crate::trace::Trace;
 
@@ -46,9 +48,10 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "ping-nack",
 ];
 
-/// Node timing overrides of a scenario (the rest is `Config::lan`).
+/// A scenario's overrides of the nodes' `Config::lan` (failure-detection
+/// timing, history cap) and each node's clock skew.
 #[derive(Clone, Debug, Default)]
-pub struct Timing {
+pub struct NodeTiming {
     /// `Config::down_after`, if not the default.
     pub down_after: Option<Duration>,
     /// `Config::permdown_after`, if not the default.
@@ -79,7 +82,7 @@ pub struct WorldStats {
 
 /// One node name: its current incarnation and what the checkers know of it.
 #[derive(Debug)]
-pub struct Slot {
+pub struct NodeSlot {
     /// Node name (`n{i}`), stable across restarts.
     pub name: String,
     /// Fake gossip address.
@@ -110,7 +113,7 @@ pub struct Slot {
     pub overflows: u64,
 }
 
-impl Slot {
+impl NodeSlot {
     /// Whether the node is running (not crashed).
     pub fn is_live(&self) -> bool {
         self.node.is_some()
@@ -154,14 +157,14 @@ pub struct World {
     /// Link state and behaviour.
     pub net: Net,
     /// Node slots, by index.
-    pub nodes: Vec<Slot>,
+    pub nodes: Vec<NodeSlot>,
     /// The event trace.
     pub trace: Trace,
     /// Counters.
     pub stats: WorldStats,
     /// What the checkers read.
     pub log: Log,
-    pub(crate) timing: Timing,
+    pub(crate) timing: NodeTiming,
     pub(crate) sample_every: Duration,
     next_sample: Duration,
     pub(crate) workloads: Vec<crate::workload::Running>,
@@ -170,7 +173,7 @@ pub struct World {
 
 impl World {
     /// An empty world with the given seed, network and node timing.
-    pub fn new(seed: u64, net: NetConfig, timing: Timing, sample_every: Duration) -> Self {
+    pub fn new(seed: u64, net: NetConfig, timing: NodeTiming, sample_every: Duration) -> Self {
         World {
             base: Instant::now(),
             now: Duration::ZERO,
@@ -207,7 +210,7 @@ impl World {
             let due = next.filter(|t| *t <= until);
             if self.next_sample <= due.unwrap_or(until) {
                 self.now = self.now.max(self.next_sample);
-                crate::check::take_sample(self);
+                self.take_sample();
                 self.next_sample += self.sample_every;
                 continue;
             }
@@ -218,6 +221,46 @@ impl World {
             self.dispatch(ev);
         }
         self.now = until;
+    }
+
+    /// The truth: the entries of live incarnations that clients did not untrack.
+    pub fn truth(&self) -> BTreeSet<ViewItem> {
+        self.nodes
+            .iter()
+            .filter(|s| s.is_live())
+            .flat_map(|s| {
+                s.truth
+                    .iter()
+                    .map(|((t, k, _), (r, m))| (t.clone(), k.clone(), *r, m.clone()))
+            })
+            .collect()
+    }
+
+    /// Records in the log which nodes agree with the truth now, and whether
+    /// every live node's records digest is the same.
+    pub(crate) fn take_sample(&mut self) {
+        let truth = self.truth();
+        let agree = self
+            .nodes
+            .iter()
+            .map(|s| s.node.as_ref().map(|n| n.presence().view() == truth))
+            .collect();
+        let mut digests = self
+            .nodes
+            .iter()
+            .filter_map(|s| s.node.as_ref().map(|n| n.records()));
+        let records_agree = match digests.next() {
+            Some(first) => {
+                let first = first.read();
+                digests.all(|d| d.read().digest() == first.digest())
+            }
+            None => true,
+        };
+        self.log.samples.push(Sample {
+            at: self.now,
+            agree,
+            records_agree,
+        });
     }
 
     pub(crate) fn schedule(&mut self, at: Duration, ev: Ev) {

@@ -12,13 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::check::{Invariant, Verdict};
+use super::{Invariant, Verdict};
 use crate::world::{fmt_t, World};
 
 const AFTER: Duration = Duration::from_secs(2);
 
 /// Checks the broadcast invariant.
-pub fn broadcasts(w: &World) -> Verdict {
+pub(super) fn check(w: &World) -> Verdict {
     let before = w.timing.down_after.unwrap_or(Duration::from_secs(2)) + Duration::from_secs(1);
     let mut dups = 0u64;
     let mut reordered = 0u64;
@@ -75,7 +75,7 @@ pub fn broadcasts(w: &World) -> Verdict {
         })
     };
 
-    let mut subs_by_topic: BTreeMap<&chorus_engine::Topic, Vec<&crate::check::SubRec>> =
+    let mut subs_by_topic: BTreeMap<&chorus_engine::Topic, Vec<&crate::log::SubRec>> =
         BTreeMap::new();
     for s in &w.log.subs {
         subs_by_topic.entry(&s.topic).or_default().push(s);

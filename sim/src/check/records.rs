@@ -1,0 +1,313 @@
+//! Records: every live node ends up holding exactly the records that
+//! survived, with the same digest.
+//!
+//! A write **survives** when an incarnation alive at the end had it: its
+//! writer, or a node that was handed a `Body::Records` message carrying it
+//! (the world notes every delivery in the [`crate::records::Ledger`]). A
+//! write that only ever lived on nodes that crashed since is legitimately
+//! lost. The model is computed from the surviving writes alone, without the
+//! engine's merge: per log topic the newest `history_cap` entries by stamp,
+//! per register the greatest-stamped write (a removal included, as a
+//! tombstone). Every live node must hold exactly that set, and its digest
+//! must equal the digest of a fresh `Records` holding that set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chorus_engine::records::BUCKETS;
+use chorus_engine::{Record, Records, Stamp, Topic};
+
+use super::{Invariant, Verdict};
+use crate::records::EPOCH_MS;
+use crate::world::{fmt_t, World};
+
+/// A record in a comparable form: kind, topic or space, key, stamp, value.
+type Canon = (char, Arc<str>, Arc<str>, Stamp, Option<Arc<str>>);
+
+fn canon(r: &Record) -> Canon {
+    match r {
+        Record::Log { topic, stamp, body } => (
+            'L',
+            Arc::from(topic.as_str()),
+            Arc::from(""),
+            stamp.clone(),
+            Some(body.clone()),
+        ),
+        Record::Reg {
+            space,
+            key,
+            stamp,
+            value,
+        } => (
+            'R',
+            space.clone(),
+            key.clone(),
+            stamp.clone(),
+            value.clone(),
+        ),
+    }
+}
+
+fn describe(c: &Canon) -> String {
+    let (kind, name, key, s, value) = c;
+    let t = i128::from(s.time_ms) - i128::from(EPOCH_MS);
+    let at = format!("{t}ms/{}#{}", s.origin, s.seq);
+    match kind {
+        'L' => format!("log {name} @{at}"),
+        _ => format!("reg {name}/{key} @{at} = {value:?}"),
+    }
+}
+
+/// What every live node must hold: per log topic the newest `cap` surviving
+/// entries, per register the greatest-stamped surviving write.
+fn model<'a>(survived: impl Iterator<Item = &'a Record>, cap: usize) -> Vec<Record> {
+    let mut logs: BTreeMap<&Topic, Vec<&Record>> = BTreeMap::new();
+    let mut regs: BTreeMap<(&str, &str), &Record> = BTreeMap::new();
+    for r in survived {
+        match r {
+            Record::Log { topic, .. } => logs.entry(topic).or_default().push(r),
+            Record::Reg { space, key, .. } => {
+                let cur = regs.entry((space, key)).or_insert(r);
+                if r.stamp() > cur.stamp() {
+                    *cur = r;
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for mut entries in logs.into_values() {
+        entries.sort_by(|a, b| b.stamp().cmp(a.stamp()));
+        out.extend(entries.into_iter().take(cap.max(1)).cloned());
+    }
+    out.extend(regs.into_values().cloned());
+    out
+}
+
+/// How long after the last fault or command the live nodes' digests agreed
+/// for good (from the convergence samples).
+fn agreed_after(w: &World) -> String {
+    let since = w.log.last_fault.max(w.log.last_change);
+    let mut at = None;
+    for s in w.log.samples.iter().filter(|s| s.at >= since) {
+        match (s.records_agree, at) {
+            (true, None) => at = Some(s.at),
+            (false, _) => at = None,
+            _ => {}
+        }
+    }
+    at.map_or("only at the end".into(), |a| {
+        format!("{} after the last change", fmt_t(a - since))
+    })
+}
+
+/// The records invariant: every live node holds exactly the model's records,
+/// with the model's digest.
+pub(super) fn check(w: &World) -> Verdict {
+    let ledger = &w.log.records;
+    let alive = |&(i, inc): &(usize, u64)| w.nodes[i].is_live() && w.nodes[i].incarnation == inc;
+    let survived = ledger
+        .writes
+        .iter()
+        .filter(|x| x.holders.iter().any(alive))
+        .map(|x| &x.record);
+    let lost = ledger.writes.len() - survived.clone().count();
+    let expected_records = model(survived, ledger.cap);
+    let expected: BTreeSet<Canon> = expected_records.iter().map(canon).collect();
+    let mut reference = Records::new(ledger.cap);
+    for r in &expected_records {
+        reference.merge(r);
+    }
+    let every = [true; BUCKETS];
+    let mut bad = Vec::new();
+    for s in w.nodes.iter().filter(|s| s.is_live()) {
+        let reader = s.node.as_ref().expect("live").records();
+        let state = reader.read();
+        let have: BTreeSet<Canon> = state.bucket_records(&every).iter().map(canon).collect();
+        if have != expected {
+            let missing: Vec<&Canon> = expected.difference(&have).collect();
+            let extra: Vec<&Canon> = have.difference(&expected).collect();
+            bad.push(format!(
+                "{} lacks {} records, has {} extra (first lacking: {}; first extra: {})",
+                s.id(),
+                missing.len(),
+                extra.len(),
+                missing.first().map_or("-".into(), |c| describe(c)),
+                extra.first().map_or("-".into(), |c| describe(c)),
+            ));
+        } else if state.digest() != reference.digest() {
+            bad.push(format!(
+                "{} holds the model's records but its digest differs from theirs",
+                s.id()
+            ));
+        }
+    }
+    let detail = if bad.is_empty() {
+        format!(
+            "{} writes ({lost} lost with every holder), {} records on every live node; digests agreed {}",
+            ledger.writes.len(),
+            expected.len(),
+            agreed_after(w)
+        )
+    } else {
+        let more = if bad.len() > 1 {
+            format!(" (and {} more nodes)", bad.len() - 1)
+        } else {
+            String::new()
+        };
+        format!("{}{more}", bad[0])
+    };
+    Verdict {
+        invariant: Invariant::Records,
+        pass: bad.is_empty(),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chorus_engine::{Command, NodeId};
+
+    use super::*;
+    use crate::net::NetConfig;
+    use crate::world::NodeTiming;
+
+    fn world(skew: Vec<i64>) -> World {
+        let timing = NodeTiming {
+            clock_skew_ms: skew,
+            ..NodeTiming::default()
+        };
+        let mut w = World::new(7, NetConfig::default(), timing, Duration::from_millis(100));
+        for _ in 0..3 {
+            w.add_node();
+        }
+        w.run_until(Duration::from_millis(1_500));
+        w
+    }
+
+    fn wait(w: &mut World, ms: u64) {
+        let t = w.now() + Duration::from_millis(ms);
+        w.run_until(t);
+    }
+
+    fn value(w: &World, i: usize, key: &str) -> Option<String> {
+        let reader = w.nodes[i].node.as_ref().expect("live").records();
+        let value = reader.read().get("room", key).map(|v| v.to_string());
+        value
+    }
+
+    #[test]
+    fn writes_that_reached_a_survivor_are_required_and_writes_that_died_alone_are_not() {
+        let mut w = world(Vec::new());
+        w.append(0, "room:0");
+        w.put(0, "room", "k", Some("kept"));
+        wait(&mut w, 200);
+        w.cut_groups(&[vec![0], vec![1, 2]]);
+        w.append(0, "room:0");
+        w.put(0, "room", "k", None);
+        wait(&mut w, 100);
+        w.crash(0);
+        w.append(1, "room:0");
+        wait(&mut w, 3_000);
+        let v = check(&w);
+        assert!(v.pass, "{}", v.detail);
+        assert!(v.detail.starts_with("5 writes (2 lost"), "{}", v.detail);
+        assert_eq!(value(&w, 2, "k").as_deref(), Some("kept"));
+    }
+
+    #[test]
+    fn the_checker_reports_records_a_node_lacks() {
+        let mut w = world(Vec::new());
+        w.cut_groups(&[vec![0], vec![1, 2]]);
+        w.append(0, "room:0");
+        wait(&mut w, 500);
+        let v = check(&w);
+        assert!(!v.pass);
+        assert!(v.detail.contains("lacks 1 records"), "{}", v.detail);
+        w.heal();
+        wait(&mut w, 5_000);
+        let v = check(&w);
+        assert!(v.pass, "repaired after the heal: {}", v.detail);
+    }
+
+    #[test]
+    fn the_checker_reports_records_nobody_wrote() {
+        let mut w = world(Vec::new());
+        w.append(1, "room:0");
+        // Behind the ledger's back: the model does not know this entry.
+        let forged = Command::Append {
+            topic: Topic::new("room:0"),
+            time_ms: w.wall_ms(2),
+            body: Arc::from("forged"),
+        };
+        w.command(2, forged);
+        wait(&mut w, 2_000);
+        let v = check(&w);
+        assert!(!v.pass);
+        assert!(v.detail.contains("has 1 extra"), "{}", v.detail);
+        assert!(v.detail.contains("(and 2 more nodes)"), "{}", v.detail);
+    }
+
+    #[test]
+    fn a_clock_ahead_wins_concurrent_writes_made_later() {
+        let mut w = world(vec![0, 5_000, 0]);
+        assert_eq!(w.wall_ms(1), w.wall_ms(0) + 5_000);
+        w.cut_groups(&[vec![1], vec![0, 2]]);
+        w.put(1, "room", "lobby", Some("ahead"));
+        wait(&mut w, 1_000);
+        w.put(2, "room", "lobby", Some("later"));
+        wait(&mut w, 100);
+        w.heal();
+        wait(&mut w, 5_000);
+        let v = check(&w);
+        assert!(v.pass, "{}", v.detail);
+        for i in 0..3 {
+            assert_eq!(value(&w, i, "lobby").as_deref(), Some("ahead"), "n{i}");
+        }
+    }
+
+    fn log(t: u64, seq: u64) -> Record {
+        Record::Log {
+            topic: Topic::new("room:0"),
+            stamp: Stamp {
+                time_ms: t,
+                origin: NodeId::new("n0", 1),
+                seq,
+            },
+            body: Arc::from(format!("{seq}")),
+        }
+    }
+
+    fn reg(t: u64, seq: u64, value: Option<&str>) -> Record {
+        Record::Reg {
+            space: Arc::from("room"),
+            key: Arc::from("k0"),
+            stamp: Stamp {
+                time_ms: t,
+                origin: NodeId::new("n1", 1),
+                seq,
+            },
+            value: value.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn the_model_keeps_the_newest_cap_entries_and_the_greatest_write() {
+        let writes = [
+            log(5, 1),
+            log(1, 2),
+            log(9, 3),
+            log(7, 4),
+            reg(3, 1, Some("a")),
+            reg(8, 2, None),
+            reg(6, 3, Some("b")),
+        ];
+        let m: Vec<Canon> = model(writes.iter(), 2).iter().map(canon).collect();
+        let want: Vec<Canon> = [log(9, 3), log(7, 4), reg(8, 2, None)]
+            .iter()
+            .map(canon)
+            .collect();
+        assert_eq!(m, want);
+    }
+}
