@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
-use super::http::{text, Body};
+use super::http::{text, HttpBody};
 use crate::protocol::Query;
 use crate::token::{Claims, Tokens};
 
@@ -24,7 +24,7 @@ pub const PHOENIX_JS: &str = include_str!("../../assets/phoenix.min.js");
 /// How long a dev token lives.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-fn body(content_type: &'static str, body: &'static str) -> Response<Body> {
+fn body(content_type: &'static str, body: &'static str) -> Response<HttpBody> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     r.headers_mut()
         .insert("content-type", content_type.parse().expect("valid header"));
@@ -32,12 +32,12 @@ fn body(content_type: &'static str, body: &'static str) -> Response<Body> {
 }
 
 /// `GET /`.
-pub(crate) fn index() -> Response<Body> {
+pub(crate) fn index() -> Response<HttpBody> {
     body("text/html; charset=utf-8", INDEX_HTML)
 }
 
 /// `GET /assets/phoenix.min.js`.
-pub(crate) fn phoenix_js() -> Response<Body> {
+pub(crate) fn phoenix_js() -> Response<HttpBody> {
     let mut r = body("text/javascript; charset=utf-8", PHOENIX_JS);
     r.headers_mut().insert(
         "cache-control",
@@ -59,7 +59,7 @@ pub fn user_id_for(name: &str) -> String {
 }
 
 /// `GET /dev/token?name=...`.
-pub(crate) fn token(tokens: &Tokens, query: Option<&str>) -> Response<Body> {
+pub(crate) fn token(tokens: &Tokens, query: Option<&str>) -> Response<HttpBody> {
     let params = Query::parse(query.unwrap_or("")).map(|q| q.params());
     let name = params
         .ok()

@@ -18,7 +18,7 @@ use chorus_engine::node::PeerState;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use super::http::{json_response, Body};
+use super::http::{json_response, HttpBody};
 use super::Shared;
 
 /// The readiness check.
@@ -26,7 +26,7 @@ pub const READY_PATH: &str = "/readyz";
 
 /// Answers `GET /readyz`: 200 `{"status":"ready"}`, or 503
 /// `{"status":"not_ready","reason":..}`.
-pub(crate) async fn ready(shared: &Arc<Shared>) -> Response<Body> {
+pub(crate) async fn ready(shared: &Arc<Shared>) -> Response<HttpBody> {
     match not_ready(shared).await {
         None => json_response(StatusCode::OK, &json!({"status": "ready"})),
         Some(reason) => json_response(

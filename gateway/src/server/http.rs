@@ -15,23 +15,23 @@ use serde_json::json;
 use super::api;
 use super::dev;
 use super::health::{self, READY_PATH};
-use super::longpoll::{self, LONGPOLL_PATH};
 use super::metrics::{self, METRICS_PATH};
-use super::websocket::{self, WEBSOCKET_PATH};
+use super::transport::longpoll::{self, LONGPOLL_PATH};
+use super::transport::websocket::{self, WEBSOCKET_PATH};
 use super::Shared;
 
 /// The health check: the process is up.
 pub const HEALTH_PATH: &str = "/healthz";
 
 /// Every response body: whole, in memory.
-pub(crate) type Body = Full<Bytes>;
+pub(crate) type HttpBody = Full<Bytes>;
 
 /// Answers one HTTP request.
 pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     done: tokio::sync::mpsc::Sender<()>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<HttpBody>, Infallible> {
     let path = req.uri().path();
     if api::owns(path) {
         return Ok(api::handle(req, shared).await);
@@ -55,19 +55,19 @@ pub(crate) async fn handle(
 }
 
 /// A plain-text response.
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<HttpBody> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
 }
 
 /// A JSON response.
-pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<HttpBody> {
     raw_json(status, Bytes::from(body.to_string()))
 }
 
 /// A response whose body is already JSON text.
-pub(crate) fn raw_json(status: StatusCode, body: Bytes) -> Response<Body> {
+pub(crate) fn raw_json(status: StatusCode, body: Bytes) -> Response<HttpBody> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
@@ -77,7 +77,7 @@ pub(crate) fn raw_json(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 /// The error shape of the JSON endpoints: `{"error":{"code":..,"message":..}}`.
-pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<HttpBody> {
     json_response(
         status,
         &json!({"error": {"code": code, "message": message}}),

@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
-use super::http::{json_error, Body};
+use super::http::{json_error, HttpBody};
 use super::{ServerStats, Shared};
 use crate::socket::JoinCounts;
 
@@ -359,7 +359,7 @@ pub(crate) fn state_label(state: PeerState) -> &'static str {
 }
 
 /// Answers `GET /metrics`.
-pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<Body> {
+pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<HttpBody> {
     let hub = &shared.hub;
     // A stopped or wedged engine must not hang the scrape.
     let wait = Duration::from_secs(2);
@@ -372,7 +372,7 @@ pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<Body> {
     let scraped = scraped(&shared.stats, read.as_ref().map(|(s, m)| (s, m.as_slice())));
     match shared.metrics.render(&scraped) {
         Ok(text) => {
-            let mut response = Response::new(Body::from(text));
+            let mut response = Response::new(HttpBody::from(text));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),

@@ -24,16 +24,12 @@
 //! Not deterministic: this is the I/O layer around the sans-IO session.
 
 pub mod api;
-mod connection;
 pub mod dev;
-mod driver;
 mod health;
 pub mod http;
-pub mod longpoll;
 pub mod metrics;
-pub mod origin;
 mod shutdown;
-pub mod websocket;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -52,9 +48,9 @@ use tracing::{debug, warn};
 pub use crate::cluster::{Hub, HubError};
 pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
-pub use connection::close;
 pub use health::READY_PATH;
-pub use longpoll::LongPollKey;
+pub use transport::close;
+pub use transport::longpoll::LongPollKey;
 
 use crate::channel::Router;
 use crate::socket::SessionConfig;
@@ -85,7 +81,7 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections to finish after the last batch.
     pub drain_timeout: Duration,
     /// Browser origins allowed to open sockets (Phoenix's `check_origin`);
-    /// empty: every origin. See [`origin`].
+    /// empty: every origin. See [`transport::origin`].
     pub allowed_origins: Vec<String>,
     /// The configured channels' state (rooms, history) for `/api/rooms` and
     /// `/api/history`; without it those routes answer 503.
@@ -154,7 +150,7 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
-    pub(crate) longpoll: longpoll::LongPoll,
+    pub(crate) longpoll: transport::longpoll::LongPoll,
     /// Live connections (and LongPoll sessions) and their drain signal.
     conns: Mutex<BTreeMap<u64, Arc<Notify>>>,
 }
@@ -210,7 +206,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
-                longpoll: longpoll::LongPoll::default(),
+                longpoll: transport::longpoll::LongPoll::default(),
                 conns: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -266,7 +262,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let forwarding = longpoll::start(&self.shared).await;
+        let forwarding = transport::longpoll::start(&self.shared).await;
         let listener_task = self.shared.api.as_ref().map(|api| {
             tokio::spawn(api::idempotency::listen(
                 api.idempotency.clone(),

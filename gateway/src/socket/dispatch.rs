@@ -8,7 +8,7 @@ use crate::channel::context::{Effect, Scope};
 use crate::channel::{reason, Channel, ChannelContext, Info, Reply, StopReason};
 use crate::protocol::{Encoded, Payload, Ref};
 
-use super::lifecycle::{is_stale, Step};
+use super::lifecycle::{is_stale, Callback};
 use super::Session;
 
 impl Session {
@@ -99,7 +99,7 @@ impl Session {
     /// carries out its effects in order, its reply (to `msg_ref`), and its stop.
     fn run<F>(&mut self, topic: &str, msg_ref: Option<&Ref>, callback: F)
     where
-        F: FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> Step,
+        F: FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> Callback,
     {
         let Some(entry) = self.channels.get_mut(topic) else {
             return;

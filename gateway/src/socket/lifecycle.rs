@@ -14,12 +14,12 @@ use super::{Action, Joined, Session};
 
 /// What a callback asked for besides its effects.
 #[derive(Default)]
-pub(super) struct Step {
+pub(super) struct Callback {
     pub(super) reply: Option<Reply>,
     pub(super) stop: Option<StopReason>,
 }
 
-impl From<HandleIn> for Step {
+impl From<HandleIn> for Callback {
     fn from(result: HandleIn) -> Self {
         match result {
             HandleIn::NoReply => Self::default(),
@@ -35,7 +35,7 @@ impl From<HandleIn> for Step {
     }
 }
 
-impl From<HandleInfo> for Step {
+impl From<HandleInfo> for Callback {
     fn from(result: HandleInfo) -> Self {
         match result {
             HandleInfo::NoReply => Self::default(),

@@ -30,7 +30,7 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHE
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::http::{json_error, raw_json, Body};
+use super::http::{json_error, raw_json, HttpBody};
 use super::Shared;
 use crate::protocol::Query;
 use idempotency::Idempotency;
@@ -151,7 +151,7 @@ impl ApiError {
         )
     }
 
-    fn into_response(self) -> Response<Body> {
+    fn into_response(self) -> Response<HttpBody> {
         let mut response = json_error(self.status, self.code, &self.message);
         if self.status == StatusCode::UNAUTHORIZED {
             response
@@ -163,7 +163,7 @@ impl ApiError {
 }
 
 /// What a handler answers.
-pub(crate) type ApiResult = Result<Response<Body>, ApiError>;
+pub(crate) type ApiResult = Result<Response<HttpBody>, ApiError>;
 
 /// Whether `path` belongs to the API.
 pub(crate) fn owns(path: &str) -> bool {
@@ -176,7 +176,7 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 }
 
 /// Answers one request under `/api`.
-pub(crate) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+pub(crate) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<HttpBody> {
     let path = req.uri().path();
     let matching: Vec<_> = ROUTES
         .iter()

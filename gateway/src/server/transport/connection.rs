@@ -1,4 +1,4 @@
-//! One WebSocket client: one task owns its [`Session`] through a [`Driver`] (which
+//! One WebSocket client: one task owns its [`Session`] through a [`SessionDriver`] (which
 //! executes the session's actions against the engine) and the socket. It reads
 //! frames, takes the hub's deliveries, and writes queued frames in batches (up to
 //! `write_batch` frames fed, then one flush) whenever the socket accepts them, so
@@ -31,10 +31,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use super::driver::{Driver, Exit};
-use super::Shared;
+use super::driver::{Exit, SessionDriver};
 use crate::cluster::mailbox::{Budget, Inbound};
 use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame};
+use crate::server::Shared;
 use crate::socket::Session;
 
 /// Close codes the server uses; never 1000, so phoenix.js reconnects (PROTOCOL §1.5).
@@ -63,7 +63,7 @@ const INBOUND_BATCH: usize = 256;
 const READ_BATCH: usize = 32;
 
 /// One input of the connection task.
-enum Event {
+enum WsEvent {
     Drain,
     Overflow,
     Inbound(Inbound),
@@ -74,7 +74,7 @@ enum Event {
 }
 
 pub(crate) struct Connection<S> {
-    driver: Driver,
+    driver: SessionDriver,
     ws: WebSocketStream<S>,
     out: Outgoing,
 }
@@ -93,7 +93,7 @@ where
         session: Box<Session>,
         ws: WebSocketStream<S>,
     ) -> Box<Self> {
-        let driver = Driver::new(shared.clone(), conn, *session, true);
+        let driver = SessionDriver::new(shared.clone(), conn, *session, true);
         let out = Outgoing::new(driver.budget().clone(), shared.config.write_batch);
         Box::new(Connection { driver, ws, out })
     }
@@ -153,22 +153,22 @@ where
             // yields after a batch of client frames so deliveries get theirs.
             let event = tokio::select! {
                 biased;
-                _ = drain.notified() => Event::Drain,
-                _ = budget.notify.notified() => Event::Overflow,
+                _ = drain.notified() => WsEvent::Drain,
+                _ = budget.notify.notified() => WsEvent::Overflow,
                 event = poll_fn(|cx| poll_socket(ws, out, cx)) => event,
-                item = self.driver.recv() => Event::Inbound(item),
-                _ = sleep_until(deadline) => Event::Idle,
+                item = self.driver.recv() => WsEvent::Inbound(item),
+                _ = sleep_until(deadline) => WsEvent::Idle,
             };
             let step = match event {
-                Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
-                Event::Overflow => Err(Exit::SlowConsumer),
-                Event::Inbound(item) => self.handle_inbound(item).await,
-                Event::WriteFailed => Err(Exit::Gone),
-                Event::Frame(msg) => {
+                WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
+                WsEvent::Overflow => Err(Exit::SlowConsumer),
+                WsEvent::Inbound(item) => self.handle_inbound(item).await,
+                WsEvent::WriteFailed => Err(Exit::Gone),
+                WsEvent::Frame(msg) => {
                     deadline = Instant::now() + idle;
                     self.handle_message(msg).await
                 }
-                Event::Idle => {
+                WsEvent::Idle => {
                     debug!(conn = self.driver.conn, "idle timeout");
                     Err(Exit::Close(close::SERVER_ERROR, "idle timeout"))
                 }
@@ -290,7 +290,7 @@ fn poll_socket<S>(
     ws: &mut WebSocketStream<S>,
     out: &mut Outgoing,
     cx: &mut Context<'_>,
-) -> Poll<Event>
+) -> Poll<WsEvent>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -298,12 +298,12 @@ where
     if read_more {
         if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
             out.reads += 1;
-            return Poll::Ready(Event::Frame(msg));
+            return Poll::Ready(WsEvent::Frame(msg));
         }
     }
     out.reads = 0;
     if let Poll::Ready(Err(_)) = out.poll_write_all(ws, cx) {
-        return Poll::Ready(Event::WriteFailed);
+        return Poll::Ready(WsEvent::WriteFailed);
     }
     if !read_more {
         // Frames may still be waiting: come back once the deliveries had a turn.

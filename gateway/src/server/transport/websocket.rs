@@ -19,9 +19,9 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
 use super::connection::Connection;
-use super::http::{text, Body};
-use super::Shared;
 use crate::protocol::{Query, Subprotocols};
+use crate::server::http::{text, HttpBody};
+use crate::server::Shared;
 use crate::socket::Session;
 
 /// The WebSocket endpoint (Phoenix's `socket "/socket"` + `/websocket`).
@@ -44,7 +44,7 @@ pub(crate) fn upgrade(
     req: &mut Request<Incoming>,
     shared: Arc<Shared>,
     done: tokio::sync::mpsc::Sender<()>,
-) -> Response<Body> {
+) -> Response<HttpBody> {
     let headers = req.headers();
     let key = header(headers, "sec-websocket-key").map(str::to_owned);
     let is_websocket = has_token(headers, "upgrade", "websocket")

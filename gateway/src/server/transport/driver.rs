@@ -5,7 +5,7 @@
 //! is gone (channels terminate, subscriptions and presences are removed).
 //!
 //! The WebSocket [`Connection`](super::connection) and the LongPoll session task
-//! each own one [`Driver`]; they differ only in how frames arrive and leave.
+//! each own one [`SessionDriver`]; they differ only in how frames arrive and leave.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::close;
-use super::metrics::{Transport, TransportMetrics};
-use super::Shared;
 use crate::channel::{Action, PresenceCount};
 use crate::cluster::mailbox::{Budget, Inbound, Inbox, Mailbox, Taken};
 use crate::cluster::render::{entries, state_json};
 use crate::cluster::Hub;
 use crate::protocol::{OutFrame, Ref};
+use crate::server::metrics::{Transport, TransportMetrics};
+use crate::server::Shared;
 use crate::socket::Session;
 
 /// Why a client's session ends.
@@ -34,7 +34,7 @@ pub(crate) enum Exit {
 }
 
 /// One client's session wired to the hub.
-pub(crate) struct Driver {
+pub(crate) struct SessionDriver {
     pub(crate) conn: u64,
     pub(crate) session: Session,
     pub(crate) shared: Arc<Shared>,
@@ -52,7 +52,7 @@ pub(crate) struct Driver {
     pub(crate) metrics: TransportMetrics,
 }
 
-impl Driver {
+impl SessionDriver {
     /// A driver for connection `conn`. `binary_frames` says whether the transport
     /// can carry binary broadcasts (WebSocket) or not (LongPoll).
     pub(crate) fn new(

@@ -1,6 +1,6 @@
 //! One LongPoll session on the node that owns it: a task owning the client's
-//! [`Driver`] (so its [`Session`](crate::socket::Session)), the frames waiting for
-//! the next poll, and at most one held poll. Polls and sends reach it as [`Request`]s,
+//! [`SessionDriver`] (so its [`Session`](crate::socket::Session)), the frames waiting for
+//! the next poll, and at most one held poll. Polls and sends reach it as [`LpRequest`]s,
 //! from this node's HTTP handlers or forwarded by another node.
 //!
 //! - a poll is answered at once with everything buffered, or held until something
@@ -22,8 +22,8 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, warn};
 
 use crate::protocol::{decode_binary, decode_text, FrameError, InFrame, OutFrame, Vsn};
-use crate::server::close;
-use crate::server::driver::{Driver, Exit};
+use crate::server::transport::close;
+use crate::server::transport::driver::{Exit, SessionDriver};
 
 /// Most lines of one POST that are processed; the rest are dropped (as Phoenix).
 pub const MAX_LINES: usize = 100;
@@ -70,14 +70,14 @@ impl Answer {
 }
 
 /// One request to a session task.
-pub(crate) struct Request {
+pub(crate) struct LpRequest {
     pub(crate) op: Op,
     pub(crate) reply: oneshot::Sender<Answer>,
 }
 
-/// Timing of a session.
+/// LpTiming of a session.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Timing {
+pub(crate) struct LpTiming {
     pub(crate) window: std::time::Duration,
     pub(crate) timeout: std::time::Duration,
 }
@@ -87,10 +87,10 @@ struct Held {
     until: Instant,
 }
 
-enum Event {
+enum LpEvent {
     Drain,
     Overflow,
-    Request(Option<Request>),
+    Request(Option<LpRequest>),
     Inbound(crate::cluster::mailbox::Inbound),
     PollGone,
     Timer,
@@ -98,9 +98,9 @@ enum Event {
 
 /// The owner-side state of one LongPoll session.
 pub(crate) struct LpSession {
-    driver: Driver,
-    requests: mpsc::UnboundedReceiver<Request>,
-    timing: Timing,
+    driver: SessionDriver,
+    requests: mpsc::UnboundedReceiver<LpRequest>,
+    timing: LpTiming,
     /// Frames waiting for a poll, as JSON text, and their bytes (charged to the budget).
     buffer: Vec<String>,
     buffered_bytes: usize,
@@ -111,9 +111,9 @@ pub(crate) struct LpSession {
 
 impl LpSession {
     pub(crate) fn new(
-        driver: Driver,
-        requests: mpsc::UnboundedReceiver<Request>,
-        timing: Timing,
+        driver: SessionDriver,
+        requests: mpsc::UnboundedReceiver<LpRequest>,
+        timing: LpTiming,
     ) -> Self {
         Self {
             driver,
@@ -170,28 +170,28 @@ impl LpSession {
             };
             let event = tokio::select! {
                 biased;
-                _ = drain.notified() => Event::Drain,
-                _ = budget.notify.notified() => Event::Overflow,
-                request = self.requests.recv() => Event::Request(request),
-                item = self.driver.recv() => Event::Inbound(item),
-                _ = poll_gone(&mut self.held) => Event::PollGone,
-                _ = sleep_until(wake) => Event::Timer,
+                _ = drain.notified() => LpEvent::Drain,
+                _ = budget.notify.notified() => LpEvent::Overflow,
+                request = self.requests.recv() => LpEvent::Request(request),
+                item = self.driver.recv() => LpEvent::Inbound(item),
+                _ = poll_gone(&mut self.held) => LpEvent::PollGone,
+                _ = sleep_until(wake) => LpEvent::Timer,
             };
             let step = match event {
-                Event::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
-                Event::Overflow => Err(Exit::SlowConsumer),
-                Event::Request(Some(request)) => self.handle_request(request).await,
-                Event::Request(None) => Err(Exit::Gone),
-                Event::Inbound(item) => match self.driver.handle_inbound(item).await {
+                LpEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
+                LpEvent::Overflow => Err(Exit::SlowConsumer),
+                LpEvent::Request(Some(request)) => self.handle_request(request).await,
+                LpEvent::Request(None) => Err(Exit::Gone),
+                LpEvent::Inbound(item) => match self.driver.handle_inbound(item).await {
                     Ok(()) => self.collect(),
                     Err(exit) => Err(exit),
                 },
-                Event::PollGone => {
+                LpEvent::PollGone => {
                     self.held = None;
                     self.last_poll = Instant::now();
                     Ok(())
                 }
-                Event::Timer => self.handle_timer(),
+                LpEvent::Timer => self.handle_timer(),
             };
             if let Err(exit) = step {
                 return exit;
@@ -216,8 +216,8 @@ impl LpSession {
         }
     }
 
-    async fn handle_request(&mut self, request: Request) -> Result<(), Exit> {
-        let Request { op, reply } = request;
+    async fn handle_request(&mut self, request: LpRequest) -> Result<(), Exit> {
+        let LpRequest { op, reply } = request;
         match op {
             Op::Poll => {
                 let now = Instant::now();

@@ -92,7 +92,7 @@ impl Wire {
 
 /// How a call to a session ended.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum Forwarded {
     /// The session answered.
     Answer(Answer),
     /// There is no such session (expired, ended, or its node is gone).
@@ -108,7 +108,7 @@ pub(crate) async fn call(
     token: &str,
     op: Op,
     wait: Duration,
-) -> Outcome {
+) -> Forwarded {
     let hub = &shared.hub;
     let id = rand::random::<u64>().max(1);
     let (tx, rx) = oneshot::channel();
@@ -125,12 +125,12 @@ pub(crate) async fn call(
         .await;
     if let Err(e) = sent {
         debug!(owner = %owner, error = %e, "LongPoll: cannot forward to the session's node");
-        return Outcome::Gone;
+        return Forwarded::Gone;
     }
     let outcome = match tokio::time::timeout(wait, rx).await {
-        Ok(Ok(answer)) if answer.status == status::GONE => Outcome::Gone,
-        Ok(Ok(answer)) => Outcome::Answer(answer),
-        Ok(Err(_)) | Err(_) => Outcome::TimedOut,
+        Ok(Ok(answer)) if answer.status == status::GONE => Forwarded::Gone,
+        Ok(Ok(answer)) => Forwarded::Answer(answer),
+        Ok(Err(_)) | Err(_) => Forwarded::TimedOut,
     };
     drop(pending);
     outcome
@@ -256,9 +256,9 @@ async fn run_here(shared: &Arc<Shared>, token: &str, op: Op) -> Answer {
     };
     let wait = super::wait_for(&shared.config, &op);
     match super::call_local(shared, session.id, op, wait).await {
-        Outcome::Answer(answer) => answer,
-        Outcome::Gone => Answer::status(status::GONE),
-        Outcome::TimedOut => Answer::status(status::TIMEOUT),
+        Forwarded::Answer(answer) => answer,
+        Forwarded::Gone => Answer::status(status::GONE),
+        Forwarded::TimedOut => Answer::status(status::TIMEOUT),
     }
 }
 

@@ -16,9 +16,9 @@
 //! A session lives on the node that started it (`session`); its token is signed
 //! with the cluster-wide [`LongPollKey`] and names that node (`token`), so a
 //! request that lands anywhere in the cluster is verified there and forwarded to
-//! the owner (`cluster`): no sticky sessions needed.
+//! the owner (`forward`): no sticky sessions needed.
 
-mod cluster;
+mod forward;
 mod session;
 mod token;
 
@@ -40,13 +40,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, Instrument};
 
-use super::driver::Driver;
-use super::http::{text, Body};
-use super::{ServerConfig, Shared};
+use super::driver::SessionDriver;
 use crate::protocol::Query;
+use crate::server::http::{text, HttpBody};
+use crate::server::{ServerConfig, Shared};
 use crate::socket::{Session, SessionConfig};
-use cluster::Outcome;
-use session::{status, Answer, LpSession, Op, Timing};
+use forward::Forwarded;
+use session::{status, Answer, LpSession, LpTiming, Op};
 use token::SessionRef;
 
 /// The LongPoll endpoint (Phoenix's `socket "/socket"` + `/longpoll`).
@@ -88,12 +88,12 @@ impl std::fmt::Debug for LongPollKey {
 /// The node's LongPoll state: its sessions and its forwarded requests in flight.
 #[derive(Default)]
 pub(crate) struct LongPoll {
-    sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<session::Request>>>,
+    sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<session::LpRequest>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
 }
 
 impl LongPoll {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<session::Request>>> {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<session::LpRequest>>> {
         self.sessions.lock().expect("longpoll sessions lock")
     }
 
@@ -107,9 +107,9 @@ impl LongPoll {
     }
 }
 
-/// Starts serving forwarded requests for this node's sessions (see [`cluster`]).
+/// Starts serving forwarded requests for this node's sessions (see [`forward`]).
 pub(crate) async fn start(shared: &Arc<Shared>) -> Option<JoinHandle<()>> {
-    cluster::start(shared).await
+    forward::start(shared).await
 }
 
 /// Answers one request on [`LONGPOLL_PATH`].
@@ -117,7 +117,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
-) -> Response<Body> {
+) -> Response<HttpBody> {
     if !super::origin::allowed(&shared.config.allowed_origins, req.headers()) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
@@ -130,7 +130,7 @@ pub(crate) async fn handle(
 }
 
 /// The CORS preflight: Phoenix's headers, echoing the requested ones.
-fn preflight(headers: &HeaderMap) -> Response<Body> {
+fn preflight(headers: &HeaderMap) -> Response<HttpBody> {
     let requested: Vec<&str> = headers
         .get_all("access-control-request-headers")
         .iter()
@@ -152,7 +152,11 @@ fn preflight(headers: &HeaderMap) -> Response<Body> {
 
 /// A JSON answer: HTTP 200, the status in the body, CORS open (requests are
 /// authenticated by their token, not by cookies).
-fn json_response(status: u16, token: Option<&str>, messages: Option<&[String]>) -> Response<Body> {
+fn json_response(
+    status: u16,
+    token: Option<&str>,
+    messages: Option<&[String]>,
+) -> Response<HttpBody> {
     let mut body = json!({ "status": status });
     if let Some(token) = token {
         body["token"] = token.into();
@@ -185,36 +189,36 @@ fn session_token<'a>(headers: &'a HeaderMap, query: Option<&'a Query>) -> Option
 /// window, anything else runs at once.
 pub(crate) fn wait_for(config: &ServerConfig, op: &Op) -> Duration {
     match op {
-        Op::Poll => config.longpoll_window + cluster::SLACK,
+        Op::Poll => config.longpoll_window + forward::SLACK,
         Op::Send { .. } | Op::Requeue(_) => config.longpoll_window,
     }
 }
 
 /// Runs `op` on a session of this node.
-pub(crate) async fn call_local(shared: &Shared, id: u64, op: Op, wait: Duration) -> Outcome {
+pub(crate) async fn call_local(shared: &Shared, id: u64, op: Op, wait: Duration) -> Forwarded {
     let Some(tx) = shared.longpoll.sessions().get(&id).cloned() else {
-        return Outcome::Gone;
+        return Forwarded::Gone;
     };
     let (reply, answer) = oneshot::channel();
-    if tx.send(session::Request { op, reply }).is_err() {
-        return Outcome::Gone;
+    if tx.send(session::LpRequest { op, reply }).is_err() {
+        return Forwarded::Gone;
     }
     match tokio::time::timeout(wait, answer).await {
-        Ok(Ok(answer)) if answer.status == status::GONE => Outcome::Gone,
-        Ok(Ok(answer)) => Outcome::Answer(answer),
-        Ok(Err(_)) => Outcome::Gone,
-        Err(_) => Outcome::TimedOut,
+        Ok(Ok(answer)) if answer.status == status::GONE => Forwarded::Gone,
+        Ok(Ok(answer)) => Forwarded::Answer(answer),
+        Ok(Err(_)) => Forwarded::Gone,
+        Err(_) => Forwarded::TimedOut,
     }
 }
 
 /// Runs `op` on the session `token` names, wherever it lives. `None`: no valid token.
-async fn call(shared: &Arc<Shared>, token: &str, op: Op) -> Option<Outcome> {
+async fn call(shared: &Arc<Shared>, token: &str, op: Op) -> Option<Forwarded> {
     let session: SessionRef = token::verify(shared.config.longpoll_key.bytes(), token)?;
     let wait = wait_for(&shared.config, &op);
     let outcome = if session.owner == *shared.hub.node_id() {
         call_local(shared, session.id, op, wait).await
     } else {
-        cluster::call(shared, &session, token, op, wait).await
+        forward::call(shared, &session, token, op, wait).await
     };
     Some(outcome)
 }
@@ -223,23 +227,23 @@ async fn poll(
     req: &Request<Incoming>,
     shared: &Arc<Shared>,
     done: mpsc::Sender<()>,
-) -> Response<Body> {
+) -> Response<HttpBody> {
     let Ok(query) = Query::parse(req.uri().query().unwrap_or("")) else {
         return json_response(status::FORBIDDEN, None, None);
     };
     if let Some(token) = session_token(req.headers(), Some(&query)) {
         match call(shared, token, Op::Poll).await {
-            Some(Outcome::Answer(answer))
+            Some(Forwarded::Answer(answer))
                 if matches!(answer.status, status::OK | status::NO_CONTENT) =>
             {
                 return json_response(answer.status, Some(token), Some(&answer.messages))
             }
             // phoenix.js knows no other poll status: it reconnects on 500.
-            Some(Outcome::Answer(_) | Outcome::TimedOut) => {
+            Some(Forwarded::Answer(_) | Forwarded::TimedOut) => {
                 return json_response(status::SERVER_ERROR, None, None)
             }
             // No such session (any more): start one, as for a first poll.
-            Some(Outcome::Gone) | None => {}
+            Some(Forwarded::Gone) | None => {}
         }
     }
     new_session(req.headers(), &query, shared, done)
@@ -251,7 +255,7 @@ fn new_session(
     query: &Query,
     shared: &Arc<Shared>,
     done: mpsc::Sender<()>,
-) -> Response<Body> {
+) -> Response<HttpBody> {
     let Ok(vsn) = query.vsn() else {
         debug!("LongPoll: refusing connect: unsupported vsn");
         return json_response(status::FORBIDDEN, None, None);
@@ -285,11 +289,11 @@ fn new_session(
         .stats
         .longpoll_sessions
         .fetch_add(1, Ordering::Relaxed);
-    let timing = Timing {
+    let timing = LpTiming {
         window: shared.config.longpoll_window,
         timeout: shared.config.longpoll_timeout,
     };
-    let driver = Driver::new(shared.clone(), conn, session, false);
+    let driver = SessionDriver::new(shared.clone(), conn, session, false);
     let task_shared = shared.clone();
     tokio::spawn(
         async move {
@@ -311,7 +315,7 @@ fn new_session(
     json_response(status::GONE, Some(&token), Some(&[][..]))
 }
 
-async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
+async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<HttpBody> {
     let query = Query::parse(req.uri().query().unwrap_or("")).ok();
     let Some(token) = session_token(req.headers(), query.as_ref()).map(str::to_owned) else {
         return json_response(status::GONE, None, None);
@@ -342,9 +346,9 @@ async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
         return json_response(status::BAD_REQUEST, None, None);
     };
     let answer = match call(shared, &token, Op::Send { body, ndjson }).await {
-        Some(Outcome::Answer(answer)) => answer.status,
-        Some(Outcome::TimedOut) => status::TIMEOUT,
-        Some(Outcome::Gone) | None => status::GONE,
+        Some(Forwarded::Answer(answer)) => answer.status,
+        Some(Forwarded::TimedOut) => status::TIMEOUT,
+        Some(Forwarded::Gone) | None => status::GONE,
     };
     json_response(answer, None, None)
 }
