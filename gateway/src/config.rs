@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::rules::{EventAction, TopicRule};
+use crate::builtin::rules::{EventAction, TopicRule};
 
 /// The configuration `make run` uses when no `--config` is given: dev mode,
 /// the room `lobby`, and the reference topic rules.

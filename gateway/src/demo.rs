@@ -1,6 +1,6 @@
 //! A small hand-written channel: an example of the [`Channel`] trait for Rust
 //! users (the `chorus` binary serves the configured channels of
-//! [`crate::app`] instead), used by the gateway's protocol tests. It
+//! [`crate::builtin`] instead), used by the gateway's protocol tests. It
 //! authorizes nobody and stores nothing.
 //!
 //! `room:*`:

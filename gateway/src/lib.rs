@@ -15,13 +15,12 @@
 //! `protocol`, `socket` and `channel` are synchronous and deterministic; `server` is
 //! the I/O layer that drives them. The `chorus` binary starts an engine and a server.
 
-pub mod app;
+pub mod builtin;
 pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod protocol;
-pub mod rules;
 pub mod server;
 pub mod socket;
 pub mod token;

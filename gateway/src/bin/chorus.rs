@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use chorus_engine::runtime::{Engine, EngineConfig};
 use chorus_engine::{Config as NodeConfig, NodeId};
-use chorus_gateway::app::App;
+use chorus_gateway::builtin::App;
+use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};
 use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
@@ -272,7 +273,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         longpoll_key: LongPollKey::derive(&cluster_secret),
         longpoll_timeout: Duration::from_millis(config.server.longpoll_timeout_ms),
         api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
-        app: Some(app.clone()),
+        rooms: Some(app.clone()),
         allowed_origins: config.server.allowed_origins.clone(),
         ..ServerConfig::default()
     };

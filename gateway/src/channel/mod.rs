@@ -16,11 +16,13 @@
 mod action;
 pub(crate) mod context;
 pub mod presence;
+mod rooms;
 mod router;
 
 pub use action::{Action, Assigns, PresenceCount};
 pub use context::ChannelContext;
 pub use presence::{presence_diff, presence_state, PresenceEntry, StateWriter};
+pub use rooms::RoomStore;
 pub use router::{RouteError, Router, TopicPattern};
 
 use std::any::Any;

@@ -52,7 +52,7 @@ pub use health::READY_PATH;
 pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
-use crate::channel::Router;
+use crate::channel::{RoomStore, Router};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
 use metrics::Metrics;
@@ -83,9 +83,9 @@ pub struct ServerConfig {
     /// Browser origins allowed to open sockets (Phoenix's `check_origin`);
     /// empty: every origin. See [`transport::origin`].
     pub allowed_origins: Vec<String>,
-    /// The configured channels' state (rooms, history) for `/api/rooms` and
-    /// `/api/history`; without it those routes answer 503.
-    pub app: Option<Arc<crate::app::App>>,
+    /// The rooms and history of the channels that keep them, for `/api/rooms`
+    /// and `/api/history`; without it those routes answer 503.
+    pub rooms: Option<Arc<dyn RoomStore>>,
     /// Dev mode: the demo page at `/` and `/dev/token`, minting tokens for any
     /// name with these keys. `None` (the default) in production.
     pub dev_tokens: Option<Tokens>,
@@ -115,7 +115,7 @@ impl Default for ServerConfig {
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
-            app: None,
+            rooms: None,
             dev_tokens: None,
             longpoll_window: Duration::from_secs(10),
             longpoll_timeout: Duration::from_secs(15),

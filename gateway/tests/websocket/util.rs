@@ -90,8 +90,8 @@ impl NodeBuilder {
         let mut config = self.config;
         let router = match &self.app {
             Some(app_config) => {
-                let app = chorus_gateway::app::App::new(app_config, engine.records().clone());
-                config.app = Some(app.clone());
+                let app = chorus_gateway::builtin::App::new(app_config, engine.records().clone());
+                config.rooms = Some(app.clone());
                 app.router()?
             }
             None => demo_router()?,

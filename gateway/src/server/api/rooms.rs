@@ -1,6 +1,6 @@
 //! `GET /api/history?topic=&limit=`, `GET /api/rooms`, `POST /api/rooms`
 //! `{id, name?}` and `DELETE /api/rooms/{id}`: the replicated records the
-//! configured channels use (see [`crate::app`]).
+//! channels keep (through [`RoomStore`]; the built-in channels are one).
 //!
 //! Rooms from the config always exist and cannot be deleted (409); rooms
 //! created here are registers replicated to every node, so a `room:{id}` join
@@ -13,15 +13,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiResult};
-use crate::app::{App, ROOM_SPACE};
+use crate::channel::RoomStore;
 use crate::server::http::json_response;
 use crate::server::Shared;
 
 /// Longest room id.
 const MAX_ROOM_ID: usize = 200;
 
-fn app(shared: &Shared) -> Result<&Arc<App>, ApiError> {
-    shared.config.app.as_ref().ok_or_else(|| {
+fn app(shared: &Shared) -> Result<&Arc<dyn RoomStore>, ApiError> {
+    shared.config.rooms.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_configured",
@@ -100,7 +100,7 @@ pub(crate) async fn create(room: NewRoom, shared: &Arc<Shared>) -> ApiResult {
     let name = room.name.unwrap_or_default();
     shared
         .hub
-        .put(ROOM_SPACE, &room.id, Some(&name))
+        .put(app.room_space(), &room.id, Some(&name))
         .await
         .map_err(|e| ApiError::engine(&e))?;
     let name = (!name.is_empty()).then_some(name);
@@ -129,7 +129,7 @@ pub(crate) async fn delete(id: &str, shared: &Arc<Shared>) -> ApiResult {
     }
     shared
         .hub
-        .put(ROOM_SPACE, id, None)
+        .put(app.room_space(), id, None)
         .await
         .map_err(|e| ApiError::engine(&e))?;
     let mut response = json_response(StatusCode::NO_CONTENT, &Value::Null);

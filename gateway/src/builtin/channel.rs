@@ -1,192 +1,21 @@
-//! The built-in, configuration-driven channels of the `chorus` server.
-//!
-//! One [`ConfiguredChannel`] serves every topic a [`TopicRule`] matches: the
-//! rule says who may join, whether the join tracks presence, pushes history,
-//! counts the user's sockets or lists their rooms, and what each accepted
-//! client event does. Rooms, memberships and history live in the engine's
-//! replicated records, so every node sees the same ones; rate limits are kept
-//! per node.
-//!
-//! Records used:
-//! - history: the log of the topic itself (`room:lobby`, `notifications:bob`);
-//! - rooms: register `("room", id)`, value the display name;
-//! - memberships: register `("member", "{user}:{room}")`.
+//! [`ConfiguredChannel`]: one instance per join of a topic some [`TopicRule`]
+//! matches, doing what the rule says.
 
-use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use chorus_engine::RecordsReader;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::channel::PresenceCount;
+use super::rules::{EventAction, JoinRule, TopicRule};
+use super::{App, MAX_MESSAGE_CHARS, MEMBER_SPACE};
 use crate::channel::{
-    reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, Reply, RouteError,
-    Router,
+    reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, PresenceCount, Reply,
+    RoomStore,
 };
-use crate::config::Config;
 use crate::protocol::{JsonObject, Payload};
-use crate::rules::{EventAction, JoinRule, TopicRule};
 use crate::token::socket_id;
 use crate::topics;
-
-/// Longest message, in characters after trimming.
-pub const MAX_MESSAGE_CHARS: usize = 4000;
-
-/// Register space of rooms.
-pub const ROOM_SPACE: &str = "room";
-/// Register space of memberships (`{user}:{room}`).
-pub const MEMBER_SPACE: &str = "member";
-
-type Limiter = DefaultKeyedRateLimiter<(String, String)>;
-
-/// Limiter entries kept before idle ones are dropped.
-const LIMITER_PRUNE_AT: usize = 10_000;
-
-/// Rules, rooms and limiters shared by every configured channel of a node.
-pub struct App {
-    rules: Vec<TopicRule>,
-    static_rooms: BTreeMap<String, Option<String>>,
-    records: RecordsReader,
-    /// Per rule, per rate-limited event.
-    limiters: Vec<BTreeMap<String, Limiter>>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("rules", &self.rules.len())
-            .field("static_rooms", &self.static_rooms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl App {
-    /// The channels of `config`, reading and writing `records`.
-    pub fn new(config: &Config, records: RecordsReader) -> Arc<Self> {
-        let rules = config.topic_rules().to_vec();
-        let limiters = rules
-            .iter()
-            .map(|rule| {
-                rule.rate_limit
-                    .iter()
-                    .filter_map(|(event, per_minute)| {
-                        let n = NonZeroU32::new(*per_minute)?;
-                        Some((event.clone(), RateLimiter::keyed(Quota::per_minute(n))))
-                    })
-                    .collect()
-            })
-            .collect();
-        Arc::new(Self {
-            rules,
-            static_rooms: config
-                .rooms
-                .iter()
-                .map(|r| (r.id.clone(), r.name.clone()))
-                .collect(),
-            records,
-            limiters,
-        })
-    }
-
-    /// A router sending every topic some rule could match to a
-    /// [`ConfiguredChannel`].
-    pub fn router(self: &Arc<Self>) -> Result<Router, RouteError> {
-        let mut routes: Vec<String> = self.rules.iter().map(TopicRule::route).collect();
-        routes.dedup();
-        let mut router = Router::new();
-        let mut seen = Vec::new();
-        for route in routes {
-            if seen.contains(&route) {
-                continue;
-            }
-            let app = self.clone();
-            router = router.channel(&route, move || ConfiguredChannel::new(app.clone()))?;
-            seen.push(route);
-        }
-        Ok(router)
-    }
-
-    /// The first rule matching `topic`, with its bound variables.
-    pub fn rule_for(&self, topic: &str) -> Option<(usize, BTreeMap<String, String>)> {
-        self.rules
-            .iter()
-            .enumerate()
-            .find_map(|(i, rule)| rule.matches(topic).map(|vars| (i, vars)))
-    }
-
-    /// Messages kept per topic history (the engine's log bound).
-    pub fn history_cap(&self) -> usize {
-        self.records.read().cap()
-    }
-
-    /// Whether room `id` exists: in the config, or created at run time.
-    pub fn room_exists(&self, id: &str) -> bool {
-        self.static_rooms.contains_key(id) || self.records.read().get(ROOM_SPACE, id).is_some()
-    }
-
-    /// Whether room `id` comes from the config (and cannot be deleted).
-    pub fn is_static_room(&self, id: &str) -> bool {
-        self.static_rooms.contains_key(id)
-    }
-
-    /// Every room, `(id, name)`, in id order.
-    pub fn rooms(&self) -> Vec<(String, Option<String>)> {
-        let mut rooms = self.static_rooms.clone();
-        let records = self.records.read();
-        for (id, name) in records.scan(ROOM_SPACE, "") {
-            rooms
-                .entry(id.to_string())
-                .or_insert_with(|| Some(name.to_string()).filter(|n| !n.is_empty()));
-        }
-        rooms.into_iter().collect()
-    }
-
-    /// Whether the membership `{user}:{room}` is recorded.
-    fn is_member(&self, member: &str) -> bool {
-        self.records.read().get(MEMBER_SPACE, member).is_some()
-    }
-
-    /// The existing rooms `user` is a member of, in id order.
-    pub fn rooms_of(&self, user: &str) -> Vec<String> {
-        let prefix = format!("{user}:");
-        let ids: Vec<String> = {
-            let records = self.records.read();
-            records
-                .scan(MEMBER_SPACE, &prefix)
-                .map(|(k, _)| k[prefix.len()..].to_owned())
-                .collect()
-        };
-        ids.into_iter().filter(|id| self.room_exists(id)).collect()
-    }
-
-    /// The newest `n` history entries of `topic`, oldest first, as raw JSON.
-    pub fn history(&self, topic: &str, n: usize) -> Vec<Box<RawValue>> {
-        self.records
-            .read()
-            .last(topic, n)
-            .into_iter()
-            .filter_map(|(_, body)| RawValue::from_string(body.to_string()).ok())
-            .collect()
-    }
-
-    /// Whether `user` may push `event` on `topic` once more (rule `rule`).
-    fn allow(&self, rule: usize, event: &str, user: &str, topic: &str) -> bool {
-        let Some(limiter) = self.limiters[rule].get(event) else {
-            return true;
-        };
-        if limiter.len() > LIMITER_PRUNE_AT {
-            limiter.retain_recent();
-        }
-        limiter
-            .check_key(&(user.to_owned(), topic.to_owned()))
-            .is_ok()
-    }
-}
 
 /// A channel following the [`TopicRule`] its topic matches.
 #[derive(Debug)]
