@@ -27,7 +27,7 @@ const FLAG_EXCLUDE: u8 = 2;
 /// A connection to skip on the node that published: `(node tag, connection id)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Exclude {
-    /// The publishing node's random tag ([`super::hub::Hub::origin`]).
+    /// The publishing node's random tag ([`Hub::origin`](super::Hub::origin)).
     pub origin: u64,
     /// The sender's connection id on that node.
     pub conn: u64,

@@ -5,21 +5,18 @@
 //! queue that the same task writes in batches.
 //!
 //! - [`http`]: the route table (`GET /healthz`, the endpoints below);
+//! - [`transport`]: the client transports: the WebSocket handshake and connection
+//!   task, LongPoll sessions and their forwarding between nodes, the origin check,
+//!   and the driver that carries out a session's actions against the
+//!   `Hub`;
 //! - [`api`]: the HTTP API under `/api` (API key; broadcast, presence, disconnect,
-//!   cluster; OpenAPI document);
+//!   cluster, rooms and history through [`RoomStore`]; OpenAPI document);
 //! - `health`: `GET /readyz`;
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the live counters;
-//! - [`websocket`]: the handshake at `GET /socket/websocket`;
-//! - `connection`: the per-client task (session, actions, idle timeout, bad input);
-//! - [`longpoll`]: the LongPoll transport at `/socket/longpoll`, its sessions and
-//!   their forwarding between nodes;
-//! - `driver`: what both transports do with a session (actions against the hub
-//!   and engine, deliveries, cleanup);
-//! - [`hub`]: the per-node topic dispatcher (one engine subscription per topic,
-//!   encode once, fan out `Arc<Encoded>`);
-//! - [`envelope`]: the bytes a broadcast crosses the cluster as;
-//! - [`auth`]: the connect hook;
+//! - [`dev`]: the demo page and `/dev/token` (dev mode only);
 //! - `shutdown`: stop accepting, close clients with 1012 in batches.
+//!
+//! The server hosts any [`Router`] of channels and never names the built-in ones.
 //!
 //! Not deterministic: this is the I/O layer around the sans-IO session.
 
