@@ -30,7 +30,7 @@ use bytes::Bytes;
 use chorus_engine::coalesce::CoalesceConfig;
 use chorus_engine::node::PeerState;
 use chorus_engine::runtime::{Delivery, Engine, EngineConfig, EngineHandle, Subscription};
-use chorus_engine::{Config, ConnId, Meta, NodeId, Topic};
+use chorus_engine::{ConnId, Meta, NodeConfig, NodeId, Topic};
 use tokio::sync::Mutex;
 use tokio::time::{interval, sleep, timeout, timeout_at, Instant, MissedTickBehavior};
 
@@ -86,7 +86,7 @@ async fn run() {
     if let Some(mb) = queue_mb() {
         println!("DIAGNOSTIC RUN: peer_queue_bytes = {mb} MiB on every node (default 16)");
     }
-    println!("== cluster A: default configuration (Config::lan) ==");
+    println!("== cluster A: default configuration (NodeConfig::lan) ==");
     let (n1, n2, n3) = cluster("a", CoalesceConfig::default()).await;
     if only_join() {
         late_joiners(&mut report, &n1, &n2, &n3).await;
@@ -198,7 +198,7 @@ fn node_config(
     coalesce: &CoalesceConfig,
 ) -> EngineConfig {
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let mut node = Config::lan(NodeId::new(name, incarnation), bind);
+    let mut node = NodeConfig::lan(NodeId::new(name, incarnation), bind);
     node.rng_seed = incarnation * 1000 + name.bytes().map(u64::from).sum::<u64>();
     node.coalesce = coalesce.clone();
     let mut c = EngineConfig::new(node, SECRET);

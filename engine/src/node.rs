@@ -36,7 +36,7 @@ const SYNC_RETRIES: u8 = 3;
 
 /// Timing and sizing of a node.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct NodeConfig {
     /// This node incarnation.
     pub id: NodeId,
     /// Where it listens for gossip (advertised to peers).
@@ -94,11 +94,11 @@ pub struct Config {
     pub records_chunk: usize,
 }
 
-impl Config {
+impl NodeConfig {
     /// LAN defaults: 200 ms probe period, 100 ms probe timeout, suspicion
     /// 0.8 to 2 s, purged after 5 min.
     pub fn lan(id: NodeId, addr: SocketAddr) -> Self {
-        Config {
+        NodeConfig {
             id,
             addr,
             seeds: Vec::new(),
@@ -130,7 +130,7 @@ impl Config {
     /// Phoenix.Tracker's timing: 1.5 s period, down after at most 30 s of
     /// suspicion (15 s when confirmed), purged after 20 min.
     pub fn phoenix(id: NodeId, addr: SocketAddr) -> Self {
-        Config {
+        NodeConfig {
             tick: Duration::from_millis(1500),
             probe_timeout: Duration::from_millis(750),
             suspicion_min: Duration::from_secs(15),
@@ -138,7 +138,7 @@ impl Config {
             anti_entropy: Duration::from_secs(5),
             down_after: Duration::from_secs(30),
             permdown_after: Duration::from_secs(1200),
-            ..Config::lan(id, addr)
+            ..NodeConfig::lan(id, addr)
         }
     }
 
@@ -257,7 +257,7 @@ pub enum Command {
 
 /// What a successful command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CommandOutcome {
     /// Tracked or updated, with the new meta's ref.
     Tracked(PhxRef),
     /// Done.
@@ -379,7 +379,7 @@ struct PendingSub {
 
 /// Counters for reports and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
+pub struct NodeStats {
     /// Delta messages sent.
     pub deltas_sent: u64,
     /// Repair messages sent.
@@ -403,7 +403,7 @@ pub struct Stats {
 /// One cluster member. See the module docs.
 #[derive(Debug)]
 pub struct Node {
-    cfg: Config,
+    cfg: NodeConfig,
     rng: ChaCha8Rng,
     presence: Presence,
     subs: Subs,
@@ -434,13 +434,13 @@ pub struct Node {
     tick_at: Option<Instant>,
     anti_entropy_at: Option<Instant>,
     left: bool,
-    stats: Stats,
+    stats: NodeStats,
 }
 
 impl Node {
     /// A node started at `now`: its hellos to the seeds are already waiting in
     /// [`Node::poll_transmit`], and its timers are armed.
-    pub fn new(cfg: Config, now: Instant) -> Self {
+    pub fn new(cfg: NodeConfig, now: Instant) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
         let mut prefix = [0u8; 6];
         rng.fill(&mut prefix[..]);
@@ -467,7 +467,7 @@ impl Node {
             tick_at: None,
             anti_entropy_at: None,
             left: false,
-            stats: Stats::default(),
+            stats: NodeStats::default(),
             cfg,
         };
         node.start(now);
@@ -480,7 +480,7 @@ impl Node {
     }
 
     /// Its configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &NodeConfig {
         &self.cfg
     }
 
@@ -501,7 +501,7 @@ impl Node {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &NodeStats {
         &self.stats
     }
 
@@ -536,7 +536,11 @@ impl Node {
     // ---------------------------------------------------------------- inputs
 
     /// Applies a local command.
-    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Outcome, CommandError> {
+    pub fn handle_command(
+        &mut self,
+        now: Instant,
+        cmd: Command,
+    ) -> Result<CommandOutcome, CommandError> {
         let outcome = match cmd {
             Command::Track {
                 topic,
@@ -548,7 +552,7 @@ impl Node {
                     .presence
                     .track(topic, key, conn, meta, &mut self.scratch)?;
                 self.buffer_local(now, vec![part], vec![]);
-                Outcome::Tracked(r)
+                CommandOutcome::Tracked(r)
             }
             Command::Update {
                 topic,
@@ -560,23 +564,23 @@ impl Node {
                     .presence
                     .update(topic, key, conn, meta, &mut self.scratch)?;
                 self.buffer_local(now, vec![part], vec![]);
-                Outcome::Tracked(r)
+                CommandOutcome::Tracked(r)
             }
             Command::Untrack { topic, key, conn } => {
                 let part = self.presence.untrack(topic, key, conn, &mut self.scratch)?;
                 self.buffer_local(now, vec![part], vec![]);
-                Outcome::Done
+                CommandOutcome::Done
             }
             Command::UntrackConn { conn } => {
                 let parts = self.presence.untrack_conn(conn, &mut self.scratch);
                 if !parts.is_empty() {
                     self.buffer_local(now, parts, vec![]);
                 }
-                Outcome::Done
+                CommandOutcome::Done
             }
             Command::Subscribe { topic, sub } => {
                 self.subscribe(now, topic, sub)?;
-                Outcome::Done
+                CommandOutcome::Done
             }
             Command::Unsubscribe { topic, sub } => {
                 if let SubChange::Replicate(part) = self.subs.unsubscribe(&topic, sub)? {
@@ -584,7 +588,7 @@ impl Node {
                 }
                 self.pending_subs
                     .retain(|p| !(p.sub == sub && p.topic == topic));
-                Outcome::Done
+                CommandOutcome::Done
             }
             Command::Publish {
                 topic,
@@ -598,7 +602,7 @@ impl Node {
             } => {
                 if node == self.cfg.id {
                     let local = self.deliver_local(&topic, &payload, None);
-                    Outcome::Published {
+                    CommandOutcome::Published {
                         local,
                         remote_nodes: 0,
                     }
@@ -611,7 +615,7 @@ impl Node {
                         .ok_or_else(|| CommandError::UnknownNode(node.clone()))?;
                     self.send(Some(node), addr, Body::Broadcast { topic, payload });
                     self.stats.broadcasts_sent += 1;
-                    Outcome::Published {
+                    CommandOutcome::Published {
                         local: false,
                         remote_nodes: 1,
                     }
@@ -628,7 +632,7 @@ impl Node {
                     stamp: stamp.clone(),
                     body,
                 });
-                Outcome::Recorded(stamp)
+                CommandOutcome::Recorded(stamp)
             }
             Command::Put {
                 space,
@@ -643,7 +647,7 @@ impl Node {
                     stamp: stamp.clone(),
                     value,
                 });
-                Outcome::Recorded(stamp)
+                CommandOutcome::Recorded(stamp)
             }
             Command::Leave => {
                 self.left = true;
@@ -655,7 +659,7 @@ impl Node {
                 for (id, addr) in targets {
                     self.send(Some(id), addr, Body::Leave);
                 }
-                Outcome::Done
+                CommandOutcome::Done
             }
         };
         self.drain_diffs(now);
@@ -1044,7 +1048,12 @@ impl Node {
         });
     }
 
-    fn publish(&mut self, topic: Topic, payload: Bytes, exclude: Option<SubscriberId>) -> Outcome {
+    fn publish(
+        &mut self,
+        topic: Topic,
+        payload: Bytes,
+        exclude: Option<SubscriberId>,
+    ) -> CommandOutcome {
         let local = self.deliver_local(&topic, &payload, exclude);
         let targets: Vec<(NodeId, SocketAddr)> = self
             .subs
@@ -1067,7 +1076,7 @@ impl Node {
             );
             self.stats.broadcasts_sent += 1;
         }
-        Outcome::Published {
+        CommandOutcome::Published {
             local,
             remote_nodes,
         }

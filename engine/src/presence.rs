@@ -15,7 +15,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, Topic};
-use crate::store::{Observer, Part, Slot, Slots, Store};
+use crate::store::{EntrySlot, Observer, Part, Slots, Store};
 
 /// One replicated presence entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,7 +405,7 @@ impl Presence {
 
 /// Visible slots by topic, each topic's slots in a flat list (any order:
 /// listings sort, and the order only depends on the ops applied). An entry's
-/// `Slot::aux` is its position in that list, so adding is a push and removing
+/// `EntrySlot::aux` is its position in that list, so adding is a push and removing
 /// a swap with the last, with no search: a B-tree set per topic cost about
 /// five cache misses per merged entry on a 2M-entry state. Slots only: the key
 /// is in the entry (a copy here cost 24+ bytes per entry). A hash map, keyed
@@ -471,7 +471,7 @@ impl Observer<PresEntry> for Indexer<'_> {
         &mut self,
         slots: &mut Slots<PresEntry>,
         slot: usize,
-        old: Slot<PresEntry>,
+        old: EntrySlot<PresEntry>,
         _: &NodeId,
         visible: bool,
     ) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chorus_engine::node::PeerState;
 use chorus_engine::{
-    Body, Command, Config, ConnId, Event, Message, Meta, Node, NodeId, SubscriberId, Topic,
+    Body, Command, ConnId, Event, Message, Meta, Node, NodeConfig, NodeId, SubscriberId, Topic,
 };
 
 struct Net {
@@ -29,7 +29,7 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 impl Net {
-    fn new(n: usize, tweak: impl Fn(&mut Config)) -> Net {
+    fn new(n: usize, tweak: impl Fn(&mut NodeConfig)) -> Net {
         let now = Instant::now();
         let mut net = Net {
             nodes: Vec::new(),
@@ -50,8 +50,8 @@ impl Net {
         net
     }
 
-    fn config(&self, i: usize, incarnation: u64, tweak: &impl Fn(&mut Config)) -> Config {
-        let mut cfg = Config::lan(NodeId::new(format!("n{i}"), incarnation), addr(i));
+    fn config(&self, i: usize, incarnation: u64, tweak: &impl Fn(&mut NodeConfig)) -> NodeConfig {
+        let mut cfg = NodeConfig::lan(NodeId::new(format!("n{i}"), incarnation), addr(i));
         cfg.seeds = vec![addr(0)];
         cfg.rng_seed = (i as u64) << 8 | incarnation;
         tweak(&mut cfg);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_engine::records::BUCKETS;
-use chorus_engine::{Command, Outcome, Record, Records, Stamp, Topic};
+use chorus_engine::{Command, CommandOutcome, Record, Records, Stamp, Topic};
 
 use crate::check::{Invariant, Verdict};
 use crate::world::{fmt_t, World};
@@ -90,7 +90,7 @@ impl World {
             time_ms: self.wall_ms(i),
             body: body.clone(),
         };
-        if let Some(Outcome::Recorded(stamp)) = self.command(i, cmd) {
+        if let Some(CommandOutcome::Recorded(stamp)) = self.command(i, cmd) {
             let record = Record::Log { topic, stamp, body };
             self.log
                 .records
@@ -108,7 +108,7 @@ impl World {
             time_ms: self.wall_ms(i),
             value: value.clone(),
         };
-        if let Some(Outcome::Recorded(stamp)) = self.command(i, cmd) {
+        if let Some(CommandOutcome::Recorded(stamp)) = self.command(i, cmd) {
             let record = Record::Reg {
                 space,
                 key,
