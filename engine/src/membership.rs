@@ -519,7 +519,7 @@ impl Membership {
         {
             self.probe_down_member();
         }
-        self.ping_suspects(now);
+        self.ping_suspects();
         if let Some(target) = self.next_target() {
             let addr = self.members[&target].addr.expect("targets have addresses");
             let seq = self.ping(target.clone(), addr);
@@ -564,7 +564,7 @@ impl Membership {
     /// charge piggybacked, so a live suspect hears it and refutes in its ack
     /// to the very member that holds the suspicion, instead of depending on
     /// the round-robin reaching it (or on gossip) before the timeout.
-    fn ping_suspects(&mut self, now: Instant) {
+    fn ping_suspects(&mut self) {
         let mut due: Vec<(Instant, NodeId)> = self
             .deadlines
             .iter()
@@ -574,11 +574,11 @@ impl Membership {
         due.sort();
         due.truncate(self.cfg.indirect_probes.max(1));
         for (_, id) in due {
-            self.ping_suspect(now, &id);
+            self.ping_suspect(&id);
         }
     }
 
-    fn ping_suspect(&mut self, _now: Instant, id: &NodeId) {
+    fn ping_suspect(&mut self, id: &NodeId) {
         let Some(addr) = self
             .members
             .get(id)
@@ -720,7 +720,7 @@ impl Membership {
             }
         }
         let (inc, addr) = (m.inc, m.addr);
-        self.reschedule(id, now);
+        self.reschedule(id);
         if let Some(addr) = addr {
             self.enqueue(Update {
                 node: id.clone(),
@@ -730,16 +730,15 @@ impl Membership {
             });
         }
         if new {
-            self.ping_suspect(now, id);
+            self.ping_suspect(id);
         }
     }
 
     /// Sets the suspicion deadline from the confirmations heard so far.
-    fn reschedule(&mut self, id: &NodeId, now: Instant) {
+    fn reschedule(&mut self, id: &NodeId) {
         let Some(m) = self.members.get(id) else {
             return;
         };
-        let _ = now;
         let confirmations = m.suspecters.len().saturating_sub(1);
         let at = m.since + self.suspicion_timeout(confirmations);
         self.deadlines.insert(id.clone(), at);
@@ -835,13 +834,13 @@ impl Membership {
                         self.outputs.push_back(Output::Up(u.node.clone()));
                     }
                     let id = u.node.clone();
-                    self.reschedule(&id, now);
+                    self.reschedule(&id);
                     self.enqueue(u);
-                    self.ping_suspect(now, &id);
+                    self.ping_suspect(&id);
                 } else if m.state == State::Suspect && u.inc == m.inc {
                     // An independent confirmation shortens the suspicion.
                     if m.suspecters.insert(by.clone()) {
-                        self.reschedule(&u.node, now);
+                        self.reschedule(&u.node);
                         self.enqueue(u);
                     }
                 }

@@ -67,30 +67,6 @@ impl PresenceItem {
         };
         (e.topic, item)
     }
-
-    /// Writes the meta as Phoenix sends it: the stored object with `phx_ref`
-    /// (and `phx_ref_prev`) spliced in front, without re-encoding the rest.
-    pub fn write_meta_json(&self, out: &mut String) {
-        out.push_str("{\"phx_ref\":\"");
-        out.push_str(&self.phx_ref.to_string());
-        out.push('"');
-        if let Some(prev) = self.prev_ref {
-            out.push_str(",\"phx_ref_prev\":\"");
-            out.push_str(&prev.to_string());
-            out.push('"');
-        }
-        let body = self.meta.as_str().trim();
-        let inner = body
-            .strip_prefix('{')
-            .and_then(|b| b.strip_suffix('}'))
-            .unwrap_or("")
-            .trim();
-        if !inner.is_empty() {
-            out.push(',');
-            out.push_str(inner);
-        }
-        out.push('}');
-    }
 }
 
 /// A change of the visible view, in one topic.
@@ -534,12 +510,7 @@ mod tests {
             panic!("then join")
         };
         assert_eq!((old.phx_ref, new.phx_ref, new.prev_ref), (r1, r2, Some(r1)));
-        let mut json = String::new();
-        new.write_meta_json(&mut json);
-        assert_eq!(
-            json,
-            format!("{{\"phx_ref\":\"{r2}\",\"phx_ref_prev\":\"{r1}\",\"x\":2}}")
-        );
+        assert_eq!(new.meta.as_str(), "{\"x\":2}");
     }
 
     #[test]
@@ -557,9 +528,6 @@ mod tests {
         a.track(t("r"), "k".into(), ConnId(2), m, &mut d).unwrap();
         assert_eq!(a.count(&t("r")), (1, 2));
         assert!(a.untrack(t("r"), "x".into(), ConnId(1), &mut d).is_err());
-        let mut json = String::new();
-        a.list(&t("r"))[0].write_meta_json(&mut json);
-        assert!(json.starts_with("{\"phx_ref\":\"") && json.ends_with("\"}"));
     }
 
     #[test]

@@ -126,8 +126,7 @@ impl NodeDriver {
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
             tokio::select! {
                 req = self.requests.recv() => match req {
-                    Some(EngineRequest::Shutdown { reply }) => break Some(reply),
-                    Some(req) => self.on_request(req),
+                    Some(req) => if let Some(reply) = self.on_request(req) { break Some(reply) },
                     None => break None,
                 },
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
@@ -191,7 +190,9 @@ impl NodeDriver {
         }
     }
 
-    fn on_request(&mut self, req: EngineRequest) {
+    /// Carries out a handle's request. Returns the reply channel of a
+    /// shutdown request, which ends the node task.
+    fn on_request(&mut self, req: EngineRequest) -> Option<oneshot::Sender<()>> {
         match req {
             EngineRequest::Command { cmd, reply } => {
                 let r = self.node.handle_command(now(), cmd);
@@ -250,11 +251,9 @@ impl NodeDriver {
                 stats.presence_entries = self.node.presence().visible_len();
                 let _ = reply.send(stats);
             }
-            EngineRequest::Shutdown { reply } => {
-                // Handled by the loop; never routed here.
-                let _ = reply.send(());
-            }
+            EngineRequest::Shutdown { reply } => return Some(reply),
         }
+        None
     }
 
     fn unsubscribe(
