@@ -24,6 +24,7 @@ pub mod subs;
 
 pub use codec::{Body, DecodeError, Message, WIRE_VERSION};
 pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
+pub use membership::Swim;
 pub use node::{Command, CommandError, CommandOutcome, Event, Node, NodeConfig, Transmit};
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
 pub use records::{Record, Records, RecordsReader, Stamp};

@@ -30,7 +30,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::Body;
 use crate::id::NodeId;
 
 /// Timing and sizes of the failure detector.
@@ -99,6 +98,46 @@ pub enum UpdateKind {
     Left,
 }
 
+/// A SWIM probe message. Membership owns it; the codec carries it as
+/// [`Body::Swim`](crate::codec::Body::Swim).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Swim {
+    /// Probe of `target` (ignored by any other incarnation), with piggybacked
+    /// membership updates.
+    Ping {
+        /// Probe sequence number, echoed by the ack.
+        seq: u64,
+        /// The probed node incarnation.
+        target: NodeId,
+        /// Membership updates.
+        gossip: Vec<Update>,
+    },
+    /// Answers a [`Swim::Ping`] (directly, or relayed by a helper).
+    PingAck {
+        /// The ping's `seq`.
+        seq: u64,
+        /// Membership updates.
+        gossip: Vec<Update>,
+    },
+    /// Asks the receiver to probe `target` and relay its ack (indirect probe).
+    PingReq {
+        /// The requester's probe sequence number.
+        seq: u64,
+        /// The node to probe.
+        target: NodeId,
+        /// Its gossip address.
+        target_addr: SocketAddr,
+        /// Membership updates.
+        gossip: Vec<Update>,
+    },
+    /// A helper could not reach the target of a [`Swim::PingReq`] in time
+    /// (Lifeguard: tells the requester its own link works).
+    PingNack {
+        /// The requester's probe sequence number.
+        seq: u64,
+    },
+}
+
 /// What the membership asks of its node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -109,7 +148,7 @@ pub enum Output {
         /// Its address.
         addr: SocketAddr,
         /// The message.
-        body: Body,
+        body: Swim,
     },
     /// A down member is back (alive or suspect): show its entries.
     Up(NodeId),
@@ -326,10 +365,10 @@ impl Membership {
         }
     }
 
-    /// Applies a probe message from `from`. Other bodies are ignored.
-    pub fn handle_message(&mut self, now: Instant, from: &NodeId, addr: SocketAddr, body: Body) {
+    /// Applies a probe message from `from`.
+    pub fn handle_message(&mut self, now: Instant, from: &NodeId, addr: SocketAddr, body: Swim) {
         match body {
-            Body::Ping {
+            Swim::Ping {
                 seq,
                 target,
                 gossip,
@@ -337,10 +376,10 @@ impl Membership {
                 self.apply_all(now, gossip);
                 if target == self.id {
                     let gossip = self.gossip_for(from);
-                    self.send(from.clone(), addr, Body::PingAck { seq, gossip });
+                    self.send(from.clone(), addr, Swim::PingAck { seq, gossip });
                 }
             }
-            Body::PingReq {
+            Swim::PingReq {
                 seq,
                 target,
                 target_addr,
@@ -364,28 +403,27 @@ impl Membership {
                 self.send(
                     target.clone(),
                     target_addr,
-                    Body::Ping {
+                    Swim::Ping {
                         seq: ours,
                         target,
                         gossip,
                     },
                 );
             }
-            Body::PingAck { seq, gossip } => {
+            Swim::PingAck { seq, gossip } => {
                 self.apply_all(now, gossip);
                 if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
                     p.acked = true;
                 } else if let Some(r) = self.relays.remove(&seq) {
                     let gossip = self.gossip_for(&r.requester);
-                    self.send(r.requester, r.addr, Body::PingAck { seq: r.seq, gossip });
+                    self.send(r.requester, r.addr, Swim::PingAck { seq: r.seq, gossip });
                 }
             }
-            Body::PingNack { seq } => {
+            Swim::PingNack { seq } => {
                 if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
                     p.nacks += 1;
                 }
             }
-            _ => {}
         }
     }
 
@@ -410,7 +448,7 @@ impl Membership {
             let r = self.relays.get_mut(&s).expect("listed above");
             r.nack_at = None;
             let (to, addr, seq) = (r.requester.clone(), r.addr, r.seq);
-            self.send(to, addr, Body::PingNack { seq });
+            self.send(to, addr, Swim::PingNack { seq });
         }
         self.relays.retain(|_, r| r.drop_at > now);
         // Suspicions that ran out.
@@ -600,7 +638,7 @@ impl Membership {
         self.send(
             target.clone(),
             addr,
-            Body::Ping {
+            Swim::Ping {
                 seq,
                 target,
                 gossip,
@@ -685,7 +723,7 @@ impl Membership {
             self.send(
                 id,
                 addr,
-                Body::PingReq {
+                Swim::PingReq {
                     seq,
                     target: target.clone(),
                     target_addr,
@@ -695,7 +733,7 @@ impl Membership {
         }
     }
 
-    fn send(&mut self, to: NodeId, addr: SocketAddr, body: Body) {
+    fn send(&mut self, to: NodeId, addr: SocketAddr, body: Swim) {
         self.outputs.push_back(Output::Send { to, addr, body });
     }
 
@@ -993,7 +1031,7 @@ mod tests {
             std::iter::from_fn(|| m.poll_output()).any(|o| matches!(
                 o,
                 Output::Send {
-                    body: Body::Ping { .. },
+                    body: Swim::Ping { .. },
                     ..
                 }
             )),
@@ -1009,12 +1047,12 @@ mod tests {
     struct Mesh {
         m: Vec<Membership>,
         now: Instant,
-        queue: BTreeMap<(Instant, u64), (usize, usize, Body)>,
+        queue: BTreeMap<(Instant, u64), (usize, usize, Swim)>,
         seq: u64,
         cut: BTreeSet<(usize, usize)>,
         /// Outputs other than sends, per member.
         seen: Vec<Vec<(Instant, Output)>>,
-        sent: Vec<(Instant, usize, usize, Body)>,
+        sent: Vec<(Instant, usize, usize, Swim)>,
     }
 
     impl Mesh {
@@ -1187,13 +1225,13 @@ mod tests {
         assert!(
             net.sent
                 .iter()
-                .any(|(_, f, t, b)| *f == 0 && *t == 2 && matches!(b, Body::PingReq { .. })),
+                .any(|(_, f, t, b)| *f == 0 && *t == 2 && matches!(b, Swim::PingReq { .. })),
             "m0 asked m2 to probe m1"
         );
         assert!(net
             .sent
             .iter()
-            .any(|(_, f, t, b)| *f == 2 && *t == 0 && matches!(b, Body::PingAck { .. })));
+            .any(|(_, f, t, b)| *f == 2 && *t == 0 && matches!(b, Swim::PingAck { .. })));
     }
 
     #[test]
@@ -1217,7 +1255,7 @@ mod tests {
         let mut pings: Vec<Instant> = net
             .sent
             .iter()
-            .filter(|(_, f, _, b)| *f == 0 && matches!(b, Body::Ping { .. }))
+            .filter(|(_, f, _, b)| *f == 0 && matches!(b, Swim::Ping { .. }))
             .map(|(t, ..)| *t)
             .collect();
         pings.dedup();

@@ -687,12 +687,8 @@ impl Node {
                     self.learn(now, id, addr);
                 }
             }
-            Body::Heartbeat => {}
-            body @ (Body::Ping { .. }
-            | Body::PingAck { .. }
-            | Body::PingReq { .. }
-            | Body::PingNack { .. }) => {
-                self.swim.handle_message(now, &from, msg.addr, body);
+            Body::Swim(swim) => {
+                self.swim.handle_message(now, &from, msg.addr, swim);
                 self.apply_swim(now);
             }
             Body::Delta {
@@ -1339,7 +1335,7 @@ impl Node {
     fn apply_swim(&mut self, now: Instant) {
         while let Some(out) = self.swim.poll_output() {
             match out {
-                SwimOutput::Send { to, addr, body } => self.send(Some(to), addr, body),
+                SwimOutput::Send { to, addr, body } => self.send(Some(to), addr, Body::Swim(body)),
                 SwimOutput::Up(id) => {
                     let next = self.next_seq;
                     let Some(p) = self.peers.get_mut(&id) else {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Topic};
+use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Swim, Topic};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -378,7 +378,6 @@ pub fn kind_of(body: &Body) -> usize {
     match body {
         Body::Hello { .. } => 0,
         Body::Members(_) => 1,
-        Body::Heartbeat => 2,
         Body::Delta { .. } => 3,
         Body::Ack { .. } => 4,
         Body::Digest { .. } => 5,
@@ -387,10 +386,10 @@ pub fn kind_of(body: &Body) -> usize {
         Body::Leave => 8,
         Body::Records(_) => 9,
         Body::RecordsDigest { .. } => 10,
-        Body::Ping { .. } => 11,
-        Body::PingAck { .. } => 12,
-        Body::PingReq { .. } => 13,
-        Body::PingNack { .. } => 14,
+        Body::Swim(Swim::Ping { .. }) => 11,
+        Body::Swim(Swim::PingAck { .. }) => 12,
+        Body::Swim(Swim::PingReq { .. }) => 13,
+        Body::Swim(Swim::PingNack { .. }) => 14,
     }
 }
 
