@@ -27,4 +27,4 @@ pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 pub use membership::Swim;
 pub use node::{Command, CommandError, CommandOutcome, Event, Node, NodeConfig, Transmit};
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
-pub use records::{Record, Records, RecordsReader, Stamp};
+pub use records::{Record, Records, Stamp};

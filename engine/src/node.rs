@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,7 +27,7 @@ use crate::codec::{Body, Message};
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 use crate::membership::{Membership, Output as SwimOutput, SwimConfig};
 use crate::presence::{DiffItem, PresEntry, Presence, PresenceError, PresenceItem};
-use crate::records::{Record, Records, RecordsReader, Stamp};
+use crate::records::{Record, Records, Stamp};
 use crate::store::{Delta, Part};
 use crate::subs::{SubChange, Subs, SubsError};
 
@@ -331,6 +331,10 @@ pub enum Event {
     /// A peer is gone for good (permdown, graceful leave or replaced by a new
     /// incarnation): its entries are purged.
     MemberGone(NodeId),
+    /// A record was accepted into this node's store: a local write, or a
+    /// peer's record that changed it. Applying these, in order, to a copy of
+    /// [`Node::records`] taken at start keeps the copy equal to it.
+    Record(Record),
 }
 
 /// Visibility of a peer's entries (see [`Node::membership`] for the SWIM
@@ -407,8 +411,9 @@ pub struct Node {
     rng: ChaCha8Rng,
     presence: Presence,
     subs: Subs,
-    /// Shared with readers on other threads ([`Node::records`]).
-    records: Arc<RwLock<Records>>,
+    /// The replicated records; each one accepted is also reported as
+    /// [`Event::Record`], so a driver can keep a read replica.
+    records: Records,
     /// Counter of local record writes.
     record_seq: u64,
     /// The greatest stamp time issued or seen: local writes stamp past it.
@@ -447,7 +452,7 @@ impl Node {
         let mut node = Node {
             presence: Presence::new(cfg.id.clone(), prefix, cfg.tomb_cap),
             subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
-            records: Arc::new(RwLock::new(Records::new(cfg.history_cap))),
+            records: Records::new(cfg.history_cap),
             record_seq: 0,
             record_clock: 0,
             coalescer: Coalescer::new(cfg.coalesce.clone()),
@@ -494,10 +499,11 @@ impl Node {
         &self.subs
     }
 
-    /// Read access to the replicated records (history, registers), shareable
-    /// with other threads.
-    pub fn records(&self) -> RecordsReader {
-        RecordsReader(self.records.clone())
+    /// The replicated records (history, registers). A driver that serves
+    /// reads from other threads keeps its own replica, fed by
+    /// [`Event::Record`].
+    pub fn records(&self) -> &Records {
+        &self.records
     }
 
     /// Counters.
@@ -742,7 +748,7 @@ impl Node {
                 self.swim.leave(&from);
                 self.forget(&from);
             }
-            Body::Records(records) => self.merge_records(&records),
+            Body::Records(records) => self.merge_records(records),
             Body::RecordsDigest { buckets, reply } => {
                 self.handle_records_digest(&from, msg.addr, &buckets, reply);
             }
@@ -1465,10 +1471,9 @@ impl Node {
     /// Applies a local write and pushes it to every up peer. Peers that miss
     /// it (down, partitioned) get it from anti-entropy.
     fn write_record(&mut self, record: Record) {
-        self.records
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .merge(&record);
+        if self.records.merge(&record) {
+            self.events.push_back(Event::Record(record.clone()));
+        }
         let targets: Vec<(NodeId, SocketAddr)> = self
             .peers
             .iter()
@@ -1481,26 +1486,21 @@ impl Node {
         }
     }
 
-    fn merge_records(&mut self, records: &[Record]) {
-        let mut state = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        for record in records.iter().filter(|r| r.is_valid()) {
+    fn merge_records(&mut self, records: Vec<Record>) {
+        for record in records.into_iter().filter(Record::is_valid) {
             if cfg!(feature = "broken-merge") && matches!(record, Record::Reg { value: None, .. }) {
                 continue;
             }
             self.record_clock = self.record_clock.max(record.stamp().time_ms);
-            if state.merge(record) {
+            if self.records.merge(&record) {
                 self.stats.records_merged += 1;
+                self.events.push_back(Event::Record(record));
             }
         }
     }
 
     fn send_records_digest(&mut self, to: NodeId, addr: SocketAddr, reply: bool) {
-        let buckets = self
-            .records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .digest()
-            .to_vec();
+        let buckets = self.records.digest().to_vec();
         self.send(Some(to), addr, Body::RecordsDigest { buckets, reply });
     }
 
@@ -1514,7 +1514,7 @@ impl Node {
         reply: bool,
     ) {
         let records = {
-            let state = self.records.read().unwrap_or_else(PoisonError::into_inner);
+            let state = &self.records;
             let differ: Vec<bool> = state
                 .digest()
                 .iter()

@@ -514,8 +514,7 @@ fn append(topic: &str, time_ms: u64, body: &str) -> Command {
 impl Net {
     fn history(&self, i: usize, topic: &str) -> Vec<String> {
         let node = self.nodes[i].as_ref().expect("running");
-        let records = node.records();
-        let r = records.read();
+        let r = node.records();
         r.last(topic, 100)
             .into_iter()
             .map(|(_, body)| body.to_string())
@@ -560,7 +559,7 @@ fn history_reaches_every_node_survives_a_crash_and_heals_a_partition() {
         );
         let records = net.nodes[i].as_ref().expect("running").records();
         assert_eq!(
-            records.read().get("room", "lobby").map(|v| v.to_string()),
+            records.get("room", "lobby").map(|v| v.to_string()),
             Some("Lobby".to_owned())
         );
     }
@@ -592,6 +591,6 @@ fn a_register_write_after_a_skewed_one_still_wins() {
     net.run_for(Duration::from_millis(10));
     for i in 0..2 {
         let records = net.nodes[i].as_ref().expect("running").records();
-        assert_eq!(records.read().get("room", "r1"), None, "node {i}");
+        assert_eq!(records.get("room", "r1"), None, "node {i}");
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use chorus_engine::RecordsReader;
+use chorus_engine::runtime::RecordsReader;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};

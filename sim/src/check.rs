@@ -178,10 +178,7 @@ pub fn take_sample(w: &mut World) {
         .iter()
         .filter_map(|s| s.node.as_ref().map(|n| n.records()));
     let records_agree = match digests.next() {
-        Some(first) => {
-            let first = first.read();
-            digests.all(|d| d.read().digest() == first.digest())
-        }
+        Some(first) => digests.all(|d| d.digest() == first.digest()),
         None => true,
     };
     w.log.samples.push(Sample {

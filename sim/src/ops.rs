@@ -391,7 +391,8 @@ impl World {
                     rec.ready.get_or_insert(now);
                 }
             }
-            Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) => {}
+            Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) | Event::Record(_) => {
+            }
         }
     }
 }

@@ -221,8 +221,7 @@ pub(crate) fn check(w: &World) -> Verdict {
     let every = [true; BUCKETS];
     let mut bad = Vec::new();
     for s in w.nodes.iter().filter(|s| s.is_live()) {
-        let reader = s.node.as_ref().expect("live").records();
-        let state = reader.read();
+        let state = s.node.as_ref().expect("live").records();
         let have: BTreeSet<Canon> = state.bucket_records(&every).iter().map(canon).collect();
         if have != expected {
             let missing: Vec<&Canon> = expected.difference(&have).collect();
@@ -291,7 +290,7 @@ mod tests {
 
     fn value(w: &World, i: usize, key: &str) -> Option<String> {
         let reader = w.nodes[i].node.as_ref().expect("live").records();
-        let value = reader.read().get("room", key).map(|v| v.to_string());
+        let value = reader.get("room", key).map(|v| v.to_string());
         value
     }
 

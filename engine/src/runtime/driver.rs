@@ -14,13 +14,14 @@ use tracing::{debug, trace, warn};
 
 use super::auth::PeerHello;
 use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats};
+use super::records::RecordsReader;
 use super::transport::{
     self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound, QueueError,
 };
 use super::EngineConfig;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
-use crate::records::RecordsReader;
+use crate::records::Record;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +53,10 @@ pub(crate) struct NodeDriver {
     pending: HashMap<SubscriberId, oneshot::Sender<Result<SubscriberId, CommandError>>>,
     next_sub: u64,
     stats: RuntimeStats,
+    /// The read replica of the node's records handed to every handle.
+    records: RecordsReader,
+    /// Records the node accepted, not applied to `records` yet.
+    accepted: Vec<Record>,
 }
 
 fn now() -> std::time::Instant {
@@ -79,8 +84,11 @@ impl NodeDriver {
             inbound: inbound_tx,
             shutdown: shutdown_rx,
         };
+        let node = Node::new(node, now());
         NodeDriver {
-            node: Node::new(node, now()),
+            records: RecordsReader::new(node.records().clone()),
+            accepted: Vec::new(),
+            node,
             endpoint,
             ctx,
             requests,
@@ -98,9 +106,9 @@ impl NodeDriver {
         }
     }
 
-    /// Read access to the node's replicated records.
+    /// The read replica of the node's records.
     pub(crate) fn records(&self) -> RecordsReader {
-        self.node.records()
+        self.records.clone()
     }
 
     /// The node task. Ends on [`EngineRequest::Shutdown`] or when every handle is
@@ -188,6 +196,14 @@ impl NodeDriver {
                 break;
             }
         }
+        self.apply_records();
+    }
+
+    /// Brings the read replica up to date with what the node accepted.
+    fn apply_records(&mut self) {
+        if !self.accepted.is_empty() {
+            self.records.apply(self.accepted.drain(..));
+        }
     }
 
     /// Carries out a handle's request. Returns the reply channel of a
@@ -196,6 +212,9 @@ impl NodeDriver {
         match req {
             EngineRequest::Command { cmd, reply } => {
                 let r = self.node.handle_command(now(), cmd);
+                // A caller that wrote a record reads it back from the replica
+                // once answered: apply it (and send what it caused) first.
+                self.drain();
                 let _ = reply.send(r);
             }
             EngineRequest::Subscribe { topic, tx, reply } => {
@@ -283,6 +302,10 @@ impl NodeDriver {
     }
 
     fn on_event(&mut self, event: Event) {
+        // Whoever hears of another event may read records: apply them first.
+        if !matches!(event, Event::Record(_)) {
+            self.apply_records();
+        }
         match event {
             Event::Broadcast {
                 topic,
@@ -303,6 +326,7 @@ impl NodeDriver {
             Event::MemberUp(id) => debug!(peer = %id, "member up"),
             Event::MemberDown(id) => debug!(peer = %id, "member down"),
             Event::MemberGone(id) => debug!(peer = %id, "member gone"),
+            Event::Record(record) => self.accepted.push(record),
         }
     }
 

@@ -10,12 +10,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use super::RecordsReader;
 use super::RuntimeError;
 use crate::coalesce::TopicDiff;
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 use crate::node::{self, Command, CommandError, CommandOutcome, PeerState};
 use crate::presence::PresenceItem;
-use crate::records::{RecordsReader, Stamp};
+use crate::records::Stamp;
 
 /// One item for a subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,6 +21,7 @@
 pub mod auth;
 mod driver;
 mod handle;
+mod records;
 pub mod tls;
 pub mod transport;
 
@@ -30,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+
+pub use records::RecordsReader;
 
 pub use handle::{
     Delivery, EngineHandle, MemberInfo, PeerStats, PublishReceipt, RuntimeStats, Subscription,
