@@ -8,9 +8,8 @@ use rand::Rng;
 
 use super::{Node, PeerState};
 use crate::codec::Body;
-use crate::id::{NodeId, Topic};
-use crate::presence::PresEntry;
-use crate::store::{Delta, Part};
+use crate::id::NodeId;
+use crate::store::{Delta, Part, Store};
 
 /// Anti-entropy rounds that repeat the digest to a new contact until it answers.
 const SYNC_RETRIES: u8 = 3;
@@ -101,10 +100,6 @@ impl Node {
         subs: &[(NodeId, u64)],
         reply: bool,
     ) {
-        let their = |vv: &[(NodeId, u64)], id: &NodeId| {
-            vv.binary_search_by(|(k, _)| k.cmp(id))
-                .map_or(0, |i| vv[i].1)
-        };
         let chunk = self.cfg.repair_chunk;
         // Serve our own ops, and those of origins that cannot serve themselves
         // (not up here): an up origin answers the same peer's digest with its
@@ -118,83 +113,74 @@ impl Node {
                         .get(id)
                         .is_none_or(|p| p.state != PeerState::Up || p.addr.is_none()))
         };
-        let mut p_parts: Vec<Part<PresEntry>> = Vec::new();
-        for (id, _) in self.presence.store().digest() {
-            if serves(&id) {
-                p_parts.extend(
-                    self.presence
-                        .store()
-                        .slice(&id, their(presence, &id), chunk),
-                );
-            }
-        }
-        let mut s_parts: Vec<Part<Topic>> = Vec::new();
-        for (id, _) in self.subs.store().digest() {
-            if serves(&id) {
-                s_parts.extend(self.subs.store().slice(&id, their(subs, &id), chunk));
-            }
-        }
+        let mut p_parts = slices(self.presence.store(), presence, &serves, chunk);
+        let mut s_parts = slices(self.subs.store(), subs, &serves, chunk);
         // One part per origin per message; a long slice takes several messages.
         while !p_parts.is_empty() || !s_parts.is_empty() {
-            let mut batch_p: Vec<Part<PresEntry>> = Vec::new();
-            let mut batch_s: Vec<Part<Topic>> = Vec::new();
             let mut size = 0;
-            let mut rest_p = Vec::new();
-            for part in p_parts.drain(..) {
-                if batch_p.iter().any(|b| b.origin == part.origin)
-                    || (size > 0 && size + part.adds.len() > chunk)
-                {
-                    rest_p.push(part);
-                } else {
-                    size += part.adds.len().max(1);
-                    batch_p.push(part);
-                }
-            }
-            let mut rest_s = Vec::new();
-            for part in s_parts.drain(..) {
-                if batch_s.iter().any(|b| b.origin == part.origin)
-                    || (size > 0 && size + part.adds.len() > chunk)
-                {
-                    rest_s.push(part);
-                } else {
-                    size += part.adds.len().max(1);
-                    batch_s.push(part);
-                }
-            }
-            p_parts = rest_p;
-            s_parts = rest_s;
+            let presence = take_batch(&mut p_parts, &mut size, chunk);
+            let subs = take_batch(&mut s_parts, &mut size, chunk);
             self.stats.repairs_sent += 1;
             self.send(
                 Some(from.clone()),
                 addr,
                 Body::Repair {
-                    presence: Delta { parts: batch_p },
-                    subs: Delta { parts: batch_s },
+                    presence: Delta { parts: presence },
+                    subs: Delta { parts: subs },
                 },
             );
         }
-        if !reply {
-            let behind = |vv: &[(NodeId, u64)], known: &dyn Fn(&NodeId) -> u64| {
-                vv.iter().any(|(id, max)| *max > known(id))
-            };
-            let ps = self.presence.store();
-            let ss = self.subs.store();
-            let lacking = behind(presence, &|id| {
-                if ps.is_purged(id) {
-                    u64::MAX
-                } else {
-                    ps.known(id)
-                }
-            }) || behind(subs, &|id| {
-                if ss.is_purged(id) {
-                    u64::MAX
-                } else {
-                    ss.known(id)
-                }
-            });
-            if lacking {
-                self.send_digest(from, true);
-            }
+        if !reply && (behind(self.presence.store(), presence) || behind(self.subs.store(), subs)) {
+            self.send_digest(from, true);
         }
     }
+}
+
+/// What a peer whose version vector is `theirs` lacks of `store`, one slice
+/// per origin we serve, each of at most `chunk` adds.
+fn slices<E: Clone>(
+    store: &Store<E>,
+    theirs: &[(NodeId, u64)],
+    serves: &dyn Fn(&NodeId) -> bool,
+    chunk: usize,
+) -> Vec<Part<E>> {
+    let mut parts = Vec::new();
+    for (id, _) in store.digest() {
+        if serves(&id) {
+            let after = theirs
+                .binary_search_by(|(k, _)| k.cmp(&id))
+                .map_or(0, |i| theirs[i].1);
+            parts.extend(store.slice(&id, after, chunk));
+        }
+    }
+    parts
+}
+
+/// Takes from `parts` the batch for one repair message: at most one part per
+/// origin, and parts while the message's adds (`size`, shared by its presence
+/// and subscription halves; a part counts at least one) stay within `chunk`.
+/// A part bigger than `chunk` goes alone. The rest stays in `parts`, in order.
+fn take_batch<E>(parts: &mut Vec<Part<E>>, size: &mut usize, chunk: usize) -> Vec<Part<E>> {
+    let mut batch: Vec<Part<E>> = Vec::new();
+    let mut rest = Vec::new();
+    for part in parts.drain(..) {
+        if batch.iter().any(|b| b.origin == part.origin)
+            || (*size > 0 && *size + part.adds.len() > chunk)
+        {
+            rest.push(part);
+        } else {
+            *size += part.adds.len().max(1);
+            batch.push(part);
+        }
+    }
+    *parts = rest;
+    batch
+}
+
+/// Whether a peer's version vector shows ops we lack (of an origin not
+/// purged here), so our digest back lets it repair us.
+fn behind<E: Clone>(store: &Store<E>, theirs: &[(NodeId, u64)]) -> bool {
+    theirs
+        .iter()
+        .any(|(id, max)| !store.is_purged(id) && *max > store.known(id))
 }

@@ -250,28 +250,7 @@ impl Node {
                 node,
                 topic,
                 payload,
-            } => {
-                if node == self.cfg.id {
-                    let local = self.deliver_local(&topic, &payload, None);
-                    CommandOutcome::Published {
-                        local,
-                        remote_nodes: 0,
-                    }
-                } else {
-                    let addr = self
-                        .peers
-                        .get(&node)
-                        .filter(|p| p.state == PeerState::Up)
-                        .and_then(|p| p.addr)
-                        .ok_or_else(|| CommandError::UnknownNode(node.clone()))?;
-                    self.send(Some(node), addr, Body::Broadcast { topic, payload });
-                    self.stats.broadcasts_sent += 1;
-                    CommandOutcome::Published {
-                        local: false,
-                        remote_nodes: 1,
-                    }
-                }
-            }
+            } => self.direct_publish(node, topic, payload)?,
             Command::Append {
                 topic,
                 time_ms,
@@ -301,15 +280,7 @@ impl Node {
                 CommandOutcome::Recorded(stamp)
             }
             Command::Leave => {
-                self.left = true;
-                let targets: Vec<(NodeId, SocketAddr)> = self
-                    .peers
-                    .iter()
-                    .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
-                    .collect();
-                for (id, addr) in targets {
-                    self.send(Some(id), addr, Body::Leave);
-                }
+                self.leave();
                 CommandOutcome::Done
             }
         };
@@ -351,18 +322,7 @@ impl Node {
                 self.merge(now, Some(&from), presence, subs);
                 self.send(Some(from.clone()), msg.addr, Body::Ack { start, seq });
             }
-            Body::Ack { start, seq } => {
-                // Only an ack that continues what the peer already holds moves
-                // it: if an earlier delta was lost, retransmission resends it.
-                if let Some(p) = self.peers.get_mut(&from) {
-                    if start <= p.acked {
-                        p.acked = p.acked.max(seq.min(self.next_seq));
-                        p.sent = p.sent.max(p.acked);
-                    }
-                }
-                self.check_pending_subs(now);
-                self.gc_buffer();
-            }
+            Body::Ack { start, seq } => self.handle_ack(now, &from, start, seq),
             Body::Digest {
                 presence,
                 subs,
@@ -370,17 +330,7 @@ impl Node {
                 members,
             } => {
                 self.synced(&from);
-                // Push-pull backstop for members the gossip missed: at most
-                // one list per anti-entropy period, whoever asks.
-                if self
-                    .list_sent
-                    .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.anti_entropy)
-                    && members < self.up_members()
-                {
-                    self.list_sent = Some(now);
-                    let list = self.member_list();
-                    self.send(Some(from.clone()), msg.addr, Body::Members(list));
-                }
+                self.members_backstop(now, &from, msg.addr, members);
                 self.handle_digest(&from, msg.addr, &presence, &subs, reply);
             }
             Body::Repair { presence, subs } => {

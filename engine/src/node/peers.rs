@@ -27,6 +27,41 @@ pub(super) struct Peer {
 }
 
 impl Node {
+    /// Graceful shutdown: every peer with an address is told to drop our
+    /// entries now, and the node stops taking input.
+    pub(super) fn leave(&mut self) {
+        self.left = true;
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+            .collect();
+        for (id, addr) in targets {
+            self.send(Some(id), addr, Body::Leave);
+        }
+    }
+
+    /// Push-pull backstop for members the gossip missed: a digest from a peer
+    /// that knows fewer up `members` than we do gets our member list, at most
+    /// one list per anti-entropy period, whoever asks.
+    pub(super) fn members_backstop(
+        &mut self,
+        now: Instant,
+        from: &NodeId,
+        addr: SocketAddr,
+        members: u32,
+    ) {
+        if self
+            .list_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.anti_entropy)
+            && members < self.up_members()
+        {
+            self.list_sent = Some(now);
+            let list = self.member_list();
+            self.send(Some(from.clone()), addr, Body::Members(list));
+        }
+    }
+
     /// Membership bookkeeping for a message from `from`. Returns false if the
     /// message must be ignored (an incarnation older than one we know).
     pub(super) fn admit(&mut self, now: Instant, from: &NodeId, addr: Option<SocketAddr>) -> bool {

@@ -21,6 +21,34 @@ pub(super) struct PendingSub {
 }
 
 impl Node {
+    /// Delivers to the subscribers of `topic` on `node` only.
+    pub(super) fn direct_publish(
+        &mut self,
+        node: NodeId,
+        topic: Topic,
+        payload: Bytes,
+    ) -> Result<CommandOutcome, CommandError> {
+        if node == self.cfg.id {
+            let local = self.deliver_local(&topic, &payload, None);
+            return Ok(CommandOutcome::Published {
+                local,
+                remote_nodes: 0,
+            });
+        }
+        let addr = self
+            .peers
+            .get(&node)
+            .filter(|p| p.state == PeerState::Up)
+            .and_then(|p| p.addr)
+            .ok_or_else(|| CommandError::UnknownNode(node.clone()))?;
+        self.send(Some(node), addr, Body::Broadcast { topic, payload });
+        self.stats.broadcasts_sent += 1;
+        Ok(CommandOutcome::Published {
+            local: false,
+            remote_nodes: 1,
+        })
+    }
+
     pub(super) fn subscribe(
         &mut self,
         now: Instant,

@@ -24,6 +24,20 @@ pub(super) struct Buffered {
 }
 
 impl Node {
+    /// A peer acknowledged the delta `start..seq`. Only an ack that continues
+    /// what the peer already holds moves it: if an earlier delta was lost,
+    /// retransmission resends it.
+    pub(super) fn handle_ack(&mut self, now: Instant, from: &NodeId, start: u64, seq: u64) {
+        if let Some(p) = self.peers.get_mut(from) {
+            if start <= p.acked {
+                p.acked = p.acked.max(seq.min(self.next_seq));
+                p.sent = p.sent.max(p.acked);
+            }
+        }
+        self.check_pending_subs(now);
+        self.gc_buffer();
+    }
+
     /// Buffers a local op and schedules the push. Returns its buffer seq.
     pub(super) fn buffer_local(
         &mut self,
