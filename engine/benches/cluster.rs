@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_engine::coalesce::CoalesceConfig;
-use chorus_engine::node::PeerState;
 use chorus_engine::runtime::{Delivery, Engine, EngineConfig, EngineHandle, Subscription};
+use chorus_engine::CoalesceConfig;
+use chorus_engine::PeerState;
 use chorus_engine::{ConnId, Meta, NodeConfig, NodeId, Topic};
 use tokio::sync::Mutex;
 use tokio::time::{interval, sleep, timeout, timeout_at, Instant, MissedTickBehavior};

@@ -145,6 +145,7 @@ impl Coalescer {
     }
 
     /// Number of topics with a pending diff.
+    #[cfg(test)]
     pub fn pending_topics(&self) -> usize {
         self.pending.len()
     }

@@ -77,11 +77,6 @@ impl<V: Copy> DotMap<V> {
         self.len
     }
 
-    /// Whether it holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The chunk that holds `key` if any chunk does: the first whose largest
     /// key is not below it (`chunks.len()` when `key` is above them all).
     fn chunk_of(&self, key: u64) -> usize {
@@ -89,6 +84,7 @@ impl<V: Copy> DotMap<V> {
     }
 
     /// The value of `key`.
+    #[cfg(test)]
     pub fn get(&self, key: u64) -> Option<V> {
         let c = self.chunks.get(self.chunk_of(key))?;
         c.keys.binary_search(&key).ok().map(|j| c.vals[j])
@@ -248,6 +244,7 @@ impl<V: Copy> DotMap<V> {
     }
 
     /// Every key with its value, in key order.
+    #[cfg(test)]
     pub fn iter(&self) -> Range<'_, V> {
         self.range(0, u64::MAX)
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chorus_engine::node::PeerState;
+use chorus_engine::PeerState;
 use chorus_engine::{
     Body, Command, ConnId, Event, Message, Meta, Node, NodeConfig, NodeId, SubscriberId, Topic,
 };

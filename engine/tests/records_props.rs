@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chorus_engine::records::BUCKETS;
+use chorus_engine::BUCKETS;
 use chorus_engine::{NodeId, Record, Records, Stamp, Topic};
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_engine::codec::MAX_FRAME;
-use chorus_engine::node::PeerState;
 use chorus_engine::runtime::auth::{self, PeerHello, Role};
 use chorus_engine::runtime::transport::{codes, transport_config};
 use chorus_engine::runtime::{tls, Delivery, Engine, EngineConfig, EngineHandle, Subscription};
+use chorus_engine::PeerState;
+use chorus_engine::MAX_FRAME;
 use chorus_engine::{ConnId, Meta, NodeConfig, NodeId};
 use tokio::time::{sleep, timeout, Instant};
 

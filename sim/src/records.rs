@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::records::BUCKETS;
+use chorus_engine::BUCKETS;
 use chorus_engine::{Command, CommandOutcome, Record, Records, Stamp, Topic};
 
 use crate::check::{Invariant, Verdict};

@@ -170,29 +170,28 @@ impl Membership {
     }
 
     /// Our own membership incarnation.
+    #[cfg(test)]
     pub fn incarnation(&self) -> u64 {
         self.inc
     }
 
     /// Local health score (0 = healthy); probe timeout and period are
     /// multiplied by score + 1.
+    #[cfg(test)]
     pub fn health(&self) -> u32 {
         self.health
     }
 
     /// A member's row.
+    #[cfg(test)]
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members.get(id)
     }
 
     /// A member's state.
+    #[cfg(test)]
     pub fn state(&self, id: &NodeId) -> Option<State> {
         self.members.get(id).map(|m| m.state)
-    }
-
-    /// Updates waiting to be piggybacked.
-    pub fn pending_gossip(&self) -> usize {
-        self.queue.len()
     }
 
     /// Adds a member heard from (alive at incarnation 0), or fills in its

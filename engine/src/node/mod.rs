@@ -171,11 +171,6 @@ impl Node {
             .collect()
     }
 
-    /// The SWIM member table and failure detector.
-    pub fn membership(&self) -> &Membership {
-        &self.swim
-    }
-
     /// When `peer` was last heard from (any message), if it is a member.
     pub fn last_heard(&self, peer: &NodeId) -> Option<Instant> {
         self.peers.get(peer).map(|p| p.last_heard)

@@ -195,8 +195,8 @@ pub enum Event {
     Record(Record),
 }
 
-/// Visibility of a peer's entries (see [`Node::membership`] for the SWIM
-/// state: an alive or suspect member is `Up`).
+/// Visibility of a peer's entries (by the failure detector's verdict: an
+/// alive or suspect member is `Up`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
     /// Alive or suspect: entries visible.

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::node::PeerState;
 use chorus_engine::runtime::{MemberInfo, RuntimeStats};
+use chorus_engine::PeerState;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
