@@ -358,7 +358,7 @@ impl EngineHandle {
     }
 
     /// Appends `body` to `topic`'s replicated history log (the newest
-    /// [`NodeConfig::history_cap`](crate::node::NodeConfig::history_cap) entries are
+    /// [`NodeConfig::history_cap`](crate::NodeConfig::history_cap) entries are
     /// kept, ordered by stamp). `time_ms` is the wall clock in ms.
     pub async fn append(
         &self,
