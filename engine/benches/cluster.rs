@@ -51,17 +51,17 @@ fn main() {
 }
 
 /// One line of the final table.
-struct Row {
+struct BenchRow {
     case: String,
     measured: String,
     target: String,
 }
 
-struct Report(Vec<Row>);
+struct BenchReport(Vec<BenchRow>);
 
-impl Report {
+impl BenchReport {
     fn add(&mut self, case: impl Into<String>, measured: impl Into<String>, target: &str) {
-        let row = Row {
+        let row = BenchRow {
             case: case.into(),
             measured: measured.into(),
             target: target.to_string(),
@@ -80,7 +80,7 @@ impl Report {
 }
 
 async fn run() {
-    let mut report = Report(Vec::new());
+    let mut report = BenchReport(Vec::new());
     let epoch = Instant::now();
 
     if let Some(mb) = queue_mb() {
@@ -167,7 +167,7 @@ async fn run() {
 
 /// Section 4: a new node joins a cluster holding 100k, then 1M presences.
 async fn late_joiners(
-    report: &mut Report,
+    report: &mut BenchReport,
     n1: &EngineHandle,
     n2: &EngineHandle,
     n3: &EngineHandle,
