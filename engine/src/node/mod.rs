@@ -12,15 +12,14 @@
 //! every merged delta enter a δ-buffer with sequence numbers; each peer is sent
 //! the δ-group from what it has acknowledged, minus what came from it; a peer too
 //! far behind is repaired per origin from version vectors. See ALGORITHM.md.
-
 //!
 //! This file holds the struct and its public inputs and outputs; the rest is
-//! split by concern, each file an `impl Node` block: `types.rs` (the API's
+//! split by concern, mostly as `impl Node` blocks: `types.rs` (the API's
 //! words), `config.rs` ([`NodeConfig`]), `peers.rs` (peer table, admission,
 //! failure verdicts), `replicate.rs` (δ-buffer, merge, push,
 //! retransmission), `anti_entropy.rs` (digests and repair), `pubsub.rs`
-//! (subscriptions, broadcasts, presence diffs) and `records.rs` (history and
-//! registers).
+//! (subscriptions, broadcasts, presence diffs), `records.rs` (history and
+//! registers) and `timers.rs` (the node's own timers, as data).
 
 mod anti_entropy;
 mod config;
@@ -28,6 +27,7 @@ mod peers;
 mod pubsub;
 mod records;
 mod replicate;
+mod timers;
 mod types;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -43,6 +43,7 @@ pub use types::{Command, CommandError, CommandOutcome, Event, NodeStats, PeerSta
 use self::peers::Peer;
 use self::pubsub::PendingSub;
 use self::replicate::Buffered;
+use self::timers::{Timer, Timers};
 use crate::coalesce::Coalescer;
 use crate::codec::{Body, Message};
 use crate::id::{NodeId, Topic};
@@ -82,9 +83,7 @@ pub struct Node {
     scratch: Vec<(Topic, DiffItem)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    flush_at: Option<Instant>,
-    tick_at: Option<Instant>,
-    anti_entropy_at: Option<Instant>,
+    timers: Timers,
     left: bool,
     stats: NodeStats,
 }
@@ -115,9 +114,7 @@ impl Node {
             scratch: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            flush_at: None,
-            tick_at: None,
-            anti_entropy_at: None,
+            timers: Timers::default(),
             left: false,
             stats: NodeStats::default(),
             cfg,
@@ -348,16 +345,17 @@ impl Node {
 
     /// Fires every timer due at `now`. Spurious calls do nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.flush_at.is_some_and(|t| t <= now) {
-            self.flush_at = None;
+        if self.timers.is_due(Timer::Flush, now) {
+            self.timers.stop(Timer::Flush);
             self.flush(now);
         }
-        if self.tick_at.is_some_and(|t| t <= now) {
-            self.tick_at = Some(now + self.cfg.tick);
+        if self.timers.is_due(Timer::Tick, now) {
+            self.timers.set(Timer::Tick, now + self.cfg.tick);
             self.tick(now);
         }
-        if self.anti_entropy_at.is_some_and(|t| t <= now) {
-            self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
+        if self.timers.is_due(Timer::AntiEntropy, now) {
+            self.timers
+                .set(Timer::AntiEntropy, now + self.cfg.anti_entropy);
             self.anti_entropy();
         }
         if self.swim.poll_timeout() <= now {
@@ -391,9 +389,7 @@ impl Node {
             return None;
         }
         [
-            self.flush_at,
-            self.tick_at,
-            self.anti_entropy_at,
+            self.timers.next(),
             Some(self.swim.poll_timeout()),
             self.coalescer.next_due(),
             self.pending_subs.iter().map(|p| p.deadline).min(),
@@ -404,8 +400,9 @@ impl Node {
     }
 
     fn start(&mut self, now: Instant) {
-        self.tick_at = Some(now + self.cfg.tick);
-        self.anti_entropy_at = Some(now + self.cfg.anti_entropy);
+        self.timers.set(Timer::Tick, now + self.cfg.tick);
+        self.timers
+            .set(Timer::AntiEntropy, now + self.cfg.anti_entropy);
         for addr in self.cfg.seeds.clone() {
             if addr != self.cfg.addr {
                 self.send(None, addr, Body::Hello { full: true });

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use rand::Rng;
 
+use super::timers::Timer;
 use super::{Node, PeerState};
 use crate::codec::Body;
 use crate::id::{NodeId, Topic};
@@ -92,8 +93,8 @@ impl Node {
             self.stats.buffer_overflows += 1;
         }
         self.stats.peak_buffer = self.stats.peak_buffer.max(self.buffer.len());
-        if self.flush_at.is_none() {
-            self.flush_at = Some(now + self.cfg.flush_delay);
+        if !self.timers.is_set(Timer::Flush) {
+            self.timers.set(Timer::Flush, now + self.cfg.flush_delay);
         }
         seq
     }
