@@ -104,7 +104,8 @@ pub enum Body {
         /// Set on the answer to a digest, which is not answered again.
         reply: bool,
     },
-    /// A SWIM failure-detector message (see [`crate::membership`]).
+    /// A SWIM failure-detector message (probes and piggybacked membership
+    /// updates; see [`Swim`]).
     Swim(Swim),
 }
 
