@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_engine::coalesce::CoalesceConfig;
-use chorus_engine::node::PeerState;
 use chorus_engine::runtime::{Delivery, Engine, EngineConfig, EngineHandle, Subscription};
-use chorus_engine::{Config, ConnId, Meta, NodeId, Topic};
+use chorus_engine::CoalesceConfig;
+use chorus_engine::PeerState;
+use chorus_engine::{ConnId, Meta, NodeConfig, NodeId, Topic};
 use tokio::sync::Mutex;
 use tokio::time::{interval, sleep, timeout, timeout_at, Instant, MissedTickBehavior};
 
@@ -51,17 +51,17 @@ fn main() {
 }
 
 /// One line of the final table.
-struct Row {
+struct BenchRow {
     case: String,
     measured: String,
     target: String,
 }
 
-struct Report(Vec<Row>);
+struct BenchReport(Vec<BenchRow>);
 
-impl Report {
+impl BenchReport {
     fn add(&mut self, case: impl Into<String>, measured: impl Into<String>, target: &str) {
-        let row = Row {
+        let row = BenchRow {
             case: case.into(),
             measured: measured.into(),
             target: target.to_string(),
@@ -80,13 +80,13 @@ impl Report {
 }
 
 async fn run() {
-    let mut report = Report(Vec::new());
+    let mut report = BenchReport(Vec::new());
     let epoch = Instant::now();
 
     if let Some(mb) = queue_mb() {
         println!("DIAGNOSTIC RUN: peer_queue_bytes = {mb} MiB on every node (default 16)");
     }
-    println!("== cluster A: default configuration (Config::lan) ==");
+    println!("== cluster A: default configuration (NodeConfig::lan) ==");
     let (n1, n2, n3) = cluster("a", CoalesceConfig::default()).await;
     if only_join() {
         late_joiners(&mut report, &n1, &n2, &n3).await;
@@ -167,7 +167,7 @@ async fn run() {
 
 /// Section 4: a new node joins a cluster holding 100k, then 1M presences.
 async fn late_joiners(
-    report: &mut Report,
+    report: &mut BenchReport,
     n1: &EngineHandle,
     n2: &EngineHandle,
     n3: &EngineHandle,
@@ -198,7 +198,7 @@ fn node_config(
     coalesce: &CoalesceConfig,
 ) -> EngineConfig {
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let mut node = Config::lan(NodeId::new(name, incarnation), bind);
+    let mut node = NodeConfig::lan(NodeId::new(name, incarnation), bind);
     node.rng_seed = incarnation * 1000 + name.bytes().map(u64::from).sum::<u64>();
     node.coalesce = coalesce.clone();
     let mut c = EngineConfig::new(node, SECRET);

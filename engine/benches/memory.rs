@@ -29,10 +29,10 @@
 
 use std::process::Command;
 
-use chorus_engine::context::Ranges;
-use chorus_engine::presence::Presence;
-use chorus_engine::store::{Part, Store};
+use chorus_engine::Presence;
+use chorus_engine::Ranges;
 use chorus_engine::{ConnId, Meta, NodeId, PhxRef, PresEntry, Topic};
+use chorus_engine::{Part, Store};
 
 const N: usize = 1_000_000;
 const TOPICS: usize = 10_000;

@@ -37,9 +37,9 @@ mod origin;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use chorus_engine::presence::Presence;
-use chorus_engine::store::{Delta, Part};
+use chorus_engine::Presence;
 use chorus_engine::{ConnId, Key, Meta, NodeId, PresEntry, Topic};
+use chorus_engine::{Delta, Part};
 use criterion::{criterion_group, criterion_main, Bencher, Criterion, SamplingMode};
 use origin::{meta, Diff, Origin};
 use rand::seq::SliceRandom;

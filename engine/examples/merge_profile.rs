@@ -26,9 +26,9 @@ mod origin;
 use std::hint::black_box;
 use std::time::Instant;
 
-use chorus_engine::codec::{Body, Message};
-use chorus_engine::presence::Presence;
-use chorus_engine::store::{Delta, Part};
+use chorus_engine::Presence;
+use chorus_engine::{Body, Message};
+use chorus_engine::{Delta, Part};
 use chorus_engine::{NodeId, PresEntry, Topic};
 use origin::{Diff, Origin};
 use rand::seq::SliceRandom;

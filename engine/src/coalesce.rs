@@ -56,7 +56,7 @@ pub struct TopicDiff {
 }
 
 #[derive(Debug)]
-struct Pending {
+struct PendingDiff {
     joins: BTreeMap<PhxRef, PresenceItem>,
     leaves: BTreeMap<PhxRef, PresenceItem>,
 }
@@ -65,7 +65,7 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Coalescer {
     config: CoalesceConfig,
-    pending: BTreeMap<Topic, Pending>,
+    pending: BTreeMap<Topic, PendingDiff>,
     due: BTreeSet<(Instant, Topic)>,
 }
 
@@ -86,7 +86,7 @@ impl Coalescer {
             None => {
                 let due = now + self.config.window(topic_size);
                 self.due.insert((due, topic.clone()));
-                self.pending.entry(topic).or_insert(Pending {
+                self.pending.entry(topic).or_insert(PendingDiff {
                     joins: BTreeMap::new(),
                     leaves: BTreeMap::new(),
                 })
@@ -145,6 +145,7 @@ impl Coalescer {
     }
 
     /// Number of topics with a pending diff.
+    #[cfg(test)]
     pub fn pending_topics(&self) -> usize {
         self.pending.len()
     }

@@ -11,13 +11,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{NodeId, Topic};
-use crate::membership::Update;
+use crate::membership::Swim;
 use crate::presence::PresEntry;
 use crate::records::{Record, BUCKETS};
 use crate::store::Delta;
 
 /// The version byte in front of every frame.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Largest frame the decoder accepts (the transport chunks state transfers well
 /// below this).
@@ -45,9 +45,6 @@ pub enum Body {
     },
     /// The members the sender knows, as `(node, gossip address)`.
     Members(Vec<(NodeId, SocketAddr)>),
-    /// Liveness of the old all-to-all detector; kept for the wire format,
-    /// ignored (SWIM probes replaced it).
-    Heartbeat,
     /// A δ-group of the sender's buffer entries `start..seq`.
     Delta {
         /// First buffer sequence number covered.
@@ -107,40 +104,9 @@ pub enum Body {
         /// Set on the answer to a digest, which is not answered again.
         reply: bool,
     },
-    /// SWIM probe of `target` (ignored by any other incarnation), with
-    /// piggybacked membership updates.
-    Ping {
-        /// Probe sequence number, echoed by the ack.
-        seq: u64,
-        /// The probed node incarnation.
-        target: NodeId,
-        /// Membership updates.
-        gossip: Vec<Update>,
-    },
-    /// Answers a [`Body::Ping`] (directly, or relayed by a helper).
-    PingAck {
-        /// The ping's `seq`.
-        seq: u64,
-        /// Membership updates.
-        gossip: Vec<Update>,
-    },
-    /// Asks the receiver to probe `target` and relay its ack (indirect probe).
-    PingReq {
-        /// The requester's probe sequence number.
-        seq: u64,
-        /// The node to probe.
-        target: NodeId,
-        /// Its gossip address.
-        target_addr: SocketAddr,
-        /// Membership updates.
-        gossip: Vec<Update>,
-    },
-    /// A helper could not reach the target of a [`Body::PingReq`] in time
-    /// (Lifeguard: tells the requester its own link works).
-    PingNack {
-        /// The requester's probe sequence number.
-        seq: u64,
-    },
+    /// A SWIM failure-detector message (probes and piggybacked membership
+    /// updates; see [`Swim`]).
+    Swim(Swim),
 }
 
 impl Body {
@@ -149,13 +115,7 @@ impl Body {
     pub fn loss_tolerant(&self) -> bool {
         matches!(
             self,
-            Body::Heartbeat
-                | Body::Digest { .. }
-                | Body::Hello { .. }
-                | Body::Ping { .. }
-                | Body::PingAck { .. }
-                | Body::PingReq { .. }
-                | Body::PingNack { .. }
+            Body::Digest { .. } | Body::Hello { .. } | Body::Swim(_)
         )
     }
 }
@@ -307,36 +267,40 @@ mod tests {
     }
 
     /// Golden vectors: these bytes are the wire format. A change here breaks
-    /// mixed-version clusters and must come with a new WIRE_VERSION.
+    /// mixed-version clusters and must come with a new WIRE_VERSION (2: SWIM
+    /// messages moved into `Body::Swim`, the unused `Heartbeat` went, so every
+    /// tag after `Members` moved down by one).
     #[test]
     fn golden_vectors() {
-        let hb = Message {
+        let nack = Message {
             from: NodeId::new("a", 1),
             addr: addr(),
-            body: Body::Heartbeat,
+            body: Body::Swim(Swim::PingNack { seq: 5 }),
         };
         assert_eq!(
-            hex::encode(hb.encode()),
+            hex::encode(nack.encode()),
             concat!(
-                "01",       // wire version
+                "02",       // wire version
                 "0161",     // from.name "a"
                 "01",       // from.incarnation 1
                 "00",       // addr: V4
                 "7f000001", // 127.0.0.1
                 "fbe81c",   // port 7400 (varint u16)
-                "02",       // Body::Heartbeat
+                "0a",       // Body::Swim
+                "03",       // Swim::PingNack
+                "05",       // seq 5
             )
         );
         assert_eq!(
             hex::encode(sample_delta().encode()),
             concat!(
-                "01", // wire version
+                "02", // wire version
                 "026e31",
                 "07", // from n1#7
                 "00",
                 "7f000001",
                 "fbe81c", // addr 127.0.0.1:7400
-                "03",     // Body::Delta
+                "02",     // Body::Delta
                 "04",     // start 4
                 "05",     // seq 5
                 "01",     // presence: 1 part

@@ -77,11 +77,6 @@ impl<V: Copy> DotMap<V> {
         self.len
     }
 
-    /// Whether it holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The chunk that holds `key` if any chunk does: the first whose largest
     /// key is not below it (`chunks.len()` when `key` is above them all).
     fn chunk_of(&self, key: u64) -> usize {
@@ -89,6 +84,7 @@ impl<V: Copy> DotMap<V> {
     }
 
     /// The value of `key`.
+    #[cfg(test)]
     pub fn get(&self, key: u64) -> Option<V> {
         let c = self.chunks.get(self.chunk_of(key))?;
         c.keys.binary_search(&key).ok().map(|j| c.vals[j])
@@ -248,6 +244,7 @@ impl<V: Copy> DotMap<V> {
     }
 
     /// Every key with its value, in key order.
+    #[cfg(test)]
     pub fn iter(&self) -> Range<'_, V> {
         self.range(0, u64::MAX)
     }
@@ -313,7 +310,7 @@ mod tests {
     }
 
     #[derive(Clone, Debug)]
-    enum Op {
+    enum DotOp {
         Insert(u64),
         Append,
         Remove(u64),
@@ -324,15 +321,15 @@ mod tests {
 
     /// Inserts below `space`, appends above it (up to about `3 * space`),
     /// removals and ranges anywhere in both.
-    fn op(space: u64) -> impl Strategy<Value = Op> {
+    fn op(space: u64) -> impl Strategy<Value = DotOp> {
         let all = 3 * space;
         prop_oneof![
-            4 => (0..space).prop_map(Op::Insert),
-            6 => Just(Op::Append),
-            5 => (0..all).prop_map(Op::Remove),
-            1 => Just(Op::PopFirst),
-            1 => (0..space / 8).prop_map(Op::RemoveTo),
-            2 => (0..all, 0..all).prop_map(|(a, b)| Op::Range(a.min(b), a.max(b))),
+            4 => (0..space).prop_map(DotOp::Insert),
+            6 => Just(DotOp::Append),
+            5 => (0..all).prop_map(DotOp::Remove),
+            1 => Just(DotOp::PopFirst),
+            1 => (0..space / 8).prop_map(DotOp::RemoveTo),
+            2 => (0..all, 0..all).prop_map(|(a, b)| DotOp::Range(a.min(b), a.max(b))),
         ]
     }
 
@@ -350,22 +347,22 @@ mod tests {
             for (n, op) in ops.into_iter().enumerate() {
                 let v = n as u32;
                 match op {
-                    Op::Insert(k) => {
+                    DotOp::Insert(k) => {
                         prop_assert_eq!(m.insert(k, v), model.insert(k, v));
                     }
-                    Op::Append => {
+                    DotOp::Append => {
                         next += 1 + u64::from(v % 3);
                         prop_assert!(m.insert_with(next, || v));
                         prop_assert!(!m.insert_with(next, || unreachable!("present")));
                         model.insert(next, v);
                     }
-                    Op::Remove(k) => prop_assert_eq!(m.remove(k), model.remove(&k)),
-                    Op::PopFirst => prop_assert_eq!(m.pop_first(), model.pop_first()),
-                    Op::RemoveTo(hi) => {
+                    DotOp::Remove(k) => prop_assert_eq!(m.remove(k), model.remove(&k)),
+                    DotOp::PopFirst => prop_assert_eq!(m.pop_first(), model.pop_first()),
+                    DotOp::RemoveTo(hi) => {
                         m.remove_to(hi);
                         model = model.split_off(&(hi + 1));
                     }
-                    Op::Range(lo, hi) => {
+                    DotOp::Range(lo, hi) => {
                         let got: Vec<_> = m.range(lo, hi).collect();
                         let want: Vec<_> = model.range(lo..=hi).map(|(k, v)| (*k, *v)).collect();
                         prop_assert_eq!(got, want);

@@ -22,7 +22,7 @@
 //! bucket. A differing bucket is repaired by shipping its records.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -280,19 +280,6 @@ impl Records {
             .filter_map(|l| l.last_key_value().map(|(s, _)| s.time_ms));
         let regs = self.regs.values().map(|r| r.stamp.time_ms);
         logs.chain(regs).max().unwrap_or(0)
-    }
-}
-
-/// Shared read access to a node's [`Records`]: the node writes, readers on
-/// other threads (a gateway deciding a join) take short read locks.
-#[derive(Clone, Debug)]
-pub struct RecordsReader(pub(crate) Arc<RwLock<Records>>);
-
-impl RecordsReader {
-    /// Locks the records for reading. Keep the guard briefly: the node waits
-    /// for it to merge.
-    pub fn read(&self) -> RwLockReadGuard<'_, Records> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

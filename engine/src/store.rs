@@ -136,7 +136,7 @@ impl<E: Clone> Delta<E> {
 
 /// An entry in the store.
 #[derive(Debug)]
-pub struct Slot<E> {
+pub struct EntrySlot<E> {
     /// Index of the owning replica inside this store.
     pub replica: u32,
     /// Free for the index built on top (presence keeps the entry's position
@@ -153,16 +153,16 @@ pub struct Slot<E> {
 /// merge: it may annotate them (`aux`) or share memory between equal values,
 /// but must leave every value equal, as values replicate.
 #[derive(Debug)]
-pub struct Slots<E>(Slab<Slot<E>>);
+pub struct Slots<E>(Slab<EntrySlot<E>>);
 
 impl<E> Slots<E> {
     /// The entry in `slot`.
-    pub fn get(&self, slot: usize) -> &Slot<E> {
+    pub fn get(&self, slot: usize) -> &EntrySlot<E> {
         &self.0[slot]
     }
 
     /// The entry in `slot`, mutably (see the type's docs).
-    pub fn get_mut(&mut self, slot: usize) -> &mut Slot<E> {
+    pub fn get_mut(&mut self, slot: usize) -> &mut EntrySlot<E> {
         &mut self.0[slot]
     }
 }
@@ -179,7 +179,7 @@ pub trait Observer<E> {
         &mut self,
         slots: &mut Slots<E>,
         slot: usize,
-        old: Slot<E>,
+        old: EntrySlot<E>,
         owner: &NodeId,
         visible: bool,
     );
@@ -218,7 +218,7 @@ impl<E> Observer<E> for Vec<Change<E>> {
         &mut self,
         _: &mut Slots<E>,
         slot: usize,
-        old: Slot<E>,
+        old: EntrySlot<E>,
         owner: &NodeId,
         visible: bool,
     ) {
@@ -235,7 +235,7 @@ impl<E> Observer<E> for Vec<Change<E>> {
 impl<E> Observer<E> for () {
     fn added(&mut self, _: &mut Slots<E>, _: usize, _: &NodeId, _: bool) {}
 
-    fn removed(&mut self, _: &mut Slots<E>, _: usize, _: Slot<E>, _: &NodeId, _: bool) {}
+    fn removed(&mut self, _: &mut Slots<E>, _: usize, _: EntrySlot<E>, _: &NodeId, _: bool) {}
 }
 
 #[derive(Debug)]
@@ -283,7 +283,7 @@ impl<E: Clone> Store<E> {
     }
 
     /// The entry in `slot`.
-    pub fn slot(&self, slot: usize) -> &Slot<E> {
+    pub fn slot(&self, slot: usize) -> &EntrySlot<E> {
         self.slots.get(slot)
     }
 
@@ -347,7 +347,7 @@ impl<E: Clone> Store<E> {
         let r = &mut self.replicas[me as usize];
         let n = r.ctx.max() + 1;
         r.ctx.insert(n);
-        let slot = self.slots.0.insert(Slot {
+        let slot = self.slots.0.insert(EntrySlot {
             replica: me,
             aux: 0,
             dot: n,
@@ -389,7 +389,7 @@ impl<E: Clone> Store<E> {
         part.ops.insert(n);
         part.removes.push((n, old.dot));
         let new_slot = value.map(|value| {
-            let s = self.slots.0.insert(Slot {
+            let s = self.slots.0.insert(EntrySlot {
                 replica: me,
                 aux: 0,
                 dot: n,
@@ -476,7 +476,7 @@ impl<E: Clone> Store<E> {
             }
             let mut slot = None;
             r.live.insert_with(*d, || {
-                let s = slots.0.insert(Slot {
+                let s = slots.0.insert(EntrySlot {
                     replica: idx,
                     aux: 0,
                     dot: *d,
@@ -640,7 +640,7 @@ impl<E: Clone> Store<E> {
     }
 
     /// Every slot, in slab order (for tests and full listings).
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &Slot<E>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &EntrySlot<E>)> {
         self.slots.0.iter()
     }
 }

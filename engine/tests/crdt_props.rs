@@ -14,13 +14,13 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use chorus_engine::presence::Presence;
-use chorus_engine::store::{Delta, Part};
-use chorus_engine::subs::{SubChange, Subs, SubsError};
+use chorus_engine::Presence;
 use chorus_engine::{
     Body, ConnId, DiffItem, Key, Message, Meta, NodeId, PhxRef, PresEntry, PresenceError,
     SubscriberId, Topic,
 };
+use chorus_engine::{Delta, Part};
+use chorus_engine::{SubChange, Subs, SubsError};
 use crdts::{CmRDT, CvRDT, Orswot};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -781,7 +781,7 @@ proptest! {
 /// split slice with much churn) must obey the same laws as small ones.
 mod large_spans {
     use super::*;
-    use chorus_engine::store::Store;
+    use chorus_engine::Store;
 
     const CHURN: u64 = 70_000;
 
@@ -870,7 +870,7 @@ fn hostile_part(origin: usize) -> impl Strategy<Value = Part<PresEntry>> {
         vec((1..24u64, 1..24u64), 0..6),
     )
         .prop_map(move |(spans, adds, removes)| {
-            let mut ops = chorus_engine::context::Ranges::new();
+            let mut ops = chorus_engine::Ranges::new();
             for (lo, len) in spans {
                 ops.insert_span(lo, lo + len);
             }

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chorus_engine::node::PeerState;
+use chorus_engine::PeerState;
 use chorus_engine::{
-    Body, Command, Config, ConnId, Event, Message, Meta, Node, NodeId, SubscriberId, Topic,
+    Body, Command, ConnId, Event, Message, Meta, Node, NodeConfig, NodeId, SubscriberId, Topic,
 };
 
-struct Net {
+struct TestCluster {
     nodes: Vec<Option<Node>>,
     addrs: Vec<SocketAddr>,
     now: Instant,
@@ -28,10 +28,10 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))
 }
 
-impl Net {
-    fn new(n: usize, tweak: impl Fn(&mut Config)) -> Net {
+impl TestCluster {
+    fn new(n: usize, tweak: impl Fn(&mut NodeConfig)) -> TestCluster {
         let now = Instant::now();
-        let mut net = Net {
+        let mut net = TestCluster {
             nodes: Vec::new(),
             addrs: (0..n).map(addr).collect(),
             now,
@@ -50,8 +50,8 @@ impl Net {
         net
     }
 
-    fn config(&self, i: usize, incarnation: u64, tweak: &impl Fn(&mut Config)) -> Config {
-        let mut cfg = Config::lan(NodeId::new(format!("n{i}"), incarnation), addr(i));
+    fn config(&self, i: usize, incarnation: u64, tweak: &impl Fn(&mut NodeConfig)) -> NodeConfig {
+        let mut cfg = NodeConfig::lan(NodeId::new(format!("n{i}"), incarnation), addr(i));
         cfg.seeds = vec![addr(0)];
         cfg.rng_seed = (i as u64) << 8 | incarnation;
         tweak(&mut cfg);
@@ -171,7 +171,7 @@ fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
 
 #[test]
 fn three_nodes_join_from_a_seed_and_converge() {
-    let mut net = Net::new(3, |_| {});
+    let mut net = TestCluster::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
     for i in 0..3 {
         let up = net
@@ -210,7 +210,7 @@ fn three_nodes_join_from_a_seed_and_converge() {
 #[test]
 fn forming_a_cluster_sends_each_node_a_few_member_lists() {
     let n = 40;
-    let mut net = Net::new(n, |_| {});
+    let mut net = TestCluster::new(n, |_| {});
     net.run_for(Duration::from_secs(2));
     for i in 0..n {
         let up = net
@@ -231,7 +231,7 @@ fn forming_a_cluster_sends_each_node_a_few_member_lists() {
 
 #[test]
 fn publish_crosses_the_network_once_per_interested_node() {
-    let mut net = Net::new(3, |_| {});
+    let mut net = TestCluster::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
     let t = Topic::new("room:9");
     for sub in 1..=5 {
@@ -290,7 +290,7 @@ fn publish_crosses_the_network_once_per_interested_node() {
 
 #[test]
 fn first_subscriber_waits_for_peers_to_acknowledge_its_route() {
-    let mut net = Net::new(3, |_| {});
+    let mut net = TestCluster::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
     net.cmd(
         2,
@@ -339,7 +339,7 @@ fn first_subscriber_waits_for_peers_to_acknowledge_its_route() {
 
 #[test]
 fn a_crashed_node_goes_down_then_permdown_and_its_restart_brings_no_zombie() {
-    let mut net = Net::new(3, |c| c.permdown_after = Duration::from_secs(10));
+    let mut net = TestCluster::new(3, |c| c.permdown_after = Duration::from_secs(10));
     net.run_for(Duration::from_millis(100));
     net.cmd(2, track("room:1", "carol", 1));
     net.cmd(0, track("room:1", "alice", 1));
@@ -368,7 +368,7 @@ fn a_crashed_node_goes_down_then_permdown_and_its_restart_brings_no_zombie() {
 
 #[test]
 fn permdown_purges_a_node_that_never_returns() {
-    let mut net = Net::new(3, |c| c.permdown_after = Duration::from_secs(5));
+    let mut net = TestCluster::new(3, |c| c.permdown_after = Duration::from_secs(5));
     net.run_for(Duration::from_millis(100));
     net.cmd(2, track("room:1", "carol", 1));
     net.run_for(Duration::from_millis(50));
@@ -385,7 +385,7 @@ fn permdown_purges_a_node_that_never_returns() {
 
 #[test]
 fn graceful_leave_drops_presences_at_once() {
-    let mut net = Net::new(2, |_| {});
+    let mut net = TestCluster::new(2, |_| {});
     net.run_for(Duration::from_millis(100));
     net.cmd(1, track("room:1", "bob", 1));
     net.run_for(Duration::from_millis(50));
@@ -397,7 +397,7 @@ fn graceful_leave_drops_presences_at_once() {
 
 #[test]
 fn a_partitioned_node_hides_then_heals_without_transfer_of_known_entries() {
-    let mut net = Net::new(3, |_| {});
+    let mut net = TestCluster::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
     net.cmd(0, track("room:1", "alice", 1));
     net.cmd(2, track("room:1", "carol", 1));
@@ -430,7 +430,7 @@ fn a_partitioned_node_hides_then_heals_without_transfer_of_known_entries() {
 
 #[test]
 fn a_peer_behind_a_dropped_buffer_is_repaired_per_origin() {
-    let mut net = Net::new(2, |c| c.buffer_cap = 4);
+    let mut net = TestCluster::new(2, |c| c.buffer_cap = 4);
     net.run_for(Duration::from_millis(100));
     // One direction silently loses deltas for a while (not long enough to go down).
     net.cut.insert((0, 1));
@@ -457,7 +457,7 @@ fn a_peer_behind_a_dropped_buffer_is_repaired_per_origin() {
 
 #[test]
 fn update_reaches_peers_as_one_diff_with_prev_ref() {
-    let mut net = Net::new(2, |_| {});
+    let mut net = TestCluster::new(2, |_| {});
     net.run_for(Duration::from_millis(100));
     net.cmd(0, track("chat:1", "alice", 1));
     net.run_for(Duration::from_millis(100));
@@ -488,7 +488,7 @@ fn update_reaches_peers_as_one_diff_with_prev_ref() {
 
 #[test]
 fn a_join_storm_reaches_each_node_in_a_few_diffs() {
-    let mut net = Net::new(2, |_| {});
+    let mut net = TestCluster::new(2, |_| {});
     net.run_for(Duration::from_millis(100));
     for k in 0..1000u64 {
         net.cmd(0, track("room:big", &format!("u{k}"), k));
@@ -511,11 +511,10 @@ fn append(topic: &str, time_ms: u64, body: &str) -> Command {
     }
 }
 
-impl Net {
+impl TestCluster {
     fn history(&self, i: usize, topic: &str) -> Vec<String> {
         let node = self.nodes[i].as_ref().expect("running");
-        let records = node.records();
-        let r = records.read();
+        let r = node.records();
         r.last(topic, 100)
             .into_iter()
             .map(|(_, body)| body.to_string())
@@ -525,7 +524,7 @@ impl Net {
 
 #[test]
 fn history_reaches_every_node_survives_a_crash_and_heals_a_partition() {
-    let mut net = Net::new(3, |_| {});
+    let mut net = TestCluster::new(3, |_| {});
     net.run_for(Duration::from_millis(100));
     net.cmd(0, append("room:1", 1_000, "hello"));
     net.run_for(Duration::from_millis(10));
@@ -560,7 +559,7 @@ fn history_reaches_every_node_survives_a_crash_and_heals_a_partition() {
         );
         let records = net.nodes[i].as_ref().expect("running").records();
         assert_eq!(
-            records.read().get("room", "lobby").map(|v| v.to_string()),
+            records.get("room", "lobby").map(|v| v.to_string()),
             Some("Lobby".to_owned())
         );
     }
@@ -576,7 +575,7 @@ fn history_reaches_every_node_survives_a_crash_and_heals_a_partition() {
 
 #[test]
 fn a_register_write_after_a_skewed_one_still_wins() {
-    let mut net = Net::new(2, |_| {});
+    let mut net = TestCluster::new(2, |_| {});
     net.run_for(Duration::from_millis(100));
     let put = |time_ms: u64, value: Option<&str>| Command::Put {
         space: "room".into(),
@@ -592,6 +591,6 @@ fn a_register_write_after_a_skewed_one_still_wins() {
     net.run_for(Duration::from_millis(10));
     for i in 0..2 {
         let records = net.nodes[i].as_ref().expect("running").records();
-        assert_eq!(records.read().get("room", "r1"), None, "node {i}");
+        assert_eq!(records.get("room", "r1"), None, "node {i}");
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chorus_engine::records::BUCKETS;
+use chorus_engine::BUCKETS;
 use chorus_engine::{NodeId, Record, Records, Stamp, Topic};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -58,13 +58,13 @@ fn records(writes: &[Write]) -> Vec<Record> {
         .collect()
 }
 
-type View = (
+type RecordsView = (
     BTreeMap<String, Vec<(Stamp, String)>>,
     BTreeMap<String, String>,
 );
 
 /// What a replica that received `got` must show.
-fn model(got: &[Record]) -> View {
+fn model(got: &[Record]) -> RecordsView {
     let mut logs: BTreeMap<String, BTreeSet<(Stamp, String)>> = BTreeMap::new();
     let mut regs: BTreeMap<String, (Stamp, Option<String>)> = BTreeMap::new();
     for r in got {
@@ -99,7 +99,7 @@ fn model(got: &[Record]) -> View {
     (logs, regs)
 }
 
-fn view(r: &Records) -> View {
+fn view(r: &Records) -> RecordsView {
     let logs = (0..3)
         .map(|k| format!("room:{k}"))
         .map(|t| {

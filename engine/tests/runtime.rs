@@ -9,18 +9,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_engine::codec::MAX_FRAME;
-use chorus_engine::node::PeerState;
 use chorus_engine::runtime::auth::{self, PeerHello, Role};
 use chorus_engine::runtime::transport::{codes, transport_config};
 use chorus_engine::runtime::{tls, Delivery, Engine, EngineConfig, EngineHandle, Subscription};
-use chorus_engine::{Config, ConnId, Meta, NodeId};
+use chorus_engine::PeerState;
+use chorus_engine::MAX_FRAME;
+use chorus_engine::{ConnId, Meta, NodeConfig, NodeId};
 use tokio::time::{sleep, timeout, Instant};
 
 const SECRET: &[u8] = b"test-cluster-secret-0123456789ab";
 
 fn config(name: &str, incarnation: u64, bind: SocketAddr, seeds: &[SocketAddr]) -> EngineConfig {
-    let mut node = Config::lan(NodeId::new(name, incarnation), bind);
+    let mut node = NodeConfig::lan(NodeId::new(name, incarnation), bind);
     node.rng_seed = incarnation * 1000 + name.bytes().map(u64::from).sum::<u64>();
     let mut c = EngineConfig::new(node, SECRET);
     c.seeds = seeds.to_vec();

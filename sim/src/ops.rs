@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus_engine::{Command, Config, ConnId, Event, Meta, Node, Outcome, SubscriberId, Topic};
+use chorus_engine::{
+    Command, CommandOutcome, ConnId, Event, Meta, Node, NodeConfig, SubscriberId, Topic,
+};
 use rand::Rng;
 
 use crate::log::{PubRec, Receipt, SubRec};
@@ -40,7 +42,7 @@ impl World {
     fn start_node(&mut self, i: usize) {
         let seeds = (0..3).map(World::addr).collect();
         let slot = &self.nodes[i];
-        let mut cfg = Config::lan(slot.id(), slot.addr);
+        let mut cfg = NodeConfig::lan(slot.id(), slot.addr);
         cfg.seeds = seeds;
         cfg.rng_seed = self.rng.random();
         if let Some(d) = self.timing.down_after {
@@ -199,7 +201,7 @@ impl World {
     }
 
     /// Sends a client command to node `i`; `None` if it is crashed or paused.
-    pub fn command(&mut self, i: usize, cmd: Command) -> Option<Outcome> {
+    pub fn command(&mut self, i: usize, cmd: Command) -> Option<CommandOutcome> {
         let now = self.base + self.now;
         self.trace.record(self.now, 3);
         self.trace.text(&format!("n{i} {cmd:?}"));
@@ -236,7 +238,7 @@ impl World {
             conn,
             meta: meta.clone(),
         };
-        if let Some(Outcome::Tracked(r)) = self.command(i, cmd) {
+        if let Some(CommandOutcome::Tracked(r)) = self.command(i, cmd) {
             self.nodes[i].truth.insert((topic, key, conn), (r, meta));
         }
     }
@@ -250,7 +252,7 @@ impl World {
             conn,
             meta: meta.clone(),
         };
-        if let Some(Outcome::Tracked(r)) = self.command(i, cmd) {
+        if let Some(CommandOutcome::Tracked(r)) = self.command(i, cmd) {
             self.nodes[i]
                 .truth
                 .insert((topic.clone(), key.clone(), conn), (r, meta));
@@ -389,7 +391,8 @@ impl World {
                     rec.ready.get_or_insert(now);
                 }
             }
-            Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) => {}
+            Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) | Event::Record(_) => {
+            }
         }
     }
 }

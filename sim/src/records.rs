@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::{Command, Outcome, Record, Stamp, Topic};
+use chorus_engine::{Command, CommandOutcome, Record, Stamp, Topic};
 
 use crate::world::World;
 
@@ -31,7 +31,7 @@ pub struct Written {
 /// Every record written through [`World::append`] and [`World::put`].
 #[derive(Debug, Default)]
 pub struct Ledger {
-    /// `Config::history_cap` of the nodes.
+    /// `NodeConfig::history_cap` of the nodes.
     pub cap: usize,
     /// The writes, in order.
     pub writes: Vec<Written>,
@@ -79,7 +79,7 @@ impl World {
             time_ms: self.wall_ms(i),
             body: body.clone(),
         };
-        if let Some(Outcome::Recorded(stamp)) = self.command(i, cmd) {
+        if let Some(CommandOutcome::Recorded(stamp)) = self.command(i, cmd) {
             let record = Record::Log { topic, stamp, body };
             self.log
                 .records
@@ -97,7 +97,7 @@ impl World {
             time_ms: self.wall_ms(i),
             value: value.clone(),
         };
-        if let Some(Outcome::Recorded(stamp)) = self.command(i, cmd) {
+        if let Some(CommandOutcome::Recorded(stamp)) = self.command(i, cmd) {
             let record = Record::Reg {
                 space,
                 key,

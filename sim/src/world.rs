@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Topic};
+use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Swim, Topic};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -48,15 +48,15 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "ping-nack",
 ];
 
-/// A scenario's overrides of the nodes' `Config::lan` (failure-detection
+/// A scenario's overrides of the nodes' `NodeConfig::lan` (failure-detection
 /// timing, history cap) and each node's clock skew.
 #[derive(Clone, Debug, Default)]
 pub struct NodeTiming {
-    /// `Config::down_after`, if not the default.
+    /// `NodeConfig::down_after`, if not the default.
     pub down_after: Option<Duration>,
-    /// `Config::permdown_after`, if not the default.
+    /// `NodeConfig::permdown_after`, if not the default.
     pub permdown_after: Option<Duration>,
-    /// `Config::history_cap`, if not the default.
+    /// `NodeConfig::history_cap`, if not the default.
     pub history_cap: Option<usize>,
     /// Clock skew of node `i` in milliseconds (0 when unlisted): what its
     /// clients pass as `time_ms` is the virtual wall clock plus this.
@@ -250,10 +250,7 @@ impl World {
             .iter()
             .filter_map(|s| s.node.as_ref().map(|n| n.records()));
         let records_agree = match digests.next() {
-            Some(first) => {
-                let first = first.read();
-                digests.all(|d| d.read().digest() == first.digest())
-            }
+            Some(first) => digests.all(|d| d.digest() == first.digest()),
             None => true,
         };
         self.log.samples.push(Sample {
@@ -421,7 +418,6 @@ pub fn kind_of(body: &Body) -> usize {
     match body {
         Body::Hello { .. } => 0,
         Body::Members(_) => 1,
-        Body::Heartbeat => 2,
         Body::Delta { .. } => 3,
         Body::Ack { .. } => 4,
         Body::Digest { .. } => 5,
@@ -430,10 +426,10 @@ pub fn kind_of(body: &Body) -> usize {
         Body::Leave => 8,
         Body::Records(_) => 9,
         Body::RecordsDigest { .. } => 10,
-        Body::Ping { .. } => 11,
-        Body::PingAck { .. } => 12,
-        Body::PingReq { .. } => 13,
-        Body::PingNack { .. } => 14,
+        Body::Swim(Swim::Ping { .. }) => 11,
+        Body::Swim(Swim::PingAck { .. }) => 12,
+        Body::Swim(Swim::PingReq { .. }) => 13,
+        Body::Swim(Swim::PingNack { .. }) => 14,
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
-use chorus_engine::presence::Presence;
-use chorus_engine::store::Part;
+use chorus_engine::Part;
+use chorus_engine::Presence;
 use chorus_engine::{ConnId, DiffItem, Key, Meta, NodeId, PresEntry, Topic};
 
 pub type Diff = Vec<(Topic, DiffItem)>;

@@ -13,14 +13,15 @@ use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
 use super::auth::PeerHello;
-use super::handle::{Delivery, Member, Request, RuntimeStats};
+use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats};
+use super::records::RecordsReader;
 use super::transport::{
-    self, codes, out_queue, CloseWhy, Frame, Inbound, LinkCtx, LinkUp, OutQueue, QueueError,
+    self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound, QueueError,
 };
 use super::EngineConfig;
 use crate::id::{SubscriberId, Topic};
-use crate::node::{Command, CommandError, Config, Event, Node, Transmit};
-use crate::records::RecordsReader;
+use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
+use crate::records::Record;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,13 +37,13 @@ struct Link {
     dialed: bool,
 }
 
-pub(crate) struct Driver {
+pub(crate) struct NodeDriver {
     node: Node,
     endpoint: quinn::Endpoint,
     ctx: LinkCtx,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<EngineRequest>,
     drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<PeerInbound>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     links: HashMap<SocketAddr, Link>,
@@ -52,18 +53,22 @@ pub(crate) struct Driver {
     pending: HashMap<SubscriberId, oneshot::Sender<Result<SubscriberId, CommandError>>>,
     next_sub: u64,
     stats: RuntimeStats,
+    /// The read replica of the node's records handed to every handle.
+    records: RecordsReader,
+    /// Records the node accepted, not applied to `records` yet.
+    accepted: Vec<Record>,
 }
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-impl Driver {
+impl NodeDriver {
     pub(crate) fn new(
-        node: Config,
+        node: NodeConfig,
         config: &EngineConfig,
         endpoint: quinn::Endpoint,
-        requests: mpsc::Receiver<Request>,
+        requests: mpsc::Receiver<EngineRequest>,
         drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(1024);
@@ -79,8 +84,11 @@ impl Driver {
             inbound: inbound_tx,
             shutdown: shutdown_rx,
         };
-        Driver {
-            node: Node::new(node, now()),
+        let node = Node::new(node, now());
+        NodeDriver {
+            records: RecordsReader::new(node.records().clone()),
+            accepted: Vec::new(),
+            node,
             endpoint,
             ctx,
             requests,
@@ -98,12 +106,12 @@ impl Driver {
         }
     }
 
-    /// Read access to the node's replicated records.
+    /// The read replica of the node's records.
     pub(crate) fn records(&self) -> RecordsReader {
-        self.node.records()
+        self.records.clone()
     }
 
-    /// The node task. Ends on [`Request::Shutdown`] or when every handle is
+    /// The node task. Ends on [`EngineRequest::Shutdown`] or when every handle is
     /// gone, after a graceful leave.
     pub(crate) async fn run(mut self) {
         let endpoint = self.endpoint.clone();
@@ -111,7 +119,7 @@ impl Driver {
         let acceptor = self.tasks.spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 if inbound
-                    .send(Inbound::Incoming(Box::new(incoming)))
+                    .send(PeerInbound::Incoming(Box::new(incoming)))
                     .await
                     .is_err()
                 {
@@ -126,8 +134,7 @@ impl Driver {
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
             tokio::select! {
                 req = self.requests.recv() => match req {
-                    Some(Request::Shutdown { reply }) => break Some(reply),
-                    Some(req) => self.on_request(req),
+                    Some(req) => if let Some(reply) = self.on_request(req) { break Some(reply) },
                     None => break None,
                 },
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
@@ -163,7 +170,7 @@ impl Driver {
             loop {
                 tokio::select! {
                     done = tasks.join_next() => if done.is_none() { break },
-                    Some(msg) = inbound.recv() => if let Inbound::Incoming(i) = msg { i.refuse() },
+                    Some(msg) = inbound.recv() => if let PeerInbound::Incoming(i) = msg { i.refuse() },
                 }
             }
         })
@@ -189,15 +196,28 @@ impl Driver {
                 break;
             }
         }
+        self.apply_records();
     }
 
-    fn on_request(&mut self, req: Request) {
+    /// Brings the read replica up to date with what the node accepted.
+    fn apply_records(&mut self) {
+        if !self.accepted.is_empty() {
+            self.records.apply(self.accepted.drain(..));
+        }
+    }
+
+    /// Carries out a handle's request. Returns the reply channel of a
+    /// shutdown request, which ends the node task.
+    fn on_request(&mut self, req: EngineRequest) -> Option<oneshot::Sender<()>> {
         match req {
-            Request::Command { cmd, reply } => {
+            EngineRequest::Command { cmd, reply } => {
                 let r = self.node.handle_command(now(), cmd);
+                // A caller that wrote a record reads it back from the replica
+                // once answered: apply it (and send what it caused) first.
+                self.drain();
                 let _ = reply.send(r);
             }
-            Request::Subscribe { topic, tx, reply } => {
+            EngineRequest::Subscribe { topic, tx, reply } => {
                 let sub = SubscriberId(self.next_sub);
                 self.next_sub += 1;
                 self.subscribers.insert(sub, tx);
@@ -216,14 +236,14 @@ impl Driver {
                     }
                 }
             }
-            Request::Unsubscribe { topic, sub, reply } => self.unsubscribe(topic, sub, reply),
-            Request::Presence { topic, reply } => {
+            EngineRequest::Unsubscribe { topic, sub, reply } => self.unsubscribe(topic, sub, reply),
+            EngineRequest::Presence { topic, reply } => {
                 let _ = reply.send(self.node.list(&topic));
             }
-            Request::PresenceCount { topic, reply } => {
+            EngineRequest::PresenceCount { topic, reply } => {
                 let _ = reply.send(self.node.presence().count(&topic));
             }
-            Request::Members { reply } => {
+            EngineRequest::Members { reply } => {
                 let now = now();
                 let members = self
                     .node
@@ -234,7 +254,7 @@ impl Driver {
                             .node
                             .last_heard(&id)
                             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-                        Member {
+                        MemberInfo {
                             id,
                             addr,
                             state,
@@ -244,24 +264,22 @@ impl Driver {
                     .collect();
                 let _ = reply.send(members);
             }
-            Request::Stats { reply } => {
+            EngineRequest::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.node = self.node.stats().clone();
                 stats.presence_entries = self.node.presence().visible_len();
                 let _ = reply.send(stats);
             }
-            Request::Shutdown { reply } => {
-                // Handled by the loop; never routed here.
-                let _ = reply.send(());
-            }
+            EngineRequest::Shutdown { reply } => return Some(reply),
         }
+        None
     }
 
     fn unsubscribe(
         &mut self,
         topic: Topic,
         sub: SubscriberId,
-        reply: Option<oneshot::Sender<Result<crate::node::Outcome, CommandError>>>,
+        reply: Option<oneshot::Sender<Result<crate::node::CommandOutcome, CommandError>>>,
     ) {
         self.forget_subscriber(&topic, sub);
         self.pending.remove(&sub);
@@ -284,6 +302,10 @@ impl Driver {
     }
 
     fn on_event(&mut self, event: Event) {
+        // Whoever hears of another event may read records: apply them first.
+        if !matches!(event, Event::Record(_)) {
+            self.apply_records();
+        }
         match event {
             Event::Broadcast {
                 topic,
@@ -304,6 +326,7 @@ impl Driver {
             Event::MemberUp(id) => debug!(peer = %id, "member up"),
             Event::MemberDown(id) => debug!(peer = %id, "member down"),
             Event::MemberGone(id) => debug!(peer = %id, "member gone"),
+            Event::Record(record) => self.accepted.push(record),
         }
     }
 
@@ -343,7 +366,7 @@ impl Driver {
         let bytes = Bytes::from(t.msg.encode());
         let len = bytes.len() as u64;
         let datagram = t.msg.body.loss_tolerant();
-        let mut frame = Frame { bytes, datagram };
+        let mut frame = PeerFrame { bytes, datagram };
         for _ in 0..2 {
             let link = self.link(t.addr);
             match link.queue.push(frame) {
@@ -396,16 +419,16 @@ impl Driver {
         self.links.get_mut(&addr).expect("inserted above")
     }
 
-    fn on_inbound(&mut self, inbound: Inbound) {
+    fn on_inbound(&mut self, inbound: PeerInbound) {
         match inbound {
-            Inbound::Message { peer, msg, len } => {
+            PeerInbound::Message { peer, msg, len } => {
                 let s = self.stats.peers.entry(peer).or_default();
                 s.messages_in += 1;
                 s.bytes_in += len as u64;
                 self.node.handle_message(now(), msg);
             }
-            Inbound::Up(up) => self.on_up(up),
-            Inbound::Closed { peer, conn_id, why } => {
+            PeerInbound::Up(up) => self.on_up(up),
+            PeerInbound::Closed { peer, conn_id, why } => {
                 match why {
                     CloseWhy::AuthFailed => self.stats.auth_failures += 1,
                     CloseWhy::Protocol => self.stats.protocol_errors += 1,
@@ -417,7 +440,7 @@ impl Driver {
                     }
                 }
             }
-            Inbound::Incoming(incoming) => {
+            PeerInbound::Incoming(incoming) => {
                 let conn_id = self.next_conn;
                 self.next_conn += 1;
                 self.tasks

@@ -10,12 +10,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use super::RecordsReader;
 use super::RuntimeError;
 use crate::coalesce::TopicDiff;
 use crate::id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
-use crate::node::{self, Command, CommandError, Outcome, PeerState};
+use crate::node::{self, Command, CommandError, CommandOutcome, PeerState};
 use crate::presence::PresenceItem;
-use crate::records::{RecordsReader, Stamp};
+use crate::records::Stamp;
 
 /// One item for a subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub enum Delivery {
 
 /// A cluster member as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
+pub struct MemberInfo {
     /// The member's node incarnation.
     pub id: NodeId,
     /// Its gossip address, once heard from directly.
@@ -74,29 +75,29 @@ pub struct RuntimeStats {
     /// Presence metas visible on this node, all topics (a gauge, not a counter).
     pub presence_entries: usize,
     /// The node state machine's own counters.
-    pub node: node::Stats,
+    pub node: node::NodeStats,
 }
 
 /// The outcome of a publish started with [`EngineHandle::publish_queued`].
 #[derive(Debug)]
 #[must_use = "await the receipt for the outcome, or drop it explicitly"]
 pub struct PublishReceipt {
-    rx: oneshot::Receiver<Result<Outcome, CommandError>>,
+    rx: oneshot::Receiver<Result<CommandOutcome, CommandError>>,
 }
 
 impl PublishReceipt {
     /// Waits until the engine carried out the publish.
-    pub async fn outcome(self) -> Result<Outcome, RuntimeError> {
+    pub async fn outcome(self) -> Result<CommandOutcome, RuntimeError> {
         Ok(self.rx.await.map_err(|_| RuntimeError::Stopped)??)
     }
 }
 
 /// A request from a handle to the node task.
 #[derive(Debug)]
-pub(crate) enum Request {
+pub(crate) enum EngineRequest {
     Command {
         cmd: Command,
-        reply: oneshot::Sender<Result<Outcome, CommandError>>,
+        reply: oneshot::Sender<Result<CommandOutcome, CommandError>>,
     },
     Subscribe {
         topic: Topic,
@@ -106,7 +107,7 @@ pub(crate) enum Request {
     Unsubscribe {
         topic: Topic,
         sub: SubscriberId,
-        reply: Option<oneshot::Sender<Result<Outcome, CommandError>>>,
+        reply: Option<oneshot::Sender<Result<CommandOutcome, CommandError>>>,
     },
     Presence {
         topic: Topic,
@@ -117,7 +118,7 @@ pub(crate) enum Request {
         reply: oneshot::Sender<(usize, usize)>,
     },
     Members {
-        reply: oneshot::Sender<Vec<Member>>,
+        reply: oneshot::Sender<Vec<MemberInfo>>,
     },
     Stats {
         reply: oneshot::Sender<RuntimeStats>,
@@ -128,11 +129,11 @@ pub(crate) enum Request {
 }
 
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct HandleShared {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub seeds: Vec<SocketAddr>,
-    pub requests: mpsc::Sender<Request>,
+    pub requests: mpsc::Sender<EngineRequest>,
     /// Unsubscribes from `Drop`, which cannot wait for room.
     pub drops: mpsc::UnboundedSender<(Topic, SubscriberId)>,
     pub records: RecordsReader,
@@ -146,7 +147,7 @@ pub(crate) struct Shared {
 /// alive).
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<HandleShared>,
 }
 
 /// One local subscriber of one topic. Yields what the topic receives from the
@@ -177,7 +178,7 @@ impl EngineHandle {
 
     async fn request<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+        make: impl FnOnce(oneshot::Sender<T>) -> EngineRequest,
     ) -> Result<T, RuntimeError> {
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -188,9 +189,9 @@ impl EngineHandle {
         rx.await.map_err(|_| RuntimeError::Stopped)
     }
 
-    async fn command(&self, cmd: Command) -> Result<Outcome, RuntimeError> {
+    async fn command(&self, cmd: Command) -> Result<CommandOutcome, RuntimeError> {
         Ok(self
-            .request(|reply| Request::Command { cmd, reply })
+            .request(|reply| EngineRequest::Command { cmd, reply })
             .await??)
     }
 
@@ -203,7 +204,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
         let t = topic.clone();
         let id = self
-            .request(|reply| Request::Subscribe {
+            .request(|reply| EngineRequest::Subscribe {
                 topic: t,
                 tx,
                 reply,
@@ -221,7 +222,7 @@ impl EngineHandle {
     /// [`Subscription`] does, but waited for).
     pub async fn unsubscribe(&self, topic: &Topic, sub: SubscriberId) -> Result<(), RuntimeError> {
         let topic = topic.clone();
-        self.request(|reply| Request::Unsubscribe {
+        self.request(|reply| EngineRequest::Unsubscribe {
             topic,
             sub,
             reply: Some(reply),
@@ -235,7 +236,7 @@ impl EngineHandle {
         &self,
         topic: impl Into<Topic>,
         payload: Bytes,
-    ) -> Result<Outcome, RuntimeError> {
+    ) -> Result<CommandOutcome, RuntimeError> {
         self.command(Command::Publish {
             topic: topic.into(),
             payload,
@@ -263,7 +264,7 @@ impl EngineHandle {
         };
         self.shared
             .requests
-            .send(Request::Command { cmd, reply })
+            .send(EngineRequest::Command { cmd, reply })
             .await
             .map_err(|_| RuntimeError::Stopped)?;
         Ok(PublishReceipt { rx })
@@ -276,7 +277,7 @@ impl EngineHandle {
         topic: impl Into<Topic>,
         payload: Bytes,
         exclude: SubscriberId,
-    ) -> Result<Outcome, RuntimeError> {
+    ) -> Result<CommandOutcome, RuntimeError> {
         self.command(Command::Publish {
             topic: topic.into(),
             payload,
@@ -291,7 +292,7 @@ impl EngineHandle {
         node: NodeId,
         topic: impl Into<Topic>,
         payload: Bytes,
-    ) -> Result<Outcome, RuntimeError> {
+    ) -> Result<CommandOutcome, RuntimeError> {
         self.command(Command::DirectPublish {
             node,
             topic: topic.into(),
@@ -357,7 +358,7 @@ impl EngineHandle {
     }
 
     /// Appends `body` to `topic`'s replicated history log (the newest
-    /// [`Config::history_cap`](crate::node::Config::history_cap) entries are
+    /// [`NodeConfig::history_cap`](crate::NodeConfig::history_cap) entries are
     /// kept, ordered by stamp). `time_ms` is the wall clock in ms.
     pub async fn append(
         &self,
@@ -403,7 +404,7 @@ impl EngineHandle {
         topic: impl Into<Topic>,
     ) -> Result<Vec<PresenceItem>, RuntimeError> {
         let topic = topic.into();
-        self.request(|reply| Request::Presence { topic, reply })
+        self.request(|reply| EngineRequest::Presence { topic, reply })
             .await
     }
 
@@ -414,25 +415,28 @@ impl EngineHandle {
         topic: impl Into<Topic>,
     ) -> Result<(usize, usize), RuntimeError> {
         let topic = topic.into();
-        self.request(|reply| Request::PresenceCount { topic, reply })
+        self.request(|reply| EngineRequest::PresenceCount { topic, reply })
             .await
     }
 
     /// The peers this node knows, in id order.
-    pub async fn members(&self) -> Result<Vec<Member>, RuntimeError> {
-        self.request(|reply| Request::Members { reply }).await
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, RuntimeError> {
+        self.request(|reply| EngineRequest::Members { reply }).await
     }
 
     /// Traffic and drop counters.
     pub async fn stats(&self) -> Result<RuntimeStats, RuntimeError> {
-        self.request(|reply| Request::Stats { reply }).await
+        self.request(|reply| EngineRequest::Stats { reply }).await
     }
 
     /// Leaves the cluster gracefully: peers are told to drop this node's
     /// presences at once, queued frames are flushed (bounded), then the
     /// endpoint closes. Every subscription ends. Idempotent.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
-        match self.request(|reply| Request::Shutdown { reply }).await {
+        match self
+            .request(|reply| EngineRequest::Shutdown { reply })
+            .await
+        {
             Ok(()) | Err(RuntimeError::Stopped) => Ok(()),
             Err(e) => Err(e),
         }
@@ -448,16 +452,16 @@ impl EngineHandle {
     }
 }
 
-fn tracked(outcome: Outcome) -> Result<PhxRef, RuntimeError> {
+fn tracked(outcome: CommandOutcome) -> Result<PhxRef, RuntimeError> {
     match outcome {
-        Outcome::Tracked(r) => Ok(r),
+        CommandOutcome::Tracked(r) => Ok(r),
         other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
     }
 }
 
-fn recorded(outcome: Outcome) -> Result<Stamp, RuntimeError> {
+fn recorded(outcome: CommandOutcome) -> Result<Stamp, RuntimeError> {
     match outcome {
-        Outcome::Recorded(stamp) => Ok(stamp),
+        CommandOutcome::Recorded(stamp) => Ok(stamp),
         other => Err(RuntimeError::Unexpected(format!("{other:?}"))),
     }
 }

@@ -21,6 +21,7 @@
 pub mod auth;
 mod driver;
 mod handle;
+mod records;
 pub mod tls;
 pub mod transport;
 
@@ -31,11 +32,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use records::RecordsReader;
+
 pub use handle::{
-    Delivery, EngineHandle, Member, PeerStats, PublishReceipt, RuntimeStats, Subscription,
+    Delivery, EngineHandle, MemberInfo, PeerStats, PublishReceipt, RuntimeStats, Subscription,
 };
 
-use crate::node::{CommandError, Config};
+use crate::node::{CommandError, NodeConfig};
 
 /// Shortest cluster secret accepted, in bytes (see [`auth`] on guessing).
 pub const MIN_SECRET_LEN: usize = 16;
@@ -46,7 +49,7 @@ pub struct EngineConfig {
     /// The node's identity, timing and sizing. Its `addr` and `seeds` are
     /// replaced by [`EngineConfig::advertise`] (or the bound address) and
     /// [`EngineConfig::seeds`].
-    pub node: Config,
+    pub node: NodeConfig,
     /// The cluster secret (`CHORUS_CLUSTER_SECRET`), at least
     /// [`MIN_SECRET_LEN`] bytes; every member must hold the same.
     pub secret: Vec<u8>,
@@ -68,7 +71,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// A configuration binding `node.addr` and joining through `node.seeds`,
     /// with default queue sizes.
-    pub fn new(node: Config, secret: impl Into<Vec<u8>>) -> Self {
+    pub fn new(node: NodeConfig, secret: impl Into<Vec<u8>>) -> Self {
         EngineConfig {
             bind: node.addr,
             seeds: node.seeds.clone(),
@@ -156,8 +159,8 @@ impl Engine {
         let (requests, requests_rx) = mpsc::channel(1024);
         let (drops, drops_rx) = mpsc::unbounded_channel();
         let id = node.id.clone();
-        let driver = driver::Driver::new(node, &config, endpoint, requests_rx, drops_rx);
-        let shared = Arc::new(handle::Shared {
+        let driver = driver::NodeDriver::new(node, &config, endpoint, requests_rx, drops_rx);
+        let shared = Arc::new(handle::HandleShared {
             id,
             addr,
             seeds: config.seeds.clone(),

@@ -100,7 +100,7 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
 
 /// One encoded message on its way to a peer.
 #[derive(Debug)]
-pub(crate) struct Frame {
+pub(crate) struct PeerFrame {
     pub bytes: Bytes,
     pub datagram: bool,
 }
@@ -112,7 +112,7 @@ const FRAME_OVERHEAD: usize = 64;
 /// The sending half of a peer's bounded outbound queue.
 #[derive(Debug, Clone)]
 pub(crate) struct OutQueue {
-    tx: mpsc::UnboundedSender<Frame>,
+    tx: mpsc::UnboundedSender<PeerFrame>,
     queued: Arc<AtomicUsize>,
     cap: usize,
 }
@@ -120,7 +120,7 @@ pub(crate) struct OutQueue {
 /// The receiving half, owned by the connection's writer.
 #[derive(Debug)]
 pub(crate) struct OutReceiver {
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::UnboundedReceiver<PeerFrame>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -150,7 +150,7 @@ impl OutQueue {
     /// Queues without waiting. A frame larger than the cap still goes when the
     /// queue is empty.
     /// The frame comes back with the error.
-    pub fn push(&self, frame: Frame) -> Result<(), (QueueError, Frame)> {
+    pub fn push(&self, frame: PeerFrame) -> Result<(), (QueueError, PeerFrame)> {
         let cost = frame.bytes.len() + FRAME_OVERHEAD;
         let queued = self.queued.load(Ordering::Acquire);
         if queued > 0 && queued + cost > self.cap {
@@ -165,7 +165,7 @@ impl OutQueue {
 }
 
 impl OutReceiver {
-    async fn recv(&mut self) -> Option<Frame> {
+    async fn recv(&mut self) -> Option<PeerFrame> {
         let f = self.rx.recv().await?;
         self.queued
             .fetch_sub(f.bytes.len() + FRAME_OVERHEAD, Ordering::AcqRel);
@@ -175,7 +175,7 @@ impl OutReceiver {
 
 /// What connection tasks tell the node task.
 #[derive(Debug)]
-pub(crate) enum Inbound {
+pub(crate) enum PeerInbound {
     /// A decoded message from an authenticated peer.
     Message {
         peer: SocketAddr,
@@ -229,7 +229,7 @@ pub(crate) struct LinkCtx {
     pub me: PeerHello,
     pub auth_timeout: Duration,
     pub queue_cap: usize,
-    pub inbound: mpsc::Sender<Inbound>,
+    pub inbound: mpsc::Sender<PeerInbound>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -260,7 +260,7 @@ pub(crate) async fn run_dialed(
     };
     let _ = ctx
         .inbound
-        .send(Inbound::Closed {
+        .send(PeerInbound::Closed {
             peer: Some(peer),
             conn_id,
             why,
@@ -274,7 +274,7 @@ pub(crate) async fn run_accepted(ctx: LinkCtx, incoming: Box<quinn::Incoming>, c
     let why = run_inner(&ctx, &mut key, conn_id, Start::Accept(incoming)).await;
     let _ = ctx
         .inbound
-        .send(Inbound::Closed {
+        .send(PeerInbound::Closed {
             peer: key,
             conn_id,
             why,
@@ -350,7 +350,7 @@ async fn run_inner(
         conn: conn.clone(),
         queue,
     };
-    if ctx.inbound.send(Inbound::Up(up)).await.is_err() {
+    if ctx.inbound.send(PeerInbound::Up(up)).await.is_err() {
         conn.close(codes::SHUTDOWN.into(), b"shutdown");
         return CloseWhy::Done;
     }
@@ -440,7 +440,7 @@ async fn write_loop(conn: &quinn::Connection, mut rx: OutReceiver) -> Result<(),
 async fn read_stream(
     conn: &quinn::Connection,
     peer: SocketAddr,
-    inbound: &mpsc::Sender<Inbound>,
+    inbound: &mpsc::Sender<PeerInbound>,
 ) -> Result<(), Fault> {
     let mut stream = conn.accept_uni().await.map_err(|_| Fault::Lost)?;
     loop {
@@ -468,7 +468,7 @@ async fn read_stream(
         let msg = Message::decode(&buf)
             .map_err(|_| Fault::Protocol(codes::PROTOCOL, "undecodable frame"))?;
         inbound
-            .send(Inbound::Message { peer, msg, len })
+            .send(PeerInbound::Message { peer, msg, len })
             .await
             .map_err(|_| Fault::Lost)?;
     }
@@ -477,7 +477,7 @@ async fn read_stream(
 async fn read_datagrams(
     conn: &quinn::Connection,
     peer: SocketAddr,
-    inbound: &mpsc::Sender<Inbound>,
+    inbound: &mpsc::Sender<PeerInbound>,
 ) -> Result<(), Fault> {
     loop {
         let bytes = conn.read_datagram().await.map_err(|_| Fault::Lost)?;
@@ -485,7 +485,7 @@ async fn read_datagrams(
             .map_err(|_| Fault::Protocol(codes::PROTOCOL, "undecodable datagram"))?;
         let len = bytes.len();
         inbound
-            .send(Inbound::Message { peer, msg, len })
+            .send(PeerInbound::Message { peer, msg, len })
             .await
             .map_err(|_| Fault::Lost)?;
     }
@@ -495,8 +495,8 @@ async fn read_datagrams(
 mod tests {
     use super::*;
 
-    fn frame(n: usize) -> Frame {
-        Frame {
+    fn frame(n: usize) -> PeerFrame {
+        PeerFrame {
             bytes: Bytes::from(vec![0u8; n]),
             datagram: false,
         }

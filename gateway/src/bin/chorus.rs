@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use chorus_engine::runtime::{Engine, EngineConfig};
-use chorus_engine::{Config as NodeConfig, NodeId};
+use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::builtin::App;
 use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};

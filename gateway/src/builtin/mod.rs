@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use chorus_engine::RecordsReader;
+use chorus_engine::runtime::RecordsReader;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 

@@ -137,7 +137,7 @@ impl<'a> ChannelContext<'a> {
     }
 
     /// Appends `body` to the replicated history of `log` (this topic or
-    /// another); every node's [`records`](chorus_engine::RecordsReader) gets it.
+    /// another); every node's [`records`](chorus_engine::runtime::RecordsReader) gets it.
     pub fn append(&mut self, log: impl Into<String>, body: JsonObject) {
         self.effects.push(Effect::Action(Action::Append {
             topic: self.topic.to_owned(),

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use chorus_engine::runtime::{Member, RuntimeError, RuntimeStats, Subscription};
+use chorus_engine::runtime::{MemberInfo, RuntimeError, RuntimeStats, Subscription};
 use chorus_engine::{ConnId, Meta, NodeId, PresenceItem, Topic};
 
 use super::Hub;
@@ -96,7 +96,7 @@ impl Hub {
     }
 
     /// Every peer the engine knows and its state.
-    pub async fn members(&self) -> Result<Vec<Member>, RuntimeError> {
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, RuntimeError> {
         self.engine.members().await
     }
 

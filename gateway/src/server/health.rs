@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::node::PeerState;
+use chorus_engine::PeerState;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::node::PeerState;
-use chorus_engine::runtime::{Member, RuntimeStats};
+use chorus_engine::runtime::{MemberInfo, RuntimeStats};
+use chorus_engine::PeerState;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -259,7 +259,7 @@ where
 }
 
 /// Values read at scrape time, as a registry built for this scrape.
-fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[Member])>) -> Registry {
+fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[MemberInfo])>) -> Registry {
     let mut registry = Registry::with_prefix("chorus");
     let counter = |value: u64| {
         let c: Counter = Counter::default();

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chorus_engine::node::PeerState;
 use chorus_engine::runtime::EngineHandle;
+use chorus_engine::PeerState;
 use serde_json::Value;
 
 use crate::util::{eventually, Client, NodeBuilder};

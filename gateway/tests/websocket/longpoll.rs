@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use chorus_engine::node::PeerState;
+use chorus_engine::PeerState;
 use chorus_gateway::channel::Assigns;
 use chorus_gateway::server::{Denied, LongPollKey, ServerConfig, SocketInfo};
 use http_body_util::{BodyExt, Full};

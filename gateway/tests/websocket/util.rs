@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use chorus_engine::runtime::{Engine, EngineConfig, EngineHandle};
-use chorus_engine::{Config, NodeId};
+use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::demo::demo_router;
 use chorus_gateway::server::{Authenticator, Server, ServerConfig};
 use futures_util::{SinkExt, StreamExt};
@@ -81,7 +81,7 @@ impl NodeBuilder {
 
     pub async fn start(self) -> anyhow::Result<Node> {
         let gossip: SocketAddr = "127.0.0.1:0".parse()?;
-        let mut node = Config::lan(NodeId::new(self.name.as_str(), 1), gossip);
+        let mut node = NodeConfig::lan(NodeId::new(self.name.as_str(), 1), gossip);
         node.seeds = self.seeds;
         node.rng_seed = rand::random();
         let engine = Engine::start(EngineConfig::new(node, SECRET)).await?;

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chorus_engine::records::BUCKETS;
+use chorus_engine::BUCKETS;
 use chorus_engine::{Record, Records, Stamp, Topic};
 
 use super::{Invariant, Verdict};
@@ -120,8 +120,7 @@ pub(super) fn check(w: &World) -> Verdict {
     let every = [true; BUCKETS];
     let mut bad = Vec::new();
     for s in w.nodes.iter().filter(|s| s.is_live()) {
-        let reader = s.node.as_ref().expect("live").records();
-        let state = reader.read();
+        let state = s.node.as_ref().expect("live").records();
         let have: BTreeSet<Canon> = state.bucket_records(&every).iter().map(canon).collect();
         if have != expected {
             let missing: Vec<&Canon> = expected.difference(&have).collect();
@@ -193,7 +192,7 @@ mod tests {
 
     fn value(w: &World, i: usize, key: &str) -> Option<String> {
         let reader = w.nodes[i].node.as_ref().expect("live").records();
-        let value = reader.read().get("room", key).map(|v| v.to_string());
+        let value = reader.get("room", key).map(|v| v.to_string());
         value
     }
 

@@ -20,6 +20,14 @@
 //! raise the local health multiplier, which stretches the probe timeout and the
 //! period. Updates travel piggybacked on the probe messages, each about
 //! `gossip_mult * log10(N)` times. See ALGORITHM.md §8.
+//!
+//! Files: this one holds the table, its inputs and outputs; `probe.rs` the
+//! probe round and local health, `suspicion.rs` suspicion and down verdicts,
+//! `gossip.rs` the wire types, update precedence and piggybacking.
+
+mod gossip;
+mod probe;
+mod suspicion;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -28,9 +36,11 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use crate::codec::Body;
+pub use gossip::{Swim, Update, UpdateKind};
+
+use self::gossip::Queued;
+use self::probe::{Probe, Relay};
 use crate::id::NodeId;
 
 /// Timing and sizes of the failure detector.
@@ -70,35 +80,6 @@ pub enum State {
     Down,
 }
 
-/// A membership update, piggybacked on probe messages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Update {
-    /// The member.
-    pub node: NodeId,
-    /// Its gossip address.
-    pub addr: SocketAddr,
-    /// Its membership incarnation (a per-process counter, bumped to refute).
-    pub inc: u64,
-    /// What is said of it.
-    pub kind: UpdateKind,
-}
-
-/// What an [`Update`] says.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum UpdateKind {
-    /// Alive at `inc`.
-    Alive,
-    /// Suspected at `inc` by `by`.
-    Suspect {
-        /// The suspecting member.
-        by: NodeId,
-    },
-    /// Down at `inc`.
-    Down,
-    /// Left gracefully.
-    Left,
-}
-
 /// What the membership asks of its node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -109,7 +90,7 @@ pub enum Output {
         /// Its address.
         addr: SocketAddr,
         /// The message.
-        body: Body,
+        body: Swim,
     },
     /// A down member is back (alive or suspect): show its entries.
     Up(NodeId),
@@ -135,36 +116,6 @@ pub struct Member {
     pub since: Instant,
     /// Suspecters heard at this incarnation (the first included).
     suspecters: BTreeSet<NodeId>,
-}
-
-#[derive(Debug)]
-struct Probe {
-    target: NodeId,
-    seq: u64,
-    indirect_at: Instant,
-    asked: bool,
-    acked: bool,
-    expected_nacks: u32,
-    nacks: u32,
-}
-
-#[derive(Debug)]
-struct Relay {
-    requester: NodeId,
-    addr: SocketAddr,
-    seq: u64,
-    nack_at: Option<Instant>,
-    drop_at: Instant,
-}
-
-#[derive(Debug)]
-struct Queued {
-    update: Update,
-    transmits: u32,
-    order: u64,
-    /// Members it was piggybacked to: none gets it twice before every member
-    /// got it once.
-    sent_to: BTreeSet<NodeId>,
 }
 
 /// The member table and the probe state machine. See the module docs.
@@ -219,49 +170,29 @@ impl Membership {
     }
 
     /// Our own membership incarnation.
+    #[cfg(test)]
     pub fn incarnation(&self) -> u64 {
         self.inc
     }
 
     /// Local health score (0 = healthy); probe timeout and period are
     /// multiplied by score + 1.
+    #[cfg(test)]
     pub fn health(&self) -> u32 {
         self.health
     }
 
     /// A member's row.
+    #[cfg(test)]
     pub fn member(&self, id: &NodeId) -> Option<&Member> {
         self.members.get(id)
     }
 
     /// A member's state.
+    #[cfg(test)]
     pub fn state(&self, id: &NodeId) -> Option<State> {
         self.members.get(id).map(|m| m.state)
     }
-
-    /// Updates waiting to be piggybacked.
-    pub fn pending_gossip(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// The current suspicion timeout for `confirmations` independent
-    /// confirmations (Lifeguard): `max - (max - min) * log(C + 1) / log(K + 1)`,
-    /// where `K` is `indirect_probes`, or 0 (timeout = min) when there are too
-    /// few members to confirm.
-    pub fn suspicion_timeout(&self, confirmations: usize) -> Duration {
-        let n = self.live_count() + 1;
-        let scale = (n as f64).log10().max(1.0);
-        let max = self.cfg.suspicion_max;
-        let min = self.cfg.suspicion_min.mul_f64(scale).min(max);
-        let k = self.cfg.indirect_probes;
-        if n < k + 2 || k == 0 {
-            return min;
-        }
-        let frac = ((confirmations as f64 + 1.0).ln() / (k as f64 + 1.0).ln()).min(1.0);
-        max - (max - min).mul_f64(frac)
-    }
-
-    // ---------------------------------------------------------------- inputs
 
     /// Adds a member heard from (alive at incarnation 0), or fills in its
     /// address. Announces it in the gossip when it is new.
@@ -326,10 +257,10 @@ impl Membership {
         }
     }
 
-    /// Applies a probe message from `from`. Other bodies are ignored.
-    pub fn handle_message(&mut self, now: Instant, from: &NodeId, addr: SocketAddr, body: Body) {
+    /// Applies a probe message from `from`.
+    pub fn handle_message(&mut self, now: Instant, from: &NodeId, addr: SocketAddr, body: Swim) {
         match body {
-            Body::Ping {
+            Swim::Ping {
                 seq,
                 target,
                 gossip,
@@ -337,10 +268,10 @@ impl Membership {
                 self.apply_all(now, gossip);
                 if target == self.id {
                     let gossip = self.gossip_for(from);
-                    self.send(from.clone(), addr, Body::PingAck { seq, gossip });
+                    self.send(from.clone(), addr, Swim::PingAck { seq, gossip });
                 }
             }
-            Body::PingReq {
+            Swim::PingReq {
                 seq,
                 target,
                 target_addr,
@@ -364,28 +295,27 @@ impl Membership {
                 self.send(
                     target.clone(),
                     target_addr,
-                    Body::Ping {
+                    Swim::Ping {
                         seq: ours,
                         target,
                         gossip,
                     },
                 );
             }
-            Body::PingAck { seq, gossip } => {
+            Swim::PingAck { seq, gossip } => {
                 self.apply_all(now, gossip);
                 if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
                     p.acked = true;
                 } else if let Some(r) = self.relays.remove(&seq) {
                     let gossip = self.gossip_for(&r.requester);
-                    self.send(r.requester, r.addr, Body::PingAck { seq: r.seq, gossip });
+                    self.send(r.requester, r.addr, Swim::PingAck { seq: r.seq, gossip });
                 }
             }
-            Body::PingNack { seq } => {
+            Swim::PingNack { seq } => {
                 if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
                     p.nacks += 1;
                 }
             }
-            _ => {}
         }
     }
 
@@ -410,7 +340,7 @@ impl Membership {
             let r = self.relays.get_mut(&s).expect("listed above");
             r.nack_at = None;
             let (to, addr, seq) = (r.requester.clone(), r.addr, r.seq);
-            self.send(to, addr, Body::PingNack { seq });
+            self.send(to, addr, Swim::PingNack { seq });
         }
         self.relays.retain(|_, r| r.drop_at > now);
         // Suspicions that ran out.
@@ -443,8 +373,6 @@ impl Membership {
         }
     }
 
-    // --------------------------------------------------------------- outputs
-
     /// The next thing for the node to do, if any. Poll until `None` after
     /// every input.
     #[must_use]
@@ -471,485 +399,8 @@ impl Membership {
             .fold(self.period_at, Instant::min)
     }
 
-    // ------------------------------------------------------------- internals
-
-    fn multiplier(&self) -> u32 {
-        self.health + 1
-    }
-
-    fn period(&self) -> Duration {
-        self.cfg.period * self.multiplier()
-    }
-
-    fn probe_timeout(&self) -> Duration {
-        self.cfg.probe_timeout * self.multiplier()
-    }
-
-    fn raise_health(&mut self, by: u32) {
-        self.health = (self.health + by).min(self.cfg.max_health);
-    }
-
-    fn live_count(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| m.state != State::Down)
-            .count()
-    }
-
-    /// One protocol period: judge the last probe, purge, probe the next member.
-    fn run_period(&mut self, now: Instant) {
-        self.periods += 1;
-        if let Some(p) = self.probe.take() {
-            if p.acked {
-                self.health = self.health.saturating_sub(1);
-            } else {
-                // Lifeguard: with helpers, only their missing nacks point at us;
-                // without, any failed probe does.
-                let delta = if p.expected_nacks > 0 {
-                    p.expected_nacks.saturating_sub(p.nacks)
-                } else {
-                    1
-                };
-                self.raise_health(delta);
-                self.suspect(now, &p.target, None);
-            }
-        }
-        self.purge(now);
-        if self.cfg.down_probe_every > 0 && self.periods % u64::from(self.cfg.down_probe_every) == 0
-        {
-            self.probe_down_member();
-        }
-        self.ping_suspects(now);
-        if let Some(target) = self.next_target() {
-            let addr = self.members[&target].addr.expect("targets have addresses");
-            let seq = self.ping(target.clone(), addr);
-            self.probe = Some(Probe {
-                target,
-                seq,
-                indirect_at: now + self.probe_timeout(),
-                asked: false,
-                acked: false,
-                expected_nacks: 0,
-                nacks: 0,
-            });
-        }
-        self.period_at = now + self.period();
-    }
-
-    /// Permdown, and down for members whose address we never learned.
-    fn purge(&mut self, now: Instant) {
-        let mut gone = Vec::new();
-        let mut down = Vec::new();
-        for (id, m) in &self.members {
-            let age = now.saturating_duration_since(m.since);
-            match m.state {
-                State::Down if age >= self.cfg.permdown_after => gone.push(id.clone()),
-                State::Alive if m.addr.is_none() && age >= self.cfg.suspicion_max => {
-                    down.push(id.clone())
-                }
-                _ => {}
-            }
-        }
-        for id in down {
-            self.set_down(now, &id);
-        }
-        for id in gone {
-            self.remove(&id);
-            self.outputs.push_back(Output::Gone(id));
-        }
-    }
-
-    /// Lifeguard's buddy system, made active: every period the suspects whose
-    /// suspicion ends soonest (at most `indirect_probes`) are pinged with the
-    /// charge piggybacked, so a live suspect hears it and refutes in its ack
-    /// to the very member that holds the suspicion, instead of depending on
-    /// the round-robin reaching it (or on gossip) before the timeout.
-    fn ping_suspects(&mut self, now: Instant) {
-        let mut due: Vec<(Instant, NodeId)> = self
-            .deadlines
-            .iter()
-            .filter(|(id, _)| self.probe.as_ref().is_none_or(|p| &p.target != *id))
-            .map(|(id, t)| (*t, id.clone()))
-            .collect();
-        due.sort();
-        due.truncate(self.cfg.indirect_probes.max(1));
-        for (_, id) in due {
-            self.ping_suspect(now, &id);
-        }
-    }
-
-    fn ping_suspect(&mut self, _now: Instant, id: &NodeId) {
-        let Some(addr) = self
-            .members
-            .get(id)
-            .filter(|m| m.state == State::Suspect)
-            .and_then(|m| m.addr)
-        else {
-            return;
-        };
-        self.ping(id.clone(), addr);
-    }
-
-    /// Pings `target` and returns the ping's seq. Its gossip is led by what we
-    /// hold against `target`, so a live target refutes in its ack. Outside the
-    /// probe round (suspects, down members) no probe state is kept.
-    fn ping(&mut self, target: NodeId, addr: SocketAddr) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let gossip = self.gossip_for(&target);
-        self.send(
-            target.clone(),
-            addr,
-            Body::Ping {
-                seq,
-                target,
-                gossip,
-            },
-        );
-        seq
-    }
-
-    fn probe_down_member(&mut self) {
-        let down: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == State::Down && m.addr.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        if down.is_empty() {
-            return;
-        }
-        let target = down[self.rng.random_range(0..down.len())].clone();
-        let addr = self.members[&target].addr.expect("filtered");
-        self.ping(target, addr);
-    }
-
-    /// Round-robin over a shuffled list of probeable members; reshuffled after
-    /// each full pass.
-    fn next_target(&mut self) -> Option<NodeId> {
-        for _ in 0..2 {
-            while self.cursor < self.order.len() {
-                let id = self.order[self.cursor].clone();
-                self.cursor += 1;
-                if self
-                    .members
-                    .get(&id)
-                    .is_some_and(|m| m.state != State::Down && m.addr.is_some())
-                {
-                    return Some(id);
-                }
-            }
-            self.order = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.state != State::Down && m.addr.is_some())
-                .map(|(id, _)| id.clone())
-                .collect();
-            for i in (1..self.order.len()).rev() {
-                let j = self.rng.random_range(0..=i);
-                self.order.swap(i, j);
-            }
-            self.cursor = 0;
-        }
-        None
-    }
-
-    fn ask_helpers(&mut self) {
-        let Some(p) = self.probe.as_mut() else {
-            return;
-        };
-        // Asked or not, this probe's indirect stage is over (a deadline left
-        // pending would be due forever).
-        p.asked = true;
-        let target = p.target.clone();
-        let seq = p.seq;
-        let Some(target_addr) = self.members.get(&target).and_then(|m| m.addr) else {
-            return;
-        };
-        let mut helpers: Vec<(NodeId, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(id, m)| **id != target && m.state == State::Alive)
-            .filter_map(|(id, m)| Some((id.clone(), m.addr?)))
-            .collect();
-        let k = self.cfg.indirect_probes.min(helpers.len());
-        for i in 0..k {
-            let j = self.rng.random_range(i..helpers.len());
-            helpers.swap(i, j);
-        }
-        helpers.truncate(k);
-        let p = self.probe.as_mut().expect("checked above");
-        p.expected_nacks = k as u32;
-        for (id, addr) in helpers {
-            let gossip = self.gossip_for(&id);
-            self.send(
-                id,
-                addr,
-                Body::PingReq {
-                    seq,
-                    target: target.clone(),
-                    target_addr,
-                    gossip,
-                },
-            );
-        }
-    }
-
-    fn send(&mut self, to: NodeId, addr: SocketAddr, body: Body) {
+    pub(super) fn send(&mut self, to: NodeId, addr: SocketAddr, body: Swim) {
         self.outputs.push_back(Output::Send { to, addr, body });
-    }
-
-    /// Marks `id` suspect at its current incarnation, as suspected by `by`
-    /// (`None`: by us), and gossips it.
-    fn suspect(&mut self, now: Instant, id: &NodeId, by: Option<NodeId>) {
-        let Some(m) = self.members.get_mut(id) else {
-            return;
-        };
-        let by = by.unwrap_or_else(|| self.id.clone());
-        let new = m.state == State::Alive;
-        match m.state {
-            State::Down => return,
-            // Already suspected by others: ours is a confirmation (once).
-            State::Suspect if !m.suspecters.insert(by.clone()) => return,
-            State::Suspect => {}
-            State::Alive => {
-                m.state = State::Suspect;
-                m.since = now;
-                m.suspecters.clear();
-                m.suspecters.insert(by.clone());
-            }
-        }
-        let (inc, addr) = (m.inc, m.addr);
-        self.reschedule(id, now);
-        if let Some(addr) = addr {
-            self.enqueue(Update {
-                node: id.clone(),
-                addr,
-                inc,
-                kind: UpdateKind::Suspect { by },
-            });
-        }
-        if new {
-            self.ping_suspect(now, id);
-        }
-    }
-
-    /// Sets the suspicion deadline from the confirmations heard so far.
-    fn reschedule(&mut self, id: &NodeId, now: Instant) {
-        let Some(m) = self.members.get(id) else {
-            return;
-        };
-        let _ = now;
-        let confirmations = m.suspecters.len().saturating_sub(1);
-        let at = m.since + self.suspicion_timeout(confirmations);
-        self.deadlines.insert(id.clone(), at);
-    }
-
-    fn set_down(&mut self, now: Instant, id: &NodeId) {
-        let Some(m) = self.members.get_mut(id) else {
-            return;
-        };
-        if m.state == State::Down {
-            return;
-        }
-        m.state = State::Down;
-        m.since = now;
-        m.suspecters.clear();
-        self.deadlines.remove(id);
-        self.outputs.push_back(Output::Down(id.clone()));
-    }
-
-    fn apply_all(&mut self, now: Instant, gossip: Vec<Update>) {
-        for u in gossip {
-            self.apply(now, u);
-        }
-    }
-
-    /// SWIM's precedence rules: alive needs a higher incarnation than what is
-    /// known; suspect and down win at an equal one (down over suspect).
-    fn apply(&mut self, now: Instant, u: Update) {
-        if u.node == self.id {
-            if u.kind != UpdateKind::Alive {
-                // Refute with a higher incarnation of our membership; a stale
-                // verdict (our refutation was lost) gets the current one again.
-                if u.inc >= self.inc {
-                    self.inc = u.inc + 1;
-                    self.raise_health(1);
-                }
-                self.enqueue(Update {
-                    node: self.id.clone(),
-                    addr: self.addr,
-                    inc: self.inc,
-                    kind: UpdateKind::Alive,
-                });
-            }
-            return;
-        }
-        if u.node.same_name(&self.id) {
-            return;
-        }
-        let Some(m) = self.members.get_mut(&u.node) else {
-            if matches!(u.kind, UpdateKind::Alive | UpdateKind::Suspect { .. }) {
-                self.outputs.push_back(Output::Learned(u.node, u.addr));
-            }
-            return;
-        };
-        if m.addr.is_none() {
-            m.addr = Some(u.addr);
-            if matches!(u.kind, UpdateKind::Alive | UpdateKind::Suspect { .. }) {
-                self.outputs
-                    .push_back(Output::Learned(u.node.clone(), u.addr));
-            }
-        }
-        match &u.kind {
-            UpdateKind::Alive => {
-                if u.inc <= m.inc && !(m.state == State::Alive && m.addr.is_none()) {
-                    return;
-                }
-                m.inc = m.inc.max(u.inc);
-                let was = m.state;
-                if was != State::Alive {
-                    m.state = State::Alive;
-                    m.since = now;
-                    m.suspecters.clear();
-                    self.deadlines.remove(&u.node);
-                }
-                if was == State::Down {
-                    self.outputs.push_back(Output::Up(u.node.clone()));
-                }
-                self.enqueue(u);
-            }
-            UpdateKind::Suspect { by } => {
-                let fresh = match m.state {
-                    State::Alive => u.inc >= m.inc,
-                    State::Suspect | State::Down => u.inc > m.inc,
-                };
-                if fresh {
-                    let was = m.state;
-                    m.inc = u.inc;
-                    m.state = State::Suspect;
-                    m.since = now;
-                    m.suspecters.clear();
-                    m.suspecters.insert(by.clone());
-                    if was == State::Down {
-                        self.outputs.push_back(Output::Up(u.node.clone()));
-                    }
-                    let id = u.node.clone();
-                    self.reschedule(&id, now);
-                    self.enqueue(u);
-                    self.ping_suspect(now, &id);
-                } else if m.state == State::Suspect && u.inc == m.inc {
-                    // An independent confirmation shortens the suspicion.
-                    if m.suspecters.insert(by.clone()) {
-                        self.reschedule(&u.node, now);
-                        self.enqueue(u);
-                    }
-                }
-            }
-            UpdateKind::Down => {
-                // Someone else's down verdict only starts (or confirms) a
-                // suspicion here: the member gets the suspicion timeout to
-                // refute, and a node that was itself cut off cannot hide
-                // members the rest of the cluster reaches.
-                if m.state == State::Down || u.inc < m.inc {
-                    return;
-                }
-                if u.inc > m.inc {
-                    m.inc = u.inc;
-                    m.state = State::Alive;
-                }
-                let id = u.node.clone();
-                self.suspect(now, &id, Some(id.clone()));
-            }
-            UpdateKind::Left => {
-                let id = u.node.clone();
-                self.remove(&id);
-                self.outputs.push_back(Output::Gone(id));
-                self.enqueue(u);
-            }
-        }
-    }
-
-    /// Queues an update for piggybacking, replacing any older one about the
-    /// same member.
-    fn enqueue(&mut self, update: Update) {
-        let order = self.next_order;
-        self.next_order += 1;
-        if let Some(old) = self.queue.remove(&update.node) {
-            self.by_priority
-                .remove(&(old.transmits, Reverse(old.order), update.node.clone()));
-        }
-        self.by_priority
-            .insert((0, Reverse(order), update.node.clone()));
-        self.queue.insert(
-            update.node.clone(),
-            Queued {
-                update,
-                transmits: 0,
-                order,
-                sent_to: BTreeSet::new(),
-            },
-        );
-    }
-
-    /// The updates to piggyback on a message to `to`: what we hold against it
-    /// first (so it can refute), then the least-sent, newest updates.
-    fn gossip_for(&mut self, to: &NodeId) -> Vec<Update> {
-        let mut out = Vec::new();
-        if let Some(m) = self.members.get(to) {
-            if let (State::Suspect | State::Down, Some(addr)) = (m.state, m.addr) {
-                let by = m
-                    .suspecters
-                    .iter()
-                    .next()
-                    .cloned()
-                    .unwrap_or_else(|| self.id.clone());
-                let kind = match m.state {
-                    State::Suspect => UpdateKind::Suspect { by },
-                    _ => UpdateKind::Down,
-                };
-                out.push(Update {
-                    node: to.clone(),
-                    addr,
-                    inc: m.inc,
-                    kind,
-                });
-            }
-        }
-        let n = self.members.len() as f64 + 1.0;
-        let limit = self.cfg.gossip_mult * ((n + 1.0).log10().ceil() as u32).max(1);
-        // A member knows what it says of itself (a charge against it went
-        // first above); an update already sent to `to` waits until every
-        // other member got it once, so a few transmissions reach distinct
-        // members (in a small cluster, always the one that needs it).
-        let others = self.members.len().saturating_sub(1);
-        let picked: Vec<(u32, Reverse<u64>, NodeId)> = self
-            .by_priority
-            .iter()
-            .filter(|(_, _, id)| id != to)
-            .filter(|(_, _, id)| {
-                let q = &self.queue[id];
-                !q.sent_to.contains(to) || q.sent_to.len() >= others
-            })
-            .take(self.cfg.max_gossip.saturating_sub(out.len()))
-            .cloned()
-            .collect();
-        for key in picked {
-            self.by_priority.remove(&key);
-            let q = self.queue.get_mut(&key.2).expect("indexed");
-            q.transmits += 1;
-            if q.sent_to.len() >= others {
-                q.sent_to.clear();
-            }
-            q.sent_to.insert(to.clone());
-            out.push(q.update.clone());
-            if q.transmits >= limit {
-                self.queue.remove(&key.2);
-            } else {
-                self.by_priority.insert((q.transmits, key.1, key.2));
-            }
-        }
-        out
     }
 }
 
@@ -994,7 +445,7 @@ mod tests {
             std::iter::from_fn(|| m.poll_output()).any(|o| matches!(
                 o,
                 Output::Send {
-                    body: Body::Ping { .. },
+                    body: Swim::Ping { .. },
                     ..
                 }
             )),
@@ -1010,12 +461,12 @@ mod tests {
     struct Mesh {
         m: Vec<Membership>,
         now: Instant,
-        queue: BTreeMap<(Instant, u64), (usize, usize, Body)>,
+        queue: BTreeMap<(Instant, u64), (usize, usize, Swim)>,
         seq: u64,
         cut: BTreeSet<(usize, usize)>,
         /// Outputs other than sends, per member.
         seen: Vec<Vec<(Instant, Output)>>,
-        sent: Vec<(Instant, usize, usize, Body)>,
+        sent: Vec<(Instant, usize, usize, Swim)>,
     }
 
     impl Mesh {
@@ -1188,13 +639,13 @@ mod tests {
         assert!(
             net.sent
                 .iter()
-                .any(|(_, f, t, b)| *f == 0 && *t == 2 && matches!(b, Body::PingReq { .. })),
+                .any(|(_, f, t, b)| *f == 0 && *t == 2 && matches!(b, Swim::PingReq { .. })),
             "m0 asked m2 to probe m1"
         );
         assert!(net
             .sent
             .iter()
-            .any(|(_, f, t, b)| *f == 2 && *t == 0 && matches!(b, Body::PingAck { .. })));
+            .any(|(_, f, t, b)| *f == 2 && *t == 0 && matches!(b, Swim::PingAck { .. })));
     }
 
     #[test]
@@ -1218,7 +669,7 @@ mod tests {
         let mut pings: Vec<Instant> = net
             .sent
             .iter()
-            .filter(|(_, f, _, b)| *f == 0 && matches!(b, Body::Ping { .. }))
+            .filter(|(_, f, _, b)| *f == 0 && matches!(b, Swim::Ping { .. }))
             .map(|(t, ..)| *t)
             .collect();
         pings.dedup();

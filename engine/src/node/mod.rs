@@ -1,0 +1,425 @@
+//! The [`Node`] state machine: one cluster member's presence table, subscription
+//! table, δ-buffer, peer table and timers.
+//!
+//! Inputs: [`Node::handle_command`] (local API), [`Node::handle_message`] (a
+//! decoded peer message), [`Node::handle_timeout`]. Outputs, pulled:
+//! [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`]. After
+//! any input, drain `poll_transmit` and `poll_event` until `None`, then sleep
+//! until `poll_timeout` or the next input.
+//!
+//! Replication follows delta-state CRDTs (Almeida et al., Algorithm 2) with the
+//! BP and RR refinements of Enes et al. 2019: local ops and the novel part of
+//! every merged delta enter a δ-buffer with sequence numbers; each peer is sent
+//! the δ-group from what it has acknowledged, minus what came from it; a peer too
+//! far behind is repaired per origin from version vectors. See ALGORITHM.md.
+//!
+//! This file holds the struct and its public inputs and outputs; the rest is
+//! split by concern, mostly as `impl Node` blocks: `types.rs` (the API's
+//! words), `config.rs` ([`NodeConfig`]), `peers.rs` (peer table, admission,
+//! failure verdicts), `replicate.rs` (δ-buffer, merge, push,
+//! retransmission), `anti_entropy.rs` (digests and repair), `pubsub.rs`
+//! (subscriptions, broadcasts, presence diffs), `records.rs` (history and
+//! registers) and `timers.rs` (the node's own timers, as data).
+
+mod anti_entropy;
+mod config;
+mod peers;
+mod pubsub;
+mod records;
+mod replicate;
+mod timers;
+mod types;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use config::NodeConfig;
+pub use types::{Command, CommandError, CommandOutcome, Event, NodeStats, PeerState, Transmit};
+
+use self::peers::Peer;
+use self::pubsub::PendingSub;
+use self::replicate::Buffered;
+use self::timers::{Timer, Timers};
+use crate::coalesce::Coalescer;
+use crate::codec::{Body, Message};
+use crate::id::{NodeId, Topic};
+use crate::membership::Membership;
+use crate::presence::{DiffItem, Presence, PresenceItem};
+use crate::records::{Record, Records};
+use crate::subs::{SubChange, Subs};
+
+/// One cluster member. See the module docs.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    rng: ChaCha8Rng,
+    presence: Presence,
+    subs: Subs,
+    /// The replicated records; each one accepted is also reported as
+    /// [`Event::Record`], so a driver can keep a read replica.
+    records: Records,
+    /// Counter of local record writes.
+    record_seq: u64,
+    /// The greatest stamp time issued or seen: local writes stamp past it.
+    record_clock: u64,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Peers up and with an address (what a digest reports, plus us): kept
+    /// as a count because a joining node sends N digests.
+    up_peers: u32,
+    /// SWIM failure detection and membership gossip.
+    swim: Membership,
+    /// Members we said hello to lately, so many lists naming one cost one hello.
+    greeted: BTreeMap<NodeId, Instant>,
+    /// When we last answered a digest with our member list.
+    list_sent: Option<Instant>,
+    buffer: VecDeque<Buffered>,
+    next_seq: u64,
+    pending_subs: Vec<PendingSub>,
+    coalescer: Coalescer,
+    scratch: Vec<(Topic, DiffItem)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    timers: Timers,
+    left: bool,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node started at `now`: its hellos to the seeds are already waiting in
+    /// [`Node::poll_transmit`], and its timers are armed.
+    pub fn new(cfg: NodeConfig, now: Instant) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
+        let mut prefix = [0u8; 6];
+        rng.fill(&mut prefix[..]);
+        let mut node = Node {
+            presence: Presence::new(cfg.id.clone(), prefix, cfg.tomb_cap),
+            subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
+            records: Records::new(cfg.history_cap),
+            record_seq: 0,
+            record_clock: 0,
+            coalescer: Coalescer::new(cfg.coalesce.clone()),
+            rng,
+            peers: BTreeMap::new(),
+            up_peers: 0,
+            swim: Membership::new(cfg.id.clone(), cfg.addr, cfg.swim(), cfg.rng_seed, now),
+            greeted: BTreeMap::new(),
+            list_sent: None,
+            buffer: VecDeque::new(),
+            next_seq: 0,
+            pending_subs: Vec::new(),
+            scratch: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            timers: Timers::default(),
+            left: false,
+            stats: NodeStats::default(),
+            cfg,
+        };
+        node.start(now);
+        node
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.cfg.id
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The presence table (for listing and tests).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// The subscription table.
+    pub fn subs(&self) -> &Subs {
+        &self.subs
+    }
+
+    /// The replicated records (history, registers). A driver that serves
+    /// reads from other threads keeps its own replica, fed by
+    /// [`Event::Record`].
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Visible presence metas of `topic`.
+    pub fn list(&self, topic: &Topic) -> Vec<PresenceItem> {
+        self.presence.list(topic)
+    }
+
+    /// Peers and their state, in id order.
+    pub fn members(&self) -> Vec<(NodeId, Option<SocketAddr>, PeerState)> {
+        self.peers
+            .iter()
+            .map(|(id, p)| (id.clone(), p.addr, p.state))
+            .collect()
+    }
+
+    /// When `peer` was last heard from (any message), if it is a member.
+    pub fn last_heard(&self, peer: &NodeId) -> Option<Instant> {
+        self.peers.get(peer).map(|p| p.last_heard)
+    }
+
+    /// Current δ-buffer length.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Applies a local command.
+    pub fn handle_command(
+        &mut self,
+        now: Instant,
+        cmd: Command,
+    ) -> Result<CommandOutcome, CommandError> {
+        let outcome = match cmd {
+            Command::Track {
+                topic,
+                key,
+                conn,
+                meta,
+            } => {
+                let (r, part) = self
+                    .presence
+                    .track(topic, key, conn, meta, &mut self.scratch)?;
+                self.buffer_local(now, vec![part], vec![]);
+                CommandOutcome::Tracked(r)
+            }
+            Command::Update {
+                topic,
+                key,
+                conn,
+                meta,
+            } => {
+                let (r, part) = self
+                    .presence
+                    .update(topic, key, conn, meta, &mut self.scratch)?;
+                self.buffer_local(now, vec![part], vec![]);
+                CommandOutcome::Tracked(r)
+            }
+            Command::Untrack { topic, key, conn } => {
+                let part = self.presence.untrack(topic, key, conn, &mut self.scratch)?;
+                self.buffer_local(now, vec![part], vec![]);
+                CommandOutcome::Done
+            }
+            Command::UntrackConn { conn } => {
+                let parts = self.presence.untrack_conn(conn, &mut self.scratch);
+                if !parts.is_empty() {
+                    self.buffer_local(now, parts, vec![]);
+                }
+                CommandOutcome::Done
+            }
+            Command::Subscribe { topic, sub } => {
+                self.subscribe(now, topic, sub)?;
+                CommandOutcome::Done
+            }
+            Command::Unsubscribe { topic, sub } => {
+                if let SubChange::Replicate(part) = self.subs.unsubscribe(&topic, sub)? {
+                    self.buffer_local(now, vec![], vec![part]);
+                }
+                self.pending_subs
+                    .retain(|p| !(p.sub == sub && p.topic == topic));
+                CommandOutcome::Done
+            }
+            Command::Publish {
+                topic,
+                payload,
+                exclude,
+            } => self.publish(topic, payload, exclude),
+            Command::DirectPublish {
+                node,
+                topic,
+                payload,
+            } => self.direct_publish(node, topic, payload)?,
+            Command::Append {
+                topic,
+                time_ms,
+                body,
+            } => {
+                let stamp = self.next_stamp(time_ms);
+                self.write_record(Record::Log {
+                    topic,
+                    stamp: stamp.clone(),
+                    body,
+                });
+                CommandOutcome::Recorded(stamp)
+            }
+            Command::Put {
+                space,
+                key,
+                time_ms,
+                value,
+            } => {
+                let stamp = self.next_stamp(time_ms);
+                self.write_record(Record::Reg {
+                    space,
+                    key,
+                    stamp: stamp.clone(),
+                    value,
+                });
+                CommandOutcome::Recorded(stamp)
+            }
+            Command::Leave => {
+                self.leave();
+                CommandOutcome::Done
+            }
+        };
+        self.drain_diffs(now);
+        Ok(outcome)
+    }
+
+    /// Applies a message from a peer (already authenticated by the transport).
+    pub fn handle_message(&mut self, now: Instant, msg: Message) {
+        if self.left || msg.from == self.cfg.id {
+            return;
+        }
+        let from = msg.from.clone();
+        if !self.admit(now, &from, Some(msg.addr)) {
+            return;
+        }
+        match msg.body {
+            Body::Hello { full } => {
+                if full {
+                    let members = self.member_list();
+                    self.send(Some(from.clone()), msg.addr, Body::Members(members));
+                }
+            }
+            Body::Members(list) => {
+                for (id, addr) in list {
+                    self.learn(now, id, addr);
+                }
+            }
+            Body::Swim(swim) => {
+                self.swim.handle_message(now, &from, msg.addr, swim);
+                self.apply_swim(now);
+            }
+            Body::Delta {
+                start,
+                seq,
+                presence,
+                subs,
+            } => {
+                self.merge(now, Some(&from), presence, subs);
+                self.send(Some(from.clone()), msg.addr, Body::Ack { start, seq });
+            }
+            Body::Ack { start, seq } => self.handle_ack(now, &from, start, seq),
+            Body::Digest {
+                presence,
+                subs,
+                reply,
+                members,
+            } => {
+                self.synced(&from);
+                self.members_backstop(now, &from, msg.addr, members);
+                self.handle_digest(&from, msg.addr, &presence, &subs, reply);
+            }
+            Body::Repair { presence, subs } => {
+                self.merge(now, Some(&from), presence, subs);
+            }
+            Body::Broadcast { topic, payload } => {
+                self.deliver_local(&topic, &payload, None);
+            }
+            Body::Leave => {
+                self.swim.leave(&from);
+                self.forget(&from);
+            }
+            Body::Records(records) => self.merge_records(records),
+            Body::RecordsDigest { buckets, reply } => {
+                self.handle_records_digest(&from, msg.addr, &buckets, reply);
+            }
+        }
+        self.drain_diffs(now);
+    }
+
+    /// Fires every timer due at `now`. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.timers.is_due(Timer::Flush, now) {
+            self.timers.stop(Timer::Flush);
+            self.flush(now);
+        }
+        if self.timers.is_due(Timer::Tick, now) {
+            self.timers.set(Timer::Tick, now + self.cfg.tick);
+            self.tick(now);
+        }
+        if self.timers.is_due(Timer::AntiEntropy, now) {
+            self.timers
+                .set(Timer::AntiEntropy, now + self.cfg.anti_entropy);
+            self.anti_entropy();
+        }
+        if self.swim.poll_timeout() <= now {
+            self.swim.handle_timeout(now);
+            self.apply_swim(now);
+        }
+        self.check_pending_subs(now);
+        self.drain_diffs(now);
+        while let Some((topic, diff)) = self.coalescer.pop_due(now) {
+            self.events.push_back(Event::PresenceDiff { topic, diff });
+        }
+    }
+
+    /// The next message to send, if any. Poll until `None` after every input.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next local event, if any. Poll until `None` after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must be called next. Changes after every
+    /// input, so ask again each time.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.left {
+            return None;
+        }
+        [
+            self.timers.next(),
+            Some(self.swim.poll_timeout()),
+            self.coalescer.next_due(),
+            self.pending_subs.iter().map(|p| p.deadline).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn start(&mut self, now: Instant) {
+        self.timers.set(Timer::Tick, now + self.cfg.tick);
+        self.timers
+            .set(Timer::AntiEntropy, now + self.cfg.anti_entropy);
+        for addr in self.cfg.seeds.clone() {
+            if addr != self.cfg.addr {
+                self.send(None, addr, Body::Hello { full: true });
+            }
+        }
+    }
+
+    fn send(&mut self, to: Option<NodeId>, addr: SocketAddr, body: Body) {
+        self.transmits.push_back(Transmit {
+            to,
+            addr,
+            msg: Message {
+                from: self.cfg.id.clone(),
+                addr: self.cfg.addr,
+                body,
+            },
+        });
+        self.stats.peak_transmits = self.stats.peak_transmits.max(self.transmits.len());
+    }
+}

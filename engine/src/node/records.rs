@@ -1,0 +1,104 @@
+//! Replicated records on the node: stamping local writes, pushing them,
+//! merging peers' records, and the bucket-digest anti-entropy that repairs
+//! them. Every record accepted is reported as [`Event::Record`].
+
+use std::net::SocketAddr;
+
+use super::{Event, Node, PeerState};
+use crate::codec::Body;
+use crate::id::NodeId;
+use crate::records::{Record, Stamp};
+
+impl Node {
+    pub(super) fn next_stamp(&mut self, time_ms: u64) -> Stamp {
+        self.record_clock = time_ms.max(self.record_clock + 1);
+        self.record_seq += 1;
+        Stamp {
+            time_ms: self.record_clock,
+            origin: self.cfg.id.clone(),
+            seq: self.record_seq,
+        }
+    }
+
+    /// Applies a local write and pushes it to every up peer. Peers that miss
+    /// it (down, partitioned) get it from anti-entropy.
+    pub(super) fn write_record(&mut self, record: Record) {
+        if self.records.merge(&record) {
+            self.events.push_back(Event::Record(record.clone()));
+        }
+        let targets: Vec<(NodeId, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == PeerState::Up)
+            .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+            .collect();
+        for (id, addr) in targets {
+            self.stats.records_sent += 1;
+            self.send(Some(id), addr, Body::Records(vec![record.clone()]));
+        }
+    }
+
+    pub(super) fn merge_records(&mut self, records: Vec<Record>) {
+        for record in records.into_iter().filter(Record::is_valid) {
+            if cfg!(feature = "broken-merge") && matches!(record, Record::Reg { value: None, .. }) {
+                continue;
+            }
+            self.record_clock = self.record_clock.max(record.stamp().time_ms);
+            if self.records.merge(&record) {
+                self.stats.records_merged += 1;
+                self.events.push_back(Event::Record(record));
+            }
+        }
+    }
+
+    pub(super) fn send_records_digest(&mut self, to: NodeId, addr: SocketAddr, reply: bool) {
+        let buckets = self.records.digest().to_vec();
+        self.send(Some(to), addr, Body::RecordsDigest { buckets, reply });
+    }
+
+    /// Ships our records of every bucket that differs from the peer's, and
+    /// answers a first digest with ours so the peer ships what we lack.
+    pub(super) fn handle_records_digest(
+        &mut self,
+        from: &NodeId,
+        addr: SocketAddr,
+        theirs: &[u64],
+        reply: bool,
+    ) {
+        let records = {
+            let state = &self.records;
+            let differ: Vec<bool> = state
+                .digest()
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| a != b)
+                .collect();
+            if !differ.contains(&true) {
+                return;
+            }
+            state.bucket_records(&differ)
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            bytes += record.size();
+            chunk.push(record);
+            if bytes >= self.cfg.records_chunk {
+                self.stats.records_sent += 1;
+                self.send(
+                    Some(from.clone()),
+                    addr,
+                    Body::Records(std::mem::take(&mut chunk)),
+                );
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.stats.records_sent += 1;
+            self.send(Some(from.clone()), addr, Body::Records(chunk));
+        }
+        if !reply {
+            self.send_records_digest(from.clone(), addr, true);
+        }
+    }
+}
