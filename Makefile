@@ -21,6 +21,8 @@ cluster: ## Start three nodes (HTTP 4000-4002, gossip 7400-7402) with a dev secr
 	wait $$p1 $$p2 $$p3
 
 test: ## Build and run every test
+	# This also builds target/debug/chorus (for the gateway's integration tests),
+	# which chorus-tests' partition test runs.
 	$(CARGO) test --workspace --exclude chorus-sim
 	# The simulator sweeps (every scenario over 100+ seeds) run optimised.
 	$(CARGO) test --release -p chorus-sim

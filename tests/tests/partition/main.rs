@@ -5,18 +5,24 @@
 //!
 //! Network namespaces need root and iproute2 (`ip netns`); elsewhere the test
 //! prints why it skipped and passes.
+//!
+//! The `chorus` binary is `$CHORUS_BIN` if set, else `target/<profile>/chorus`
+//! next to this test's own executable (see [`chorus_bin`]); `cargo test
+//! --workspace` builds it, `cargo test -p chorus-tests` alone does not.
 
 mod net;
 
-#[path = "../api/http.rs"]
+// The gateway's own test helpers, shared by path rather than copied.
+#[path = "../../../gateway/tests/api/http.rs"]
 #[allow(dead_code)]
 mod http;
-#[path = "../websocket/util.rs"]
+#[path = "../../../gateway/tests/websocket/util.rs"]
 #[allow(dead_code)]
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +44,34 @@ const TOPIC: &str = "chat:partition";
 /// and to find it again after the heal.
 const SETTLE: Duration = Duration::from_secs(20);
 
+/// The `chorus` binary to run: `$CHORUS_BIN` if set, else `chorus` in the
+/// profile directory above this test's executable
+/// (`target/<profile>/deps/partition-HASH` -> `target/<profile>/chorus`).
+fn chorus_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("CHORUS_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("CHORUS_BIN is {}, which is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let exe = std::env::current_exe().context("locate the test executable")?;
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test executable has no target/<profile>/deps parent")?;
+    let bin = profile.join(format!("chorus{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!(
+            "no chorus binary at {}: build it first with \
+             `cargo build -p chorus-gateway --bin chorus` (same profile as the tests), \
+             or point CHORUS_BIN at one",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// A `chorus` process inside a namespace; killed when dropped.
 struct Proc(Child);
 
@@ -48,14 +82,14 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(net: &Net, i: usize) -> anyhow::Result<Proc> {
+fn spawn(net: &Net, bin: &Path, i: usize) -> anyhow::Result<Proc> {
     let seeds: Vec<String> = (1..=net.nodes())
         .filter(|&j| j != i)
         .map(|j| net.gossip_addr(j).to_string())
         .collect();
     let child = Command::new("ip")
         .args(["netns", "exec", &net.namespace(i)])
-        .arg(env!("CARGO_BIN_EXE_chorus"))
+        .arg(bin)
         .args(["--node", &format!("n{i}")])
         .args(["--listen", &net.http_addr(i).to_string()])
         .args(["--gossip", &net.gossip_addr(i).to_string()])
@@ -271,8 +305,10 @@ async fn a_node_cut_off_and_reconnected_serves_its_clients_and_converges() -> an
             return Ok(());
         }
     };
+    let bin = chorus_bin()?;
+    eprintln!("chorus binary: {}", bin.display());
     let _procs = (1..=3)
-        .map(|i| spawn(&net, i))
+        .map(|i| spawn(&net, &bin, i))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for i in 1..=3 {
         assert!(listening(net.http_addr(i)).await, "n{i} is not listening");
