@@ -18,7 +18,7 @@
 //!    [`Node::handle_message`] (`node/mod.rs`), which admits the sender
 //!    (`node/peers.rs`) and dispatches on [`Body`]: `Delta`/`Repair` to
 //!    `node/replicate.rs` (`merge`, into `presence.rs` and `subs.rs` over
-//!    `store.rs`), `Ack` there too, `Digest` to `node/anti_entropy.rs`,
+//!    `store/`), `Ack` there too, `Digest` to `node/anti_entropy.rs`,
 //!    `Records`/`RecordsDigest` to `node/records.rs` (into `records.rs`),
 //!    `Swim` to `membership/` then `Node::apply_swim` (`node/peers.rs`),
 //!    `Broadcast` to `node/pubsub.rs`;
