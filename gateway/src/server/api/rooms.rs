@@ -62,10 +62,10 @@ pub(crate) fn list(shared: &Shared) -> ApiResult {
     Ok(json_response(StatusCode::OK, &json!({ "rooms": rooms })))
 }
 
-/// The body of `POST /api/rooms`.
+/// The body of `POST /api/rooms` (public so the fuzz targets can decode it).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NewRoom {
+pub struct NewRoom {
     id: String,
     #[serde(default)]
     name: Option<String>,

@@ -22,8 +22,8 @@ mod forward;
 mod session;
 mod token;
 
-pub use session::MAX_LINES;
-pub use token::derive_key;
+pub use session::{body_lines, decode_line, LineError, MAX_LINES};
+pub use token::{derive_key, sign as sign_token, verify as verify_token, SessionRef};
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -47,7 +47,6 @@ use crate::server::{ServerConfig, Shared};
 use crate::socket::{Session, SessionConfig};
 use forward::Forwarded;
 use session::{status, Answer, LpSession, LpTiming, Op};
-use token::SessionRef;
 
 /// The LongPoll endpoint (Phoenix's `socket "/socket"` + `/longpoll`).
 pub const LONGPOLL_PATH: &str = "/socket/longpoll";

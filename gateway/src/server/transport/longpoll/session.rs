@@ -255,15 +255,7 @@ impl LpSession {
     /// Runs a POST body's frames in order. A line that does not decode stops the
     /// batch (the lines before it ran) and is answered 400; the session goes on.
     async fn handle_send(&mut self, body: &str, ndjson: bool) -> (u16, Result<(), Exit>) {
-        let lines: Vec<&str> = if ndjson {
-            body.split('\n')
-                .map(|line| line.strip_suffix('\r').unwrap_or(line))
-                .filter(|line| !line.is_empty())
-                .take(MAX_LINES)
-                .collect()
-        } else {
-            vec![body]
-        };
+        let lines = body_lines(body, ndjson);
         let vsn = self.driver.session.vsn();
         for line in lines {
             let len = line.len();
@@ -333,18 +325,34 @@ impl LpSession {
     }
 }
 
+/// The frames of a POST body: one per non-empty line of an ndjson body (a `\r\n`
+/// ending is allowed), at most [`MAX_LINES`]; any other body is one frame.
+pub fn body_lines(body: &str, ndjson: bool) -> Vec<&str> {
+    if ndjson {
+        body.split('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .filter(|line| !line.is_empty())
+            .take(MAX_LINES)
+            .collect()
+    } else {
+        vec![body]
+    }
+}
+
 /// Why a POSTed line was refused.
 #[derive(Debug, thiserror::Error)]
-enum LineError {
+pub enum LineError {
+    /// Neither JSON nor standard base64.
     #[error("line is neither a JSON frame nor standard base64")]
     Base64,
+    /// The frame does not decode.
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
 
 /// A line starting with `[` (v2) or `{` (v1) is a JSON frame; any other line is the
 /// standard base64 of a binary frame.
-fn decode_line(vsn: Vsn, line: &str) -> Result<InFrame, LineError> {
+pub fn decode_line(vsn: Vsn, line: &str) -> Result<InFrame, LineError> {
     if line.starts_with('[') || line.starts_with('{') {
         return Ok(decode_text(vsn, line)?);
     }

@@ -26,11 +26,11 @@ const MAX_TOKEN_LEN: usize = 512;
 
 /// What a verified token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct SessionRef {
+pub struct SessionRef {
     /// The node the session lives on.
-    pub(crate) owner: NodeId,
+    pub owner: NodeId,
     /// The session's connection id on that node.
-    pub(crate) id: u64,
+    pub id: u64,
 }
 
 fn mac(key: &[u8; 32]) -> Hmac<Sha256> {
@@ -47,7 +47,7 @@ pub fn derive_key(cluster_secret: &[u8]) -> [u8; 32] {
 }
 
 /// Signs a token for session `session.id` on `session.owner`.
-pub(crate) fn sign(key: &[u8; 32], session: &SessionRef) -> String {
+pub fn sign(key: &[u8; 32], session: &SessionRef) -> String {
     let name = session.owner.name.as_bytes();
     let mut bytes = Vec::with_capacity(HEADER_LEN + name.len() + MAC_LEN);
     bytes.push(VERSION);
@@ -61,7 +61,7 @@ pub(crate) fn sign(key: &[u8; 32], session: &SessionRef) -> String {
 }
 
 /// Verifies a token; `None` for anything not signed by `key` in this format.
-pub(crate) fn verify(key: &[u8; 32], token: &str) -> Option<SessionRef> {
+pub fn verify(key: &[u8; 32], token: &str) -> Option<SessionRef> {
     if token.len() > MAX_TOKEN_LEN {
         return None;
     }
