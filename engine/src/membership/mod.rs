@@ -278,6 +278,12 @@ impl Membership {
                 gossip,
             } => {
                 self.apply_all(now, gossip);
+                // Asked to probe ourselves (or another process under our name):
+                // no honest requester does that, and following it would send a
+                // ping to our own name. Found by the fuzzer (fuzz/FUZZING.md).
+                if target.same_name(&self.id) {
+                    return;
+                }
                 let ours = self.next_seq;
                 self.next_seq += 1;
                 let timeout = self.probe_timeout();
@@ -429,6 +435,30 @@ mod tests {
 
     fn addr(i: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16))
+    }
+
+    #[test]
+    fn a_ping_req_naming_ourselves_sends_nothing() {
+        // A hostile peer asks us to probe our own name: we must not ping ourselves.
+        let now = Instant::now();
+        let mut m = Membership::new(id(0), addr(0), cfg(), 0, now);
+        m.insert(now, id(1), Some(addr(1)));
+        while m.poll_output().is_some() {}
+        for target in [id(0), NodeId::new("m0", 9)] {
+            let req = Swim::PingReq {
+                seq: 1,
+                target,
+                target_addr: addr(0),
+                gossip: vec![],
+            };
+            m.handle_message(now, &id(1), addr(1), req);
+            let sent: Vec<_> = std::iter::from_fn(|| m.poll_output()).collect();
+            assert!(
+                sent.iter()
+                    .all(|o| !matches!(o, Output::Send { to, .. } if to.same_name(&id(0)))),
+                "pinged ourselves: {sent:?}"
+            );
+        }
     }
 
     #[test]
