@@ -1,0 +1,693 @@
+//! Decode-then-`handle_message` on a live [`Node`], structure-aware: the input is
+//! a sequence of [`Op`]s (built with `arbitrary`) that drives one target node
+//! and three fake peers over virtual time.
+//!
+//! The fake peers are real `Node`s, so the deltas, digests and SWIM probes they
+//! send are the real thing; the fuzzer decides when each is delivered, mutates
+//! some (another sender, a stale or future incarnation, a flipped byte, a
+//! replay), and injects hand-built bodies (member lists, digests, acks, records,
+//! SWIM updates) naming nodes real and unknown. Every message to the target goes
+//! through the codec (`encode`, then `Message::decode`) and one helper,
+//! [`deliver`], so the change of `handle_message`'s signature is one line.
+//!
+//! Invariants after every step: no panic; everything the target sends comes from
+//! it, is not addressed to it and round-trips through the codec; its δ-buffer
+//! stays under `buffer_cap`; its timers move forward (firing what is due never
+//! leaves something due at the same instant forever); it never lists itself as
+//! a member.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arbitrary::{Arbitrary, Unstructured};
+use bytes::Bytes;
+use chorus_engine::{
+    Body, Command, ConnId, Message, Meta, Node, NodeConfig, NodeId, Record, Stamp, SubscriberId,
+    Swim, Topic, Update, UpdateKind, BUCKETS,
+};
+
+/// Fake peers beside the target.
+const PEERS: usize = 3;
+/// Steps per input: enough for joins, deltas, digests and a failure verdict.
+const MAX_OPS: usize = 96;
+/// Bound on the transmits moved per step, so one input stays fast.
+const MAX_PUMP: usize = 256;
+
+const TOPICS: &[&str] = &["room:lobby", "room:1", "user:42", "chorus:records", ""];
+const KEYS: &[&str] = &["alice", "bob", "42", ""];
+const METAS: &[&str] = &[
+    r#"{"online_at":"1700000000"}"#,
+    r#"{"typing":true,"name":"alice"}"#,
+    r#"{}"#,
+    r#"[1,2]"#,
+    r#""not an object""#,
+    "not json",
+];
+/// Node names used in messages; index 0 is the target's.
+const NAMES: &[&str] = &["t", "p0", "p1", "p2", "stranger"];
+
+/// What the fuzzer asks for: which inputs reach the target's known panics,
+/// which the engine's peer-boundary rewrite (issue 14) fixes. Off by default so
+/// the fuzzer explores past them; `tests/replay.rs` replays the saved inputs
+/// with them on (ignored until that fix lands).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Deliver messages that name another incarnation of the target's own node
+    /// name (reaches `forget(self)` and its `assert_ne!`), and SWIM updates
+    /// about the target at incarnation `u64::MAX` (`inc + 1` overflows).
+    pub known_panics: bool,
+}
+
+/// One step.
+#[derive(Arbitrary, Debug)]
+pub enum Op {
+    /// Virtual time passes; every timer due fires, on every node.
+    Advance(u16),
+    /// A local command on the target.
+    Local(LocalCmd),
+    /// A local command on a fake peer (so it has something to replicate).
+    PeerLocal(u8, LocalCmd),
+    /// A fake peer's next message to the target, maybe mutated.
+    Deliver(u8, Option<Mutation>),
+    /// Everything the target sent, delivered to the fake peers it addressed.
+    Reply,
+    /// A hand-built message from a fake peer.
+    Inject(u8, ArbBody),
+    /// A raw frame from the network (most fail to decode).
+    Raw(Vec<u8>),
+    /// A fake peer restarts: same name, next incarnation, empty state.
+    Restart(u8),
+}
+
+/// A local command, over a small palette of topics, keys and metas.
+#[derive(Arbitrary, Debug)]
+pub enum LocalCmd {
+    Track {
+        topic: u8,
+        key: u8,
+        conn: u8,
+        meta: u8,
+    },
+    Update {
+        topic: u8,
+        key: u8,
+        conn: u8,
+        meta: u8,
+    },
+    Untrack {
+        topic: u8,
+        key: u8,
+        conn: u8,
+    },
+    UntrackConn {
+        conn: u8,
+    },
+    Subscribe {
+        topic: u8,
+        sub: u8,
+    },
+    Unsubscribe {
+        topic: u8,
+        sub: u8,
+    },
+    Publish {
+        topic: u8,
+        payload: Vec<u8>,
+        exclude: Option<u8>,
+    },
+    DirectPublish {
+        node: u8,
+        topic: u8,
+    },
+    Append {
+        topic: u8,
+        time_ms: u64,
+        body: String,
+    },
+    Put {
+        key: u8,
+        time_ms: u64,
+        value: Option<String>,
+    },
+    Leave,
+}
+
+/// A change to a real message on its way to the target.
+#[derive(Arbitrary, Debug)]
+pub enum Mutation {
+    /// Claims another incarnation of the sender.
+    Incarnation(u64),
+    /// Claims another sender name (maybe the target's own).
+    Name(u8),
+    /// Claims another gossip address.
+    Addr(u16),
+    /// Delivered twice.
+    Replay,
+    /// One byte of the encoded frame XORed.
+    FlipByte(u16, u8),
+    /// The encoded frame cut short.
+    Truncate(u16),
+}
+
+/// A node named in a hand-built body.
+#[derive(Arbitrary, Debug)]
+pub struct ArbNode {
+    name: u8,
+    /// `None`: the incarnation that node runs now.
+    inc: Option<u64>,
+}
+
+/// A hand-built body (the δ kinds come from real peers instead).
+#[derive(Arbitrary, Debug)]
+pub enum ArbBody {
+    Hello(bool),
+    Members(Vec<(ArbNode, u16)>),
+    Ack(u64, u64),
+    Digest {
+        presence: Vec<(ArbNode, u64)>,
+        subs: Vec<(ArbNode, u64)>,
+        reply: bool,
+        members: u32,
+    },
+    Broadcast(u8, Vec<u8>),
+    Leave,
+    Records(Vec<ArbRecord>),
+    RecordsDigest(Vec<u64>, bool),
+    Ping {
+        seq: u64,
+        target: ArbNode,
+        gossip: Vec<ArbUpdate>,
+    },
+    PingAck {
+        seq: u64,
+        gossip: Vec<ArbUpdate>,
+    },
+    PingReq {
+        seq: u64,
+        target: ArbNode,
+        port: u16,
+        gossip: Vec<ArbUpdate>,
+    },
+    PingNack(u64),
+}
+
+/// A SWIM membership update.
+#[derive(Arbitrary, Debug)]
+pub struct ArbUpdate {
+    node: ArbNode,
+    port: u16,
+    inc: u64,
+    kind: u8,
+    by: ArbNode,
+}
+
+/// A record write.
+#[derive(Arbitrary, Debug)]
+pub struct ArbRecord {
+    log: bool,
+    name: u8,
+    time_ms: u64,
+    origin: ArbNode,
+    seq: u64,
+    value: Option<String>,
+}
+
+fn pick<'a>(palette: &[&'a str], i: u8) -> &'a str {
+    palette[i as usize % palette.len()]
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(10, 0, 0, 1 + i as u8),
+        7400,
+    ))
+}
+
+/// The target is slot 0, the fake peers slots 1..=PEERS.
+struct World {
+    now: Instant,
+    nodes: Vec<Node>,
+    /// Messages each fake peer sent the target, not delivered yet.
+    to_target: Vec<Vec<Message>>,
+    /// Messages the target sent (with their address), not delivered yet.
+    replies: Vec<(SocketAddr, Message)>,
+    options: Options,
+}
+
+fn config(slot: usize, incarnation: u64, seed: u64) -> NodeConfig {
+    let mut cfg = NodeConfig::lan(NodeId::new(NAMES[slot], incarnation), addr(slot));
+    cfg.rng_seed = seed;
+    cfg.seeds = if slot == 0 {
+        vec![addr(1)]
+    } else {
+        vec![addr(0)]
+    };
+    cfg
+}
+
+/// The one call of `Node::handle_message`: when it takes the authenticated
+/// sender (`handle_message(now, from, msg)`), only this line changes.
+fn deliver(node: &mut Node, now: Instant, msg: Message) {
+    node.handle_message(now, msg);
+}
+
+/// Whether `msg` reaches a panic the peer-boundary rewrite fixes (see
+/// [`Options::known_panics`]).
+pub fn hits_known_panic(me: &NodeId, msg: &Message) -> bool {
+    let other_me = |id: &NodeId| id.name == me.name && id.incarnation != me.incarnation;
+    let update = |u: &Update| {
+        other_me(&u.node)
+            || matches!(&u.kind, UpdateKind::Suspect { by } if other_me(by))
+            || (u.node == *me && u.inc == u64::MAX)
+    };
+    if other_me(&msg.from) {
+        return true;
+    }
+    match &msg.body {
+        Body::Members(list) => list.iter().any(|(id, _)| other_me(id)),
+        Body::Digest { presence, subs, .. } => {
+            presence.iter().chain(subs).any(|(id, _)| other_me(id))
+        }
+        Body::Records(records) => records.iter().any(|r| other_me(&r.stamp().origin)),
+        Body::Swim(Swim::Ping { target, gossip, .. }) => {
+            other_me(target) || gossip.iter().any(update)
+        }
+        Body::Swim(Swim::PingReq { target, gossip, .. }) => {
+            other_me(target) || gossip.iter().any(update)
+        }
+        Body::Swim(Swim::PingAck { gossip, .. }) => gossip.iter().any(update),
+        _ => false,
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        let nodes = (0..=PEERS)
+            .map(|slot| Node::new(config(slot, 1, slot as u64), now))
+            .collect();
+        let mut world = World {
+            now,
+            nodes,
+            to_target: vec![Vec::new(); PEERS],
+            replies: Vec::new(),
+            options: Options::default(),
+        };
+        world.pump();
+        world
+    }
+
+    fn node_id(&self, arb: &ArbNode) -> NodeId {
+        let slot = arb.name as usize % NAMES.len();
+        let current = self.nodes.get(slot).map_or(1, |n| n.id().incarnation);
+        NodeId::new(NAMES[slot], arb.inc.unwrap_or(current))
+    }
+
+    fn peer(i: u8) -> usize {
+        1 + i as usize % PEERS
+    }
+
+    /// Moves every pending transmit: peer to peer at once (an honest network),
+    /// peer to target and target to peer into the queues the fuzzer drains.
+    fn pump(&mut self) {
+        for _ in 0..MAX_PUMP {
+            let mut moved = false;
+            let target_id = self.nodes[0].id().clone();
+            while let Some(t) = self.nodes[0].poll_transmit() {
+                check_own_transmit(&target_id, &t.msg, t.to.as_ref());
+                self.replies.push((t.addr, t.msg));
+                // Keep only the newest few: a peer that is never answered is fine.
+                if self.replies.len() > 64 {
+                    self.replies.remove(0);
+                }
+            }
+            for slot in 1..=PEERS {
+                while let Some(t) = self.nodes[slot].poll_transmit() {
+                    moved = true;
+                    if t.addr == addr(0) {
+                        let queue = &mut self.to_target[slot - 1];
+                        queue.push(t.msg);
+                        if queue.len() > 64 {
+                            queue.remove(0);
+                        }
+                    } else if let Some(to) = (1..=PEERS).find(|&s| addr(s) == t.addr) {
+                        let msg = round_trip(&t.msg);
+                        let now = self.now;
+                        deliver(&mut self.nodes[to], now, msg);
+                    }
+                }
+            }
+            for node in &mut self.nodes {
+                while node.poll_event().is_some() {}
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, ms: u16) {
+        let until = self.now + Duration::from_millis(u64::from(ms));
+        for slot in 0..self.nodes.len() {
+            let mut fired = 0;
+            while let Some(due) = self.nodes[slot].poll_timeout() {
+                if due > until {
+                    break;
+                }
+                let at = due.max(self.now);
+                self.nodes[slot].handle_timeout(at);
+                // Firing what is due must move it on, or this loop never ends.
+                fired += 1;
+                assert!(fired < 100_000, "node {slot}: a timer stays due at {at:?}");
+            }
+        }
+        self.now = until;
+        self.pump();
+    }
+
+    /// Decodes `frame` and hands it to the target, as the transport does.
+    fn to_target(&mut self, frame: &[u8]) {
+        let Ok(msg) = Message::decode(frame) else {
+            return;
+        };
+        if !self.options.known_panics && hits_known_panic(self.nodes[0].id(), &msg) {
+            return;
+        }
+        let now = self.now;
+        deliver(&mut self.nodes[0], now, msg);
+        self.pump();
+    }
+
+    fn command(&mut self, slot: usize, cmd: &LocalCmd) {
+        let topic = |i: u8| Topic::new(pick(TOPICS, i));
+        let conn = |i: u8| ConnId(u64::from(i % 4));
+        let command = match cmd {
+            LocalCmd::Track {
+                topic: t,
+                key,
+                conn: c,
+                meta,
+            } => Command::Track {
+                topic: topic(*t),
+                key: pick(KEYS, *key).into(),
+                conn: conn(*c),
+                meta: Meta::new(pick(METAS, *meta)),
+            },
+            LocalCmd::Update {
+                topic: t,
+                key,
+                conn: c,
+                meta,
+            } => Command::Update {
+                topic: topic(*t),
+                key: pick(KEYS, *key).into(),
+                conn: conn(*c),
+                meta: Meta::new(pick(METAS, *meta)),
+            },
+            LocalCmd::Untrack {
+                topic: t,
+                key,
+                conn: c,
+            } => Command::Untrack {
+                topic: topic(*t),
+                key: pick(KEYS, *key).into(),
+                conn: conn(*c),
+            },
+            LocalCmd::UntrackConn { conn: c } => Command::UntrackConn { conn: conn(*c) },
+            LocalCmd::Subscribe { topic: t, sub } => Command::Subscribe {
+                topic: topic(*t),
+                sub: SubscriberId(u64::from(*sub % 4)),
+            },
+            LocalCmd::Unsubscribe { topic: t, sub } => Command::Unsubscribe {
+                topic: topic(*t),
+                sub: SubscriberId(u64::from(*sub % 4)),
+            },
+            LocalCmd::Publish {
+                topic: t,
+                payload,
+                exclude,
+            } => Command::Publish {
+                topic: topic(*t),
+                payload: Bytes::copy_from_slice(payload),
+                exclude: exclude.map(|s| SubscriberId(u64::from(s % 4))),
+            },
+            LocalCmd::DirectPublish { node, topic: t } => Command::DirectPublish {
+                node: self.node_id(&ArbNode {
+                    name: *node,
+                    inc: None,
+                }),
+                topic: topic(*t),
+                payload: Bytes::from_static(b"direct"),
+            },
+            LocalCmd::Append {
+                topic: t,
+                time_ms,
+                body,
+            } => Command::Append {
+                topic: topic(*t),
+                time_ms: *time_ms,
+                body: Arc::from(body.as_str()),
+            },
+            LocalCmd::Put {
+                key,
+                time_ms,
+                value,
+            } => Command::Put {
+                space: Arc::from("room"),
+                key: Arc::from(pick(KEYS, *key)),
+                time_ms: *time_ms,
+                value: value.as_deref().map(Arc::from),
+            },
+            LocalCmd::Leave => Command::Leave,
+        };
+        let now = self.now;
+        // Refusals (untracking what is not tracked, a direct publish to a
+        // stranger) are typed errors; only a panic is a bug.
+        let _ = self.nodes[slot].handle_command(now, command);
+        self.pump();
+    }
+
+    fn body(&self, body: &ArbBody) -> Body {
+        let update = |u: &ArbUpdate| Update {
+            node: self.node_id(&u.node),
+            addr: addr(u.port as usize % (PEERS + 2)),
+            inc: u.inc,
+            kind: match u.kind % 4 {
+                0 => UpdateKind::Alive,
+                1 => UpdateKind::Suspect {
+                    by: self.node_id(&u.by),
+                },
+                2 => UpdateKind::Down,
+                _ => UpdateKind::Left,
+            },
+        };
+        match body {
+            ArbBody::Hello(full) => Body::Hello { full: *full },
+            ArbBody::Members(list) => Body::Members(
+                list.iter()
+                    .map(|(n, port)| (self.node_id(n), addr(*port as usize % (PEERS + 2))))
+                    .collect(),
+            ),
+            ArbBody::Ack(start, seq) => Body::Ack {
+                start: *start,
+                seq: *seq,
+            },
+            ArbBody::Digest {
+                presence,
+                subs,
+                reply,
+                members,
+            } => Body::Digest {
+                presence: presence
+                    .iter()
+                    .map(|(n, c)| (self.node_id(n), *c))
+                    .collect(),
+                subs: subs.iter().map(|(n, c)| (self.node_id(n), *c)).collect(),
+                reply: *reply,
+                members: *members,
+            },
+            ArbBody::Broadcast(t, payload) => Body::Broadcast {
+                topic: Topic::new(pick(TOPICS, *t)),
+                payload: Bytes::copy_from_slice(payload),
+            },
+            ArbBody::Leave => Body::Leave,
+            ArbBody::Records(records) => Body::Records(
+                records
+                    .iter()
+                    .map(|r| {
+                        let stamp = Stamp {
+                            time_ms: r.time_ms,
+                            origin: self.node_id(&r.origin),
+                            seq: r.seq,
+                        };
+                        if r.log {
+                            Record::Log {
+                                topic: Topic::new(pick(TOPICS, r.name)),
+                                stamp,
+                                body: Arc::from(r.value.as_deref().unwrap_or("")),
+                            }
+                        } else {
+                            Record::Reg {
+                                space: Arc::from("room"),
+                                key: Arc::from(pick(KEYS, r.name)),
+                                stamp,
+                                value: r.value.as_deref().map(Arc::from),
+                            }
+                        }
+                    })
+                    .collect(),
+            ),
+            ArbBody::RecordsDigest(buckets, reply) => {
+                // Mostly the right size, so it gets past the decoder.
+                let mut b = buckets.clone();
+                if b.len() != BUCKETS + 1 {
+                    b.resize(BUCKETS, 0);
+                }
+                Body::RecordsDigest {
+                    buckets: b,
+                    reply: *reply,
+                }
+            }
+            ArbBody::Ping {
+                seq,
+                target,
+                gossip,
+            } => Body::Swim(Swim::Ping {
+                seq: *seq,
+                target: self.node_id(target),
+                gossip: gossip.iter().map(update).collect(),
+            }),
+            ArbBody::PingAck { seq, gossip } => Body::Swim(Swim::PingAck {
+                seq: *seq,
+                gossip: gossip.iter().map(update).collect(),
+            }),
+            ArbBody::PingReq {
+                seq,
+                target,
+                port,
+                gossip,
+            } => Body::Swim(Swim::PingReq {
+                seq: *seq,
+                target: self.node_id(target),
+                target_addr: addr(*port as usize % (PEERS + 2)),
+                gossip: gossip.iter().map(update).collect(),
+            }),
+            ArbBody::PingNack(seq) => Body::Swim(Swim::PingNack { seq: *seq }),
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        match op {
+            Op::Advance(ms) => self.advance(*ms),
+            Op::Local(cmd) => self.command(0, cmd),
+            Op::PeerLocal(i, cmd) => self.command(Self::peer(*i), cmd),
+            Op::Deliver(i, mutation) => {
+                let slot = Self::peer(*i);
+                let queue = &mut self.to_target[slot - 1];
+                if queue.is_empty() {
+                    return;
+                }
+                let mut msg = queue.remove(0);
+                let mut times = 1;
+                match mutation {
+                    None => {}
+                    Some(Mutation::Incarnation(inc)) => msg.from.incarnation = *inc,
+                    Some(Mutation::Name(n)) => msg.from.name = pick(NAMES, *n).into(),
+                    Some(Mutation::Addr(port)) => msg.addr = addr(*port as usize % (PEERS + 2)),
+                    Some(Mutation::Replay) => times = 2,
+                    Some(Mutation::FlipByte(..)) | Some(Mutation::Truncate(_)) => {}
+                }
+                let mut frame = msg.encode();
+                match mutation {
+                    Some(Mutation::FlipByte(at, xor)) => {
+                        let at = *at as usize % frame.len();
+                        frame[at] ^= xor;
+                    }
+                    Some(Mutation::Truncate(len)) => frame.truncate(*len as usize),
+                    _ => {}
+                }
+                for _ in 0..times {
+                    self.to_target(&frame);
+                }
+            }
+            Op::Reply => self.reply(),
+            Op::Inject(i, body) => {
+                let slot = Self::peer(*i);
+                let msg = Message {
+                    from: self.nodes[slot].id().clone(),
+                    addr: addr(slot),
+                    body: self.body(body),
+                };
+                self.to_target(&msg.encode());
+            }
+            Op::Raw(frame) => self.to_target(frame),
+            Op::Restart(i) => {
+                let slot = Self::peer(*i);
+                let inc = self.nodes[slot].id().incarnation.saturating_add(1);
+                self.nodes[slot] = Node::new(config(slot, inc, inc), self.now);
+                self.to_target[slot - 1].clear();
+                self.pump();
+            }
+        }
+        self.check_target();
+    }
+
+    /// Delivers what the target sent to the peers at the addresses it used.
+    fn reply(&mut self) {
+        let msgs = std::mem::take(&mut self.replies);
+        let now = self.now;
+        for (to, msg) in msgs {
+            if let Some(slot) = (1..=PEERS).find(|&s| addr(s) == to) {
+                deliver(&mut self.nodes[slot], now, round_trip(&msg));
+            }
+        }
+        self.pump();
+    }
+
+    fn check_target(&self) {
+        let node = &self.nodes[0];
+        let me = node.id();
+        assert!(
+            node.buffer_len() <= node.config().buffer_cap,
+            "δ-buffer over its cap"
+        );
+        assert!(
+            node.members().iter().all(|(id, _, _)| id != me),
+            "the target lists itself as a member"
+        );
+    }
+}
+
+/// What the target sends: from itself, not to itself, through the codec intact.
+fn check_own_transmit(me: &NodeId, msg: &Message, to: Option<&NodeId>) {
+    assert_eq!(&msg.from, me, "a transmit not from the target");
+    assert_ne!(to, Some(me), "the target sends to itself: {:?}", msg.body);
+    assert_eq!(&round_trip(msg), msg, "a transmit does not round-trip");
+}
+
+fn round_trip(msg: &Message) -> Message {
+    Message::decode(&msg.encode()).expect("an encoded message decodes")
+}
+
+/// Runs one input with the default [`Options`].
+pub fn run(data: &[u8]) {
+    run_with(data, Options::default());
+}
+
+/// Runs one input: the ops decoded from `data` with `arbitrary`, at most
+/// [`MAX_OPS`] of them.
+pub fn run_with(data: &[u8], options: Options) {
+    let mut u = Unstructured::new(data);
+    let mut world = World::new();
+    world.options = options;
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(op) = Op::arbitrary(&mut u) else {
+            break;
+        };
+        world.step(&op);
+    }
+}

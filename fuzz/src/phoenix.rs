@@ -1,0 +1,68 @@
+//! Phoenix client frames: v1 JSON objects, v2 JSON arrays, v2 binary pushes
+//! (`gateway::protocol::decode_text` / `decode_binary`).
+
+use chorus_gateway::protocol::{decode_binary, decode_text, InFrame, Payload, Vsn, MAX_FIELD_LEN};
+
+/// What every decoded frame promises the session: bounded topic, event and refs,
+/// and a JSON payload that is a JSON object.
+pub fn check(frame: &InFrame) {
+    assert!(frame.topic.len() <= MAX_FIELD_LEN, "topic over the limit");
+    assert!(frame.event.len() <= MAX_FIELD_LEN, "event over the limit");
+    for r in [&frame.join_ref, &frame.ref_].into_iter().flatten() {
+        assert!(r.as_str().len() <= MAX_FIELD_LEN, "ref over the limit");
+    }
+    if let Payload::Json(json) = &frame.payload {
+        let reparsed: Result<serde_json::Value, _> = serde_json::from_str(json.as_str());
+        assert!(
+            reparsed.is_ok_and(|v| v.is_object()),
+            "payload is not a JSON object: {:?}",
+            json.as_str()
+        );
+    }
+}
+
+/// v1 JSON: `{"topic":…,"event":…,"payload":…,"ref":…,"join_ref":…}`.
+pub mod frame_v1_json {
+    use super::*;
+
+    /// WebSocket text frames are UTF-8 (the WebSocket layer checks), so other
+    /// bytes never reach the decoder.
+    pub fn run(data: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            if let Ok(frame) = decode_text(Vsn::V1, text) {
+                check(&frame);
+            }
+        }
+    }
+}
+
+/// v2 JSON: `[join_ref, ref, topic, event, payload]`.
+pub mod frame_v2_json {
+    use super::*;
+
+    /// See [`super::frame_v1_json::run`].
+    pub fn run(data: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            if let Ok(frame) = decode_text(Vsn::V2, text) {
+                check(&frame);
+            }
+        }
+    }
+}
+
+/// v2 binary: a kind-0 push; v1 refuses every binary frame.
+pub mod frame_v2_binary {
+    use super::*;
+
+    /// Any bytes.
+    pub fn run(data: &[u8]) {
+        let bytes = bytes::Bytes::copy_from_slice(data);
+        if let Ok(frame) = decode_binary(Vsn::V2, bytes.clone()) {
+            check(&frame);
+        }
+        assert!(
+            decode_binary(Vsn::V1, bytes).is_err(),
+            "v1 has no binary frames"
+        );
+    }
+}
