@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test chromium sim bench bench-load fmt lint check-core ci
+.PHONY: help run cluster test test-fuzz-replay chromium sim bench bench-load fuzz fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -28,6 +28,8 @@ test: ## Build and run every test
 	$(CARGO) test --release -p chorus-sim
 	# Prove the checkers can fail: a deliberately broken merge must be caught.
 	$(CARGO) test --release -p chorus-sim --features broken-merge --test broken_merge
+	# Every committed fuzz input (fuzz/corpus, fuzz/regressions) replayed on stable.
+	@$(MAKE) --no-print-directory test-fuzz-replay
 	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus,
 	# and the demo page in headless chromium (playwright-core; screenshot: target/demo-chat.png).
 	$(CARGO) build -p chorus-gateway --bin chorus
@@ -35,6 +37,9 @@ test: ## Build and run every test
 	cd tests/js && npm ci --no-audit --no-fund
 	cd tests/js && CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" \
 		CHROMIUM="$$(command -v chromium)" node --test --test-concurrency=1
+
+test-fuzz-replay: ## Replay every committed fuzz input (corpus and regressions) on stable, no libFuzzer
+	CARGO_TARGET_DIR="$(abspath $(or $(CARGO_TARGET_DIR),target))" $(CARGO) test --manifest-path fuzz/Cargo.toml --locked
 
 chromium: ## Install Debian's chromium (for the browser test) if it is missing
 	@command -v chromium >/dev/null && exit 0; \
@@ -78,6 +83,33 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load storm --users $(LOAD_STORM) --rate 200; \
 	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
 	$$load storm --users $(LOAD_BURST)
+
+# Seconds per fuzz target, and which targets (default: every one in fuzz/Cargo.toml).
+FUZZ_SECS ?= 60
+FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | grep -v '^chorus-fuzz$$')
+# libFuzzer flags: a hang of 10 s on one input is a failure; leaks are failures.
+FUZZ_FLAGS ?= -timeout=10 -detect_leaks=1 -rss_limit_mb=4096
+
+fuzz: ## Run each fuzz target for FUZZ_SECS (default 60) s on nightly; fails on any crash, leak or timeout
+	@cargo +nightly --version >/dev/null 2>&1 || { \
+		echo "make fuzz: needs the nightly Rust toolchain (libFuzzer's instrumentation is nightly-only)."; \
+		echo "           Install it with: rustup toolchain install nightly"; exit 1; }
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || { echo "installing cargo-fuzz"; $(CARGO) install cargo-fuzz --locked; }
+	cd fuzz && cargo +nightly fuzz build
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/corpus/$$t; \
+		regressions=; [ -d regressions/$$t ] && regressions=regressions/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECS) s (log: fuzz/target/fuzz-$$t.log)"; \
+		status=0; \
+		cargo +nightly fuzz run $$t target/corpus/$$t corpus/$$t $$regressions -- \
+			-max_total_time=$(FUZZ_SECS) $(FUZZ_FLAGS) -print_final_stats=1 \
+			>target/fuzz-$$t.log 2>&1 || status=$$?; \
+		grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' target/fuzz-$$t.log || true; \
+		if [ "$$status" != 0 ]; then \
+			tail -n 40 target/fuzz-$$t.log; \
+			echo "make fuzz: $$t failed (exit $$status); the input is in fuzz/artifacts/$$t/"; exit 1; \
+		fi; \
+	done; echo "make fuzz: every target ran $(FUZZ_SECS) s with no crash, leak or timeout"
 
 fmt: ## Format everything
 	$(CARGO) fmt --all

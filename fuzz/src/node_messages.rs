@@ -670,9 +670,15 @@ fn round_trip(msg: &Message) -> Message {
     Message::decode(&msg.encode()).expect("an encoded message decodes")
 }
 
-/// Runs one input with the default [`Options`].
+/// Runs one input with the default [`Options`], or with the known panics let
+/// through when `CHORUS_FUZZ_KNOWN_PANICS=1` (to find and minimise them:
+/// `CHORUS_FUZZ_KNOWN_PANICS=1 cargo +nightly fuzz run node_messages`).
 pub fn run(data: &[u8]) {
-    run_with(data, Options::default());
+    static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+    let options = *OPTIONS.get_or_init(|| Options {
+        known_panics: std::env::var("CHORUS_FUZZ_KNOWN_PANICS").is_ok_and(|v| v == "1"),
+    });
+    run_with(data, options);
 }
 
 /// Runs one input: the ops decoded from `data` with `arbitrary`, at most
