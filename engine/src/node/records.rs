@@ -11,7 +11,10 @@ use crate::records::{Record, Stamp};
 
 impl Node {
     pub(super) fn next_stamp(&mut self, time_ms: u64) -> Stamp {
-        self.record_clock = time_ms.max(self.record_clock + 1);
+        // Saturating: a peer's record may carry any time, `u64::MAX` included
+        // (the fuzzer's node_messages target found `+ 1` overflowing). At the
+        // ceiling, stamps stay unique and ordered by `(origin, seq)`.
+        self.record_clock = time_ms.max(self.record_clock.saturating_add(1));
         self.record_seq += 1;
         Stamp {
             time_ms: self.record_clock,
