@@ -20,9 +20,9 @@ pub fn run(data: &[u8]) {
             if let Ok(req) = serde_json::from_slice::<BroadcastRequest>(body) {
                 let _ = topics::is_internal(&req.topic);
                 if let Ok(payload) = JsonObject::from_raw(req.payload) {
-                    let value: serde_json::Value =
-                        serde_json::from_str(payload.as_str()).expect("payload is JSON");
-                    assert!(value.is_object(), "payload is not an object");
+                    let text = payload.as_str();
+                    assert!(text.starts_with('{'), "payload is not an object");
+                    assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
                 }
             }
         }

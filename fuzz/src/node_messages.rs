@@ -62,8 +62,9 @@ pub struct Options {
 /// One step.
 #[derive(Arbitrary, Debug)]
 pub enum Op {
-    /// Virtual time passes; every timer due fires, on every node.
-    Advance(u16),
+    /// Virtual time passes (8 ms per unit, up to 2 s); every timer due fires,
+    /// on every node.
+    Advance(u8),
     /// A local command on the target.
     Local(LocalCmd),
     /// A local command on a fake peer (so it has something to replicate).
@@ -238,6 +239,8 @@ struct World {
 fn config(slot: usize, incarnation: u64, seed: u64) -> NodeConfig {
     let mut cfg = NodeConfig::lan(NodeId::new(NAMES[slot], incarnation), addr(slot));
     cfg.rng_seed = seed;
+    // Down and purged within an input's reach (LAN: purged after 5 minutes).
+    cfg.permdown_after = Duration::from_secs(6);
     cfg.seeds = if slot == 0 {
         vec![addr(1)]
     } else {
@@ -347,8 +350,8 @@ impl World {
         }
     }
 
-    fn advance(&mut self, ms: u16) {
-        let until = self.now + Duration::from_millis(u64::from(ms));
+    fn advance(&mut self, units: u8) {
+        let until = self.now + Duration::from_millis(8 * u64::from(units));
         for slot in 0..self.nodes.len() {
             let mut fired = 0;
             while let Some(due) = self.nodes[slot].poll_timeout() {
