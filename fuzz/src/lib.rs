@@ -20,8 +20,11 @@ pub mod subprotocol;
 
 pub use phoenix::{frame_v1_json, frame_v2_binary, frame_v2_json};
 
+/// A target's body: one input, panics on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its binary and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame_v1_json", frame_v1_json::run),
     ("frame_v2_json", frame_v2_json::run),
     ("frame_v2_binary", frame_v2_binary::run),

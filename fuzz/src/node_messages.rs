@@ -370,7 +370,7 @@ impl World {
     }
 
     /// Decodes `frame` and hands it to the target, as the transport does.
-    fn to_target(&mut self, frame: &[u8]) {
+    fn send_to_target(&mut self, frame: &[u8]) {
         let Ok(msg) = Message::decode(frame) else {
             return;
         };
@@ -611,7 +611,7 @@ impl World {
                     _ => {}
                 }
                 for _ in 0..times {
-                    self.to_target(&frame);
+                    self.send_to_target(&frame);
                 }
             }
             Op::Reply => self.reply(),
@@ -622,9 +622,9 @@ impl World {
                     addr: addr(slot),
                     body: self.body(body),
                 };
-                self.to_target(&msg.encode());
+                self.send_to_target(&msg.encode());
             }
-            Op::Raw(frame) => self.to_target(frame),
+            Op::Raw(frame) => self.send_to_target(frame),
             Op::Restart(i) => {
                 let slot = Self::peer(*i);
                 let inc = self.nodes[slot].id().incarnation.saturating_add(1);
