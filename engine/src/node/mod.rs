@@ -286,7 +286,12 @@ impl Node {
             return;
         }
         let from = msg.from.clone();
+        if from.same_name(&self.cfg.id) {
+            self.twin(now, &from, msg.addr);
+            return;
+        }
         if !self.admit(now, &from, Some(msg.addr)) {
+            self.tell_stale(now, &from, msg.addr);
             return;
         }
         match msg.body {
@@ -423,3 +428,6 @@ impl Node {
         self.stats.peak_transmits = self.stats.peak_transmits.max(self.transmits.len());
     }
 }
+
+#[cfg(test)]
+mod tests;

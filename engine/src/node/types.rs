@@ -189,6 +189,12 @@ pub enum Event {
     /// A peer is gone for good (permdown, graceful leave or replaced by a new
     /// incarnation): its entries are purged.
     MemberGone(NodeId),
+    /// Another process runs under this node's name with a newer incarnation
+    /// (two processes started with the same `--node`). The cluster already
+    /// replaced this incarnation by the newer one, so this node left (its
+    /// peers were told to drop its entries) and takes no more input: the
+    /// driver must stop it and report the clash. Emitted once.
+    NameClash(NodeId),
     /// A record was accepted into this node's store: a local write, or a
     /// peer's record that changed it. Applying these, in order, to a copy of
     /// [`Node::records`] taken at start keeps the copy equal to it.

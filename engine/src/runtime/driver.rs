@@ -326,6 +326,9 @@ impl NodeDriver {
             Event::MemberUp(id) => debug!(peer = %id, "member up"),
             Event::MemberDown(id) => debug!(peer = %id, "member down"),
             Event::MemberGone(id) => debug!(peer = %id, "member gone"),
+            Event::NameClash(other) => {
+                warn!(other = %other, "another process runs under this node's name")
+            }
             Event::Record(record) => self.accepted.push(record),
         }
     }
