@@ -47,7 +47,7 @@ fn a_newer_incarnation_of_our_own_name_does_not_panic() {
     let mut a = node("n1", 1, 1, now);
     track(&mut a, now, "alice");
     let twin = NodeId::new("n1", 2);
-    a.handle_message(now, msg(&twin, 2, Body::Hello { full: false }));
+    a.handle_message(now, &twin, msg(&twin, 2, Body::Hello { full: false }));
 }
 
 /// A peer's SWIM update accusing us at incarnation `u64::MAX`: refuting it
@@ -67,7 +67,7 @@ fn an_accusation_at_the_last_incarnation_does_not_overflow() {
             kind: UpdateKind::Suspect { by: b.clone() },
         }],
     };
-    a.handle_message(now, msg(&b, 2, Body::Swim(ping)));
+    a.handle_message(now, &b, msg(&b, 2, Body::Swim(ping)));
 }
 
 /// Delivers every transmit by address, through the codec, until quiet or
@@ -91,7 +91,8 @@ fn pump(nodes: &mut [Option<Node>], now: &mut Instant, rounds: usize) -> Vec<(us
                     let to = usize::from(t.addr.port() - 7400);
                     let m = Message::decode(&t.msg.encode()).expect("honest frames decode");
                     if let Some(Some(dst)) = nodes.get_mut(to) {
-                        dst.handle_message(*now, m);
+                        let from = m.from.clone();
+                        dst.handle_message(*now, &from, m);
                         moved = true;
                     }
                 }
@@ -119,7 +120,11 @@ fn the_older_of_two_processes_with_one_name_stops() {
     let mut new = Node::new(cfg, now);
     track(&mut new, now, "new");
     // The old one joined first.
-    seed.handle_message(now, msg(old.id(), 1, Body::Hello { full: true }));
+    seed.handle_message(
+        now,
+        &old.id().clone(),
+        msg(old.id(), 1, Body::Hello { full: true }),
+    );
     let mut nodes = [Some(seed), Some(old), None];
     pump(&mut nodes, &mut now, 5);
     nodes[2] = Some(new);
@@ -164,6 +169,7 @@ fn a_newer_twin_named_second_hand_is_greeted_not_believed() {
     let ghost = NodeId::new("n1", 9);
     a.handle_message(
         now,
+        &b,
         msg(&b, 2, Body::Members(vec![(ghost.clone(), addr(9))])),
     );
     let mut hellos = Vec::new();

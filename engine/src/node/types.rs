@@ -143,6 +143,11 @@ pub enum CommandError {
     /// A direct publish to a node that is not an up member.
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
+    /// A value over the bounds peers accept ([`crate::MAX_TOPIC`],
+    /// [`crate::MAX_KEY`], [`crate::MAX_META`]) or a meta that is not a JSON
+    /// object: peers would drop it, so it is refused here.
+    #[error("invalid value: {0}")]
+    Invalid(&'static str),
 }
 
 /// A message to send to a peer.
@@ -232,4 +237,7 @@ pub struct NodeStats {
     pub records_sent: u64,
     /// Records from peers that changed the local state.
     pub records_merged: u64,
+    /// Messages dropped because they claimed another sender than the one
+    /// their link authenticated (`msg.from` differs from `from`).
+    pub rejected_identity: u64,
 }

@@ -16,7 +16,8 @@ use super::auth::PeerHello;
 use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats};
 use super::records::RecordsReader;
 use super::transport::{
-    self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound, QueueError,
+    self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound,
+    QueueError, Rejection,
 };
 use super::EngineConfig;
 use crate::id::{SubscriberId, Topic};
@@ -78,6 +79,7 @@ impl NodeDriver {
             me: PeerHello {
                 instance: rand::random(),
                 addr: node.addr,
+                id: node.id.clone(),
             },
             auth_timeout: config.auth_timeout,
             queue_cap: config.peer_queue_bytes,
@@ -424,11 +426,23 @@ impl NodeDriver {
 
     fn on_inbound(&mut self, inbound: PeerInbound) {
         match inbound {
-            PeerInbound::Message { peer, msg, len } => {
+            PeerInbound::Message {
+                peer,
+                from,
+                msg,
+                len,
+            } => {
                 let s = self.stats.peers.entry(peer).or_default();
                 s.messages_in += 1;
                 s.bytes_in += len as u64;
-                self.node.handle_message(now(), msg);
+                self.node.handle_message(now(), &from, msg);
+            }
+            PeerInbound::Rejected { peer, why } => {
+                debug!(peer = %peer, why = ?why, "dropping an invalid peer message");
+                match why {
+                    Rejection::Invalid => self.stats.rejected_invalid += 1,
+                    Rejection::Address => self.stats.rejected_address += 1,
+                }
             }
             PeerInbound::Up(up) => self.on_up(up),
             PeerInbound::Closed { peer, conn_id, why } => {

@@ -72,6 +72,13 @@ pub struct RuntimeStats {
     pub auth_failures: u64,
     /// Connections closed for an undecodable or oversized frame.
     pub protocol_errors: u64,
+    /// Peer messages that decoded but broke the codec's value checks (a
+    /// meta that is not a JSON object, an oversized topic, ...), dropped
+    /// whole; the connection stays.
+    pub rejected_invalid: u64,
+    /// Peer messages whose advertised address is not the one their
+    /// connection authenticated, dropped.
+    pub rejected_address: u64,
     /// Presence metas visible on this node, all topics (a gauge, not a counter).
     pub presence_entries: usize,
     /// The node state machine's own counters.

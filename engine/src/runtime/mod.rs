@@ -138,6 +138,9 @@ impl Engine {
         if config.secret.len() < MIN_SECRET_LEN {
             return Err(RuntimeError::WeakSecret);
         }
+        if config.node.id.name.is_empty() || config.node.id.name.len() > crate::codec::MAX_NAME {
+            return Err(RuntimeError::Config("node names are 1 to 255 bytes"));
+        }
         if config.subscriber_queue == 0 {
             return Err(RuntimeError::Config("subscriber_queue must be positive"));
         }
