@@ -612,6 +612,48 @@ async fn a_peer_claiming_another_name_is_dropped() {
     .expect("test timed out");
 }
 
+/// Two processes started with the same node name: the older one's engine
+/// stops with `NameClash` naming the newer one (what the `chorus` binary
+/// prints before exiting non-zero), and the cluster keeps the newer one.
+#[tokio::test]
+async fn the_older_of_two_engines_with_one_name_stops() {
+    timeout(Duration::from_secs(30), async {
+        let n0 = start("n0", &[]).await;
+        let old = Engine::start(config("n1", 1, any_port(), &[n0.local_addr()]))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), "old joined", || async {
+            up_names(&n0).await == names(&["n1"])
+        })
+        .await;
+        let new = Engine::start(config("n1", 2, any_port(), &[n0.local_addr()]))
+            .await
+            .unwrap();
+        let err = timeout(Duration::from_secs(10), old.failed())
+            .await
+            .expect("the older engine stops");
+        match &err {
+            chorus_engine::runtime::RuntimeError::NameClash { me, other } => {
+                assert_eq!((me, other), (&NodeId::new("n1", 1), &NodeId::new("n1", 2)));
+            }
+            e => panic!("{e}"),
+        }
+        assert!(err.to_string().contains("\"n1\""), "{err}");
+        let ids: Vec<NodeId> = n0
+            .members()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [NodeId::new("n1", 2)]);
+        new.shutdown().await.unwrap();
+        n0.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
 async fn late_joiner_gets_full_state(n: usize, within: Duration) {
     let n1 = start("n1", &[]).await;
     let n2 = start("n2", &[n1.local_addr()]).await;

@@ -20,7 +20,7 @@ use super::transport::{
     QueueError, Rejection,
 };
 use super::EngineConfig;
-use crate::id::{SubscriberId, Topic};
+use crate::id::{NodeId, SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 use crate::records::Record;
 
@@ -58,6 +58,8 @@ pub(crate) struct NodeDriver {
     records: RecordsReader,
     /// Records the node accepted, not applied to `records` yet.
     accepted: Vec<Record>,
+    /// Set when the node stopped on a name clash; the task then ends.
+    clash: watch::Sender<Option<NodeId>>,
 }
 
 fn now() -> std::time::Instant {
@@ -71,6 +73,7 @@ impl NodeDriver {
         endpoint: quinn::Endpoint,
         requests: mpsc::Receiver<EngineRequest>,
         drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
+        clash: watch::Sender<Option<NodeId>>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -90,6 +93,7 @@ impl NodeDriver {
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
             accepted: Vec::new(),
+            clash,
             node,
             endpoint,
             ctx,
@@ -145,6 +149,9 @@ impl NodeDriver {
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
             self.drain();
+            if self.clash.borrow().is_some() {
+                break None;
+            }
         };
         acceptor.abort();
         self.leave().await;
@@ -329,7 +336,8 @@ impl NodeDriver {
             Event::MemberDown(id) => debug!(peer = %id, "member down"),
             Event::MemberGone(id) => debug!(peer = %id, "member gone"),
             Event::NameClash(other) => {
-                warn!(other = %other, "another process runs under this node's name")
+                warn!(other = %other, "another process runs under this node's name: stopping");
+                self.clash.send_replace(Some(other));
             }
             Event::Record(record) => self.accepted.push(record),
         }
