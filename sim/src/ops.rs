@@ -391,6 +391,10 @@ impl World {
                     rec.ready.get_or_insert(now);
                 }
             }
+            Event::NameClash(other) => {
+                let err = format!("{}: n{i} stopped: {other} runs under its name", fmt_t(now));
+                self.log.command_errors.push(err);
+            }
             Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) | Event::Record(_) => {
             }
         }

@@ -129,6 +129,9 @@ impl NodeSlot {
 #[derive(Debug)]
 pub(crate) struct Arrival {
     pub from: usize,
+    /// The sender's id when it sent: what the link authenticated, handed to
+    /// the receiver with the message (which may claim someone else).
+    pub from_id: NodeId,
     pub to: usize,
     pub to_gen: u64,
     /// Stream messages: `(connection epoch, sender generation)`.
@@ -328,7 +331,7 @@ impl World {
         if let Body::Records(records) = &msg.body {
             self.log.records.delivered(a.to, slot.incarnation, records);
         }
-        node.handle_message(self.base + self.now, msg);
+        node.handle_message(self.base + self.now, &a.from_id, msg);
         self.after_input(a.to);
         self.watch_arrival(a.to, a.hop);
     }
@@ -402,6 +405,7 @@ impl World {
             };
             let arrival = Arrival {
                 from,
+                from_id: self.nodes[from].id(),
                 to,
                 to_gen: self.nodes[to].gen,
                 stream,

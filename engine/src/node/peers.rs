@@ -120,18 +120,48 @@ impl Node {
         true
     }
 
-    /// A member named in someone's list: say hello if it is new to us (once
-    /// per anti-entropy period, however many lists name it).
-    pub(super) fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
-        if id == self.cfg.id || self.peers.contains_key(&id) {
-            if self.peers.get(&id).is_some_and(|p| p.addr.is_none()) {
-                self.set_addr(now, &id, addr);
-            }
+    /// A message straight from another incarnation of our own name (the
+    /// transport authenticated `from`): a second process runs under our name.
+    /// A newer one has replaced us in the cluster (peers purge an older
+    /// incarnation when they admit a newer one), so this node leaves and
+    /// reports [`Event::NameClash`]; an older one is told we exist, with a
+    /// hello (at most one per anti-entropy period), so that it stops.
+    pub(super) fn twin(&mut self, now: Instant, from: &NodeId, addr: SocketAddr) {
+        if from.incarnation > self.cfg.id.incarnation {
+            self.leave();
+            self.events.push_back(Event::NameClash(from.clone()));
+        } else if from.incarnation < self.cfg.id.incarnation {
+            self.greet(now, from.clone(), addr);
+        }
+    }
+
+    /// A message from `stale`, an incarnation older than a peer of its name:
+    /// name that peer to it (at most once per anti-entropy period). A
+    /// process that was replaced while it still runs (two processes with one
+    /// name) learns of its twin this way, since no one else talks to it.
+    pub(super) fn tell_stale(&mut self, now: Instant, stale: &NodeId, addr: SocketAddr) {
+        let newer = self
+            .peers
+            .range(stale.incarnations())
+            .filter(|(id, _)| id.incarnation > stale.incarnation)
+            .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+            .next_back();
+        let Some(newer) = newer else {
+            return;
+        };
+        if self
+            .greeted
+            .get(stale)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.cfg.anti_entropy)
+        {
             return;
         }
-        if self.newer_peer(&id) || self.presence.store().is_purged(&id) {
-            return;
-        }
+        self.greeted.insert(stale.clone(), now);
+        self.send(Some(stale.clone()), addr, Body::Members(vec![newer]));
+    }
+
+    /// Says hello to `id` at `addr`, at most once per anti-entropy period.
+    fn greet(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
         if self
             .greeted
             .get(&id)
@@ -141,6 +171,30 @@ impl Node {
         }
         self.greeted.insert(id.clone(), now);
         self.send(Some(id), addr, Body::Hello { full: false });
+    }
+
+    /// A member named in someone's list: say hello if it is new to us (once
+    /// per anti-entropy period, however many lists name it). A newer
+    /// incarnation of our own name is greeted too, never believed: only its
+    /// own answer, on a link it authenticated, stops us (see [`Node::twin`]),
+    /// so a peer that lies about it cannot.
+    pub(super) fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
+        if id.same_name(&self.cfg.id) {
+            if id.incarnation > self.cfg.id.incarnation {
+                self.greet(now, id, addr);
+            }
+            return;
+        }
+        if self.peers.contains_key(&id) {
+            if self.peers.get(&id).is_some_and(|p| p.addr.is_none()) {
+                self.set_addr(now, &id, addr);
+            }
+            return;
+        }
+        if self.newer_peer(&id) || self.presence.store().is_purged(&id) {
+            return;
+        }
+        self.greet(now, id, addr);
     }
 
     /// Fills in a peer's address. The first one makes it a new contact, as a
@@ -200,6 +254,11 @@ impl Node {
 
     /// Purges a node for good: its entries leave, its buffered deltas go.
     pub(super) fn forget(&mut self, id: &NodeId) {
+        if *id == self.cfg.id {
+            // Never ourselves: callers filter our name out, this is the
+            // backstop (the store asserts it).
+            return;
+        }
         self.presence.purge(id, &mut self.scratch);
         self.subs.purge(id);
         for b in &mut self.buffer {
@@ -222,9 +281,9 @@ impl Node {
     /// Whether to merge ops of `origin`: not ours, not an incarnation older than
     /// one we know. A newer incarnation purges the older one.
     pub(super) fn admit_origin(&mut self, now: Instant, origin: &NodeId) -> bool {
-        if *origin == self.cfg.id
-            || (origin.same_name(&self.cfg.id) && origin.incarnation < self.cfg.id.incarnation)
-        {
+        // Our own ops come from us; another incarnation of our name is not
+        // believed second-hand (see [`Node::learn`]).
+        if origin.same_name(&self.cfg.id) {
             return false;
         }
         if self.peers.contains_key(origin) {
