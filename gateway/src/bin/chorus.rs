@@ -277,10 +277,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         allowed_origins: config.server.allowed_origins.clone(),
         ..ServerConfig::default()
     };
-    let listen = config.server.listen;
-    let listener = TcpListener::bind(listen)
+    let listener = TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    // The bound address: with port 0 (`--listen 127.0.0.1:0`) the system picks it.
+    let listen = listener.local_addr().context("reading the bound address")?;
     let server = Server::new(engine.clone(), router, server_config)
         .with_authenticator(TokenAuth::new(tokens));
     let rooms: Vec<String> = app.rooms().into_iter().map(|(id, _)| id).collect();
