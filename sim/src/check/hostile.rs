@@ -65,7 +65,12 @@ pub(super) fn check(w: &World) -> Verdict {
                 worst.1
             )
         } else {
-            first(&refs)
+            format!(
+                "{} spoofs taken, {} bad frames decoded: {}",
+                h.spoofs_accepted.len(),
+                h.accepted_bad.len(),
+                first(&refs)
+            )
         },
     }
 }
