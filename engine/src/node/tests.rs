@@ -260,3 +260,31 @@ fn a_forged_incarnation_does_not_lock_out_the_real_one() {
         .collect();
     assert_eq!(keys, ["bob"]);
 }
+
+/// A peer's record stamped at `u64::MAX` raised the record clock there, and
+/// the next local write computed `record_clock + 1`.
+#[test]
+fn a_record_stamped_at_the_end_of_time_does_not_overflow_the_next_write() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let b = NodeId::new("n2", 1);
+    let record = crate::records::Record::Log {
+        topic: Topic::new("room:1"),
+        stamp: crate::records::Stamp {
+            time_ms: u64::MAX,
+            origin: b.clone(),
+            seq: 1,
+        },
+        body: "{}".into(),
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Records(vec![record])));
+    let out = a.handle_command(
+        now,
+        Command::Append {
+            topic: Topic::new("room:1"),
+            time_ms: 1,
+            body: "{}".into(),
+        },
+    );
+    assert!(matches!(out, Ok(CommandOutcome::Recorded(_))), "{out:?}");
+}
