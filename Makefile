@@ -28,6 +28,8 @@ test: ## Build and run every test
 	$(CARGO) test --release -p chorus-sim
 	# Prove the checkers can fail: a deliberately broken merge must be caught.
 	$(CARGO) test --release -p chorus-sim --features broken-merge --test broken_merge
+	# ... and a peer boundary that trusts claimed senders and non-object metas.
+	$(CARGO) test --release -p chorus-sim --features trusting-peer --test trusting_peer
 	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus,
 	# and the demo page in headless chromium (playwright-core; screenshot: target/demo-chat.png).
 	$(CARGO) build -p chorus-gateway --bin chorus

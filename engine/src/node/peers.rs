@@ -24,6 +24,9 @@ pub(super) struct Peer {
     /// Anti-entropy rounds that will repeat our digest to it, until a digest
     /// of its own arrives (see [`Node::sync_with`]).
     pub(super) syncs_left: u8,
+    /// Heard from on a link that authenticated it, not only named in
+    /// relayed entries: only such a peer makes other incarnations stale.
+    pub(super) direct: bool,
 }
 
 impl Node {
@@ -62,29 +65,35 @@ impl Node {
         }
     }
 
-    /// Membership bookkeeping for a message from `from`. Returns false if the
-    /// message must be ignored (an incarnation older than one we know).
+    /// Membership bookkeeping for a message from `from`, which the link
+    /// authenticated. Returns false if the message must be ignored (an
+    /// incarnation older than one heard from directly).
     pub(super) fn admit(&mut self, now: Instant, from: &NodeId, addr: Option<SocketAddr>) -> bool {
-        if !self.peers.contains_key(from) {
-            // A node we have not heard from: refuse a stale incarnation, and let a
-            // newer one replace every older one, including incarnations we only
-            // know through entries relayed by others.
+        if !self.peers.get(from).is_some_and(|p| p.direct) {
+            // First time heard from directly: refuse a stale incarnation, and
+            // let this one replace every other incarnation of its name that
+            // was not heard from directly either: older ones, and any known
+            // only through entries relayed by others (a relayed incarnation,
+            // even a newer one, may be a peer's lie; this one is not).
             if self.newer_peer(from) {
                 return false;
             }
-            let older: Vec<NodeId> = self
+            let others: Vec<NodeId> = self
                 .peers
                 .range(from.incarnations())
                 .map(|(id, _)| id)
                 .chain(self.presence.store().incarnations_of(from))
                 .chain(self.subs.store().incarnations_of(from))
-                .filter(|id| id.incarnation < from.incarnation)
+                .filter(|id| *id != from)
                 .cloned()
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            for old in older {
+            for old in others {
                 self.forget(&old);
+            }
+            if let Some(p) = self.peers.get_mut(from) {
+                p.direct = true;
             }
         }
         // Liveness is SWIM's alone: other traffic from a known member (even a
@@ -111,6 +120,7 @@ impl Node {
                         sent: self.next_seq,
                         last_delta: now,
                         syncs_left: 0,
+                        direct: true,
                     },
                 );
                 self.events.push_back(Event::MemberUp(from.clone()));
@@ -143,7 +153,7 @@ impl Node {
         let newer = self
             .peers
             .range(stale.incarnations())
-            .filter(|(id, _)| id.incarnation > stale.incarnation)
+            .filter(|(id, p)| id.incarnation > stale.incarnation && p.direct)
             .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
             .next_back();
         let Some(newer) = newer else {
@@ -223,11 +233,13 @@ impl Node {
         }
     }
 
-    /// Whether a newer incarnation of `id`'s name is a peer.
+    /// Whether a newer incarnation of `id`'s name is a peer heard from
+    /// directly (one known only through relayed entries does not count: a
+    /// peer may have made it up).
     pub(super) fn newer_peer(&self, id: &NodeId) -> bool {
         self.peers
             .range(id.incarnations())
-            .any(|(k, _)| k.incarnation > id.incarnation)
+            .any(|(k, p)| k.incarnation > id.incarnation && p.direct)
     }
 
     pub(super) fn up_members(&self) -> u32 {
@@ -278,8 +290,12 @@ impl Node {
         self.gc_buffer();
     }
 
-    /// Whether to merge ops of `origin`: not ours, not an incarnation older than
-    /// one we know. A newer incarnation purges the older one.
+    /// Whether to merge ops of `origin`, named in a delta relayed by a peer:
+    /// not ours, not purged, and no other incarnation of its name known.
+    /// Relayed news of a new incarnation is never believed (a peer can relay
+    /// any `NodeId`): an older one is stale, and a newer one must say hello
+    /// itself (a restarted node greets every member it learns of) before it
+    /// replaces the incarnation we know ([`Node::admit`]).
     pub(super) fn admit_origin(&mut self, now: Instant, origin: &NodeId) -> bool {
         // Our own ops come from us; another incarnation of our name is not
         // believed second-hand (see [`Node::learn`]).
@@ -292,21 +308,11 @@ impl Node {
         if self.presence.store().is_purged(origin) {
             return false;
         }
-        // Heard of only through others: watch it like a peer, so that if we
-        // never hear from it directly its entries go down and then away.
-        if self.newer_peer(origin) {
+        if self.peers.range(origin.incarnations()).next().is_some() {
             return false;
         }
-        let older: Vec<NodeId> = self
-            .peers
-            .range(origin.incarnations())
-            .map(|(k, _)| k)
-            .filter(|k| k.incarnation < origin.incarnation)
-            .cloned()
-            .collect();
-        for old in older {
-            self.forget(&old);
-        }
+        // Heard of only through others: watch it like a peer, so that if we
+        // never hear from it directly its entries go down and then away.
         self.swim.insert(now, origin.clone(), None);
         self.peers.insert(
             origin.clone(),
@@ -318,6 +324,7 @@ impl Node {
                 sent: self.next_seq,
                 last_delta: now,
                 syncs_left: 0,
+                direct: false,
             },
         );
         self.events.push_back(Event::MemberUp(origin.clone()));

@@ -10,8 +10,11 @@ use crate::id::NodeId;
 use crate::records::{Record, Stamp};
 
 impl Node {
+    /// A stamp past every one issued or seen. A peer can raise the clock to
+    /// `u64::MAX` (stamps are its to choose); the clock then stays there and
+    /// stamps are ordered by origin and sequence.
     pub(super) fn next_stamp(&mut self, time_ms: u64) -> Stamp {
-        self.record_clock = time_ms.max(self.record_clock + 1);
+        self.record_clock = time_ms.max(self.record_clock.saturating_add(1));
         self.record_seq += 1;
         Stamp {
             time_ms: self.record_clock,

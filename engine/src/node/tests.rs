@@ -184,3 +184,107 @@ fn a_newer_twin_named_second_hand_is_greeted_not_believed() {
         assert!(!matches!(e, Event::NameClash(_)));
     }
 }
+
+/// A delta from `relay` carrying one entry owned by `origin`, as a peer
+/// relays (or forges) it.
+fn relayed_entry(origin: &NodeId, key: &str) -> Body {
+    let mut p = crate::presence::Presence::new(origin.clone(), [9; 6], 16);
+    let (_, part) = p
+        .track(
+            Topic::new("room:1"),
+            key.into(),
+            ConnId(1),
+            Meta::new("{}"),
+            &mut Vec::new(),
+        )
+        .expect("tracked");
+    Body::Delta {
+        start: 0,
+        seq: 1,
+        presence: crate::store::Delta { parts: vec![part] },
+        subs: crate::store::Delta::default(),
+    }
+}
+
+/// A peer relays an entry under a future incarnation of an honest member:
+/// the member was purged and its real incarnation refused until the fake one
+/// expired. Now a newer incarnation is believed only from itself.
+#[test]
+fn a_future_incarnation_relayed_by_a_peer_is_not_believed() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let b = NodeId::new("n2", 1);
+    let h = NodeId::new("h", 1);
+    a.handle_message(now, &b, msg(&b, 2, relayed_entry(&b, "bob")));
+    a.handle_message(now, &h, msg(&h, 3, Body::Hello { full: false }));
+    let fake = NodeId::new("n2", 99);
+    a.handle_message(now, &h, msg(&h, 3, relayed_entry(&fake, "mallory")));
+    let members: Vec<NodeId> = a.members().into_iter().map(|m| m.0).collect();
+    assert!(members.contains(&b), "n2@1 kept: {members:?}");
+    assert!(!members.contains(&fake), "n2@99 not believed: {members:?}");
+    let keys: Vec<String> = a
+        .list(&Topic::new("room:1"))
+        .into_iter()
+        .map(|i| i.key.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, ["bob"]);
+    // The real restart, heard from itself, still replaces n2@1.
+    let b2 = NodeId::new("n2", 2);
+    a.handle_message(now, &b2, msg(&b2, 2, relayed_entry(&b2, "bob2")));
+    let members: Vec<NodeId> = a.members().into_iter().map(|m| m.0).collect();
+    assert!(
+        members.contains(&b2) && !members.contains(&b),
+        "{members:?}"
+    );
+}
+
+/// A future incarnation forged before the real node is known (an
+/// address-less member learned from relays) must not lock the real one out.
+#[test]
+fn a_forged_incarnation_does_not_lock_out_the_real_one() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let h = NodeId::new("h", 1);
+    a.handle_message(now, &h, msg(&h, 3, Body::Hello { full: false }));
+    let fake = NodeId::new("n2", 99);
+    a.handle_message(now, &h, msg(&h, 3, relayed_entry(&fake, "mallory")));
+    let b = NodeId::new("n2", 1);
+    a.handle_message(now, &b, msg(&b, 2, relayed_entry(&b, "bob")));
+    let members: Vec<NodeId> = a.members().into_iter().map(|m| m.0).collect();
+    assert!(members.contains(&b), "the real n2@1 admitted: {members:?}");
+    assert!(!members.contains(&fake), "{members:?}");
+    let keys: Vec<String> = a
+        .list(&Topic::new("room:1"))
+        .into_iter()
+        .map(|i| i.key.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, ["bob"]);
+}
+
+/// A peer's record stamped at `u64::MAX` raised the record clock there, and
+/// the next local write computed `record_clock + 1`.
+#[test]
+fn a_record_stamped_at_the_end_of_time_does_not_overflow_the_next_write() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let b = NodeId::new("n2", 1);
+    let record = crate::records::Record::Log {
+        topic: Topic::new("room:1"),
+        stamp: crate::records::Stamp {
+            time_ms: u64::MAX,
+            origin: b.clone(),
+            seq: 1,
+        },
+        body: "{}".into(),
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Records(vec![record])));
+    let out = a.handle_command(
+        now,
+        Command::Append {
+            topic: Topic::new("room:1"),
+            time_ms: 1,
+            body: "{}".into(),
+        },
+    );
+    assert!(matches!(out, Ok(CommandOutcome::Recorded(_))), "{out:?}");
+}
