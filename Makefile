@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test test-fuzz-replay chromium sim bench bench-load fuzz fmt lint check-core ci
+.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim bench bench-load fuzz fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -28,11 +28,15 @@ test: ## Build and run every test
 	$(CARGO) test --release -p chorus-sim
 	# Prove the checkers can fail: a deliberately broken merge must be caught.
 	$(CARGO) test --release -p chorus-sim --features broken-merge --test broken_merge
+	# ... and a peer boundary that trusts claimed senders and non-object metas.
+	$(CARGO) test --release -p chorus-sim --features trusting-peer --test trusting_peer
 	# Every committed fuzz input (fuzz/corpus, fuzz/regressions) replayed on stable.
 	@$(MAKE) --no-print-directory test-fuzz-replay
 	# The real phoenix npm client (pinned in tests/js/package-lock.json) against a real chorus,
 	# and the demo page in headless chromium (playwright-core; screenshot: target/demo-chat.png).
 	$(CARGO) build -p chorus-gateway --bin chorus
+	# The HTTP API against its own OpenAPI document (schemathesis, every check and phase).
+	@$(MAKE) --no-print-directory schemathesis
 	@$(MAKE) --no-print-directory chromium
 	cd tests/js && npm ci --no-audit --no-fund
 	cd tests/js && CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" \
@@ -49,6 +53,30 @@ chromium: ## Install Debian's chromium (for the browser test) if it is missing
 		echo "make test: the browser test needs chromium and there is no apt-get; install chromium yourself"; exit 1; fi; \
 	echo "installing chromium with apt-get"; \
 	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+# schemathesis, pinned, in a virtualenv under target/.
+SCHEMATHESIS_VERSION ?= 4.32.5
+VENV ?= $(or $(CARGO_TARGET_DIR),target)/venv
+
+schemathesis: schemathesis-venv ## The HTTP API against gateway/openapi.json: schemathesis on a live chorus (tests/schemathesis/run.sh)
+	$(CARGO) build -p chorus-gateway --bin chorus
+	CHORUS_BIN="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug/chorus" ST="$(abspath $(VENV))/bin/st" \
+		tests/schemathesis/run.sh
+
+schemathesis-venv: ## Install the pinned schemathesis in target/venv if it is not there
+	@st="$(VENV)/bin/st"; \
+	if [ -x "$$st" ] && [ "$$("$$st" --version 2>/dev/null)" = "st, version $(SCHEMATHESIS_VERSION)" ]; then exit 0; fi; \
+	if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+			echo "make test: schemathesis needs python3 with venv; install python3-venv or run as root"; exit 1; fi; \
+		if ! command -v apt-get >/dev/null; then \
+			echo "make test: schemathesis needs python3 with venv and there is no apt-get; install it yourself"; exit 1; fi; \
+		echo "installing python3-venv with apt-get"; \
+		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv || exit 1; \
+	fi; \
+	echo "installing schemathesis $(SCHEMATHESIS_VERSION) in $(VENV)"; \
+	python3 -m venv "$(VENV)" && \
+	"$(VENV)/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$(SCHEMATHESIS_VERSION)"
 
 sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on 2 cores)
 	$(CARGO) run --release -p chorus-sim -- sweep --seeds 10000

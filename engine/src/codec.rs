@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{NodeId, Topic};
-use crate::membership::Swim;
+use crate::id::{Meta, NodeId, Topic};
+use crate::membership::{Swim, UpdateKind};
 use crate::presence::PresEntry;
 use crate::records::{Record, BUCKETS};
 use crate::store::Delta;
@@ -22,6 +22,27 @@ pub const WIRE_VERSION: u8 = 2;
 /// Largest frame the decoder accepts (the transport chunks state transfers well
 /// below this).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Longest topic a peer may send, in bytes (clients' topics are at most 255;
+/// internal ones are short). Local commands over it are refused too, so an
+/// honest node never sends what its peers drop.
+pub const MAX_TOPIC: usize = 4096;
+
+/// Longest presence key a peer may send, in bytes.
+pub const MAX_KEY: usize = 4096;
+
+/// Largest presence meta a peer may send, in bytes (the gateway's default
+/// frame limit: a client's meta arrives inside one frame).
+pub const MAX_META: usize = 1 << 20;
+
+/// Longest node name, in bytes (the authenticated hello carries it with a
+/// one-byte length).
+pub const MAX_NAME: usize = 255;
+
+/// Highest SWIM membership incarnation a peer may send. A node raises its
+/// own by one per refutation, so an honest one never gets near; the bound
+/// keeps `inc + 1` clear of overflow.
+pub const MAX_SWIM_INC: u64 = 1 << 48;
 
 /// One message between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,10 +159,17 @@ pub enum DecodeError {
     /// Bytes left after the message.
     #[error("{0} trailing bytes")]
     Trailing(usize),
-    /// Decoded, but breaks its invariants (a malformed delta, an oversized
-    /// record, a digest of the wrong size).
-    #[error("invalid message from {0}")]
-    InvalidDelta(NodeId),
+    /// Decoded, but breaks its invariants (a malformed delta, a meta that is
+    /// not a JSON object, an oversized topic, key, meta, name or record, a
+    /// digest of the wrong size, an impossible incarnation). The transport
+    /// drops such a message whole, counts it and keeps the connection.
+    #[error("invalid message from {from}: {why}")]
+    Invalid {
+        /// The claimed sender.
+        from: NodeId,
+        /// The first check that failed.
+        why: &'static str,
+    },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -183,26 +211,108 @@ impl Message {
         Ok(msg)
     }
 
-    fn validate(&self) -> Result<(), DecodeError> {
-        let ok = match &self.body {
+    /// Checks every value a peer supplies against the bounds and shapes the
+    /// node relies on. Public so a fuzzer or a driver that builds messages
+    /// without the codec can apply the same checks.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        self.check().map_err(|why| DecodeError::Invalid {
+            from: self.from.clone(),
+            why,
+        })
+    }
+
+    fn check(&self) -> Result<(), &'static str> {
+        name_ok(&self.from)?;
+        match &self.body {
+            Body::Hello { .. } | Body::Ack { .. } | Body::Leave => Ok(()),
+            Body::Members(list) => list.iter().try_for_each(|(id, _)| name_ok(id)),
             Body::Delta { presence, subs, .. } | Body::Repair { presence, subs } => {
-                sorted_unique(presence) && sorted_unique(subs)
+                delta_ok(presence, |e| entry_ok(&e.topic, &e.key, &e.meta))?;
+                delta_ok(subs, topic_ok)
             }
-            Body::Records(records) => records.iter().all(Record::is_valid),
-            Body::RecordsDigest { buckets, .. } => buckets.len() == BUCKETS,
-            _ => true,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(DecodeError::InvalidDelta(self.from.clone()))
+            Body::Digest { presence, subs, .. } => presence
+                .iter()
+                .chain(subs)
+                .try_for_each(|(id, _)| name_ok(id)),
+            Body::Broadcast { topic, .. } => topic_ok(topic),
+            Body::Records(records) => check(records.iter().all(Record::is_valid), "record"),
+            Body::RecordsDigest { buckets, .. } => check(buckets.len() == BUCKETS, "buckets"),
+            Body::Swim(swim) => swim_ok(swim),
         }
     }
 }
 
-fn sorted_unique<E>(d: &Delta<E>) -> bool {
-    d.parts.iter().all(|p| p.is_well_formed())
-        && d.parts.windows(2).all(|w| w[0].origin < w[1].origin)
+fn check(ok: bool, why: &'static str) -> Result<(), &'static str> {
+    if ok {
+        Ok(())
+    } else {
+        Err(why)
+    }
+}
+
+fn name_ok(id: &NodeId) -> Result<(), &'static str> {
+    check(
+        !id.name.is_empty() && id.name.len() <= MAX_NAME,
+        "node name",
+    )
+}
+
+fn topic_ok(topic: &Topic) -> Result<(), &'static str> {
+    check(topic.as_str().len() <= MAX_TOPIC, "topic too long")
+}
+
+/// What a presence entry must be, from a peer or from a local command.
+pub(crate) fn entry_ok(topic: &Topic, key: &str, meta: &Meta) -> Result<(), &'static str> {
+    topic_ok(topic)?;
+    check(key.len() <= MAX_KEY, "key too long")?;
+    check(meta.as_str().len() <= MAX_META, "meta too large")?;
+    check(
+        is_json_object(meta.as_str()) || cfg!(feature = "trusting-peer"),
+        "meta is not a JSON object",
+    )
+}
+
+/// Whether `text` is exactly one JSON object (whitespace around allowed).
+/// The gateway splices metas into `presence_state` between their braces, so
+/// anything else could break or forge the payload.
+pub(crate) fn is_json_object(text: &str) -> bool {
+    text.trim_ascii_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+fn delta_ok<E>(
+    d: &Delta<E>,
+    entry: impl Fn(&E) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
+    check(
+        d.parts.iter().all(|p| p.is_well_formed())
+            && d.parts.windows(2).all(|w| w[0].origin < w[1].origin),
+        "malformed delta",
+    )?;
+    for p in &d.parts {
+        name_ok(&p.origin)?;
+        p.adds.iter().try_for_each(|(_, e)| entry(e))?;
+    }
+    Ok(())
+}
+
+fn swim_ok(swim: &Swim) -> Result<(), &'static str> {
+    let gossip = match swim {
+        Swim::Ping { target, gossip, .. } | Swim::PingReq { target, gossip, .. } => {
+            name_ok(target)?;
+            gossip
+        }
+        Swim::PingAck { gossip, .. } => gossip,
+        Swim::PingNack { .. } => return Ok(()),
+    };
+    for u in gossip {
+        name_ok(&u.node)?;
+        check(u.inc <= MAX_SWIM_INC, "membership incarnation")?;
+        if let UpdateKind::Suspect { by } = &u.kind {
+            name_ok(by)?;
+        }
+    }
+    Ok(())
 }
 
 struct Counter(usize);
@@ -351,7 +461,82 @@ mod tests {
         }
         assert!(matches!(
             Message::decode(&m.encode()),
-            Err(DecodeError::InvalidDelta(_))
+            Err(DecodeError::Invalid { .. })
         ));
+    }
+
+    /// Values a peer supplies are checked whole: each of these decodes as
+    /// bincode but is refused as `Invalid`, naming the check.
+    #[test]
+    fn rejects_values_out_of_bounds() {
+        let with_entry = |f: &dyn Fn(&mut PresEntry)| {
+            let mut m = sample_delta();
+            if let Body::Delta { presence, .. } = &mut m.body {
+                f(&mut presence.parts[0].adds[0].1);
+            }
+            m
+        };
+        let injected = "{\"a\":1}]},\"forged\":{\"metas\":[{\"b\":2}";
+        let cases = [
+            (
+                with_entry(&|e| e.meta = Meta::new(injected)),
+                "meta is not a JSON object",
+            ),
+            (
+                with_entry(&|e| e.meta = Meta::new("[1]")),
+                "meta is not a JSON object",
+            ),
+            (
+                with_entry(&|e| e.meta = Meta::new("{\"a\":}")),
+                "meta is not a JSON object",
+            ),
+            (
+                with_entry(&|e| {
+                    e.meta = Meta::new(format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_META)))
+                }),
+                "meta too large",
+            ),
+            (
+                with_entry(&|e| e.key = "k".repeat(MAX_KEY + 1).into()),
+                "key too long",
+            ),
+            (
+                with_entry(&|e| e.topic = Topic::new("t".repeat(MAX_TOPIC + 1))),
+                "topic too long",
+            ),
+            (
+                Message {
+                    from: NodeId::new("", 1),
+                    addr: addr(),
+                    body: Body::Leave,
+                },
+                "node name",
+            ),
+            (
+                Message {
+                    from: NodeId::new("a", 1),
+                    addr: addr(),
+                    body: Body::Swim(Swim::PingAck {
+                        seq: 1,
+                        gossip: vec![crate::membership::Update {
+                            node: NodeId::new("a", 1),
+                            addr: addr(),
+                            inc: u64::MAX,
+                            kind: UpdateKind::Alive,
+                        }],
+                    }),
+                },
+                "membership incarnation",
+            ),
+        ];
+        for (m, expected) in cases {
+            match Message::decode(&m.encode()) {
+                Err(DecodeError::Invalid { why, .. }) => assert_eq!(why, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        // Whitespace around an object is fine.
+        let ok = with_entry(&|e| e.meta = Meta::new(" {\"a\": [1, {}]} "));
+        assert!(Message::decode(&ok.encode()).is_ok());
     }
 }

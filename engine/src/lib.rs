@@ -53,7 +53,10 @@ pub mod runtime;
 pub(crate) mod store;
 pub(crate) mod subs;
 
-pub use codec::{Body, DecodeError, Message, MAX_FRAME, WIRE_VERSION};
+pub use codec::{
+    Body, DecodeError, Message, MAX_FRAME, MAX_KEY, MAX_META, MAX_NAME, MAX_SWIM_INC, MAX_TOPIC,
+    WIRE_VERSION,
+};
 pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 pub use node::{
     Command, CommandError, CommandOutcome, Event, Node, NodeConfig, NodeStats, PeerState, Transmit,

@@ -119,7 +119,10 @@ impl TestCluster {
                 let msg = Message::decode(&bytes).expect("our own encoding decodes");
                 let now = self.now;
                 if let Some(node) = self.nodes[dst].as_mut() {
-                    node.handle_message(now, msg);
+                    // Honest senders only: the link's identity is the one
+                    // each message claims.
+                    let from = msg.from.clone();
+                    node.handle_message(now, &from, msg);
                     self.drain(dst);
                 }
             } else if let Some((_, i)) = next_timer {

@@ -14,7 +14,9 @@ use chorus_engine::runtime::transport::{codes, transport_config};
 use chorus_engine::runtime::{tls, Delivery, Engine, EngineConfig, EngineHandle, Subscription};
 use chorus_engine::PeerState;
 use chorus_engine::MAX_FRAME;
-use chorus_engine::{ConnId, Meta, NodeConfig, NodeId};
+use chorus_engine::{
+    Body, ConnId, Delta, Message, Meta, NodeConfig, NodeId, Part, PhxRef, PresEntry, Ranges,
+};
 use tokio::time::{sleep, timeout, Instant};
 
 const SECRET: &[u8] = b"test-cluster-secret-0123456789ab";
@@ -433,12 +435,17 @@ async fn closed_code(conn: &quinn::Connection) -> Option<u32> {
 }
 
 async fn authenticated(ep: &quinn::Endpoint, to: SocketAddr) -> quinn::Connection {
+    authenticated_as(ep, to, NodeId::new("probe", 1)).await
+}
+
+async fn authenticated_as(ep: &quinn::Endpoint, to: SocketAddr, id: NodeId) -> quinn::Connection {
     let conn = ep.connect(to, tls::SERVER_NAME).unwrap().await.unwrap();
     let me = PeerHello {
         instance: 42,
         addr: ep.local_addr().unwrap(),
+        id,
     };
-    let peer = auth::authenticate(&conn, Role::Dialer, SECRET, me, Duration::from_secs(5))
+    let peer = auth::authenticate(&conn, Role::Dialer, SECRET, &me, Duration::from_secs(5))
         .await
         .expect("the node proves the secret back");
     assert_eq!(peer.addr, to);
@@ -526,6 +533,122 @@ async fn garbage_closes_only_that_connection() {
         assert_eq!(up_names(&n2).await, names(&["n1"]));
         n1.shutdown().await.unwrap();
         n2.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A secret holder authenticated as `mallory` cannot speak as `n2`: the
+/// message is dropped and counted. A message with a meta that is not a JSON
+/// object is dropped whole and counted, and the connection stays: mallory's
+/// own hello afterwards makes it a member.
+#[tokio::test]
+async fn a_peer_claiming_another_name_is_dropped() {
+    timeout(Duration::from_secs(30), async {
+        let n1 = start("n1", &[]).await;
+        let ep = client();
+        let me = ep.local_addr().unwrap();
+        let mallory = NodeId::new("mallory", 1);
+        let conn = authenticated_as(&ep, n1.local_addr(), mallory.clone()).await;
+        let mut uni = conn.open_uni().await.unwrap();
+        let frame = |from: &NodeId, body: Body| {
+            let bytes = Message {
+                from: from.clone(),
+                addr: me,
+                body,
+            }
+            .encode();
+            let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&bytes);
+            out
+        };
+        let n2 = NodeId::new("n2", 1);
+        let forged = frame(&n2, Body::Hello { full: false });
+        let bad_meta = frame(
+            &mallory,
+            Body::Delta {
+                start: 0,
+                seq: 1,
+                presence: Delta {
+                    parts: vec![Part {
+                        origin: mallory.clone(),
+                        ops: Ranges::span(1, 1),
+                        adds: vec![(
+                            1,
+                            PresEntry {
+                                topic: "room".into(),
+                                key: "m".into(),
+                                conn: ConnId(1),
+                                meta: Meta::new("{\"a\":1}]},\"forged\":{\"metas\":[{"),
+                                phx_ref: PhxRef([7; 12]),
+                                prev_ref: None,
+                            },
+                        )],
+                        removes: vec![],
+                        full: false,
+                    }],
+                },
+                subs: Delta::default(),
+            },
+        );
+        let honest = frame(&mallory, Body::Hello { full: false });
+        for f in [forged, bad_meta, honest] {
+            uni.write_all(&f).await.unwrap();
+        }
+        eventually(
+            Duration::from_secs(5),
+            "mallory's own hello admitted",
+            || async { up_names(&n1).await == names(&["mallory"]) },
+        )
+        .await;
+        let stats = n1.stats().await.unwrap();
+        assert_eq!(stats.node.rejected_identity, 1, "{stats:?}");
+        assert_eq!(stats.rejected_invalid, 1, "{stats:?}");
+        assert_eq!(stats.protocol_errors, 0, "the connection stayed");
+        assert!(n1.presence("room").await.unwrap().is_empty());
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Two processes started with the same node name: the older one's engine
+/// stops with `NameClash` naming the newer one (what the `chorus` binary
+/// prints before exiting non-zero), and the cluster keeps the newer one.
+#[tokio::test]
+async fn the_older_of_two_engines_with_one_name_stops() {
+    timeout(Duration::from_secs(30), async {
+        let n0 = start("n0", &[]).await;
+        let old = Engine::start(config("n1", 1, any_port(), &[n0.local_addr()]))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), "old joined", || async {
+            up_names(&n0).await == names(&["n1"])
+        })
+        .await;
+        let new = Engine::start(config("n1", 2, any_port(), &[n0.local_addr()]))
+            .await
+            .unwrap();
+        let err = timeout(Duration::from_secs(10), old.failed())
+            .await
+            .expect("the older engine stops");
+        match &err {
+            chorus_engine::runtime::RuntimeError::NameClash { me, other } => {
+                assert_eq!((me, other), (&NodeId::new("n1", 1), &NodeId::new("n1", 2)));
+            }
+            e => panic!("{e}"),
+        }
+        assert!(err.to_string().contains("\"n1\""), "{err}");
+        let ids: Vec<NodeId> = n0
+            .members()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [NodeId::new("n1", 2)]);
+        new.shutdown().await.unwrap();
+        n0.shutdown().await.unwrap();
     })
     .await
     .expect("test timed out");

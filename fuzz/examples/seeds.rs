@@ -163,7 +163,8 @@ fn gossip() -> Vec<Vec<u8>> {
             }
             if let Some(j) = (0..3).find(|&j| addr(j) == t.addr) {
                 let msg = chorus_engine::Message::decode(&bytes).expect("decodes");
-                nodes[j].handle_message(now, msg);
+                let from = msg.from.clone();
+                nodes[j].handle_message(now, &from, msg);
             }
         }
     }

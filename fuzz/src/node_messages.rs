@@ -7,8 +7,10 @@
 //! some (another sender, a stale or future incarnation, a flipped byte, a
 //! replay), and injects hand-built bodies (member lists, digests, acks, records,
 //! SWIM updates) naming nodes real and unknown. Every message to the target goes
-//! through the codec (`encode`, then `Message::decode`) and one helper,
-//! [`deliver`], so the change of `handle_message`'s signature is one line.
+//! through the codec (`encode`, then `Message::decode`) and reaches the node
+//! with the identity its link authenticated, as in the runtime ([`deliver`]):
+//! a fake peer's own for its messages (so a changed sender is a spoof the node
+//! must drop), whatever the frame claims for raw frames.
 //!
 //! Invariants after every step: no panic; everything the target sends comes from
 //! it, is not addressed to it and round-trips through the codec; its δ-buffer
@@ -46,18 +48,6 @@ const METAS: &[&str] = &[
 ];
 /// Node names used in messages; index 0 is the target's.
 const NAMES: &[&str] = &["t", "p0", "p1", "p2", "stranger"];
-
-/// What the fuzzer asks for: which inputs reach the target's known panics,
-/// which the engine's peer-boundary rewrite (issue 14) fixes. Off by default so
-/// the fuzzer explores past them; `tests/replay.rs` replays the saved inputs
-/// with them on (ignored until that fix lands).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Options {
-    /// Deliver messages that name another incarnation of the target's own node
-    /// name (reaches `forget(self)` and its `assert_ne!`), and SWIM updates
-    /// about the target at incarnation `u64::MAX` (`inc + 1` overflows).
-    pub known_panics: bool,
-}
 
 /// One step.
 #[derive(Arbitrary, Debug)]
@@ -233,7 +223,6 @@ struct World {
     to_target: Vec<Vec<Message>>,
     /// Messages the target sent (with their address), not delivered yet.
     replies: Vec<(SocketAddr, Message)>,
-    options: Options,
 }
 
 fn config(slot: usize, incarnation: u64, seed: u64) -> NodeConfig {
@@ -249,39 +238,10 @@ fn config(slot: usize, incarnation: u64, seed: u64) -> NodeConfig {
     cfg
 }
 
-/// The one call of `Node::handle_message`: when it takes the authenticated
-/// sender (`handle_message(now, from, msg)`), only this line changes.
-fn deliver(node: &mut Node, now: Instant, msg: Message) {
-    node.handle_message(now, msg);
-}
-
-/// Whether `msg` reaches a panic the peer-boundary rewrite fixes (see
-/// [`Options::known_panics`]).
-pub fn hits_known_panic(me: &NodeId, msg: &Message) -> bool {
-    let other_me = |id: &NodeId| id.name == me.name && id.incarnation != me.incarnation;
-    let update = |u: &Update| {
-        other_me(&u.node)
-            || matches!(&u.kind, UpdateKind::Suspect { by } if other_me(by))
-            || (u.node == *me && u.inc == u64::MAX)
-    };
-    if other_me(&msg.from) {
-        return true;
-    }
-    match &msg.body {
-        Body::Members(list) => list.iter().any(|(id, _)| other_me(id)),
-        Body::Digest { presence, subs, .. } => {
-            presence.iter().chain(subs).any(|(id, _)| other_me(id))
-        }
-        Body::Records(records) => records.iter().any(|r| other_me(&r.stamp().origin)),
-        Body::Swim(Swim::Ping { target, gossip, .. }) => {
-            other_me(target) || gossip.iter().any(update)
-        }
-        Body::Swim(Swim::PingReq { target, gossip, .. }) => {
-            other_me(target) || gossip.iter().any(update)
-        }
-        Body::Swim(Swim::PingAck { gossip, .. }) => gossip.iter().any(update),
-        _ => false,
-    }
+/// The one call of `Node::handle_message`, with the identity the link
+/// authenticated (`link`), as the runtime passes it.
+fn deliver(node: &mut Node, now: Instant, link: &NodeId, msg: Message) {
+    node.handle_message(now, link, msg);
 }
 
 impl World {
@@ -295,7 +255,6 @@ impl World {
             nodes,
             to_target: vec![Vec::new(); PEERS],
             replies: Vec::new(),
-            options: Options::default(),
         };
         world.pump();
         world
@@ -336,8 +295,8 @@ impl World {
                         }
                     } else if let Some(to) = (1..=PEERS).find(|&s| addr(s) == t.addr) {
                         let msg = round_trip(&t.msg);
-                        let now = self.now;
-                        deliver(&mut self.nodes[to], now, msg);
+                        let (now, link) = (self.now, self.nodes[slot].id().clone());
+                        deliver(&mut self.nodes[to], now, &link, msg);
                     }
                 }
             }
@@ -369,16 +328,20 @@ impl World {
         self.pump();
     }
 
-    /// Decodes `frame` and hands it to the target, as the transport does.
-    fn send_to_target(&mut self, frame: &[u8]) {
+    /// Decodes `frame` and hands it to the target, as the transport does, from
+    /// the link authenticated as `link`; `None` is a peer that authenticated
+    /// as whatever the frame claims (the cluster secret lets it choose any
+    /// hello), so raw frames reach past the identity check.
+    fn send_to_target(&mut self, link: Option<usize>, frame: &[u8]) {
         let Ok(msg) = Message::decode(frame) else {
             return;
         };
-        if !self.options.known_panics && hits_known_panic(self.nodes[0].id(), &msg) {
-            return;
-        }
+        let link = match link {
+            Some(slot) => self.nodes[slot].id().clone(),
+            None => msg.from.clone(),
+        };
         let now = self.now;
-        deliver(&mut self.nodes[0], now, msg);
+        deliver(&mut self.nodes[0], now, &link, msg);
         self.pump();
     }
 
@@ -611,7 +574,7 @@ impl World {
                     _ => {}
                 }
                 for _ in 0..times {
-                    self.send_to_target(&frame);
+                    self.send_to_target(Some(slot), &frame);
                 }
             }
             Op::Reply => self.reply(),
@@ -622,9 +585,9 @@ impl World {
                     addr: addr(slot),
                     body: self.body(body),
                 };
-                self.send_to_target(&msg.encode());
+                self.send_to_target(Some(slot), &msg.encode());
             }
-            Op::Raw(frame) => self.send_to_target(frame),
+            Op::Raw(frame) => self.send_to_target(None, frame),
             Op::Restart(i) => {
                 let slot = Self::peer(*i);
                 let inc = self.nodes[slot].id().incarnation.saturating_add(1);
@@ -642,7 +605,8 @@ impl World {
         let now = self.now;
         for (to, msg) in msgs {
             if let Some(slot) = (1..=PEERS).find(|&s| addr(s) == to) {
-                deliver(&mut self.nodes[slot], now, round_trip(&msg));
+                let link = msg.from.clone();
+                deliver(&mut self.nodes[slot], now, &link, round_trip(&msg));
             }
         }
         self.pump();
@@ -673,23 +637,11 @@ fn round_trip(msg: &Message) -> Message {
     Message::decode(&msg.encode()).expect("an encoded message decodes")
 }
 
-/// Runs one input with the default [`Options`], or with the known panics let
-/// through when `CHORUS_FUZZ_KNOWN_PANICS=1` (to find and minimise them:
-/// `CHORUS_FUZZ_KNOWN_PANICS=1 cargo +nightly fuzz run node_messages`).
-pub fn run(data: &[u8]) {
-    static OPTIONS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
-    let options = *OPTIONS.get_or_init(|| Options {
-        known_panics: std::env::var("CHORUS_FUZZ_KNOWN_PANICS").is_ok_and(|v| v == "1"),
-    });
-    run_with(data, options);
-}
-
 /// Runs one input: the ops decoded from `data` with `arbitrary`, at most
 /// [`MAX_OPS`] of them.
-pub fn run_with(data: &[u8], options: Options) {
+pub fn run(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let mut world = World::new();
-    world.options = options;
     for _ in 0..MAX_OPS {
         if u.is_empty() {
             break;

@@ -7,7 +7,7 @@ use crate::scenario::{Expect, Scenario, Step};
 use crate::workload::Workload;
 
 /// Every built-in scenario.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "partition-heal",
     "asymmetric-partition",
     "flapping-link",
@@ -16,6 +16,7 @@ pub const NAMES: [&str; 8] = [
     "lossy-network",
     "large-cluster",
     "dissemination-1000",
+    "hostile-peer",
 ];
 
 /// The node count a scenario is named or designed for.
@@ -48,6 +49,7 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
         "lossy-network" => lossy(n),
         "large-cluster" => large(n),
         "dissemination-1000" => dissemination(n),
+        "hostile-peer" => hostile(n),
         _ => return None,
     };
     let mut sc = Scenario {
@@ -288,4 +290,52 @@ fn dissemination(n: usize) -> Vec<Step> {
         },
         wait(200),
     ]
+}
+
+/// The last node is hostile for 6 s: every 20 ms it sends an honest node a
+/// well-formed but wrong message (replays, spoofs, other incarnations of
+/// honest nodes, enormous deltas, ghosts, bad values, lying digests; see
+/// `hostile.rs`), while clients load the honest nodes and one of them
+/// restarts. Honest nodes must converge among themselves after it.
+fn hostile(n: usize) -> Vec<Step> {
+    let h = n - 1;
+    let mut s = vec![Step::AddNode { count: n }, wait(1_000)];
+    for i in 0..h {
+        s.push(Step::Subscribe {
+            node: i,
+            topic: "room:0".into(),
+        });
+        s.push(Step::TrackMany {
+            node: i,
+            topic: format!("room:{}", i % 3),
+            prefix: format!("u{i}-"),
+            count: 3,
+        });
+    }
+    s.push(wait(1_000));
+    let mut work = load(6_000, 1.0);
+    if let Step::Workload(w) = &mut work {
+        w.nodes = (0..h).collect();
+    }
+    s.extend([
+        work,
+        Step::Hostile {
+            node: h,
+            ms: 6_000,
+            every_ms: 20,
+            // Two enormous deltas and about 200 small made-up entries.
+            quota: 2 * crate::hostile::BIG as u64 + 200,
+        },
+        wait(2_500),
+        Step::Restart { node: 1 },
+        Step::TrackMany {
+            node: 1,
+            topic: "room:1".into(),
+            prefix: "r1-".into(),
+            count: 2,
+        },
+        wait(4_000),
+    ]);
+    s.extend(settle());
+    s
 }

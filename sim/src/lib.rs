@@ -24,7 +24,9 @@
 //!   partitions, heal, crash, restart as a new incarnation, pause, flapping
 //!   links; clients that track, update, untrack, subscribe, publish, append to
 //!   history logs and write registers ([`records`]) at configurable rates, each
-//!   node's wall clock skewed as the scenario says ([`world::NodeTiming`]).
+//!   node's wall clock skewed as the scenario says ([`world::NodeTiming`]);
+//!   a hostile peer ([`hostile`]): one authenticated node that also sends
+//!   well-formed but wrong messages through the codec.
 //! - **scenarios as data** ([`Scenario`]): lists of steps, built in Rust
 //!   ([`builtin`]) or read from JSON files; [`sweep()`] runs one over many
 //!   seeds.
@@ -32,7 +34,10 @@
 //!   `convergence`, `zombies` (no entry of an ended incarnation survives),
 //!   `diffs` (honest presence diffs), `broadcasts` (on healthy links),
 //!   `records` (equal to a model of the surviving writes), `codec` (every
-//!   frame decoded, every command accepted), `asserts`; determinism is checked
+//!   frame decoded, every command accepted), `asserts`, `hostile` (with a
+//!   hostile peer: its spoofs dropped, its bad values refused at decode,
+//!   honest memory within a bound; convergence then compares honest nodes'
+//!   honest entries only); determinism is checked
 //!   by replaying the seed ([`run_checked`]). A [`Report`] per run
 //!   ([`report`], [`plot`]).
 //!
@@ -70,6 +75,7 @@
 
 pub mod builtin;
 pub mod check;
+pub mod hostile;
 pub mod log;
 pub mod net;
 pub mod plot;

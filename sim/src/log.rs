@@ -4,10 +4,12 @@
 //! records [`Ledger`]. Plain data: the world writes it, `check` and `report`
 //! read it, and nothing here computes a verdict.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chorus_engine::Topic;
+use chorus_engine::{NodeId, Topic};
 
+use crate::hostile::Attack;
 use crate::records::Ledger;
 
 /// A publish made by the workload or a step.
@@ -99,4 +101,49 @@ pub struct Log {
     pub asserts: Vec<(String, bool)>,
     /// Every record written, and which incarnations it reached.
     pub records: Ledger,
+    /// What the hostile peer did and what came of it.
+    pub hostile: HostileLog,
+}
+
+/// What the hostile peer sent and how honest nodes took it.
+#[derive(Debug, Default)]
+pub struct HostileLog {
+    /// Attacks made, by kind.
+    pub sent: BTreeMap<Attack, u64>,
+    /// Entries it made up (its quota spent).
+    pub made_up: u64,
+    /// Node ids it named that no process runs (other incarnations, ghosts).
+    pub named: BTreeSet<NodeId>,
+    /// Frames with bad values that an honest node's decoder refused.
+    pub refused: u64,
+    /// Frames with bad values that decoded anyway (each a failure).
+    pub accepted_bad: Vec<String>,
+    /// Messages claiming another sender that the receiver dropped.
+    pub spoofs_rejected: u64,
+    /// Messages claiming another sender that the receiver took (failures).
+    pub spoofs_accepted: Vec<String>,
+    /// One sample per honest live node per convergence sample.
+    pub footprints: Vec<Footprint>,
+}
+
+/// An honest node's memory at one instant, next to its bound.
+#[derive(Clone, Debug)]
+pub struct Footprint {
+    /// When.
+    pub at: Duration,
+    /// Which node.
+    pub node: usize,
+    /// Presence and subscription entries in its stores, visible or not.
+    pub entries: u64,
+    /// Ops ever made by every process (each creates at most one entry)
+    /// plus the entries the hostile peer made up.
+    pub entries_bound: u64,
+    /// Members in its peer table.
+    pub members: u64,
+    /// Incarnations ever started plus ids the hostile peer named.
+    pub members_bound: u64,
+    /// δ-buffer entries.
+    pub buffer: u64,
+    /// Its `buffer_cap`.
+    pub buffer_bound: u64,
 }

@@ -34,6 +34,7 @@ impl World {
             past: Vec::new(),
             peaks: (0, 0),
             overflows: 0,
+            ops_ended: 0,
         });
         self.start_node(i);
         i
@@ -66,6 +67,7 @@ impl World {
         let slot = &mut self.nodes[i];
         let Some(node) = slot.node.take() else { return };
         slot.overflows += node.stats().buffer_overflows;
+        slot.ops_ended += node.presence().store().next_op() - 1 + node.subs().store().next_op() - 1;
         slot.past.push((slot.id(), now, None));
         slot.gen += 1;
         slot.paused_until = None;
@@ -390,6 +392,10 @@ impl World {
                 {
                     rec.ready.get_or_insert(now);
                 }
+            }
+            Event::NameClash(other) => {
+                let err = format!("{}: n{i} stopped: {other} runs under its name", fmt_t(now));
+                self.log.command_errors.push(err);
             }
             Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) | Event::Record(_) => {
             }

@@ -199,6 +199,19 @@ pub enum Step {
         /// Key.
         key: String,
     },
+    /// Make `node` hostile for `ms`: every `every_ms` it sends one honest
+    /// node a well-formed but wrong message (see [`crate::hostile`]),
+    /// making up at most `quota` entries in all.
+    Hostile {
+        /// Node.
+        node: usize,
+        /// How long.
+        ms: u64,
+        /// Attack period.
+        every_ms: u64,
+        /// Entries it may make up.
+        quota: u64,
+    },
     /// Let virtual time pass.
     Wait {
         /// How long.
@@ -355,6 +368,12 @@ fn apply(w: &mut World, step: &Step) {
             w.track(*node, topic, key, None);
             w.watch(*node, topic, key);
         }
+        Step::Hostile {
+            node,
+            ms,
+            every_ms,
+            quota,
+        } => w.start_hostile(*node, *ms, *every_ms, *quota),
         Step::Wait { ms } => w.run_until(now + Duration::from_millis(*ms)),
         Step::Assert { expect, within_ms } => {
             let deadline = now + Duration::from_millis(*within_ms);
@@ -382,10 +401,7 @@ fn holds(w: &World, expect: &Expect) -> bool {
     match expect {
         Expect::Converged => {
             let t = w.truth();
-            w.nodes
-                .iter()
-                .filter_map(|s| s.node.as_ref())
-                .all(|n| n.presence().view() == t)
+            (0..w.nodes.len()).all(|i| w.view_of(i).is_none_or(|v| v == t))
         }
         Expect::Count { node, topic, metas } => w.nodes[*node]
             .node

@@ -16,7 +16,8 @@ use chorus_engine::{Body, ConnId, Key, Message, Meta, Node, NodeId, PhxRef, Swim
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::log::{Log, Sample};
+use crate::hostile::Hostile;
+use crate::log::{Footprint, Log, Sample};
 use crate::net::{Lane, Net, NetConfig};
 use crate::trace::Trace;
 
@@ -111,6 +112,8 @@ pub struct NodeSlot {
     pub peaks: (usize, usize),
     /// δ-buffer overflows of every incarnation.
     pub overflows: u64,
+    /// Presence and subscription ops made by ended incarnations.
+    pub ops_ended: u64,
 }
 
 impl NodeSlot {
@@ -129,6 +132,9 @@ impl NodeSlot {
 #[derive(Debug)]
 pub(crate) struct Arrival {
     pub from: usize,
+    /// The sender's id when it sent: what the link authenticated, handed to
+    /// the receiver with the message (which may claim someone else).
+    pub from_id: NodeId,
     pub to: usize,
     pub to_gen: u64,
     /// Stream messages: `(connection epoch, sender generation)`.
@@ -136,6 +142,10 @@ pub(crate) struct Arrival {
     pub bytes: Vec<u8>,
     /// Hops of the watched change at the sender when sent (`u32::MAX`: none).
     pub hop: u32,
+    /// Made up by the hostile peer with a value the decoder must refuse.
+    pub bad: bool,
+    /// Made up by the hostile peer claiming another sender.
+    pub spoof: bool,
 }
 
 #[derive(Debug)]
@@ -145,6 +155,7 @@ pub(crate) enum Ev {
     Resume(usize),
     Workload(usize),
     Flap { a: usize, b: usize, until: Duration },
+    Attack,
 }
 
 /// The simulated cluster. See the module docs.
@@ -169,6 +180,7 @@ pub struct World {
     next_sample: Duration,
     pub(crate) workloads: Vec<crate::workload::Running>,
     pub(crate) watch: Option<crate::watch::Watch>,
+    pub(crate) hostile: Option<Hostile>,
 }
 
 impl World {
@@ -190,6 +202,7 @@ impl World {
             next_sample: Duration::ZERO,
             workloads: Vec::new(),
             watch: None,
+            hostile: None,
         }
     }
 
@@ -223,11 +236,14 @@ impl World {
         self.now = until;
     }
 
-    /// The truth: the entries of live incarnations that clients did not untrack.
+    /// The truth: the entries of live honest incarnations that clients did
+    /// not untrack.
     pub fn truth(&self) -> BTreeSet<ViewItem> {
         self.nodes
             .iter()
-            .filter(|s| s.is_live())
+            .enumerate()
+            .filter(|(i, s)| s.is_live() && !self.is_hostile(*i))
+            .map(|(_, s)| s)
             .flat_map(|s| {
                 s.truth
                     .iter()
@@ -236,15 +252,46 @@ impl World {
             .collect()
     }
 
+    /// What node `i` shows that must equal the truth: its whole view, or,
+    /// with a hostile peer in the world, the entries of live honest
+    /// incarnations in it (the hostile peer's own and made-up entries may
+    /// differ between nodes). `None` for a crashed or the hostile node.
+    pub fn view_of(&self, i: usize) -> Option<BTreeSet<ViewItem>> {
+        let node = self.nodes[i].node.as_ref()?;
+        if self.hostile.is_none() {
+            return Some(node.presence().view());
+        }
+        if self.is_hostile(i) {
+            return None;
+        }
+        let honest: BTreeSet<NodeId> = (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].is_live() && !self.is_hostile(j))
+            .map(|j| self.nodes[j].id())
+            .collect();
+        let store = node.presence().store();
+        let view = store
+            .iter()
+            .filter(|(slot, e)| {
+                store.is_visible(*slot) && honest.contains(store.replica_id(e.replica))
+            })
+            .map(|(_, e)| {
+                let v = &e.value;
+                (v.topic.clone(), v.key.clone(), v.phx_ref, v.meta.clone())
+            })
+            .collect();
+        Some(view)
+    }
+
     /// Records in the log which nodes agree with the truth now, and whether
     /// every live node's records digest is the same.
     pub(crate) fn take_sample(&mut self) {
         let truth = self.truth();
-        let agree = self
-            .nodes
-            .iter()
-            .map(|s| s.node.as_ref().map(|n| n.presence().view() == truth))
+        let agree = (0..self.nodes.len())
+            .map(|i| self.view_of(i).map(|v| v == truth))
             .collect();
+        if self.hostile.is_some() {
+            self.take_footprints();
+        }
         let mut digests = self
             .nodes
             .iter()
@@ -258,6 +305,35 @@ impl World {
             agree,
             records_agree,
         });
+    }
+
+    /// Records each honest live node's memory next to its bound (see
+    /// [`Footprint`]).
+    fn take_footprints(&mut self) {
+        let ops = |n: &Node| n.presence().store().next_op() - 1 + n.subs().store().next_op() - 1;
+        let all_ops: u64 = self
+            .nodes
+            .iter()
+            .map(|s| s.ops_ended + s.node.as_ref().map_or(0, ops))
+            .sum();
+        let incarnations: u64 = self.nodes.iter().map(|s| s.incarnation).sum();
+        let entries_bound = all_ops + self.log.hostile.made_up;
+        let members_bound = incarnations + self.log.hostile.named.len() as u64;
+        for (i, s) in self.nodes.iter().enumerate() {
+            let Some(n) = s.node.as_ref().filter(|_| !self.is_hostile(i)) else {
+                continue;
+            };
+            self.log.hostile.footprints.push(Footprint {
+                at: self.now,
+                node: i,
+                entries: (n.presence().store().len() + n.subs().store().len()) as u64,
+                entries_bound,
+                members: n.members().len() as u64,
+                members_bound,
+                buffer: n.buffer_len() as u64,
+                buffer_bound: n.config().buffer_cap as u64,
+            });
+        }
     }
 
     pub(crate) fn schedule(&mut self, at: Duration, ev: Ev) {
@@ -286,6 +362,7 @@ impl World {
             Ev::Resume(i) => self.resume(i),
             Ev::Workload(w) => self.workload_tick(w),
             Ev::Flap { a, b, until } => self.flap(a, b, until),
+            Ev::Attack => self.attack(),
         }
     }
 
@@ -313,12 +390,23 @@ impl World {
         self.trace.bytes(&a.bytes);
         let msg = match Message::decode(&a.bytes) {
             Ok(m) => m,
+            Err(_) if a.bad => {
+                self.log.hostile.refused += 1;
+                return;
+            }
             Err(e) => {
                 let err = format!("{}: n{} -> n{}: {e}", fmt_t(self.now), a.from, a.to);
                 self.log.codec_errors.push(err);
                 return;
             }
         };
+        if a.bad {
+            let err = format!("{}: n{} -> n{} decoded", fmt_t(self.now), a.from, a.to);
+            self.log.hostile.accepted_bad.push(err);
+        }
+        if let Some(h) = self.hostile.as_mut().filter(|h| h.node == a.to) {
+            h.capture(&msg);
+        }
         let slot = &mut self.nodes[a.to];
         let Some(node) = slot.node.as_mut() else {
             return;
@@ -328,7 +416,22 @@ impl World {
         if let Body::Records(records) = &msg.body {
             self.log.records.delivered(a.to, slot.incarnation, records);
         }
-        node.handle_message(self.base + self.now, msg);
+        let rejected = node.stats().rejected_identity;
+        let claimed = msg.from.clone();
+        node.handle_message(self.base + self.now, &a.from_id, msg);
+        if a.spoof {
+            if node.stats().rejected_identity > rejected {
+                self.log.hostile.spoofs_rejected += 1;
+            } else {
+                let err = format!(
+                    "{}: n{} -> n{} as {claimed} taken",
+                    fmt_t(self.now),
+                    a.from,
+                    a.to
+                );
+                self.log.hostile.spoofs_accepted.push(err);
+            }
+        }
         self.after_input(a.to);
         self.watch_arrival(a.to, a.hop);
     }
@@ -371,6 +474,23 @@ impl World {
     }
 
     fn send(&mut self, from: usize, addr: &SocketAddr, msg: &Message) {
+        self.send_with(from, addr, msg, false, false);
+    }
+
+    /// Sends a message the hostile peer on `from` made up to node `to`,
+    /// through the codec, on `from`'s authenticated link.
+    pub(crate) fn send_forged(
+        &mut self,
+        from: usize,
+        to: usize,
+        msg: &Message,
+        bad: bool,
+        spoof: bool,
+    ) {
+        self.send_with(from, &World::addr(to), msg, bad, spoof);
+    }
+
+    fn send_with(&mut self, from: usize, addr: &SocketAddr, msg: &Message, bad: bool, spoof: bool) {
         let bytes = msg.encode();
         let kind = kind_of(&msg.body);
         self.stats.msgs[kind] += 1;
@@ -402,11 +522,14 @@ impl World {
             };
             let arrival = Arrival {
                 from,
+                from_id: self.nodes[from].id(),
                 to,
                 to_gen: self.nodes[to].gen,
                 stream,
                 bytes,
                 hop,
+                bad,
+                spoof,
             };
             self.schedule(at, Ev::Deliver(Box::new(arrival)));
         }

@@ -136,3 +136,15 @@ fn scenarios_round_trip_through_json() {
         .expect("the detail starts with the write count");
     assert!(writes > 5, "the steps and the workload wrote: {detail}");
 }
+
+/// One authenticated node lies for 6 s (replays, spoofs, other incarnations
+/// of honest nodes, enormous deltas, ghosts, bad values, lying digests)
+/// while an honest node restarts: no honest node panics, spoofs are dropped
+/// and bad values refused at decode, honest memory stays within its bound,
+/// and honest nodes converge among themselves. Before the engine believed a
+/// newer incarnation only from itself, every seed failed convergence.
+#[test]
+fn hostile_peer() {
+    sweep_ok("hostile-peer", 3, 60);
+    sweep_ok("hostile-peer", 5, 20);
+}

@@ -103,48 +103,66 @@ test("an expired session is reported gone; the client reconnects and rejoins", a
   const pw = new Presence(cw);
   await join(cw);
 
-  const s = connect(port, { params: { token: mintToken({ sub: "napper" }) } });
-  const c = s.channel("test:expiry");
-  const p = new Presence(c);
-  const closes = [];
-  s.onClose((e) => closes.push(e.code));
-  let joins = 0;
-  await join(c);
-  c.joinPush.receive("ok", () => joins++);
-  await until(() => users(pw).join() === "napper,watcher" && users(p).join() === "napper,watcher", "napper online");
-
-  // Hold the client's next poll back for longer than the session timeout, as a
-  // stalled network would: the server ends the session and the presence leaves.
+  // Hold back the poll that follows the one carrying the reply to a ping, as a
+  // stalled network would, until the server has ended the session. Not simply
+  // "the next poll": frames still on their way (the presence_diff of napper's
+  // own join can come after a presence_state that already lists napper) end
+  // polls of their own, and a stall of the poll that should carry the reply
+  // loses the reply with the session. Every poll goes through this fetch from
+  // the first, so that the answer carrying the reply is seen.
   const realFetch = globalThis.fetch;
+  let replyDelivered = false;
   let stalled = false;
+  let release;
+  const released = new Promise((resolve) => (release = resolve));
+  const isPoll = (url, opts) => String(url).includes("/socket/longpoll") && opts?.method === "GET";
   globalThis.fetch = async (url, opts) => {
-    if (!stalled && String(url).includes("/socket/longpoll") && String(url).includes("token=") && opts?.method === "GET") {
+    if (!stalled && replyDelivered && isPoll(url, opts)) {
       stalled = true;
-      await new Promise((r) => setTimeout(r, SESSION_TIMEOUT_MS * 3));
+      await released;
     }
-    return realFetch(url, opts);
+    const res = await realFetch(url, opts);
+    if (!replyDelivered && isPoll(url, opts)) {
+      // Read before phoenix.js sees the answer, so before it polls again.
+      const { messages = [] } = await res.clone().json().catch(() => ({}));
+      replyDelivered = messages.some((m) => m.includes('{"last":"words"}'));
+    }
+    return res;
   };
   try {
-    // The reply ends the poll held now; the next one stalls.
+    const s = connect(port, { params: { token: mintToken({ sub: "napper" }) } });
+    const c = s.channel("test:expiry");
+    const p = new Presence(c);
+    const closes = [];
+    s.onClose((e) => closes.push(e.code));
+    // Every "ok" to the join push: the first join counts at once, a rejoin adds one.
+    let joins = 0;
+    await join(c);
+    c.joinPush.receive("ok", () => joins++);
+    await until(() => users(pw).join() === "napper,watcher" && users(p).join() === "napper,watcher", "napper online");
+    const joinsBefore = joins;
+
     assert.deepEqual(await push(c, "ping", { last: "words" }), { last: "words" });
-    await until(() => stalled, "a stalled poll");
-    await until(() => users(pw).join() === "watcher", "napper's session expired", SESSION_TIMEOUT_MS * 3);
-    // The stalled poll reaches the server with the old token: 410, session gone.
-    // The stalled poll reaches the server with the old session token: the
+    await until(() => stalled, "the poll after the reply, held back");
+    await until(() => users(pw).join() === "watcher", "napper's session expired", SESSION_TIMEOUT_MS + 5_000);
+    // The held poll reaches the server with the old session token: the
     // session is gone. phoenix.js appends that token as a second `token` query
     // param after the connect params, so a new session is authenticated with
     // it, as Phoenix does, and fails (403, close 1008) because the app's own
     // token is also called `token` here; otherwise the answer is 410 (close
     // 3410). Either way the client reconnects from scratch.
-    await until(() => closes.some((c) => c === 3410 || c === 1008), "the close of the lost session", SESSION_TIMEOUT_MS * 3 + 5_000);
+    release();
+    await until(() => closes.some((c) => c === 3410 || c === 1008), "the close of the lost session", 5_000);
+
+    await until(() => s.isConnected() && c.state === "joined" && joins > joinsBefore, "rejoin", 10_000);
+    await until(() => users(pw).join() === "napper,watcher", "napper back", 5_000);
+    assert.deepEqual(await push(c, "ping", { back: true }), { back: true });
+    s.disconnect();
+    watcher.disconnect();
   } finally {
+    release();
     globalThis.fetch = realFetch;
   }
-  await until(() => s.isConnected() && c.state === "joined" && joins >= 1, "rejoin", 10_000);
-  await until(() => users(pw).join() === "napper,watcher", "napper back", 5_000);
-  assert.deepEqual(await push(c, "ping", { back: true }), { back: true });
-  s.disconnect();
-  watcher.disconnect();
 });
 
 test("longPollFallbackMs: a refused WebSocket falls back to LongPoll", async () => {

@@ -105,8 +105,10 @@ impl Membership {
             if u.kind != UpdateKind::Alive {
                 // Refute with a higher incarnation of our membership; a stale
                 // verdict (our refutation was lost) gets the current one again.
+                // The codec refuses incarnations past `MAX_SWIM_INC`, so
+                // this cannot saturate from the network.
                 if u.inc >= self.inc {
-                    self.inc = u.inc + 1;
+                    self.inc = u.inc.saturating_add(1);
                     self.raise_health(1);
                 }
                 self.enqueue(Update {
@@ -119,6 +121,11 @@ impl Membership {
             return;
         }
         if u.node.same_name(&self.id) {
+            // Another process under our name: the node decides (a newer one
+            // stops us, see `Node::name_clash`).
+            if u.node.incarnation > self.id.incarnation {
+                self.outputs.push_back(Output::Learned(u.node, u.addr));
+            }
             return;
         }
         let Some(m) = self.members.get_mut(&u.node) else {

@@ -191,6 +191,7 @@ impl Node {
                 conn,
                 meta,
             } => {
+                crate::codec::entry_ok(&topic, &key, &meta).map_err(CommandError::Invalid)?;
                 let (r, part) = self
                     .presence
                     .track(topic, key, conn, meta, &mut self.scratch)?;
@@ -203,6 +204,7 @@ impl Node {
                 conn,
                 meta,
             } => {
+                crate::codec::entry_ok(&topic, &key, &meta).map_err(CommandError::Invalid)?;
                 let (r, part) = self
                     .presence
                     .update(topic, key, conn, meta, &mut self.scratch)?;
@@ -222,6 +224,9 @@ impl Node {
                 CommandOutcome::Done
             }
             Command::Subscribe { topic, sub } => {
+                if topic.as_str().len() > crate::codec::MAX_TOPIC {
+                    return Err(CommandError::Invalid("topic too long"));
+                }
                 self.subscribe(now, topic, sub)?;
                 CommandOutcome::Done
             }
@@ -280,13 +285,27 @@ impl Node {
         Ok(outcome)
     }
 
-    /// Applies a message from a peer (already authenticated by the transport).
-    pub fn handle_message(&mut self, now: Instant, msg: Message) {
+    /// Applies a message from `from`, the peer its link authenticated (the
+    /// runtime's QUIC hello, the simulator's sender). A message claiming
+    /// another sender is dropped and counted
+    /// ([`NodeStats::rejected_identity`]). The transport has decoded it with
+    /// [`Message::decode`], whose checks the node relies on for sizes and
+    /// shapes; anything else a peer can say is handled without panicking.
+    pub fn handle_message(&mut self, now: Instant, from: &NodeId, msg: Message) {
+        if msg.from != *from && !cfg!(feature = "trusting-peer") {
+            self.stats.rejected_identity += 1;
+            return;
+        }
         if self.left || msg.from == self.cfg.id {
             return;
         }
         let from = msg.from.clone();
+        if from.same_name(&self.cfg.id) {
+            self.twin(now, &from, msg.addr);
+            return;
+        }
         if !self.admit(now, &from, Some(msg.addr)) {
+            self.tell_stale(now, &from, msg.addr);
             return;
         }
         match msg.body {
@@ -423,3 +442,6 @@ impl Node {
         self.stats.peak_transmits = self.stats.peak_transmits.max(self.transmits.len());
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,6 +24,9 @@ pub(super) struct Peer {
     /// Anti-entropy rounds that will repeat our digest to it, until a digest
     /// of its own arrives (see [`Node::sync_with`]).
     pub(super) syncs_left: u8,
+    /// Heard from on a link that authenticated it, not only named in
+    /// relayed entries: only such a peer makes other incarnations stale.
+    pub(super) direct: bool,
 }
 
 impl Node {
@@ -62,29 +65,35 @@ impl Node {
         }
     }
 
-    /// Membership bookkeeping for a message from `from`. Returns false if the
-    /// message must be ignored (an incarnation older than one we know).
+    /// Membership bookkeeping for a message from `from`, which the link
+    /// authenticated. Returns false if the message must be ignored (an
+    /// incarnation older than one heard from directly).
     pub(super) fn admit(&mut self, now: Instant, from: &NodeId, addr: Option<SocketAddr>) -> bool {
-        if !self.peers.contains_key(from) {
-            // A node we have not heard from: refuse a stale incarnation, and let a
-            // newer one replace every older one, including incarnations we only
-            // know through entries relayed by others.
+        if !self.peers.get(from).is_some_and(|p| p.direct) {
+            // First time heard from directly: refuse a stale incarnation, and
+            // let this one replace every other incarnation of its name that
+            // was not heard from directly either: older ones, and any known
+            // only through entries relayed by others (a relayed incarnation,
+            // even a newer one, may be a peer's lie; this one is not).
             if self.newer_peer(from) {
                 return false;
             }
-            let older: Vec<NodeId> = self
+            let others: Vec<NodeId> = self
                 .peers
                 .range(from.incarnations())
                 .map(|(id, _)| id)
                 .chain(self.presence.store().incarnations_of(from))
                 .chain(self.subs.store().incarnations_of(from))
-                .filter(|id| id.incarnation < from.incarnation)
+                .filter(|id| *id != from)
                 .cloned()
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            for old in older {
+            for old in others {
                 self.forget(&old);
+            }
+            if let Some(p) = self.peers.get_mut(from) {
+                p.direct = true;
             }
         }
         // Liveness is SWIM's alone: other traffic from a known member (even a
@@ -111,6 +120,7 @@ impl Node {
                         sent: self.next_seq,
                         last_delta: now,
                         syncs_left: 0,
+                        direct: true,
                     },
                 );
                 self.events.push_back(Event::MemberUp(from.clone()));
@@ -120,18 +130,48 @@ impl Node {
         true
     }
 
-    /// A member named in someone's list: say hello if it is new to us (once
-    /// per anti-entropy period, however many lists name it).
-    pub(super) fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
-        if id == self.cfg.id || self.peers.contains_key(&id) {
-            if self.peers.get(&id).is_some_and(|p| p.addr.is_none()) {
-                self.set_addr(now, &id, addr);
-            }
+    /// A message straight from another incarnation of our own name (the
+    /// transport authenticated `from`): a second process runs under our name.
+    /// A newer one has replaced us in the cluster (peers purge an older
+    /// incarnation when they admit a newer one), so this node leaves and
+    /// reports [`Event::NameClash`]; an older one is told we exist, with a
+    /// hello (at most one per anti-entropy period), so that it stops.
+    pub(super) fn twin(&mut self, now: Instant, from: &NodeId, addr: SocketAddr) {
+        if from.incarnation > self.cfg.id.incarnation {
+            self.leave();
+            self.events.push_back(Event::NameClash(from.clone()));
+        } else if from.incarnation < self.cfg.id.incarnation {
+            self.greet(now, from.clone(), addr);
+        }
+    }
+
+    /// A message from `stale`, an incarnation older than a peer of its name:
+    /// name that peer to it (at most once per anti-entropy period). A
+    /// process that was replaced while it still runs (two processes with one
+    /// name) learns of its twin this way, since no one else talks to it.
+    pub(super) fn tell_stale(&mut self, now: Instant, stale: &NodeId, addr: SocketAddr) {
+        let newer = self
+            .peers
+            .range(stale.incarnations())
+            .filter(|(id, p)| id.incarnation > stale.incarnation && p.direct)
+            .filter_map(|(id, p)| p.addr.map(|a| (id.clone(), a)))
+            .next_back();
+        let Some(newer) = newer else {
+            return;
+        };
+        if self
+            .greeted
+            .get(stale)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.cfg.anti_entropy)
+        {
             return;
         }
-        if self.newer_peer(&id) || self.presence.store().is_purged(&id) {
-            return;
-        }
+        self.greeted.insert(stale.clone(), now);
+        self.send(Some(stale.clone()), addr, Body::Members(vec![newer]));
+    }
+
+    /// Says hello to `id` at `addr`, at most once per anti-entropy period.
+    fn greet(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
         if self
             .greeted
             .get(&id)
@@ -141,6 +181,30 @@ impl Node {
         }
         self.greeted.insert(id.clone(), now);
         self.send(Some(id), addr, Body::Hello { full: false });
+    }
+
+    /// A member named in someone's list: say hello if it is new to us (once
+    /// per anti-entropy period, however many lists name it). A newer
+    /// incarnation of our own name is greeted too, never believed: only its
+    /// own answer, on a link it authenticated, stops us (see [`Node::twin`]),
+    /// so a peer that lies about it cannot.
+    pub(super) fn learn(&mut self, now: Instant, id: NodeId, addr: SocketAddr) {
+        if id.same_name(&self.cfg.id) {
+            if id.incarnation > self.cfg.id.incarnation {
+                self.greet(now, id, addr);
+            }
+            return;
+        }
+        if self.peers.contains_key(&id) {
+            if self.peers.get(&id).is_some_and(|p| p.addr.is_none()) {
+                self.set_addr(now, &id, addr);
+            }
+            return;
+        }
+        if self.newer_peer(&id) || self.presence.store().is_purged(&id) {
+            return;
+        }
+        self.greet(now, id, addr);
     }
 
     /// Fills in a peer's address. The first one makes it a new contact, as a
@@ -169,11 +233,13 @@ impl Node {
         }
     }
 
-    /// Whether a newer incarnation of `id`'s name is a peer.
+    /// Whether a newer incarnation of `id`'s name is a peer heard from
+    /// directly (one known only through relayed entries does not count: a
+    /// peer may have made it up).
     pub(super) fn newer_peer(&self, id: &NodeId) -> bool {
         self.peers
             .range(id.incarnations())
-            .any(|(k, _)| k.incarnation > id.incarnation)
+            .any(|(k, p)| k.incarnation > id.incarnation && p.direct)
     }
 
     pub(super) fn up_members(&self) -> u32 {
@@ -200,6 +266,11 @@ impl Node {
 
     /// Purges a node for good: its entries leave, its buffered deltas go.
     pub(super) fn forget(&mut self, id: &NodeId) {
+        if *id == self.cfg.id {
+            // Never ourselves: callers filter our name out, this is the
+            // backstop (the store asserts it).
+            return;
+        }
         self.presence.purge(id, &mut self.scratch);
         self.subs.purge(id);
         for b in &mut self.buffer {
@@ -219,12 +290,16 @@ impl Node {
         self.gc_buffer();
     }
 
-    /// Whether to merge ops of `origin`: not ours, not an incarnation older than
-    /// one we know. A newer incarnation purges the older one.
+    /// Whether to merge ops of `origin`, named in a delta relayed by a peer:
+    /// not ours, not purged, and no other incarnation of its name known.
+    /// Relayed news of a new incarnation is never believed (a peer can relay
+    /// any `NodeId`): an older one is stale, and a newer one must say hello
+    /// itself (a restarted node greets every member it learns of) before it
+    /// replaces the incarnation we know ([`Node::admit`]).
     pub(super) fn admit_origin(&mut self, now: Instant, origin: &NodeId) -> bool {
-        if *origin == self.cfg.id
-            || (origin.same_name(&self.cfg.id) && origin.incarnation < self.cfg.id.incarnation)
-        {
+        // Our own ops come from us; another incarnation of our name is not
+        // believed second-hand (see [`Node::learn`]).
+        if origin.same_name(&self.cfg.id) {
             return false;
         }
         if self.peers.contains_key(origin) {
@@ -233,21 +308,11 @@ impl Node {
         if self.presence.store().is_purged(origin) {
             return false;
         }
-        // Heard of only through others: watch it like a peer, so that if we
-        // never hear from it directly its entries go down and then away.
-        if self.newer_peer(origin) {
+        if self.peers.range(origin.incarnations()).next().is_some() {
             return false;
         }
-        let older: Vec<NodeId> = self
-            .peers
-            .range(origin.incarnations())
-            .map(|(k, _)| k)
-            .filter(|k| k.incarnation < origin.incarnation)
-            .cloned()
-            .collect();
-        for old in older {
-            self.forget(&old);
-        }
+        // Heard of only through others: watch it like a peer, so that if we
+        // never hear from it directly its entries go down and then away.
         self.swim.insert(now, origin.clone(), None);
         self.peers.insert(
             origin.clone(),
@@ -259,6 +324,7 @@ impl Node {
                 sent: self.next_seq,
                 last_delta: now,
                 syncs_left: 0,
+                direct: false,
             },
         );
         self.events.push_back(Event::MemberUp(origin.clone()));

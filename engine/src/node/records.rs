@@ -10,10 +10,10 @@ use crate::id::NodeId;
 use crate::records::{Record, Stamp};
 
 impl Node {
+    /// A stamp past every one issued or seen. A peer can raise the clock to
+    /// `u64::MAX` (stamps are its to choose); the clock then stays there and
+    /// stamps are ordered by origin and sequence.
     pub(super) fn next_stamp(&mut self, time_ms: u64) -> Stamp {
-        // Saturating: a peer's record may carry any time, `u64::MAX` included
-        // (the fuzzer's node_messages target found `+ 1` overflowing). At the
-        // ceiling, stamps stay unique and ordered by `(origin, seq)`.
         self.record_clock = time_ms.max(self.record_clock.saturating_add(1));
         self.record_seq += 1;
         Stamp {

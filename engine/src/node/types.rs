@@ -143,6 +143,11 @@ pub enum CommandError {
     /// A direct publish to a node that is not an up member.
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
+    /// A value over the bounds peers accept ([`crate::MAX_TOPIC`],
+    /// [`crate::MAX_KEY`], [`crate::MAX_META`]) or a meta that is not a JSON
+    /// object: peers would drop it, so it is refused here.
+    #[error("invalid value: {0}")]
+    Invalid(&'static str),
 }
 
 /// A message to send to a peer.
@@ -189,6 +194,12 @@ pub enum Event {
     /// A peer is gone for good (permdown, graceful leave or replaced by a new
     /// incarnation): its entries are purged.
     MemberGone(NodeId),
+    /// Another process runs under this node's name with a newer incarnation
+    /// (two processes started with the same `--node`). The cluster already
+    /// replaced this incarnation by the newer one, so this node left (its
+    /// peers were told to drop its entries) and takes no more input: the
+    /// driver must stop it and report the clash. Emitted once.
+    NameClash(NodeId),
     /// A record was accepted into this node's store: a local write, or a
     /// peer's record that changed it. Applying these, in order, to a copy of
     /// [`Node::records`] taken at start keeps the copy equal to it.
@@ -226,4 +237,7 @@ pub struct NodeStats {
     pub records_sent: u64,
     /// Records from peers that changed the local state.
     pub records_merged: u64,
+    /// Messages dropped because they claimed another sender than the one
+    /// their link authenticated (`msg.from` differs from `from`).
+    pub rejected_identity: u64,
 }

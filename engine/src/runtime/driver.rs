@@ -16,10 +16,11 @@ use super::auth::PeerHello;
 use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats};
 use super::records::RecordsReader;
 use super::transport::{
-    self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound, QueueError,
+    self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound,
+    QueueError, Rejection,
 };
 use super::EngineConfig;
-use crate::id::{SubscriberId, Topic};
+use crate::id::{NodeId, SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 use crate::records::Record;
 
@@ -57,6 +58,8 @@ pub(crate) struct NodeDriver {
     records: RecordsReader,
     /// Records the node accepted, not applied to `records` yet.
     accepted: Vec<Record>,
+    /// Set when the node stopped on a name clash; the task then ends.
+    clash: watch::Sender<Option<NodeId>>,
 }
 
 fn now() -> std::time::Instant {
@@ -70,6 +73,7 @@ impl NodeDriver {
         endpoint: quinn::Endpoint,
         requests: mpsc::Receiver<EngineRequest>,
         drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
+        clash: watch::Sender<Option<NodeId>>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -78,6 +82,7 @@ impl NodeDriver {
             me: PeerHello {
                 instance: rand::random(),
                 addr: node.addr,
+                id: node.id.clone(),
             },
             auth_timeout: config.auth_timeout,
             queue_cap: config.peer_queue_bytes,
@@ -88,6 +93,7 @@ impl NodeDriver {
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
             accepted: Vec::new(),
+            clash,
             node,
             endpoint,
             ctx,
@@ -143,6 +149,9 @@ impl NodeDriver {
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
             self.drain();
+            if self.clash.borrow().is_some() {
+                break None;
+            }
         };
         acceptor.abort();
         self.leave().await;
@@ -326,6 +335,10 @@ impl NodeDriver {
             Event::MemberUp(id) => debug!(peer = %id, "member up"),
             Event::MemberDown(id) => debug!(peer = %id, "member down"),
             Event::MemberGone(id) => debug!(peer = %id, "member gone"),
+            Event::NameClash(other) => {
+                warn!(other = %other, "another process runs under this node's name: stopping");
+                self.clash.send_replace(Some(other));
+            }
             Event::Record(record) => self.accepted.push(record),
         }
     }
@@ -421,11 +434,23 @@ impl NodeDriver {
 
     fn on_inbound(&mut self, inbound: PeerInbound) {
         match inbound {
-            PeerInbound::Message { peer, msg, len } => {
+            PeerInbound::Message {
+                peer,
+                from,
+                msg,
+                len,
+            } => {
                 let s = self.stats.peers.entry(peer).or_default();
                 s.messages_in += 1;
                 s.bytes_in += len as u64;
-                self.node.handle_message(now(), msg);
+                self.node.handle_message(now(), &from, msg);
+            }
+            PeerInbound::Rejected { peer, why } => {
+                debug!(peer = %peer, why = ?why, "dropping an invalid peer message");
+                match why {
+                    Rejection::Invalid => self.stats.rejected_invalid += 1,
+                    Rejection::Address => self.stats.rejected_address += 1,
+                }
             }
             PeerInbound::Up(up) => self.on_up(up),
             PeerInbound::Closed { peer, conn_id, why } => {

@@ -72,6 +72,13 @@ pub struct RuntimeStats {
     pub auth_failures: u64,
     /// Connections closed for an undecodable or oversized frame.
     pub protocol_errors: u64,
+    /// Peer messages that decoded but broke the codec's value checks (a
+    /// meta that is not a JSON object, an oversized topic, ...), dropped
+    /// whole; the connection stays.
+    pub rejected_invalid: u64,
+    /// Peer messages whose advertised address is not the one their
+    /// connection authenticated, dropped.
+    pub rejected_address: u64,
     /// Presence metas visible on this node, all topics (a gauge, not a counter).
     pub presence_entries: usize,
     /// The node state machine's own counters.
@@ -139,6 +146,9 @@ pub(crate) struct HandleShared {
     pub records: RecordsReader,
     pub subscriber_queue: usize,
     pub task: Mutex<Option<AbortHandle>>,
+    /// Set by the node task when it stops on its own: the newer incarnation
+    /// running under this node's name.
+    pub clash: tokio::sync::watch::Receiver<Option<NodeId>>,
 }
 
 /// The handle of a running engine. Cheap to clone; every clone talks to the
@@ -439,6 +449,26 @@ impl EngineHandle {
         {
             Ok(()) | Err(RuntimeError::Stopped) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Resolves when the engine stopped on its own, with why: another
+    /// process runs under this node's name with a newer incarnation
+    /// ([`RuntimeError::NameClash`]); the engine left the cluster. Pending
+    /// forever while the engine runs or after an ordinary shutdown. A server
+    /// selects on it and exits with the error.
+    pub async fn failed(&self) -> RuntimeError {
+        let mut rx = self.shared.clash.clone();
+        let other = match rx.wait_for(Option::is_some).await {
+            Ok(other) => other.clone(),
+            Err(_) => None,
+        };
+        match other {
+            Some(other) => RuntimeError::NameClash {
+                me: self.shared.id.clone(),
+                other,
+            },
+            None => std::future::pending().await,
         }
     }
 

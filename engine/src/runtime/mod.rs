@@ -121,6 +121,16 @@ pub enum RuntimeError {
     /// The engine has stopped.
     #[error("the engine has stopped")]
     Stopped,
+    /// Another process runs under this node's name, with a newer
+    /// incarnation (two processes started with the same `--node`): this one,
+    /// the older, left the cluster and stopped. See SECURITY.md.
+    #[error("another process runs under node name {:?} ({other}, newer than this {me}): this one stopped; give each process its own --node", me.name.as_str())]
+    NameClash {
+        /// This engine's node id.
+        me: crate::NodeId,
+        /// The newer incarnation that replaced it.
+        other: crate::NodeId,
+    },
     /// The node answered with an outcome the call does not expect (a bug).
     #[error("unexpected outcome {0}")]
     Unexpected(String),
@@ -137,6 +147,9 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<EngineHandle, RuntimeError> {
         if config.secret.len() < MIN_SECRET_LEN {
             return Err(RuntimeError::WeakSecret);
+        }
+        if config.node.id.name.is_empty() || config.node.id.name.len() > crate::codec::MAX_NAME {
+            return Err(RuntimeError::Config("node names are 1 to 255 bytes"));
         }
         if config.subscriber_queue == 0 {
             return Err(RuntimeError::Config("subscriber_queue must be positive"));
@@ -159,7 +172,9 @@ impl Engine {
         let (requests, requests_rx) = mpsc::channel(1024);
         let (drops, drops_rx) = mpsc::unbounded_channel();
         let id = node.id.clone();
-        let driver = driver::NodeDriver::new(node, &config, endpoint, requests_rx, drops_rx);
+        let (clash_tx, clash) = tokio::sync::watch::channel(None);
+        let driver =
+            driver::NodeDriver::new(node, &config, endpoint, requests_rx, drops_rx, clash_tx);
         let shared = Arc::new(handle::HandleShared {
             id,
             addr,
@@ -169,6 +184,7 @@ impl Engine {
             records: driver.records(),
             subscriber_queue: config.subscriber_queue,
             task: Mutex::new(None),
+            clash,
         });
         let span = tracing::debug_span!("node", id = %shared.id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));

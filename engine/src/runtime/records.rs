@@ -75,7 +75,8 @@ mod tests {
                     let msg = crate::Message::decode(&t.msg.encode()).expect("round trip");
                     let to = usize::from(t.addr == addr(1));
                     if to != i {
-                        nodes[to].handle_message(now, msg);
+                        let from = msg.from.clone();
+                        nodes[to].handle_message(now, &from, msg);
                     }
                 }
                 while let Some(e) = nodes[i].poll_event() {

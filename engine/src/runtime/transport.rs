@@ -62,7 +62,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, trace};
 
 use super::auth::{self, AuthError, PeerHello, Role};
-use crate::codec::{Message, MAX_FRAME};
+use crate::codec::{DecodeError, Message, MAX_FRAME};
+use crate::id::NodeId;
 
 /// Application error codes on connection close.
 pub mod codes {
@@ -179,9 +180,16 @@ pub(crate) enum PeerInbound {
     /// A decoded message from an authenticated peer.
     Message {
         peer: SocketAddr,
+        /// Who authenticated on the connection: the node drops a message
+        /// that claims another sender.
+        from: Arc<NodeId>,
         msg: Message,
         len: usize,
     },
+    /// A message that decoded but broke the codec's checks
+    /// ([`DecodeError::Invalid`]), or whose advertised address is not the
+    /// one its connection authenticated: dropped whole, the connection kept.
+    Rejected { peer: SocketAddr, why: Rejection },
     /// A connection authenticated.
     Up(LinkUp),
     /// A connection ended.
@@ -207,6 +215,16 @@ pub(crate) struct LinkUp {
     pub conn: quinn::Connection,
     /// The queue of an accepted connection (dialed ones got theirs at dial).
     pub queue: Option<OutQueue>,
+}
+
+/// Why a message was dropped whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// It broke the codec's checks on values (a meta that is not a JSON
+    /// object, an oversized topic, ...).
+    Invalid,
+    /// Its `addr` is not the address its connection authenticated.
+    Address,
 }
 
 /// How a connection ended.
@@ -320,7 +338,7 @@ async fn run_inner(
         }
     };
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let hello = match auth::authenticate(&conn, auth_role, &ctx.secret, ctx.me, remaining).await {
+    let hello = match auth::authenticate(&conn, auth_role, &ctx.secret, &ctx.me, remaining).await {
         Ok(hello) => hello,
         Err(e) => {
             debug!(remote = %conn.remote_address(), error = %e, "authentication failed");
@@ -346,7 +364,7 @@ async fn run_inner(
         peer,
         conn_id,
         dialed: auth_role == Role::Dialer,
-        hello,
+        hello: hello.clone(),
         conn: conn.clone(),
         queue,
     };
@@ -354,7 +372,7 @@ async fn run_inner(
         conn.close(codes::SHUTDOWN.into(), b"shutdown");
         return CloseWhy::Done;
     }
-    let result = serve(ctx, &conn, peer, rx).await;
+    let result = serve(ctx, &conn, peer, &hello, rx).await;
     match result {
         Ok(()) => {
             let code = if *ctx.shutdown.borrow() {
@@ -386,11 +404,18 @@ async fn serve(
     ctx: &LinkCtx,
     conn: &quinn::Connection,
     peer: SocketAddr,
+    hello: &PeerHello,
     rx: OutReceiver,
 ) -> Result<(), Fault> {
+    let link = Inbound {
+        peer,
+        hello,
+        from: Arc::new(hello.id.clone()),
+        tx: &ctx.inbound,
+    };
     let writer = write_loop(conn, rx);
-    let reader = read_stream(conn, peer, &ctx.inbound);
-    let datagrams = read_datagrams(conn, peer, &ctx.inbound);
+    let reader = read_stream(conn, &link);
+    let datagrams = read_datagrams(conn, &link);
     tokio::pin!(writer, reader, datagrams);
     let mut shutdown = ctx.shutdown.clone();
     let (mut wrote, mut read) = (false, false);
@@ -437,11 +462,42 @@ async fn write_loop(conn: &quinn::Connection, mut rx: OutReceiver) -> Result<(),
     Ok(())
 }
 
-async fn read_stream(
-    conn: &quinn::Connection,
+/// Where an authenticated connection's readers send what they decode.
+struct Inbound<'a> {
     peer: SocketAddr,
-    inbound: &mpsc::Sender<PeerInbound>,
-) -> Result<(), Fault> {
+    hello: &'a PeerHello,
+    from: Arc<NodeId>,
+    tx: &'a mpsc::Sender<PeerInbound>,
+}
+
+impl Inbound<'_> {
+    /// Decodes one frame and hands it to the node task. A frame that is not
+    /// a message closes the connection; a message that breaks the codec's
+    /// value checks, or advertises another address than the connection
+    /// authenticated, is dropped whole and counted.
+    async fn deliver(&self, frame: &[u8], what: &'static str) -> Result<(), Fault> {
+        let inbound = match Message::decode(frame) {
+            Ok(msg) if msg.addr != self.hello.addr => PeerInbound::Rejected {
+                peer: self.peer,
+                why: Rejection::Address,
+            },
+            Ok(msg) => PeerInbound::Message {
+                peer: self.peer,
+                from: self.from.clone(),
+                msg,
+                len: frame.len(),
+            },
+            Err(DecodeError::Invalid { .. }) => PeerInbound::Rejected {
+                peer: self.peer,
+                why: Rejection::Invalid,
+            },
+            Err(_) => return Err(Fault::Protocol(codes::PROTOCOL, what)),
+        };
+        self.tx.send(inbound).await.map_err(|_| Fault::Lost)
+    }
+}
+
+async fn read_stream(conn: &quinn::Connection, link: &Inbound<'_>) -> Result<(), Fault> {
     let mut stream = conn.accept_uni().await.map_err(|_| Fault::Lost)?;
     loop {
         let mut head = [0u8; 4];
@@ -465,29 +521,14 @@ async fn read_stream(
             }
             Err(quinn::ReadExactError::ReadError(_)) => return Err(Fault::Lost),
         }
-        let msg = Message::decode(&buf)
-            .map_err(|_| Fault::Protocol(codes::PROTOCOL, "undecodable frame"))?;
-        inbound
-            .send(PeerInbound::Message { peer, msg, len })
-            .await
-            .map_err(|_| Fault::Lost)?;
+        link.deliver(&buf, "undecodable frame").await?;
     }
 }
 
-async fn read_datagrams(
-    conn: &quinn::Connection,
-    peer: SocketAddr,
-    inbound: &mpsc::Sender<PeerInbound>,
-) -> Result<(), Fault> {
+async fn read_datagrams(conn: &quinn::Connection, link: &Inbound<'_>) -> Result<(), Fault> {
     loop {
         let bytes = conn.read_datagram().await.map_err(|_| Fault::Lost)?;
-        let msg = Message::decode(&bytes)
-            .map_err(|_| Fault::Protocol(codes::PROTOCOL, "undecodable datagram"))?;
-        let len = bytes.len();
-        inbound
-            .send(PeerInbound::Message { peer, msg, len })
-            .await
-            .map_err(|_| Fault::Lost)?;
+        link.deliver(&bytes, "undecodable datagram").await?;
     }
 }
 

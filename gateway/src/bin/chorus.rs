@@ -19,7 +19,7 @@ use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// A Chorus node: Phoenix Channels and presence, clustered.
 #[derive(Debug, Parser)]
@@ -277,10 +277,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         allowed_origins: config.server.allowed_origins.clone(),
         ..ServerConfig::default()
     };
-    let listen = config.server.listen;
-    let listener = TcpListener::bind(listen)
+    let listener = TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    // The bound address: with port 0 (`--listen 127.0.0.1:0`) the system picks it.
+    let listen = listener.local_addr().context("reading the bound address")?;
     let server = Server::new(engine.clone(), router, server_config)
         .with_authenticator(TokenAuth::new(tokens));
     let rooms: Vec<String> = app.rooms().into_iter().map(|(id, _)| id).collect();
@@ -297,10 +298,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
     }
     info!(%listen, "serving ws://{listen}/socket/websocket");
-    server.run(listener, shutdown_signal()).await?;
+    // The engine may stop on its own (another process under our node name):
+    // drain the connections as on a signal, then exit with its error.
+    let (failed_tx, mut failed) = tokio::sync::oneshot::channel();
+    let watched = engine.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            e = watched.failed() => {
+                error!(error = %e, "the engine stopped");
+                let _ = failed_tx.send(e);
+            }
+        }
+    };
+    server.run(listener, stop).await?;
     info!("connections drained; leaving the cluster");
     if let Err(e) = engine.shutdown().await {
         warn!(error = %e, "engine shutdown failed");
+    }
+    if let Ok(e) = failed.try_recv() {
+        return Err(e).context("the cluster engine stopped");
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! of a key keep the order they were given in. An update is one diff with the new
 //! meta (carrying `phx_ref_prev`) in `joins` and the old meta in `leaves`.
 
-use crate::protocol::JsonObject;
+use crate::protocol::{FrameError, JsonObject};
 
 /// One presence meta of one key, as the presence system hands it in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,7 +144,8 @@ impl StateWriter {
         Self { out, open: None }
     }
 
-    /// Adds one meta. `meta` is the application's JSON object text.
+    /// Adds one meta. `meta` is the application's JSON object text, copied
+    /// unparsed: [`StateWriter::finish`] finds out if it was not one.
     pub fn push(&mut self, key: &str, phx_ref: &str, phx_ref_prev: Option<&str>, meta: &str) {
         let out = &mut self.out;
         match &mut self.open {
@@ -164,9 +165,11 @@ impl StateWriter {
         write_meta(out, phx_ref, phx_ref_prev, meta);
     }
 
-    /// The finished object.
-    pub fn finish(self) -> JsonObject {
-        into_object(self.finish_string())
+    /// The finished object, or an error if a meta pushed was not a JSON
+    /// object (metas from peers are checked when decoded, so this means a
+    /// bug; the caller decides what to show instead).
+    pub fn finish(self) -> Result<JsonObject, FrameError> {
+        JsonObject::from_json(self.finish_string())
     }
 
     fn finish_string(mut self) -> String {
@@ -304,10 +307,13 @@ mod tests {
         w.push("amy", "2", Some("1"), "{}");
         w.push("b\\q", "3", None, r#" { "x" : [1] } "#);
         assert_eq!(
-            w.finish().as_str(),
+            w.finish().unwrap().as_str(),
             r#"{"amy":{"metas":[{"phx_ref":"1","a":1},{"phx_ref":"2","phx_ref_prev":"1"}]},"b\\q":{"metas":[{"phx_ref":"3","x" : [1]}]}}"#
         );
-        assert_eq!(StateWriter::with_capacity(0).finish().as_str(), "{}");
+        assert_eq!(
+            StateWriter::with_capacity(0).finish().unwrap().as_str(),
+            "{}"
+        );
     }
 
     #[test]

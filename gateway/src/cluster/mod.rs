@@ -1,7 +1,7 @@
 //! The cluster bridge: everything the gateway does with the engine goes through
 //! the [`Hub`], the one holder of the [`EngineHandle`].
 //!
-//! - [`topic`](self): one dispatcher per topic with local subscribers (one engine
+//! - `topic`: one dispatcher per topic with local subscribers (one engine
 //!   subscription; each delivery decoded and encoded once per node, then handed to
 //!   every local connection as the same `Arc<Encoded>`);
 //! - `mailbox`: a connection's inbox and outbound byte budget, pushed into without

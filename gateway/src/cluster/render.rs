@@ -8,7 +8,10 @@ use crate::protocol::JsonObject;
 
 /// The `presence_state` payload of engine presence items, written straight
 /// from them: the engine lists a topic sorted by key, and its metas are JSON
-/// objects (checked when tracked), so nothing is parsed or copied per meta.
+/// objects (checked when tracked, and when a peer's delta is decoded), so
+/// nothing is parsed or copied per meta. Should a meta still not be one, the
+/// result is the entries path's, which leaves such metas out: the
+/// connection or API request rendering it must not die of a peer's bug.
 pub fn state_json(items: &[PresenceItem]) -> JsonObject {
     let mut w = StateWriter::with_capacity(items.len());
     for item in items {
@@ -21,7 +24,17 @@ pub fn state_json(items: &[PresenceItem]) -> JsonObject {
             item.meta.as_str(),
         );
     }
-    w.finish()
+    match w.finish() {
+        Ok(state) if items.iter().all(|i| braced(i.meta.as_str())) => state,
+        _ => crate::channel::presence_state(&entries(items)),
+    }
+}
+
+/// Whether `meta` is shaped like an object: the writer splices what is
+/// between its braces, so `[1]` or `"x"` would come out as an empty meta.
+fn braced(meta: &str) -> bool {
+    let m = meta.trim_ascii();
+    m.starts_with('{') && m.ends_with('}')
 }
 
 fn ref_text(encoded: &[u8; 16]) -> &str {
@@ -74,5 +87,29 @@ mod tests {
         let expected = crate::channel::presence_state(&entries(&items));
         assert_eq!(state_json(&items).as_str(), expected.as_str());
         assert_eq!(state_json(&[]).as_str(), "{}");
+    }
+
+    /// A meta from a peer that is not a JSON object is left out, as the
+    /// entries path leaves it out; it used to reach an `expect` and kill the
+    /// connection task (or the API request) rendering the state.
+    #[test]
+    fn state_json_leaves_out_metas_that_are_not_objects() {
+        use chorus_engine::{Meta, PhxRef};
+        let item = |key: &str, r: u8, meta: &str| PresenceItem {
+            key: key.into(),
+            phx_ref: PhxRef([r; 12]),
+            prev_ref: None,
+            meta: Meta::new(meta),
+        };
+        for bad in [r#"{"a":}"#, "[1]", "1", r#""x""#, "{", "", r#"{"a":1}}"#] {
+            let items = [
+                item("alice", 1, r#"{"a":1}"#),
+                item("mallory", 2, bad),
+                item("zed", 3, "{}"),
+            ];
+            let expected = crate::channel::presence_state(&entries(&items));
+            assert_eq!(state_json(&items).as_str(), expected.as_str(), "{bad}");
+            assert!(!expected.as_str().contains("mallory"), "{bad}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
@@ -38,6 +38,11 @@ pub(crate) async fn handle(
     }
     let response = match (req.method(), path) {
         (&Method::GET, HEALTH_PATH) => text(StatusCode::OK, "ok\n"),
+        // The operational endpoints take GET only: another method is a 405 with
+        // `Allow`, as under /api (openapi.json: components.responses.MethodNotAllowed).
+        (_, HEALTH_PATH | READY_PATH | METRICS_PATH) if req.method() != Method::GET => {
+            method_not_allowed(path, &["GET"])
+        }
         (&Method::GET, "/") if shared.config.dev_tokens.is_some() => dev::index(),
         (&Method::GET, "/assets/phoenix.min.js") => dev::phoenix_js(),
         (&Method::GET, "/dev/token") => match &shared.config.dev_tokens {
@@ -54,10 +59,32 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-/// A plain-text response.
+/// The content type of [`text`] answers.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+
+/// A plain-text response (with `Content-Type: text/plain` unless the body is empty).
 pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<HttpBody> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
+    if !body.is_empty() {
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
+    }
+    response
+}
+
+/// 405 `method_not_allowed` for a known path, with `Allow` listing its methods.
+pub(crate) fn method_not_allowed(path: &str, allowed: &[&str]) -> Response<HttpBody> {
+    let allowed = allowed.join(", ");
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("{path} takes {allowed}"),
+    );
+    if let Ok(allow) = HeaderValue::from_str(&allowed) {
+        response.headers_mut().insert(ALLOW, allow);
+    }
     response
 }
 

@@ -347,6 +347,19 @@ fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[MemberInfo])>)
         "Cluster connections closed for a missing or wrong secret proof",
         counter(stats.auth_failures),
     );
+    let rejected = Family::<Labels1, Counter>::default();
+    for (reason, n) in [
+        ("identity", stats.node.rejected_identity),
+        ("address", stats.rejected_address),
+        ("invalid", stats.rejected_invalid),
+    ] {
+        rejected.get_or_create(&[("reason", reason)]).inc_by(n);
+    }
+    registry.register(
+        "peer_messages_rejected",
+        "Messages from authenticated peers dropped whole: claiming another sender than the connection authenticated (identity), advertising another address (address), or breaking the codec's value checks (invalid)",
+        rejected,
+    );
     registry
 }
 
@@ -425,5 +438,23 @@ mod tests {
         );
         assert!(text.contains("chorus_engine_up 0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn renders_rejected_peer_messages() {
+        let metrics = Metrics::new(crate::cluster::fanout_histogram());
+        let mut stats = chorus_engine::runtime::RuntimeStats::default();
+        stats.node.rejected_identity = 2;
+        stats.rejected_invalid = 5;
+        let text = metrics
+            .render(&scraped(&ServerStats::default(), Some((&stats, &[]))))
+            .expect("encodes");
+        for line in [
+            "chorus_peer_messages_rejected_total{reason=\"identity\"} 2\n",
+            "chorus_peer_messages_rejected_total{reason=\"address\"} 0\n",
+            "chorus_peer_messages_rejected_total{reason=\"invalid\"} 5\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -103,16 +103,25 @@ impl<'a> Req<'a> {
         self.send(addr).await
     }
 
-    /// Sends the request and checks the answer against `openapi.json`.
+    /// Sends the request and checks the answer against `openapi.json`: the answer
+    /// is documented, and a request the document calls valid is not refused as
+    /// bad (400), nor an invalid one accepted (2xx), as schemathesis checks.
     pub async fn send(self, addr: SocketAddr) -> anyhow::Result<Reply> {
-        let path = self.target.split('?').next().unwrap_or("").to_owned();
-        let method = self.method.to_owned();
+        let (path, query) = self.target.split_once('?').unwrap_or((self.target, ""));
+        let (path, query, method) = (path.to_owned(), query.to_owned(), self.method.to_owned());
+        let authorized = self.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("authorization") && *value == format!("Bearer {KEY}")
+        });
+        let body = self.body.clone();
         let reply = timeout(WAIT, self.send_raw(addr))
             .await
             .context("HTTP request timed out")??;
         spec()
             .check(&method, &path, &reply)
             .with_context(|| format!("{method} {path} answered {reply:?}"))?;
+        spec()
+            .check_request(&method, &path, &query, &body, authorized, reply.status)
+            .with_context(|| format!("{method} {path}?{query} answered {reply:?}"))?;
         Ok(reply)
     }
 
@@ -260,6 +269,119 @@ impl Spec {
         Ok(())
     }
 
+    /// Checks the answer's status against whether the document calls the request
+    /// valid: 400 for a valid request, or a 2xx for an invalid one, is a
+    /// disagreement. Requests without the key (where the operation needs it) and
+    /// undocumented operations are not judged.
+    pub fn check_request(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+        authorized: bool,
+        status: u16,
+    ) -> anyhow::Result<()> {
+        let Some(valid) = self.request_validity(method, path, query, body, authorized) else {
+            return Ok(());
+        };
+        match valid {
+            Ok(()) => ensure!(status != 400, "a request valid by openapi.json was refused"),
+            Err(why) => ensure!(
+                !(200..300).contains(&status),
+                "a request openapi.json calls invalid was accepted: {why}"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Whether a request is valid by the document (`Err` says why not), or
+    /// `None` when the document does not describe it or it is not authorized.
+    pub fn request_validity(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+        authorized: bool,
+    ) -> Option<Result<(), String>> {
+        let op = self.operation(method, path)?;
+        let secured = op
+            .get("security")
+            .unwrap_or(&self.0["security"])
+            .as_array()
+            .is_some_and(|s| !s.is_empty());
+        if secured && !authorized {
+            return None;
+        }
+        let query = chorus_gateway::protocol::Query::parse(query).ok()?;
+        let check = || -> anyhow::Result<()> {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let param = self.resolve(param);
+                if param["in"] != "query" {
+                    continue;
+                }
+                let name = param["name"].as_str().unwrap_or_default();
+                let Some(text) = query.get(name) else {
+                    ensure!(
+                        param["required"] != true,
+                        "missing query parameter `{name}`"
+                    );
+                    continue;
+                };
+                let schema = self.resolve(&param["schema"]);
+                let value = match schema["type"].as_str() {
+                    Some("integer") => match text.parse::<i128>() {
+                        Ok(n) => Value::from(n as f64),
+                        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                            Value::from(f64::MAX)
+                        }
+                        Err(_) => bail!("`{name}` is not an integer: {text:?}"),
+                    },
+                    _ => Value::from(text),
+                };
+                // An integer sent as text: judged as the number it spells.
+                let schema = if value.is_f64() {
+                    let mut s = schema.clone();
+                    s["type"] = "number".into();
+                    s
+                } else {
+                    schema.clone()
+                };
+                self.validate(&schema, &value, &format!("query.{name}"))?;
+            }
+            if let Some(request_body) = op.get("requestBody") {
+                let request_body = self.resolve(request_body);
+                if body.is_empty() {
+                    ensure!(request_body["required"] != true, "no body");
+                } else {
+                    let value: Value = serde_json::from_slice(body).context("body is not JSON")?;
+                    let schema = &request_body["content"]["application/json"]["schema"];
+                    self.validate(schema, &value, "body")?;
+                }
+            }
+            Ok(())
+        };
+        Some(check().map_err(|e| format!("{e:#}")))
+    }
+
+    /// The operation `method path` (a template segment matches one segment).
+    fn operation(&self, method: &str, path: &str) -> Option<&Value> {
+        let paths = self.0["paths"].as_object()?;
+        let item = paths.get(path).or_else(|| {
+            paths.iter().find_map(|(template, item)| {
+                let (t, p): (Vec<&str>, Vec<&str>) =
+                    (template.split('/').collect(), path.split('/').collect());
+                let same = t.len() == p.len()
+                    && t.iter()
+                        .zip(&p)
+                        .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()));
+                same.then_some(item)
+            })
+        })?;
+        item.get(method.to_ascii_lowercase())
+    }
+
     fn component_response(&self, name: &str) -> &Value {
         &self.0["components"]["responses"][name]
     }
@@ -289,6 +411,46 @@ impl Spec {
             _ => true,
         };
         ensure!(ok, "{at}: expected {}, got {value}", schema["type"]);
+        if let Some(text) = value.as_str() {
+            let chars = text.chars().count() as u64;
+            if let Some(min) = schema["minLength"].as_u64() {
+                ensure!(chars >= min, "{at}: shorter than {min} characters");
+            }
+            if let Some(max) = schema["maxLength"].as_u64() {
+                ensure!(chars <= max, "{at}: longer than {max} characters");
+            }
+            // The document's extension: a bound on the UTF-8 bytes (the server's
+            // limits are in bytes; `maxLength` counts characters).
+            if let Some(max) = schema["x-max-bytes"].as_u64() {
+                ensure!(text.len() as u64 <= max, "{at}: longer than {max} bytes");
+            }
+            if let Some(pattern) = schema["pattern"].as_str() {
+                ensure!(
+                    pattern_matches(pattern, text),
+                    "{at}: {text:?} does not match {pattern}"
+                );
+            }
+        }
+        if let Some(n) = value.as_f64() {
+            if let Some(min) = schema["minimum"].as_f64() {
+                ensure!(n >= min, "{at}: {value} is under the minimum {min}");
+            }
+            if let Some(max) = schema["maximum"].as_f64() {
+                ensure!(n <= max, "{at}: {value} is over the maximum {max}");
+            }
+        }
+        if let Some(not) = schema.get("not") {
+            ensure!(
+                self.validate(not, value, at).is_err(),
+                "{at}: {value} matches what `not` excludes"
+            );
+        }
+        if let Some(any) = schema["anyOf"].as_array() {
+            ensure!(
+                any.iter().any(|s| self.validate(s, value, at).is_ok()),
+                "{at}: {value} matches nothing of `anyOf`"
+            );
+        }
         if let Some(allowed) = schema["enum"].as_array() {
             ensure!(
                 allowed.contains(value),
@@ -321,4 +483,40 @@ impl Spec {
         }
         Ok(())
     }
+}
+
+/// Whether `text` matches a JSON Schema `pattern`. Only the forms the document
+/// uses are understood, `^[class]+$` (a class of characters and `a-z` ranges)
+/// and `^prefix` (plain characters); any other pattern panics, so a new one
+/// makes this checker grow with it.
+fn pattern_matches(pattern: &str, text: &str) -> bool {
+    if let Some(prefix) = pattern.strip_prefix('^') {
+        if prefix
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ':' | '_' | '-'))
+        {
+            return text.starts_with(prefix);
+        }
+    }
+    let class = pattern
+        .strip_prefix("^[")
+        .and_then(|p| p.strip_suffix("]+$"))
+        .unwrap_or_else(|| panic!("pattern {pattern:?} is not of the form ^[class]+$"));
+    let class: Vec<char> = class.chars().collect();
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < class.len() {
+        if i + 2 < class.len() && class[i + 1] == '-' {
+            ranges.push((class[i], class[i + 2]));
+            i += 3;
+        } else {
+            assert_ne!(class[i], '\\', "escapes in {pattern:?} are not understood");
+            ranges.push((class[i], class[i]));
+            i += 1;
+        }
+    }
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)))
 }

@@ -217,3 +217,118 @@ async fn without_a_key_the_api_is_disabled() -> anyhow::Result<()> {
     assert_eq!(doc.status, 200, "the document needs no key");
     node.stop().await
 }
+
+/// The request bodies are strict on the server (unknown fields are a 400), so the
+/// document says so: schemathesis sent `{"id":..,"<":..}` to `POST /api/rooms`,
+/// valid by a schema without `additionalProperties: false`, and got 400.
+#[test]
+fn every_request_body_is_documented_as_strict() {
+    let doc = &spec().0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let Some(schema) = op["requestBody"]["content"]["application/json"]
+                .get("schema")
+                .map(|s| match s["$ref"].as_str() {
+                    Some(r) => doc.pointer(r.trim_start_matches('#')).expect("$ref"),
+                    None => s,
+                })
+            else {
+                continue;
+            };
+            assert_eq!(
+                schema["additionalProperties"],
+                json!(false),
+                "{method} {path}: the server refuses unknown fields"
+            );
+        }
+    }
+}
+
+/// Found by schemathesis: `/healthz` had no Content-Type, and `/healthz`,
+/// `/readyz` and `/metrics` answered an undeclared method with 404 instead of
+/// 405 with `Allow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_endpoints_take_get_only_and_say_what_they_send() -> anyhow::Result<()> {
+    let node = NodeBuilder::new().config(with_key()).start().await?;
+    let health = Req::new("GET", "/healthz").send(node.addr).await?;
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    assert_eq!(
+        health.headers.get("content-type").map(String::as_str),
+        Some("text/plain; charset=utf-8")
+    );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"] {
+            let reply = Req::new(method, path).send(node.addr).await?;
+            assert_eq!(
+                (reply.status, reply.error_code().as_str()),
+                (405, "method_not_allowed"),
+                "{method} {path}"
+            );
+            assert_eq!(reply.headers.get("allow").map(String::as_str), Some("GET"));
+        }
+    }
+    // Under /api too, before the key is checked.
+    let reply = Req::new("TRACE", "/api/rooms").send(node.addr).await?;
+    assert_eq!(reply.status, 405);
+    assert_eq!(
+        reply.headers.get("allow").map(String::as_str),
+        Some("GET, POST")
+    );
+    node.stop().await
+}
+
+/// Found by schemathesis: `"idempotency_key": null` was accepted as if absent,
+/// though the document declares a string. Optional fields are absent or of
+/// their type; and the byte limits the document states hold at their edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_fields_are_absent_or_typed_and_limits_hold_at_the_edge() -> anyhow::Result<()> {
+    let node = NodeBuilder::new().config(with_key()).start().await?;
+    for key in [json!(null), json!(42), json!(""), json!("k".repeat(256))] {
+        let reply = Req::authed("POST", "/api/broadcast")
+            .json(&json!({"topic": "t", "event": "e", "payload": {}, "idempotency_key": key}))
+            .send(node.addr)
+            .await?;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (400, "invalid_request"),
+            "idempotency_key {key}"
+        );
+    }
+    let edge = Req::authed("POST", "/api/broadcast")
+        .json(&json!({
+            "topic": "t".repeat(255), "event": "e".repeat(255), "payload": {},
+            "idempotency_key": "k".repeat(255)
+        }))
+        .send(node.addr)
+        .await?;
+    assert_eq!(edge.status, 202);
+    // The limits are bytes (`x-max-bytes`): 255 bytes of two-byte characters and
+    // an ASCII one pass, one more byte does not.
+    for (topic, status) in [
+        ("\u{e9}".repeat(127) + "a", 202),
+        ("\u{e9}".repeat(128), 400),
+    ] {
+        let reply = Req::authed("POST", "/api/broadcast")
+            .json(&json!({"topic": topic, "event": "e", "payload": {}}))
+            .send(node.addr)
+            .await?;
+        assert_eq!(reply.status, status, "{} bytes", topic.len());
+    }
+    let user = |n: usize| json!({"user_id": "u".repeat(n)});
+    let longest = Req::authed("POST", "/api/disconnect")
+        .json(&user(243))
+        .send(node.addr)
+        .await?;
+    assert_eq!(longest.status, 202);
+    let over = Req::authed("POST", "/api/disconnect")
+        .json(&user(244))
+        .send(node.addr)
+        .await?;
+    assert_eq!(over.status, 400);
+    assert_eq!(
+        spec().0["components"]["schemas"]["DisconnectRequest"]["properties"]["user_id"]
+            ["maxLength"],
+        json!(243)
+    );
+    node.stop().await
+}

@@ -1,7 +1,9 @@
 //! Convergence: at the end every live node's presence view equals the truth
 //! (the entries of live incarnations that clients did not untrack), and the
 //! views agreed for good within the scenario's bound after the last fault or
-//! client command, as the samples the world took while it ran show.
+//! client command, as the samples the world took while it ran show. With a
+//! hostile peer, views and truth are those of honest nodes, restricted to
+//! entries of live honest incarnations ([`World::view_of`]).
 
 use std::time::Duration;
 
@@ -25,8 +27,8 @@ pub(super) fn check(w: &mut World, within: Duration) -> (Verdict, Option<Duratio
     let after = conv_at.map(|t| t - since);
     let truth = w.truth();
     let mut bad = Vec::new();
-    for s in w.nodes.iter().filter(|s| s.is_live()) {
-        let view = s.node.as_ref().expect("live").presence().view();
+    for (i, s) in w.nodes.iter().enumerate() {
+        let Some(view) = w.view_of(i) else { continue };
         if view != truth {
             let missing = truth.difference(&view).count();
             let extra: Vec<&ViewItem> = view.difference(&truth).collect();

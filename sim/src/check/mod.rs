@@ -15,6 +15,7 @@ mod broadcasts;
 mod codec;
 mod convergence;
 mod diffs;
+mod hostile;
 mod records;
 mod zombies;
 
@@ -36,6 +37,9 @@ pub enum Invariant {
     CodecAndCommands,
     /// Every scenario assert held.
     Asserts,
+    /// A hostile peer's spoofs were dropped, its bad values refused at
+    /// decode, and honest nodes' memory stayed within its bound.
+    HostileContained,
     /// The same seed gives the same trace.
     Determinism,
 }
@@ -50,6 +54,7 @@ impl fmt::Display for Invariant {
             Invariant::Records => "records",
             Invariant::CodecAndCommands => "codec+commands",
             Invariant::Asserts => "asserts",
+            Invariant::HostileContained => "hostile-contained",
             Invariant::Determinism => "determinism",
         };
         f.pad(s)
@@ -71,7 +76,7 @@ pub struct Verdict {
 /// verdicts and how long after the last fault or command the views converged.
 pub fn evaluate(w: &mut World, within: Duration) -> (Vec<Verdict>, Option<Duration>) {
     let (convergence, after) = convergence::check(w, within);
-    let out = vec![
+    let mut out = vec![
         convergence,
         zombies::check(w, within),
         diffs::check(w),
@@ -80,6 +85,9 @@ pub fn evaluate(w: &mut World, within: Duration) -> (Vec<Verdict>, Option<Durati
         codec::check(w),
         asserts::check(w),
     ];
+    if w.hostile.is_some() {
+        out.push(hostile::check(w));
+    }
     (out, after)
 }
 

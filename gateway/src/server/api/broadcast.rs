@@ -31,6 +31,8 @@ pub struct BroadcastRequest {
     /// A JSON object.
     pub payload: Box<RawValue>,
     /// Makes a retry safe: a key seen within five minutes is not broadcast again.
+    /// Absent or a string (`null` is refused).
+    #[serde(default, deserialize_with = "super::present")]
     pub idempotency_key: Option<String>,
 }
 

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::http::{json_error, raw_json, HttpBody};
+use super::http::{json_error, method_not_allowed, raw_json, HttpBody};
 use super::Shared;
 use crate::protocol::Query;
 use idempotency::Idempotency;
@@ -195,16 +195,7 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Respo
             .into_response();
         }
         let allowed: Vec<&str> = matching.iter().map(|(m, _, _)| *m).collect();
-        let mut response = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{path} takes {}", allowed.join(", ")),
-        )
-        .into_response();
-        if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {
-            response.headers_mut().insert(ALLOW, allow);
-        }
-        return response;
+        return method_not_allowed(path, &allowed);
     };
     let endpoint = *endpoint;
     let authorized = if endpoint == Endpoint::OpenApi {
@@ -336,6 +327,17 @@ async fn json_body<T: DeserializeOwned>(
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     })
+}
+
+/// For an optional body field: absent is `None`, but an explicit `null` is refused
+/// like any other value of the wrong type (openapi.json declares these fields as
+/// strings, not nullable). Use with `#[serde(default, deserialize_with = "...")]`.
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// The `topic` query parameter.

@@ -31,25 +31,31 @@ fn app(shared: &Shared) -> Result<&Arc<dyn RoomStore>, ApiError> {
 }
 
 /// `GET /api/history`: the newest `limit` messages (default 50), oldest first.
+/// A `limit` over the history cap asks for everything kept (the cap is per
+/// cluster, so a client cannot know it); 0 or a non-integer is a 400.
 pub(crate) fn history(topic: &str, limit: Option<&str>, shared: &Shared) -> ApiResult {
     let app = app(shared)?;
+    let cap = app.history_cap().max(1);
     let limit = match limit {
-        None => 50,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=app.history_cap()).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "`limit` must be a number from 1 to {}",
-                    app.history_cap()
-                ))
-            })?,
+        None => 50.min(cap),
+        Some(l) => parse_limit(l)
+            .ok_or_else(|| ApiError::invalid("`limit` must be an integer, at least 1"))?
+            .min(cap),
     };
     Ok(json_response(
         StatusCode::OK,
         &json!({ "messages": app.history(topic, limit) }),
     ))
+}
+
+/// A positive decimal integer; one too large for `usize` is `usize::MAX`.
+fn parse_limit(text: &str) -> Option<usize> {
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = digits.parse::<usize>().unwrap_or(usize::MAX);
+    (n >= 1).then_some(n)
 }
 
 /// `GET /api/rooms`.
@@ -67,7 +73,8 @@ pub(crate) fn list(shared: &Shared) -> ApiResult {
 #[serde(deny_unknown_fields)]
 pub struct NewRoom {
     id: String,
-    #[serde(default)]
+    /// Absent or a string (`null` is refused).
+    #[serde(default, deserialize_with = "super::present")]
     name: Option<String>,
 }
 
@@ -75,13 +82,13 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ROOM_ID
         && id
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "room id must be 1 to {MAX_ROOM_ID} letters, digits, `-`, `_` or `.`"
+            "room id must be 1 to {MAX_ROOM_ID} ASCII letters, digits, `-`, `_` or `.`"
         )))
     }
 }

@@ -1,0 +1,290 @@
+//! The node at its peer boundary: what an authenticated but wrong peer can
+//! send must never panic it, nor let it believe a lie about who is speaking.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::*;
+use crate::id::{ConnId, Meta};
+use crate::membership::{Swim, Update, UpdateKind};
+
+fn addr(i: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400 + i))
+}
+
+fn node(name: &str, inc: u64, i: u16, now: Instant) -> Node {
+    let mut cfg = NodeConfig::lan(NodeId::new(name, inc), addr(i));
+    cfg.rng_seed = u64::from(i);
+    Node::new(cfg, now)
+}
+
+fn track(n: &mut Node, now: Instant, key: &str) {
+    n.handle_command(
+        now,
+        Command::Track {
+            topic: Topic::new("room:1"),
+            key: key.into(),
+            conn: ConnId(1),
+            meta: Meta::new("{}"),
+        },
+    )
+    .expect("tracked");
+}
+
+fn msg(from: &NodeId, i: u16, body: Body) -> Message {
+    Message {
+        from: from.clone(),
+        addr: addr(i),
+        body,
+    }
+}
+
+/// Two processes started with the same `--node`: the newer one's hello
+/// reached `forget(self)` and the store's `assert_ne!` on the older.
+#[test]
+fn a_newer_incarnation_of_our_own_name_does_not_panic() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    track(&mut a, now, "alice");
+    let twin = NodeId::new("n1", 2);
+    a.handle_message(now, &twin, msg(&twin, 2, Body::Hello { full: false }));
+}
+
+/// A peer's SWIM update accusing us at incarnation `u64::MAX`: refuting it
+/// computed `u.inc + 1`.
+#[test]
+fn an_accusation_at_the_last_incarnation_does_not_overflow() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let b = NodeId::new("n2", 1);
+    let ping = Swim::Ping {
+        seq: 1,
+        target: a.id().clone(),
+        gossip: vec![Update {
+            node: a.id().clone(),
+            addr: addr(1),
+            inc: u64::MAX,
+            kind: UpdateKind::Suspect { by: b.clone() },
+        }],
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Swim(ping)));
+}
+
+/// Delivers every transmit by address, through the codec, until quiet or
+/// `rounds` timer rounds passed; `nodes[i]` listens on `addr(i)`.
+fn pump(nodes: &mut [Option<Node>], now: &mut Instant, rounds: usize) -> Vec<(usize, Event)> {
+    let mut events = Vec::new();
+    for _ in 0..rounds {
+        let mut moved = true;
+        while moved {
+            moved = false;
+            for i in 0..nodes.len() {
+                let Some(n) = nodes[i].as_mut() else { continue };
+                let mut out = Vec::new();
+                while let Some(t) = n.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(e) = n.poll_event() {
+                    events.push((i, e));
+                }
+                for t in out {
+                    let to = usize::from(t.addr.port() - 7400);
+                    let m = Message::decode(&t.msg.encode()).expect("honest frames decode");
+                    if let Some(Some(dst)) = nodes.get_mut(to) {
+                        let from = m.from.clone();
+                        dst.handle_message(*now, &from, m);
+                        moved = true;
+                    }
+                }
+            }
+        }
+        *now += std::time::Duration::from_millis(100);
+        for n in nodes.iter_mut().flatten() {
+            n.handle_timeout(*now);
+        }
+    }
+    events
+}
+
+/// Same `--node` twice: the older process stops with a `NameClash` naming
+/// the newer one, and the cluster keeps the newer one's entries only.
+#[test]
+fn the_older_of_two_processes_with_one_name_stops() {
+    let mut now = Instant::now();
+    let mut seed = node("n0", 1, 0, now);
+    let mut old = node("n1", 1, 1, now);
+    track(&mut old, now, "old");
+    let mut cfg = NodeConfig::lan(NodeId::new("n1", 2), addr(2));
+    cfg.seeds = vec![addr(0)];
+    cfg.rng_seed = 2;
+    let mut new = Node::new(cfg, now);
+    track(&mut new, now, "new");
+    // The old one joined first.
+    seed.handle_message(
+        now,
+        &old.id().clone(),
+        msg(old.id(), 1, Body::Hello { full: true }),
+    );
+    let mut nodes = [Some(seed), Some(old), None];
+    pump(&mut nodes, &mut now, 5);
+    nodes[2] = Some(new);
+    let events = pump(&mut nodes, &mut now, 60);
+    let clashes: Vec<_> = events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::NameClash(_)))
+        .collect();
+    assert_eq!(
+        clashes,
+        [&(1, Event::NameClash(NodeId::new("n1", 2)))],
+        "the older process, and only it, stops once"
+    );
+    let keys = |n: &Node| -> Vec<String> {
+        n.list(&Topic::new("room:1"))
+            .iter()
+            .map(|i| i.key.to_string())
+            .collect()
+    };
+    let [Some(seed), Some(old), Some(new)] = &nodes else {
+        unreachable!()
+    };
+    assert_eq!(
+        keys(seed),
+        ["new"],
+        "the cluster shows the newer one's entries"
+    );
+    assert_eq!(keys(new), ["new"]);
+    assert!(old.poll_timeout().is_none(), "the older node stopped");
+    let names: Vec<NodeId> = seed.members().into_iter().map(|m| m.0).collect();
+    assert_eq!(names, [NodeId::new("n1", 2)]);
+}
+
+/// A peer that lies about a newer incarnation of our name (in a member
+/// list) does not stop us: we only greet it.
+#[test]
+fn a_newer_twin_named_second_hand_is_greeted_not_believed() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    while a.poll_transmit().is_some() {}
+    let b = NodeId::new("n2", 1);
+    let ghost = NodeId::new("n1", 9);
+    a.handle_message(
+        now,
+        &b,
+        msg(&b, 2, Body::Members(vec![(ghost.clone(), addr(9))])),
+    );
+    let mut hellos = Vec::new();
+    while let Some(t) = a.poll_transmit() {
+        if matches!(t.msg.body, Body::Hello { .. }) {
+            hellos.push(t.to);
+        }
+    }
+    assert!(hellos.contains(&Some(ghost)));
+    assert!(a.poll_timeout().is_some(), "still running");
+    while let Some(e) = a.poll_event() {
+        assert!(!matches!(e, Event::NameClash(_)));
+    }
+}
+
+/// A delta from `relay` carrying one entry owned by `origin`, as a peer
+/// relays (or forges) it.
+fn relayed_entry(origin: &NodeId, key: &str) -> Body {
+    let mut p = crate::presence::Presence::new(origin.clone(), [9; 6], 16);
+    let (_, part) = p
+        .track(
+            Topic::new("room:1"),
+            key.into(),
+            ConnId(1),
+            Meta::new("{}"),
+            &mut Vec::new(),
+        )
+        .expect("tracked");
+    Body::Delta {
+        start: 0,
+        seq: 1,
+        presence: crate::store::Delta { parts: vec![part] },
+        subs: crate::store::Delta::default(),
+    }
+}
+
+/// A peer relays an entry under a future incarnation of an honest member:
+/// the member was purged and its real incarnation refused until the fake one
+/// expired. Now a newer incarnation is believed only from itself.
+#[test]
+fn a_future_incarnation_relayed_by_a_peer_is_not_believed() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let b = NodeId::new("n2", 1);
+    let h = NodeId::new("h", 1);
+    a.handle_message(now, &b, msg(&b, 2, relayed_entry(&b, "bob")));
+    a.handle_message(now, &h, msg(&h, 3, Body::Hello { full: false }));
+    let fake = NodeId::new("n2", 99);
+    a.handle_message(now, &h, msg(&h, 3, relayed_entry(&fake, "mallory")));
+    let members: Vec<NodeId> = a.members().into_iter().map(|m| m.0).collect();
+    assert!(members.contains(&b), "n2@1 kept: {members:?}");
+    assert!(!members.contains(&fake), "n2@99 not believed: {members:?}");
+    let keys: Vec<String> = a
+        .list(&Topic::new("room:1"))
+        .into_iter()
+        .map(|i| i.key.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, ["bob"]);
+    // The real restart, heard from itself, still replaces n2@1.
+    let b2 = NodeId::new("n2", 2);
+    a.handle_message(now, &b2, msg(&b2, 2, relayed_entry(&b2, "bob2")));
+    let members: Vec<NodeId> = a.members().into_iter().map(|m| m.0).collect();
+    assert!(
+        members.contains(&b2) && !members.contains(&b),
+        "{members:?}"
+    );
+}
+
+/// A future incarnation forged before the real node is known (an
+/// address-less member learned from relays) must not lock the real one out.
+#[test]
+fn a_forged_incarnation_does_not_lock_out_the_real_one() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let h = NodeId::new("h", 1);
+    a.handle_message(now, &h, msg(&h, 3, Body::Hello { full: false }));
+    let fake = NodeId::new("n2", 99);
+    a.handle_message(now, &h, msg(&h, 3, relayed_entry(&fake, "mallory")));
+    let b = NodeId::new("n2", 1);
+    a.handle_message(now, &b, msg(&b, 2, relayed_entry(&b, "bob")));
+    let members: Vec<NodeId> = a.members().into_iter().map(|m| m.0).collect();
+    assert!(members.contains(&b), "the real n2@1 admitted: {members:?}");
+    assert!(!members.contains(&fake), "{members:?}");
+    let keys: Vec<String> = a
+        .list(&Topic::new("room:1"))
+        .into_iter()
+        .map(|i| i.key.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, ["bob"]);
+}
+
+/// A peer's record stamped at `u64::MAX` raised the record clock there, and
+/// the next local write computed `record_clock + 1`.
+#[test]
+fn a_record_stamped_at_the_end_of_time_does_not_overflow_the_next_write() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    let b = NodeId::new("n2", 1);
+    let record = crate::records::Record::Log {
+        topic: Topic::new("room:1"),
+        stamp: crate::records::Stamp {
+            time_ms: u64::MAX,
+            origin: b.clone(),
+            seq: 1,
+        },
+        body: "{}".into(),
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Records(vec![record])));
+    let out = a.handle_command(
+        now,
+        Command::Append {
+            topic: Topic::new("room:1"),
+            time_ms: 1,
+            body: "{}".into(),
+        },
+    );
+    assert!(matches!(out, Ok(CommandOutcome::Recorded(_))), "{out:?}");
+}
