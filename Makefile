@@ -145,6 +145,10 @@ fmt: ## Format everything
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# fuzz/ is its own workspace (cargo-fuzz layout): checked the same way.
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all -- --check
+	CARGO_TARGET_DIR="$(abspath $(or $(CARGO_TARGET_DIR),target))" \
+		$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
 check-core: ## Fail if tokio or quinn are reachable from the sans-IO engine core
 	@deps=$$($(CARGO) tree -p chorus-engine --no-default-features -e normal --prefix none | grep -E '^(tokio|quinn)[ -]' || true); \
