@@ -132,7 +132,7 @@ fuzz: ## Run each fuzz target for FUZZ_SECS (default 60) s on nightly; fails on 
 		cargo +nightly fuzz run $$t target/corpus/$$t corpus/$$t $$regressions -- \
 			-max_total_time=$(FUZZ_SECS) $(FUZZ_FLAGS) -print_final_stats=1 \
 			>target/fuzz-$$t.log 2>&1 || status=$$?; \
-		grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' target/fuzz-$$t.log || true; \
+		grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' target/fuzz-$$t.log || true; \
 		if [ "$$status" != 0 ]; then \
 			tail -n 40 target/fuzz-$$t.log; \
 			echo "make fuzz: $$t failed (exit $$status); the input is in fuzz/artifacts/$$t/"; exit 1; \
