@@ -7,7 +7,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 run: ## Build and start one node on 127.0.0.1:4000 (dev mode: demo chat page at /)
-	$(CARGO) run --release -p chorus-gateway --bin chorus -- --listen 127.0.0.1:4000
+	$(CARGO) run --release -p chorus-gateway --bin chorus -- --listen 127.0.0.1:4000 --dev-mode
 
 cluster: ## Start three nodes (HTTP 4000-4002, gossip 7400-7402) with a dev secret; Ctrl-C stops them
 	$(CARGO) build --release -p chorus-gateway --bin chorus

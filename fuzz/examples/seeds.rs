@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chorus_engine::{Body, Command, ConnId, Meta, Node, NodeConfig, NodeId, SubscriberId, Topic};
 use chorus_fuzz::{jwt, longpoll_token};
-use chorus_gateway::server::transport::longpoll::{sign_token, SessionRef};
+use chorus_gateway::server::transport::longpoll::{sign_token, Binding, SessionRef};
 use chorus_gateway::token::{Claims, Tokens};
 
 fn write(target: &str, blobs: &[Vec<u8>]) {
@@ -225,6 +225,7 @@ fn longpoll_tokens() -> Vec<Vec<u8>> {
             let session = SessionRef {
                 owner: NodeId::new(name, inc),
                 id,
+                binding: Binding::default(),
             };
             sign_token(&longpoll_token::KEY, &session).into_bytes()
         })
@@ -232,6 +233,7 @@ fn longpoll_tokens() -> Vec<Vec<u8>> {
     let session = SessionRef {
         owner: NodeId::new("n1", 1),
         id: 1,
+        binding: Binding::default(),
     };
     seeds.push(sign_token(&[0; 32], &session).into_bytes());
     seeds

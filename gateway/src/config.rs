@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::builtin::rules::{EventAction, TopicRule};
 
-/// The configuration `make run` uses when no `--config` is given: dev mode,
-/// the room `lobby`, and the reference topic rules.
+/// The configuration used when no `--config` is given: the room `lobby` and the
+/// reference topic rules, dev mode off (`make run` adds `--dev-mode`).
 pub const DEFAULT_CONFIG: &str = include_str!("../chorus.toml");
 
 /// The most messages a topic's history may keep: the engine's per-topic log
@@ -62,6 +62,9 @@ pub struct Config {
     /// The server HTTP API.
     #[serde(default)]
     pub api: ApiSection,
+    /// What one client or API caller may cost the node.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// Rooms that always exist (the HTTP API creates more at run time).
     #[serde(default)]
     pub rooms: Vec<RoomConfig>,
@@ -77,8 +80,12 @@ pub struct ServerSection {
     /// HTTP address for clients, the API and the demo page.
     pub listen: SocketAddr,
     /// Development mode: `/dev/token` mints a token for any name, and the demo
-    /// page uses it. Never enable it in production.
+    /// page uses it. Never enable it in production. Off unless asked for.
     pub dev_mode: bool,
+    /// Allows dev mode while a token secret is configured: `/dev/token` then
+    /// mints tokens that every node sharing the secret accepts. Without it a
+    /// node refuses to start in dev mode with a token secret.
+    pub dev_mode_with_token_secret: bool,
     /// A LongPoll session without a poll for this long ends, in milliseconds.
     pub longpoll_timeout_ms: u64,
     /// Browser origins allowed to open sockets (`https://app.example.com`,
@@ -91,6 +98,7 @@ impl Default for ServerSection {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             dev_mode: false,
+            dev_mode_with_token_secret: false,
             longpoll_timeout_ms: 15_000,
             allowed_origins: Vec::new(),
         }
@@ -156,6 +164,44 @@ pub struct ApiSection {
     /// `CHORUS_API_KEY`. No key: the API is disabled.
     pub key: Option<Secret>,
 }
+
+/// `[limits]`: what one client or API caller may cost the node. Every breach is
+/// counted in `/metrics` as `chorus_limit_exceeded_total{limit="<key>"}`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    // -- the server's edge: handshakes, connections, API bodies --
+    /// The HTTP request headers (each request's, and the next one's on a
+    /// kept-alive connection), a request body the server reads, and the
+    /// WebSocket upgrade must arrive within this many milliseconds; else the
+    /// connection is closed (a body: 408).
+    pub handshake_timeout_ms: u64,
+    /// Most live client connections (WebSocket connections plus LongPoll
+    /// sessions), and separately most TCP connections still in their HTTP
+    /// phase; beyond either, 503.
+    pub max_connections: usize,
+    /// Deepest nesting of arrays and objects in an HTTP API body.
+    pub api_json_depth: usize,
+    /// Longest string (or object key) in an HTTP API body, in bytes as sent.
+    pub api_json_string_bytes: usize,
+    // -- end of the server's edge --
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            api_json_depth: crate::protocol::json_limits::DEFAULT_DEPTH,
+            api_json_string_bytes: crate::protocol::json_limits::DEFAULT_STRING_BYTES,
+        }
+    }
+}
+
+/// `limits.handshake_timeout_ms` by default: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// `limits.max_connections` by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
 /// A `[[rooms]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -241,6 +287,18 @@ impl Config {
         if self.cluster.history_cap == 0 {
             return Err("cluster.history_cap must be at least 1".into());
         }
+        let limits = &self.limits;
+        if limits.handshake_timeout_ms == 0 {
+            return Err("limits.handshake_timeout_ms must be at least 1".into());
+        }
+        if limits.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".into());
+        }
+        if limits.api_json_depth == 0 || limits.api_json_string_bytes == 0 {
+            return Err(
+                "limits.api_json_depth and limits.api_json_string_bytes must be at least 1".into(),
+            );
+        }
         for (i, rule) in self.topic_rules().iter().enumerate() {
             rule.check(self.cluster.history_cap)
                 .map_err(|e| format!("topics[{i}] (pattern {:?}): {e}", rule.pattern))?;
@@ -286,9 +344,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_config_is_valid_dev_mode_with_a_lobby() {
+    fn the_default_config_is_valid_with_a_lobby_and_dev_mode_off() {
         let c = Config::default_config();
-        assert!(c.server.dev_mode);
+        assert!(!c.server.dev_mode && !c.server.dev_mode_with_token_secret);
+        assert_eq!(
+            c.limits,
+            LimitsSection::default(),
+            "chorus.toml states the defaults"
+        );
         assert_eq!(c.rooms[0].id, "lobby");
         assert!(c.topic_rules().len() >= 7);
         assert!(c.stores_messages());

@@ -1,6 +1,6 @@
 // The demo page in a real browser: Debian's chromium, headless, driven by
-// playwright-core against a `chorus` started with the built-in dev config (the
-// one `make run` uses). Two pages pick names, join `lobby`, see each other
+// playwright-core against a `chorus` started as `make run` starts it (the
+// built-in config, --dev-mode). Two pages pick names, join `lobby`, see each other
 // online and chat; a screenshot is saved to target/demo-chat.png.
 // CHROMIUM names the browser (default /usr/bin/chromium; `make test` installs
 // Debian's package when it is missing). Without it this test fails, never skips.
@@ -70,7 +70,10 @@ async function waitMessage(page, who, body) {
 test("two pages chat in lobby and each shows the other online", { timeout: 60_000 }, async () => {
   assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: install Debian's chromium (make test does) or set CHROMIUM`);
   const port = await freePort();
-  const server = await startServer(port); // no --config: the built-in dev config serves the page
+  // As `make run`: the built-in config with --dev-mode, which signs its /dev/token
+  // tokens with a random per-process secret (a node refuses dev mode while
+  // CHORUS_TOKEN_SECRET is set).
+  const server = await startServer(port, { args: ["--dev-mode"], env: { CHORUS_TOKEN_SECRET: undefined } });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
   const errors = [];
 

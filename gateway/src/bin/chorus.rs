@@ -15,6 +15,7 @@ use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::builtin::App;
 use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};
+use chorus_gateway::protocol::json_limits::JsonLimits;
 use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -58,9 +59,20 @@ struct ServeArgs {
     /// Failure-detection timing.
     #[arg(long, env = "CHORUS_PROFILE", value_enum)]
     profile: Option<Profile>,
-    /// Development mode (demo page tokens from /dev/token): true or false.
-    #[arg(long, env = "CHORUS_DEV_MODE")]
+    /// Development mode: the demo page, and tokens for any name from /dev/token.
+    /// Off unless asked for (`--dev-mode`, `--dev-mode true`, or the config).
+    #[arg(long, env = "CHORUS_DEV_MODE", num_args = 0..=1, default_missing_value = "true")]
     dev_mode: Option<bool>,
+    /// Allows dev mode while a token secret is set (its /dev/token tokens are then
+    /// accepted by every node sharing the secret). Without it, dev mode with a
+    /// token secret refuses to start.
+    #[arg(
+        long,
+        env = "CHORUS_DEV_MODE_WITH_TOKEN_SECRET",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    dev_mode_with_token_secret: Option<bool>,
     /// A LongPoll session without a poll for this long ends (milliseconds).
     #[arg(long, env = "CHORUS_LONGPOLL_TIMEOUT_MS")]
     longpoll_timeout_ms: Option<u64>,
@@ -70,6 +82,22 @@ struct ServeArgs {
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
+    // -- [limits]: the server's edge --
+    /// The HTTP request headers, a request body and a WebSocket upgrade must
+    /// arrive within this many milliseconds (limits.handshake_timeout_ms).
+    #[arg(long, env = "CHORUS_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// Most live client connections, and most TCP connections in their HTTP
+    /// phase; beyond, 503 (limits.max_connections).
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Deepest JSON nesting in an HTTP API body (limits.api_json_depth).
+    #[arg(long, env = "CHORUS_API_JSON_DEPTH")]
+    api_json_depth: Option<usize>,
+    /// Longest JSON string in an HTTP API body, in bytes (limits.api_json_string_bytes).
+    #[arg(long, env = "CHORUS_API_JSON_STRING_BYTES")]
+    api_json_string_bytes: Option<usize>,
+    // -- end of the server's edge --
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -148,6 +176,23 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(dev) = args.dev_mode {
         config.server.dev_mode = dev;
     }
+    if let Some(allow) = args.dev_mode_with_token_secret {
+        config.server.dev_mode_with_token_secret = allow;
+    }
+    // [limits]: the server's edge.
+    let limits = &mut config.limits;
+    if let Some(ms) = args.handshake_timeout_ms {
+        limits.handshake_timeout_ms = ms;
+    }
+    if let Some(n) = args.max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(n) = args.api_json_depth {
+        limits.api_json_depth = n;
+    }
+    if let Some(n) = args.api_json_string_bytes {
+        limits.api_json_string_bytes = n;
+    }
     if let Some(node) = &args.node {
         config.cluster.node.clone_from(node);
     }
@@ -220,18 +265,61 @@ fn print_token(config: &Config, args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// The key client tokens are checked (and, in dev mode, minted) with. Dev mode
+/// never signs with a secret other nodes accept unless told so explicitly: with
+/// a configured secret it refuses to start, without one it draws a random
+/// per-process secret.
+fn token_key(config: &Config) -> anyhow::Result<Vec<u8>> {
     let dev = config.server.dev_mode;
-    let token_secret = match token_secret(&config)? {
-        Some(secret) => secret,
+    match token_secret(config)? {
+        Some(_) if dev && !config.server.dev_mode_with_token_secret => bail!(
+            "dev mode is on and a token secret is set ({TOKEN_SECRET_ENV} or auth.token_secret): \
+             /dev/token would mint tokens for any name that every node sharing this secret accepts. \
+             Unset the secret (dev mode then signs with a random per-process secret), turn dev mode off, \
+             or, if that is really meant, add --dev-mode-with-token-secret (server.dev_mode_with_token_secret = true)"
+        ),
+        Some(secret) => {
+            if dev {
+                warn!("dev mode with the configured token secret (--dev-mode-with-token-secret): /dev/token tokens are accepted by every node sharing it");
+            }
+            Ok(secret)
+        }
         None if dev => {
-            warn!("{TOKEN_SECRET_ENV} not set: dev mode signs tokens with a random secret (tokens work on this node only)");
-            rand::random::<[u8; 32]>().to_vec()
+            warn!("{TOKEN_SECRET_ENV} not set: dev mode signs tokens with a random per-process secret (they work on this node only)");
+            Ok(rand::random::<[u8; 32]>().to_vec())
         }
         None => bail!(
-            "no token secret: set {TOKEN_SECRET_ENV} (or auth.token_secret) to the HS256 secret your backend signs client tokens with"
+            "no token secret: set {TOKEN_SECRET_ENV} (or auth.token_secret) to the HS256 secret your backend signs client tokens with (or start a demo node with --dev-mode)"
         ),
-    };
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit (connections are files),
+/// and says what it got.
+fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            info!(limit, "open files limit (soft) raised to the hard limit");
+            // Live connections, as many in their HTTP phase, and some for the rest.
+            let wanted = (max_connections as u64)
+                .saturating_mul(2)
+                .saturating_add(256);
+            if limit < wanted {
+                warn!(
+                    limit,
+                    max_connections,
+                    "the open files limit is below 2 x limits.max_connections + 256: accepts may fail before the cap answers 503; lower the cap or raise the hard limit (ulimit -Hn)"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let dev = config.server.dev_mode;
+    let token_secret = token_key(&config)?;
+    raise_fd_limit(config.limits.max_connections);
     let seeds = config.cluster.seeds.clone();
     let cluster_secret = match &config.cluster.secret {
         Some(s) if s.expose().len() < MIN_SECRET => {
@@ -275,6 +363,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
         rooms: Some(app.clone()),
         allowed_origins: config.server.allowed_origins.clone(),
+        // [limits]: the server's edge.
+        handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+        max_connections: config.limits.max_connections,
+        api_json: JsonLimits {
+            depth: config.limits.api_json_depth,
+            string_bytes: config.limits.api_json_string_bytes,
+        },
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)
@@ -291,7 +386,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "channels configured"
     );
     if dev {
-        warn!("DEV MODE: GET /dev/token gives anyone a token for any name. Never run dev mode in production (set server.dev_mode = false).");
+        warn!("DEV MODE: GET /dev/token gives anyone a token for any name. Never run dev mode in production (drop --dev-mode, or set server.dev_mode = false).");
         info!("demo page: http://{listen}/");
     }
     if config.api.key.is_none() {

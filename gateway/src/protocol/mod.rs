@@ -23,6 +23,7 @@
 
 pub mod binary;
 pub mod json;
+pub mod json_limits;
 pub mod query;
 pub mod subprotocol;
 

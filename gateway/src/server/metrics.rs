@@ -77,6 +77,7 @@ pub struct Metrics {
     bytes_in: Family<Labels1, Counter>,
     bytes_out: Family<Labels1, Counter>,
     api_broadcasts: Family<Labels1, Counter>,
+    limit_exceeded: Family<Labels1, Counter>,
 }
 
 /// One transport's live counters, cloned into each connection task (each field
@@ -114,6 +115,29 @@ impl TransportMetrics {
     }
 }
 
+/// The `limit` label values of `chorus_limit_exceeded_total` this module knows
+/// at start (each shows at 0 before its first breach): the `[limits]` keys.
+pub const LIMITS: [&str; 4] = [
+    // -- the server's edge --
+    limit::HANDSHAKE_TIMEOUT,
+    limit::MAX_CONNECTIONS,
+    limit::API_JSON_DEPTH,
+    limit::API_JSON_STRING_BYTES,
+];
+
+/// The `limit` labels: each is the `[limits]` key of the setting.
+pub mod limit {
+    // -- the server's edge --
+    /// `limits.handshake_timeout_ms`.
+    pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout_ms";
+    /// `limits.max_connections`.
+    pub const MAX_CONNECTIONS: &str = "max_connections";
+    /// `limits.api_json_depth`.
+    pub const API_JSON_DEPTH: &str = "api_json_depth";
+    /// `limits.api_json_string_bytes`.
+    pub const API_JSON_STRING_BYTES: &str = "api_json_string_bytes";
+}
+
 /// The `reason` label values of `chorus_join_errors_total`, in the order of
 /// [`TransportMetrics`]'s `join_errors`.
 const JOIN_ERROR_REASONS: [&str; 4] =
@@ -135,6 +159,7 @@ impl Metrics {
             bytes_in: Family::default(),
             bytes_out: Family::default(),
             api_broadcasts: Family::default(),
+            limit_exceeded: Family::default(),
         };
         let families = [
             (
@@ -183,6 +208,11 @@ impl Metrics {
                 "POST /api/broadcast requests, by outcome (sent, duplicate)",
                 &this.api_broadcasts,
             ),
+            (
+                "limit_exceeded",
+                "Breaches of a [limits] setting, by its config key",
+                &this.limit_exceeded,
+            ),
         ];
         for (name, help, family) in families {
             family.register(&mut registry, name, help);
@@ -195,6 +225,9 @@ impl Metrics {
         let this = Self { registry, ..this };
         // WebSocket series exist (at 0) before the first connection.
         let _ = this.transport(Transport::WebSocket);
+        for limit in LIMITS {
+            let _ = this.limit_exceeded.get_or_create(&[("limit", limit)]);
+        }
         this
     }
 
@@ -225,6 +258,12 @@ impl Metrics {
         self.api_broadcasts
             .get_or_create(&[("outcome", outcome)])
             .inc();
+    }
+
+    /// Counts one breach of the `[limits]` key `limit`
+    /// (`chorus_limit_exceeded_total{limit=..}`).
+    pub fn limit_exceeded(&self, limit: &'static str) {
+        self.limit_exceeded.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// The exposition: the live metrics, then the values scraped now.

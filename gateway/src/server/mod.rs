@@ -31,14 +31,15 @@ pub mod transport;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_engine::runtime::EngineHandle;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
@@ -50,9 +51,10 @@ pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
+use crate::protocol::json_limits::JsonLimits;
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
-use metrics::Metrics;
+use metrics::{limit, Metrics};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -70,7 +72,16 @@ pub struct ServerConfig {
     pub max_frame_size: usize,
     /// Most live connections (WebSocket connections plus LongPoll sessions);
     /// beyond, a WebSocket handshake gets 503 and a new LongPoll session status 500.
+    /// Also the most TCP connections still in their HTTP phase (before an
+    /// upgrade): beyond, a new one gets 503 at once and is closed.
     pub max_connections: usize,
+    /// The headers of each HTTP request (the first, and the next on a kept-alive
+    /// connection), each request body the server reads, and a WebSocket upgrade
+    /// must arrive within this; else the connection is closed (a body: 408).
+    pub handshake_timeout: Duration,
+    /// Nesting depth and string length of HTTP API bodies (beyond: 400
+    /// `json_limit_exceeded`).
+    pub api_json: JsonLimits,
     /// Connections closed per batch on shutdown.
     pub drain_batch: usize,
     /// Pause between shutdown batches.
@@ -108,6 +119,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_frame_size: 1 << 20,
             max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            api_json: JsonLimits::default(),
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
@@ -147,6 +160,8 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
+    /// TCP connections in their HTTP phase (accepted, not upgraded, not closed).
+    http_conns: AtomicUsize,
     pub(crate) longpoll: transport::longpoll::LongPoll,
     /// Live connections (and LongPoll sessions) and their drain signal.
     conns: Mutex<BTreeMap<u64, Arc<Notify>>>,
@@ -203,6 +218,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
+                http_conns: AtomicUsize::new(0),
                 longpoll: transport::longpoll::LongPoll::default(),
                 conns: Mutex::new(BTreeMap::new()),
             }),
@@ -310,15 +326,73 @@ impl Server {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let counted = HttpConn::count(&self.shared);
+            if counted.open > self.shared.config.max_connections {
+                self.shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
+                debug!(%peer, "refusing a connection: too many in their HTTP phase");
+                tokio::spawn(refuse(stream, counted));
+                continue;
+            }
             tokio::spawn(serve_http(
                 self.shared.clone(),
                 stream,
                 peer,
                 done.clone(),
                 stop.clone(),
+                counted,
             ));
         }
     }
+}
+
+/// One TCP connection counted in [`Shared::http_conns`] until dropped.
+struct HttpConn {
+    shared: Arc<Shared>,
+    /// Connections in their HTTP phase, this one included, when it was accepted.
+    open: usize,
+}
+
+impl HttpConn {
+    fn count(shared: &Arc<Shared>) -> Self {
+        let open = shared.http_conns.fetch_add(1, Ordering::AcqRel) + 1;
+        Self {
+            shared: shared.clone(),
+            open,
+        }
+    }
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        self.shared.http_conns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The answer to a connection over the cap, written before any request is read.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// Most time a refused connection is kept to deliver its 503: the client's
+/// request is read (and dropped) until it closes, so that closing does not reset
+/// the connection before the client has read the answer.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers 503 to a connection over the cap and closes it.
+async fn refuse(mut stream: TcpStream, counted: HttpConn) {
+    let linger = async {
+        stream.write_all(REFUSED).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSE_LINGER, linger).await;
+    drop(counted);
 }
 
 /// Serves one TCP connection's HTTP requests until it upgrades or closes.
@@ -328,15 +402,26 @@ async fn serve_http(
     peer: SocketAddr,
     done: mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
+    counted: HttpConn,
 ) {
+    let metrics_shared = shared.clone();
+    let timeout = shared.config.handshake_timeout;
     let service = service_fn(move |req| http::handle(req, shared.clone(), done.clone()));
+    // Every request's headers (and the next one's on a kept-alive connection)
+    // must arrive within the handshake timeout, or hyper closes the connection:
+    // a client that never finishes its request cannot hold a descriptor.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
+                if e.is_timeout() {
+                    metrics_shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
+                }
                 debug!(%peer, error = %e, "http connection error");
             }
         }
@@ -345,4 +430,5 @@ async fn serve_http(
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
     }
+    drop(counted);
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use chorus_engine::runtime::Delivery;
 use chorus_gateway::channel::Assigns;
 use chorus_gateway::server::api::idempotency;
@@ -54,6 +53,16 @@ async fn count_until(client: &mut Client, counted: &str, event: &str) -> anyhow:
             return Ok(n);
         }
     }
+}
+
+/// A broadcast expected to be refused: its status (and a documented answer).
+async fn conflict(node: &Node, body: Value) -> anyhow::Result<u16> {
+    let reply = Req::authed("POST", "/api/broadcast")
+        .json(&body)
+        .send(node.addr)
+        .await?;
+    anyhow::ensure!(reply.error_code() == "idempotency_conflict", "{reply:?}");
+    Ok(reply.status)
 }
 
 async fn broadcast(node: &Node, body: Value) -> anyhow::Result<Value> {
@@ -109,21 +118,34 @@ async fn two_nodes_broadcast_presence_cluster_and_disconnect() -> anyhow::Result
     let got = bob_b.recv_event("news").await?;
     assert_eq!(got, json!([null, null, "room:api", "news", {"n": 1}]));
 
-    // The key repeats on A (same node) and, once it crossed, on B.
+    // The key repeats on A (same node) and, once it crossed, on B: the same
+    // request is a duplicate, another one a conflict.
     let again =
+        json!({"topic": "room:api", "event": "news", "payload": {"n": 1}, "idempotency_key": "k1"});
+    let other =
         json!({"topic": "room:api", "event": "news", "payload": {"n": 2}, "idempotency_key": "k1"});
     assert_eq!(
         broadcast(&a, again.clone()).await?,
         json!({"status": "duplicate"})
     );
+    assert_eq!(conflict(&a, other.clone()).await?, 409);
     let heard = tokio::time::timeout(WAIT, probe.recv()).await?;
-    assert_eq!(heard, Some(Delivery::Broadcast(Bytes::from_static(b"k1"))));
+    let Some(Delivery::Broadcast(heard)) = heard else {
+        anyhow::bail!("no announcement: {heard:?}");
+    };
+    assert_eq!(heard[0], 0xFF, "an announcement with a fingerprint");
+    assert!(heard.ends_with(b"k1"), "{heard:?}");
     // B's own listener got the same delivery; give its task a moment to record it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         broadcast(&b, again).await?,
         json!({"status": "duplicate"}),
         "node B broadcast a key node A had used"
+    );
+    assert_eq!(
+        conflict(&b, other).await?,
+        409,
+        "node B knows the request too"
     );
     broadcast(
         &a,

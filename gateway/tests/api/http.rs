@@ -355,6 +355,16 @@ impl Spec {
                 if body.is_empty() {
                     ensure!(request_body["required"] != true, "no body");
                 } else {
+                    // The document's extension: depth and string bounds on every body.
+                    let limits = &self.0["x-json-limits"];
+                    let limits = chorus_gateway::protocol::json_limits::JsonLimits {
+                        depth: limits["max-depth"].as_u64().unwrap_or(u64::MAX) as usize,
+                        string_bytes: limits["max-string-bytes"].as_u64().unwrap_or(u64::MAX)
+                            as usize,
+                    };
+                    limits
+                        .check(body)
+                        .map_err(|e| anyhow::anyhow!("body: {e}"))?;
                     let value: Value = serde_json::from_slice(body).context("body is not JSON")?;
                     let schema = &request_body["content"]["application/json"]["schema"];
                     self.validate(schema, &value, "body")?;
@@ -486,9 +496,9 @@ impl Spec {
 }
 
 /// Whether `text` matches a JSON Schema `pattern`. Only the forms the document
-/// uses are understood, `^[class]+$` (a class of characters and `a-z` ranges)
-/// and `^prefix` (plain characters); any other pattern panics, so a new one
-/// makes this checker grow with it.
+/// uses are understood, `^[class]+$` and `^[^class]+$` (a class of characters,
+/// `a-z` ranges and `\xHH` escapes) and `^prefix` (plain characters); any other
+/// pattern panics, so a new one makes this checker grow with it.
 fn pattern_matches(pattern: &str, text: &str) -> bool {
     if let Some(prefix) = pattern.strip_prefix('^') {
         if prefix
@@ -502,21 +512,40 @@ fn pattern_matches(pattern: &str, text: &str) -> bool {
         .strip_prefix("^[")
         .and_then(|p| p.strip_suffix("]+$"))
         .unwrap_or_else(|| panic!("pattern {pattern:?} is not of the form ^[class]+$"));
-    let class: Vec<char> = class.chars().collect();
+    let (negated, class) = match class.strip_prefix('^') {
+        Some(rest) => (true, rest),
+        None => (false, class),
+    };
+    // Characters of the class, `\xHH` decoded.
+    let mut chars = Vec::new();
+    let mut rest = class;
+    while let Some(c) = rest.chars().next() {
+        if let Some(hex) = rest.strip_prefix("\\x") {
+            let code = u32::from_str_radix(&hex[..2], 16).expect("\\xHH");
+            chars.push(char::from_u32(code).expect("a char"));
+            rest = &hex[2..];
+        } else {
+            assert_ne!(
+                c, '\\',
+                "escapes other than \\xHH in {pattern:?} are not understood"
+            );
+            chars.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
     let mut ranges = Vec::new();
     let mut i = 0;
-    while i < class.len() {
-        if i + 2 < class.len() && class[i + 1] == '-' {
-            ranges.push((class[i], class[i + 2]));
+    while i < chars.len() {
+        if i + 2 < chars.len() && chars[i + 1] == '-' {
+            ranges.push((chars[i], chars[i + 2]));
             i += 3;
         } else {
-            assert_ne!(class[i], '\\', "escapes in {pattern:?} are not understood");
-            ranges.push((class[i], class[i]));
+            ranges.push((chars[i], chars[i]));
             i += 1;
         }
     }
     !text.is_empty()
         && text
             .chars()
-            .all(|c| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)))
+            .all(|c| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)) != negated)
 }

@@ -4,7 +4,7 @@
 
 use chorus_gateway::server::api::routes;
 use chorus_gateway::server::{ApiKey, ServerConfig};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::http::{spec, Req, KEY};
 use crate::util::NodeBuilder;
@@ -330,5 +330,93 @@ async fn optional_fields_are_absent_or_typed_and_limits_hold_at_the_edge() -> an
             ["maxLength"],
         json!(243)
     );
+    node.stop().await
+}
+
+/// Issue 19: names with control characters are refused, a reused idempotency key
+/// with another request is a conflict, and bodies nested too deep or with too
+/// long strings are refused before they are relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_conflicting_keys_and_deep_bodies_are_refused() -> anyhow::Result<()> {
+    let node = NodeBuilder::new().config(with_key()).start().await?;
+    let mut client = node.client("vsn=2.0.0").await?;
+    client.join("1", "room:edge", "{}").await?;
+    for (topic, event) in [
+        ("room:edge\n", "e"),
+        ("room:\u{0}edge", "e"),
+        ("room:\u{7f}", "e"),
+        ("room:\u{85}", "e"),
+        ("room:edge", "e\r\nx"),
+    ] {
+        let reply = Req::authed("POST", "/api/broadcast")
+            .json(&json!({"topic": topic, "event": event, "payload": {}}))
+            .send(node.addr)
+            .await?;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (400, "invalid_request"),
+            "{topic:?} {event:?}"
+        );
+    }
+    for path in ["/api/presence", "/api/presence/count", "/api/history"] {
+        let reply = Req::authed("GET", &format!("{path}?topic=room%3A%01edge"))
+            .send(node.addr)
+            .await?;
+        assert_eq!(reply.status, 400, "{path}");
+    }
+    let reply = Req::authed("GET", "/api/presence?topic=room:caf%C3%A9")
+        .send(node.addr)
+        .await?;
+    assert_eq!(reply.status, 200, "printable non-ASCII is fine");
+
+    let body = |payload: Value| json!({"topic": "room:edge", "event": "e", "payload": payload, "idempotency_key": "k-1"});
+    let first = Req::authed("POST", "/api/broadcast")
+        .json(&body(json!({"n": 1})))
+        .send(node.addr)
+        .await?;
+    assert_eq!(first.status, 202);
+    let again = Req::authed("POST", "/api/broadcast")
+        .json(&body(json!({"n": 1})))
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (again.status, again.json()?),
+        (200, json!({"status": "duplicate"}))
+    );
+    let other = Req::authed("POST", "/api/broadcast")
+        .json(&body(json!({"n": 2})))
+        .send(node.addr)
+        .await?;
+    assert_eq!(
+        (other.status, other.error_code().as_str()),
+        (409, "idempotency_conflict")
+    );
+
+    let mut deep = json!({});
+    for _ in 0..40 {
+        deep = json!({ "a": deep });
+    }
+    let deep_body = json!({"topic": "room:edge", "event": "e", "payload": deep});
+    let long = json!({"topic": "room:edge", "event": "e", "payload": {"s": "x".repeat(70_000)}});
+    for bad in [deep_body, long] {
+        let reply = Req::authed("POST", "/api/broadcast")
+            .json(&bad)
+            .send(node.addr)
+            .await?;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (400, "json_limit_exceeded")
+        );
+    }
+    let scrape = Req::new("GET", "/metrics").send(node.addr).await?.text();
+    for line in [
+        "chorus_limit_exceeded_total{limit=\"api_json_depth\"} 1",
+        "chorus_limit_exceeded_total{limit=\"api_json_string_bytes\"} 1",
+    ] {
+        assert!(scrape.contains(line), "{line} in {scrape}");
+    }
+    // Only the one good broadcast went out.
+    assert_eq!(client.recv_event("e").await?[4], json!({"n": 1}));
+    client.assert_alive("1", "room:edge").await?;
     node.stop().await
 }

@@ -167,7 +167,7 @@ async fn handshake_410_then_idle_poll_204_and_cors() -> anyhow::Result<()> {
     let (code, headers, body) = http(
         node.addr,
         Method::GET,
-        &format!("{PATH}?vsn=2.0.0&"),
+        &format!("{PATH}?user_id=u1&vsn=2.0.0&"),
         &[],
         "",
     )
@@ -519,10 +519,132 @@ async fn an_expired_session_leaves_its_presences_and_answers_410() -> anyhow::Re
         })
         .await
     );
-    let old = lp.token.clone();
+    // The old token: 410 and no new session (phoenix.js, holding a token,
+    // reports session_gone and reconnects with its first poll's params).
     let body = lp.get(node.addr, &[]).await?;
-    assert_eq!(body["status"], 410, "the session is gone");
-    assert_ne!(body["token"].as_str(), old.as_deref(), "with a new one");
+    assert_eq!(
+        body,
+        json!({"status": 410, "messages": []}),
+        "the session is gone"
+    );
+    assert_eq!(node.server.longpoll_session_count(), 0, "none started");
+    let mut again = Lp::new("user_id=sleeper");
+    again.open(node.addr).await?;
+    assert_ne!(again.token, lp.token);
+    node.stop().await
+}
+
+/// An authenticator that takes `token=jwt-<user>` (or the same in the auth-token
+/// header) for user `<user>`, as a JWT check would.
+fn user_tokens() -> impl Fn(&Assigns, Option<&str>) -> Result<SocketInfo, Denied> {
+    |params: &Assigns, header: Option<&str>| {
+        let token = params.get("token").and_then(Value::as_str).or(header);
+        match token.and_then(|t| t.strip_prefix("jwt-")) {
+            Some(user) => {
+                let mut assigns = Assigns::new();
+                assigns.insert("user_id".into(), Value::from(user));
+                Ok(SocketInfo {
+                    id: Some(format!("user_socket:{user}")),
+                    assigns,
+                })
+            }
+            None => Err(Denied),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_session_token_with_another_users_jwt_is_refused() -> anyhow::Result<()> {
+    let node = NodeBuilder::new()
+        .config(config())
+        .auth(user_tokens())
+        .start()
+        .await?;
+    // Alice's session, phoenix.js style: her JWT in the params of every request.
+    let mut alice = Lp::new("token=jwt-alice");
+    alice.open(node.addr).await?;
+    assert_eq!(
+        alice
+            .post(node.addr, &[r#"["1","1","room:a","phx_join",{}]"#])
+            .await?,
+        200
+    );
+    alice.reply(node.addr, "1").await?;
+    // Mallory has Alice's session token and her own valid JWT.
+    for params in ["token=jwt-mallory", "", "token=jwt-alice&extra=1"] {
+        let mut mallory = Lp {
+            token: alice.token.clone(),
+            params: params.into(),
+        };
+        assert_eq!(
+            mallory.get(node.addr, &[]).await?,
+            json!({"status": 403}),
+            "poll with {params:?}"
+        );
+        assert_eq!(
+            mallory
+                .post(node.addr, &[r#"["1","2","room:a","ping",{}]"#])
+                .await?,
+            403,
+            "send with {params:?}"
+        );
+    }
+    // The auth-token header is bound too: a GET must carry Alice's, a POST
+    // (phoenix.js sends none) may carry none but not another.
+    let mut header_user = Lp::new("");
+    let body = header_user
+        .get(node.addr, &[("x-phoenix-authtoken", "jwt-alice")])
+        .await?;
+    assert_eq!(body["status"], 410);
+    let poll = |h: &'static [(&'static str, &'static str)]| {
+        let mut lp = Lp {
+            token: header_user.token.clone(),
+            params: String::new(),
+        };
+        async move { lp.get(node.addr, h).await }
+    };
+    assert_eq!(
+        poll(&[]).await?,
+        json!({"status": 403}),
+        "GET without the header"
+    );
+    assert_eq!(
+        poll(&[("x-phoenix-authtoken", "jwt-mallory")]).await?,
+        json!({"status": 403})
+    );
+    assert_eq!(
+        poll(&[("x-phoenix-authtoken", "jwt-alice")]).await?["status"],
+        204
+    );
+    let send = |h: &'static [(&'static str, &'static str)]| {
+        let target = header_user.target();
+        async move {
+            let mut headers = vec![("content-type", "application/x-ndjson")];
+            headers.extend_from_slice(h);
+            let (_, _, body) = http(
+                node.addr,
+                Method::POST,
+                &target,
+                &headers,
+                r#"["1","1","room:h","phx_join",{}]"#,
+            )
+            .await?;
+            anyhow::Ok(serde_json::from_str::<Value>(&body)?["status"].clone())
+        }
+    };
+    assert_eq!(send(&[("x-phoenix-authtoken", "jwt-mallory")]).await?, 403);
+    assert_eq!(send(&[]).await?, 200);
+    // Alice's own session was never disturbed.
+    assert_eq!(
+        alice
+            .post(node.addr, &[r#"["1","3","room:a","ping",{"me":1}]"#])
+            .await?,
+        200
+    );
+    assert_eq!(
+        alice.reply(node.addr, "3").await?[4]["response"],
+        json!({"me": 1})
+    );
     node.stop().await
 }
 

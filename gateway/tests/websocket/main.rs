@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod edge;
 mod fanout;
 mod longpoll;
 mod process;

@@ -214,3 +214,134 @@ fn a_bad_config_file_stops_startup_naming_file_and_line() -> anyhow::Result<()> 
     assert!(err.contains("unknown variant `owner`"), "{err}");
     Ok(())
 }
+
+/// Starts `chorus` alone on `http` with `args`, the token secret set or not;
+/// waits until it listens.
+async fn spawn_alone(http: SocketAddr, args: &[&str], token_secret: bool) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chorus"));
+    cmd.args(["--node", "alone", "--listen", &http.to_string()])
+        .args(["--gossip", &free_udp().to_string()])
+        .args(args)
+        .env_remove("CHORUS_CLUSTER_SECRET")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if token_secret {
+        cmd.env("CHORUS_TOKEN_SECRET", TOKEN_SECRET);
+    } else {
+        cmd.env_remove("CHORUS_TOKEN_SECRET");
+    }
+    let mut proc = Proc(cmd.spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(http).await.is_ok() {
+            return Ok(proc);
+        }
+        if let Some(status) = proc.0.try_wait()? {
+            anyhow::bail!("chorus exited with {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("chorus did not listen on {http}")
+}
+
+/// `GET path` on a fresh connection: the status code and the body.
+async fn get(http: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8(answer)?;
+    let code = answer.get(9..12).unwrap_or_default().parse()?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok((code, body.to_owned()))
+}
+
+/// The README's cluster command line (no --config, a token secret set) serves
+/// no /dev/token and no demo page: dev mode is off unless asked for.
+#[tokio::test]
+async fn dev_mode_is_off_unless_asked_for() -> anyhow::Result<()> {
+    let http = free_tcp();
+    let _node = spawn_alone(http, &[], true).await?;
+    assert_eq!(get(http, "/dev/token?name=Mallory").await?.0, 404);
+    assert_eq!(get(http, "/").await?.0, 404);
+    assert_eq!(get(http, "/healthz").await?.0, 200);
+    Ok(())
+}
+
+/// Dev mode with a token secret other nodes accept refuses to start and says
+/// why, unless --dev-mode-with-token-secret says it is meant.
+#[test]
+fn dev_mode_with_a_token_secret_refuses_to_start_unless_told() -> anyhow::Result<()> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "--dev-mode",
+            "--listen",
+            "127.0.0.1:0",
+            "--gossip",
+            "127.0.0.1:0",
+        ])
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
+        .env_remove("CHORUS_CLUSTER_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("chorus started in dev mode with a token secret");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut err)?;
+    assert!(!status.success());
+    assert!(
+        err.contains("dev mode is on and a token secret is set")
+            && err.contains("--dev-mode-with-token-secret"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// `make run`'s dev mode (no secret) signs with a random per-process secret:
+/// its tokens work there and nowhere else. Told explicitly, dev mode uses the
+/// configured secret.
+#[tokio::test]
+async fn dev_tokens_are_accepted_only_where_meant() -> anyhow::Result<()> {
+    let token_of = |body: &str| -> anyhow::Result<String> {
+        let v: Value = serde_json::from_str(body)?;
+        Ok(v["token"].as_str().unwrap_or_default().to_owned())
+    };
+    let http = free_tcp();
+    let dev = spawn_alone(http, &["--dev-mode"], false).await?;
+    let (code, body) = get(http, "/dev/token?name=Alice").await?;
+    assert_eq!(code, 200, "{body}");
+    let token = token_of(&body)?;
+    assert!(
+        Tokens::new(TOKEN_SECRET.as_bytes()).verify(&token).is_err(),
+        "a production secret accepts a dev token"
+    );
+    let url = format!("ws://{http}/socket/websocket?token={token}&vsn=2.0.0");
+    let mut alice = Client::connect(&url).await?;
+    alice.join("1", "chat:dev", "{}").await?;
+    drop(dev);
+
+    let http = free_tcp();
+    let _explicit =
+        spawn_alone(http, &["--dev-mode", "--dev-mode-with-token-secret"], true).await?;
+    let (code, body) = get(http, "/dev/token?name=Bob").await?;
+    assert_eq!(code, 200, "{body}");
+    let claims = Tokens::new(TOKEN_SECRET.as_bytes()).verify(&token_of(&body)?)?;
+    assert_eq!(claims.sub, "bob");
+    Ok(())
+}

@@ -3,7 +3,10 @@
 //! `[null,null,topic,event,payload]`, exactly as from a channel's `broadcast`.
 //!
 //! Answers 202 `{"status":"sent"}`, or 200 `{"status":"duplicate"}` when the
-//! idempotency key was used within the last five minutes (see [`super::idempotency`]).
+//! idempotency key was used within the last five minutes for the same request,
+//! or 409 `idempotency_conflict` when it was used for another one (see
+//! [`super::idempotency`]). A topic or event with a control character is a 400
+//! `invalid_request`, one of the server's own topics a 400 `reserved_topic`.
 
 use std::sync::Arc;
 
@@ -13,8 +16,8 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::idempotency::MAX_KEY_LEN;
-use super::{ApiError, ApiResult};
+use super::idempotency::{self, Claim, MAX_KEY_LEN};
+use super::{check_printable, ApiError, ApiResult};
 use crate::protocol::{JsonObject, Payload, MAX_FIELD_LEN};
 use crate::server::http::json_response;
 use crate::server::Shared;
@@ -42,6 +45,7 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
             "`topic` must be 1 to {MAX_FIELD_LEN} bytes"
         )));
     }
+    check_printable("topic", &req.topic)?;
     if topics::is_internal(&req.topic) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -54,6 +58,8 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
             "`event` must be 1 to {MAX_FIELD_LEN} bytes"
         )));
     }
+    check_printable("event", &req.event)?;
+    let fingerprint = idempotency::fingerprint(&req.topic, &req.event, req.payload.get());
     let payload = JsonObject::from_raw(req.payload)
         .map_err(|_| ApiError::invalid("`payload` must be a JSON object"))?;
     if let Some(key) = &req.idempotency_key {
@@ -69,12 +75,23 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
         .expect("authorized requests have an API");
     let key = req.idempotency_key.as_deref();
     if let Some(key) = key {
-        if !api.idempotency.claim(key, Instant::now()) {
-            shared.metrics.api_broadcast("duplicate");
-            return Ok(json_response(
-                StatusCode::OK,
-                &json!({"status": "duplicate"}),
-            ));
+        match api.idempotency.claim(key, fingerprint, Instant::now()) {
+            Claim::New => {}
+            Claim::Duplicate => {
+                shared.metrics.api_broadcast("duplicate");
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"status": "duplicate"}),
+                ));
+            }
+            Claim::Conflict => {
+                shared.metrics.api_broadcast("conflict");
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    "this idempotency_key was used within 5 minutes for another request (topic, event or payload)",
+                ));
+            }
         }
     }
     let sent = shared
@@ -88,7 +105,9 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
         return Err(ApiError::engine(&e));
     }
     if let Some(key) = key {
-        api.idempotency.announce(&shared.hub, key).await;
+        api.idempotency
+            .announce(&shared.hub, key, &fingerprint)
+            .await;
     }
     shared.metrics.api_broadcast("sent");
     Ok(json_response(

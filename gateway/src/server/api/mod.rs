@@ -8,8 +8,10 @@
 //! description in `openapi.json` (the API tests fail on a route it lacks).
 //!
 //! Every error is `{"error":{"code":..,"message":..}}` with a fitting status:
-//! 400 malformed JSON or a missing field, 401 a missing or wrong key, 404 an
-//! unknown route, 405 a known route with another method, 413 a body over the
+//! 400 malformed JSON or a missing field, or a body nested deeper or with longer
+//! strings than `[limits]` allows (`json_limit_exceeded`), 401 a missing or wrong
+//! key, 404 an unknown route, 405 a known route with another method, 408 a body
+//! that does not arrive within the handshake timeout, 413 a body over the
 //! server's `max_frame_size`, 503 the API disabled (no key configured) or the
 //! engine unavailable.
 
@@ -31,7 +33,8 @@ use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::http::{json_error, method_not_allowed, raw_json, HttpBody};
-use super::Shared;
+use super::{metrics, Shared};
+use crate::protocol::json_limits::JsonLimitError;
 use crate::protocol::Query;
 use idempotency::Idempotency;
 
@@ -308,7 +311,18 @@ async fn json_body<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    let read = Limited::new(req.into_body(), limit).collect();
+    let Ok(read) = tokio::time::timeout(shared.config.handshake_timeout, read).await else {
+        shared
+            .metrics
+            .limit_exceeded(metrics::limit::HANDSHAKE_TIMEOUT);
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the body did not arrive within the handshake timeout",
+        ));
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(e) => {
@@ -319,6 +333,17 @@ async fn json_body<T: DeserializeOwned>(
             ))
         }
     };
+    if let Err(e) = shared.config.api_json.check(&body) {
+        shared.metrics.limit_exceeded(match e {
+            JsonLimitError::TooDeep(_) => metrics::limit::API_JSON_DEPTH,
+            JsonLimitError::StringTooLong(_) => metrics::limit::API_JSON_STRING_BYTES,
+        });
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "json_limit_exceeded",
+            format!("the body breaks a limit: {e}"),
+        ));
+    }
     serde_json::from_slice(&body).map_err(|e| {
         let code = if e.is_data() {
             "invalid_request"
@@ -340,13 +365,29 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-/// The `topic` query parameter.
+/// The `topic` query parameter, without control characters.
 fn topic_param(req: &Request<Incoming>) -> Result<String, ApiError> {
     let query = Query::parse(req.uri().query().unwrap_or(""))
         .map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
     match query.get("topic") {
-        Some(topic) if !topic.is_empty() => Ok(topic.to_owned()),
+        Some(topic) if !topic.is_empty() => {
+            check_printable("topic", topic)?;
+            Ok(topic.to_owned())
+        }
         _ => Err(ApiError::invalid("missing query parameter `topic`")),
+    }
+}
+
+/// 400 `invalid_request` for a name with a control character (Unicode `Cc`:
+/// U+0000–U+001F, U+007F–U+009F): topics and events end up in logs, frames and
+/// other systems' keys, where these characters forge lines or cut strings.
+pub(crate) fn check_printable(field: &str, value: &str) -> Result<(), ApiError> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(ApiError::invalid(format!(
+            "`{field}` must not contain control characters (found U+{:04X})",
+            u32::from(c)
+        ))),
+        None => Ok(()),
     }
 }
 

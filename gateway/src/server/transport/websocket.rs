@@ -21,6 +21,7 @@ use tracing::{debug, Instrument};
 use super::connection::Connection;
 use crate::protocol::{Query, Subprotocols};
 use crate::server::http::{text, HttpBody};
+use crate::server::metrics::limit;
 use crate::server::Shared;
 use crate::socket::Session;
 
@@ -95,6 +96,7 @@ pub(crate) fn upgrade(
         return text(StatusCode::SERVICE_UNAVAILABLE, "");
     }
     let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+        shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
     // Boxed: the task below keeps what it captures for its whole life.
@@ -108,13 +110,19 @@ pub(crate) fn upgrade(
     let span = tracing::debug_span!("conn", id = conn);
     tokio::spawn(
         async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(e) => {
-                    debug!(error = %e, "upgrade failed");
-                    return;
-                }
-            };
+            let upgraded =
+                match tokio::time::timeout(shared.config.handshake_timeout, on_upgrade).await {
+                    Ok(Ok(upgraded)) => upgraded,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "upgrade failed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
+                        debug!("upgrade not completed within the handshake timeout");
+                        return;
+                    }
+                };
             let config = WebSocketConfig::default()
                 // Client frames are small (joins, heartbeats, pushes); a larger
                 // one grows the buffer. 4 KiB here was 4 KiB per idle connection.

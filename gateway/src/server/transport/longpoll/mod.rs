@@ -8,10 +8,14 @@
 //! - `GET` without a valid session token runs the connect hook (query params,
 //!   `X-Phoenix-AuthToken`) and starts a session: 410 and a new token (403 if
 //!   refused). With a token it polls: 200 and the waiting frames at once, or held
-//!   up to the window (10 s) and 204.
+//!   up to the window (10 s) and 204; a session that has ended: 410 without a
+//!   token (phoenix.js: `session_gone`, it reconnects).
 //! - `POST` (`application/x-ndjson`, at most 100 lines, base64 lines are binary
 //!   frames) runs the frames and answers 200; their replies come on the next poll.
-//!   No session: 410; over `max_frame_size`: 413; a line that does not decode: 400.
+//!   No session: 410; over `max_frame_size`: 413; a line that does not decode: 400;
+//!   a body not read within the handshake timeout: 408.
+//! - A session is bound to the connect request that started it (token.rs): a
+//!   request with other params or another auth-token header gets 403.
 //!
 //! A session lives on the node that started it (`session`); its token is signed
 //! with the cluster-wide [`LongPollKey`] and names that node (`token`), so a
@@ -23,7 +27,7 @@ mod session;
 mod token;
 
 pub use session::{body_lines, decode_line, LineError, MAX_LINES};
-pub use token::{derive_key, sign as sign_token, verify as verify_token, SessionRef};
+pub use token::{derive_key, sign as sign_token, verify as verify_token, Binding, SessionRef};
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -43,6 +47,7 @@ use tracing::{debug, Instrument};
 use super::driver::SessionDriver;
 use crate::protocol::Query;
 use crate::server::http::{text, HttpBody};
+use crate::server::metrics::limit;
 use crate::server::{ServerConfig, Shared};
 use crate::socket::{Session, SessionConfig};
 use forward::Forwarded;
@@ -210,16 +215,44 @@ pub(crate) async fn call_local(shared: &Shared, id: u64, op: Op, wait: Duration)
     }
 }
 
-/// Runs `op` on the session `token` names, wherever it lives. `None`: no valid token.
-async fn call(shared: &Arc<Shared>, token: &str, op: Op) -> Option<Forwarded> {
-    let session: SessionRef = token::verify(shared.config.longpoll_key.bytes(), token)?;
+/// Runs `op` on the session `token` names (verified as `session`), wherever it lives.
+async fn call(shared: &Arc<Shared>, session: &SessionRef, token: &str, op: Op) -> Forwarded {
     let wait = wait_for(&shared.config, &op);
-    let outcome = if session.owner == *shared.hub.node_id() {
+    if session.owner == *shared.hub.node_id() {
         call_local(shared, session.id, op, wait).await
     } else {
-        forward::call(shared, &session, token, op, wait).await
-    };
-    Some(outcome)
+        forward::call(shared, session, token, op, wait).await
+    }
+}
+
+/// The `X-Phoenix-AuthToken` header.
+fn auth_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-phoenix-authtoken")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Whether a request carrying the session token of `session` comes from the
+/// connect request that started it: the same query params (the session token's
+/// own pair aside) and, when `check_auth` or the request carries one, the same
+/// auth-token header. See [`token`] on binding.
+fn bound(
+    shared: &Shared,
+    session: &SessionRef,
+    token: &str,
+    query: Option<&Query>,
+    headers: &HeaderMap,
+    check_auth: bool,
+) -> bool {
+    let auth = auth_header(headers);
+    let pairs = query.into_iter().flat_map(Query::pairs);
+    let binding = Binding::of(shared.config.longpoll_key.bytes(), pairs, Some(token), auth);
+    let params = binding.params == session.binding.params;
+    let auth_ok = (!check_auth && auth.is_none()) || binding.auth == session.binding.auth;
+    if !(params && auth_ok) {
+        debug!("LongPoll: refusing a request bound to another connect request (403)");
+    }
+    params && auth_ok
 }
 
 async fn poll(
@@ -230,20 +263,29 @@ async fn poll(
     let Ok(query) = Query::parse(req.uri().query().unwrap_or("")) else {
         return json_response(status::FORBIDDEN, None, None);
     };
-    if let Some(token) = session_token(req.headers(), Some(&query)) {
-        match call(shared, token, Op::Poll).await {
-            Some(Forwarded::Answer(answer))
+    let token = session_token(req.headers(), Some(&query));
+    let key = shared.config.longpoll_key.bytes();
+    // A token that does not verify is no session token: start one, as for a
+    // first poll (the token param is then the app's, phoenix.js's first poll).
+    if let Some((token, session)) = token.and_then(|t| Some((t, token::verify(key, t)?))) {
+        if !bound(shared, &session, token, Some(&query), req.headers(), true) {
+            return json_response(status::FORBIDDEN, None, None);
+        }
+        return match call(shared, &session, token, Op::Poll).await {
+            Forwarded::Answer(answer)
                 if matches!(answer.status, status::OK | status::NO_CONTENT) =>
             {
-                return json_response(answer.status, Some(token), Some(&answer.messages))
+                json_response(answer.status, Some(token), Some(&answer.messages))
             }
             // phoenix.js knows no other poll status: it reconnects on 500.
-            Some(Forwarded::Answer(_) | Forwarded::TimedOut) => {
-                return json_response(status::SERVER_ERROR, None, None)
+            Forwarded::Answer(_) | Forwarded::TimedOut => {
+                json_response(status::SERVER_ERROR, None, None)
             }
-            // No such session (any more): start one, as for a first poll.
-            Some(Forwarded::Gone) | None => {}
-        }
+            // The session ended (timed out, closed, its node gone): 410, and no
+            // new session. The client holds a token, so this is `session_gone`
+            // to it: it reconnects from scratch, with its first poll's params.
+            Forwarded::Gone => json_response(status::GONE, None, Some(&[][..])),
+        };
     }
     new_session(req.headers(), &query, shared, done)
 }
@@ -259,9 +301,7 @@ fn new_session(
         debug!("LongPoll: refusing connect: unsupported vsn");
         return json_response(status::FORBIDDEN, None, None);
     };
-    let auth_token = headers
-        .get("x-phoenix-authtoken")
-        .and_then(|v| v.to_str().ok());
+    let auth_token = auth_header(headers);
     let Ok(info) = shared.auth.connect(&query.params(), auth_token) else {
         debug!("LongPoll: refusing connect: denied by the authenticator");
         return json_response(status::FORBIDDEN, None, None);
@@ -270,6 +310,8 @@ fn new_session(
         return json_response(status::SERVER_ERROR, None, None);
     }
     let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+        // 500, not 503: phoenix.js knows no other poll status (it reconnects).
+        shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
         return json_response(status::SERVER_ERROR, None, None);
     };
     let config = SessionConfig {
@@ -309,6 +351,12 @@ fn new_session(
         &SessionRef {
             owner: shared.hub.node_id().clone(),
             id: conn,
+            binding: Binding::of(
+                shared.config.longpoll_key.bytes(),
+                query.pairs(),
+                None,
+                auth_token,
+            ),
         },
     );
     json_response(status::GONE, Some(&token), Some(&[][..]))
@@ -319,20 +367,37 @@ async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<HttpBody
     let Some(token) = session_token(req.headers(), query.as_ref()).map(str::to_owned) else {
         return json_response(status::GONE, None, None);
     };
-    if token::verify(shared.config.longpoll_key.bytes(), &token).is_none() {
+    let Some(session) = token::verify(shared.config.longpoll_key.bytes(), &token) else {
         return json_response(status::GONE, None, None);
+    };
+    // phoenix.js sends no auth-token header on a POST: checked only when present.
+    if !bound(
+        shared,
+        &session,
+        &token,
+        query.as_ref(),
+        req.headers(),
+        false,
+    ) {
+        return json_response(status::FORBIDDEN, None, None);
     }
     let ndjson = req
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let limit = shared.config.max_frame_size;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    let max = shared.config.max_frame_size;
+    let read = Limited::new(req.into_body(), max).collect();
+    let Ok(read) = tokio::time::timeout(shared.config.handshake_timeout, read).await else {
+        shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
+        debug!("LongPoll: a POST body did not arrive within the handshake timeout");
+        return json_response(status::TIMEOUT, None, None);
+    };
+    let body = match read {
         Ok(body) => body.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            debug!(limit, "LongPoll: refusing a POST body over the size limit");
+            debug!(max, "LongPoll: refusing a POST body over the size limit");
             return json_response(status::TOO_LARGE, None, None);
         }
         Err(e) => {
@@ -344,10 +409,10 @@ async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<HttpBody
         shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
         return json_response(status::BAD_REQUEST, None, None);
     };
-    let answer = match call(shared, &token, Op::Send { body, ndjson }).await {
-        Some(Forwarded::Answer(answer)) => answer.status,
-        Some(Forwarded::TimedOut) => status::TIMEOUT,
-        Some(Forwarded::Gone) | None => status::GONE,
+    let answer = match call(shared, &session, &token, Op::Send { body, ndjson }).await {
+        Forwarded::Answer(answer) => answer.status,
+        Forwarded::TimedOut => status::TIMEOUT,
+        Forwarded::Gone => status::GONE,
     };
     json_response(answer, None, None)
 }
