@@ -68,7 +68,77 @@ pub struct Config {
     /// Topic rules, first match wins. Absent: the default rules of
     /// [`DEFAULT_CONFIG`].
     pub topics: Option<Vec<TopicRule>>,
+    /// What one client may do; every breach is refused and counted in
+    /// `chorus_limit_exceeded_total{limit="<key>"}`.
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
+
+/// `[limits]`. A rate or size of 0 turns that limit off.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    // Client limits (socket, channels): frames, publishes, presence, JSON.
+    /// Frames per second one connection may send, all events (token bucket).
+    pub frame_rate: u32,
+    /// Frames one connection may send in a burst above `frame_rate`.
+    pub frame_burst: u32,
+    /// Publishes (`message`, `notify`, `broadcast`, `broadcast_from`) and
+    /// presence updates per second of one user, all topics and connections,
+    /// on each node (token bucket).
+    pub user_publish_rate: u32,
+    /// Publishes and presence updates one user may make in a burst.
+    pub user_publish_burst: u32,
+    /// Largest presence meta, in bytes of its JSON encoding.
+    pub presence_meta_bytes: usize,
+    /// Presences one user may hold in one topic on each node (tabs, devices).
+    pub presences_per_user_topic: usize,
+    /// Deepest nesting of arrays and objects in a client frame's payload.
+    pub json_max_depth: usize,
+    /// Longest string (or object key) in a client frame's payload, in bytes
+    /// as sent (escapes included).
+    pub json_max_string_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let client = crate::limits::ClientLimits::default();
+        Self {
+            frame_rate: client.frame_rate,
+            frame_burst: client.frame_burst,
+            user_publish_rate: DEFAULT_USER_PUBLISH_RATE,
+            user_publish_burst: DEFAULT_USER_PUBLISH_BURST,
+            presence_meta_bytes: DEFAULT_PRESENCE_META_BYTES,
+            presences_per_user_topic: DEFAULT_PRESENCES_PER_USER_TOPIC,
+            json_max_depth: client.json.max_depth,
+            json_max_string_bytes: client.json.max_string_bytes,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// The limits the server enforces on every connection.
+    pub fn client(&self) -> crate::limits::ClientLimits {
+        crate::limits::ClientLimits {
+            frame_rate: self.frame_rate,
+            frame_burst: self.frame_burst,
+            json: crate::protocol::JsonLimits {
+                max_depth: self.json_max_depth,
+                max_string_bytes: self.json_max_string_bytes,
+            },
+        }
+    }
+}
+
+/// Default `limits.user_publish_rate`: a chat user types far less; a client
+/// looping on `update_presence` is held to this.
+pub const DEFAULT_USER_PUBLISH_RATE: u32 = 20;
+/// Default `limits.user_publish_burst`.
+pub const DEFAULT_USER_PUBLISH_BURST: u32 = 60;
+/// Default `limits.presence_meta_bytes`: 4 KiB.
+pub const DEFAULT_PRESENCE_META_BYTES: usize = 4096;
+/// Default `limits.presences_per_user_topic`: a user with several tabs.
+pub const DEFAULT_PRESENCES_PER_USER_TOPIC: usize = 10;
 
 /// `[server]`.
 #[derive(Clone, Debug, Deserialize)]

@@ -20,7 +20,9 @@
 //! - [`builtin`], [`config`], [`token`]: the `chorus` binary's configured channels
 //!   (one implementation of `channel`; the server never names them), its TOML
 //!   configuration and JWT connect auth;
-//! - [`demo`]: a small hand-written example channel (`room:*`), used by the tests.
+//! - [`demo`]: a small hand-written example channel (`room:*`), used by the tests;
+//! - [`limits`]: what one client may do (frame rate, JSON shape), the token
+//!   bucket they use, and `chorus_limit_exceeded_total`; no I/O.
 //!
 //! The life of a client's broadcast (ARCHITECTURE.md has every step):
 //! `server::transport::connection` reads a WebSocket message →
@@ -43,6 +45,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod socket;

@@ -28,6 +28,7 @@ use tracing::warn;
 
 use super::http::{json_error, HttpBody};
 use super::{ServerStats, Shared};
+use crate::limits::LimitCounter;
 use crate::socket::JoinCounts;
 
 /// The metrics endpoint.
@@ -120,8 +121,9 @@ const JOIN_ERROR_REASONS: [&str; 4] =
     ["unmatched_topic", "too_many_channels", "crashed", "refused"];
 
 impl Metrics {
-    /// Registers every live metric; `fanout` is the hub's fan-out histogram.
-    pub fn new(fanout: Histogram) -> Self {
+    /// Registers every live metric; `fanout` is the hub's fan-out histogram,
+    /// `limits` the counter of limit breaches.
+    pub fn new(fanout: Histogram, limits: &LimitCounter) -> Self {
         let mut registry = Registry::with_prefix("chorus");
         let this = Self {
             registry: Registry::default(),
@@ -191,6 +193,11 @@ impl Metrics {
             "broadcast_fanout_seconds",
             "Time to hand one delivery to every local subscriber of its topic (decode, encode once, enqueue)",
             fanout,
+        );
+        registry.register(
+            "limit_exceeded",
+            "Client requests refused for breaching a [limits] setting, by its key",
+            limits.family().clone(),
         );
         let this = Self { registry, ..this };
         // WebSocket series exist (at 0) before the first connection.
@@ -409,7 +416,7 @@ mod tests {
 
     #[test]
     fn renders_live_and_scraped_metrics() {
-        let metrics = Metrics::new(crate::cluster::fanout_histogram());
+        let metrics = Metrics::new(crate::cluster::fanout_histogram(), &LimitCounter::default());
         let ws = metrics.transport(Transport::WebSocket);
         ws.messages_in.inc_by(3);
         ws.record_joins(JoinCounts {
@@ -442,7 +449,7 @@ mod tests {
 
     #[test]
     fn renders_rejected_peer_messages() {
-        let metrics = Metrics::new(crate::cluster::fanout_histogram());
+        let metrics = Metrics::new(crate::cluster::fanout_histogram(), &LimitCounter::default());
         let mut stats = chorus_engine::runtime::RuntimeStats::default();
         stats.node.rejected_identity = 2;
         stats.rejected_invalid = 5;

@@ -50,6 +50,7 @@ pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
+use crate::limits::{ClientLimits, LimitCounter};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
 use metrics::Metrics;
@@ -97,6 +98,12 @@ pub struct ServerConfig {
     /// The key of the HTTP API under `/api`; `None` disables the API (its routes
     /// answer 503). Its `Debug` is redacted.
     pub api_key: Option<ApiKey>,
+    /// What each client may send: frame rate, JSON shape of payloads.
+    pub client_limits: ClientLimits,
+    /// `chorus_limit_exceeded_total`: give the built-in channels' counter
+    /// ([`App::limit_counter`](crate::builtin::App::limit_counter)) so their
+    /// refusals show in `/metrics` too.
+    pub limit_counter: LimitCounter,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +125,8 @@ impl Default for ServerConfig {
             longpoll_timeout: Duration::from_secs(15),
             longpoll_key: LongPollKey::random(),
             api_key: None,
+            client_limits: ClientLimits::default(),
+            limit_counter: LimitCounter::default(),
         }
     }
 }
@@ -189,7 +198,7 @@ impl Server {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let hub = Hub::new(engine, origin);
-        let metrics = Metrics::new(hub.fanout_histogram().clone());
+        let metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
         let api = config.api_key.clone().map(api::Api::new);
         Self {
             shared: Arc::new(Shared {
