@@ -416,6 +416,20 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_refuse_unknown_keys() {
+        let c = Config::parse("[limits]\nframe_rate = 5\n", "x.toml").unwrap();
+        assert_eq!(c.limits.frame_rate, 5);
+        assert_eq!(c.limits.frame_burst, 200);
+        assert_eq!(c.limits.presence_meta_bytes, 4096);
+        assert_eq!(c.limits.client().json.max_depth, 32);
+        assert_eq!(Config::default_config().limits, LimitsSection::default());
+        let e = Config::parse("[limits]\nframe_rates = 5\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `frame_rates`"), "{e}");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let c = Config::parse(
             "[auth]\ntoken_secret = \"s3cr3t-s3cr3t-s3cr3t\"\n[api]\nkey = \"k3y-k3y\"\n",

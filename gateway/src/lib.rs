@@ -26,7 +26,7 @@
 //!
 //! The life of a client's broadcast (ARCHITECTURE.md has every step):
 //! `server::transport::connection` reads a WebSocket message →
-//! `protocol::decode_text` → `SessionDriver::handle_frame` → [`Session::handle_frame`](socket::Session::handle_frame)
+//! `protocol::decode_text` → `SessionDriver::admit` (client limits) → `SessionDriver::handle_frame` → [`Session::handle_frame`](socket::Session::handle_frame)
 //! → the channel's `handle_in` (e.g. `builtin::ConfiguredChannel`) asks
 //! `ChannelContext::broadcast` → the session yields `Action::Broadcast` →
 //! `SessionDriver::execute` → `Hub::publish_queued` (`cluster/publish.rs`) →
