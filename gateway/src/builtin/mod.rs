@@ -137,9 +137,6 @@ impl App {
         let mut held = self.presences.lock().expect("presence slots lock");
         let n = held.entry(key.clone()).or_insert(0);
         if max > 0 && *n >= max {
-            if *n == 0 {
-                held.remove(&key);
-            }
             return None;
         }
         *n += 1;
