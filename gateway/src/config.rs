@@ -73,6 +73,87 @@ pub struct Config {
     pub topics: Option<Vec<TopicRule>>,
 }
 
+/// `[limits]`: what one client or API caller may cost the node. Every breach is
+/// refused and counted in `/metrics` as `chorus_limit_exceeded_total{limit="<key>"}`.
+/// A rate or size of 0 turns that limit off (the edge's two must be at least 1).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    // The server's edge: handshakes and connections.
+    /// The HTTP request headers (each request's, and the next one's on a
+    /// kept-alive connection), a request body the server reads, and the
+    /// WebSocket upgrade must arrive within this many milliseconds; else the
+    /// connection is closed (a body: 408).
+    pub handshake_timeout_ms: u64,
+    /// Most live client connections (WebSocket connections plus LongPoll
+    /// sessions), and separately most TCP connections still in their HTTP
+    /// phase; beyond either, 503.
+    pub max_connections: usize,
+    // Client limits (socket, channels): frames, publishes, presence, JSON.
+    /// Frames per second one connection may send, all events (token bucket).
+    pub frame_rate: u32,
+    /// Frames one connection may send in a burst above `frame_rate`.
+    pub frame_burst: u32,
+    /// Publishes (`message`, `notify`, `broadcast`, `broadcast_from`) and
+    /// presence updates per second of one user, all topics and connections,
+    /// on each node (token bucket).
+    pub user_publish_rate: u32,
+    /// Publishes and presence updates one user may make in a burst.
+    pub user_publish_burst: u32,
+    /// Largest presence meta, in bytes of its JSON encoding.
+    pub presence_meta_bytes: usize,
+    /// Presences one user may hold in one topic on each node (tabs, devices).
+    pub presences_per_user_topic: usize,
+    /// Deepest nesting of arrays and objects in a client frame's payload or
+    /// an HTTP API body.
+    pub json_max_depth: usize,
+    /// Longest string (or object key) in a client frame's payload or an HTTP
+    /// API body, in bytes as sent (escapes included).
+    pub json_max_string_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let client = crate::limits::ClientLimits::default();
+        Self {
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            frame_rate: client.frame_rate,
+            frame_burst: client.frame_burst,
+            user_publish_rate: DEFAULT_USER_PUBLISH_RATE,
+            user_publish_burst: DEFAULT_USER_PUBLISH_BURST,
+            presence_meta_bytes: DEFAULT_PRESENCE_META_BYTES,
+            presences_per_user_topic: DEFAULT_PRESENCES_PER_USER_TOPIC,
+            json_max_depth: client.json.max_depth,
+            json_max_string_bytes: client.json.max_string_bytes,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// The limits the server enforces on every connection.
+    pub fn client(&self) -> crate::limits::ClientLimits {
+        crate::limits::ClientLimits {
+            frame_rate: self.frame_rate,
+            frame_burst: self.frame_burst,
+            json: crate::protocol::JsonLimits {
+                max_depth: self.json_max_depth,
+                max_string_bytes: self.json_max_string_bytes,
+            },
+        }
+    }
+}
+
+/// Default `limits.user_publish_rate`: a chat user types far less; a client
+/// looping on `update_presence` is held to this.
+pub const DEFAULT_USER_PUBLISH_RATE: u32 = 20;
+/// Default `limits.user_publish_burst`.
+pub const DEFAULT_USER_PUBLISH_BURST: u32 = 60;
+/// Default `limits.presence_meta_bytes`: 4 KiB.
+pub const DEFAULT_PRESENCE_META_BYTES: usize = 4096;
+/// Default `limits.presences_per_user_topic`: a user with several tabs.
+pub const DEFAULT_PRESENCES_PER_USER_TOPIC: usize = 10;
+
 /// `[server]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,39 +244,6 @@ pub struct ApiSection {
     /// The API key (`Authorization: Bearer <key>`); better given as
     /// `CHORUS_API_KEY`. No key: the API is disabled.
     pub key: Option<Secret>,
-}
-
-/// `[limits]`: what one client or API caller may cost the node. Every breach is
-/// counted in `/metrics` as `chorus_limit_exceeded_total{limit="<key>"}`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsSection {
-    // -- the server's edge: handshakes, connections, API bodies --
-    /// The HTTP request headers (each request's, and the next one's on a
-    /// kept-alive connection), a request body the server reads, and the
-    /// WebSocket upgrade must arrive within this many milliseconds; else the
-    /// connection is closed (a body: 408).
-    pub handshake_timeout_ms: u64,
-    /// Most live client connections (WebSocket connections plus LongPoll
-    /// sessions), and separately most TCP connections still in their HTTP
-    /// phase; beyond either, 503.
-    pub max_connections: usize,
-    /// Deepest nesting of arrays and objects in an HTTP API body.
-    pub api_json_depth: usize,
-    /// Longest string (or object key) in an HTTP API body, in bytes as sent.
-    pub api_json_string_bytes: usize,
-    // -- end of the server's edge --
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        Self {
-            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            api_json_depth: crate::protocol::json_limits::DEFAULT_DEPTH,
-            api_json_string_bytes: crate::protocol::json_limits::DEFAULT_STRING_BYTES,
-        }
-    }
 }
 
 /// `limits.handshake_timeout_ms` by default: 10 s.
@@ -293,11 +341,6 @@ impl Config {
         }
         if limits.max_connections == 0 {
             return Err("limits.max_connections must be at least 1".into());
-        }
-        if limits.api_json_depth == 0 || limits.api_json_string_bytes == 0 {
-            return Err(
-                "limits.api_json_depth and limits.api_json_string_bytes must be at least 1".into(),
-            );
         }
         for (i, rule) in self.topic_rules().iter().enumerate() {
             rule.check(self.cluster.history_cap)
@@ -406,6 +449,20 @@ mod tests {
             Config::default_config().topic_rules().len()
         );
         assert!(c.rooms.is_empty());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_unknown_keys() {
+        let c = Config::parse("[limits]\nframe_rate = 5\n", "x.toml").unwrap();
+        assert_eq!(c.limits.frame_rate, 5);
+        assert_eq!(c.limits.frame_burst, 200);
+        assert_eq!(c.limits.presence_meta_bytes, 4096);
+        assert_eq!(c.limits.client().json.max_depth, 32);
+        assert_eq!(Config::default_config().limits, LimitsSection::default());
+        let e = Config::parse("[limits]\nframe_rates = 5\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `frame_rates`"), "{e}");
     }
 
     #[test]

@@ -20,11 +20,13 @@
 //! - [`builtin`], [`config`], [`token`]: the `chorus` binary's configured channels
 //!   (one implementation of `channel`; the server never names them), its TOML
 //!   configuration and JWT connect auth;
-//! - [`demo`]: a small hand-written example channel (`room:*`), used by the tests.
+//! - [`demo`]: a small hand-written example channel (`room:*`), used by the tests;
+//! - [`limits`]: what one client may do (frame rate, JSON shape), the token
+//!   bucket they use, and `chorus_limit_exceeded_total`; no I/O.
 //!
 //! The life of a client's broadcast (ARCHITECTURE.md has every step):
 //! `server::transport::connection` reads a WebSocket message →
-//! `protocol::decode_text` → `SessionDriver::handle_frame` → [`Session::handle_frame`](socket::Session::handle_frame)
+//! `protocol::decode_text` → `SessionDriver::admit` (client limits) → `SessionDriver::handle_frame` → [`Session::handle_frame`](socket::Session::handle_frame)
 //! → the channel's `handle_in` (e.g. `builtin::ConfiguredChannel`) asks
 //! `ChannelContext::broadcast` → the session yields `Action::Broadcast` →
 //! `SessionDriver::execute` → `Hub::publish_queued` (`cluster/publish.rs`) →
@@ -43,6 +45,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod socket;

@@ -160,6 +160,16 @@ impl Node {
         self.presence.list(topic)
     }
 
+    /// Visible presence metas of `topic`, listed for a subscriber (its
+    /// `presence_state`): the topic's pending diff then keeps a leave for each
+    /// of them that goes before the window closes, since the subscriber holds
+    /// it (see `coalesce.rs`). Use [`Node::list`] for reads no client applies
+    /// diffs to.
+    pub fn list_for_subscriber(&mut self, topic: &Topic) -> Vec<PresenceItem> {
+        self.coalescer.listed(topic);
+        self.presence.list(topic)
+    }
+
     /// Peers and their state, in id order.
     pub fn members(&self) -> Vec<(NodeId, Option<SocketAddr>, PeerState)> {
         self.peers

@@ -247,7 +247,7 @@ impl NodeDriver {
             }
             EngineRequest::Unsubscribe { topic, sub, reply } => self.unsubscribe(topic, sub, reply),
             EngineRequest::Presence { topic, reply } => {
-                let _ = reply.send(self.node.list(&topic));
+                let _ = reply.send(self.node.list_for_subscriber(&topic));
             }
             EngineRequest::PresenceCount { topic, reply } => {
                 let _ = reply.send(self.node.presence().count(&topic));

@@ -408,7 +408,9 @@ impl EngineHandle {
         &self.shared.records
     }
 
-    /// The visible presence metas of `topic`, cluster-wide.
+    /// The visible presence metas of `topic`, cluster-wide. Listed as for a
+    /// subscriber's `presence_state` ([`Node::list_for_subscriber`](crate::Node::list_for_subscriber)):
+    /// the topic's next diff then leaves whichever of them go.
     pub async fn presence(
         &self,
         topic: impl Into<Topic>,

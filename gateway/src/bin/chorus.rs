@@ -15,7 +15,6 @@ use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::builtin::App;
 use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};
-use chorus_gateway::protocol::json_limits::JsonLimits;
 use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -91,16 +90,64 @@ struct ServeArgs {
     /// phase; beyond, 503 (limits.max_connections).
     #[arg(long, env = "CHORUS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Deepest JSON nesting in an HTTP API body (limits.api_json_depth).
-    #[arg(long, env = "CHORUS_API_JSON_DEPTH")]
-    api_json_depth: Option<usize>,
-    /// Longest JSON string in an HTTP API body, in bytes (limits.api_json_string_bytes).
-    #[arg(long, env = "CHORUS_API_JSON_STRING_BYTES")]
-    api_json_string_bytes: Option<usize>,
     // -- end of the server's edge --
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    client_limits: ClientLimitArgs,
+}
+
+/// `[limits]` of one client (0 turns a limit off).
+#[derive(Debug, Args)]
+struct ClientLimitArgs {
+    /// Frames per second one connection may send (limits.frame_rate).
+    #[arg(long, env = "CHORUS_FRAME_RATE")]
+    frame_rate: Option<u32>,
+    /// Frames one connection may send in a burst (limits.frame_burst).
+    #[arg(long, env = "CHORUS_FRAME_BURST")]
+    frame_burst: Option<u32>,
+    /// Publishes and presence updates per second per user on this node
+    /// (limits.user_publish_rate).
+    #[arg(long, env = "CHORUS_USER_PUBLISH_RATE")]
+    user_publish_rate: Option<u32>,
+    /// Publishes and presence updates per user in a burst (limits.user_publish_burst).
+    #[arg(long, env = "CHORUS_USER_PUBLISH_BURST")]
+    user_publish_burst: Option<u32>,
+    /// Largest presence meta in bytes of JSON (limits.presence_meta_bytes).
+    #[arg(long, env = "CHORUS_PRESENCE_META_BYTES")]
+    presence_meta_bytes: Option<usize>,
+    /// Presences per user per topic on this node (limits.presences_per_user_topic).
+    #[arg(long, env = "CHORUS_PRESENCES_PER_USER_TOPIC")]
+    presences_per_user_topic: Option<usize>,
+    /// Deepest JSON nesting in a client payload or API body (limits.json_max_depth).
+    #[arg(long, env = "CHORUS_JSON_MAX_DEPTH")]
+    json_max_depth: Option<usize>,
+    /// Longest JSON string in a client payload or API body, bytes (limits.json_max_string_bytes).
+    #[arg(long, env = "CHORUS_JSON_MAX_STRING_BYTES")]
+    json_max_string_bytes: Option<usize>,
+}
+
+impl ClientLimitArgs {
+    /// Puts the flags and environment given over the file's `[limits]`.
+    fn apply(&self, limits: &mut chorus_gateway::config::LimitsSection) {
+        let set = |to: &mut u32, from: Option<u32>| *to = from.unwrap_or(*to);
+        set(&mut limits.frame_rate, self.frame_rate);
+        set(&mut limits.frame_burst, self.frame_burst);
+        set(&mut limits.user_publish_rate, self.user_publish_rate);
+        set(&mut limits.user_publish_burst, self.user_publish_burst);
+        let set = |to: &mut usize, from: Option<usize>| *to = from.unwrap_or(*to);
+        set(&mut limits.presence_meta_bytes, self.presence_meta_bytes);
+        set(
+            &mut limits.presences_per_user_topic,
+            self.presences_per_user_topic,
+        );
+        set(&mut limits.json_max_depth, self.json_max_depth);
+        set(
+            &mut limits.json_max_string_bytes,
+            self.json_max_string_bytes,
+        );
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -187,12 +234,6 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(n) = args.max_connections {
         limits.max_connections = n;
     }
-    if let Some(n) = args.api_json_depth {
-        limits.api_json_depth = n;
-    }
-    if let Some(n) = args.api_json_string_bytes {
-        limits.api_json_string_bytes = n;
-    }
     if let Some(node) = &args.node {
         config.cluster.node.clone_from(node);
     }
@@ -214,6 +255,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;
     }
+    args.client_limits.apply(&mut config.limits);
     if let Ok(secret) = std::env::var(TOKEN_SECRET_ENV) {
         config.auth.token_secret = Some(chorus_gateway::config::Secret::new(secret));
     }
@@ -363,13 +405,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         api_key: config.api.key.as_ref().map(|k| ApiKey::new(k.expose())),
         rooms: Some(app.clone()),
         allowed_origins: config.server.allowed_origins.clone(),
-        // [limits]: the server's edge.
+        // [limits]
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
         max_connections: config.limits.max_connections,
-        api_json: JsonLimits {
-            depth: config.limits.api_json_depth,
-            string_bytes: config.limits.api_json_string_bytes,
-        },
+        client_limits: config.limits.client(),
+        limit_counter: app.limit_counter(),
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::rules::{EventAction, JoinRule, TopicRule};
-use super::{App, MAX_MESSAGE_CHARS, MEMBER_SPACE};
+use super::{App, PresenceSlot, MAX_MESSAGE_CHARS, MEMBER_SPACE};
 use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, PresenceCount, Reply,
     RoomStore,
@@ -28,6 +28,9 @@ pub struct ConfiguredChannel {
     name: String,
     /// The meta tracked for the user, when the rule tracks presence.
     meta: Option<Map<String, Value>>,
+    /// The presence this join holds in `(user, topic)`, counted against
+    /// `limits.presences_per_user_topic`.
+    slot: Option<PresenceSlot>,
 }
 
 impl ConfiguredChannel {
@@ -40,6 +43,7 @@ impl ConfiguredChannel {
             user: String::new(),
             name: String::new(),
             meta: None,
+            slot: None,
         }
     }
 
@@ -150,17 +154,41 @@ impl ConfiguredChannel {
         payload: &Payload,
         ctx: &mut ChannelContext<'_>,
     ) -> HandleIn {
-        let (Some(fields), Some(meta)) = (json_fields(payload), self.meta.as_mut()) else {
+        let (Some(fields), Some(meta)) = (json_fields(payload), self.meta.as_ref()) else {
             return refuse(ctx, validation_error(json!({"meta": ["is invalid"]})));
         };
+        let mut meta = meta.clone();
         for (k, v) in fields {
             if k != "phx_ref" && k != "phx_ref_prev" {
                 meta.insert(k, v);
             }
         }
-        let meta = object(&Value::Object(meta.clone()));
-        ctx.update(self.user.clone(), meta);
+        let encoded = object(&Value::Object(meta));
+        if let Err(refusal) = self.check_meta(&encoded) {
+            // The meta stays as it was.
+            return refuse(ctx, refusal);
+        }
+        self.meta = serde_json::from_str(encoded.as_str()).ok();
+        ctx.update(self.user.clone(), encoded);
         HandleIn::Reply(Reply::ok())
+    }
+}
+
+impl ConfiguredChannel {
+    /// `Ok` if `meta` fits `limits.presence_meta_bytes` (its JSON encoding,
+    /// the `phx_ref` the engine adds aside); else the refusal to answer.
+    fn check_meta(&self, meta: &JsonObject) -> Result<(), JsonObject> {
+        let max = self.app.limits.presence_meta_bytes;
+        let len = meta.as_str().len();
+        if max == 0 || len <= max {
+            return Ok(());
+        }
+        self.app.refused("presence_meta_bytes");
+        Err(object(&json!({
+            "reason": "presence_meta_too_large",
+            "bytes": len,
+            "max_bytes": max,
+        })))
     }
 }
 
@@ -207,7 +235,14 @@ impl Channel for ConfiguredChannel {
             let mut meta = Map::new();
             meta.insert("online_at".into(), Value::from(now_iso8601()));
             meta.insert("username".into(), Value::from(self.name.clone()));
-            ctx.track(self.user.clone(), object(&Value::Object(meta.clone())));
+            let encoded = object(&Value::Object(meta.clone()));
+            self.check_meta(&encoded).map_err(Payload::Json)?;
+            let Some(slot) = self.app.presence_slot(&self.user, topic) else {
+                self.app.refused("presences_per_user_topic");
+                return Err(reason("too_many_presences"));
+            };
+            self.slot = Some(slot);
+            ctx.track(self.user.clone(), encoded);
             self.meta = Some(meta);
         }
         if rule.push_sockets {
@@ -230,6 +265,10 @@ impl Channel for ConfiguredChannel {
             return refuse(ctx, object(&json!({"reason": "unknown_event"})));
         };
         if !self.app.allow(self.rule, event, &self.user, ctx.topic()) {
+            return refuse(ctx, object(&json!({"reason": "rate_limit_exceeded"})));
+        }
+        if action.publishes() && !self.app.allow_publish(&self.user) {
+            self.app.refused("user_publish_rate");
             return refuse(ctx, object(&json!({"reason": "rate_limit_exceeded"})));
         }
         match action {

@@ -17,16 +17,17 @@ pub mod rules;
 
 pub use channel::{now_iso8601, ConfiguredChannel};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chorus_engine::runtime::RecordsReader;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
 use crate::channel::{RoomStore, RouteError, Router};
-use crate::config::Config;
+use crate::config::{Config, LimitsSection};
+use crate::limits::LimitCounter;
 use rules::TopicRule;
 
 /// Longest message, in characters after trimming.
@@ -49,6 +50,16 @@ pub struct App {
     records: RecordsReader,
     /// Per rule, per rate-limited event.
     limiters: Vec<BTreeMap<String, Limiter>>,
+    /// `[limits]`.
+    pub(crate) limits: LimitsSection,
+    /// Publishes and presence updates per user, all topics
+    /// (`limits.user_publish_rate`); `None` when off.
+    publishes: Option<DefaultKeyedRateLimiter<String>>,
+    /// Presences held per `(user, topic)` on this node, by live joins
+    /// (`limits.presences_per_user_topic`). An entry goes with its last join.
+    presences: Mutex<HashMap<(String, String), usize>>,
+    /// Refusals, by limit.
+    counter: LimitCounter,
 }
 
 impl std::fmt::Debug for App {
@@ -85,6 +96,53 @@ impl App {
                 .collect(),
             records,
             limiters,
+            limits: config.limits.clone(),
+            publishes: user_publish_limiter(&config.limits),
+            presences: Mutex::new(HashMap::new()),
+            counter: LimitCounter::default(),
+        })
+    }
+
+    /// The counter of the refusals these channels make
+    /// (`user_publish_rate`, `presence_meta_bytes`, `presences_per_user_topic`):
+    /// hand it to the server (`ServerConfig::limit_counter`) so `/metrics`
+    /// shows them.
+    pub fn limit_counter(&self) -> LimitCounter {
+        self.counter.clone()
+    }
+
+    /// Counts a refusal for breaching `limit`.
+    pub(crate) fn refused(&self, limit: &'static str) {
+        self.counter.hit(limit);
+    }
+
+    /// Whether `user` may publish or update a presence once more
+    /// (`limits.user_publish_rate`, all topics, this node).
+    pub(crate) fn allow_publish(&self, user: &str) -> bool {
+        let Some(limiter) = &self.publishes else {
+            return true;
+        };
+        if limiter.len() > LIMITER_PRUNE_AT {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&user.to_owned()).is_ok()
+    }
+
+    /// Takes one of `user`'s presence slots in `topic`, if
+    /// `limits.presences_per_user_topic` leaves one; dropping the slot gives
+    /// it back.
+    pub(crate) fn presence_slot(self: &Arc<Self>, user: &str, topic: &str) -> Option<PresenceSlot> {
+        let max = self.limits.presences_per_user_topic;
+        let key = (user.to_owned(), topic.to_owned());
+        let mut held = self.presences.lock().expect("presence slots lock");
+        let n = held.entry(key.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PresenceSlot {
+            app: self.clone(),
+            key,
         })
     }
 
@@ -144,6 +202,37 @@ impl App {
             .check_key(&(user.to_owned(), topic.to_owned()))
             .is_ok()
     }
+}
+
+/// One presence a join holds in `(user, topic)`; given back when dropped (the
+/// channel ends, however it ends).
+#[derive(Debug)]
+pub(crate) struct PresenceSlot {
+    app: Arc<App>,
+    key: (String, String),
+}
+
+impl Drop for PresenceSlot {
+    fn drop(&mut self) {
+        let Ok(mut held) = self.app.presences.lock() else {
+            return;
+        };
+        if let Some(n) = held.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The per-user limiter of `limits`, `None` when its rate is 0.
+fn user_publish_limiter(limits: &LimitsSection) -> Option<DefaultKeyedRateLimiter<String>> {
+    let rate = NonZeroU32::new(limits.user_publish_rate)?;
+    let burst = NonZeroU32::new(limits.user_publish_burst).unwrap_or(rate);
+    Some(RateLimiter::keyed(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
 }
 
 impl RoomStore for App {

@@ -43,6 +43,14 @@ pub enum EventAction {
     Echo,
 }
 
+impl EventAction {
+    /// Whether the event publishes or changes a presence, so counts against
+    /// `limits.user_publish_rate` (everything but `echo`).
+    pub fn publishes(self) -> bool {
+        !matches!(self, Self::Echo)
+    }
+}
+
 /// One `[[topics]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

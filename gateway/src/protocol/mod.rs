@@ -23,7 +23,7 @@
 
 pub mod binary;
 pub mod json;
-pub mod json_limits;
+pub mod limits;
 pub mod query;
 pub mod subprotocol;
 
@@ -38,6 +38,7 @@ pub use encode::{
     encode_reply, Encoded, PHOENIX_TOPIC,
 };
 pub use frame::{FrameError, InFrame, JsonObject, OutFrame, Payload, Ref, MAX_FIELD_LEN};
+pub use limits::{check_json, JsonLimitError, JsonLimits};
 pub use query::{Query, QueryError};
 pub use subprotocol::{SubprotocolError, Subprotocols, AUTH_TOKEN_PREFIX};
 pub use vsn::{Vsn, VsnError};

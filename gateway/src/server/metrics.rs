@@ -28,6 +28,7 @@ use tracing::warn;
 
 use super::http::{json_error, HttpBody};
 use super::{ServerStats, Shared};
+use crate::limits::LimitCounter;
 use crate::socket::JoinCounts;
 
 /// The metrics endpoint.
@@ -77,7 +78,7 @@ pub struct Metrics {
     bytes_in: Family<Labels1, Counter>,
     bytes_out: Family<Labels1, Counter>,
     api_broadcasts: Family<Labels1, Counter>,
-    limit_exceeded: Family<Labels1, Counter>,
+    limits: LimitCounter,
 }
 
 /// One transport's live counters, cloned into each connection task (each field
@@ -115,16 +116,6 @@ impl TransportMetrics {
     }
 }
 
-/// The `limit` label values of `chorus_limit_exceeded_total` this module knows
-/// at start (each shows at 0 before its first breach): the `[limits]` keys.
-pub const LIMITS: [&str; 4] = [
-    // -- the server's edge --
-    limit::HANDSHAKE_TIMEOUT,
-    limit::MAX_CONNECTIONS,
-    limit::API_JSON_DEPTH,
-    limit::API_JSON_STRING_BYTES,
-];
-
 /// The `limit` labels: each is the `[limits]` key of the setting.
 pub mod limit {
     // -- the server's edge --
@@ -132,10 +123,6 @@ pub mod limit {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout_ms";
     /// `limits.max_connections`.
     pub const MAX_CONNECTIONS: &str = "max_connections";
-    /// `limits.api_json_depth`.
-    pub const API_JSON_DEPTH: &str = "api_json_depth";
-    /// `limits.api_json_string_bytes`.
-    pub const API_JSON_STRING_BYTES: &str = "api_json_string_bytes";
 }
 
 /// The `reason` label values of `chorus_join_errors_total`, in the order of
@@ -144,8 +131,9 @@ const JOIN_ERROR_REASONS: [&str; 4] =
     ["unmatched_topic", "too_many_channels", "crashed", "refused"];
 
 impl Metrics {
-    /// Registers every live metric; `fanout` is the hub's fan-out histogram.
-    pub fn new(fanout: Histogram) -> Self {
+    /// Registers every live metric; `fanout` is the hub's fan-out histogram,
+    /// `limits` the counter of limit breaches.
+    pub fn new(fanout: Histogram, limits: &LimitCounter) -> Self {
         let mut registry = Registry::with_prefix("chorus");
         let this = Self {
             registry: Registry::default(),
@@ -159,7 +147,7 @@ impl Metrics {
             bytes_in: Family::default(),
             bytes_out: Family::default(),
             api_broadcasts: Family::default(),
-            limit_exceeded: Family::default(),
+            limits: limits.clone(),
         };
         let families = [
             (
@@ -208,11 +196,6 @@ impl Metrics {
                 "POST /api/broadcast requests, by outcome (sent, duplicate)",
                 &this.api_broadcasts,
             ),
-            (
-                "limit_exceeded",
-                "Breaches of a [limits] setting, by its config key",
-                &this.limit_exceeded,
-            ),
         ];
         for (name, help, family) in families {
             family.register(&mut registry, name, help);
@@ -222,12 +205,14 @@ impl Metrics {
             "Time to hand one delivery to every local subscriber of its topic (decode, encode once, enqueue)",
             fanout,
         );
+        registry.register(
+            "limit_exceeded",
+            "Breaches of a [limits] setting, by its config key",
+            limits.family().clone(),
+        );
         let this = Self { registry, ..this };
         // WebSocket series exist (at 0) before the first connection.
         let _ = this.transport(Transport::WebSocket);
-        for limit in LIMITS {
-            let _ = this.limit_exceeded.get_or_create(&[("limit", limit)]);
-        }
         this
     }
 
@@ -263,7 +248,7 @@ impl Metrics {
     /// Counts one breach of the `[limits]` key `limit`
     /// (`chorus_limit_exceeded_total{limit=..}`).
     pub fn limit_exceeded(&self, limit: &'static str) {
-        self.limit_exceeded.get_or_create(&[("limit", limit)]).inc();
+        self.limits.hit(limit);
     }
 
     /// The exposition: the live metrics, then the values scraped now.
@@ -448,7 +433,7 @@ mod tests {
 
     #[test]
     fn renders_live_and_scraped_metrics() {
-        let metrics = Metrics::new(crate::cluster::fanout_histogram());
+        let metrics = Metrics::new(crate::cluster::fanout_histogram(), &LimitCounter::default());
         let ws = metrics.transport(Transport::WebSocket);
         ws.messages_in.inc_by(3);
         ws.record_joins(JoinCounts {
@@ -481,7 +466,7 @@ mod tests {
 
     #[test]
     fn renders_rejected_peer_messages() {
-        let metrics = Metrics::new(crate::cluster::fanout_histogram());
+        let metrics = Metrics::new(crate::cluster::fanout_histogram(), &LimitCounter::default());
         let mut stats = chorus_engine::runtime::RuntimeStats::default();
         stats.node.rejected_identity = 2;
         stats.rejected_invalid = 5;

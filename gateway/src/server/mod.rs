@@ -51,7 +51,7 @@ pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
-use crate::protocol::json_limits::JsonLimits;
+use crate::limits::{ClientLimits, LimitCounter};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
 use metrics::{limit, Metrics};
@@ -79,9 +79,6 @@ pub struct ServerConfig {
     /// connection), each request body the server reads, and a WebSocket upgrade
     /// must arrive within this; else the connection is closed (a body: 408).
     pub handshake_timeout: Duration,
-    /// Nesting depth and string length of HTTP API bodies (beyond: 400
-    /// `json_limit_exceeded`).
-    pub api_json: JsonLimits,
     /// Connections closed per batch on shutdown.
     pub drain_batch: usize,
     /// Pause between shutdown batches.
@@ -108,6 +105,13 @@ pub struct ServerConfig {
     /// The key of the HTTP API under `/api`; `None` disables the API (its routes
     /// answer 503). Its `Debug` is redacted.
     pub api_key: Option<ApiKey>,
+    /// What each client may send: frame rate, JSON shape of payloads (the
+    /// JSON shape holds for HTTP API bodies too: beyond, 400 `json_limit_exceeded`).
+    pub client_limits: ClientLimits,
+    /// `chorus_limit_exceeded_total`: give the built-in channels' counter
+    /// ([`App::limit_counter`](crate::builtin::App::limit_counter)) so their
+    /// refusals show in `/metrics` too.
+    pub limit_counter: LimitCounter,
 }
 
 impl Default for ServerConfig {
@@ -120,7 +124,6 @@ impl Default for ServerConfig {
             max_frame_size: 1 << 20,
             max_connections: 100_000,
             handshake_timeout: Duration::from_secs(10),
-            api_json: JsonLimits::default(),
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
@@ -131,6 +134,8 @@ impl Default for ServerConfig {
             longpoll_timeout: Duration::from_secs(15),
             longpoll_key: LongPollKey::random(),
             api_key: None,
+            client_limits: ClientLimits::default(),
+            limit_counter: LimitCounter::default(),
         }
     }
 }
@@ -204,7 +209,7 @@ impl Server {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let hub = Hub::new(engine, origin);
-        let metrics = Metrics::new(hub.fanout_histogram().clone());
+        let metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
         let api = config.api_key.clone().map(api::Api::new);
         Self {
             shared: Arc::new(Shared {

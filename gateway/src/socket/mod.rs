@@ -180,6 +180,20 @@ impl Session {
         Ok(())
     }
 
+    /// Answers a client frame the transport refuses to handle (a limit was
+    /// breached) with `[join_ref, ref, topic, "phx_reply",
+    /// {"status":"error","response":{"reason":reason}}]`, so the push's
+    /// `receive("error")` fires; the frame does nothing else.
+    pub fn refuse_frame(&mut self, frame: &InFrame, reason: &str) {
+        let join_ref = match (&frame.join_ref, frame.event.as_str()) {
+            (None, "phx_join") => frame.ref_.as_ref(),
+            (join_ref, _) => join_ref.as_ref(),
+        };
+        let reply = crate::channel::Reply::error(crate::channel::reason(reason));
+        self.outbox
+            .reply(join_ref, frame.ref_.as_ref(), &frame.topic, &reply);
+    }
+
     /// Handles a broadcast for a topic this connection subscribed to: written as the
     /// shared encoded frame (`[null, null, topic, event, payload]`), or passed to the
     /// channel's `handle_out` if it intercepts the event. Ignored if the topic is not

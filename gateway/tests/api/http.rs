@@ -357,13 +357,11 @@ impl Spec {
                 } else {
                     // The document's extension: depth and string bounds on every body.
                     let limits = &self.0["x-json-limits"];
-                    let limits = chorus_gateway::protocol::json_limits::JsonLimits {
-                        depth: limits["max-depth"].as_u64().unwrap_or(u64::MAX) as usize,
-                        string_bytes: limits["max-string-bytes"].as_u64().unwrap_or(u64::MAX)
-                            as usize,
+                    let limits = chorus_gateway::protocol::JsonLimits {
+                        max_depth: limits["max-depth"].as_u64().unwrap_or(0) as usize,
+                        max_string_bytes: limits["max-string-bytes"].as_u64().unwrap_or(0) as usize,
                     };
-                    limits
-                        .check(body)
+                    chorus_gateway::protocol::check_json(body, limits)
                         .map_err(|e| anyhow::anyhow!("body: {e}"))?;
                     let value: Value = serde_json::from_slice(body).context("body is not JSON")?;
                     let schema = &request_body["content"]["application/json"]["schema"];

@@ -410,8 +410,8 @@ async fn control_characters_conflicting_keys_and_deep_bodies_are_refused() -> an
     }
     let scrape = Req::new("GET", "/metrics").send(node.addr).await?.text();
     for line in [
-        "chorus_limit_exceeded_total{limit=\"api_json_depth\"} 1",
-        "chorus_limit_exceeded_total{limit=\"api_json_string_bytes\"} 1",
+        "chorus_limit_exceeded_total{limit=\"json_max_depth\"} 1",
+        "chorus_limit_exceeded_total{limit=\"json_max_string_bytes\"} 1",
     ] {
         assert!(scrape.contains(line), "{line} in {scrape}");
     }

@@ -92,6 +92,7 @@ impl NodeBuilder {
             Some(app_config) => {
                 let app = chorus_gateway::builtin::App::new(app_config, engine.records().clone());
                 config.rooms = Some(app.clone());
+                config.limit_counter = app.limit_counter();
                 app.router()?
             }
             None => demo_router()?,

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 
 use super::http::{json_error, method_not_allowed, raw_json, HttpBody};
 use super::{metrics, Shared};
-use crate::protocol::json_limits::JsonLimitError;
+use crate::protocol::check_json;
 use crate::protocol::Query;
 use idempotency::Idempotency;
 
@@ -333,11 +333,8 @@ async fn json_body<T: DeserializeOwned>(
             ))
         }
     };
-    if let Err(e) = shared.config.api_json.check(&body) {
-        shared.metrics.limit_exceeded(match e {
-            JsonLimitError::TooDeep(_) => metrics::limit::API_JSON_DEPTH,
-            JsonLimitError::StringTooLong(_) => metrics::limit::API_JSON_STRING_BYTES,
-        });
+    if let Err(e) = check_json(&body, shared.config.client_limits.json) {
+        shared.metrics.limit_exceeded(e.limit());
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "json_limit_exceeded",

@@ -45,6 +45,9 @@ pub mod close {
     pub const INVALID_FRAME: u16 = 1007;
     /// The client stopped reading: its outbound queue is full.
     pub const SLOW_CONSUMER: u16 = 1008;
+    /// The client went on sending over its frame rate after it was told
+    /// (policy violation, as the slow consumer; the reason says which).
+    pub const RATE_LIMITED: u16 = 1008;
     /// A frame over the size limit.
     pub const TOO_BIG: u16 = 1009;
     /// A WebSocket protocol violation.
@@ -231,9 +234,11 @@ where
                 return Err(Exit::Gone);
             }
         };
-        let handled = decoded.and_then(|frame| self.driver.handle_frame(frame, len));
-        if let Err(e) = handled {
-            return Err(self.invalid(&e));
+        let frame = decoded.map_err(|e| self.invalid(&e))?;
+        if self.driver.admit(&frame, len)? {
+            if let Err(e) = self.driver.handle_frame(frame) {
+                return Err(self.invalid(&e));
+            }
         }
         self.driver.run_actions().await?;
         self.flush()

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{debug, warn};
 
@@ -17,7 +18,8 @@ use crate::channel::{Action, PresenceCount};
 use crate::cluster::mailbox::{Budget, Inbound, Inbox, Mailbox, Taken};
 use crate::cluster::render::{entries, state_json};
 use crate::cluster::Hub;
-use crate::protocol::{OutFrame, Ref};
+use crate::limits::{FrameLimiter, FrameVerdict};
+use crate::protocol::{check_json, FrameError, InFrame, OutFrame, Payload, Ref};
 use crate::server::metrics::{Transport, TransportMetrics};
 use crate::server::Shared;
 use crate::socket::Session;
@@ -48,6 +50,8 @@ pub(crate) struct SessionDriver {
     /// Presence keys tracked per topic, by join.
     tracked: HashMap<String, (Ref, BTreeSet<String>)>,
     tracked_any: bool,
+    /// The client's frame rate (`ServerConfig::client_limits`).
+    frames: FrameLimiter,
     /// This transport's counters.
     pub(crate) metrics: TransportMetrics,
 }
@@ -70,6 +74,8 @@ impl SessionDriver {
         metrics.connections.inc();
         metrics.connections_opened.inc();
         let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
+        let limits = &shared.config.client_limits;
+        let frames = FrameLimiter::new(limits.frame_rate, limits.frame_burst);
         let inbox = Arc::new(Inbox::default());
         let mailbox = Mailbox {
             conn,
@@ -88,19 +94,60 @@ impl SessionDriver {
             subscribed: Vec::new(),
             tracked: HashMap::new(),
             tracked_any: false,
+            frames,
             metrics,
         }
     }
 
-    /// Hands one decoded client frame to the session, counting it and the
-    /// join outcomes it caused.
-    pub(crate) fn handle_frame(
-        &mut self,
-        frame: crate::protocol::InFrame,
-        bytes: usize,
-    ) -> Result<(), crate::protocol::FrameError> {
+    /// Counts one decoded client frame and holds it to the client limits:
+    /// `Ok(true)` to handle it, `Ok(false)` when it was refused (an error reply
+    /// is queued where the client must hear of it), `Err` to close the client
+    /// (it went on over its frame rate after it was told).
+    ///
+    /// - over `frame_rate`: dropped; the first of an episode is answered
+    ///   `{"reason":"frame_rate_exceeded"}`; another `frame_burst` frames
+    ///   refused in the same episode close the client with 1008;
+    /// - a JSON payload over `json_max_depth` or `json_max_string_bytes`:
+    ///   answered `{"reason":"payload_too_deep"}` or
+    ///   `{"reason":"string_too_long"}`; the connection stays.
+    pub(crate) fn admit(&mut self, frame: &InFrame, bytes: usize) -> Result<bool, Exit> {
         self.metrics.messages_in.inc();
         self.metrics.bytes_in.inc_by(bytes as u64);
+        let counter = &self.shared.config.limit_counter;
+        match self.frames.check(Instant::now()) {
+            FrameVerdict::Accept => {}
+            FrameVerdict::Refuse { notify } => {
+                counter.hit("frame_rate");
+                if notify {
+                    debug!(conn = self.conn, "frame rate exceeded: refusing frames");
+                    self.session.refuse_frame(frame, "frame_rate_exceeded");
+                }
+                return Ok(false);
+            }
+            FrameVerdict::Disconnect => {
+                counter.hit("frame_rate");
+                warn!(
+                    conn = self.conn,
+                    "closing connection: still over the frame rate after a burst of refused frames"
+                );
+                return Err(Exit::Close(close::RATE_LIMITED, "frame rate exceeded"));
+            }
+        }
+        if let Payload::Json(json) = &frame.payload {
+            let limits = self.shared.config.client_limits.json;
+            if let Err(e) = check_json(json.as_str(), limits) {
+                counter.hit(e.limit());
+                debug!(conn = self.conn, error = %e, "refusing a frame: {}", e.reason());
+                self.session.refuse_frame(frame, e.reason());
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hands one admitted client frame ([`SessionDriver::admit`]) to the
+    /// session, counting the join outcomes it caused.
+    pub(crate) fn handle_frame(&mut self, frame: InFrame) -> Result<(), FrameError> {
         let handled = self.session.handle_frame(frame);
         self.metrics.record_joins(self.session.take_join_counts());
         handled

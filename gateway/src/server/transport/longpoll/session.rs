@@ -38,6 +38,7 @@ pub(crate) mod status {
     pub(crate) const TIMEOUT: u16 = 408;
     pub(crate) const GONE: u16 = 410;
     pub(crate) const TOO_LARGE: u16 = 413;
+    pub(crate) const TOO_MANY_REQUESTS: u16 = 429;
     pub(crate) const SERVER_ERROR: u16 = 500;
 }
 
@@ -259,11 +260,20 @@ impl LpSession {
         let vsn = self.driver.session.vsn();
         for line in lines {
             let len = line.len();
-            let handled = decode_line(vsn, line).and_then(|frame| {
-                self.driver
-                    .handle_frame(frame, len)
-                    .map_err(LineError::from)
+            let admitted = decode_line(vsn, line).map(|frame| {
+                let admitted = self.driver.admit(&frame, len);
+                (frame, admitted)
             });
+            let handled = match admitted {
+                Ok((frame, Ok(true))) => self.driver.handle_frame(frame).map_err(LineError::from),
+                Ok((_, Ok(false))) => Ok(()),
+                Ok((_, Err(exit))) => {
+                    // Still over the frame rate after it was told: the session
+                    // ends as a WebSocket would close (1008).
+                    return (status::TOO_MANY_REQUESTS, Err(exit));
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = handled {
                 let stats = &self.driver.shared.stats;
                 stats.protocol_errors.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,261 @@
+//! What one client may do, and the counter of every refusal.
+//!
+//! - [`ClientLimits`]: the limits the server holds every connection to (frame
+//!   rate, JSON shape of payloads); the `chorus` binary's `[limits]` section
+//!   ([`LimitsSection`](crate::config::LimitsSection)) sets them;
+//! - [`TokenBucket`]: the rate limiter they use, sans-IO (`now` is passed in);
+//! - [`FrameLimiter`]: one connection's frame rate, with the escalation from
+//!   one error reply to a disconnect;
+//! - [`LimitCounter`]: `chorus_limit_exceeded_total{limit="<config key>"}`,
+//!   shared by the server and the built-in channels.
+//!
+//! Deterministic: nothing here reads a clock.
+
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::protocol::JsonLimits;
+
+/// Default `frame_rate`: frames per second per connection. A phoenix.js client
+/// sends a heartbeat every 30 s plus what the user does; 100/s is far above a
+/// person and far below a loop.
+pub const DEFAULT_FRAME_RATE: u32 = 100;
+/// Default `frame_burst`: a page joining dozens of channels at once fits.
+pub const DEFAULT_FRAME_BURST: u32 = 200;
+
+/// The limits every connection is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Frames per second, all events (0: no limit).
+    pub frame_rate: u32,
+    /// Frames in a burst above the rate.
+    pub frame_burst: u32,
+    /// Nesting depth and string length of a frame's JSON payload.
+    pub json: JsonLimits,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            frame_rate: DEFAULT_FRAME_RATE,
+            frame_burst: DEFAULT_FRAME_BURST,
+            json: JsonLimits::default(),
+        }
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second. A rate of 0
+/// never refuses.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// Takes a token at `now` if one is there.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full at `now` (the client kept to the rate long
+    /// enough to earn its whole burst back).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+    }
+}
+
+/// What to do with a client frame under [`FrameLimiter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameVerdict {
+    /// Within the rate: handle it.
+    Accept,
+    /// Over the rate: drop it. `notify` is set for the first frame dropped in
+    /// an episode: answer it with an error reply.
+    Refuse {
+        /// Answer this one (the client hears once per episode).
+        notify: bool,
+    },
+    /// Still over the rate after another burst's worth of frames was refused:
+    /// close the connection.
+    Disconnect,
+}
+
+/// One connection's inbound frame rate. Frames over the rate are dropped; the
+/// first of an episode gets an error reply, and a client that goes on until
+/// `burst` more frames were refused in the same episode is disconnected. An
+/// episode ends once the bucket is full again (the client slowed down).
+#[derive(Clone, Debug)]
+pub struct FrameLimiter {
+    bucket: TokenBucket,
+    burst: u32,
+    /// Frames refused in the current episode (0: none going on).
+    refused: u32,
+}
+
+impl FrameLimiter {
+    /// A limiter of `rate` frames per second with a burst of `burst`.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            bucket: TokenBucket::new(rate, burst),
+            burst: burst.max(1),
+            refused: 0,
+        }
+    }
+
+    /// The verdict on a frame that arrived at `now`.
+    pub fn check(&mut self, now: Instant) -> FrameVerdict {
+        if self.refused > 0 && self.bucket.is_full(now) {
+            self.refused = 0;
+        }
+        if self.bucket.try_take(now) {
+            return FrameVerdict::Accept;
+        }
+        self.refused = self.refused.saturating_add(1);
+        if self.refused > self.burst {
+            FrameVerdict::Disconnect
+        } else {
+            FrameVerdict::Refuse {
+                notify: self.refused == 1,
+            }
+        }
+    }
+}
+
+type LimitLabel = [(&'static str, &'static str); 1];
+
+/// `chorus_limit_exceeded_total{limit="<config key>"}`: one count per refused
+/// frame, push, join or meta. Cheap to clone: clones count into the same
+/// series.
+#[derive(Clone, Debug)]
+pub struct LimitCounter(Family<LimitLabel, Counter>);
+
+/// The `limit` label values (the `[limits]` keys), created at 0 so each series
+/// exists before its first breach.
+pub const LIMIT_KEYS: [&str; 8] = [
+    "handshake_timeout_ms",
+    "max_connections",
+    "frame_rate",
+    "user_publish_rate",
+    "presence_meta_bytes",
+    "presences_per_user_topic",
+    "json_max_depth",
+    "json_max_string_bytes",
+];
+
+impl Default for LimitCounter {
+    fn default() -> Self {
+        let family = Family::default();
+        for key in LIMIT_KEYS {
+            let _ = family.get_or_create(&[("limit", key)]);
+        }
+        Self(family)
+    }
+}
+
+impl LimitCounter {
+    /// Counts one breach of `limit` (its `[limits]` key).
+    pub fn hit(&self, limit: &'static str) {
+        self.0.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Breaches of `limit` so far.
+    pub fn count(&self, limit: &'static str) -> u64 {
+        self.0.get_or_create(&[("limit", limit)]).get()
+    }
+
+    /// The family, for registering.
+    pub(crate) fn family(&self) -> &Family<LimitLabel, Counter> {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5);
+        assert_eq!((0..8).filter(|_| b.try_take(t0)).count(), 5);
+        // 100 ms at 10/s earn one token.
+        assert!(b.try_take(t0 + Duration::from_millis(100)));
+        assert!(!b.try_take(t0 + Duration::from_millis(100)));
+        assert!(b.is_full(t0 + Duration::from_secs(10)));
+        let mut off = TokenBucket::new(0, 1);
+        assert!((0..1000).all(|_| off.try_take(t0)));
+    }
+
+    #[test]
+    fn a_flood_is_told_once_then_disconnected() {
+        let t0 = Instant::now();
+        let mut l = FrameLimiter::new(100, 200);
+        let verdicts: Vec<FrameVerdict> = (0..402).map(|_| l.check(t0)).collect();
+        assert!(verdicts[..200].iter().all(|v| *v == FrameVerdict::Accept));
+        assert_eq!(verdicts[200], FrameVerdict::Refuse { notify: true });
+        assert!(verdicts[201..400]
+            .iter()
+            .all(|v| *v == FrameVerdict::Refuse { notify: false }));
+        assert_eq!(verdicts[400], FrameVerdict::Disconnect);
+    }
+
+    #[test]
+    fn a_client_that_slows_down_starts_afresh() {
+        let t0 = Instant::now();
+        let mut l = FrameLimiter::new(100, 200);
+        for _ in 0..200 {
+            assert_eq!(l.check(t0), FrameVerdict::Accept);
+        }
+        assert_eq!(l.check(t0), FrameVerdict::Refuse { notify: true });
+        // Two quiet seconds refill the burst: a new episode, told again.
+        let t1 = t0 + Duration::from_secs(2);
+        for _ in 0..200 {
+            assert_eq!(l.check(t1), FrameVerdict::Accept);
+        }
+        assert_eq!(l.check(t1), FrameVerdict::Refuse { notify: true });
+    }
+
+    #[test]
+    fn the_counter_starts_every_client_limit_at_zero() {
+        let c = LimitCounter::default();
+        assert_eq!(c.count("frame_rate"), 0);
+        c.hit("frame_rate");
+        c.clone().hit("frame_rate");
+        assert_eq!(c.count("frame_rate"), 2);
+    }
+}
