@@ -280,7 +280,7 @@ impl Membership {
                 self.apply_all(now, gossip);
                 // Asked to probe ourselves (or another process under our name):
                 // no honest requester does that, and following it would send a
-                // ping to our own name. Found by the fuzzer (fuzz/FUZZING.md).
+                // ping to our own name. Found by the fuzzer (FUZZING.md).
                 if target.same_name(&self.id) {
                     return;
                 }
