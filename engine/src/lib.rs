@@ -62,7 +62,7 @@ pub use node::{
     Command, CommandError, CommandOutcome, Event, Node, NodeConfig, NodeStats, PeerState, Transmit,
 };
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
-pub use records::{Record, Records, Stamp, BUCKETS};
+pub use records::{Expired, Record, Records, Stamp, BUCKETS};
 
 // The types a Node's configuration, events and accessors are made of.
 pub use coalesce::{CoalesceConfig, TopicDiff};

@@ -17,11 +17,18 @@
 //! when their origin goes down nor purged when it is gone, which is what lets
 //! history survive the crash of the node it was posted on.
 //!
+//! **Expiry.** A log entry older than the records' **horizon** (a stamp time
+//! that only moves forward, [`Records::expire`]) is dropped, and merge refuses
+//! one, so a peer cannot bring it back. Logs stay a join: the state is
+//! `top_cap(A ∪ B)` filtered by the greater horizon, and since stamps order
+//! by time first, filtering and keeping the top `cap` commute. The node raises
+//! the horizon from its wall clock (`history_ttl`); registers never expire.
+//!
 //! Anti-entropy compares [`Records::digest`]: [`BUCKETS`] order-independent
 //! sums of record hashes, a topic's log and a register each living in one
 //! bucket. A differing bucket is repaired by shipping its records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -97,7 +104,8 @@ impl Record {
         }
     }
 
-    /// Rough encoded size, for chunking.
+    /// Rough encoded size, for chunking; for a log entry also what it counts
+    /// in [`Records::log_bytes`].
     pub fn size(&self) -> usize {
         48 + match self {
             Record::Log { topic, body, .. } => topic.as_str().len() + body.len(),
@@ -115,6 +123,22 @@ struct Reg {
     value: Option<Arc<str>>,
 }
 
+/// What one [`Records::expire`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Log entries dropped.
+    pub entries: u64,
+    /// Their size, as [`Records::log_bytes`] counts it.
+    pub bytes: u64,
+}
+
+/// What one log entry counts in [`Records::log_bytes`]: its body, its topic
+/// and 48 bytes for the stamp and the map's bookkeeping (what
+/// [`Record::size`] says of it).
+fn entry_bytes(topic: &Topic, body: &str) -> usize {
+    48 + topic.as_str().len() + body.len()
+}
+
 /// The records of one node: logs, registers and their digest.
 #[derive(Clone, Debug)]
 pub struct Records {
@@ -122,6 +146,14 @@ pub struct Records {
     logs: BTreeMap<Topic, BTreeMap<Stamp, Arc<str>>>,
     regs: BTreeMap<(Arc<str>, Arc<str>), Reg>,
     buckets: Vec<u64>,
+    /// Log entries stamped before this time are dropped and refused. Only
+    /// grows.
+    horizon: u64,
+    /// `(oldest entry's time, topic)` of every log: expiry walks it from the
+    /// front, so it costs what it drops, not the number of logs.
+    oldest: BTreeSet<(u64, Topic)>,
+    /// Sum of [`entry_bytes`] over every log entry held.
+    log_bytes: usize,
 }
 
 impl Records {
@@ -132,7 +164,60 @@ impl Records {
             logs: BTreeMap::new(),
             regs: BTreeMap::new(),
             buckets: vec![0; BUCKETS],
+            horizon: 0,
+            oldest: BTreeSet::new(),
+            log_bytes: 0,
         }
+    }
+
+    /// Log entries stamped before this time are gone and refused.
+    pub fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
+    /// Bytes of log entries held (body, topic and 48 bytes each; registers
+    /// are not counted).
+    pub fn log_bytes(&self) -> usize {
+        self.log_bytes
+    }
+
+    /// Raises the horizon to `horizon` (a lower one changes nothing) and drops
+    /// every log entry stamped before it, oldest logs first. Returns what it
+    /// dropped. Costs O(dropped · log n).
+    pub fn expire(&mut self, horizon: u64) -> Expired {
+        let mut out = Expired::default();
+        if horizon <= self.horizon {
+            return out;
+        }
+        self.horizon = horizon;
+        while self.oldest.first().is_some_and(|(t, _)| *t < horizon) {
+            let (_, topic) = self.oldest.pop_first().expect("checked above");
+            let Some(log) = self.logs.get_mut(&topic) else {
+                continue;
+            };
+            let b = bucket_of(topic.as_str().as_bytes(), b"");
+            while log
+                .first_key_value()
+                .is_some_and(|(s, _)| s.time_ms < horizon)
+            {
+                let (old, body) = log.pop_first().expect("checked above");
+                self.buckets[b] =
+                    self.buckets[b].wrapping_sub(log_hash(topic.as_str(), &old, &body));
+                let bytes = entry_bytes(&topic, &body);
+                self.log_bytes -= bytes;
+                out.entries += 1;
+                out.bytes += bytes as u64;
+            }
+            match log.first_key_value() {
+                Some((s, _)) => {
+                    self.oldest.insert((s.time_ms, topic));
+                }
+                None => {
+                    self.logs.remove(&topic);
+                }
+            }
+        }
+        out
     }
 
     /// Entries kept per log.
@@ -141,10 +226,14 @@ impl Records {
     }
 
     /// Joins one record in. Returns whether the state changed (a record that is
-    /// known, dominated or older than a full log's oldest entry changes nothing).
+    /// known, dominated, older than a full log's oldest entry or, for a log
+    /// entry, stamped before the horizon changes nothing).
     pub fn merge(&mut self, record: &Record) -> bool {
         match record {
             Record::Log { topic, stamp, body } => {
+                if stamp.time_ms < self.horizon {
+                    return false;
+                }
                 let log = self.logs.entry(topic.clone()).or_default();
                 if log.contains_key(stamp)
                     || (log.len() >= self.cap
@@ -154,14 +243,26 @@ impl Records {
                 {
                     return false;
                 }
+                let was_oldest = log.first_key_value().map(|(s, _)| s.time_ms);
                 let b = bucket_of(topic.as_str().as_bytes(), b"");
                 log.insert(stamp.clone(), body.clone());
                 self.buckets[b] =
                     self.buckets[b].wrapping_add(log_hash(topic.as_str(), stamp, body));
+                self.log_bytes += entry_bytes(topic, body);
                 while log.len() > self.cap {
                     let (old, old_body) = log.pop_first().expect("a log over its cap is not empty");
                     self.buckets[b] =
                         self.buckets[b].wrapping_sub(log_hash(topic.as_str(), &old, &old_body));
+                    self.log_bytes -= entry_bytes(topic, &old_body);
+                }
+                let now_oldest = log.first_key_value().map(|(s, _)| s.time_ms);
+                if was_oldest != now_oldest {
+                    if let Some(t) = was_oldest {
+                        self.oldest.remove(&(t, topic.clone()));
+                    }
+                    if let Some(t) = now_oldest {
+                        self.oldest.insert((t, topic.clone()));
+                    }
                 }
                 true
             }
@@ -447,6 +548,87 @@ mod tests {
         }
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.last("room:1", 5), b.last("room:1", 5));
+    }
+
+    #[test]
+    fn expiry_drops_entries_before_the_horizon_and_merge_refuses_them() {
+        let mut r = Records::new(10);
+        for t in [1, 2, 3] {
+            r.merge(&log("room:1", t, "x"));
+        }
+        r.merge(&log("room:2", 2, "y"));
+        r.merge(&reg("lobby", 1, "a", Some("L")));
+        let before = r.log_bytes();
+        assert_eq!(before, 4 * (48 + 6 + 1));
+        let out = r.expire(3);
+        assert_eq!(out.entries, 3, "room:1 @1 and @2, room:2 @2");
+        assert_eq!(out.bytes as usize, before - r.log_bytes());
+        assert_eq!(r.last("room:1", 10).len(), 1);
+        assert!(r.last("room:2", 10).is_empty());
+        assert_eq!(
+            r.get("room", "lobby").map(|v| &**v),
+            Some("L"),
+            "registers stay"
+        );
+        // A peer that still holds the old entry cannot bring it back.
+        assert!(!r.merge(&log("room:1", 2, "x")));
+        assert!(!r.merge(&log("room:2", 1, "y")));
+        assert!(r.merge(&log("room:2", 3, "new")));
+        // The horizon never moves back.
+        assert_eq!(r.expire(1), Expired::default());
+        assert_eq!(r.horizon(), 3);
+        assert!(!r.merge(&log("room:1", 2, "x")));
+        // An emptied log is forgotten, not kept as an empty map.
+        r.expire(100);
+        assert!(r.logs.is_empty() && r.oldest.is_empty());
+        assert_eq!(r.log_bytes(), 0);
+        assert_eq!(r.len(), 1);
+    }
+
+    /// Expiry and merge commute: the state is top_cap(union) above the
+    /// greatest horizon, whatever the order. The digest and the bytes agree.
+    #[test]
+    fn expiry_and_merge_give_one_state_in_any_order() {
+        let a: Vec<Record> = (0..40)
+            .map(|i| log(["t:0", "t:1", "t:2"][i % 3], (i * 7 % 40) as u64, "a"))
+            .collect();
+        // b's writer is another node: stamps are unique per write.
+        let b: Vec<Record> = (0..40u64)
+            .map(|i| Record::Log {
+                topic: Topic::from(["t:1", "t:2", "t:3"][i as usize % 3]),
+                stamp: stamp(i * 11 % 40 + 5, "b", i),
+                body: "bb".into(),
+            })
+            .collect();
+        let reference = {
+            let mut r = Records::new(4);
+            for rec in a.iter().chain(&b) {
+                r.merge(rec);
+            }
+            r.expire(20);
+            r
+        };
+        for order in 0..4 {
+            let mut r = Records::new(4);
+            let (first, second) = if order % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            for rec in first {
+                r.merge(rec);
+            }
+            if order < 2 {
+                r.expire(12);
+                r.expire(20);
+            }
+            for rec in second.iter().rev() {
+                r.merge(rec);
+            }
+            r.expire(20);
+            let every = [true; BUCKETS];
+            assert_eq!(r.digest(), reference.digest(), "order {order}");
+            assert_eq!(r.bucket_records(&every), reference.bucket_records(&every));
+            assert_eq!(r.log_bytes(), reference.log_bytes(), "order {order}");
+            let total: usize = r.bucket_records(&every).iter().map(Record::size).sum();
+            assert_eq!(r.log_bytes(), total);
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../chorus.toml");
 /// bound when `cluster.history_cap` is not set.
 pub const DEFAULT_HISTORY_CAP: usize = 100;
 
+/// How long history is kept when `cluster.history_ttl` is not set: a day.
+pub const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// A secret string. Never printed.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -203,6 +206,21 @@ pub struct ClusterSection {
     pub secret: Option<Secret>,
     /// Messages kept per topic log. Must be the same on every node.
     pub history_cap: usize,
+    /// Messages older than this are dropped from topic history (by their
+    /// stamp, against this node's wall clock). A duration such as `"10m"`,
+    /// `"24h"` or `"7days"`. Must be the same on every node.
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: std::time::Duration,
+}
+
+/// A humane duration string (`"1s"`, `"10m"`, `"24h"`, `"7days"`).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"10m\" or \"24h\""
+        ))
+    })
 }
 
 impl Default for ClusterSection {
@@ -214,6 +232,7 @@ impl Default for ClusterSection {
             profile: Profile::Lan,
             secret: None,
             history_cap: DEFAULT_HISTORY_CAP,
+            history_ttl: DEFAULT_HISTORY_TTL,
         }
     }
 }
@@ -335,6 +354,9 @@ impl Config {
         if self.cluster.history_cap == 0 {
             return Err("cluster.history_cap must be at least 1".into());
         }
+        if self.cluster.history_ttl.as_millis() == 0 {
+            return Err("cluster.history_ttl must be at least 1ms".into());
+        }
         let limits = &self.limits;
         if limits.handshake_timeout_ms == 0 {
             return Err("limits.handshake_timeout_ms must be at least 1".into());
@@ -438,6 +460,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn history_ttl_is_a_humane_duration_a_day_by_default() {
+        let c = Config::default_config();
+        assert_eq!(c.cluster.history_ttl, DEFAULT_HISTORY_TTL);
+        assert_eq!(
+            ClusterSection::default().history_ttl,
+            DEFAULT_HISTORY_TTL,
+            "chorus.toml states the default"
+        );
+        let c = Config::parse("[cluster]\nhistory_ttl = \"10m\"\n", "t.toml").expect("10m");
+        assert_eq!(c.cluster.history_ttl, std::time::Duration::from_secs(600));
+        let e = Config::parse("[cluster]\nhistory_ttl = \"soon\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("not a duration"), "{e}");
+        let e = Config::parse("[cluster]\nhistory_ttl = \"0s\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.history_ttl must be"), "{e}");
     }
 
     #[test]

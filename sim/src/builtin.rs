@@ -61,6 +61,7 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
         // newest entries; skewed clocks, so that last-writer-wins is decided
         // by stamps that disagree with virtual time.
         history_cap: Some(4),
+        history_ttl_ms: None,
         clock_skew_ms: (0..n).map(|i| SKEW_MS[i % SKEW_MS.len()]).collect(),
         converge_within_ms: 5_000,
         sample_ms: None,
@@ -68,6 +69,9 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
     };
     match name {
         "lossy-network" => sc.net = NetConfig::lossy(),
+        // History expires while the cluster is cut and restarted: records
+        // must still converge, each node to the writes its horizon keeps.
+        "partition-heal" => sc.history_ttl_ms = Some(6_000),
         "rolling-restart" | "crash-during-join-storm" => sc.permdown_after_ms = Some(8_000),
         _ => {}
     }

@@ -35,6 +35,7 @@ impl World {
             peaks: (0, 0),
             overflows: 0,
             ops_ended: 0,
+            wall_fed_ms: None,
         });
         self.start_node(i);
         i
@@ -55,8 +56,14 @@ impl World {
         if let Some(c) = self.timing.history_cap {
             cfg.history_cap = c;
         }
+        cfg.history_ttl = self.timing.history_ttl;
         self.log.records.cap = cfg.history_cap;
-        self.nodes[i].node = Some(Node::new(cfg, self.base + self.now));
+        self.log.records.ttl_ms = cfg.history_ttl.map(|d| d.as_millis() as u64);
+        let wall = self.wall_ms(i);
+        let mut node = Node::new(cfg, self.base + self.now);
+        node.handle_wall_clock(wall);
+        self.nodes[i].node = Some(node);
+        self.nodes[i].wall_fed_ms = Some(wall);
         self.disturb(i, "start");
         self.after_input(i);
     }
@@ -73,6 +80,7 @@ impl World {
         slot.paused_until = None;
         slot.inbox.clear();
         slot.timer_at = None;
+        slot.wall_fed_ms = None;
         slot.truth.clear();
         slot.replay.clear();
         slot.subs.clear();
@@ -125,9 +133,16 @@ impl World {
         }
     }
 
-    fn fire(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].node.as_mut() {
-            node.handle_timeout(self.base + self.now);
+    /// Fires node `i`'s due timers, after handing it its (skewed) wall
+    /// clock, as the runtime does.
+    pub(crate) fn fire(&mut self, i: usize) {
+        let wall = self.wall_ms(i);
+        let now = self.base + self.now;
+        let slot = &mut self.nodes[i];
+        if let Some(node) = slot.node.as_mut() {
+            node.handle_wall_clock(wall);
+            slot.wall_fed_ms = Some(wall);
+            node.handle_timeout(now);
             self.after_input(i);
         }
     }
@@ -397,8 +412,11 @@ impl World {
                 let err = format!("{}: n{i} stopped: {other} runs under its name", fmt_t(now));
                 self.log.command_errors.push(err);
             }
-            Event::MemberUp(_) | Event::MemberDown(_) | Event::MemberGone(_) | Event::Record(_) => {
-            }
+            Event::MemberUp(_)
+            | Event::MemberDown(_)
+            | Event::MemberGone(_)
+            | Event::Record(_)
+            | Event::HistoryExpired { .. } => {}
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Written {
 pub struct Ledger {
     /// `NodeConfig::history_cap` of the nodes.
     pub cap: usize,
+    /// `NodeConfig::history_ttl` of the nodes, in milliseconds.
+    pub ttl_ms: Option<u64>,
     /// The writes, in order.
     pub writes: Vec<Written>,
     index: BTreeMap<Stamp, usize>,

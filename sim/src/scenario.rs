@@ -34,6 +34,9 @@ pub struct Scenario {
     /// Override of the nodes' `history_cap` (entries kept per log).
     #[serde(default)]
     pub history_cap: Option<usize>,
+    /// The nodes' `history_ttl` in milliseconds (none: history never expires).
+    #[serde(default)]
+    pub history_ttl_ms: Option<u64>,
     /// Clock skew of node `i`, in milliseconds (0 past the end of the list):
     /// added to the virtual wall clock its record writes are stamped with.
     #[serde(default)]
@@ -264,6 +267,7 @@ pub fn run_scenario(sc: &Scenario, seed: u64) -> Report {
         down_after: sc.down_after_ms.map(Duration::from_millis),
         permdown_after: sc.permdown_after_ms.map(Duration::from_millis),
         history_cap: sc.history_cap,
+        history_ttl: sc.history_ttl_ms.map(Duration::from_millis),
         clock_skew_ms: sc.clock_skew_ms.clone(),
     };
     let nodes: usize = sc

@@ -59,6 +59,9 @@ pub struct NodeTiming {
     pub permdown_after: Option<Duration>,
     /// `NodeConfig::history_cap`, if not the default.
     pub history_cap: Option<usize>,
+    /// `NodeConfig::history_ttl` (none by default): each node is handed its
+    /// skewed wall clock whenever its timers fire.
+    pub history_ttl: Option<Duration>,
     /// Clock skew of node `i` in milliseconds (0 when unlisted): what its
     /// clients pass as `time_ms` is the virtual wall clock plus this.
     pub clock_skew_ms: Vec<i64>,
@@ -114,6 +117,10 @@ pub struct NodeSlot {
     pub overflows: u64,
     /// Presence and subscription ops made by ended incarnations.
     pub ops_ended: u64,
+    /// The wall clock last handed to the current incarnation
+    /// (`Node::handle_wall_clock`): with `history_ttl`, its history horizon
+    /// is this minus the ttl.
+    pub wall_fed_ms: Option<u64>,
 }
 
 impl NodeSlot {
@@ -354,10 +361,7 @@ impl World {
                 if slot.paused_until.is_some() {
                     return;
                 }
-                if let Some(node) = slot.node.as_mut() {
-                    node.handle_timeout(self.base + self.now);
-                    self.after_input(i);
-                }
+                self.fire(i);
             }
             Ev::Resume(i) => self.resume(i),
             Ev::Workload(w) => self.workload_tick(w),

@@ -63,6 +63,11 @@ pub struct NodeConfig {
     pub down_probe_every: u32,
     /// Entries kept per replicated log (topic history).
     pub history_cap: usize,
+    /// Log entries stamped more than this long before the wall clock given
+    /// to [`Node::handle_wall_clock`](super::Node::handle_wall_clock) are
+    /// dropped and refused from peers. `None`: history never expires. Like
+    /// `history_cap`, the same on every node.
+    pub history_ttl: Option<Duration>,
     /// Most bytes of records per repair message.
     pub records_chunk: usize,
 }
@@ -96,6 +101,7 @@ impl NodeConfig {
             max_health: 8,
             down_probe_every: 1,
             history_cap: 100,
+            history_ttl: None,
             records_chunk: 1 << 20,
         }
     }

@@ -2,7 +2,8 @@
 //! table, δ-buffer, peer table and timers.
 //!
 //! Inputs: [`Node::handle_command`] (local API), [`Node::handle_message`] (a
-//! decoded peer message), [`Node::handle_timeout`]. Outputs, pulled:
+//! decoded peer message), [`Node::handle_timeout`], [`Node::handle_wall_clock`]
+//! (the wall clock, which the core never reads itself). Outputs, pulled:
 //! [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`]. After
 //! any input, drain `poll_transmit` and `poll_event` until `None`, then sleep
 //! until `poll_timeout` or the next input.
@@ -396,6 +397,17 @@ impl Node {
         while let Some((topic, diff)) = self.coalescer.pop_due(now) {
             self.events.push_back(Event::PresenceDiff { topic, diff });
         }
+    }
+
+    /// Tells the node the wall clock, in milliseconds since the Unix epoch:
+    /// with `history_ttl` set, log entries stamped more than `history_ttl`
+    /// before it are dropped ([`Event::HistoryExpired`]) and refused from
+    /// peers from now on. Feed it about once a second (the runtime does on
+    /// every timeout); an earlier time than before changes nothing. The
+    /// horizon follows this clock only, never record stamps, which peers
+    /// choose.
+    pub fn handle_wall_clock(&mut self, time_ms: u64) {
+        self.expire_history(time_ms);
     }
 
     /// The next message to send, if any. Poll until `None` after every input.

@@ -54,6 +54,20 @@ impl Node {
         }
     }
 
+    /// Raises the history horizon to `time_ms - history_ttl`.
+    pub(super) fn expire_history(&mut self, time_ms: u64) {
+        let Some(ttl) = self.cfg.history_ttl else {
+            return;
+        };
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let horizon = time_ms.saturating_sub(ttl);
+        let expired = self.records.expire(horizon);
+        if expired.entries > 0 {
+            self.stats.history_expired += expired.entries;
+            self.events.push_back(Event::HistoryExpired { horizon });
+        }
+    }
+
     pub(super) fn send_records_digest(&mut self, to: NodeId, addr: SocketAddr, reply: bool) {
         let buckets = self.records.digest().to_vec();
         self.send(Some(to), addr, Body::RecordsDigest { buckets, reply });

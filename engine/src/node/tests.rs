@@ -288,3 +288,116 @@ fn a_record_stamped_at_the_end_of_time_does_not_overflow_the_next_write() {
     );
     assert!(matches!(out, Ok(CommandOutcome::Recorded(_))), "{out:?}");
 }
+
+fn with_ttl(name: &str, i: u16, ttl_ms: u64, now: Instant) -> Node {
+    let mut cfg = NodeConfig::lan(NodeId::new(name, 1), addr(i));
+    cfg.rng_seed = u64::from(i);
+    cfg.history_ttl = Some(std::time::Duration::from_millis(ttl_ms));
+    Node::new(cfg, now)
+}
+
+fn append_at(n: &mut Node, now: Instant, time_ms: u64, body: &str) -> crate::records::Stamp {
+    let cmd = Command::Append {
+        topic: Topic::new("room:1"),
+        time_ms,
+        body: body.into(),
+    };
+    match n.handle_command(now, cmd) {
+        Ok(CommandOutcome::Recorded(stamp)) => stamp,
+        other => panic!("append: {other:?}"),
+    }
+}
+
+fn bodies(n: &Node) -> Vec<String> {
+    n.records()
+        .last("room:1", 100)
+        .into_iter()
+        .map(|(_, b)| b.to_string())
+        .collect()
+}
+
+const T0: u64 = 1_700_000_000_000;
+
+/// Failed before `history_ttl` existed: history was kept forever.
+#[test]
+fn history_older_than_the_ttl_is_dropped_and_a_peer_cannot_bring_it_back() {
+    let now = Instant::now();
+    let mut a = with_ttl("n1", 1, 10_000, now);
+    let old = append_at(&mut a, now, T0, "old");
+    append_at(&mut a, now, T0 + 6_000, "new");
+    while a.poll_event().is_some() {}
+    a.handle_wall_clock(T0 + 10_000);
+    assert_eq!(bodies(&a), ["old", "new"], "exactly the ttl old: kept");
+    a.handle_wall_clock(T0 + 10_001);
+    assert_eq!(bodies(&a), ["new"]);
+    assert_eq!(a.stats().history_expired, 1);
+    assert_eq!(
+        a.poll_event(),
+        Some(Event::HistoryExpired { horizon: T0 + 1 })
+    );
+    // A peer that still holds it (its clock behind, or partitioned) pushes
+    // it back, or repairs it: refused.
+    let b = NodeId::new("n2", 1);
+    let record = Record::Log {
+        topic: Topic::new("room:1"),
+        stamp: old,
+        body: "old".into(),
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Records(vec![record])));
+    assert_eq!(bodies(&a), ["new"]);
+    assert_eq!(a.stats().records_merged, 0);
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Record(_))),
+        "{events:?}"
+    );
+    // A clock that goes back does not lower the horizon.
+    a.handle_wall_clock(T0);
+    let stale = Record::Log {
+        topic: Topic::new("room:1"),
+        stamp: crate::records::Stamp {
+            time_ms: T0 + 1,
+            origin: b.clone(),
+            seq: 1,
+        },
+        body: "stale".into(),
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Records(vec![stale])));
+    assert_eq!(bodies(&a), ["stale", "new"], "at the horizon: kept");
+}
+
+/// The horizon follows the wall clock only: a peer that raises the record
+/// clock to the end of time (stamps are its to choose) wipes nothing.
+#[test]
+fn a_peer_at_the_end_of_time_cannot_wipe_history() {
+    let now = Instant::now();
+    let mut a = with_ttl("n1", 1, 10_000, now);
+    append_at(&mut a, now, T0, "mine");
+    let b = NodeId::new("n2", 1);
+    let forged = Record::Log {
+        topic: Topic::new("room:2"),
+        stamp: crate::records::Stamp {
+            time_ms: u64::MAX,
+            origin: b.clone(),
+            seq: 1,
+        },
+        body: "forged".into(),
+    };
+    a.handle_message(now, &b, msg(&b, 2, Body::Records(vec![forged])));
+    a.handle_wall_clock(T0 + 1_000);
+    append_at(&mut a, now, T0 + 1_000, "after");
+    a.handle_wall_clock(T0 + 2_000);
+    assert_eq!(bodies(&a), ["mine", "after"]);
+    assert_eq!(a.stats().history_expired, 0);
+    assert_eq!(a.records().horizon(), T0 + 2_000 - 10_000);
+}
+
+/// Without `history_ttl` (the engine's default) the wall clock expires nothing.
+#[test]
+fn without_a_ttl_history_is_kept() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    append_at(&mut a, now, T0, "kept");
+    a.handle_wall_clock(u64::MAX);
+    assert_eq!(bodies(&a), ["kept"]);
+}

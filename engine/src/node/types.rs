@@ -204,6 +204,14 @@ pub enum Event {
     /// peer's record that changed it. Applying these, in order, to a copy of
     /// [`Node::records`] taken at start keeps the copy equal to it.
     Record(Record),
+    /// Log entries stamped before `horizon` were dropped (`history_ttl`).
+    /// A replica kept with [`Event::Record`] applies
+    /// [`Records::expire`](crate::Records::expire)`(horizon)` at this point
+    /// of the sequence to stay equal.
+    HistoryExpired {
+        /// The new horizon (stamp time in ms).
+        horizon: u64,
+    },
 }
 
 /// Visibility of a peer's entries (by the failure detector's verdict: an
@@ -237,6 +245,8 @@ pub struct NodeStats {
     pub records_sent: u64,
     /// Records from peers that changed the local state.
     pub records_merged: u64,
+    /// Log entries dropped because they were older than `history_ttl`.
+    pub history_expired: u64,
     /// Messages dropped because they claimed another sender than the one
     /// their link authenticated (`msg.from` differs from `from`).
     pub rejected_identity: u64,

@@ -14,7 +14,7 @@ use tracing::{debug, trace, warn};
 
 use super::auth::PeerHello;
 use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats};
-use super::records::RecordsReader;
+use super::records::{RecordChange, RecordsReader};
 use super::transport::{
     self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound,
     QueueError, Rejection,
@@ -22,7 +22,6 @@ use super::transport::{
 use super::EngineConfig;
 use crate::id::{NodeId, SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
-use crate::records::Record;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,14 +55,21 @@ pub(crate) struct NodeDriver {
     stats: RuntimeStats,
     /// The read replica of the node's records handed to every handle.
     records: RecordsReader,
-    /// Records the node accepted, not applied to `records` yet.
-    accepted: Vec<Record>,
+    /// Changes the node made to its records, not applied to `records` yet.
+    accepted: Vec<RecordChange>,
     /// Set when the node stopped on a name clash; the task then ends.
     clash: watch::Sender<Option<NodeId>>,
 }
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 before 1970).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl NodeDriver {
@@ -133,7 +139,7 @@ impl NodeDriver {
                 }
             }
         });
-        self.node.handle_timeout(now());
+        self.on_timeout();
         self.drain();
         let reply = loop {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
@@ -145,7 +151,7 @@ impl NodeDriver {
                 },
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
                 Some(inbound) = self.inbound.recv() => self.on_inbound(inbound),
-                () = sleep, if deadline.is_some() => self.node.handle_timeout(now()),
+                () = sleep, if deadline.is_some() => self.on_timeout(),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
             self.drain();
@@ -187,6 +193,15 @@ impl NodeDriver {
         self.tasks.abort_all();
         self.endpoint.close(codes::SHUTDOWN.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Fires the node's due timers, after telling it the wall clock (history
+    /// expiry). The node's tick timer wakes it every protocol period (200 ms
+    /// on a LAN, 1.5 s with the Phoenix profile), so the clock is fed at least
+    /// that often.
+    fn on_timeout(&mut self) {
+        self.node.handle_wall_clock(wall_ms());
+        self.node.handle_timeout(now());
     }
 
     /// Sends every pending transmit and delivers every pending event.
@@ -277,6 +292,7 @@ impl NodeDriver {
                 let mut stats = self.stats.clone();
                 stats.node = self.node.stats().clone();
                 stats.presence_entries = self.node.presence().visible_len();
+                stats.history_bytes = self.node.records().log_bytes();
                 let _ = reply.send(stats);
             }
             EngineRequest::Shutdown { reply } => return Some(reply),
@@ -312,7 +328,7 @@ impl NodeDriver {
 
     fn on_event(&mut self, event: Event) {
         // Whoever hears of another event may read records: apply them first.
-        if !matches!(event, Event::Record(_)) {
+        if !matches!(event, Event::Record(_) | Event::HistoryExpired { .. }) {
             self.apply_records();
         }
         match event {
@@ -339,7 +355,8 @@ impl NodeDriver {
                 warn!(other = %other, "another process runs under this node's name: stopping");
                 self.clash.send_replace(Some(other));
             }
-            Event::Record(record) => self.accepted.push(record),
+            Event::Record(record) => self.accepted.push(RecordChange::Merge(record)),
+            Event::HistoryExpired { horizon } => self.accepted.push(RecordChange::Expire(horizon)),
         }
     }
 

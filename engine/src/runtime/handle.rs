@@ -81,6 +81,9 @@ pub struct RuntimeStats {
     pub rejected_address: u64,
     /// Presence metas visible on this node, all topics (a gauge, not a counter).
     pub presence_entries: usize,
+    /// Bytes of history (log entries) this node holds, as
+    /// [`Records::log_bytes`](crate::Records::log_bytes) counts them (a gauge).
+    pub history_bytes: usize,
     /// The node state machine's own counters.
     pub node: node::NodeStats,
 }

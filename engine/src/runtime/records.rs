@@ -2,8 +2,10 @@
 //!
 //! The sans-IO [`Node`](crate::Node) owns its [`Records`] and holds no lock.
 //! It reports every record it accepts as
-//! [`Event::Record`](crate::Event::Record); the node task applies those, in
-//! order, to this replica, which handles read from any thread. The replica
+//! [`Event::Record`](crate::Event::Record) and every expiry of history as
+//! [`Event::HistoryExpired`](crate::Event::HistoryExpired); the node task
+//! applies those, in order, to this replica, which handles read from any
+//! thread. The replica
 //! starts as a copy of the node's records, and a record merged into equal
 //! states gives equal states, so after each drain of the node's events the
 //! replica equals [`Node::records`](crate::Node::records) (the test below
@@ -12,6 +14,15 @@
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use crate::records::{Record, Records};
+
+/// A change the node made to its records, to apply to the replica.
+#[derive(Clone, Debug)]
+pub(crate) enum RecordChange {
+    /// A record accepted.
+    Merge(Record),
+    /// Log entries stamped before this time dropped.
+    Expire(u64),
+}
 
 /// Shared read access to a running node's records (history, registers): the
 /// node task writes, readers on other threads (a gateway deciding a join)
@@ -31,12 +42,19 @@ impl RecordsReader {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies records the node accepted, in the order it accepted them,
-    /// under one write lock.
-    pub(crate) fn apply(&self, records: impl IntoIterator<Item = Record>) {
+    /// Applies the node's changes, in the order it made them, under one
+    /// write lock.
+    pub(crate) fn apply(&self, changes: impl IntoIterator<Item = RecordChange>) {
         let mut state = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        for record in records {
-            state.merge(&record);
+        for change in changes {
+            match change {
+                RecordChange::Merge(record) => {
+                    state.merge(&record);
+                }
+                RecordChange::Expire(horizon) => {
+                    state.expire(horizon);
+                }
+            }
         }
     }
 }
@@ -59,6 +77,7 @@ mod tests {
         let mut cfg = NodeConfig::lan(NodeId::new(name, 1), addr(i));
         cfg.seeds = seeds;
         cfg.history_cap = 3;
+        cfg.history_ttl = Some(Duration::from_millis(1_000));
         cfg.rng_seed = u64::from(i);
         Node::new(cfg, now)
     }
@@ -81,9 +100,16 @@ mod tests {
                 }
                 while let Some(e) = nodes[i].poll_event() {
                     busy = true;
-                    if let (0, Event::Record(r)) = (i, e) {
-                        replica.apply([r]);
-                        applied += 1;
+                    match (i, e) {
+                        (0, Event::Record(r)) => {
+                            replica.apply([RecordChange::Merge(r)]);
+                            applied += 1;
+                        }
+                        (0, Event::HistoryExpired { horizon }) => {
+                            replica.apply([RecordChange::Expire(horizon)]);
+                            applied += 1;
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -158,5 +184,27 @@ mod tests {
             "the log is capped"
         );
         assert!(applied >= 8, "repairs and pushes were applied: {applied}");
+        // Expiry: the stamps above are small, so a wall clock of 1,050 ms
+        // with a ttl of 1 s drops the log entries before 50 ms.
+        append(&mut nodes[0], now, 60, "kept");
+        pump(&mut nodes, &replica, now);
+        let before = nodes[0].records().last("room:1", 10).len();
+        nodes[0].handle_wall_clock(1_050);
+        assert!(
+            pump(&mut nodes, &replica, now) >= 1,
+            "the expiry reached the replica"
+        );
+        assert!(same(&replica, &nodes[0]));
+        let left: Vec<u64> = nodes[0]
+            .records()
+            .last("room:1", 10)
+            .iter()
+            .map(|(s, _)| s.time_ms)
+            .collect();
+        assert!(
+            left.len() < before && left.iter().all(|&t| t >= 50),
+            "{left:?}"
+        );
+        assert_eq!(replica.read().log_bytes(), nodes[0].records().log_bytes());
     }
 }

@@ -81,6 +81,10 @@ struct ServeArgs {
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
+    /// History older than this is dropped, e.g. 10m, 24h, 7days (the same on
+    /// every node).
+    #[arg(long, env = "CHORUS_HISTORY_TTL", value_parser = humantime::parse_duration)]
+    history_ttl: Option<Duration>,
     // -- [limits]: the server's edge --
     /// The HTTP request headers, a request body and a WebSocket upgrade must
     /// arrive within this many milliseconds (limits.handshake_timeout_ms).
@@ -255,6 +259,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;
     }
+    if let Some(ttl) = args.history_ttl {
+        config.cluster.history_ttl = ttl;
+    }
     args.client_limits.apply(&mut config.limits);
     if let Ok(secret) = std::env::var(TOKEN_SECRET_ENV) {
         config.auth.token_secret = Some(chorus_gateway::config::Secret::new(secret));
@@ -388,6 +395,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     node.seeds = seeds.clone();
     node.rng_seed = rand::random();
     node.history_cap = config.cluster.history_cap;
+    node.history_ttl = Some(config.cluster.history_ttl);
     let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
         .await
         .context("starting the cluster engine")?;

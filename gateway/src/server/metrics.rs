@@ -313,6 +313,22 @@ fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[MemberInfo])>)
         "Presence metas visible on this node, all topics",
         presence,
     );
+    let history = Gauge::<i64>::default();
+    history.set(i64::try_from(stats.history_bytes).unwrap_or(i64::MAX));
+    registry.register(
+        "history_bytes",
+        "Bytes of topic history this node holds (each message's body and topic plus 48 bytes)",
+        history,
+    );
+    let evicted = Family::<Labels1, Counter>::default();
+    evicted
+        .get_or_create(&[("reason", "ttl")])
+        .inc_by(stats.node.history_expired);
+    registry.register(
+        "history_evicted",
+        "History messages dropped from this node, by reason (ttl: older than cluster.history_ttl)",
+        evicted,
+    );
     let by_state = Family::<Labels1, Gauge>::default();
     for state in ["up", "down"] {
         let n = members
@@ -470,6 +486,8 @@ mod tests {
         let mut stats = chorus_engine::runtime::RuntimeStats::default();
         stats.node.rejected_identity = 2;
         stats.rejected_invalid = 5;
+        stats.node.history_expired = 7;
+        stats.history_bytes = 4096;
         let text = metrics
             .render(&scraped(&ServerStats::default(), Some((&stats, &[]))))
             .expect("encodes");
@@ -477,6 +495,8 @@ mod tests {
             "chorus_peer_messages_rejected_total{reason=\"identity\"} 2\n",
             "chorus_peer_messages_rejected_total{reason=\"address\"} 0\n",
             "chorus_peer_messages_rejected_total{reason=\"invalid\"} 5\n",
+            "chorus_history_bytes 4096\n",
+            "chorus_history_evicted_total{reason=\"ttl\"} 7\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

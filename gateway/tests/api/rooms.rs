@@ -226,3 +226,84 @@ async fn room_ids_and_bodies_are_what_the_document_says() -> anyhow::Result<()> 
     }
     node.stop().await
 }
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+async fn history_bodies(addr: std::net::SocketAddr) -> Vec<String> {
+    let r = Req::authed("GET", "/api/history?topic=room:lobby")
+        .send(addr)
+        .await
+        .expect("get");
+    check("GET", "/api/history", &r);
+    r.json().expect("json")["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Failed before `cluster.history_ttl`: history was kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_forgets_a_message_after_the_ttl_on_every_node() -> anyhow::Result<()> {
+    let mut config = Config::default_config();
+    config.cluster.history_ttl = Duration::from_secs(1);
+    let a = NodeBuilder::new()
+        .config(with_key())
+        .app(config.clone())
+        .start()
+        .await?;
+    let b = NodeBuilder::new()
+        .config(with_key())
+        .app(config)
+        .seeds("b", vec![a.engine.local_addr()])
+        .start()
+        .await?;
+    let posted = wall_ms();
+    a.engine
+        .append("room:lobby", posted, r#"{"body":"old"}"#)
+        .await?;
+    let replicated = eventually(Duration::from_secs(5), || async {
+        history_bodies(b.addr).await == ["old"]
+    })
+    .await;
+    // Replicated within the second, or already gone there: either way B had
+    // no say in keeping it.
+    assert!(
+        replicated || wall_ms() > posted + 1_000,
+        "B never showed the message"
+    );
+    for node in [&a, &b] {
+        let gone = eventually(Duration::from_secs(10), || async {
+            history_bodies(node.addr).await.is_empty()
+        })
+        .await;
+        assert!(gone, "the message is forgotten after the 1 s ttl");
+        assert!(
+            wall_ms() >= posted + 1_000,
+            "forgotten only once older than the ttl"
+        );
+    }
+    // A message written now is served; the dropped one shows in /metrics.
+    a.engine
+        .append("room:lobby", wall_ms(), r#"{"body":"new"}"#)
+        .await?;
+    assert_eq!(history_bodies(a.addr).await, ["new"]);
+    let metrics = Req::new("GET", "/metrics").send(a.addr).await?.text();
+    assert!(
+        metrics.contains("chorus_history_evicted_total{reason=\"ttl\"} 1\n"),
+        "{metrics}"
+    );
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chorus_history_bytes "))
+        .expect("chorus_history_bytes")
+        .parse()?;
+    assert!(bytes > 0, "the new message is counted");
+    Ok(())
+}

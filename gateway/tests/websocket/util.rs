@@ -84,6 +84,11 @@ impl NodeBuilder {
         let mut node = NodeConfig::lan(NodeId::new(self.name.as_str(), 1), gossip);
         node.seeds = self.seeds;
         node.rng_seed = rand::random();
+        if let Some(app) = &self.app {
+            // As the `chorus` binary does.
+            node.history_cap = app.cluster.history_cap;
+            node.history_ttl = Some(app.cluster.history_ttl);
+        }
         let engine = Engine::start(EngineConfig::new(node, SECRET)).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

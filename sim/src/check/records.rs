@@ -10,6 +10,14 @@
 //! per register the greatest-stamped write (a removal included, as a
 //! tombstone). Every live node must hold exactly that set, and its digest
 //! must equal the digest of a fresh `Records` holding that set.
+//!
+//! With `history_ttl`, node `i`'s horizon is the wall clock the world last
+//! handed it minus the ttl (computed here, not read from the node). A log
+//! entry survives only if a live holder's horizon has not passed it (one that
+//! every holder expired is gone, legitimately), and node `i`'s model keeps the
+//! surviving entries at or past its own horizon. Nodes whose clocks differ
+//! hold different sets for as long as the skew, so each is checked against
+//! its own model.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -100,26 +108,47 @@ fn agreed_after(w: &World) -> String {
     })
 }
 
+/// Node `i`'s history horizon: log entries stamped before it are gone there.
+fn horizon(w: &World, i: usize) -> u64 {
+    match (w.log.records.ttl_ms, w.nodes[i].wall_fed_ms) {
+        (Some(ttl), Some(wall)) => wall.saturating_sub(ttl),
+        _ => 0,
+    }
+}
+
+/// Whether node `i`'s horizon keeps `r` (registers never expire).
+fn kept(r: &Record, horizon: u64) -> bool {
+    !matches!(r, Record::Log { .. }) || r.stamp().time_ms >= horizon
+}
+
 /// The records invariant: every live node holds exactly the model's records,
 /// with the model's digest.
 pub(super) fn check(w: &World) -> Verdict {
     let ledger = &w.log.records;
     let alive = |&(i, inc): &(usize, u64)| w.nodes[i].is_live() && w.nodes[i].incarnation == inc;
-    let survived = ledger
-        .writes
-        .iter()
-        .filter(|x| x.holders.iter().any(alive))
-        .map(|x| &x.record);
-    let lost = ledger.writes.len() - survived.clone().count();
-    let expected_records = model(survived, ledger.cap);
-    let expected: BTreeSet<Canon> = expected_records.iter().map(canon).collect();
-    let mut reference = Records::new(ledger.cap);
-    for r in &expected_records {
-        reference.merge(r);
-    }
+    let reached = ledger.writes.iter().filter(|x| x.holders.iter().any(alive));
+    let lost = ledger.writes.len() - reached.clone().count();
+    let survived: Vec<&Record> = reached
+        .filter(|x| {
+            x.holders
+                .iter()
+                .any(|h| alive(h) && kept(&x.record, horizon(w, h.0)))
+        })
+        .map(|x| &x.record)
+        .collect();
+    let expired = ledger.writes.len() - lost - survived.len();
     let every = [true; BUCKETS];
     let mut bad = Vec::new();
-    for s in w.nodes.iter().filter(|s| s.is_live()) {
+    let mut models = BTreeSet::new();
+    for (i, s) in w.nodes.iter().enumerate().filter(|(_, s)| s.is_live()) {
+        let h = horizon(w, i);
+        let expected_records = model(survived.iter().copied().filter(|r| kept(r, h)), ledger.cap);
+        let expected: BTreeSet<Canon> = expected_records.iter().map(canon).collect();
+        let mut reference = Records::new(ledger.cap);
+        for r in &expected_records {
+            reference.merge(r);
+        }
+        models.insert((expected.len(), reference.digest().to_vec()));
         let state = s.node.as_ref().expect("live").records();
         let have: BTreeSet<Canon> = state.bucket_records(&every).iter().map(canon).collect();
         if have != expected {
@@ -141,11 +170,25 @@ pub(super) fn check(w: &World) -> Verdict {
         }
     }
     let detail = if bad.is_empty() {
+        let counts: BTreeSet<usize> = models.iter().map(|m| m.0).collect();
+        let held = match (counts.first(), counts.last()) {
+            (Some(a), Some(b)) if a != b => format!("{a} to {b} records per live node"),
+            (Some(a), _) => format!("{a} records on every live node"),
+            _ => "no live node".into(),
+        };
+        let agreed = if models.len() > 1 {
+            "differ by the horizons' clock skew, as the models do".into()
+        } else {
+            format!("agreed {}", agreed_after(w))
+        };
+        let expired = if ledger.ttl_ms.is_some() {
+            format!(", {expired} expired everywhere")
+        } else {
+            String::new()
+        };
         format!(
-            "{} writes ({lost} lost with every holder), {} records on every live node; digests agreed {}",
+            "{} writes ({lost} lost with every holder{expired}), {held}; digests {agreed}",
             ledger.writes.len(),
-            expected.len(),
-            agreed_after(w)
         )
     } else {
         let more = if bad.len() > 1 {
@@ -264,6 +307,82 @@ mod tests {
         for i in 0..3 {
             assert_eq!(value(&w, i, "lobby").as_deref(), Some("ahead"), "n{i}");
         }
+    }
+
+    fn with_ttl(skew: Vec<i64>, ttl_ms: u64) -> World {
+        let timing = NodeTiming {
+            clock_skew_ms: skew,
+            history_ttl: Some(Duration::from_millis(ttl_ms)),
+            ..NodeTiming::default()
+        };
+        let mut w = World::new(7, NetConfig::default(), timing, Duration::from_millis(100));
+        for _ in 0..3 {
+            w.add_node();
+        }
+        w.run_until(Duration::from_millis(1_500));
+        w
+    }
+
+    fn entries(w: &World, i: usize) -> usize {
+        let records = w.nodes[i].node.as_ref().expect("live").records();
+        records.last("room:0", 100).len()
+    }
+
+    #[test]
+    fn history_expires_on_each_node_at_its_own_horizon_and_the_checker_follows() {
+        // n1's clock is 1.5 s ahead: it drops an entry 1.5 s before the others.
+        let mut w = with_ttl(vec![0, 1_500, 0], 3_000);
+        w.append(0, "room:0");
+        wait(&mut w, 1_000);
+        w.append(2, "room:0");
+        wait(&mut w, 100);
+        assert_eq!((entries(&w, 0), entries(&w, 1)), (2, 2));
+        // At 3.5 s: n1's horizon is 2.0 s (between the two entries), the
+        // others' 0.5 s.
+        wait(&mut w, 900);
+        assert_eq!((entries(&w, 0), entries(&w, 1), entries(&w, 2)), (2, 1, 2));
+        let v = check(&w);
+        assert!(v.pass, "{}", v.detail);
+        assert!(
+            v.detail.contains("1 to 2 records per live node"),
+            "{}",
+            v.detail
+        );
+        // At 5 s: n0's and n2's horizon is 2.0 s, n1's 3.5 s.
+        wait(&mut w, 1_500);
+        let v = check(&w);
+        assert!(v.pass, "{}", v.detail);
+        assert!(v.detail.contains("1 expired everywhere"), "{}", v.detail);
+        assert_eq!((entries(&w, 0), entries(&w, 1), entries(&w, 2)), (1, 0, 1));
+    }
+
+    #[test]
+    fn the_checker_reports_a_node_that_keeps_expired_history() {
+        // The nodes keep history forever; the checker is told of a 1 s ttl.
+        let mut w = world(Vec::new());
+        w.log.records.ttl_ms = Some(1_000);
+        w.append(0, "room:0");
+        wait(&mut w, 2_000);
+        let v = check(&w);
+        assert!(!v.pass);
+        assert!(v.detail.contains("has 1 extra"), "{}", v.detail);
+    }
+
+    #[test]
+    fn the_checker_reports_a_node_that_expires_too_early() {
+        let mut w = with_ttl(Vec::new(), 10_000);
+        w.append(0, "room:0");
+        wait(&mut w, 1_000);
+        // A wall clock behind the world's back: node 2 drops the entry.
+        let future = w.wall_ms(2) + 60_000;
+        w.nodes[2]
+            .node
+            .as_mut()
+            .expect("live")
+            .handle_wall_clock(future);
+        let v = check(&w);
+        assert!(!v.pass);
+        assert!(v.detail.contains("n2#1 lacks 1 records"), "{}", v.detail);
     }
 
     fn log(t: u64, seq: u64) -> Record {
