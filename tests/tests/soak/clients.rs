@@ -274,11 +274,14 @@ async fn session(
                 let r = next_ref.to_string();
                 next_ref += 1;
                 let body = format!("{i}:{conn}:{}", *seq);
+                // Taken before the push leaves: a subscriber joined before
+                // this instant was subscribed before the node saw the push.
+                let sent = Instant::now();
                 ws.send(Message::text(format!(
                     r#"["1","{r}","{name}","new_message",{{"message":"{body}"}}]"#
                 )))
                 .await?;
-                pending.insert(r, (*seq, Instant::now()));
+                pending.insert(r, (*seq, sent));
             }
             _ = heartbeat.tick() => {
                 ws.send(Message::text(r#"[null,"hb","phoenix","heartbeat",{}]"#)).await?;
