@@ -321,6 +321,8 @@ impl Soak {
         let mut since: Vec<Option<Instant>> = vec![None; n];
         let mut mesh_checked = Instant::now() - Duration::from_secs(1);
         let mut mesh: Result<(), String> = Err("not checked yet".into());
+        // The last clients found off, for a note on slow steps.
+        let mut last_off: Vec<String> = Vec::new();
         loop {
             self.check_violations()?;
             let now = Instant::now();
@@ -328,6 +330,14 @@ impl Soak {
             let mut is_off = vec![false; n];
             for (c, _) in &off {
                 is_off[*c] = true;
+            }
+            if !off.is_empty() {
+                last_off = off
+                    .iter()
+                    .take(3)
+                    .map(|(c, why)| format!("u{c} {why}"))
+                    .collect();
+                last_off.push(format!("{} clients off", off.len()));
             }
             for c in 0..n {
                 if is_off[c] {
@@ -349,6 +359,9 @@ impl Soak {
                     self.worst = (took, what.to_owned());
                 }
                 self.note(format!("settled {what} in {:.2}s", took.as_secs_f64()));
+                if took > 2 * FAILURE_DETECTION {
+                    self.note(format!("  slow step; last off: {}", last_off.join("; ")));
+                }
                 self.sample_rss();
                 return Ok(());
             }
@@ -494,6 +507,11 @@ impl Soak {
             Fault::Term(i) => {
                 self.board.up[i].store(false, Ordering::Release);
                 self.cluster.term(i).await?;
+                self.note(format!(
+                    "  n{} exited {:.2}s after SIGTERM",
+                    i + 1,
+                    t0.elapsed().as_secs_f64()
+                ));
                 self.running[i] = false;
                 *self.faults.entry("SIGTERM").or_default() += 1;
             }
