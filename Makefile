@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim bench bench-load fuzz fmt lint check-core ci
+.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load fuzz fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -22,7 +22,7 @@ cluster: ## Start three nodes (HTTP 4000-4002, gossip 7400-7402) with a dev secr
 
 test: ## Build and run every test
 	# This also builds target/debug/chorus (for the gateway's integration tests),
-	# which chorus-tests' partition test runs.
+	# which chorus-tests' partition test and 60 s chaos soak run.
 	$(CARGO) test --workspace --exclude chorus-sim
 	# The simulator sweeps (every scenario over 100+ seeds) run optimised.
 	$(CARGO) test --release -p chorus-sim
@@ -80,6 +80,13 @@ schemathesis-venv: ## Install the pinned schemathesis in target/venv if it is no
 
 sim: ## Long simulator sweep: every scenario over 10,000 seeds (about an hour on 2 cores)
 	$(CARGO) run --release -p chorus-sim -- sweep --seeds 10000
+
+# Seconds of fault injection in `make soak` (make test runs the soak for 60).
+SOAK_SECS ?= 600
+
+soak: ## Chaos soak: 3 chorus processes, 1,000 clients, kill -9/SIGTERM/restart/partition for SOAK_SECS (default 600) s
+	$(CARGO) build -p chorus-gateway --bin chorus
+	SOAK_SECS=$(SOAK_SECS) $(CARGO) test -p chorus-tests --test soak -- --nocapture
 
 bench: ## Benchmarks; record results in BENCHMARKS.md with the command, date and machine
 	$(CARGO) bench -p chorus-engine --bench presence -- --warm-up-time 1 --measurement-time 3

@@ -10,17 +10,17 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, trace, warn};
+use tracing::{debug, error, trace, warn};
 
 use super::auth::PeerHello;
-use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats};
+use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats, TaskState};
 use super::records::{RecordChange, RecordsReader};
 use super::transport::{
     self, codes, out_queue, CloseWhy, LinkCtx, LinkUp, OutQueue, PeerFrame, PeerInbound,
     QueueError, Rejection,
 };
 use super::EngineConfig;
-use crate::id::{NodeId, SubscriberId, Topic};
+use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
@@ -57,8 +57,9 @@ pub(crate) struct NodeDriver {
     records: RecordsReader,
     /// Changes the node made to its records, not applied to `records` yet.
     accepted: Vec<RecordChange>,
-    /// Set when the node stopped on a name clash; the task then ends.
-    clash: watch::Sender<Option<NodeId>>,
+    /// The task's state as handles see it: set to `Clash` when the node
+    /// stops on a name clash (the task then leaves and ends).
+    state: Arc<watch::Sender<TaskState>>,
 }
 
 fn now() -> std::time::Instant {
@@ -79,7 +80,7 @@ impl NodeDriver {
         endpoint: quinn::Endpoint,
         requests: mpsc::Receiver<EngineRequest>,
         drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
-        clash: watch::Sender<Option<NodeId>>,
+        state: Arc<watch::Sender<TaskState>>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -99,7 +100,7 @@ impl NodeDriver {
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
             accepted: Vec::new(),
-            clash,
+            state,
             node,
             endpoint,
             ctx,
@@ -152,10 +153,10 @@ impl NodeDriver {
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
                 Some(inbound) = self.inbound.recv() => self.on_inbound(inbound),
                 () = sleep, if deadline.is_some() => self.on_timeout(),
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => on_task_end(done),
             }
             self.drain();
-            if self.clash.borrow().is_some() {
+            if matches!(*self.state.borrow(), TaskState::Clash(_)) {
                 break None;
             }
         };
@@ -296,6 +297,8 @@ impl NodeDriver {
                 let _ = reply.send(stats);
             }
             EngineRequest::Shutdown { reply } => return Some(reply),
+            #[cfg(test)]
+            EngineRequest::Panic => panic!("node task panic injected by a test"),
         }
         None
     }
@@ -353,7 +356,7 @@ impl NodeDriver {
             Event::MemberGone(id) => debug!(peer = %id, "member gone"),
             Event::NameClash(other) => {
                 warn!(other = %other, "another process runs under this node's name: stopping");
-                self.clash.send_replace(Some(other));
+                self.state.send_replace(TaskState::Clash(other));
             }
             Event::Record(record) => self.accepted.push(RecordChange::Merge(record)),
             Event::HistoryExpired { horizon } => self.accepted.push(RecordChange::Expire(horizon)),
@@ -537,6 +540,16 @@ impl NodeDriver {
                 dialed: up.dialed,
             },
         );
+    }
+}
+
+/// A connection task ended: one that panicked (a bug) is logged; its link is
+/// redialed when next needed, and the node keeps running.
+fn on_task_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            error!(error = %e, "a connection task panicked");
+        }
     }
 }
 

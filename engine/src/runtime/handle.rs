@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use super::RecordsReader;
@@ -136,6 +136,23 @@ pub(crate) enum EngineRequest {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Makes the node task panic: the unit tests' way to kill it like a bug
+    /// would. Compiled only for this crate's own tests.
+    #[cfg(test)]
+    Panic,
+}
+
+/// Where the node task is in its life, as the handles see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// Serving.
+    Running,
+    /// Leaving on its own: a newer incarnation runs under this node's name.
+    Clash(NodeId),
+    /// Ended after [`EngineHandle::shutdown`] or when every handle was dropped.
+    Stopped,
+    /// Ended abnormally (a panic, or [`EngineHandle::abort`]): why.
+    Crashed(String),
 }
 
 #[derive(Debug)]
@@ -149,9 +166,9 @@ pub(crate) struct HandleShared {
     pub records: RecordsReader,
     pub subscriber_queue: usize,
     pub task: Mutex<Option<AbortHandle>>,
-    /// Set by the node task when it stops on its own: the newer incarnation
-    /// running under this node's name.
-    pub clash: tokio::sync::watch::Receiver<Option<NodeId>>,
+    /// The node task's state: set to `Clash` by the task itself, to `Stopped`
+    /// or `Crashed` by the watcher that awaits its end (see `Engine::start`).
+    pub state: watch::Receiver<TaskState>,
 }
 
 /// The handle of a running engine. Cheap to clone; every clone talks to the
@@ -457,34 +474,66 @@ impl EngineHandle {
         }
     }
 
-    /// Resolves when the engine stopped on its own, with why: another
-    /// process runs under this node's name with a newer incarnation
-    /// ([`RuntimeError::NameClash`]); the engine left the cluster. Pending
-    /// forever while the engine runs or after an ordinary shutdown. A server
-    /// selects on it and exits with the error.
+    /// Resolves when the engine stopped on its own, with why: its task
+    /// panicked or was aborted ([`RuntimeError::Crashed`]: a bug, or
+    /// [`EngineHandle::abort`]), or another process runs under this node's
+    /// name with a newer incarnation ([`RuntimeError::NameClash`]; the engine
+    /// left the cluster). Pending forever while the engine runs or after an
+    /// ordinary shutdown. Every call on a failed engine answers
+    /// [`RuntimeError::Stopped`]: a server selects on this and exits (or
+    /// stops serving) with the error, so a supervisor can restart it.
     pub async fn failed(&self) -> RuntimeError {
-        let mut rx = self.shared.clash.clone();
-        let other = match rx.wait_for(Option::is_some).await {
-            Ok(other) => other.clone(),
-            Err(_) => None,
-        };
-        match other {
-            Some(other) => RuntimeError::NameClash {
-                me: self.shared.id.clone(),
-                other,
-            },
+        let mut rx = self.shared.state.clone();
+        // An error means the watcher is gone: the state is final either way.
+        let _ = rx
+            .wait_for(|s| matches!(s, TaskState::Clash(_) | TaskState::Crashed(_)))
+            .await;
+        match self.failure() {
+            Some(e) => e,
             None => std::future::pending().await,
         }
     }
 
+    /// Why the engine stopped on its own, if it did (what
+    /// [`EngineHandle::failed`] resolves with), without waiting.
+    pub fn failure(&self) -> Option<RuntimeError> {
+        match &*self.shared.state.borrow() {
+            TaskState::Running | TaskState::Stopped => None,
+            TaskState::Clash(other) => Some(RuntimeError::NameClash {
+                me: self.shared.id.clone(),
+                other: other.clone(),
+            }),
+            TaskState::Crashed(why) => Some(RuntimeError::Crashed(why.clone())),
+        }
+    }
+
+    /// Whether the node task is serving: `false` once it failed
+    /// ([`EngineHandle::failure`]), is leaving on a name clash, or was shut
+    /// down. A health check reports this.
+    pub fn is_running(&self) -> bool {
+        *self.shared.state.borrow() == TaskState::Running
+    }
+
     /// Stops the engine at once, like a crash: no `Leave`, nothing flushed;
-    /// peers find out by failure detection. For tests and fault injection.
+    /// peers find out by failure detection, and [`EngineHandle::failed`]
+    /// resolves with [`RuntimeError::Crashed`]. For tests and fault injection.
     pub fn abort(&self) {
         let task = self.shared.task.lock().expect("abort handle lock").take();
         if let Some(task) = task {
             task.abort();
         }
     }
+}
+
+/// Makes the node task panic (see [`EngineRequest::Panic`]).
+#[cfg(test)]
+pub(crate) async fn inject_panic(handle: &EngineHandle) {
+    handle
+        .shared
+        .requests
+        .send(EngineRequest::Panic)
+        .await
+        .expect("the node task is running");
 }
 
 fn tracked(outcome: CommandOutcome) -> Result<PhxRef, RuntimeError> {

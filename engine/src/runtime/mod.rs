@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 pub use records::RecordsReader;
 
+use handle::TaskState;
 pub use handle::{
     Delivery, EngineHandle, MemberInfo, PeerStats, PublishReceipt, RuntimeStats, Subscription,
 };
@@ -121,6 +122,12 @@ pub enum RuntimeError {
     /// The engine has stopped.
     #[error("the engine has stopped")]
     Stopped,
+    /// The engine's task ended abnormally: it panicked (a bug in Chorus) or
+    /// was aborted ([`EngineHandle::abort`]). Nothing it held survives: the
+    /// process should exit (or start a new engine) so peers and clients
+    /// recover.
+    #[error("the cluster engine failed: {0}")]
+    Crashed(String),
     /// Another process runs under this node's name, with a newer
     /// incarnation (two processes started with the same `--node`): this one,
     /// the older, left the cluster and stopped. See SECURITY.md.
@@ -172,9 +179,16 @@ impl Engine {
         let (requests, requests_rx) = mpsc::channel(1024);
         let (drops, drops_rx) = mpsc::unbounded_channel();
         let id = node.id.clone();
-        let (clash_tx, clash) = tokio::sync::watch::channel(None);
-        let driver =
-            driver::NodeDriver::new(node, &config, endpoint, requests_rx, drops_rx, clash_tx);
+        let (state_tx, state) = tokio::sync::watch::channel(TaskState::Running);
+        let state_tx = Arc::new(state_tx);
+        let driver = driver::NodeDriver::new(
+            node,
+            &config,
+            endpoint,
+            requests_rx,
+            drops_rx,
+            state_tx.clone(),
+        );
         let shared = Arc::new(handle::HandleShared {
             id,
             addr,
@@ -184,11 +198,123 @@ impl Engine {
             records: driver.records(),
             subscriber_queue: config.subscriber_queue,
             task: Mutex::new(None),
-            clash,
+            state,
         });
         let span = tracing::debug_span!("node", id = %shared.id);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         *shared.task.lock().expect("fresh lock") = Some(task.abort_handle());
+        tokio::spawn(watch_end(task, state_tx));
         Ok(EngineHandle { shared })
+    }
+}
+
+/// Awaits the node task's end and publishes how it ended: `Stopped` after a
+/// shutdown, `Crashed` after a panic or an abort (a name clash, set by the
+/// task itself, stays). Handles see it through [`EngineHandle::failed`].
+async fn watch_end(
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<tokio::sync::watch::Sender<TaskState>>,
+) {
+    let end = match task.await {
+        Ok(()) => TaskState::Stopped,
+        Err(e) if e.is_panic() => {
+            let why = panic_message(e.into_panic().as_ref());
+            tracing::error!(panic = %why, "the engine's node task panicked: the engine is down");
+            TaskState::Crashed(format!("the node task panicked: {why}"))
+        }
+        Err(_) => TaskState::Crashed("the node task was aborted".into()),
+    };
+    state.send_modify(|s| {
+        if !matches!(s, TaskState::Clash(_)) {
+            *s = end;
+        }
+    });
+}
+
+/// The text a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a non-string panic payload)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeConfig, NodeId};
+
+    async fn start() -> EngineHandle {
+        let node = NodeConfig::lan(NodeId::new("n1", 1), "127.0.0.1:0".parse().unwrap());
+        Engine::start(EngineConfig::new(node, *b"unit-test-cluster-secret"))
+            .await
+            .unwrap()
+    }
+
+    /// A panic in the node task (a bug) is not silent: `failed` resolves with
+    /// `Crashed` and the panic's text, the handle reports it without waiting,
+    /// and every call answers `Stopped` instead of hanging or pretending.
+    #[tokio::test]
+    async fn a_panicking_node_task_is_reported_as_failed() {
+        let engine = start().await;
+        assert!(engine.is_running());
+        assert!(engine.failure().is_none());
+        handle::inject_panic(&engine).await;
+        let err = tokio::time::timeout(Duration::from_secs(5), engine.failed())
+            .await
+            .expect("failed() resolves after a panic");
+        assert!(
+            matches!(&err, RuntimeError::Crashed(why) if why.contains("panic injected by a test")),
+            "{err}"
+        );
+        assert!(!engine.is_running());
+        assert!(matches!(engine.failure(), Some(RuntimeError::Crashed(_))));
+        assert!(matches!(
+            engine.publish("t", bytes::Bytes::from_static(b"x")).await,
+            Err(RuntimeError::Stopped)
+        ));
+        assert!(matches!(
+            engine.subscribe("t").await,
+            Err(RuntimeError::Stopped)
+        ));
+        // Shutting a failed engine down is not an error.
+        engine.shutdown().await.unwrap();
+    }
+
+    /// `abort` (a crash for tests and fault injection) is a failure too.
+    #[tokio::test]
+    async fn an_aborted_engine_is_reported_as_failed() {
+        let engine = start().await;
+        engine.abort();
+        let err = tokio::time::timeout(Duration::from_secs(5), engine.failed())
+            .await
+            .expect("failed() resolves after an abort");
+        assert!(
+            matches!(&err, RuntimeError::Crashed(why) if why.contains("aborted")),
+            "{err}"
+        );
+        assert!(!engine.is_running());
+    }
+
+    /// An ordinary shutdown is not a failure: `failed` stays pending.
+    #[tokio::test]
+    async fn a_shut_down_engine_has_not_failed() {
+        let engine = start().await;
+        engine.shutdown().await.unwrap();
+        let other = engine.clone();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), async move {
+            while other.is_running() {
+                tokio::task::yield_now().await;
+            }
+        });
+        stopped
+            .await
+            .expect("the state leaves Running after a shutdown");
+        assert!(engine.failure().is_none());
+        let pending = tokio::time::timeout(Duration::from_millis(200), engine.failed()).await;
+        assert!(pending.is_err(), "failed() resolved after a shutdown");
     }
 }

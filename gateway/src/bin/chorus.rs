@@ -441,15 +441,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
     }
     info!(%listen, "serving ws://{listen}/socket/websocket");
-    // The engine may stop on its own (another process under our node name):
-    // drain the connections as on a signal, then exit with its error.
+    // The engine may stop on its own (a panic, another process under our
+    // node name): its clients are deaf from then on, and /healthz answers
+    // 503. Drain the connections (1012: clients reconnect elsewhere) as on a
+    // signal, then exit non-zero so a supervisor restarts the node.
     let (failed_tx, mut failed) = tokio::sync::oneshot::channel();
-    let watched = engine.clone();
+    let watched = server.clone();
     let stop = async move {
         tokio::select! {
             () = shutdown_signal() => {}
-            e = watched.failed() => {
-                error!(error = %e, "the engine stopped");
+            e = watched.engine_failed() => {
+                error!(error = %e, "the cluster engine failed: draining clients and exiting non-zero for a restart");
                 let _ = failed_tx.send(e);
             }
         }
@@ -460,7 +462,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         warn!(error = %e, "engine shutdown failed");
     }
     if let Ok(e) = failed.try_recv() {
-        return Err(e).context("the cluster engine stopped");
+        return Err(e).context("exiting: the cluster engine failed");
     }
     Ok(())
 }

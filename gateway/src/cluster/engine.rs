@@ -80,6 +80,23 @@ impl Hub {
         Ok(())
     }
 
+    /// Why the engine stopped on its own (a panic, an abort, a name clash),
+    /// if it did; see [`EngineHandle::failed`](chorus_engine::runtime::EngineHandle::failed).
+    pub fn engine_failure(&self) -> Option<RuntimeError> {
+        self.engine.failure()
+    }
+
+    /// Whether the engine's task is serving (not failed, not shut down).
+    pub fn engine_running(&self) -> bool {
+        self.engine.is_running()
+    }
+
+    /// Resolves when the engine stops on its own, with why; pending while it
+    /// runs or after an ordinary shutdown.
+    pub async fn engine_failed(&self) -> RuntimeError {
+        self.engine.failed().await
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &NodeId {
         self.engine.node_id()

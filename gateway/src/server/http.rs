@@ -20,7 +20,7 @@ use super::transport::longpoll::{self, LONGPOLL_PATH};
 use super::transport::websocket::{self, WEBSOCKET_PATH};
 use super::Shared;
 
-/// The health check: the process is up.
+/// The health check: the process is up and its cluster engine runs.
 pub const HEALTH_PATH: &str = "/healthz";
 
 /// Every response body: whole, in memory.
@@ -37,7 +37,7 @@ pub(crate) async fn handle(
         return Ok(api::handle(req, shared).await);
     }
     let response = match (req.method(), path) {
-        (&Method::GET, HEALTH_PATH) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, HEALTH_PATH) => health::live(&shared),
         // The operational endpoints take GET only: another method is a 405 with
         // `Allow`, as under /api (openapi.json: components.responses.MethodNotAllowed).
         (_, HEALTH_PATH | READY_PATH | METRICS_PATH) if req.method() != Method::GET => {
@@ -64,9 +64,19 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
 
 /// A plain-text response (with `Content-Type: text/plain` unless the body is empty).
 pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<HttpBody> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    text_bytes(status, Bytes::from_static(body.as_bytes()))
+}
+
+/// [`text`] with a body made at run time.
+pub(crate) fn text_owned(status: StatusCode, body: String) -> Response<HttpBody> {
+    text_bytes(status, Bytes::from(body))
+}
+
+fn text_bytes(status: StatusCode, body: Bytes) -> Response<HttpBody> {
+    let empty = body.is_empty();
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    if !body.is_empty() {
+    if !empty {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));

@@ -270,9 +270,19 @@ impl Server {
             .len()
     }
 
+    /// Resolves when the engine stops on its own (its task panicked or was
+    /// aborted, or a newer process took this node's name), with why. From
+    /// then on `/healthz` and `/readyz` answer 503 and clients are deaf:
+    /// select on this in [`Server::run`]'s `shutdown` and exit non-zero (or
+    /// start a new engine and server), as the `chorus` binary does.
+    pub async fn engine_failed(&self) -> chorus_engine::runtime::RuntimeError {
+        self.shared.hub.engine_failed().await
+    }
+
     /// Serves `listener` until `shutdown` resolves, then stops accepting, closes
     /// every client with 1012 in batches and waits (bounded) for their tasks. The
-    /// engine is left running: shut it down afterwards.
+    /// engine is left running: shut it down afterwards. An engine that fails
+    /// meanwhile does not end this by itself: see [`Server::engine_failed`].
     pub async fn run(
         &self,
         listener: TcpListener,

@@ -144,3 +144,39 @@ async fn metrics_parse_and_move_with_traffic() -> anyhow::Result<()> {
     );
     node.stop().await
 }
+
+/// Fail fast: a node whose engine task dies (killed here with `abort`, what
+/// a panic does to it) stops calling itself healthy at once: `/healthz` and
+/// `/readyz` answer 503 saying why, and `Server::engine_failed` resolves for
+/// the embedder to exit (the `chorus` binary drains and exits non-zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_engine_makes_health_and_readiness_fail() -> anyhow::Result<()> {
+    let node = NodeBuilder::new().start().await?;
+    let health = Req::new("GET", "/healthz").send(node.addr).await?;
+    assert_eq!((health.status, health.text()), (200, "ok\n".to_owned()));
+
+    let server = node.server.clone();
+    let failed = tokio::spawn(async move { server.engine_failed().await });
+    node.engine.abort();
+    let err = tokio::time::timeout(Duration::from_secs(5), failed)
+        .await
+        .expect("engine_failed resolves once the engine task is gone")?;
+    assert!(err.to_string().contains("aborted"), "{err}");
+
+    let health = Req::new("GET", "/healthz").send(node.addr).await?;
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert!(
+        health.text().starts_with("engine failed: "),
+        "{}",
+        health.text()
+    );
+    let ready = Req::new("GET", "/readyz").send(node.addr).await?;
+    assert_eq!(
+        (ready.status, ready.json()?),
+        (
+            503,
+            json!({"status": "not_ready", "reason": "the cluster engine has stopped"})
+        )
+    );
+    node.stop().await
+}

@@ -10,7 +10,7 @@ use chorus_gateway::token::{Claims, Tokens};
 use serde_json::Value;
 use tokio::time::timeout;
 
-use crate::util::Client;
+use crate::util::{Client, Ended};
 
 const SECRET: &str = "process-test-cluster-secret-0123456789";
 
@@ -56,10 +56,16 @@ async fn spawn(
         .stderr(Stdio::null())
         .spawn()?;
     let proc = Proc(child);
+    listening(name, http).await?;
+    Ok(proc)
+}
+
+/// Waits until `http` accepts connections.
+async fn listening(name: &str, http: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(http).await.is_ok() {
-            return Ok(proc);
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -343,5 +349,70 @@ async fn dev_tokens_are_accepted_only_where_meant() -> anyhow::Result<()> {
     assert_eq!(code, 200, "{body}");
     let claims = Tokens::new(TOKEN_SECRET.as_bytes()).verify(&token_of(&body)?)?;
     assert_eq!(claims.sub, "bob");
+    Ok(())
+}
+
+/// Fail fast, as a supervisor sees it: when a node's engine stops on its own
+/// (here: a second process started under the same `--node` name, which makes
+/// the older engine stop, the same path a panicking engine task takes through
+/// `Server::engine_failed`), the `chorus` process drains and exits non-zero
+/// with one clear error line, instead of serving deaf clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_engine_stops_exits_non_zero_with_a_clear_line() -> anyhow::Result<()> {
+    let (http_x, gossip_x) = (free_tcp(), free_udp());
+    let (http_old, gossip_old) = (free_tcp(), free_udp());
+    let (http_new, gossip_new) = (free_tcp(), free_udp());
+    let _x = spawn("x", http_x, gossip_x, gossip_old).await?;
+    // Logs go to stdout, the final error to stderr: both into one file.
+    let log = std::env::temp_dir().join(format!("chorus-failfast-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["--node", "dup", "--listen", &http_old.to_string()])
+        .args(["--gossip", &gossip_old.to_string()])
+        .args(["--seeds", &gossip_x.to_string()])
+        .env("CHORUS_CLUSTER_SECRET", SECRET)
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()?;
+    let mut old = Proc(child);
+    listening("dup", http_old).await?;
+    let mut alice = Client::connect(&url(http_old, "alice")).await?;
+    alice.join("1", "chat:dup", "{}").await?;
+    let mut xavier = Client::connect(&url(http_x, "xavier")).await?;
+    xavier.join("1", "chat:dup", "{}").await?;
+    timeout(
+        Duration::from_secs(10),
+        wait_presence(&mut xavier, "alice", true),
+    )
+    .await??;
+
+    // Incarnations are start times in ms: this one starts well after `old`.
+    let _new = spawn("dup", http_new, gossip_new, gossip_x).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = old.0.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the older `dup` still runs 30 s after its name was taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let output = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("the cluster engine failed: draining clients and exiting non-zero"),
+        "{output}"
+    );
+    assert!(
+        output.contains("give each process its own --node"),
+        "{output}"
+    );
+    // Its client was told to go (1012) rather than left connected and deaf.
+    assert_eq!(alice.ended().await?, Ended::Code(1012));
     Ok(())
 }
