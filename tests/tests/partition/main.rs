@@ -7,9 +7,11 @@
 //! prints why it skipped and passes.
 //!
 //! The `chorus` binary is `$CHORUS_BIN` if set, else `target/<profile>/chorus`
-//! next to this test's own executable (see [`chorus_bin`]); `cargo test
+//! next to this test's own executable (see [`bin::chorus_bin`]); `cargo test
 //! --workspace` builds it, `cargo test -p chorus-tests` alone does not.
 
+#[path = "../common/bin.rs"]
+mod bin;
 mod net;
 
 // The gateway's own test helpers, shared by path rather than copied.
@@ -22,7 +24,7 @@ mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,34 +45,6 @@ const TOPIC: &str = "chat:partition";
 /// Longer than the `lan` profile needs to declare a cut-off node down (3 s)
 /// and to find it again after the heal.
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// The `chorus` binary to run: `$CHORUS_BIN` if set, else `chorus` in the
-/// profile directory above this test's executable
-/// (`target/<profile>/deps/partition-HASH` -> `target/<profile>/chorus`).
-fn chorus_bin() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("CHORUS_BIN") {
-        let bin = PathBuf::from(bin);
-        if !bin.is_file() {
-            bail!("CHORUS_BIN is {}, which is not a file", bin.display());
-        }
-        return Ok(bin);
-    }
-    let exe = std::env::current_exe().context("locate the test executable")?;
-    let profile = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test executable has no target/<profile>/deps parent")?;
-    let bin = profile.join(format!("chorus{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        bail!(
-            "no chorus binary at {}: build it first with \
-             `cargo build -p chorus-gateway --bin chorus` (same profile as the tests), \
-             or point CHORUS_BIN at one",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
 
 /// A `chorus` process inside a namespace; killed when dropped.
 struct Proc(Child);
@@ -305,7 +279,7 @@ async fn a_node_cut_off_and_reconnected_serves_its_clients_and_converges() -> an
             return Ok(());
         }
     };
-    let bin = chorus_bin()?;
+    let bin = bin::chorus_bin()?;
     eprintln!("chorus binary: {}", bin.display());
     let _procs = (1..=3)
         .map(|i| spawn(&net, &bin, i))

@@ -51,6 +51,8 @@
 //!   points ends within 1.5x (+32 MiB) of its early peak;
 //! - no node exits on its own.
 
+#[path = "../common/bin.rs"]
+mod bin;
 mod clients;
 mod nodes;
 
@@ -66,7 +68,6 @@ mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,33 +153,6 @@ impl fmt::Display for Fault {
             Fault::Cut(i) => write!(f, "cut n{} off", i + 1),
         }
     }
-}
-
-/// The `chorus` binary: `$CHORUS_BIN`, else `target/<profile>/chorus` above
-/// this test's executable (as the partition test finds it).
-fn chorus_bin() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("CHORUS_BIN") {
-        let bin = PathBuf::from(bin);
-        if !bin.is_file() {
-            bail!("CHORUS_BIN is {}, which is not a file", bin.display());
-        }
-        return Ok(bin);
-    }
-    let exe = std::env::current_exe().context("locate the test executable")?;
-    let profile = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("the test executable has no target/<profile>/deps parent")?;
-    let bin = profile.join(format!("chorus{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        bail!(
-            "no chorus binary at {}: build it first with \
-             `cargo build -p chorus-gateway --bin chorus` (same profile as the tests), \
-             or point CHORUS_BIN at one",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 struct Soak {
@@ -779,7 +753,7 @@ impl Soak {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let bin = chorus_bin()?;
+    let bin = bin::chorus_bin()?;
     let logs = std::env::temp_dir().join(format!("chorus-soak-{}", std::process::id()));
     let (cluster, skipped) = Cluster::new(bin.clone(), &logs)?;
     eprintln!(
