@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chorus_engine::{
-    Body, Command, CommandOutcome, Message, Node, NodeConfig, NodeId, Record, Stamp, Topic,
-    BUCKETS,
+    Body, Command, CommandOutcome, Message, Node, NodeConfig, NodeId, Record, Stamp, Topic, BUCKETS,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -143,7 +142,11 @@ fn a_budget_horizon_past_our_wall_clock_is_capped() {
         },
     };
     a.handle_message(now, &b, m);
-    assert_eq!(a.budget_horizon(), T0 + 1_000_000, "capped at the wall clock");
+    assert_eq!(
+        a.budget_horizon(),
+        T0 + 1_000_000,
+        "capped at the wall clock"
+    );
     assert_eq!(a.records().horizon(), T0 + 1_000_000);
     // A write whose caller's clock lags the horizon is still stamped at or
     // past it, so it is kept.

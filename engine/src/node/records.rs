@@ -66,6 +66,7 @@ impl Node {
         if let Some((horizon, expired)) = self.records.fit(budget) {
             self.budget_horizon = self.budget_horizon.max(horizon);
             self.stats.history_budget_evicted += expired.entries;
+            self.stats.history_budget_exceeded += 1;
             self.events.push_back(Event::HistoryExpired { horizon });
         }
     }

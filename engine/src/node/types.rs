@@ -251,6 +251,9 @@ pub struct NodeStats {
     /// Log entries dropped by the budget horizon (`history_budget`, ours or
     /// one a peer gossiped).
     pub history_budget_evicted: u64,
+    /// Times this node's history went over `history_budget` and it raised
+    /// its budget horizon.
+    pub history_budget_exceeded: u64,
     /// Messages dropped because they claimed another sender than the one
     /// their link authenticated (`msg.from` differs from `from`).
     pub rejected_identity: u64,
