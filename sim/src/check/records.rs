@@ -433,6 +433,46 @@ mod tests {
         assert_eq!((entries(&w, 0), entries(&w, 1), entries(&w, 2)), (1, 0, 1));
     }
 
+    /// A node cut off while the others trim to the budget keeps the oldest
+    /// entry: its own model allows it (its horizon is lower), the budget
+    /// check does not. After the heal it adopts the horizon and drops it.
+    #[test]
+    fn the_checker_reports_a_node_that_missed_the_budget_horizon() {
+        let timing = NodeTiming {
+            // Three entries of ~59 B do not fit, two do.
+            history_budget: Some(150),
+            ..NodeTiming::default()
+        };
+        let mut w = World::new(7, NetConfig::default(), timing, Duration::from_millis(100));
+        for _ in 0..3 {
+            w.add_node();
+        }
+        w.run_until(Duration::from_millis(1_500));
+        w.append(0, "room:0");
+        wait(&mut w, 500);
+        assert_eq!(entries(&w, 2), 1);
+        w.cut_groups(&[vec![0, 1], vec![2]]);
+        w.append(0, "room:1");
+        wait(&mut w, 10);
+        w.append(0, "room:2");
+        wait(&mut w, 2_000);
+        assert_eq!(entries(&w, 0), 0, "the oldest went on n0");
+        assert_eq!(entries(&w, 2), 1, "n2 did not hear of it");
+        let v = check(&w);
+        assert!(!v.pass);
+        assert!(v.detail.contains("has budget horizon 0"), "{}", v.detail);
+        w.heal();
+        wait(&mut w, 5_000);
+        let v = check(&w);
+        assert!(v.pass, "{}", v.detail);
+        assert_eq!(entries(&w, 2), 0);
+        assert!(v.detail.contains("1 expired everywhere"), "{}", v.detail);
+        // Told of a smaller budget than the nodes run with: over it.
+        w.log.records.budget = Some(10);
+        let v = check(&w);
+        assert!(v.detail.contains("over its 10 B budget"), "{}", v.detail);
+    }
+
     #[test]
     fn the_checker_reports_a_node_that_keeps_expired_history() {
         // The nodes keep history forever; the checker is told of a 1 s ttl.
