@@ -17,7 +17,7 @@ use crate::records::{Record, BUCKETS};
 use crate::store::Delta;
 
 /// The version byte in front of every frame.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Largest frame the decoder accepts (the transport chunks state transfers well
 /// below this).
@@ -124,6 +124,10 @@ pub enum Body {
         buckets: Vec<u64>,
         /// Set on the answer to a digest, which is not answered again.
         reply: bool,
+        /// The sender's budget horizon (`history_budget`): log entries
+        /// stamped before it are dropped. The receiver adopts it, capped at
+        /// its own wall clock.
+        horizon: u64,
     },
     /// A SWIM failure-detector message (probes and piggybacked membership
     /// updates; see [`Swim`]).
@@ -379,7 +383,8 @@ mod tests {
     /// Golden vectors: these bytes are the wire format. A change here breaks
     /// mixed-version clusters and must come with a new WIRE_VERSION (2: SWIM
     /// messages moved into `Body::Swim`, the unused `Heartbeat` went, so every
-    /// tag after `Members` moved down by one).
+    /// tag after `Members` moved down by one; 3: `RecordsDigest` carries the
+    /// budget horizon).
     #[test]
     fn golden_vectors() {
         let nack = Message {
@@ -390,7 +395,7 @@ mod tests {
         assert_eq!(
             hex::encode(nack.encode()),
             concat!(
-                "02",       // wire version
+                "03",       // wire version
                 "0161",     // from.name "a"
                 "01",       // from.incarnation 1
                 "00",       // addr: V4
@@ -404,7 +409,7 @@ mod tests {
         assert_eq!(
             hex::encode(sample_delta().encode()),
             concat!(
-                "02", // wire version
+                "03", // wire version
                 "026e31",
                 "07", // from n1#7
                 "00",
@@ -431,6 +436,37 @@ mod tests {
                 "00", // no removes, not full
                 "00", // subs: no parts
             )
+        );
+    }
+
+    /// `RecordsDigest` (v3): the buckets, `reply`, then the budget horizon.
+    #[test]
+    fn golden_records_digest() {
+        let m = Message {
+            from: NodeId::new("a", 1),
+            addr: addr(),
+            body: Body::RecordsDigest {
+                buckets: vec![0; BUCKETS],
+                reply: true,
+                horizon: 1_000,
+            },
+        };
+        let bytes = hex::encode(m.encode());
+        let head = concat!(
+            "03",       // wire version
+            "0161",     // from.name "a"
+            "01",       // from.incarnation 1
+            "00",       // addr: V4
+            "7f000001", // 127.0.0.1
+            "fbe81c",   // port 7400 (varint u16)
+            "09",       // Body::RecordsDigest
+            "fb0001",   // 256 buckets (varint)
+        );
+        assert!(bytes.starts_with(head), "{bytes}");
+        assert_eq!(bytes.len(), head.len() + 2 * BUCKETS + 2 + 6, "{bytes}");
+        assert!(
+            bytes.ends_with(concat!("01", "fbe803")),
+            "reply true, horizon 1000 (varint): {bytes}"
         );
     }
 

@@ -220,6 +220,24 @@ impl Records {
         out
     }
 
+    /// Raises the horizon past the oldest log entries, oldest first, until
+    /// the logs hold at most `budget` bytes ([`Records::log_bytes`]): every
+    /// entry stamped at the oldest time goes at once, so the horizon is one
+    /// past a stamp time. Returns the new horizon and what it dropped, or
+    /// `None` when the logs already fit. Costs O(dropped · log n).
+    pub fn fit(&mut self, budget: usize) -> Option<(u64, Expired)> {
+        let mut out = Expired::default();
+        while self.log_bytes > budget {
+            let Some((t, _)) = self.oldest.first() else {
+                break;
+            };
+            let dropped = self.expire(t.saturating_add(1));
+            out.entries += dropped.entries;
+            out.bytes += dropped.bytes;
+        }
+        (out.entries > 0).then_some((self.horizon, out))
+    }
+
     /// Entries kept per log.
     pub fn cap(&self) -> usize {
         self.cap
@@ -629,6 +647,25 @@ mod tests {
             let total: usize = r.bucket_records(&every).iter().map(Record::size).sum();
             assert_eq!(r.log_bytes(), total);
         }
+    }
+
+    #[test]
+    fn fit_drops_the_oldest_entries_of_every_log_until_the_budget_holds() {
+        let mut r = Records::new(10);
+        r.merge(&log("t:1", 1, "a"));
+        r.merge(&log("t:2", 2, "b"));
+        r.merge(&log("t:1", 3, "c"));
+        r.merge(&log("t:2", 3, "d"));
+        let each = 48 + 3 + 1;
+        assert_eq!(r.fit(4 * each), None, "fits: nothing goes");
+        assert_eq!(r.horizon(), 0);
+        let (horizon, out) = r.fit(3 * each).expect("over budget");
+        assert_eq!((horizon, out.entries), (2, 1), "t:1 @1 went");
+        let (horizon, out) = r.fit(each).expect("over budget");
+        assert_eq!(horizon, 4, "both entries @3 go together");
+        assert_eq!((out.entries, out.bytes as usize), (3, 3 * each));
+        assert_eq!(r.log_bytes(), 0);
+        assert!(!r.merge(&log("t:1", 3, "c")), "below the horizon: refused");
     }
 
     #[test]

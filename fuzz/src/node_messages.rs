@@ -164,7 +164,7 @@ pub enum ArbBody {
     Broadcast(u8, Vec<u8>),
     Leave,
     Records(Vec<ArbRecord>),
-    RecordsDigest(Vec<u64>, bool),
+    RecordsDigest(Vec<u64>, bool, u64),
     Ping {
         seq: u64,
         target: ArbNode,
@@ -215,8 +215,14 @@ fn addr(i: usize) -> SocketAddr {
     ))
 }
 
+/// Every node's `history_budget`, in bytes.
+const BUDGET: usize = 4096;
+/// The wall clock handed to the nodes at the start (then it follows `now`).
+const WALL0: u64 = 1_700_000_000_000;
+
 /// The target is slot 0, the fake peers slots 1..=PEERS.
 struct World {
+    start: Instant,
     now: Instant,
     nodes: Vec<Node>,
     /// Messages each fake peer sent the target, not delivered yet.
@@ -230,6 +236,8 @@ fn config(slot: usize, incarnation: u64, seed: u64) -> NodeConfig {
     cfg.rng_seed = seed;
     // Down and purged within an input's reach (LAN: purged after 5 minutes).
     cfg.permdown_after = Duration::from_secs(6);
+    // Small enough that an input's appends and forged records go past it.
+    cfg.history_budget = Some(BUDGET);
     cfg.seeds = if slot == 0 {
         vec![addr(1)]
     } else {
@@ -251,6 +259,7 @@ impl World {
             .map(|slot| Node::new(config(slot, 1, slot as u64), now))
             .collect();
         let mut world = World {
+            start: now,
             now,
             nodes,
             to_target: vec![Vec::new(); PEERS],
@@ -325,7 +334,16 @@ impl World {
             }
         }
         self.now = until;
+        let wall = self.wall();
+        for node in &mut self.nodes {
+            node.handle_wall_clock(wall);
+        }
         self.pump();
+    }
+
+    /// The wall clock the nodes were last handed: it follows `now`.
+    fn wall(&self) -> u64 {
+        WALL0 + u64::try_from((self.now - self.start).as_millis()).unwrap_or(u64::MAX - WALL0)
     }
 
     /// Decodes `frame` and hands it to the target, as the transport does, from
@@ -504,7 +522,7 @@ impl World {
                     })
                     .collect(),
             ),
-            ArbBody::RecordsDigest(buckets, reply) => {
+            ArbBody::RecordsDigest(buckets, reply, horizon) => {
                 // Mostly the right size, so it gets past the decoder.
                 let mut b = buckets.clone();
                 if b.len() != BUCKETS + 1 {
@@ -513,6 +531,7 @@ impl World {
                 Body::RecordsDigest {
                     buckets: b,
                     reply: *reply,
+                    horizon: *horizon,
                 }
             }
             ArbBody::Ping {
@@ -592,6 +611,8 @@ impl World {
                 let slot = Self::peer(*i);
                 let inc = self.nodes[slot].id().incarnation.saturating_add(1);
                 self.nodes[slot] = Node::new(config(slot, inc, inc), self.now);
+                let wall = self.wall();
+                self.nodes[slot].handle_wall_clock(wall);
                 self.to_target[slot - 1].clear();
                 self.pump();
             }
@@ -615,6 +636,11 @@ impl World {
     fn check_target(&self) {
         let node = &self.nodes[0];
         let me = node.id();
+        assert!(
+            node.records().log_bytes() <= BUDGET,
+            "history over its budget"
+        );
+
         assert!(
             node.buffer_len() <= node.config().buffer_cap,
             "δ-buffer over its cap"

@@ -113,6 +113,12 @@ pub struct LimitsSection {
     /// Longest string (or object key) in a client frame's payload or an HTTP
     /// API body, in bytes as sent (escapes included).
     pub json_max_string_bytes: usize,
+    // The node's memory: topic history.
+    /// Most bytes of topic history this node holds (each message's body and
+    /// topic plus 48 bytes, as `chorus_history_bytes` counts them); past it
+    /// the oldest messages of every topic go first, on every node alike
+    /// (0: no budget). Set it alike on every node: the smallest rules.
+    pub history_budget_bytes: usize,
 }
 
 impl Default for LimitsSection {
@@ -129,6 +135,7 @@ impl Default for LimitsSection {
             presences_per_user_topic: DEFAULT_PRESENCES_PER_USER_TOPIC,
             json_max_depth: client.json.max_depth,
             json_max_string_bytes: client.json.max_string_bytes,
+            history_budget_bytes: DEFAULT_HISTORY_BUDGET_BYTES,
         }
     }
 }
@@ -145,7 +152,15 @@ impl LimitsSection {
             },
         }
     }
+
+    /// The engine's `NodeConfig::history_budget` (`None`: 0, no budget).
+    pub fn history_budget(&self) -> Option<usize> {
+        (self.history_budget_bytes > 0).then_some(self.history_budget_bytes)
+    }
 }
+
+/// Default `limits.history_budget_bytes`: 256 MiB.
+pub const DEFAULT_HISTORY_BUDGET_BYTES: usize = 256 << 20;
 
 /// Default `limits.user_publish_rate`: a chat user types far less; a client
 /// looping on `update_presence` is held to this.
@@ -492,6 +507,15 @@ mod tests {
             Config::default_config().topic_rules().len()
         );
         assert!(c.rooms.is_empty());
+    }
+
+    #[test]
+    fn history_budget_is_256_mib_by_default_and_0_turns_it_off() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.limits.history_budget_bytes, 256 << 20);
+        assert_eq!(c.limits.history_budget(), Some(256 << 20));
+        let c = Config::parse("[limits]\nhistory_budget_bytes = 0\n", "x.toml").unwrap();
+        assert_eq!(c.limits.history_budget(), None);
     }
 
     #[test]

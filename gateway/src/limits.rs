@@ -165,7 +165,7 @@ pub struct LimitCounter(Family<LimitLabel, Counter>);
 
 /// The `limit` label values (the `[limits]` keys), created at 0 so each series
 /// exists before its first breach.
-pub const LIMIT_KEYS: [&str; 8] = [
+pub const LIMIT_KEYS: [&str; 9] = [
     "handshake_timeout_ms",
     "max_connections",
     "frame_rate",
@@ -174,6 +174,7 @@ pub const LIMIT_KEYS: [&str; 8] = [
     "presences_per_user_topic",
     "json_max_depth",
     "json_max_string_bytes",
+    "history_budget_bytes",
 ];
 
 impl Default for LimitCounter {
@@ -190,6 +191,16 @@ impl LimitCounter {
     /// Counts one breach of `limit` (its `[limits]` key).
     pub fn hit(&self, limit: &'static str) {
         self.0.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Raises the count of `limit` to `total` (a count kept elsewhere, e.g.
+    /// the engine's; a lower one changes nothing, so concurrent calls cannot
+    /// count twice).
+    pub fn raise_to(&self, limit: &'static str, total: u64) {
+        self.0
+            .get_or_create(&[("limit", limit)])
+            .inner()
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Breaches of `limit` so far.

@@ -62,6 +62,7 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
         // by stamps that disagree with virtual time.
         history_cap: Some(4),
         history_ttl_ms: None,
+        history_budget: None,
         clock_skew_ms: (0..n).map(|i| SKEW_MS[i % SKEW_MS.len()]).collect(),
         converge_within_ms: 5_000,
         sample_ms: None,
@@ -72,6 +73,10 @@ pub fn scenario(name: &str, n: usize) -> Option<Scenario> {
         // History expires while the cluster is cut and restarted: records
         // must still converge, each node to the writes its horizon keeps.
         "partition-heal" => sc.history_ttl_ms = Some(6_000),
+        // History over a budget while a link flaps and a node pauses: the
+        // budget horizon must reach every node, so all drop the same oldest
+        // entries (about 20 entries of ~64 B fit the logs' caps; 640 B don't).
+        "flapping-link" => sc.history_budget = Some(640),
         "rolling-restart" | "crash-during-join-storm" => sc.permdown_after_ms = Some(8_000),
         _ => {}
     }

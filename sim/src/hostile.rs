@@ -21,7 +21,10 @@
 //! - **bad values**: a meta that is not a JSON object, a topic over
 //!   `MAX_TOPIC` (the receiver's decode must refuse the frame);
 //! - **lying digests**: claiming every op of every replica, or none, and a
-//!   member count of `u32::MAX` or 0.
+//!   member count of `u32::MAX` or 0;
+//! - **a budget horizon at the end of time**: a records digest whose budget
+//!   horizon is `u64::MAX` (the receiver caps it at its wall clock, so it
+//!   refuses nothing written from then on).
 //!
 //! Entries the adversary makes up count against its quota ([`Hostile::quota`]):
 //! the checkers bound honest nodes' memory by honest work plus that quota.
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use chorus_engine::{
     Body, ConnId, Delta, Key, Message, Meta, NodeId, Part, PhxRef, PresEntry, Ranges, Swim, Topic,
-    Update, UpdateKind, MAX_TOPIC,
+    Update, UpdateKind, BUCKETS, MAX_TOPIC,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -71,10 +74,12 @@ pub enum Attack {
     BadValue,
     /// A digest claiming everything or nothing.
     LyingDigest,
+    /// A records digest with a budget horizon of `u64::MAX`.
+    EndOfTime,
 }
 
 /// Every attack, in the order they are drawn.
-pub const ATTACKS: [Attack; 9] = [
+pub const ATTACKS: [Attack; 10] = [
     Attack::Replay,
     Attack::Spoof,
     Attack::FutureEntries,
@@ -84,6 +89,7 @@ pub const ATTACKS: [Attack; 9] = [
     Attack::Ghosts,
     Attack::BadValue,
     Attack::LyingDigest,
+    Attack::EndOfTime,
 ];
 
 /// The adversary's state.
@@ -347,6 +353,11 @@ impl World {
                     members: if all { u32::MAX } else { 0 },
                 })]
             }
+            Attack::EndOfTime => vec![own(Body::RecordsDigest {
+                buckets: vec![0; BUCKETS],
+                reply: true,
+                horizon: u64::MAX,
+            })],
         };
         *self.log.hostile.sent.entry(attack).or_default() += 1;
         for m in msgs {

@@ -57,6 +57,8 @@ impl World {
             cfg.history_cap = c;
         }
         cfg.history_ttl = self.timing.history_ttl;
+        cfg.history_budget = self.timing.history_budget;
+        self.log.records.budget = cfg.history_budget;
         self.log.records.cap = cfg.history_cap;
         self.log.records.ttl_ms = cfg.history_ttl.map(|d| d.as_millis() as u64);
         let wall = self.wall_ms(i);

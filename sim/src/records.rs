@@ -35,6 +35,8 @@ pub struct Ledger {
     pub cap: usize,
     /// `NodeConfig::history_ttl` of the nodes, in milliseconds.
     pub ttl_ms: Option<u64>,
+    /// `NodeConfig::history_budget` of the nodes, in bytes.
+    pub budget: Option<usize>,
     /// The writes, in order.
     pub writes: Vec<Written>,
     index: BTreeMap<Stamp, usize>,

@@ -37,6 +37,9 @@ pub struct Scenario {
     /// The nodes' `history_ttl` in milliseconds (none: history never expires).
     #[serde(default)]
     pub history_ttl_ms: Option<u64>,
+    /// The nodes' `history_budget` in bytes (none: no budget).
+    #[serde(default)]
+    pub history_budget: Option<usize>,
     /// Clock skew of node `i`, in milliseconds (0 past the end of the list):
     /// added to the virtual wall clock its record writes are stamped with.
     #[serde(default)]
@@ -268,6 +271,7 @@ pub fn run_scenario(sc: &Scenario, seed: u64) -> Report {
         permdown_after: sc.permdown_after_ms.map(Duration::from_millis),
         history_cap: sc.history_cap,
         history_ttl: sc.history_ttl_ms.map(Duration::from_millis),
+        history_budget: sc.history_budget,
         clock_skew_ms: sc.clock_skew_ms.clone(),
     };
     let nodes: usize = sc

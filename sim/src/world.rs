@@ -62,6 +62,8 @@ pub struct NodeTiming {
     /// `NodeConfig::history_ttl` (none by default): each node is handed its
     /// skewed wall clock whenever its timers fire.
     pub history_ttl: Option<Duration>,
+    /// `NodeConfig::history_budget` (none by default).
+    pub history_budget: Option<usize>,
     /// Clock skew of node `i` in milliseconds (0 when unlisted): what its
     /// clients pass as `time_ms` is the virtual wall clock plus this.
     pub clock_skew_ms: Vec<i64>,

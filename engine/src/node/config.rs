@@ -68,6 +68,13 @@ pub struct NodeConfig {
     /// dropped and refused from peers. `None`: history never expires. Like
     /// `history_cap`, the same on every node.
     pub history_ttl: Option<Duration>,
+    /// Most bytes of history ([`Records::log_bytes`](crate::Records::log_bytes))
+    /// the node holds: past it, it raises its **budget horizon** past its
+    /// oldest entries until they fit, and gossips it in every records digest;
+    /// every node adopts the greatest it hears, capped at its own wall clock.
+    /// `None`: no budget (peers' budget horizons are still adopted). The
+    /// smallest budget of the cluster rules, so set it alike on every node.
+    pub history_budget: Option<usize>,
     /// Most bytes of records per repair message.
     pub records_chunk: usize,
 }
@@ -102,6 +109,7 @@ impl NodeConfig {
             down_probe_every: 1,
             history_cap: 100,
             history_ttl: None,
+            history_budget: None,
             records_chunk: 1 << 20,
         }
     }

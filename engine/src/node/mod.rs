@@ -67,6 +67,12 @@ pub struct Node {
     record_seq: u64,
     /// The greatest stamp time issued or seen: local writes stamp past it.
     record_clock: u64,
+    /// The budget horizon (`history_budget`): ours or the greatest a peer
+    /// gossiped, capped at `wall_ms`. Only grows; gossiped in records digests.
+    budget_horizon: u64,
+    /// The greatest wall clock handed to [`Node::handle_wall_clock`] (0:
+    /// none yet, so no peer's budget horizon is adopted).
+    wall_ms: u64,
     peers: BTreeMap<NodeId, Peer>,
     /// Peers up and with an address (what a digest reports, plus us): kept
     /// as a count because a joining node sends N digests.
@@ -102,6 +108,8 @@ impl Node {
             records: Records::new(cfg.history_cap),
             record_seq: 0,
             record_clock: 0,
+            budget_horizon: 0,
+            wall_ms: 0,
             coalescer: Coalescer::new(cfg.coalesce.clone()),
             rng,
             peers: BTreeMap::new(),
@@ -149,6 +157,13 @@ impl Node {
     /// [`Event::Record`].
     pub fn records(&self) -> &Records {
         &self.records
+    }
+
+    /// The budget horizon: log entries stamped before it were dropped to
+    /// keep history within `history_budget`, here or on a peer (see
+    /// [`NodeConfig::history_budget`]).
+    pub fn budget_horizon(&self) -> u64 {
+        self.budget_horizon
     }
 
     /// Counters.
@@ -366,7 +381,12 @@ impl Node {
                 self.forget(&from);
             }
             Body::Records(records) => self.merge_records(records),
-            Body::RecordsDigest { buckets, reply } => {
+            Body::RecordsDigest {
+                buckets,
+                reply,
+                horizon,
+            } => {
+                self.adopt_budget_horizon(horizon);
                 self.handle_records_digest(&from, msg.addr, &buckets, reply);
             }
         }
@@ -405,8 +425,10 @@ impl Node {
     /// peers from now on. Feed it about once a second (the runtime does on
     /// every timeout); an earlier time than before changes nothing. The
     /// horizon follows this clock only, never record stamps, which peers
-    /// choose.
+    /// choose. It also caps the budget horizons adopted from peers
+    /// ([`NodeConfig::history_budget`]).
     pub fn handle_wall_clock(&mut self, time_ms: u64) {
+        self.wall_ms = self.wall_ms.max(time_ms);
         self.expire_history(time_ms);
     }
 

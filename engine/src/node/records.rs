@@ -28,6 +28,7 @@ impl Node {
     pub(super) fn write_record(&mut self, record: Record) {
         if self.records.merge(&record) {
             self.events.push_back(Event::Record(record.clone()));
+            self.fit_budget();
         }
         let targets: Vec<(NodeId, SocketAddr)> = self
             .peers
@@ -52,6 +53,40 @@ impl Node {
                 self.events.push_back(Event::Record(record));
             }
         }
+        self.fit_budget();
+    }
+
+    /// Over `history_budget`: raises the budget horizon past the oldest log
+    /// entries until history fits. The horizon then reaches every peer in
+    /// our records digests.
+    fn fit_budget(&mut self) {
+        let Some(budget) = self.cfg.history_budget else {
+            return;
+        };
+        if let Some((horizon, expired)) = self.records.fit(budget) {
+            self.budget_horizon = self.budget_horizon.max(horizon);
+            self.stats.history_budget_evicted += expired.entries;
+            self.stats.history_budget_exceeded += 1;
+            self.events.push_back(Event::HistoryExpired { horizon });
+        }
+    }
+
+    /// Adopts a peer's budget horizon, capped at our wall clock: a peer can
+    /// make us drop what its budget dropped, never refuse what is written
+    /// from now on. Anything below ours changes nothing.
+    pub(super) fn adopt_budget_horizon(&mut self, theirs: u64) {
+        let horizon = theirs.min(self.wall_ms);
+        if horizon <= self.budget_horizon {
+            return;
+        }
+        self.budget_horizon = horizon;
+        // Our next write is stamped at or past the horizon, so it is kept.
+        self.record_clock = self.record_clock.max(horizon);
+        let expired = self.records.expire(horizon);
+        if expired.entries > 0 {
+            self.stats.history_budget_evicted += expired.entries;
+            self.events.push_back(Event::HistoryExpired { horizon });
+        }
     }
 
     /// Raises the history horizon to `time_ms - history_ttl`.
@@ -70,7 +105,16 @@ impl Node {
 
     pub(super) fn send_records_digest(&mut self, to: NodeId, addr: SocketAddr, reply: bool) {
         let buckets = self.records.digest().to_vec();
-        self.send(Some(to), addr, Body::RecordsDigest { buckets, reply });
+        let horizon = self.budget_horizon;
+        self.send(
+            Some(to),
+            addr,
+            Body::RecordsDigest {
+                buckets,
+                reply,
+                horizon,
+            },
+        );
     }
 
     /// Ships our records of every bucket that differs from the peer's, and

@@ -204,7 +204,8 @@ pub enum Event {
     /// peer's record that changed it. Applying these, in order, to a copy of
     /// [`Node::records`] taken at start keeps the copy equal to it.
     Record(Record),
-    /// Log entries stamped before `horizon` were dropped (`history_ttl`).
+    /// Log entries stamped before `horizon` were dropped (`history_ttl`,
+    /// or the budget horizon: `history_budget`, ours or a peer's).
     /// A replica kept with [`Event::Record`] applies
     /// [`Records::expire`](crate::Records::expire)`(horizon)` at this point
     /// of the sequence to stay equal.
@@ -247,6 +248,12 @@ pub struct NodeStats {
     pub records_merged: u64,
     /// Log entries dropped because they were older than `history_ttl`.
     pub history_expired: u64,
+    /// Log entries dropped by the budget horizon (`history_budget`, ours or
+    /// one a peer gossiped).
+    pub history_budget_evicted: u64,
+    /// Times this node's history went over `history_budget` and it raised
+    /// its budget horizon.
+    pub history_budget_exceeded: u64,
     /// Messages dropped because they claimed another sender than the one
     /// their link authenticated (`msg.from` differs from `from`).
     pub rejected_identity: u64,

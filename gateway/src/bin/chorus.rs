@@ -95,6 +95,12 @@ struct ServeArgs {
     #[arg(long, env = "CHORUS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     // -- end of the server's edge --
+    // -- [limits]: the node's memory --
+    /// Most bytes of topic history this node holds; past it the oldest go
+    /// first, on every node alike (limits.history_budget_bytes; 0: none).
+    #[arg(long, env = "CHORUS_HISTORY_BUDGET_BYTES")]
+    history_budget_bytes: Option<usize>,
+    // -- end of the node's memory --
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -237,6 +243,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(n) = args.max_connections {
         limits.max_connections = n;
+    }
+    if let Some(n) = args.history_budget_bytes {
+        limits.history_budget_bytes = n;
     }
     if let Some(node) = &args.node {
         config.cluster.node.clone_from(node);
@@ -396,6 +405,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     node.rng_seed = rand::random();
     node.history_cap = config.cluster.history_cap;
     node.history_ttl = Some(config.cluster.history_ttl);
+    node.history_budget = config.limits.history_budget();
     let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
         .await
         .context("starting the cluster engine")?;

@@ -251,6 +251,13 @@ impl Metrics {
         self.limits.hit(limit);
     }
 
+    /// Brings the limits the engine enforces (`history_budget_bytes`) into
+    /// `chorus_limit_exceeded_total`.
+    pub(crate) fn engine_limits(&self, stats: &RuntimeStats) {
+        self.limits
+            .raise_to("history_budget_bytes", stats.node.history_budget_exceeded);
+    }
+
     /// The exposition: the live metrics, then the values scraped now.
     pub(crate) fn render(&self, scraped: &Registry) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);
@@ -324,9 +331,12 @@ fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[MemberInfo])>)
     evicted
         .get_or_create(&[("reason", "ttl")])
         .inc_by(stats.node.history_expired);
+    evicted
+        .get_or_create(&[("reason", "budget")])
+        .inc_by(stats.node.history_budget_evicted);
     registry.register(
         "history_evicted",
-        "History messages dropped from this node, by reason (ttl: older than cluster.history_ttl)",
+        "History messages dropped from this node, by reason (ttl: older than cluster.history_ttl; budget: the oldest, past limits.history_budget_bytes here or on a peer)",
         evicted,
     );
     let by_state = Family::<Labels1, Gauge>::default();
@@ -422,6 +432,9 @@ pub(crate) async fn respond(shared: &Arc<Shared>) -> Response<HttpBody> {
     .await
     .ok()
     .flatten();
+    if let Some((stats, _)) = &read {
+        shared.metrics.engine_limits(stats);
+    }
     let scraped = scraped(&shared.stats, read.as_ref().map(|(s, m)| (s, m.as_slice())));
     match shared.metrics.render(&scraped) {
         Ok(text) => {
@@ -487,7 +500,11 @@ mod tests {
         stats.node.rejected_identity = 2;
         stats.rejected_invalid = 5;
         stats.node.history_expired = 7;
+        stats.node.history_budget_evicted = 9;
+        stats.node.history_budget_exceeded = 3;
         stats.history_bytes = 4096;
+        metrics.engine_limits(&stats);
+        metrics.engine_limits(&stats);
         let text = metrics
             .render(&scraped(&ServerStats::default(), Some((&stats, &[]))))
             .expect("encodes");
@@ -497,6 +514,8 @@ mod tests {
             "chorus_peer_messages_rejected_total{reason=\"invalid\"} 5\n",
             "chorus_history_bytes 4096\n",
             "chorus_history_evicted_total{reason=\"ttl\"} 7\n",
+            "chorus_history_evicted_total{reason=\"budget\"} 9\n",
+            "chorus_limit_exceeded_total{limit=\"history_budget_bytes\"} 3\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -307,3 +307,59 @@ async fn history_forgets_a_message_after_the_ttl_on_every_node() -> anyhow::Resu
     assert!(bytes > 0, "the new message is counted");
     Ok(())
 }
+
+/// Failed before `limits.history_budget_bytes`: history grew without bound
+/// across topics. A (over its budget) drops the oldest message and counts it;
+/// B has no budget of its own but drops the same one, because A's budget
+/// horizon reaches it in the records digests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_over_the_budget_drops_the_oldest_on_every_node() -> anyhow::Result<()> {
+    // Each message counts 48 + 10 (topic) + 13 (body) = 71 bytes: two fit.
+    let mut budgeted = Config::default_config();
+    budgeted.limits.history_budget_bytes = 150;
+    let mut unlimited = Config::default_config();
+    unlimited.limits.history_budget_bytes = 0;
+    let a = NodeBuilder::new()
+        .config(with_key())
+        .app(budgeted)
+        .start()
+        .await?;
+    let b = NodeBuilder::new()
+        .config(with_key())
+        .app(unlimited)
+        .seeds("b", vec![a.engine.local_addr()])
+        .start()
+        .await?;
+    let posted = wall_ms();
+    for (i, body) in ["m1", "m2", "m3"].into_iter().enumerate() {
+        let body = format!(r#"{{"body":"{body}"}}"#);
+        a.engine
+            .append("room:lobby", posted + i as u64, body.as_str())
+            .await?;
+    }
+    assert_eq!(
+        history_bodies(a.addr).await,
+        ["m2", "m3"],
+        "the oldest went"
+    );
+    let same = eventually(Duration::from_secs(10), || async {
+        history_bodies(b.addr).await == ["m2", "m3"]
+    })
+    .await;
+    assert!(same, "B: {:?}", history_bodies(b.addr).await);
+    let metrics = Req::new("GET", "/metrics").send(a.addr).await?.text();
+    for line in [
+        "chorus_history_evicted_total{reason=\"budget\"} 1\n",
+        "chorus_limit_exceeded_total{limit=\"history_budget_bytes\"} 1\n",
+        "chorus_history_bytes 142\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let metrics = Req::new("GET", "/metrics").send(b.addr).await?.text();
+    assert!(
+        metrics.contains("chorus_limit_exceeded_total{limit=\"history_budget_bytes\"} 0\n"),
+        "B never went over a budget: {metrics}"
+    );
+    assert!(metrics.contains("chorus_history_bytes 142\n"), "{metrics}");
+    Ok(())
+}

@@ -88,6 +88,7 @@ impl NodeBuilder {
             // As the `chorus` binary does.
             node.history_cap = app.cluster.history_cap;
             node.history_ttl = Some(app.cluster.history_ttl);
+            node.history_budget = app.limits.history_budget();
         }
         let engine = Engine::start(EngineConfig::new(node, SECRET)).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;

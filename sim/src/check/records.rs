@@ -18,6 +18,14 @@
 //! surviving entries at or past its own horizon. Nodes whose clocks differ
 //! hold different sets for as long as the skew, so each is checked against
 //! its own model.
+//!
+//! With `history_budget`, a node's horizon is also at least its **budget
+//! horizon**, read from the node: where it lands depends on the order records
+//! arrived in, which only the engine knows. What the checker holds it to: every
+//! live node keeps its history within the budget, and once records agree
+//! every live node has adopted the greatest budget horizon of the live nodes
+//! (or its own wall clock, when that is behind it: peers' horizons are capped
+//! there), so they all hold the same records.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -110,11 +118,65 @@ fn agreed_after(w: &World) -> String {
 
 /// Node `i`'s history horizon: log entries stamped before it are gone there.
 fn horizon(w: &World, i: usize) -> u64 {
-    match (w.log.records.ttl_ms, w.nodes[i].wall_fed_ms) {
+    let ttl = match (w.log.records.ttl_ms, w.nodes[i].wall_fed_ms) {
         (Some(ttl), Some(wall)) => wall.saturating_sub(ttl),
         _ => 0,
-    }
+    };
+    ttl.max(budget_horizon(w, i))
 }
+
+/// Node `i`'s budget horizon (0 when it is down).
+fn budget_horizon(w: &World, i: usize) -> u64 {
+    w.nodes[i].node.as_ref().map_or(0, |n| n.budget_horizon())
+}
+
+/// The budget's own checks, at the end: history within it on every live
+/// node, and one budget horizon adopted by every live node, as far as its
+/// wall clock allowed.
+fn budget_violations(w: &World) -> Vec<String> {
+    let live = || w.nodes.iter().enumerate().filter(|(_, s)| s.is_live());
+    let mut bad = Vec::new();
+    let Some(budget) = w.log.records.budget else {
+        // No node raised a budget horizon: any it holds is a peer's (a
+        // hostile one's), which must have been capped at its wall clock.
+        for (i, s) in live() {
+            let wall = s.wall_fed_ms.unwrap_or(0);
+            let h = budget_horizon(w, i);
+            if h > wall {
+                bad.push(format!(
+                    "{} took a budget horizon {h} past its wall clock {wall}",
+                    s.id()
+                ));
+            }
+        }
+        return bad;
+    };
+    for (_, s) in live() {
+        let held = s.node.as_ref().expect("live").records().log_bytes();
+        if held > budget {
+            bad.push(format!(
+                "{} holds {held} B of history, over its {budget} B budget",
+                s.id()
+            ));
+        }
+    }
+    let greatest = live().map(|(i, _)| budget_horizon(w, i)).max().unwrap_or(0);
+    for (i, s) in live() {
+        let wall = s.wall_fed_ms.unwrap_or(0);
+        let h = budget_horizon(w, i);
+        if h < greatest.min(wall.saturating_sub(ADOPT_SLACK_MS)) {
+            bad.push(format!(
+                "{} has budget horizon {h}, not the cluster's {greatest} (its clock: {wall})",
+                s.id()
+            ));
+        }
+    }
+    bad
+}
+
+/// How far behind its wall clock a node may have last been handed a peer's
+/// budget horizon: two anti-entropy rounds.
+const ADOPT_SLACK_MS: u64 = 2_000;
 
 /// Whether node `i`'s horizon keeps `r` (registers never expire).
 fn kept(r: &Record, horizon: u64) -> bool {
@@ -138,7 +200,7 @@ pub(super) fn check(w: &World) -> Verdict {
         .collect();
     let expired = ledger.writes.len() - lost - survived.len();
     let every = [true; BUCKETS];
-    let mut bad = Vec::new();
+    let mut bad = budget_violations(w);
     let mut models = BTreeSet::new();
     for (i, s) in w.nodes.iter().enumerate().filter(|(_, s)| s.is_live()) {
         let h = horizon(w, i);
@@ -181,11 +243,26 @@ pub(super) fn check(w: &World) -> Verdict {
         } else {
             format!("agreed {}", agreed_after(w))
         };
-        let expired = if ledger.ttl_ms.is_some() {
+        let mut expired = if ledger.ttl_ms.is_some() || ledger.budget.is_some() || expired > 0 {
             format!(", {expired} expired everywhere")
         } else {
             String::new()
         };
+        if let Some(budget) = ledger.budget {
+            let evicted: u64 = w
+                .nodes
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .map(|n| n.stats().history_budget_evicted)
+                .sum();
+            let greatest = (0..w.nodes.len())
+                .map(|i| budget_horizon(w, i))
+                .max()
+                .unwrap_or(0);
+            expired.push_str(&format!(
+                " ({evicted} evictions over the {budget} B budget on live nodes, budget horizon {greatest})"
+            ));
+        }
         format!(
             "{} writes ({lost} lost with every holder{expired}), {held}; digests {agreed}",
             ledger.writes.len(),
@@ -354,6 +431,46 @@ mod tests {
         assert!(v.pass, "{}", v.detail);
         assert!(v.detail.contains("1 expired everywhere"), "{}", v.detail);
         assert_eq!((entries(&w, 0), entries(&w, 1), entries(&w, 2)), (1, 0, 1));
+    }
+
+    /// A node cut off while the others trim to the budget keeps the oldest
+    /// entry: its own model allows it (its horizon is lower), the budget
+    /// check does not. After the heal it adopts the horizon and drops it.
+    #[test]
+    fn the_checker_reports_a_node_that_missed_the_budget_horizon() {
+        let timing = NodeTiming {
+            // Three entries of ~59 B do not fit, two do.
+            history_budget: Some(150),
+            ..NodeTiming::default()
+        };
+        let mut w = World::new(7, NetConfig::default(), timing, Duration::from_millis(100));
+        for _ in 0..3 {
+            w.add_node();
+        }
+        w.run_until(Duration::from_millis(1_500));
+        w.append(0, "room:0");
+        wait(&mut w, 500);
+        assert_eq!(entries(&w, 2), 1);
+        w.cut_groups(&[vec![0, 1], vec![2]]);
+        w.append(0, "room:1");
+        wait(&mut w, 10);
+        w.append(0, "room:2");
+        wait(&mut w, 2_000);
+        assert_eq!(entries(&w, 0), 0, "the oldest went on n0");
+        assert_eq!(entries(&w, 2), 1, "n2 did not hear of it");
+        let v = check(&w);
+        assert!(!v.pass);
+        assert!(v.detail.contains("has budget horizon 0"), "{}", v.detail);
+        w.heal();
+        wait(&mut w, 5_000);
+        let v = check(&w);
+        assert!(v.pass, "{}", v.detail);
+        assert_eq!(entries(&w, 2), 0);
+        assert!(v.detail.contains("1 expired everywhere"), "{}", v.detail);
+        // Told of a smaller budget than the nodes run with: over it.
+        w.log.records.budget = Some(10);
+        let v = check(&w);
+        assert!(v.detail.contains("over its 10 B budget"), "{}", v.detail);
     }
 
     #[test]
