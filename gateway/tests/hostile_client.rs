@@ -3,8 +3,9 @@
 //! test checks the documented error or close code, the
 //! `chorus_limit_exceeded_total{limit=..}` counter in `/metrics`, and that
 //! another client of the same node goes on unaffected. The memory attacks
-//! (a 1 MB `update_presence` before 200 watchers, an `update_presence` flood)
-//! also check the server's health and a bound on the process's memory.
+//! (a 1 MB `update_presence` before 200 watchers, an `update_presence` flood,
+//! 60 × 4 KB messages into each of 300 topics' history) also check the
+//! server's health and a bound on the process's memory.
 //!
 //! Servers bind 127.0.0.1:0; every wait is on a condition.
 
@@ -518,5 +519,216 @@ async fn an_update_presence_flood_gives_bounded_diffs_and_cuts_no_watcher() -> a
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    node.stop().await
+}
+
+/// `chat:{id}` keeps a history of 60 messages; `new_msg` is a `message`
+/// (stored, broadcast, 4,000 characters at most), 60 per user, topic and
+/// minute as in issue 19. `[cluster] history_ttl` is `ttl`.
+fn history_config(ttl: &str) -> Config {
+    let text = format!(
+        r#"
+[cluster]
+history_ttl = "{ttl}"
+
+[[topics]]
+pattern = "chat:{{id}}"
+history = 60
+events = {{ new_msg = "message" }}
+rate_limit = {{ new_msg = 60 }}
+"#
+    );
+    Config::parse(&text, "hostile-history.toml").expect("the test config parses")
+}
+
+/// The first sample of `name` (with its labels, as `/metrics` writes them).
+async fn metric(node: &Node, name: &str) -> anyhow::Result<u64> {
+    let (status, text) = http(node.addr, Method::GET, "/metrics", String::new()).await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    let prefix = format!("{name} ");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("no {name} in /metrics"))?;
+    Ok(line.trim().parse()?)
+}
+
+/// What the history-filling attack got through.
+#[derive(Debug, Default)]
+struct Filled {
+    /// Connections the attacker opened (each ends when the server closes it).
+    connections: usize,
+    /// `new_msg` pushes answered `ok` (stored in history).
+    accepted: usize,
+    /// `new_msg` pushes answered `rate_limit_exceeded`.
+    refused: usize,
+    /// Connections the server closed with 1008 (frame rate exceeded).
+    closed_1008: usize,
+    /// Other close codes the server ended the attacker's connections with.
+    other_closes: Vec<u16>,
+    /// How long the attack ran.
+    elapsed: Duration,
+}
+
+/// Issue 19's attack: one user writes 60 × 4,000-character messages into
+/// each of 300 `chat:{id}` topics as fast as it can. A connection holds 100
+/// channels at most, so each one joins the next 100 topics and writes 60
+/// rounds into them; when the server closes it, the attacker reconnects, until
+/// `run_for` has passed.
+async fn fill_history(node: &Node, run_for: Duration) -> anyhow::Result<Filled> {
+    const TOPICS: usize = 300;
+    let text = "h".repeat(4_000);
+    let started = std::time::Instant::now();
+    let mut filled = Filled::default();
+    let mut next_topic = 0;
+    while started.elapsed() < run_for {
+        let (mut sink, mut stream) = node.client(&query("mallory")).await?.ws.split();
+        filled.connections += 1;
+        let topics: Vec<usize> = (0..100).map(|k| (next_topic + k) % TOPICS).collect();
+        next_topic = (next_topic + 100) % TOPICS;
+        // The reader counts the answers to `new_msg` pushes (refs "m…") and
+        // the close code; the writer stops when it has ended.
+        let (ended, mut is_ended) = tokio::sync::watch::channel(false);
+        let reader = tokio::spawn(async move {
+            let (mut ok, mut refused, mut close) = (0, 0, None);
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => {
+                        let v: Value = serde_json::from_str(t.as_str())?;
+                        let is_push = v[1].as_str().is_some_and(|r| r.starts_with('m'));
+                        if v[3] == "phx_reply" && is_push {
+                            if v[4]["status"] == "ok" {
+                                ok += 1;
+                            } else if v[4]["response"]["reason"] == "rate_limit_exceeded" {
+                                refused += 1;
+                            }
+                        }
+                    }
+                    Ok(Message::Close(f)) => {
+                        close = Some(f.map_or(1005, |f| u16::from(f.code)));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = ended.send(true);
+            anyhow::Ok((ok, refused, close))
+        });
+        let writer = async {
+            for (k, topic) in topics.iter().enumerate() {
+                let frame = format!(r#"["j{k}","j{k}","chat:{topic}","phx_join",{{}}]"#);
+                sink.send(Message::text(frame)).await?;
+            }
+            for round in 0..60 {
+                for (k, topic) in topics.iter().enumerate() {
+                    let frame = format!(
+                        r#"["j{k}","m{round}.{k}","chat:{topic}","new_msg",{{"message":"{text}"}}]"#
+                    );
+                    sink.send(Message::text(frame)).await?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            // Sending fails once the server has closed the connection.
+            _ = writer => {}
+            _ = is_ended.wait_for(|e| *e) => {}
+        }
+        // A connection that got through all its frames is closed by us.
+        let _ = sink.close().await;
+        let (ok, refused, close) = tokio::time::timeout(Duration::from_secs(15), reader)
+            .await
+            .context("the attacker's connection did not end")???;
+        filled.accepted += ok;
+        filled.refused += refused;
+        match close {
+            Some(1008) => filled.closed_1008 += 1,
+            other => filled.other_closes.extend(other),
+        }
+    }
+    filled.elapsed = started.elapsed();
+    Ok(filled)
+}
+
+/// Issue 19 measured RSS 9 → 85 MiB for 18,000 such messages, kept after the
+/// attacker left. With the default limits the user gets its burst (60) and 20
+/// publishes a second, and its connections are closed for their frame rate.
+#[tokio::test]
+async fn a_history_filling_attack_is_throttled_and_bounded() -> anyhow::Result<()> {
+    let _one = MEMORY.lock().await;
+    let node = node(history_config("24h")).await?;
+    let mut bob = node.client(&query("bob")).await?;
+    let v = join(&mut bob, "1", "chat:bob", "{}").await?;
+    assert_eq!(v[4]["status"], "ok", "{v}");
+    let before = rss();
+    let filled = fill_history(&node, Duration::from_secs(2)).await?;
+    let grown = rss().saturating_sub(before);
+    let history = metric(&node, "chorus_history_bytes").await?;
+    eprintln!(
+        "history-filling attack: {filled:?}, history {history} bytes, RSS +{} KiB",
+        grown / 1024
+    );
+    // The user's bucket: 60 at once, 20 a second after (+20 of slack).
+    let secs = filled.elapsed.as_secs_f64();
+    let bound = 60.0 + 20.0 * secs + 20.0;
+    assert!(filled.accepted >= 60, "the burst passes: {filled:?}");
+    assert!(
+        (filled.accepted as f64) <= bound,
+        "{} accepted in {secs:.1} s, at most {bound:.0}: {filled:?}",
+        filled.accepted
+    );
+    assert!(filled.refused > 0, "{filled:?}");
+    let counted = exceeded(&node, "user_publish_rate").await?;
+    assert!(
+        counted >= filled.refused as u64,
+        "{counted} counted: {filled:?}"
+    );
+    // Too many frames: the attacker's connections are closed (1008), each
+    // after its burst of frames and as many refused.
+    assert!(filled.closed_1008 > 0, "{filled:?}");
+    assert!(exceeded(&node, "frame_rate").await? > 0);
+    // What was accepted is all history holds: the saved message (4,000
+    // characters, its id, user and time), its topic and 48 bytes each, about
+    // 4.2 KB (18,000 messages: 75 MB).
+    assert!(history > 0, "the accepted messages are kept");
+    assert!(
+        history <= filled.accepted as u64 * 4_500,
+        "{history} bytes of history for {} messages",
+        filled.accepted
+    );
+    // Measured: +1.6 to +2.1 MiB (the attacker's side included).
+    assert!(grown < 16 * MIB, "RSS grew by {} MiB", grown / MIB);
+    healthy(&node).await?;
+    let v = push(&mut bob, "chat:bob", "b", "new_msg", r#"{"message":"hi"}"#).await?;
+    assert_eq!(v[4]["status"], "ok", "bob is served: {v}");
+    node.stop().await
+}
+
+/// With a short `history_ttl` what the attack stored expires: the node holds
+/// no history afterwards, and a newcomer is pushed none.
+#[tokio::test]
+async fn a_filled_history_expires_after_history_ttl() -> anyhow::Result<()> {
+    let _one = MEMORY.lock().await;
+    let node = node(history_config("1s")).await?;
+    let filled = fill_history(&node, Duration::from_secs(1)).await?;
+    assert!(filled.accepted >= 60, "the burst passes: {filled:?}");
+    let emptied = util::eventually(Duration::from_secs(10), || async {
+        metric(&node, "chorus_history_bytes").await.ok() == Some(0)
+    })
+    .await;
+    assert!(emptied, "history still held: {filled:?}");
+    let expired = metric(&node, "chorus_history_evicted_total{reason=\"ttl\"}").await?;
+    assert_eq!(expired, filled.accepted as u64, "{filled:?}");
+    // The topics the first connection wrote into push an empty history.
+    let mut late = node.client(&query("late")).await?;
+    for (i, topic) in [0, 1, 99].iter().enumerate() {
+        let join_ref = format!("{}", i + 1);
+        let v = join(&mut late, &join_ref, &format!("chat:{topic}"), "{}").await?;
+        assert_eq!(v[4]["status"], "ok", "{v}");
+        let pushed = late.recv_event("messages_history").await?;
+        assert_eq!(pushed[4]["messages"], json!([]), "chat:{topic}: {pushed}");
+    }
+    healthy(&node).await?;
     node.stop().await
 }
