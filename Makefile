@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load fuzz fmt lint check-core ci
+.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-hostile fuzz fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -118,6 +118,12 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load storm --users $(LOAD_STORM) --rate 200; \
 	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
 	$$load storm --users $(LOAD_BURST)
+
+# Seconds each phase of `make bench-hostile` measures.
+HOSTILE_SECS ?= 5
+
+bench-hostile: ## A normal client's ping p50/p99 unloaded and under each hostile attack, and the ratio (optimised, one process)
+	HOSTILE_SECS=$(HOSTILE_SECS) $(CARGO) test --release -p chorus-gateway --test hostile_client hostile_latency -- --ignored --nocapture
 
 # Seconds per fuzz target, and which targets (default: every one in fuzz/Cargo.toml).
 FUZZ_SECS ?= 60

@@ -3,8 +3,9 @@
 //! test checks the documented error or close code, the
 //! `chorus_limit_exceeded_total{limit=..}` counter in `/metrics`, and that
 //! another client of the same node goes on unaffected. The memory attacks
-//! (a 1 MB `update_presence` before 200 watchers, an `update_presence` flood)
-//! also check the server's health and a bound on the process's memory.
+//! (a 1 MB `update_presence` before 200 watchers, an `update_presence` flood,
+//! 60 × 4 KB messages into each of 300 topics' history) also check the
+//! server's health and a bound on the process's memory.
 //!
 //! Servers bind 127.0.0.1:0; every wait is on a condition.
 
@@ -518,5 +519,468 @@ async fn an_update_presence_flood_gives_bounded_diffs_and_cuts_no_watcher() -> a
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    node.stop().await
+}
+
+/// `chat:{id}` keeps a history of 60 messages; `new_msg` is a `message`
+/// (stored, broadcast, 4,000 characters at most), 60 per user, topic and
+/// minute as in issue 19. `[cluster] history_ttl` is `ttl`.
+fn history_config(ttl: &str) -> Config {
+    let text = format!(
+        r#"
+[cluster]
+history_ttl = "{ttl}"
+
+[[topics]]
+pattern = "chat:{{id}}"
+history = 60
+events = {{ new_msg = "message" }}
+rate_limit = {{ new_msg = 60 }}
+"#
+    );
+    Config::parse(&text, "hostile-history.toml").expect("the test config parses")
+}
+
+/// The first sample of `name` (with its labels, as `/metrics` writes them).
+async fn metric(node: &Node, name: &str) -> anyhow::Result<u64> {
+    let (status, text) = http(node.addr, Method::GET, "/metrics", String::new()).await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    let prefix = format!("{name} ");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("no {name} in /metrics"))?;
+    Ok(line.trim().parse()?)
+}
+
+/// What the history-filling attack got through.
+#[derive(Debug, Default)]
+struct Filled {
+    /// Connections the attacker opened (each ends when the server closes it).
+    connections: usize,
+    /// `new_msg` pushes answered `ok` (stored in history).
+    accepted: usize,
+    /// `new_msg` pushes answered `rate_limit_exceeded`.
+    refused: usize,
+    /// Connections the server closed with 1008 (frame rate exceeded).
+    closed_1008: usize,
+    /// Other close codes the server ended the attacker's connections with.
+    other_closes: Vec<u16>,
+    /// How long the attack ran.
+    elapsed: Duration,
+}
+
+/// Issue 19's attack: one user writes 60 × 4,000-character messages into
+/// each of 300 `chat:{id}` topics as fast as it can. A connection holds 100
+/// channels at most, so each one joins the next 100 topics and writes 60
+/// rounds into them; when the server closes it, the attacker reconnects, until
+/// `run_for` has passed.
+async fn fill_history(node: &Node, run_for: Duration) -> anyhow::Result<Filled> {
+    const TOPICS: usize = 300;
+    let text = "h".repeat(4_000);
+    let started = std::time::Instant::now();
+    let mut filled = Filled::default();
+    let mut next_topic = 0;
+    while started.elapsed() < run_for {
+        let (mut sink, mut stream) = node.client(&query("mallory")).await?.ws.split();
+        filled.connections += 1;
+        let topics: Vec<usize> = (0..100).map(|k| (next_topic + k) % TOPICS).collect();
+        next_topic = (next_topic + 100) % TOPICS;
+        // The reader counts the answers to `new_msg` pushes (refs "m…") and
+        // the close code; the writer stops when it has ended.
+        let (ended, mut is_ended) = tokio::sync::watch::channel(false);
+        let reader = tokio::spawn(async move {
+            let (mut ok, mut refused, mut close) = (0, 0, None);
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => {
+                        let v: Value = serde_json::from_str(t.as_str())?;
+                        let is_push = v[1].as_str().is_some_and(|r| r.starts_with('m'));
+                        if v[3] == "phx_reply" && is_push {
+                            if v[4]["status"] == "ok" {
+                                ok += 1;
+                            } else if v[4]["response"]["reason"] == "rate_limit_exceeded" {
+                                refused += 1;
+                            }
+                        }
+                    }
+                    Ok(Message::Close(f)) => {
+                        close = Some(f.map_or(1005, |f| u16::from(f.code)));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = ended.send(true);
+            anyhow::Ok((ok, refused, close))
+        });
+        let writer = async {
+            for (k, topic) in topics.iter().enumerate() {
+                let frame = format!(r#"["j{k}","j{k}","chat:{topic}","phx_join",{{}}]"#);
+                sink.send(Message::text(frame)).await?;
+            }
+            for round in 0..60 {
+                for (k, topic) in topics.iter().enumerate() {
+                    let frame = format!(
+                        r#"["j{k}","m{round}.{k}","chat:{topic}","new_msg",{{"message":"{text}"}}]"#
+                    );
+                    sink.send(Message::text(frame)).await?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            // Sending fails once the server has closed the connection.
+            _ = writer => {}
+            _ = is_ended.wait_for(|e| *e) => {}
+        }
+        // A connection that got through all its frames is closed by us.
+        let _ = sink.close().await;
+        let (ok, refused, close) = tokio::time::timeout(Duration::from_secs(15), reader)
+            .await
+            .context("the attacker's connection did not end")???;
+        filled.accepted += ok;
+        filled.refused += refused;
+        match close {
+            Some(1008) => filled.closed_1008 += 1,
+            other => filled.other_closes.extend(other),
+        }
+    }
+    filled.elapsed = started.elapsed();
+    Ok(filled)
+}
+
+/// Issue 19 measured RSS 9 → 85 MiB for 18,000 such messages, kept after the
+/// attacker left. With the default limits the user gets its burst (60) and 20
+/// publishes a second, and its connections are closed for their frame rate.
+#[tokio::test]
+async fn a_history_filling_attack_is_throttled_and_bounded() -> anyhow::Result<()> {
+    let _one = MEMORY.lock().await;
+    let node = node(history_config("24h")).await?;
+    let mut bob = node.client(&query("bob")).await?;
+    let v = join(&mut bob, "1", "chat:bob", "{}").await?;
+    assert_eq!(v[4]["status"], "ok", "{v}");
+    let before = rss();
+    let filled = fill_history(&node, Duration::from_secs(2)).await?;
+    let grown = rss().saturating_sub(before);
+    let history = metric(&node, "chorus_history_bytes").await?;
+    eprintln!(
+        "history-filling attack: {filled:?}, history {history} bytes, RSS +{} KiB",
+        grown / 1024
+    );
+    // The user's bucket: 60 at once, 20 a second after (+20 of slack).
+    let secs = filled.elapsed.as_secs_f64();
+    let bound = 60.0 + 20.0 * secs + 20.0;
+    assert!(filled.accepted >= 60, "the burst passes: {filled:?}");
+    assert!(
+        (filled.accepted as f64) <= bound,
+        "{} accepted in {secs:.1} s, at most {bound:.0}: {filled:?}",
+        filled.accepted
+    );
+    assert!(filled.refused > 0, "{filled:?}");
+    let counted = exceeded(&node, "user_publish_rate").await?;
+    assert!(
+        counted >= filled.refused as u64,
+        "{counted} counted: {filled:?}"
+    );
+    // Too many frames: the attacker's connections are closed (1008), each
+    // after its burst of frames and as many refused.
+    assert!(filled.closed_1008 > 0, "{filled:?}");
+    assert!(exceeded(&node, "frame_rate").await? > 0);
+    // What was accepted is all history holds: the saved message (4,000
+    // characters, its id, user and time), its topic and 48 bytes each, about
+    // 4.2 KB (18,000 messages: 75 MB).
+    assert!(history > 0, "the accepted messages are kept");
+    assert!(
+        history <= filled.accepted as u64 * 4_500,
+        "{history} bytes of history for {} messages",
+        filled.accepted
+    );
+    // Measured: +1.6 to +2.1 MiB (the attacker's side included).
+    assert!(grown < 16 * MIB, "RSS grew by {} MiB", grown / MIB);
+    healthy(&node).await?;
+    let v = push(&mut bob, "chat:bob", "b", "new_msg", r#"{"message":"hi"}"#).await?;
+    assert_eq!(v[4]["status"], "ok", "bob is served: {v}");
+    node.stop().await
+}
+
+/// With a short `history_ttl` what the attack stored expires: the node holds
+/// no history afterwards, and a newcomer is pushed none.
+#[tokio::test]
+async fn a_filled_history_expires_after_history_ttl() -> anyhow::Result<()> {
+    let _one = MEMORY.lock().await;
+    let node = node(history_config("1s")).await?;
+    let filled = fill_history(&node, Duration::from_secs(1)).await?;
+    assert!(filled.accepted >= 60, "the burst passes: {filled:?}");
+    let emptied = util::eventually(Duration::from_secs(10), || async {
+        metric(&node, "chorus_history_bytes").await.ok() == Some(0)
+    })
+    .await;
+    assert!(emptied, "history still held: {filled:?}");
+    let expired = metric(&node, "chorus_history_evicted_total{reason=\"ttl\"}").await?;
+    assert_eq!(expired, filled.accepted as u64, "{filled:?}");
+    // The topics the first connection wrote into push an empty history.
+    let mut late = node.client(&query("late")).await?;
+    for (i, topic) in [0, 1, 99].iter().enumerate() {
+        let join_ref = format!("{}", i + 1);
+        let v = join(&mut late, &join_ref, &format!("chat:{topic}"), "{}").await?;
+        assert_eq!(v[4]["status"], "ok", "{v}");
+        let pushed = late.recv_event("messages_history").await?;
+        assert_eq!(pushed[4]["messages"], json!([]), "chat:{topic}: {pushed}");
+    }
+    healthy(&node).await?;
+    node.stop().await
+}
+
+/// The attacks the latency measurement runs, one at a time.
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// Heartbeats as fast as one connection can send them, joined to nothing
+    /// (reconnecting when closed for its frame rate).
+    FrameFlood,
+    /// `new_msg` broadcasts into the measured client's topic.
+    PublishFlood,
+    /// `update` (update_presence) with 2 KB metas in the measured client's topic.
+    PresenceFlood,
+    /// `update` with a ~1 MB meta, over and over.
+    BigMetas,
+    /// 500 TCP connections that send an unfinished HTTP request, a header
+    /// byte a second (reopened when the server closes them).
+    Slowloris,
+}
+
+impl Attack {
+    /// The next frame of a flood; `None` for slowloris.
+    fn frame(self, i: u64, big: &tokio_tungstenite::tungstenite::Utf8Bytes) -> Option<Message> {
+        let text = match self {
+            Self::FrameFlood => format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#),
+            Self::PublishFlood => format!(r#"["1","{i}","chat:1","new_msg",{{"n":{i}}}]"#),
+            Self::PresenceFlood => format!(
+                r#"["1","{i}","chat:1","update",{{"blob":"{}","n":{i}}}]"#,
+                "y".repeat(2_000)
+            ),
+            Self::BigMetas => return Some(Message::Text(big.clone())),
+            Self::Slowloris => return None,
+        };
+        Some(Message::text(text))
+    }
+}
+
+/// Runs `attack` against `addr` until `stop`; returns how many frames it sent
+/// and connections it opened.
+async fn run_attack(
+    addr: SocketAddr,
+    attack: Attack,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(u64, u64)> {
+    if let Attack::Slowloris = attack {
+        return Ok((0, slowloris(addr, 500, stop).await?));
+    }
+    let fields: Vec<String> = (0..16)
+        .map(|i| format!(r#""f{i}":"{}""#, "x".repeat(62_000)))
+        .collect();
+    let big = format!(r#"["1","big","chat:1","update",{{{}}}]"#, fields.join(","));
+    let big = tokio_tungstenite::tungstenite::Utf8Bytes::from(big);
+    let url = format!("ws://{addr}/socket/websocket?{}", query("mallory"));
+    let (mut sent, mut connections) = (0u64, 0u64);
+    while !*stop.borrow() {
+        let (mut sink, mut stream) = Client::connect(&url).await?.ws.split();
+        connections += 1;
+        if !matches!(attack, Attack::FrameFlood) {
+            // Joined to the measured client's topic, with a presence.
+            sink.send(Message::text(r#"["1","1","chat:1","phx_join",{}]"#))
+                .await?;
+        }
+        // Replies are read and dropped, as a client that does not care.
+        let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+        loop {
+            let Some(frame) = attack.frame(sent, &big) else {
+                break;
+            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                fed = sink.feed(frame) => if fed.is_err() { break },
+            }
+            sent += 1;
+            if sent % 32 == 0 && sink.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+        reader.abort();
+    }
+    Ok((sent, connections))
+}
+
+/// `n` connections that never finish their HTTP request.
+async fn slowloris(
+    addr: SocketAddr,
+    n: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let mut opened = 0u64;
+    let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        for slot in &mut conns {
+            let alive = match slot {
+                Some(s) => s.write_all(b"x").await.is_ok(),
+                None => false,
+            };
+            if !alive {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    continue;
+                };
+                opened += 1;
+                let head = b"GET /socket/websocket HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+                *slot = s.write_all(head).await.is_ok().then_some(s);
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return Ok(opened),
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Round trips of one `ping` (echo) at a time, one every 20 ms (a normal
+/// client, under the default frame rate of 100/s), for `secs`: sorted, in µs.
+async fn round_trips(c: &mut Client, secs: f64) -> anyhow::Result<Vec<u64>> {
+    let started = std::time::Instant::now();
+    let mut rtts = Vec::new();
+    let mut i = 0;
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while started.elapsed().as_secs_f64() < secs {
+        pace.tick().await;
+        let sent = std::time::Instant::now();
+        let v = push(c, "chat:1", &format!("p{i}"), "ping", r#"{"ok":1}"#).await?;
+        anyhow::ensure!(v[4]["status"] == "ok", "ping refused: {v}");
+        rtts.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+        i += 1;
+    }
+    rtts.sort_unstable();
+    Ok(rtts)
+}
+
+fn percentile(sorted: &[u64], p: usize) -> f64 {
+    let i = (sorted.len() * p / 100).min(sorted.len().saturating_sub(1));
+    sorted.get(i).map_or(0.0, |&us| us as f64 / 1000.0)
+}
+
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `work` on its own OS thread and tokio runtime: a client apart from
+/// the server's runtime, as a separate process would be (they share only the
+/// cores).
+fn on_thread<F, T>(
+    work: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<T>>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work())
+    })
+}
+
+/// A measurement request to the normal client: seconds, and where to answer.
+type Measure = (f64, tokio::sync::oneshot::Sender<anyhow::Result<Vec<u64>>>);
+
+/// Not a test but a measurement (`make bench-hostile`): a normal client's
+/// `ping` round trips (p50/p99) on an unloaded node, then while each attack
+/// runs against the same node, and the ratio to the unloaded run. Issue 19
+/// asks for within 2×; speed is measured, not asserted (the project's rule).
+/// The server runs on this test's runtime (2 workers, as `chorus` on this
+/// machine); the normal client and the attacker each on a thread and
+/// runtime of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: make bench-hostile"]
+async fn hostile_latency() -> anyhow::Result<()> {
+    let secs: f64 = std::env::var("HOSTILE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let node = node(config("")).await?;
+    let url = format!("ws://{}/socket/websocket?{}", node.addr, query("bob"));
+    let (measure, mut requests) = tokio::sync::mpsc::channel::<Measure>(1);
+    let bob = on_thread(move || async move {
+        let mut bob = Client::connect(&url).await?;
+        let v = join(&mut bob, "1", "chat:1", "{}").await?;
+        anyhow::ensure!(v[4]["status"] == "ok", "bob could not join: {v}");
+        while let Some((secs, answer)) = requests.recv().await {
+            let _ = answer.send(round_trips(&mut bob, secs).await);
+        }
+        Ok(())
+    });
+    let round_trips = |secs: f64| {
+        let measure = measure.clone();
+        async move {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            measure.send((secs, answer)).await?;
+            answered.await?
+        }
+    };
+    // Warm up the connection and the allocator.
+    round_trips(0.5).await?;
+    let base = round_trips(secs).await?;
+    let (b50, b99) = (percentile(&base, 50), percentile(&base, 99));
+    println!("hostile latency: ping round trips of one client, {secs} s per phase");
+    println!("| phase | round trips | p50 ms | p99 ms | p50 ratio | p99 ratio | attacker: frames written, connections | load average |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let row = |phase: &str, rtts: &[u64], sent: &str| {
+        let (p50, p99) = (percentile(rtts, 50), percentile(rtts, 99));
+        println!(
+            "| {phase} | {} | {p50:.3} | {p99:.3} | {:.2} | {:.2} | {sent} | {} |",
+            rtts.len(),
+            p50 / b50,
+            p99 / b99,
+            load_average()
+        );
+    };
+    row("unloaded", &base, "-");
+    for attack in [
+        Attack::FrameFlood,
+        Attack::PublishFlood,
+        Attack::PresenceFlood,
+        Attack::BigMetas,
+        Attack::Slowloris,
+    ] {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let addr = node.addr;
+        let attacker = on_thread(move || run_attack(addr, attack, stopped));
+        // A measurement's warm-up, not a wait for a condition: the attack
+        // reaches its steady state (reconnecting, refused) before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rtts = round_trips(secs).await?;
+        let _ = stop.send(true);
+        let (frames, connections) = tokio::task::spawn_blocking(move || attacker.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the attacker panicked"))??;
+        row(
+            &format!("{attack:?}"),
+            &rtts,
+            &format!("{frames}, {connections}"),
+        );
+        healthy(&node).await?;
+    }
+    let after = round_trips(secs).await?;
+    row("unloaded again", &after, "-");
+    drop(measure);
+    tokio::task::spawn_blocking(move || bob.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the client panicked"))??;
     node.stop().await
 }

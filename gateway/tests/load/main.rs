@@ -80,3 +80,26 @@ fn every_storm_client_sees_every_user() {
     assert!(r["all_seen_s"].is_f64(), "{r}");
     assert!(r["diffs_in"].as_u64().unwrap_or(0) > 0, "{r}");
 }
+
+#[test]
+fn fanout_with_a_stalled_subscriber_counts_its_cut() {
+    // 60 KB messages at 200/s: the subscriber that never reads fills its
+    // socket buffers and then its 1 MiB queue within the 3 s.
+    let r = load(&[
+        "fanout",
+        "--subs",
+        "3",
+        "--stalled",
+        "1",
+        "--rate",
+        "200",
+        "--pad",
+        "60000",
+        "--secs",
+        "3",
+    ]);
+    assert_eq!(r["stalled"].as_u64(), Some(1), "{r}");
+    assert!(r["delivered"].as_u64().unwrap_or(0) > 0, "{r}");
+    let cut = r["slow_consumer_disconnects"].as_u64();
+    assert!(cut.is_some_and(|n| n >= 1), "the stalled one was cut: {r}");
+}

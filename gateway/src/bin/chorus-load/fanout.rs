@@ -49,6 +49,10 @@ pub struct FanoutArgs {
     /// The topic.
     #[arg(long, default_value = "load:fanout")]
     pub topic: String,
+    /// Subscribers (besides `--subs`) that join and then never read their
+    /// socket: the server should close them as slow consumers, and only them.
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +60,12 @@ pub struct FanoutResult {
     pub scenario: &'static str,
     pub subs: usize,
     pub failed_joins: usize,
+    /// Subscribers that never read (`--stalled`), not counted in `subs`.
+    pub stalled: usize,
+    /// The server's `chorus_slow_consumer_disconnects_total` after the run
+    /// (`None` if `/metrics` could not be read): the stalled subscribers, and
+    /// any reader that could not keep up.
+    pub slow_consumer_disconnects: Option<u64>,
     pub rate: u32,
     pub published: u64,
     /// Subscribers × published.
@@ -130,6 +140,13 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         subs.spawn(subscriber(ctx, i, topic, total, progress, ready_tx, stop));
     }
     drop(ready_tx);
+    let mut stalled = Vec::with_capacity(args.stalled);
+    for i in 0..args.stalled {
+        // Joined, then never read again: the server's queue for it fills.
+        let mut conn = ctx.connect(&format!("stalled{i}")).await?;
+        conn.join(&args.topic, "1").await?;
+        stalled.push(conn);
+    }
     let mut failed_joins = 0;
     while let Some(r) = ready.recv().await {
         if let Err(e) = r {
@@ -187,6 +204,9 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
     let cpu = meter.stop();
     let _ = stop_tx.send(true);
     publishing.await??;
+    let slow_consumer_disconnects =
+        crate::server::metric(&ctx.target.url, "chorus_slow_consumer_disconnects_total").await;
+    drop(stalled);
 
     let seen: Vec<Seen> = seen.into_iter().flatten().collect();
     let delivered: u64 = seen.iter().map(|s| s.latencies_us.len() as u64).sum();
@@ -201,6 +221,8 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         scenario: "fanout",
         subs: seen.len(),
         failed_joins,
+        stalled: args.stalled,
+        slow_consumer_disconnects,
         rate: args.rate,
         published,
         expected,
@@ -434,6 +456,16 @@ impl std::fmt::Display for FanoutResult {
             self.delivered, self.expected, self.missing, self.out_of_order, self.disconnected, self.delivered_per_sec
         )?;
         writeln!(f, "fanout: latency {}", self.latency)?;
+        if self.stalled > 0 {
+            let cut = self
+                .slow_consumer_disconnects
+                .map_or("unknown".to_string(), |n| n.to_string());
+            writeln!(
+                f,
+                "fanout: {} stalled subscribers; server's slow-consumer disconnects: {cut}",
+                self.stalled
+            )?;
+        }
         write!(f, "fanout: {}", self.cpu)
     }
 }

@@ -128,6 +128,25 @@ async fn healthy(addr: SocketAddr) -> bool {
     answer.starts_with(b"HTTP/1.1 200")
 }
 
+/// The value of the `/metrics` sample `name` (no labels) of the server whose
+/// socket URL is `ws_url` (`ws://HOST:PORT/...`); `None` if it cannot be read.
+pub async fn metric(ws_url: &str, name: &str) -> Option<u64> {
+    let host = ws_url.strip_prefix("ws://")?.split('/').next()?;
+    let mut stream = TcpStream::connect(host).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// CPU used by the server and by this process over a stretch of wall time.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Cpu {
