@@ -122,6 +122,19 @@ fn the_local_eviction_counterexample_converges() {
 /// A hostile or skewed peer's horizon past our wall clock is capped at it:
 /// history older than the wall clock may go, what is written from now on is
 /// kept.
+/// A digest from `from` claiming a budget horizon at the end of time.
+fn end_of_time_digest(from: &NodeId) -> Message {
+    Message {
+        from: from.clone(),
+        addr: addr(9),
+        body: Body::RecordsDigest {
+            buckets: vec![0; BUCKETS],
+            reply: true,
+            horizon: u64::MAX,
+        },
+    }
+}
+
 #[test]
 fn a_budget_horizon_past_our_wall_clock_is_capped() {
     let now = Instant::now();
@@ -132,15 +145,7 @@ fn a_budget_horizon_past_our_wall_clock_is_capped() {
     append(&mut a, now, "room:1", T0 + 1_000_000, "at the clock");
     drain(&mut a);
     let b = NodeId::new("evil", 1);
-    let m = Message {
-        from: b.clone(),
-        addr: addr(9),
-        body: Body::RecordsDigest {
-            buckets: vec![0; BUCKETS],
-            reply: true,
-            horizon: u64::MAX,
-        },
-    };
+    let m = end_of_time_digest(&b);
     a.handle_message(now, &b, m);
     assert_eq!(
         a.budget_horizon(),
@@ -164,15 +169,7 @@ fn a_budget_horizon_past_our_wall_clock_is_capped() {
     cfg.history_cap = 10;
     let mut fresh = Node::new(cfg, now);
     append(&mut fresh, now, "room:1", T0, "kept");
-    let m = Message {
-        from: b.clone(),
-        addr: addr(9),
-        body: Body::RecordsDigest {
-            buckets: vec![0; BUCKETS],
-            reply: true,
-            horizon: u64::MAX,
-        },
-    };
+    let m = end_of_time_digest(&b);
     fresh.handle_message(now, &b, m);
     assert_eq!(fresh.budget_horizon(), 0);
     assert_eq!(fresh.records().last("room:1", 9).len(), 1);
