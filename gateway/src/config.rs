@@ -97,6 +97,11 @@ pub struct LimitsSection {
     pub frame_rate: u32,
     /// Frames one connection may send in a burst above `frame_rate`.
     pub frame_burst: u32,
+    /// Bytes per second the server reads from one WebSocket connection; past
+    /// it, reading pauses until the rate is kept (TCP pushes back).
+    pub byte_rate: u32,
+    /// Bytes one WebSocket connection may send in a burst above `byte_rate`.
+    pub byte_burst: u32,
     /// Publishes (`message`, `notify`, `broadcast`, `broadcast_from`) and
     /// presence updates per second of one user, all topics and connections,
     /// on each node (token bucket).
@@ -129,6 +134,8 @@ impl Default for LimitsSection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             frame_rate: client.frame_rate,
             frame_burst: client.frame_burst,
+            byte_rate: client.byte_rate,
+            byte_burst: client.byte_burst,
             user_publish_rate: DEFAULT_USER_PUBLISH_RATE,
             user_publish_burst: DEFAULT_USER_PUBLISH_BURST,
             presence_meta_bytes: DEFAULT_PRESENCE_META_BYTES,
@@ -146,6 +153,8 @@ impl LimitsSection {
         crate::limits::ClientLimits {
             frame_rate: self.frame_rate,
             frame_burst: self.frame_burst,
+            byte_rate: self.byte_rate,
+            byte_burst: self.byte_burst,
             json: crate::protocol::JsonLimits {
                 max_depth: self.json_max_depth,
                 max_string_bytes: self.json_max_string_bytes,

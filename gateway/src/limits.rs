@@ -11,7 +11,7 @@
 //!
 //! Deterministic: nothing here reads a clock.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +25,13 @@ pub const DEFAULT_FRAME_RATE: u32 = 100;
 /// Default `frame_burst`: a page joining dozens of channels at once fits.
 pub const DEFAULT_FRAME_BURST: u32 = 200;
 
+/// Default `byte_rate`: bytes per second one WebSocket connection may send
+/// before the server stops reading from it for a while. A person's client sends
+/// a few KB a second at most; a client sending big frames in a loop is paced.
+pub const DEFAULT_BYTE_RATE: u32 = 1 << 20;
+/// Default `byte_burst`: four frames of the largest size pass at once.
+pub const DEFAULT_BYTE_BURST: u32 = 4 << 20;
+
 /// The limits every connection is held to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -32,6 +39,10 @@ pub struct ClientLimits {
     pub frame_rate: u32,
     /// Frames in a burst above the rate.
     pub frame_burst: u32,
+    /// Bytes per second read from a WebSocket connection (0: no limit).
+    pub byte_rate: u32,
+    /// Bytes read in a burst above the rate.
+    pub byte_burst: u32,
     /// Nesting depth and string length of a frame's JSON payload.
     pub json: JsonLimits,
 }
@@ -41,6 +52,8 @@ impl Default for ClientLimits {
         Self {
             frame_rate: DEFAULT_FRAME_RATE,
             frame_burst: DEFAULT_FRAME_BURST,
+            byte_rate: DEFAULT_BYTE_RATE,
+            byte_burst: DEFAULT_BYTE_BURST,
             json: JsonLimits::default(),
         }
     }
@@ -95,6 +108,47 @@ impl TokenBucket {
             self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         }
         self.last = Some(now);
+    }
+}
+
+/// A connection's inbound byte rate: the server reads a frame, charges its
+/// bytes, and when the bucket is in debt stops reading from that connection
+/// until the debt is paid back. Nothing is refused or closed: TCP pushes back on
+/// the client, and the frames it sends wait in its own buffers, not the server's.
+#[derive(Clone, Debug)]
+pub struct ByteLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl ByteLimiter {
+    /// A full bucket of `burst` bytes refilled at `rate` a second; a rate of 0
+    /// never pauses.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// Charges `bytes` read at `now`: how long to stop reading, if the bucket
+    /// went into debt.
+    pub fn charge(&mut self, now: Instant, bytes: usize) -> Option<Duration> {
+        if self.rate == 0.0 {
+            return None;
+        }
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        self.tokens -= bytes as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
     }
 }
 
@@ -165,10 +219,11 @@ pub struct LimitCounter(Family<LimitLabel, Counter>);
 
 /// The `limit` label values (the `[limits]` keys), created at 0 so each series
 /// exists before its first breach.
-pub const LIMIT_KEYS: [&str; 9] = [
+pub const LIMIT_KEYS: [&str; 10] = [
     "handshake_timeout_ms",
     "max_connections",
     "frame_rate",
+    "byte_rate",
     "user_publish_rate",
     "presence_meta_bytes",
     "presences_per_user_topic",
@@ -268,5 +323,21 @@ mod tests {
         c.hit("frame_rate");
         c.clone().hit("frame_rate");
         assert_eq!(c.count("frame_rate"), 2);
+    }
+
+    #[test]
+    fn a_byte_bucket_pauses_reading_for_its_debt_only() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut bytes = ByteLimiter::new(1000, 2000);
+        assert_eq!(bytes.charge(t0, 2000), None, "the burst passes");
+        assert_eq!(bytes.charge(t0, 500), Some(Duration::from_millis(500)));
+        // 500 ms later the debt is paid: 100 more bytes cost 100 ms.
+        assert_eq!(bytes.charge(ms(500), 100), Some(Duration::from_millis(100)));
+        // Idle time refills up to the burst, not beyond.
+        assert_eq!(bytes.charge(ms(60_000), 2000), None);
+        assert!(bytes.charge(ms(60_000), 1).is_some());
+        let mut off = ByteLimiter::new(0, 0);
+        assert_eq!(off.charge(t0, usize::MAX), None, "0 is no limit");
     }
 }

@@ -984,3 +984,32 @@ async fn hostile_latency() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the client panicked"))??;
     node.stop().await
 }
+
+/// A client sending big frames faster than `byte_rate` is paced, not cut: the
+/// server stops reading it while it is in debt, every frame is still answered,
+/// and another client is served meanwhile.
+#[tokio::test]
+async fn big_frames_past_the_byte_rate_are_paced_not_refused() -> anyhow::Result<()> {
+    let node = node(config("byte_rate = 100000\nbyte_burst = 100000")).await?;
+    let mut other = joined(&node, "bob", "chat:1").await?;
+    let mut big = joined(&node, "mallory", "chat:2").await?;
+    let body = "x".repeat(50_000);
+    let start = std::time::Instant::now();
+    for i in 0..6 {
+        big.send(&format!(
+            r#"["1","b{i}","chat:2","ping",{{"body":"{body}"}}]"#
+        ))
+        .await?;
+    }
+    alive(&mut other, "chat:1").await?;
+    for i in 0..6 {
+        let v = reply_to(&mut big, &format!("b{i}")).await?;
+        anyhow::ensure!(v[4]["status"] == "ok", "frame {i} not answered: {v}");
+    }
+    // The burst covers two frames; the sixth is read only once the 150 KB
+    // beyond it are paid for at 100 KB/s.
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(1400), "not paced: {took:?}");
+    assert!(exceeded(&node, "byte_rate").await? >= 1);
+    node.stop().await
+}

@@ -117,6 +117,12 @@ struct ClientLimitArgs {
     /// Frames one connection may send in a burst (limits.frame_burst).
     #[arg(long, env = "CHORUS_FRAME_BURST")]
     frame_burst: Option<u32>,
+    /// Bytes per second read from one WebSocket connection (limits.byte_rate).
+    #[arg(long, env = "CHORUS_BYTE_RATE")]
+    byte_rate: Option<u32>,
+    /// Bytes one WebSocket connection may send in a burst (limits.byte_burst).
+    #[arg(long, env = "CHORUS_BYTE_BURST")]
+    byte_burst: Option<u32>,
     /// Publishes and presence updates per second per user on this node
     /// (limits.user_publish_rate).
     #[arg(long, env = "CHORUS_USER_PUBLISH_RATE")]
@@ -144,6 +150,8 @@ impl ClientLimitArgs {
         let set = |to: &mut u32, from: Option<u32>| *to = from.unwrap_or(*to);
         set(&mut limits.frame_rate, self.frame_rate);
         set(&mut limits.frame_burst, self.frame_burst);
+        set(&mut limits.byte_rate, self.byte_rate);
+        set(&mut limits.byte_burst, self.byte_burst);
         set(&mut limits.user_publish_rate, self.user_publish_rate);
         set(&mut limits.user_publish_burst, self.user_publish_burst);
         let set = |to: &mut usize, from: Option<usize>| *to = from.unwrap_or(*to);

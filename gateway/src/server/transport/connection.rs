@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 
 use super::driver::{Exit, SessionDriver};
 use crate::cluster::mailbox::{Budget, Inbound};
+use crate::limits::ByteLimiter;
 use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame};
 use crate::server::Shared;
 use crate::socket::Session;
@@ -71,6 +72,8 @@ enum WsEvent {
     Overflow,
     Inbound(Inbound),
     Frame(Option<Result<Message, WsError>>),
+    /// The byte-rate pause is over: read again.
+    Resume,
     /// Writing to the socket failed: the client is gone.
     WriteFailed,
     Idle,
@@ -146,6 +149,10 @@ where
         let idle = self.driver.shared.config.idle_timeout;
         let mut deadline = Instant::now() + idle;
         let budget = self.driver.budget().clone();
+        let limits = &self.driver.shared.config.client_limits;
+        let mut bytes = ByteLimiter::new(limits.byte_rate, limits.byte_burst);
+        // While the client is over its byte rate, its frames are not read.
+        let mut resume: Option<Instant> = None;
         loop {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
@@ -158,8 +165,9 @@ where
                 biased;
                 _ = drain.notified() => WsEvent::Drain,
                 _ = budget.notify.notified() => WsEvent::Overflow,
-                event = poll_fn(|cx| poll_socket(ws, out, cx)) => event,
+                event = poll_fn(|cx| poll_socket(ws, out, resume.is_none(), cx)) => event,
                 item = self.driver.recv() => WsEvent::Inbound(item),
+                _ = sleep_until(resume.unwrap_or(deadline)), if resume.is_some() => WsEvent::Resume,
                 _ = sleep_until(deadline) => WsEvent::Idle,
             };
             let step = match event {
@@ -167,8 +175,22 @@ where
                 WsEvent::Overflow => Err(Exit::SlowConsumer),
                 WsEvent::Inbound(item) => self.handle_inbound(item).await,
                 WsEvent::WriteFailed => Err(Exit::Gone),
+                WsEvent::Resume => {
+                    resume = None;
+                    Ok(())
+                }
                 WsEvent::Frame(msg) => {
-                    deadline = Instant::now() + idle;
+                    let now = Instant::now();
+                    deadline = now + idle;
+                    let len = msg
+                        .as_ref()
+                        .and_then(|m| m.as_ref().ok())
+                        .map_or(0, Message::len);
+                    if let Some(pause) = bytes.charge(now.into_std(), len) {
+                        self.driver.shared.config.limit_counter.hit("byte_rate");
+                        resume = Some(now + pause);
+                        deadline = deadline.max(now + pause + idle);
+                    }
                     self.handle_message(msg).await
                 }
                 WsEvent::Idle => {
@@ -289,17 +311,19 @@ fn message(frame: OutFrame) -> Message {
 
 /// Reads the next frame; once none is waiting (or after [`READ_BATCH`] in a
 /// row), writes what the socket accepts. Reading first lets the replies to
-/// frames that arrived together leave in one flush. Ready with a frame, the end
-/// of the stream, or a write error; pending otherwise.
+/// frames that arrived together leave in one flush. Not `reading` (the client
+/// is over its byte rate), only writes. Ready with a frame, the end of the
+/// stream, or a write error; pending otherwise.
 fn poll_socket<S>(
     ws: &mut WebSocketStream<S>,
     out: &mut Outgoing,
+    reading: bool,
     cx: &mut Context<'_>,
 ) -> Poll<WsEvent>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let read_more = out.reads < READ_BATCH;
+    let read_more = reading && out.reads < READ_BATCH;
     if read_more {
         if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
             out.reads += 1;
@@ -310,7 +334,7 @@ where
     if let Poll::Ready(Err(_)) = out.poll_write_all(ws, cx) {
         return Poll::Ready(WsEvent::WriteFailed);
     }
-    if !read_more {
+    if reading && !read_more {
         // Frames may still be waiting: come back once the deliveries had a turn.
         cx.waker().wake_by_ref();
     }
