@@ -147,14 +147,11 @@ async fn http(
 
 /// `chorus_limit_exceeded_total{limit="<limit>"}` as `/metrics` shows it.
 async fn exceeded(node: &Node, limit: &str) -> anyhow::Result<u64> {
-    let (status, text) = http(node.addr, Method::GET, "/metrics", String::new()).await?;
-    anyhow::ensure!(status == 200, "/metrics answered {status}");
-    let prefix = format!("chorus_limit_exceeded_total{{limit=\"{limit}\"}} ");
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .with_context(|| format!("no {prefix} in /metrics"))?;
-    Ok(line.trim().parse()?)
+    metric(
+        node,
+        &format!("chorus_limit_exceeded_total{{limit=\"{limit}\"}}"),
+    )
+    .await
 }
 
 async fn healthy(node: &Node) -> anyhow::Result<()> {
