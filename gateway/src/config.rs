@@ -92,6 +92,14 @@ pub struct LimitsSection {
     /// sessions), and separately most TCP connections still in their HTTP
     /// phase; beyond either, 503.
     pub max_connections: usize,
+    /// New connections per second from one client address (an IPv4 address,
+    /// an IPv6 /64), checked before anything is read; beyond, 429.
+    pub connection_rate: u32,
+    /// New connections one address may open in a burst above `connection_rate`.
+    pub connection_burst: u32,
+    /// Networks `connection_rate` does not apply to: a reverse proxy's (every
+    /// client behind it shares its address). Default: loopback.
+    pub connection_rate_exempt: Vec<ipnet::IpNet>,
     // Client limits (socket, channels): frames, publishes, presence, JSON.
     /// Frames per second one connection may send, all events (token bucket).
     pub frame_rate: u32,
@@ -132,6 +140,9 @@ impl Default for LimitsSection {
         Self {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            connection_rate: crate::limits::DEFAULT_CONNECTION_RATE,
+            connection_burst: crate::limits::DEFAULT_CONNECTION_BURST,
+            connection_rate_exempt: crate::limits::default_connection_rate_exempt(),
             frame_rate: client.frame_rate,
             frame_burst: client.frame_burst,
             byte_rate: client.byte_rate,
@@ -159,6 +170,15 @@ impl LimitsSection {
                 max_depth: self.json_max_depth,
                 max_string_bytes: self.json_max_string_bytes,
             },
+        }
+    }
+
+    /// The new-connection limits the server holds each client address to.
+    pub fn connections(&self) -> crate::limits::ConnectionLimits {
+        crate::limits::ConnectionLimits {
+            rate: self.connection_rate,
+            burst: self.connection_burst,
+            exempt: self.connection_rate_exempt.clone(),
         }
     }
 
@@ -539,6 +559,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `frame_rates`"), "{e}");
+    }
+
+    #[test]
+    fn the_connection_rate_exempts_networks_given_as_cidrs() {
+        let c = Config::parse("", "x.toml").unwrap();
+        let limits = c.limits.connections();
+        assert_eq!((limits.rate, limits.burst), (50, 500));
+        assert!(limits
+            .exempt
+            .iter()
+            .any(|n| n.contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap())));
+        let c = Config::parse(
+            "[limits]\nconnection_rate_exempt = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.limits.connection_rate_exempt.len(), 2);
+        let e = Config::parse(
+            "[limits]\nconnection_rate_exempt = [\"10.0.0.0/33\"]\n",
+            "y.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("invalid IP address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //! - [`TokenBucket`]: the rate limiter they use, sans-IO (`now` is passed in);
 //! - [`FrameLimiter`]: one connection's frame rate, with the escalation from
 //!   one error reply to a disconnect;
+//! - [`ConnectionLimiter`]: new connections per client address, checked when
+//!   a TCP connection is accepted;
 //! - [`LimitCounter`]: `chorus_limit_exceeded_total{limit="<config key>"}`,
 //!   shared by the server and the built-in channels.
 //!
 //! Deterministic: nothing here reads a clock.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -152,6 +157,108 @@ impl ByteLimiter {
     }
 }
 
+/// Default `connection_rate`: new connections per second from one address. A
+/// browser opens one socket per tab; an office behind one NAT reconnecting after
+/// a deploy fits in the burst; a client reconnecting in a loop does not.
+pub const DEFAULT_CONNECTION_RATE: u32 = 50;
+/// Default `connection_burst`.
+pub const DEFAULT_CONNECTION_BURST: u32 = 500;
+
+/// Default `connection_rate_exempt`: loopback, where a reverse proxy on the
+/// same host connects from (every client would share its address).
+pub fn default_connection_rate_exempt() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .map(|net| net.parse().expect("a valid network"))
+        .collect()
+}
+
+/// How many new connections one client address may open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// New connections per second per address (0: no limit).
+    pub rate: u32,
+    /// New connections in a burst above the rate.
+    pub burst: u32,
+    /// Networks not limited (a proxy's address, loopback).
+    pub exempt: Vec<IpNet>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            rate: DEFAULT_CONNECTION_RATE,
+            burst: DEFAULT_CONNECTION_BURST,
+            exempt: default_connection_rate_exempt(),
+        }
+    }
+}
+
+/// The address a connection rate is kept for: an IPv4 address, or the /64 of
+/// an IPv6 address (one host usually holds a whole /64).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(v4.to_bits()),
+            IpAddr::V6(v6) => Source::V6((v6.to_bits() >> 64) as u64),
+        }
+    }
+}
+
+/// New connections per client address ([`ConnectionLimits`]), checked once per
+/// accepted TCP connection, before anything is read from it. Owned by the
+/// accept loop: no lock. Addresses whose bucket has filled up again are
+/// forgotten, so the table holds only the addresses seen in the last
+/// `burst / rate` seconds or so.
+#[derive(Debug)]
+pub struct ConnectionLimiter {
+    limits: ConnectionLimits,
+    buckets: HashMap<Source, TokenBucket>,
+    /// The table is swept of full buckets when it grows past this.
+    sweep_at: usize,
+}
+
+/// The table size below which [`ConnectionLimiter`] never sweeps.
+const CONNECTION_TABLE_MIN_SWEEP: usize = 1024;
+
+impl ConnectionLimiter {
+    /// A limiter with nobody seen yet.
+    pub fn new(limits: ConnectionLimits) -> Self {
+        Self {
+            limits,
+            buckets: HashMap::new(),
+            sweep_at: CONNECTION_TABLE_MIN_SWEEP,
+        }
+    }
+
+    /// Whether a connection from `ip` accepted at `now` may go on.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.limits.rate == 0 || self.limits.exempt.iter().any(|net| net.contains(&ip)) {
+            return true;
+        }
+        if self.buckets.len() >= self.sweep_at {
+            self.buckets.retain(|_, bucket| !bucket.is_full(now));
+            self.sweep_at = (self.buckets.len() * 2).max(CONNECTION_TABLE_MIN_SWEEP);
+        }
+        let (rate, burst) = (self.limits.rate, self.limits.burst);
+        self.buckets
+            .entry(Source::from(ip))
+            .or_insert_with(|| TokenBucket::new(rate, burst))
+            .try_take(now)
+    }
+
+    /// Addresses in the table.
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
 /// What to do with a client frame under [`FrameLimiter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameVerdict {
@@ -219,9 +326,10 @@ pub struct LimitCounter(Family<LimitLabel, Counter>);
 
 /// The `limit` label values (the `[limits]` keys), created at 0 so each series
 /// exists before its first breach.
-pub const LIMIT_KEYS: [&str; 10] = [
+pub const LIMIT_KEYS: [&str; 11] = [
     "handshake_timeout_ms",
     "max_connections",
+    "connection_rate",
     "frame_rate",
     "byte_rate",
     "user_publish_rate",
@@ -339,5 +447,69 @@ mod tests {
         assert!(bytes.charge(ms(60_000), 1).is_some());
         let mut off = ByteLimiter::new(0, 0);
         assert_eq!(off.charge(t0, usize::MAX), None, "0 is no limit");
+    }
+
+    #[test]
+    fn each_address_gets_its_own_connection_burst() {
+        let t0 = Instant::now();
+        let mut l = ConnectionLimiter::new(ConnectionLimits {
+            rate: 10,
+            burst: 3,
+            exempt: default_connection_rate_exempt(),
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!((0..5).filter(|_| l.allow(a, t0)).count(), 3);
+        assert!(l.allow(b, t0), "another address is not charged for a");
+        // The same host over IPv4-mapped IPv6 is the same address.
+        assert!(!l.allow("::ffff:192.0.2.1".parse().unwrap(), t0));
+        assert!(l.allow(a, t0 + Duration::from_millis(100)));
+        // Loopback is exempt by default.
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!((0..100).all(|_| l.allow(local, t0)));
+        assert!((0..100).all(|_| l.allow("::1".parse().unwrap(), t0)));
+    }
+
+    #[test]
+    fn an_ipv6_host_is_its_slash_64() {
+        let t0 = Instant::now();
+        let mut l = ConnectionLimiter::new(ConnectionLimits {
+            rate: 1,
+            burst: 2,
+            exempt: vec![],
+        });
+        assert!(l.allow("2001:db8:0:1::1".parse().unwrap(), t0));
+        assert!(l.allow("2001:db8:0:1::2".parse().unwrap(), t0));
+        assert!(!l.allow("2001:db8:0:1:ffff::9".parse().unwrap(), t0));
+        assert!(l.allow("2001:db8:0:2::1".parse().unwrap(), t0));
+        assert!((0..10).all(|_| ConnectionLimiter::new(ConnectionLimits {
+            rate: 0,
+            burst: 1,
+            exempt: vec![],
+        })
+        .allow("2001:db8::1".parse().unwrap(), t0)));
+    }
+
+    #[test]
+    fn the_connection_table_forgets_addresses_that_calmed_down() {
+        let t0 = Instant::now();
+        let mut l = ConnectionLimiter::new(ConnectionLimits {
+            rate: 10,
+            burst: 10,
+            exempt: vec![],
+        });
+        for i in 0..5000u32 {
+            assert!(l.allow(IpAddr::V4(std::net::Ipv4Addr::from_bits(i)), t0));
+        }
+        // All 5,000 are still paying for their connection: none is forgotten.
+        assert_eq!(l.tracked(), 5000);
+        // A second later their buckets are full again: the next sweep (when
+        // the table reaches twice its size after the last one, 8,192) forgets
+        // them and keeps only the 4,000 new addresses.
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..4000u32 {
+            assert!(l.allow(IpAddr::V4(std::net::Ipv4Addr::from_bits(1 << 24 | i)), t1));
+        }
+        assert_eq!(l.tracked(), 4000);
     }
 }

@@ -94,6 +94,17 @@ struct ServeArgs {
     /// phase; beyond, 503 (limits.max_connections).
     #[arg(long, env = "CHORUS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// New connections per second from one client address; beyond, 429
+    /// (limits.connection_rate; 0: none).
+    #[arg(long, env = "CHORUS_CONNECTION_RATE")]
+    connection_rate: Option<u32>,
+    /// New connections one address may open in a burst (limits.connection_burst).
+    #[arg(long, env = "CHORUS_CONNECTION_BURST")]
+    connection_burst: Option<u32>,
+    /// Networks connection_rate does not apply to, comma-separated CIDRs, e.g.
+    /// a reverse proxy's (limits.connection_rate_exempt; default: loopback).
+    #[arg(long, env = "CHORUS_CONNECTION_RATE_EXEMPT", value_delimiter = ',')]
+    connection_rate_exempt: Option<Vec<ipnet::IpNet>>,
     // -- end of the server's edge --
     // -- [limits]: the node's memory --
     /// Most bytes of topic history this node holds; past it the oldest go
@@ -251,6 +262,15 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(n) = args.max_connections {
         limits.max_connections = n;
+    }
+    if let Some(n) = args.connection_rate {
+        limits.connection_rate = n;
+    }
+    if let Some(n) = args.connection_burst {
+        limits.connection_burst = n;
+    }
+    if let Some(nets) = &args.connection_rate_exempt {
+        limits.connection_rate_exempt.clone_from(nets);
     }
     if let Some(n) = args.history_budget_bytes {
         limits.history_budget_bytes = n;
@@ -434,6 +454,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // [limits]
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
         max_connections: config.limits.max_connections,
+        connection_limits: config.limits.connections(),
         client_limits: config.limits.client(),
         limit_counter: app.limit_counter(),
         ..ServerConfig::default()

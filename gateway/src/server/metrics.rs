@@ -123,6 +123,8 @@ pub mod limit {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout_ms";
     /// `limits.max_connections`.
     pub const MAX_CONNECTIONS: &str = "max_connections";
+    /// `limits.connection_rate`.
+    pub const CONNECTION_RATE: &str = "connection_rate";
 }
 
 /// The `reason` label values of `chorus_join_errors_total`, in the order of

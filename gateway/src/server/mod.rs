@@ -33,7 +33,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chorus_engine::runtime::EngineHandle;
 use hyper::service::service_fn;
@@ -51,7 +51,7 @@ pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
-use crate::limits::{ClientLimits, LimitCounter};
+use crate::limits::{ClientLimits, ConnectionLimiter, ConnectionLimits, LimitCounter};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
 use metrics::{limit, Metrics};
@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// Also the most TCP connections still in their HTTP phase (before an
     /// upgrade): beyond, a new one gets 503 at once and is closed.
     pub max_connections: usize,
+    /// New connections per client address, checked when a TCP connection is
+    /// accepted: beyond, 429 and close (`limits.connection_rate`).
+    pub connection_limits: ConnectionLimits,
     /// The headers of each HTTP request (the first, and the next on a kept-alive
     /// connection), each request body the server reads, and a WebSocket upgrade
     /// must arrive within this; else the connection is closed (a body: 408).
@@ -123,6 +126,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_frame_size: 1 << 20,
             max_connections: 100_000,
+            connection_limits: ConnectionLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             drain_batch: 10_000,
             drain_interval: Duration::from_millis(200),
@@ -330,6 +334,7 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             debug!(%addr, "accepting connections");
         }
+        let mut per_address = ConnectionLimiter::new(self.shared.config.connection_limits.clone());
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -342,10 +347,16 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let counted = HttpConn::count(&self.shared);
+            if !per_address.allow(peer.ip(), Instant::now()) {
+                self.shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
+                debug!(%peer, "refusing a connection: too many new ones from its address");
+                tokio::spawn(refuse(stream, counted, TOO_MANY_FROM_ADDRESS));
+                continue;
+            }
             if counted.open > self.shared.config.max_connections {
                 self.shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
                 debug!(%peer, "refusing a connection: too many in their HTTP phase");
-                tokio::spawn(refuse(stream, counted));
+                tokio::spawn(refuse(stream, counted, TOO_MANY_CONNECTIONS));
                 continue;
             }
             tokio::spawn(serve_http(
@@ -384,17 +395,21 @@ impl Drop for HttpConn {
 }
 
 /// The answer to a connection over the cap, written before any request is read.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// The answer to a connection over its address's `connection_rate`, written
+/// before any request is read.
+const TOO_MANY_FROM_ADDRESS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 39\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections from your address\n";
 
 /// Most time a refused connection is kept to deliver its 503: the client's
 /// request is read (and dropped) until it closes, so that closing does not reset
 /// the connection before the client has read the answer.
 const REFUSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Answers 503 to a connection over the cap and closes it.
-async fn refuse(mut stream: TcpStream, counted: HttpConn) {
+/// Answers a refused connection with `answer` and closes it.
+async fn refuse(mut stream: TcpStream, counted: HttpConn, answer: &'static [u8]) {
     let linger = async {
-        stream.write_all(REFUSED).await?;
+        stream.write_all(answer).await?;
         stream.shutdown().await?;
         let mut buf = [0u8; 4096];
         let mut read = 0;

@@ -8,7 +8,10 @@
 //! - a send decodes the POST body's lines in order (at most 100; `[`/`{` lines are
 //!   JSON frames, other lines base64 binary frames) and answers once they ran;
 //! - with no poll held and none received for the session timeout (15 s), the session
-//!   ends as a closed WebSocket does: channels terminate, presences are untracked.
+//!   ends as a closed WebSocket does: channels terminate, presences are untracked;
+//! - POST bodies are charged to the session's byte rate (`limits.byte_rate`): while
+//!   it is in debt the session takes no request (the client's next POST and poll
+//!   wait in its queue), as a WebSocket connection stops reading.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, warn};
 
+use crate::limits::ByteLimiter;
 use crate::protocol::{decode_binary, decode_text, FrameError, InFrame, OutFrame, Vsn};
 use crate::server::transport::close;
 use crate::server::transport::driver::{Exit, SessionDriver};
@@ -108,6 +112,10 @@ pub(crate) struct LpSession {
     held: Option<Held>,
     /// When the last poll arrived or was answered.
     last_poll: Instant,
+    /// The byte rate of POST bodies, and when requests are taken again after
+    /// a body put it in debt.
+    bytes: ByteLimiter,
+    resume: Option<Instant>,
 }
 
 impl LpSession {
@@ -116,6 +124,8 @@ impl LpSession {
         requests: mpsc::UnboundedReceiver<LpRequest>,
         timing: LpTiming,
     ) -> Self {
+        let limits = &driver.shared.config.client_limits;
+        let bytes = ByteLimiter::new(limits.byte_rate, limits.byte_burst);
         Self {
             driver,
             requests,
@@ -124,6 +134,8 @@ impl LpSession {
             buffered_bytes: 0,
             held: None,
             last_poll: Instant::now(),
+            bytes,
+            resume: None,
         }
     }
 
@@ -169,11 +181,13 @@ impl LpSession {
                 Some(held) => held.until,
                 None => self.last_poll + self.timing.timeout,
             };
+            let wake = self.resume.map_or(wake, |resume| wake.min(resume));
+            let paused = self.resume.is_some();
             let event = tokio::select! {
                 biased;
                 _ = drain.notified() => LpEvent::Drain,
                 _ = budget.notify.notified() => LpEvent::Overflow,
-                request = self.requests.recv() => LpEvent::Request(request),
+                request = self.requests.recv(), if !paused => LpEvent::Request(request),
                 item = self.driver.recv() => LpEvent::Inbound(item),
                 _ = poll_gone(&mut self.held) => LpEvent::PollGone,
                 _ = sleep_until(wake) => LpEvent::Timer,
@@ -202,6 +216,12 @@ impl LpSession {
 
     fn handle_timer(&mut self) -> Result<(), Exit> {
         let now = Instant::now();
+        if self.resume.is_some_and(|resume| resume <= now) {
+            // The client's polls waited in the queue meanwhile: the session
+            // timeout counts from now.
+            self.resume = None;
+            self.last_poll = self.last_poll.max(now);
+        }
         match self.held.take() {
             Some(held) if held.until <= now => {
                 let _ = held.reply.send(Answer::status(status::NO_CONTENT));
@@ -212,7 +232,9 @@ impl LpSession {
                 self.held = Some(held);
                 Ok(())
             }
-            None if self.last_poll + self.timing.timeout <= now => Err(Exit::Gone),
+            None if self.resume.is_none() && self.last_poll + self.timing.timeout <= now => {
+                Err(Exit::Gone)
+            }
             None => Ok(()),
         }
     }
@@ -235,6 +257,11 @@ impl LpSession {
                 Ok(())
             }
             Op::Send { body, ndjson } => {
+                let now = Instant::now();
+                if let Some(pause) = self.bytes.charge(now.into_std(), body.len()) {
+                    self.driver.shared.config.limit_counter.hit("byte_rate");
+                    self.resume = Some(now + pause);
+                }
                 let (answer, result) = self.handle_send(&body, ndjson).await;
                 let _ = reply.send(Answer::status(answer));
                 result
