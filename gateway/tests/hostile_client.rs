@@ -882,15 +882,15 @@ async fn healthz_from(source: std::net::IpAddr, addr: SocketAddr) -> anyhow::Res
     Ok((code, answer))
 }
 
-/// Runs `attack` against `addr` until `stop`; returns how many frames it sent
-/// and connections it opened.
+/// Runs `attack` against `addr` until `stop`; returns how many frames it sent,
+/// connections it opened and connections refused to it.
 async fn run_attack(
     addr: SocketAddr,
     attack: Attack,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, u64)> {
     if let Attack::Slowloris = attack {
-        return Ok((0, slowloris(addr, 500, stop).await?));
+        return Ok((0, slowloris(addr, 500, stop).await?, 0));
     }
     let fields: Vec<String> = (0..16)
         .map(|i| format!(r#""f{i}":"{}""#, "x".repeat(62_000)))
@@ -898,10 +898,11 @@ async fn run_attack(
     let big = format!(r#"["1","big","chat:1","update",{{{}}}]"#, fields.join(","));
     let big = tokio_tungstenite::tungstenite::Utf8Bytes::from(big);
     let url = format!("ws://{addr}/socket/websocket?{}", query("mallory"));
-    let (mut sent, mut connections) = (0u64, 0u64);
+    let (mut sent, mut connections, mut refused) = (0u64, 0u64, 0u64);
     while !*stop.borrow() {
         // Refused (429 past `connection_rate`): straight back at it.
         let Ok(client) = ws_from(ATTACKER, addr, &url).await else {
+            refused += 1;
             continue;
         };
         let (mut sink, mut stream) = client.ws.split();
@@ -929,7 +930,7 @@ async fn run_attack(
         let _ = sink.close().await;
         reader.abort();
     }
-    Ok((sent, connections))
+    Ok((sent, connections, refused))
 }
 
 /// `n` connections that never finish their HTTP request.
@@ -1091,7 +1092,7 @@ async fn hostile_latency() -> anyhow::Result<()> {
     let base = round_trips(secs).await?;
     let (b50, b99) = (percentile(&base, 50), percentile(&base, 99));
     println!("hostile latency: ping round trips of one client, {secs} s per phase");
-    println!("| phase | round trips | p50 ms | p99 ms | p50 ratio | p99 ratio | attacker: frames written, connections | load average |");
+    println!("| phase | round trips | p50 ms | p99 ms | p50 ratio | p99 ratio | attacker: frames written, connections (refused) | load average |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let row = |phase: &str, rtts: &[u64], sent: &str| {
         let (p50, p99) = (percentile(rtts, 50), percentile(rtts, 99));
@@ -1122,13 +1123,13 @@ async fn hostile_latency() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rtts = round_trips(secs).await?;
         let _ = stop.send(true);
-        let (frames, connections) = tokio::task::spawn_blocking(move || attacker.join())
+        let (frames, connections, refused) = tokio::task::spawn_blocking(move || attacker.join())
             .await?
             .map_err(|_| anyhow::anyhow!("the attacker panicked"))??;
         row(
             &format!("{attack:?}"),
             &rtts,
-            &format!("{frames}, {connections}"),
+            &format!("{frames}, {connections} ({refused})"),
         );
         healthy(&node).await?;
     }
