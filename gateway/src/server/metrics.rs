@@ -125,6 +125,9 @@ pub mod limit {
     pub const MAX_CONNECTIONS: &str = "max_connections";
 }
 
+/// The `outcome` label values of `chorus_api_broadcasts_total`.
+const API_BROADCAST_OUTCOMES: [&str; 3] = ["sent", "duplicate", "conflict"];
+
 /// The `reason` label values of `chorus_join_errors_total`, in the order of
 /// [`TransportMetrics`]'s `join_errors`.
 const JOIN_ERROR_REASONS: [&str; 4] =
@@ -182,12 +185,12 @@ impl Metrics {
                 &this.messages_out,
             ),
             (
-                "bytes_in",
+                "received_bytes",
                 "Bytes of frames received from clients",
                 &this.bytes_in,
             ),
             (
-                "bytes_out",
+                "sent_bytes",
                 "Bytes of frames queued for clients",
                 &this.bytes_out,
             ),
@@ -211,8 +214,12 @@ impl Metrics {
             limits.family().clone(),
         );
         let this = Self { registry, ..this };
-        // WebSocket series exist (at 0) before the first connection.
+        // WebSocket series exist (at 0) before the first connection, and the
+        // API's outcomes before the first call, so dashboards show 0, not "no data".
         let _ = this.transport(Transport::WebSocket);
+        for outcome in API_BROADCAST_OUTCOMES {
+            let _ = this.api_broadcasts.get_or_create(&[("outcome", outcome)]);
+        }
         this
     }
 
