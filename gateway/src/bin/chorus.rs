@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Browser origins allowed to open sockets, comma-separated (empty: any).
     #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
+    /// The live dashboard at /dashboard (needs CHORUS_API_KEY): `--dashboard false`
+    /// turns it off (server.dashboard).
+    #[arg(long, env = "CHORUS_DASHBOARD", num_args = 0..=1, default_missing_value = "true")]
+    dashboard: Option<bool>,
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
@@ -273,6 +277,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(origins) = &args.allowed_origins {
         config.server.allowed_origins.clone_from(origins);
     }
+    if let Some(on) = args.dashboard {
+        config.server.dashboard = on;
+    }
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;
     }
@@ -436,6 +443,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_connections: config.limits.max_connections,
         client_limits: config.limits.client(),
         limit_counter: app.limit_counter(),
+        dashboard: config.server.dashboard,
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)
@@ -456,7 +464,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!("demo page: http://{listen}/");
     }
     if config.api.key.is_none() {
-        info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
+        info!("{API_KEY_ENV} not set: the HTTP API under /api and the dashboard are disabled");
+    } else if config.server.dashboard {
+        info!("dashboard: http://{listen}/dashboard (asks for the API key)");
     }
     info!(%listen, "serving ws://{listen}/socket/websocket");
     // The engine may stop on its own (a panic, another process under our

@@ -275,6 +275,43 @@ impl Metrics {
     }
 }
 
+/// This node's client traffic so far, both transports together: what the
+/// dashboard's snapshot reports (`/metrics` has the same per transport).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTotals {
+    /// Live WebSocket connections.
+    pub websocket: i64,
+    /// Live LongPoll sessions.
+    pub longpoll: i64,
+    /// Channels currently joined.
+    pub channels: i64,
+    /// Frames received from clients.
+    pub messages_in: u64,
+    /// Frames queued for clients.
+    pub messages_out: u64,
+}
+
+impl Metrics {
+    /// The client totals, read without creating a transport's series.
+    pub fn client_totals(&self) -> ClientTotals {
+        let mut t = ClientTotals::default();
+        for transport in [Transport::WebSocket, Transport::LongPoll] {
+            let label = transport_label(transport);
+            let gauge = |f: &Family<Labels1, Gauge>| f.get(&label).map_or(0, |g| g.get());
+            let counter = |f: &Family<Labels1, Counter>| f.get(&label).map_or(0, |c| c.get());
+            let live = gauge(&self.connections);
+            match transport {
+                Transport::WebSocket => t.websocket = live,
+                Transport::LongPoll => t.longpoll = live,
+            }
+            t.channels += gauge(&self.channels_joined);
+            t.messages_in += counter(&self.messages_in);
+            t.messages_out += counter(&self.messages_out);
+        }
+        t
+    }
+}
+
 /// Registering a family without naming its metric type.
 trait Register {
     fn register(&self, registry: &mut Registry, name: &str, help: &str);
