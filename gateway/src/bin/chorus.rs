@@ -36,6 +36,32 @@ enum Command {
     /// Print a client token signed with the token secret (CHORUS_TOKEN_SECRET
     /// or the config's auth.token_secret).
     Token(TokenArgs),
+    /// Probe a running node: GET /healthz (or --path) from the configured listen
+    /// address (CHORUS_LISTEN; 0.0.0.0 is probed on 127.0.0.1) and exit 0 on
+    /// 200, 1 otherwise. The container image's HEALTHCHECK (it has no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// The path to probe (/healthz: the node serves; /readyz: it takes clients).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// `chorus health`: exits 0 when the node answers 200.
+fn health(config: &Config, args: &HealthArgs) -> anyhow::Result<()> {
+    let addr = config.server.listen;
+    let status = chorus_gateway::server::probe(addr, &args.path, args.timeout)
+        .with_context(|| format!("probing http://{addr}{}", args.path))?;
+    if status != 200 {
+        bail!("http://{addr}{} answered {status}", args.path);
+    }
+    println!("{} {status}", args.path);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +243,7 @@ fn main() -> anyhow::Result<()> {
     let config = load_config(&cli.serve)?;
     match cli.command {
         Some(Command::Token(args)) => print_token(&config, args),
+        Some(Command::Health(args)) => health(&config, &args),
         None => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(serve(config)),

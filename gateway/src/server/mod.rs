@@ -49,7 +49,7 @@ use tracing::{debug, warn};
 pub use crate::cluster::{Hub, HubError};
 pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
-pub use health::READY_PATH;
+pub use health::{probe, READY_PATH};
 pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 

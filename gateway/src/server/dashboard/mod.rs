@@ -78,7 +78,9 @@ pub(crate) fn page(shared: &Shared) -> Response<HttpBody> {
     if enabled_key(shared).is_none() {
         return disabled();
     }
-    let mut r = Response::new(HttpBody::from(Bytes::from_static(DASHBOARD_HTML.as_bytes())));
+    let mut r = Response::new(HttpBody::from(Bytes::from_static(
+        DASHBOARD_HTML.as_bytes(),
+    )));
     let h = r.headers_mut();
     h.insert(
         "content-type",
@@ -138,7 +140,8 @@ pub(crate) async fn snapshot(shared: &Shared) -> Value {
             mi += peer.messages_in;
             mo += peer.messages_out;
         }
-        body["gossip"] = json!({"bytes_in": bi, "bytes_out": bo, "messages_in": mi, "messages_out": mo});
+        body["gossip"] =
+            json!({"bytes_in": bi, "bytes_out": bo, "messages_in": mi, "messages_out": mo});
         body["overflows"] = json!({
             "peer": stats.peer_queue_overflows,
             "subscriber": stats.slow_subscribers,

@@ -33,7 +33,7 @@ use crate::protocol::{Query, Subprotocols};
 use crate::server::http::{text, HttpBody};
 use crate::server::metrics::limit;
 use crate::server::transport::close;
-use crate::server::transport::websocket::{header, has_token};
+use crate::server::transport::websocket::{has_token, header};
 use crate::server::Shared;
 use crate::topics;
 
@@ -104,18 +104,18 @@ pub(crate) fn upgrade(
     let on_upgrade = hyper::upgrade::on(req);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
-        let upgraded =
-            match tokio::time::timeout(shared.config.handshake_timeout, on_upgrade).await {
-                Ok(Ok(upgraded)) => upgraded,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "dashboard upgrade failed");
-                    return;
-                }
-                Err(_) => {
-                    shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
-                    return;
-                }
-            };
+        let upgraded = match tokio::time::timeout(shared.config.handshake_timeout, on_upgrade).await
+        {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(e)) => {
+                debug!(error = %e, "dashboard upgrade failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
+                return;
+            }
+        };
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME));
@@ -139,7 +139,10 @@ pub(crate) fn upgrade(
         h.insert("sec-websocket-accept", accept);
     }
     if subprotocols.is_some() {
-        h.insert("sec-websocket-protocol", HeaderValue::from_static("phoenix"));
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("phoenix"),
+        );
     }
     response
 }
@@ -218,9 +221,7 @@ async fn handle(
     (join_ref, msg_ref, topic, event, _payload): InFrame,
     joined: &mut Option<(String, Subscription)>,
 ) -> Value {
-    let reply = |status: &str, response: Value| {
-        json!([join_ref, msg_ref, topic, "phx_reply", {"status": status, "response": response}])
-    };
+    let reply = |status: &str, response: Value| json!([join_ref, msg_ref, topic, "phx_reply", {"status": status, "response": response}]);
     match (topic.as_str(), event.as_str()) {
         ("phoenix", "heartbeat") => reply("ok", json!({})),
         (topics::DASHBOARD, "phx_join") => {
