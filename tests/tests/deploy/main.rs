@@ -174,7 +174,8 @@ fn objects() -> anyhow::Result<Vec<Object>> {
     let mut out = Vec::new();
     for (file, text) in MANIFESTS {
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let object = Object::deserialize(doc).with_context(|| format!("{file}"))?;
+            let object = Object::deserialize(doc)
+                .with_context(|| format!("{file}: not a Kubernetes object"))?;
             out.push(object);
         }
     }
