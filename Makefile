@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-hostile fuzz fmt lint check-core ci
+.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-hostile fuzz fmt lint check-core ci docker
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -162,6 +162,12 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --all -- --check
 	CARGO_TARGET_DIR="$(abspath $(or $(CARGO_TARGET_DIR),target))" \
 		$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+
+# The container image's name.
+IMAGE ?= chorus
+
+docker: ## Build the container image (Dockerfile; needs a container engine: make test checks the Dockerfile without one)
+	docker build -t $(IMAGE) .
 
 check-core: ## Fail if tokio or quinn are reachable from the sans-IO engine core
 	@deps=$$($(CARGO) tree -p chorus-engine --no-default-features -e normal --prefix none | grep -E '^(tokio|quinn)[ -]' || true); \
