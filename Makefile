@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-hostile fuzz fmt lint check-core ci docker
+.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-hostile fuzz fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -164,6 +164,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 		$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
 # The container image's name.
+.PHONY: docker
 IMAGE ?= chorus
 
 docker: ## Build the container image (Dockerfile; needs a container engine: make test checks the Dockerfile without one)
