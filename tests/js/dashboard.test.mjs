@@ -81,7 +81,8 @@ test("the dashboard shows a 3-node cluster live and a killed node down", { timeo
   const user = connectAs(http[1], { sub: "alice", name: "Alice" });
   assert.deepEqual(await joinError(user.channel("chorus:dashboard", {})), { reason: "unmatched topic" });
   // A subscriber with presence on n2, for the busiest topics.
-  await join(user.channel("test:dash", {}));
+  const dash = user.channel("test:dash", {});
+  await join(dash);
 
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
   const errors = [];
@@ -107,6 +108,17 @@ test("the dashboard shows a 3-node cluster live and a killed node down", { timeo
   );
   assert.equal(await page.locator("#topics tbody tr").count(), 1, "internal topics are not listed");
   assert.match(await page.textContent("#status"), /connected to n1/);
+
+  // Traffic on n2: its frames in per second, and the cluster's, become non-zero.
+  const pushing = setInterval(() => dash.push("new_msg", { body: "hi" }), 100);
+  try {
+    await page.waitForFunction(() => {
+      const n2 = [...document.querySelectorAll('#nodes tr[data-name="n2"] td')].map((td) => td.textContent);
+      return Number(n2[5]) > 0 && Number(n2[6]) > 0 && Number(document.getElementById("rate-in").textContent) > 0;
+    });
+  } finally {
+    clearInterval(pushing);
+  }
 
   // n3 dies without a word: the page shows it down within the detection time.
   const t0 = Date.now();
