@@ -158,7 +158,10 @@ where
 {
     // The channel, once joined: its join ref and the engine subscription.
     let mut joined: Option<(String, Subscription)> = None;
+    // The page must send something (phoenix.js heartbeats every 30 s) within
+    // the idle timeout, and take each frame within SEND_TIMEOUT.
     let idle = shared.config.idle_timeout;
+    let mut quiet_until = tokio::time::Instant::now() + idle;
     let code = loop {
         let snapshot = async {
             match joined.as_mut() {
@@ -168,20 +171,21 @@ where
         };
         tokio::select! {
             () = drain.notified() => break close::RESTART,
-            read = tokio::time::timeout(idle, ws.next()) => {
+            () = tokio::time::sleep_until(quiet_until) => break close::SERVER_ERROR,
+            read = ws.next() => {
+                quiet_until = tokio::time::Instant::now() + idle;
                 let text = match read {
-                    Err(_) => break close::SERVER_ERROR,
-                    Ok(Some(Ok(Message::Text(text)))) => text,
-                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
-                    Ok(Some(Ok(Message::Close(_))) | None) => break 0,
-                    Ok(Some(Ok(Message::Binary(_)))) => break close::INVALID_FRAME,
-                    Ok(Some(Err(_))) => break close::PROTOCOL,
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break 0,
+                    Some(Ok(Message::Binary(_))) => break close::INVALID_FRAME,
+                    Some(Err(_)) => break close::PROTOCOL,
                 };
                 let Ok(frame) = serde_json::from_str::<InFrame>(text.as_str()) else {
                     break close::INVALID_FRAME;
                 };
                 let reply = handle(shared, frame, &mut joined).await;
-                if ws.send(Message::text(reply.to_string())).await.is_err() {
+                if !send(&mut ws, reply.to_string()).await {
                     break 0;
                 }
             }
@@ -196,7 +200,7 @@ where
                 let Ok(body) = serde_json::from_slice::<Value>(&bytes) else { continue };
                 let join_ref = joined.as_ref().map(|(r, _)| r.as_str());
                 let push = json!([join_ref, null, topics::DASHBOARD, "node", body]);
-                if ws.send(Message::text(push.to_string())).await.is_err() {
+                if !send(&mut ws, push.to_string()).await {
                     break 0;
                 }
             }
@@ -209,10 +213,25 @@ where
             code: CloseCode::from(code),
             reason: "dashboard socket closed".into(),
         };
-        let _ = ws.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
     }
-    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(None)).await;
     code
+}
+
+/// A page that does not take a frame within this long is dropped: its socket
+/// is not read, and the task ends instead of waiting on it.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one text frame within [`SEND_TIMEOUT`]; false when it was not sent.
+async fn send<S>(ws: &mut WebSocketStream<S>, text: String) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text))).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Handles one frame of the page; returns the reply to send.
