@@ -163,6 +163,13 @@ lint: ## rustfmt check and clippy with warnings as errors
 	CARGO_TARGET_DIR="$(abspath $(or $(CARGO_TARGET_DIR),target))" \
 		$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 
+# The container image's name.
+.PHONY: docker
+IMAGE ?= chorus
+
+docker: ## Build the container image (Dockerfile; needs a container engine: make test checks the Dockerfile without one)
+	docker build -t $(IMAGE) .
+
 check-core: ## Fail if tokio or quinn are reachable from the sans-IO engine core
 	@deps=$$($(CARGO) tree -p chorus-engine --no-default-features -e normal --prefix none | grep -E '^(tokio|quinn)[ -]' || true); \
 	if [ -n "$$deps" ]; then echo "check-core: the engine core depends on:"; echo "$$deps"; exit 1; fi; \

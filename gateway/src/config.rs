@@ -219,6 +219,10 @@ pub struct ServerSection {
     /// Browser origins allowed to open sockets (`https://app.example.com`,
     /// `//app.example.com`, `https://*.example.com`); empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// The live dashboard at `/dashboard`: on (the default) only while the
+    /// HTTP API key is set, which the page asks for; false turns it off
+    /// (`/dashboard` answers 404 and no snapshot is published).
+    pub dashboard: bool,
 }
 
 impl Default for ServerSection {
@@ -229,6 +233,7 @@ impl Default for ServerSection {
             dev_mode_with_token_secret: false,
             longpoll_timeout_ms: 15_000,
             allowed_origins: Vec::new(),
+            dashboard: true,
         }
     }
 }

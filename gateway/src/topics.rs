@@ -2,7 +2,7 @@
 //!
 //! These topics carry the server's own traffic between nodes: disconnect-by-id,
 //! the count of a user's sockets, LongPoll forwarding, the HTTP API's
-//! idempotency keys. None of them is a channel: a client's `phx_join` to one
+//! idempotency keys, the dashboard's snapshots. None of them is a channel: a client's `phx_join` to one
 //! gets `unmatched topic` (whatever the router would match), and a broadcast to
 //! one (a channel's, [`Hub::broadcast`](crate::cluster::Hub::broadcast), the
 //! HTTP API's) is refused. [`is_internal`] is the one test every entry point
@@ -31,6 +31,10 @@ pub fn socket_topic(id: &str) -> String {
     format!("{SOCKET_PREFIX}{id}")
 }
 
+/// Where every node publishes its dashboard snapshot each second; only the
+/// dashboard's own socket (`/dashboard/websocket`, API key) joins it.
+pub const DASHBOARD: &str = "chorus:dashboard";
+
 /// The topic on which `node` takes LongPoll requests forwarded to it.
 pub fn longpoll_topic(node: &NodeId) -> Topic {
     Topic::new(format!("{LONGPOLL_PREFIX}{node}"))
@@ -41,6 +45,7 @@ pub fn longpoll_topic(node: &NodeId) -> Topic {
 pub fn is_internal(topic: &str) -> bool {
     topic == DISCONNECT
         || topic == API_IDEMPOTENCY
+        || topic == DASHBOARD
         || topic.starts_with(SOCKET_PREFIX)
         || topic.starts_with(LONGPOLL_PREFIX)
 }
@@ -55,6 +60,7 @@ mod tests {
         for topic in [
             DISCONNECT.to_owned(),
             API_IDEMPOTENCY.to_owned(),
+            DASHBOARD.to_owned(),
             socket_topic("user_socket:alice"),
             longpoll_topic(&node).as_str().to_owned(),
         ] {
@@ -65,6 +71,7 @@ mod tests {
             "user_socket:alice",
             "phx_disconnected",
             "chorus:api",
+            "chorus:dashboard:x",
         ] {
             assert!(!is_internal(topic), "{topic}");
         }

@@ -36,6 +36,32 @@ enum Command {
     /// Print a client token signed with the token secret (CHORUS_TOKEN_SECRET
     /// or the config's auth.token_secret).
     Token(TokenArgs),
+    /// Probe a running node: GET /healthz (or --path) from the configured listen
+    /// address (CHORUS_LISTEN; 0.0.0.0 is probed on 127.0.0.1) and exit 0 on
+    /// 200, 1 otherwise. The container image's HEALTHCHECK (it has no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// The path to probe (/healthz: the node serves; /readyz: it takes clients).
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// `chorus health`: exits 0 when the node answers 200.
+fn health(config: &Config, args: &HealthArgs) -> anyhow::Result<()> {
+    let addr = config.server.listen;
+    let status = chorus_gateway::server::probe(addr, &args.path, args.timeout)
+        .with_context(|| format!("probing http://{addr}{}", args.path))?;
+    if status != 200 {
+        bail!("http://{addr}{} answered {status}", args.path);
+    }
+    println!("{} {status}", args.path);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +104,10 @@ struct ServeArgs {
     /// Browser origins allowed to open sockets, comma-separated (empty: any).
     #[arg(long, env = "CHORUS_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
+    /// The live dashboard at /dashboard (needs CHORUS_API_KEY): `--dashboard false`
+    /// turns it off (server.dashboard).
+    #[arg(long, env = "CHORUS_DASHBOARD", num_args = 0..=1, default_missing_value = "true")]
+    dashboard: Option<bool>,
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
@@ -224,6 +254,7 @@ fn main() -> anyhow::Result<()> {
     let config = load_config(&cli.serve)?;
     match cli.command {
         Some(Command::Token(args)) => print_token(&config, args),
+        Some(Command::Health(args)) => health(&config, &args),
         None => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(serve(config)),
@@ -292,6 +323,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(origins) = &args.allowed_origins {
         config.server.allowed_origins.clone_from(origins);
+    }
+    if let Some(on) = args.dashboard {
+        config.server.dashboard = on;
     }
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;
@@ -457,6 +491,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         connection_limits: config.limits.connections(),
         client_limits: config.limits.client(),
         limit_counter: app.limit_counter(),
+        dashboard: config.server.dashboard,
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)
@@ -477,7 +512,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!("demo page: http://{listen}/");
     }
     if config.api.key.is_none() {
-        info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
+        info!("{API_KEY_ENV} not set: the HTTP API under /api and the dashboard are disabled");
+    } else if config.server.dashboard {
+        info!("dashboard: http://{listen}/dashboard (asks for the API key)");
     }
     info!(%listen, "serving ws://{listen}/socket/websocket");
     // The engine may stop on its own (a panic, another process under our

@@ -123,6 +123,31 @@ impl Hub {
     pub fn topic_count(&self) -> usize {
         self.topics.lock().expect("hub topics lock").len()
     }
+
+    /// The `n` client topics (internal ones left out) with the most local
+    /// subscribers (connections), with their counts, most first (ties by
+    /// name). Reads every topic: for the dashboard's once-a-second snapshot,
+    /// not for a hot path.
+    pub fn busiest_topics(&self, n: usize) -> Vec<(String, usize)> {
+        let states: Vec<(String, Arc<TopicState>)> = self
+            .topics
+            .lock()
+            .expect("hub topics lock")
+            .iter()
+            .filter(|(topic, _)| !crate::topics::is_internal(topic))
+            .map(|(topic, state)| (topic.clone(), state.clone()))
+            .collect();
+        let mut counted: Vec<(String, usize)> = states
+            .into_iter()
+            .map(|(topic, state)| {
+                let n = state.locals.lock().expect("topic locals lock").len();
+                (topic, n)
+            })
+            .collect();
+        counted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counted.truncate(n);
+        counted
+    }
 }
 
 /// The histogram the hub records fan-out times in: 10 µs to about 10 s.

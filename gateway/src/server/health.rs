@@ -28,6 +28,50 @@ use super::Shared;
 /// The readiness check.
 pub const READY_PATH: &str = "/readyz";
 
+/// The probe of `chorus health` (a container's `HEALTHCHECK`, where no curl
+/// is installed): `GET path` from the node at `addr` over plain HTTP/1.1,
+/// within `timeout`; the status code answered. An unspecified address
+/// (`0.0.0.0:4000`, the listen address of a container) is probed on loopback.
+pub fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<u16> {
+    use std::io::{Error, ErrorKind, Read, Write};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    // The status line is all we need: `HTTP/1.1 200 OK`.
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..])? {
+            0 => break,
+            n => read += n,
+        }
+        if head[..read].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("not an HTTP answer: {line:?}"),
+            )
+        })
+}
+
 /// Answers `GET /healthz`: 200 `ok`, or 503 `engine failed: ..` /
 /// `engine stopped` (`text/plain`).
 pub(crate) fn live(shared: &Shared) -> Response<HttpBody> {
@@ -82,4 +126,37 @@ async fn not_ready(shared: &Shared) -> Option<&'static str> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A one-shot server answering `answer` to the first request.
+    fn serve_once(answer: &'static str) -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer.as_bytes());
+        });
+        addr
+    }
+
+    #[test]
+    fn probe_reads_the_status_line() {
+        let t = Duration::from_secs(5);
+        let ok = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+        assert_eq!(probe(ok, "/healthz", t).expect("answers"), 200);
+        let down = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n");
+        assert_eq!(probe(down, "/healthz", t).expect("answers"), 503);
+        let junk = serve_once("SSH-2.0-OpenSSH\r\n");
+        assert!(probe(junk, "/healthz", t).is_err());
+        let unspecified = serve_once("HTTP/1.1 200 OK\r\n\r\n");
+        let any = std::net::SocketAddr::from(([0, 0, 0, 0], unspecified.port()));
+        assert_eq!(probe(any, "/healthz", t).expect("on loopback"), 200);
+    }
 }

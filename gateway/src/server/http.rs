@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use super::api;
+use super::dashboard::{self, socket::DASHBOARD_SOCKET_PATH, DASHBOARD_PATH};
 use super::dev;
 use super::health::{self, READY_PATH};
 use super::metrics::{self, METRICS_PATH};
@@ -49,6 +50,8 @@ pub(crate) async fn handle(
             Some(tokens) => dev::token(tokens, req.uri().query()),
             None => text(StatusCode::NOT_FOUND, "not found (dev mode is off)\n"),
         },
+        (&Method::GET, DASHBOARD_PATH) => dashboard::page(&shared),
+        (&Method::GET, DASHBOARD_SOCKET_PATH) => dashboard::socket::upgrade(&mut req, shared, done),
         (&Method::GET, READY_PATH) => health::ready(&shared).await,
         (&Method::GET, METRICS_PATH) => metrics::respond(&shared).await,
         (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done),

@@ -127,6 +127,9 @@ pub mod limit {
     pub const CONNECTION_RATE: &str = "connection_rate";
 }
 
+/// The `outcome` label values of `chorus_api_broadcasts_total`.
+const API_BROADCAST_OUTCOMES: [&str; 3] = ["sent", "duplicate", "conflict"];
+
 /// The `reason` label values of `chorus_join_errors_total`, in the order of
 /// [`TransportMetrics`]'s `join_errors`.
 const JOIN_ERROR_REASONS: [&str; 4] =
@@ -184,12 +187,12 @@ impl Metrics {
                 &this.messages_out,
             ),
             (
-                "bytes_in",
+                "received_bytes",
                 "Bytes of frames received from clients",
                 &this.bytes_in,
             ),
             (
-                "bytes_out",
+                "sent_bytes",
                 "Bytes of frames queued for clients",
                 &this.bytes_out,
             ),
@@ -213,8 +216,12 @@ impl Metrics {
             limits.family().clone(),
         );
         let this = Self { registry, ..this };
-        // WebSocket series exist (at 0) before the first connection.
+        // WebSocket series exist (at 0) before the first connection, and the
+        // API's outcomes before the first call, so dashboards show 0, not "no data".
         let _ = this.transport(Transport::WebSocket);
+        for outcome in API_BROADCAST_OUTCOMES {
+            let _ = this.api_broadcasts.get_or_create(&[("outcome", outcome)]);
+        }
         this
     }
 
@@ -267,6 +274,43 @@ impl Metrics {
         encode_registry(&mut out, scraped)?;
         encode_eof(&mut out)?;
         Ok(out)
+    }
+}
+
+/// This node's client traffic so far, both transports together: what the
+/// dashboard's snapshot reports (`/metrics` has the same per transport).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTotals {
+    /// Live WebSocket connections.
+    pub websocket: i64,
+    /// Live LongPoll sessions.
+    pub longpoll: i64,
+    /// Channels currently joined.
+    pub channels: i64,
+    /// Frames received from clients.
+    pub messages_in: u64,
+    /// Frames queued for clients.
+    pub messages_out: u64,
+}
+
+impl Metrics {
+    /// The client totals, read without creating a transport's series.
+    pub fn client_totals(&self) -> ClientTotals {
+        let mut t = ClientTotals::default();
+        for transport in [Transport::WebSocket, Transport::LongPoll] {
+            let label = transport_label(transport);
+            let gauge = |f: &Family<Labels1, Gauge>| f.get(&label).map_or(0, |g| g.get());
+            let counter = |f: &Family<Labels1, Counter>| f.get(&label).map_or(0, |c| c.get());
+            let live = gauge(&self.connections);
+            match transport {
+                Transport::WebSocket => t.websocket = live,
+                Transport::LongPoll => t.longpoll = live,
+            }
+            t.channels += gauge(&self.channels_joined);
+            t.messages_in += counter(&self.messages_in);
+            t.messages_out += counter(&self.messages_out);
+        }
+        t
     }
 }
 

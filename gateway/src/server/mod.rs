@@ -14,6 +14,8 @@
 //! - `health`: `GET /readyz`;
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the live counters;
 //! - [`dev`]: the demo page and `/dev/token` (dev mode only);
+//! - [`dashboard`]: the live dashboard at `/dashboard` (API key) and the
+//!   snapshot each node publishes for it;
 //! - `shutdown`: stop accepting, close clients with 1012 in batches.
 //!
 //! The server hosts any [`Router`] of channels and never names the built-in ones.
@@ -21,6 +23,7 @@
 //! Not deterministic: this is the I/O layer around the sans-IO session.
 
 pub mod api;
+pub mod dashboard;
 pub mod dev;
 mod health;
 pub mod http;
@@ -46,7 +49,7 @@ use tracing::{debug, warn};
 pub use crate::cluster::{Hub, HubError};
 pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
-pub use health::READY_PATH;
+pub use health::{probe, READY_PATH};
 pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
@@ -115,6 +118,10 @@ pub struct ServerConfig {
     /// ([`App::limit_counter`](crate::builtin::App::limit_counter)) so their
     /// refusals show in `/metrics` too.
     pub limit_counter: LimitCounter,
+    /// The live dashboard at `/dashboard` (see [`dashboard`]): on only with
+    /// `api_key` too, whose key it needs. Off: `/dashboard` answers 404 and
+    /// no snapshot is published.
+    pub dashboard: bool,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +147,7 @@ impl Default for ServerConfig {
             api_key: None,
             client_limits: ClientLimits::default(),
             limit_counter: LimitCounter::default(),
+            dashboard: true,
         }
     }
 }
@@ -301,12 +309,16 @@ impl Server {
                 self.shared.hub.clone(),
             ))
         });
+        let dashboard = dashboard::start(&self.shared);
         let accepted = tokio::select! {
             res = self.accept_loop(&listener, &done_tx, &stop_rx) => res,
             _ = shutdown => Ok(()),
         };
         drop(listener);
         if let Some(task) = listener_task {
+            task.abort();
+        }
+        if let Some(task) = dashboard {
             task.abort();
         }
         let _ = stop_tx.send(true);

@@ -125,7 +125,9 @@ impl<'a> Req<'a> {
         Ok(reply)
     }
 
-    async fn send_raw(self, addr: SocketAddr) -> anyhow::Result<Reply> {
+    /// Sends the request with no check against `openapi.json`: for the pages
+    /// outside the API's document (`/dashboard`).
+    pub async fn send_raw(self, addr: SocketAddr) -> anyhow::Result<Reply> {
         let mut stream = TcpStream::connect(addr).await?;
         let mut head = format!(
             "{} {} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n",

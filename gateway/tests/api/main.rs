@@ -2,6 +2,8 @@
 //! HTTP/1.1 client, and every answer checked against `gateway/openapi.json`.
 
 mod cluster;
+mod dashboard;
+mod grafana;
 mod http;
 mod ops;
 mod prom;

@@ -63,8 +63,8 @@ async fn metrics_parse_and_move_with_traffic() -> anyhow::Result<()> {
         "chorus_join_errors",
         "chorus_messages_in",
         "chorus_messages_out",
-        "chorus_bytes_in",
-        "chorus_bytes_out",
+        "chorus_received_bytes",
+        "chorus_sent_bytes",
         "chorus_broadcast_fanout_seconds",
         "chorus_presence_entries",
         "chorus_cluster_members",
@@ -116,8 +116,8 @@ async fn metrics_parse_and_move_with_traffic() -> anyhow::Result<()> {
         v("chorus_messages_out_total", WS) >= 5.0,
         "replies, presence, broadcasts"
     );
-    assert!(v("chorus_bytes_in_total", WS) > 50.0);
-    assert!(v("chorus_bytes_out_total", WS) > v("chorus_bytes_in_total", WS));
+    assert!(v("chorus_received_bytes_total", WS) > 50.0);
+    assert!(v("chorus_sent_bytes_total", WS) > v("chorus_received_bytes_total", WS));
     assert_eq!(
         v("chorus_api_broadcasts_total", &[("outcome", "sent")]),
         1.0

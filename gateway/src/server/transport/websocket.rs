@@ -28,11 +28,11 @@ use crate::socket::Session;
 /// The WebSocket endpoint (Phoenix's `socket "/socket"` + `/websocket`).
 pub const WEBSOCKET_PATH: &str = "/socket/websocket";
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
