@@ -182,7 +182,14 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         sent_tx,
         stop.clone(),
     ));
-    let (first_us, published) = sent.await.context("the publisher failed")?;
+    let Ok((first_us, published)) = sent.await else {
+        // The publisher ended before it had sent everything: say why.
+        return match publishing.await {
+            Ok(Err(e)) => Err(e.context("the publisher failed")),
+            Ok(Ok(())) => Err(anyhow::anyhow!("the publisher stopped early")),
+            Err(e) => Err(anyhow::Error::new(e).context("the publisher panicked")),
+        };
+    };
     total_tx.send_replace(published);
 
     // Wait for every subscriber to have all, or for the drain time.
