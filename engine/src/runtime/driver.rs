@@ -20,6 +20,7 @@ use super::transport::{
     QueueError, Rejection,
 };
 use super::EngineConfig;
+use crate::coalesce::TopicDiff;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 
@@ -50,6 +51,8 @@ pub(crate) struct NodeDriver {
     next_conn: u64,
     subscribers: HashMap<SubscriberId, mpsc::Sender<Delivery>>,
     topics: HashMap<Topic, BTreeSet<SubscriberId>>,
+    /// Receivers of every presence diff ([`EngineHandle::presence_tap`](super::EngineHandle::presence_tap)).
+    presence_taps: Vec<mpsc::UnboundedSender<(Topic, Arc<TopicDiff>)>>,
     pending: HashMap<SubscriberId, oneshot::Sender<Result<SubscriberId, CommandError>>>,
     next_sub: u64,
     stats: RuntimeStats,
@@ -113,6 +116,7 @@ impl NodeDriver {
             next_conn: 0,
             subscribers: HashMap::new(),
             topics: HashMap::new(),
+            presence_taps: Vec::new(),
             pending: HashMap::new(),
             next_sub: 0,
             stats: RuntimeStats::default(),
@@ -268,6 +272,10 @@ impl NodeDriver {
             EngineRequest::PresenceCount { topic, reply } => {
                 let _ = reply.send(self.node.presence().count(&topic));
             }
+            EngineRequest::PresenceTap { tx, reply } => {
+                self.presence_taps.push(tx);
+                let _ = reply.send(());
+            }
             EngineRequest::Members { reply } => {
                 let now = now();
                 let members = self
@@ -341,7 +349,10 @@ impl NodeDriver {
                 exclude,
             } => self.fan_out(&topic, exclude, Delivery::Broadcast(payload)),
             Event::PresenceDiff { topic, diff } => {
-                self.fan_out(&topic, None, Delivery::PresenceDiff(Arc::new(diff)))
+                let diff = Arc::new(diff);
+                self.presence_taps
+                    .retain(|tap| tap.send((topic.clone(), diff.clone())).is_ok());
+                self.fan_out(&topic, None, Delivery::PresenceDiff(diff))
             }
             Event::SubscribeReady { topic, sub } => {
                 if let Some(reply) = self.pending.remove(&sub) {

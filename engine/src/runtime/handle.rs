@@ -130,6 +130,10 @@ pub(crate) enum EngineRequest {
     Members {
         reply: oneshot::Sender<Vec<MemberInfo>>,
     },
+    PresenceTap {
+        tx: mpsc::UnboundedSender<(Topic, Arc<TopicDiff>)>,
+        reply: oneshot::Sender<()>,
+    },
     Stats {
         reply: oneshot::Sender<RuntimeStats>,
     },
@@ -449,6 +453,22 @@ impl EngineHandle {
         let topic = topic.into();
         self.request(|reply| EngineRequest::PresenceCount { topic, reply })
             .await
+    }
+
+    /// Every coalesced presence diff of every topic from now on, whether or
+    /// not this node subscribes to it: each node holds the whole presence
+    /// view, so this is the cluster's presence as this node sees it change
+    /// (the webhooks derive `member_added` and the like from it). Diffs are
+    /// coalesced per topic (ALGORITHM.md §6), so replaying them the way
+    /// phoenix.js does (joins, then leaves) keeps a copy of the view. Unbounded:
+    /// read it promptly; dropping the receiver ends the tap.
+    pub async fn presence_tap(
+        &self,
+    ) -> Result<mpsc::UnboundedReceiver<(Topic, Arc<TopicDiff>)>, RuntimeError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.request(|reply| EngineRequest::PresenceTap { tx, reply })
+            .await?;
+        Ok(rx)
     }
 
     /// The peers this node knows, in id order.
