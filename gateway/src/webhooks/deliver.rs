@@ -126,3 +126,174 @@ pub async fn post(
         tokio::time::sleep(delay).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn signs_with_hmac_sha256_as_rfc_4231_says() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn the_body_carries_the_time_and_each_event_with_its_fields() {
+        let events = [
+            WireEvent {
+                kind: EventKind::MemberAdded,
+                topic: "room:1".into(),
+                user_id: Some("u1".into()),
+                message: None,
+            },
+            WireEvent {
+                kind: EventKind::ChannelVacated,
+                topic: "room:2".into(),
+                user_id: None,
+                message: None,
+            },
+            WireEvent {
+                kind: EventKind::Message,
+                topic: "room:1".into(),
+                user_id: None,
+                message: Some(("shout".into(), json!({"text": "hi"}))),
+            },
+        ];
+        let body: Value = serde_json::from_slice(&body(1_790_000_000_000, &events)).unwrap();
+        assert_eq!(
+            body,
+            json!({"time_ms": 1_790_000_000_000u64, "events": [
+                {"name": "member_added", "topic": "room:1", "user_id": "u1"},
+                {"name": "channel_vacated", "topic": "room:2"},
+                {"name": "message", "topic": "room:1", "event": "shout", "payload": {"text": "hi"}},
+            ]})
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_100ms_up_to_5s() {
+        let delays: Vec<u64> = (1..=8).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    /// A backend that answers 503 to its first `fail` requests, then 200; it
+    /// records each body and signature header it got.
+    async fn backend(fail: usize) -> (String, Arc<Mutex<Vec<(Vec<u8>, String)>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (seen, calls) = (seen.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, calls) = (seen.clone(), calls.clone());
+                        async move {
+                            let signature = req
+                                .headers()
+                                .get(SIGNATURE_HEADER)
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .unwrap_or_default();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            seen.lock().unwrap().push((body.to_vec(), signature));
+                            let status = if calls.fetch_add(1, Ordering::SeqCst) < fail {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::OK
+                            };
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = status;
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (url, got)
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_fails_first_gets_the_same_signed_body_again() {
+        let (url, got) = backend(2).await;
+        let client = reqwest::Client::new();
+        let body = br#"{"time_ms":1,"events":[]}"#.to_vec();
+        let outcome = post(
+            &client,
+            &url,
+            b"k",
+            body.clone(),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Delivered(3));
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 3);
+        for (b, signature) in got.iter() {
+            assert_eq!(b, &body);
+            assert_eq!(signature, &sign(b"k", &body));
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_stop_within_retry_for() {
+        let (url, got) = backend(usize::MAX).await;
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let outcome = post(
+            &client,
+            &url,
+            b"k",
+            b"{}".to_vec(),
+            Duration::from_secs(5),
+            Duration::from_millis(1_000),
+        )
+        .await;
+        // Attempts at 0, 100, 300 and 700 ms; the next would start at 1,500 ms
+        // (a slow machine may fit one fewer): no attempt starts after 1 s.
+        let Outcome::GaveUp(attempts) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!((2..=4).contains(&attempts), "{attempts}");
+        assert_eq!(got.lock().unwrap().len(), attempts as usize);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_is_not_there_is_retried_then_given_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        drop(listener);
+        let outcome = post(
+            &reqwest::Client::new(),
+            &url,
+            b"k",
+            b"{}".to_vec(),
+            Duration::from_secs(1),
+            Duration::from_millis(350),
+        )
+        .await;
+        // Attempts at 0, 100 and 300 ms (a slow machine may fit one fewer).
+        assert!(matches!(outcome, Outcome::GaveUp(2..=3)), "{outcome:?}");
+    }
+}

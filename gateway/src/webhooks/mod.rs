@@ -77,6 +77,21 @@ pub fn rendezvous<'a>(topic: &str, up: &'a [String]) -> Option<&'a str> {
         .map(|(_, node)| node)
 }
 
+/// The next batch to post from `mine` (the events this node sends, oldest
+/// first), if one is due: `batch_max` of them wait, or the oldest has waited
+/// `batch_ms`. At most `batch_max` events.
+fn due_batch<'a>(
+    mine: impl Iterator<Item = &'a Pending>,
+    batch_max: usize,
+    batch_ms: Duration,
+    now: Instant,
+) -> Option<Vec<&'a Pending>> {
+    let batch: Vec<&Pending> = mine.take(batch_max).collect();
+    let oldest = batch.first()?;
+    let due = batch.len() >= batch_max || now.duration_since(oldest.queued) >= batch_ms;
+    due.then_some(batch)
+}
+
 /// What the webhooks need from the binary.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -112,6 +127,9 @@ struct Hook {
     pending: VecDeque<Pending>,
     /// Ids of the batch being posted, and when it was formed (wall ms).
     in_flight: Option<(Vec<u64>, u64)>,
+    /// When the last batch ended (wall ms), if no watermark was published
+    /// after it once nothing was left to send ([`Runner::trail`]).
+    trailing: Option<u64>,
     hold: Duration,
 }
 
@@ -173,6 +191,7 @@ pub async fn start(
             index,
             pending: VecDeque::new(),
             in_flight: None,
+            trailing: None,
         })
         .collect::<Vec<_>>();
     let tick = hooks
@@ -336,6 +355,9 @@ impl Runner {
 
     async fn on_tick(&mut self) {
         if self.hooks.iter().all(|h| h.pending.is_empty()) {
+            for i in 0..self.hooks.len() {
+                self.trail(i).await;
+            }
             return;
         }
         match self.hub.members().await {
@@ -359,6 +381,39 @@ impl Runner {
         for i in 0..self.hooks.len() {
             self.prune(i, now_ms);
             self.send(i, now_ms);
+            self.trail(i).await;
+        }
+    }
+
+    /// Once [`LAG`] after a batch ended with nothing left to send, publishes
+    /// the watermark "now": everything this node observed until now is
+    /// delivered, so holders drop their copies of the last batches too
+    /// (otherwise they would keep them for [`hold`], and send them again if
+    /// this node went meanwhile).
+    async fn trail(&mut self, i: usize) {
+        let now_ms = unix_ms();
+        let hook = &self.hooks[i];
+        let Some(ended) = hook.trailing else {
+            return;
+        };
+        if hook.in_flight.is_some()
+            || now_ms < ended + LAG.as_millis() as u64
+            || hook.pending.iter().any(|p| !p.local && self.mine(p))
+        {
+            return;
+        }
+        self.hooks[i].trailing = None;
+        self.publish_mark(i, now_ms).await;
+    }
+
+    async fn publish_mark(&self, i: usize, mark: u64) {
+        let key = self.hooks[i].watermark_key(&self.me);
+        if let Err(e) = self
+            .hub
+            .put(topics::WEBHOOK_DELIVERED, &key, Some(&mark.to_string()))
+            .await
+        {
+            warn!(error = %e, "webhooks: cannot publish the delivered watermark");
         }
     }
 
@@ -411,20 +466,14 @@ impl Runner {
         if hook.in_flight.is_some() {
             return;
         }
-        let mine: Vec<&Pending> = hook
-            .pending
-            .iter()
-            .filter(|p| self.mine(p))
-            .take(hook.config.batch_max)
-            .collect();
-        let Some(oldest) = mine.first() else {
+        let Some(mine) = due_batch(
+            hook.pending.iter().filter(|p| self.mine(p)),
+            hook.config.batch_max,
+            Duration::from_millis(hook.config.batch_ms),
+            Instant::now(),
+        ) else {
             return;
         };
-        let due = mine.len() >= hook.config.batch_max
-            || oldest.queued.elapsed() >= Duration::from_millis(hook.config.batch_ms);
-        if !due {
-            return;
-        }
         let ids: Vec<u64> = mine.iter().map(|p| p.id).collect();
         let events: Vec<WireEvent> = mine.iter().map(|p| p.event.clone()).collect();
         let body = deliver::body(now_ms, &events);
@@ -474,14 +523,8 @@ impl Runner {
             .map(|p| p.observed_ms)
             .min();
         let mark = waiting.map_or(formed_ms, |w| w.min(formed_ms));
-        let key = hook.watermark_key(&self.me);
-        if let Err(e) = self
-            .hub
-            .put(topics::WEBHOOK_DELIVERED, &key, Some(&mark.to_string()))
-            .await
-        {
-            warn!(error = %e, "webhooks: cannot publish the delivered watermark");
-        }
+        self.hooks[done.hook].trailing = Some(unix_ms());
+        self.publish_mark(done.hook, mark).await;
     }
 }
 
@@ -490,4 +533,91 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn rendezvous_is_deterministic_spread_and_moves_only_the_lost_nodes_topics() {
+        let all = nodes(&["n1#1", "n2#1", "n3#1"]);
+        let topics: Vec<String> = (0..300).map(|i| format!("room:{i}")).collect();
+        let chosen: Vec<String> = topics
+            .iter()
+            .map(|t| rendezvous(t, &all).unwrap().to_owned())
+            .collect();
+        // The order of the member list does not matter.
+        let reversed: Vec<String> = all.iter().rev().cloned().collect();
+        for (t, c) in topics.iter().zip(&chosen) {
+            assert_eq!(rendezvous(t, &reversed), Some(c.as_str()));
+        }
+        // Each node sends for about a third of the topics.
+        for n in &all {
+            let share = chosen.iter().filter(|c| *c == n).count();
+            assert!((70..=130).contains(&share), "{n}: {share} of 300");
+        }
+        // n2 goes: its topics move, nobody else's do.
+        let without = nodes(&["n1#1", "n3#1"]);
+        for (t, c) in topics.iter().zip(&chosen) {
+            let now = rendezvous(t, &without).unwrap();
+            if c != "n2#1" {
+                assert_eq!(now, c, "{t}");
+            }
+            assert_ne!(now, "n2#1");
+        }
+        // A restarted n2 is a new incarnation: a different member.
+        assert!(topics.iter().any(|t| {
+            rendezvous(t, &nodes(&["n1#1", "n2#1", "n3#1"]))
+                != rendezvous(t, &nodes(&["n1#1", "n2#2", "n3#1"]))
+        }));
+        assert_eq!(rendezvous("room:1", &[]), None);
+    }
+
+    fn pending(id: u64, queued: Instant) -> Pending {
+        Pending {
+            id,
+            event: WireEvent {
+                kind: EventKind::MemberAdded,
+                topic: "room:1".into(),
+                user_id: Some(format!("u{id}")),
+                message: None,
+            },
+            observed_ms: 0,
+            queued,
+            owner: "n1#1".into(),
+            local: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_due_at_batch_max_events_or_after_batch_ms() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let queue: Vec<Pending> = (0..5).map(|i| pending(i, t0 + ms(i))).collect();
+        let ids = |b: Option<Vec<&Pending>>| b.map(|b| b.iter().map(|p| p.id).collect::<Vec<_>>());
+        // 5 waiting, max 10, the oldest 10 ms old: not yet.
+        assert_eq!(ids(due_batch(queue.iter(), 10, ms(50), t0 + ms(10))), None);
+        // The oldest has waited 50 ms: all of them.
+        assert_eq!(
+            ids(due_batch(queue.iter(), 10, ms(50), t0 + ms(50))),
+            Some(vec![0, 1, 2, 3, 4])
+        );
+        // 5 waiting, max 3: the 3 oldest at once.
+        assert_eq!(
+            ids(due_batch(queue.iter(), 3, ms(50), t0)),
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(ids(due_batch([].iter(), 3, ms(50), t0 + ms(99))), None);
+    }
+
+    #[test]
+    fn a_holder_outlasts_the_owners_retries_and_its_detection() {
+        let h = hold(Duration::from_secs(30), Duration::from_secs(2));
+        assert_eq!(h, Duration::from_secs(30 + 2 + 4 + 1));
+    }
 }
