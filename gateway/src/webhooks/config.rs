@@ -113,3 +113,75 @@ impl WebhookConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(webhook: &str) -> Result<Config, String> {
+        Config::parse(&format!("[[webhooks]]\n{webhook}"), "w.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_entry_with_defaults_and_its_topic_patterns() {
+        let config = parse(
+            "url = \"https://hooks.example.com/events\"\ntopics = [\"room:{id}\", \"lobby\"]\nevents = [\"member_added\", \"message\"]\n",
+        )
+        .unwrap();
+        let hook = &config.webhooks[0];
+        assert_eq!(
+            (
+                hook.batch_max,
+                hook.batch_ms,
+                hook.retry_for_ms,
+                hook.timeout_ms
+            ),
+            (100, 50, 30_000, 5_000)
+        );
+        assert!(hook.wants(EventKind::MemberAdded, "room:7"));
+        assert!(hook.wants(EventKind::Message, "lobby"));
+        assert!(!hook.wants(EventKind::MemberRemoved, "room:7"));
+        assert!(!hook.wants(EventKind::MemberAdded, "room:7:x"));
+        assert!(!hook.wants(EventKind::MemberAdded, "chat:7"));
+        // The built-in default config has none.
+        assert!(Config::default_config().webhooks.is_empty());
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_the_reason() {
+        for (entry, wanted) in [
+            (
+                "url = \"ftp://x/y\"\ntopics = [\"a\"]\nevents = [\"message\"]\n",
+                "webhooks[0] (\"ftp://x/y\"): url \"ftp://x/y\": must be http:// or https://",
+            ),
+            (
+                "url = \"not a url\"\ntopics = [\"a\"]\nevents = [\"message\"]\n",
+                "url \"not a url\"",
+            ),
+            (
+                "url = \"http://x/\"\ntopics = []\nevents = [\"message\"]\n",
+                "topics: give at least one topic pattern",
+            ),
+            (
+                "url = \"http://x/\"\ntopics = [\"a\"]\nevents = []\n",
+                "events: give at least one event",
+            ),
+            (
+                "url = \"http://x/\"\ntopics = [\"a\"]\nevents = [\"member_joined\"]\n",
+                "unknown variant `member_joined`",
+            ),
+            (
+                "url = \"http://x/\"\ntopics = [\"a\"]\nevents = [\"message\"]\nbatch_max = 0\n",
+                "batch_max must be at least 1",
+            ),
+            (
+                "url = \"http://x/\"\ntopics = [\"a\"]\nevents = [\"message\"]\nsecret = \"s\"\n",
+                "unknown field `secret`",
+            ),
+        ] {
+            let e = parse(entry).unwrap_err();
+            assert!(e.contains(wanted), "{entry}: {e}");
+        }
+    }
+}

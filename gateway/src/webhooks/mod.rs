@@ -116,6 +116,10 @@ struct Pending {
     owner: String,
     /// A `message` this node published: sent by this node whoever the sender.
     local: bool,
+    /// Since when this node is its sender (first seen so at a tick): an event
+    /// not delivered `retry_for_ms` after is dropped, so a backend that stays
+    /// down costs a bounded queue.
+    sending_since: Option<Instant>,
 }
 
 /// One webhook's queue.
@@ -283,6 +287,7 @@ impl Runner {
                     queued: Instant::now(),
                     owner: owner.to_owned(),
                     local,
+                    sending_since: None,
                 });
             }
         }
@@ -420,17 +425,34 @@ impl Runner {
     /// Drops the held events this node need not send any more: covered by
     /// their owner's watermark, or held for [`hold`].
     fn prune(&mut self, i: usize, now_ms: u64) {
+        let now = Instant::now();
+        let mine: Vec<bool> = self.hooks[i].pending.iter().map(|p| self.mine(p)).collect();
+        for (p, mine) in self.hooks[i].pending.iter_mut().zip(&mine) {
+            if *mine && p.sending_since.is_none() {
+                p.sending_since = Some(now);
+            }
+        }
         let hook = &self.hooks[i];
+        let retry_for = Duration::from_millis(hook.config.retry_for_ms);
         let in_flight: &[u64] = hook.in_flight.as_ref().map_or(&[], |(ids, _)| ids);
+        let mut expired = 0usize;
         let hold_ms = hook.hold.as_millis() as u64;
         let lag_ms = LAG.as_millis() as u64;
         let mut marks: Vec<(String, u64)> = Vec::new();
         let keep: Vec<bool> = hook
             .pending
             .iter()
-            .map(|p| {
-                if in_flight.contains(&p.id) || self.mine(p) {
+            .zip(&mine)
+            .map(|(p, &mine)| {
+                if in_flight.contains(&p.id) {
                     return true;
+                }
+                if mine {
+                    let late = p
+                        .sending_since
+                        .is_some_and(|since| now.duration_since(since) > retry_for);
+                    expired += usize::from(late);
+                    return !late;
                 }
                 if now_ms.saturating_sub(p.observed_ms) >= hold_ms {
                     return false;
@@ -453,6 +475,13 @@ impl Runner {
                 mark <= p.observed_ms + lag_ms
             })
             .collect();
+        if expired > 0 {
+            warn!(
+                url = hook.config.url,
+                events = expired,
+                "webhook events dropped: not delivered within retry_for_ms"
+            );
+        }
         let mut keep = keep.into_iter();
         self.hooks[i]
             .pending
@@ -591,6 +620,7 @@ mod tests {
             queued,
             owner: "n1#1".into(),
             local: false,
+            sending_since: None,
         }
     }
 

@@ -353,3 +353,31 @@ async fn the_sender_killed_mid_way_loses_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_webhook_without_its_secret_stops_startup() -> anyhow::Result<()> {
+    let bin = bin::chorus_bin()?;
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("chorus-webhooks-nosecret-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+    let config = dir.0.join("c.toml");
+    std::fs::write(
+        &config,
+        "[[webhooks]]\nurl = \"http://127.0.0.1:9/events\"\ntopics = [\"room:{id}\"]\nevents = [\"member_added\"]\n",
+    )?;
+    let out = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("CHORUS_WEBHOOK_SECRET")
+        .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CHORUS_WEBHOOK_SECRET must be set when [[webhooks]] are configured"),
+        "{stderr}"
+    );
+    Ok(())
+}
