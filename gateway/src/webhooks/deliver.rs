@@ -297,3 +297,48 @@ mod tests {
         assert!(matches!(outcome, Outcome::GaveUp(2..=3)), "{outcome:?}");
     }
 }
+
+#[cfg(test)]
+mod schema {
+    use super::*;
+
+    /// `gateway/webhooks-schema.json` names every event and the fields each
+    /// one carries in [`body`].
+    #[test]
+    fn the_schema_document_matches_the_body() {
+        let doc: Value = serde_json::from_str(include_str!("../../webhooks-schema.json")).unwrap();
+        let event = &doc["components"]["schemas"]["WebhookEvent"];
+        let names: Vec<&str> = event["properties"]["name"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let kinds = [
+            EventKind::ChannelOccupied,
+            EventKind::ChannelVacated,
+            EventKind::MemberAdded,
+            EventKind::MemberRemoved,
+            EventKind::Message,
+        ];
+        assert_eq!(names, kinds.map(EventKind::name));
+        let example = &doc["webhooks"]["events"]["post"]["requestBody"]["content"]
+            ["application/json"]["example"];
+        let events: Vec<WireEvent> = example["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| WireEvent {
+                kind: kinds.into_iter().find(|k| k.name() == e["name"]).unwrap(),
+                topic: e["topic"].as_str().unwrap().to_owned(),
+                user_id: e["user_id"].as_str().map(str::to_owned),
+                message: e["event"]
+                    .as_str()
+                    .map(|ev| (ev.to_owned(), e["payload"].clone())),
+            })
+            .collect();
+        let time = example["time_ms"].as_u64().unwrap();
+        let ours: Value = serde_json::from_slice(&body(time, &events)).unwrap();
+        assert_eq!(&ours, example);
+    }
+}

@@ -52,10 +52,12 @@ pub const SECRET_ENV: &str = "CHORUS_WEBHOOK_SECRET";
 pub const LAG: Duration = Duration::from_secs(2);
 
 /// How long a node holds an event it is not the sender of, at most: the
-/// owner's `retry_for_ms`, plus `down_after` for the others to see it down if
-/// it dies, plus [`LAG`] twice and a second of slack.
+/// longest its owner may keep it undelivered (`retry_for_ms` waiting in the
+/// queue, then `retry_for_ms` retrying the batch that took it), plus
+/// `down_after` for the others to see the owner down if it dies, plus [`LAG`]
+/// twice and a second of slack.
 pub fn hold(retry_for: Duration, down_after: Duration) -> Duration {
-    retry_for + down_after + 2 * LAG + Duration::from_secs(1)
+    2 * retry_for + down_after + 2 * LAG + Duration::from_secs(1)
 }
 
 /// The member that sends `topic`'s events: the highest rendezvous score
@@ -648,6 +650,6 @@ mod tests {
     #[test]
     fn a_holder_outlasts_the_owners_retries_and_its_detection() {
         let h = hold(Duration::from_secs(30), Duration::from_secs(2));
-        assert_eq!(h, Duration::from_secs(30 + 2 + 4 + 1));
+        assert_eq!(h, Duration::from_secs(2 * 30 + 2 + 4 + 1));
     }
 }
