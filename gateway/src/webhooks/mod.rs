@@ -94,6 +94,10 @@ fn due_batch<'a>(
     due.then_some(batch)
 }
 
+/// How often the member list is read while no event waits (with events
+/// waiting: every tick), so an event's owner is chosen from a fresh list.
+const MEMBERS_IDLE_REFRESH: Duration = Duration::from_secs(1);
+
 /// What the webhooks need from the binary.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -157,6 +161,10 @@ struct Runner {
     me: String,
     /// The up members, this node included, as text `NodeId`s.
     up: Vec<String>,
+    /// When `up` was read last.
+    refreshed: Option<Instant>,
+    /// Whether this node has joined its cluster (as `/healthz` counts it).
+    joined: bool,
     view: View,
     hooks: Vec<Hook>,
     next_id: u64,
@@ -211,6 +219,8 @@ pub async fn start(
         client: reqwest::Client::new(),
         secret: Arc::from(settings.secret.as_slice()),
         up: vec![me.clone()],
+        refreshed: None,
+        joined: false,
         me,
         hub,
         view: View::default(),
@@ -355,18 +365,15 @@ impl Runner {
         }
     }
 
-    /// Whether this node sends `p` now.
+    /// Whether this node sends `p` now. A node that has not joined its
+    /// cluster yet (seeds given, no peer up) sends no presence event: its
+    /// view of the members is only itself.
     fn mine(&self, p: &Pending) -> bool {
-        p.local || rendezvous(&p.event.topic, &self.up) == Some(self.me.as_str())
+        p.local || (self.joined && rendezvous(&p.event.topic, &self.up) == Some(self.me.as_str()))
     }
 
-    async fn on_tick(&mut self) {
-        if self.hooks.iter().all(|h| h.pending.is_empty()) {
-            for i in 0..self.hooks.len() {
-                self.trail(i).await;
-            }
-            return;
-        }
+    /// Reads the up members from the engine; `false` if it stopped.
+    async fn refresh_members(&mut self) -> bool {
         match self.hub.members().await {
             Ok(members) => {
                 let mut up: Vec<String> = members
@@ -374,15 +381,34 @@ impl Runner {
                     .filter(|m| m.state == PeerState::Up)
                     .map(|m| m.id.to_string())
                     .collect();
+                self.joined |= self.hub.seeds().is_empty() || !up.is_empty();
                 up.push(self.me.clone());
                 up.sort();
                 up.dedup();
                 self.up = up;
+                self.refreshed = Some(Instant::now());
+                true
             }
             Err(e) => {
                 debug!(error = %e, "webhooks: the engine stopped");
-                return;
+                false
             }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let idle = self.hooks.iter().all(|h| h.pending.is_empty());
+        let stale = self
+            .refreshed
+            .is_none_or(|at| at.elapsed() >= MEMBERS_IDLE_REFRESH);
+        if (!idle || stale) && !self.refresh_members().await {
+            return;
+        }
+        if idle {
+            for i in 0..self.hooks.len() {
+                self.trail(i).await;
+            }
+            return;
         }
         let now_ms = unix_ms();
         for i in 0..self.hooks.len() {
