@@ -1,7 +1,7 @@
 //! The node task: owns the [`Node`], the peer link table and the subscriber
 //! table. Nothing here awaits the network or a subscriber.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ use super::EngineConfig;
 use crate::coalesce::TopicDiff;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
+use crate::presence::PresenceItem;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -273,6 +274,26 @@ impl NodeDriver {
                 let _ = reply.send(self.node.presence().count(&topic));
             }
             EngineRequest::PresenceTap { tx, reply } => {
+                // What is visible now, as one diff of joins per topic; then
+                // every diff from here on. A diff still coalescing repeats some
+                // of these joins or leaves refs never listed: a set of refs
+                // per key (as phoenix.js keeps) absorbs both.
+                let mut now: BTreeMap<Topic, Vec<PresenceItem>> = BTreeMap::new();
+                for (topic, key, phx_ref, meta) in self.node.presence().view() {
+                    now.entry(topic).or_default().push(PresenceItem {
+                        key,
+                        phx_ref,
+                        prev_ref: None,
+                        meta,
+                    });
+                }
+                for (topic, joins) in now {
+                    let diff = TopicDiff {
+                        joins,
+                        leaves: Vec::new(),
+                    };
+                    let _ = tx.send((topic, Arc::new(diff)));
+                }
                 self.presence_taps.push(tx);
                 let _ = reply.send(());
             }

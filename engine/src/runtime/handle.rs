@@ -455,13 +455,14 @@ impl EngineHandle {
             .await
     }
 
-    /// Every coalesced presence diff of every topic from now on, whether or
-    /// not this node subscribes to it: each node holds the whole presence
+    /// The presence view of every topic, whether or not this node subscribes
+    /// to it: first what is visible now (one diff of joins per topic), then
+    /// every coalesced diff from now on. Each node holds the whole presence
     /// view, so this is the cluster's presence as this node sees it change
-    /// (the webhooks derive `member_added` and the like from it). Diffs are
-    /// coalesced per topic (ALGORITHM.md §6), so replaying them the way
-    /// phoenix.js does (joins, then leaves) keeps a copy of the view. Unbounded:
-    /// read it promptly; dropping the receiver ends the tap.
+    /// (the webhooks derive `member_added` and the like from it). Replaying it
+    /// the way phoenix.js does (a set of refs per key; joins, then leaves)
+    /// keeps a copy of the view (ALGORITHM.md §6). Unbounded: read it
+    /// promptly; dropping the receiver ends the tap.
     pub async fn presence_tap(
         &self,
     ) -> Result<mpsc::UnboundedReceiver<(Topic, Arc<TopicDiff>)>, RuntimeError> {
