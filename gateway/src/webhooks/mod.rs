@@ -163,8 +163,11 @@ struct Runner {
     up: Vec<String>,
     /// When `up` was read last.
     refreshed: Option<Instant>,
-    /// Whether this node has joined its cluster (as `/healthz` counts it).
+    /// Whether this node has joined its cluster (as `/healthz` counts it), or
+    /// has been alone for `alone_after` since it started.
     joined: bool,
+    started: Instant,
+    alone_after: Duration,
     view: View,
     hooks: Vec<Hook>,
     next_id: u64,
@@ -221,6 +224,8 @@ pub async fn start(
         up: vec![me.clone()],
         refreshed: None,
         joined: false,
+        started: Instant::now(),
+        alone_after: settings.down_after + LAG,
         me,
         hub,
         view: View::default(),
@@ -366,8 +371,9 @@ impl Runner {
     }
 
     /// Whether this node sends `p` now. A node that has not joined its
-    /// cluster yet (seeds given, no peer up) sends no presence event: its
-    /// view of the members is only itself.
+    /// cluster yet (seeds given, no peer up, for less than `down_after` plus
+    /// [`LAG`]) sends no presence event: its view of the members is only
+    /// itself, and it would report every user the cluster already reported.
     fn mine(&self, p: &Pending) -> bool {
         p.local || (self.joined && rendezvous(&p.event.topic, &self.up) == Some(self.me.as_str()))
     }
@@ -381,7 +387,11 @@ impl Runner {
                     .filter(|m| m.state == PeerState::Up)
                     .map(|m| m.id.to_string())
                     .collect();
-                self.joined |= self.hub.seeds().is_empty() || !up.is_empty();
+                // Joined: no seeds, a peer up, or alone for longer than a
+                // peer would take to answer (its seeds are all gone).
+                self.joined |= self.hub.seeds().is_empty()
+                    || !up.is_empty()
+                    || self.started.elapsed() >= self.alone_after;
                 up.push(self.me.clone());
                 up.sort();
                 up.dedup();
