@@ -219,6 +219,70 @@ async fn presence_diffs_reach_subscribers_and_untrack_leaves() {
     .expect("test timed out");
 }
 
+/// The presence tap sees every topic's diffs, on a node that subscribes to
+/// none of them, a peer's as well as its own, after what was visible when it
+/// started; dropping it ends it.
+#[tokio::test]
+async fn the_presence_tap_sees_every_topic_without_subscribing() {
+    timeout(Duration::from_secs(20), async {
+        let n1 = start("n1", &[]).await;
+        let n2 = start("n2", &[n1.local_addr()]).await;
+        eventually(Duration::from_secs(5), "pair", || async {
+            up_names(&n2).await == names(&["n1"])
+        })
+        .await;
+        n1.track("room:z", "zoe", ConnId(6), Meta::new("{}"))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), "zoe", || async {
+            keys(&n2, "room:z").await == names(&["zoe"])
+        })
+        .await;
+        let mut tap = n2.presence_tap().await.unwrap();
+        // First what is there already.
+        let (topic, diff) = tap.recv().await.unwrap();
+        assert_eq!(
+            (topic.as_str(), diff.joins[0].key.as_str()),
+            ("room:z", "zoe")
+        );
+        assert!(diff.leaves.is_empty());
+        n1.track("room:a", "bob", ConnId(7), Meta::new("{}"))
+            .await
+            .unwrap();
+        n2.track("room:b", "eve", ConnId(8), Meta::new("{}"))
+            .await
+            .unwrap();
+        let mut joined = BTreeSet::new();
+        while joined.len() < 2 {
+            let (topic, diff) = tap.recv().await.unwrap();
+            // (zoe's own diff may still come, after the listing: skipped.)
+            for j in diff.joins.iter().filter(|_| topic.as_str() != "room:z") {
+                joined.insert(format!("{topic} {}", j.key));
+            }
+        }
+        assert_eq!(joined, names(&["room:a bob", "room:b eve"]));
+        n1.untrack_conn(ConnId(7)).await.unwrap();
+        let (topic, diff) = tap.recv().await.unwrap();
+        assert_eq!(
+            (topic.as_str(), diff.leaves[0].key.as_str()),
+            ("room:a", "bob")
+        );
+        drop(tap);
+        // A dropped tap is forgotten: the node keeps serving.
+        n1.track("room:a", "bob", ConnId(9), Meta::new("{}"))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), "bob again", || async {
+            keys(&n2, "room:a").await == names(&["bob"])
+        })
+        .await;
+        n1.shutdown().await.unwrap();
+        n2.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn slow_subscriber_is_dropped_and_counted() {
     timeout(Duration::from_secs(10), async {

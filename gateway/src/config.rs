@@ -74,6 +74,10 @@ pub struct Config {
     /// Topic rules, first match wins. Absent: the default rules of
     /// [`DEFAULT_CONFIG`].
     pub topics: Option<Vec<TopicRule>>,
+    /// `[[webhooks]]`: signed POSTs telling a backend about presence and
+    /// broadcasts (none by default).
+    #[serde(default)]
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 /// `[limits]`: what one client or API caller may cost the node. Every breach is
@@ -416,6 +420,10 @@ impl Config {
         for (i, rule) in self.topic_rules().iter().enumerate() {
             rule.check(self.cluster.history_cap)
                 .map_err(|e| format!("topics[{i}] (pattern {:?}): {e}", rule.pattern))?;
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            hook.check()
+                .map_err(|e| format!("webhooks[{i}] ({:?}): {e}", hook.url))?;
         }
         let mut seen = BTreeMap::new();
         for room in &self.rooms {

@@ -51,3 +51,4 @@ pub mod server;
 pub mod socket;
 pub mod token;
 pub mod topics;
+pub mod webhooks;

@@ -25,6 +25,20 @@ pub const LONGPOLL_PREFIX: &str = "phx_lp:";
 /// another node is recognised.
 pub const API_IDEMPOTENCY: &str = "chorus:api:idempotency";
 
+/// Prefix of the presence topics where the webhooks track, per topic, the
+/// nodes with a local subscriber of it (key: the node's name), so
+/// `channel_occupied` counts subscribers cluster-wide ([`webhook_subs_topic`]).
+pub const WEBHOOK_SUBS_PREFIX: &str = "chorus:webhooks:subs:";
+
+/// Where the webhooks keep their replicated delivery watermarks: registers in
+/// this record space, one per (webhook, sender node).
+pub const WEBHOOK_DELIVERED: &str = "chorus:webhooks:delivered";
+
+/// The presence topic that shows which nodes subscribe to `topic`.
+pub fn webhook_subs_topic(topic: &str) -> String {
+    format!("{WEBHOOK_SUBS_PREFIX}{topic}")
+}
+
 /// The presence topic where every connection of socket `id` is tracked (key:
 /// the connection number), so a user's sockets can be counted cluster-wide.
 pub fn socket_topic(id: &str) -> String {
@@ -46,6 +60,8 @@ pub fn is_internal(topic: &str) -> bool {
     topic == DISCONNECT
         || topic == API_IDEMPOTENCY
         || topic == DASHBOARD
+        || topic == WEBHOOK_DELIVERED
+        || topic.starts_with(WEBHOOK_SUBS_PREFIX)
         || topic.starts_with(SOCKET_PREFIX)
         || topic.starts_with(LONGPOLL_PREFIX)
 }
@@ -61,6 +77,8 @@ mod tests {
             DISCONNECT.to_owned(),
             API_IDEMPOTENCY.to_owned(),
             DASHBOARD.to_owned(),
+            WEBHOOK_DELIVERED.to_owned(),
+            webhook_subs_topic("room:1"),
             socket_topic("user_socket:alice"),
             longpoll_topic(&node).as_str().to_owned(),
         ] {

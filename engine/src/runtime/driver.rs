@@ -1,7 +1,7 @@
 //! The node task: owns the [`Node`], the peer link table and the subscriber
 //! table. Nothing here awaits the network or a subscriber.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +20,10 @@ use super::transport::{
     QueueError, Rejection,
 };
 use super::EngineConfig;
+use crate::coalesce::TopicDiff;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
+use crate::presence::PresenceItem;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,6 +52,8 @@ pub(crate) struct NodeDriver {
     next_conn: u64,
     subscribers: HashMap<SubscriberId, mpsc::Sender<Delivery>>,
     topics: HashMap<Topic, BTreeSet<SubscriberId>>,
+    /// Receivers of every presence diff ([`EngineHandle::presence_tap`](super::EngineHandle::presence_tap)).
+    presence_taps: Vec<mpsc::UnboundedSender<(Topic, Arc<TopicDiff>)>>,
     pending: HashMap<SubscriberId, oneshot::Sender<Result<SubscriberId, CommandError>>>,
     next_sub: u64,
     stats: RuntimeStats,
@@ -113,6 +117,7 @@ impl NodeDriver {
             next_conn: 0,
             subscribers: HashMap::new(),
             topics: HashMap::new(),
+            presence_taps: Vec::new(),
             pending: HashMap::new(),
             next_sub: 0,
             stats: RuntimeStats::default(),
@@ -268,6 +273,30 @@ impl NodeDriver {
             EngineRequest::PresenceCount { topic, reply } => {
                 let _ = reply.send(self.node.presence().count(&topic));
             }
+            EngineRequest::PresenceTap { tx, reply } => {
+                // What is visible now, as one diff of joins per topic; then
+                // every diff from here on. A diff still coalescing repeats some
+                // of these joins or leaves refs never listed: a set of refs
+                // per key (as phoenix.js keeps) absorbs both.
+                let mut now: BTreeMap<Topic, Vec<PresenceItem>> = BTreeMap::new();
+                for (topic, key, phx_ref, meta) in self.node.presence().view() {
+                    now.entry(topic).or_default().push(PresenceItem {
+                        key,
+                        phx_ref,
+                        prev_ref: None,
+                        meta,
+                    });
+                }
+                for (topic, joins) in now {
+                    let diff = TopicDiff {
+                        joins,
+                        leaves: Vec::new(),
+                    };
+                    let _ = tx.send((topic, Arc::new(diff)));
+                }
+                self.presence_taps.push(tx);
+                let _ = reply.send(());
+            }
             EngineRequest::Members { reply } => {
                 let now = now();
                 let members = self
@@ -341,7 +370,10 @@ impl NodeDriver {
                 exclude,
             } => self.fan_out(&topic, exclude, Delivery::Broadcast(payload)),
             Event::PresenceDiff { topic, diff } => {
-                self.fan_out(&topic, None, Delivery::PresenceDiff(Arc::new(diff)))
+                let diff = Arc::new(diff);
+                self.presence_taps
+                    .retain(|tap| tap.send((topic.clone(), diff.clone())).is_ok());
+                self.fan_out(&topic, None, Delivery::PresenceDiff(diff))
             }
             Event::SubscribeReady { topic, sub } => {
                 if let Some(reply) = self.pending.remove(&sub) {

@@ -130,6 +130,10 @@ pub(crate) enum EngineRequest {
     Members {
         reply: oneshot::Sender<Vec<MemberInfo>>,
     },
+    PresenceTap {
+        tx: mpsc::UnboundedSender<(Topic, Arc<TopicDiff>)>,
+        reply: oneshot::Sender<()>,
+    },
     Stats {
         reply: oneshot::Sender<RuntimeStats>,
     },
@@ -449,6 +453,23 @@ impl EngineHandle {
         let topic = topic.into();
         self.request(|reply| EngineRequest::PresenceCount { topic, reply })
             .await
+    }
+
+    /// The presence view of every topic, whether or not this node subscribes
+    /// to it: first what is visible now (one diff of joins per topic), then
+    /// every coalesced diff from now on. Each node holds the whole presence
+    /// view, so this is the cluster's presence as this node sees it change
+    /// (the webhooks derive `member_added` and the like from it). Replaying it
+    /// the way phoenix.js does (a set of refs per key; joins, then leaves)
+    /// keeps a copy of the view (ALGORITHM.md §6). Unbounded: read it
+    /// promptly; dropping the receiver ends the tap.
+    pub async fn presence_tap(
+        &self,
+    ) -> Result<mpsc::UnboundedReceiver<(Topic, Arc<TopicDiff>)>, RuntimeError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.request(|reply| EngineRequest::PresenceTap { tx, reply })
+            .await?;
+        Ok(rx)
     }
 
     /// The peers this node knows, in id order.

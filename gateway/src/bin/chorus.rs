@@ -17,6 +17,7 @@ use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};
 use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
+use chorus_gateway::webhooks;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -468,6 +469,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     node.history_cap = config.cluster.history_cap;
     node.history_ttl = Some(config.cluster.history_ttl);
     node.history_budget = config.limits.history_budget();
+    // [[webhooks]]: signed with CHORUS_WEBHOOK_SECRET; none configured, none run.
+    let webhooks = webhook_settings(&config, node.down_after)?;
     let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
         .await
         .context("starting the cluster engine")?;
@@ -501,6 +504,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = listener.local_addr().context("reading the bound address")?;
     let server = Server::new(engine.clone(), router, server_config)
         .with_authenticator(TokenAuth::new(tokens));
+    webhooks::start(server.hub().clone(), webhooks)
+        .await
+        .context("starting the webhooks")?;
     let rooms: Vec<String> = app.rooms().into_iter().map(|(id, _)| id).collect();
     info!(
         ?rooms,
@@ -541,6 +547,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         return Err(e).context("exiting: the cluster engine failed");
     }
     Ok(())
+}
+
+/// The `[[webhooks]]` settings: an error if webhooks are configured and
+/// `CHORUS_WEBHOOK_SECRET` is unset or empty (requests are always signed).
+fn webhook_settings(config: &Config, down_after: Duration) -> anyhow::Result<webhooks::Settings> {
+    let secret = match std::env::var(webhooks::SECRET_ENV) {
+        Ok(s) if !s.is_empty() => s.into_bytes(),
+        _ if config.webhooks.is_empty() => Vec::new(),
+        _ => bail!(
+            "{} must be set when [[webhooks]] are configured: every request is signed with it",
+            webhooks::SECRET_ENV
+        ),
+    };
+    if !config.webhooks.is_empty() {
+        info!(webhooks = config.webhooks.len(), "webhooks configured");
+    }
+    Ok(webhooks::Settings {
+        hooks: config.webhooks.clone(),
+        secret,
+        down_after,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

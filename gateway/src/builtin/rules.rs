@@ -95,37 +95,48 @@ enum Segment {
     Var(String),
 }
 
+/// A pattern's segments: `{name}` is a variable, anything else a literal.
+fn pattern_segments(pattern: &str) -> Vec<Segment> {
+    pattern
+        .split(':')
+        .map(
+            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => Segment::Var(name.to_owned()),
+                None => Segment::Literal(s.to_owned()),
+            },
+        )
+        .collect()
+}
+
+/// `pattern`'s variables bound to `topic`'s segments, if `topic` matches it
+/// (the topic pattern syntax of `[[topics]]`, also used by `[[webhooks]]`).
+pub fn match_pattern(pattern: &str, topic: &str) -> Option<BTreeMap<String, String>> {
+    let segments = pattern_segments(pattern);
+    let parts: Vec<&str> = topic.split(':').collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut vars = BTreeMap::new();
+    for (seg, part) in segments.iter().zip(parts) {
+        match seg {
+            Segment::Literal(l) if l == part => {}
+            Segment::Var(name) if !part.is_empty() => {
+                vars.insert(name.clone(), part.to_owned());
+            }
+            _ => return None,
+        }
+    }
+    Some(vars)
+}
+
 impl TopicRule {
     fn segments(&self) -> Vec<Segment> {
-        self.pattern
-            .split(':')
-            .map(
-                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(name) => Segment::Var(name.to_owned()),
-                    None => Segment::Literal(s.to_owned()),
-                },
-            )
-            .collect()
+        pattern_segments(&self.pattern)
     }
 
     /// The pattern's variables bound to `topic`'s segments, if it matches.
     pub fn matches(&self, topic: &str) -> Option<BTreeMap<String, String>> {
-        let segments = self.segments();
-        let parts: Vec<&str> = topic.split(':').collect();
-        if parts.len() != segments.len() {
-            return None;
-        }
-        let mut vars = BTreeMap::new();
-        for (seg, part) in segments.iter().zip(parts) {
-            match seg {
-                Segment::Literal(l) if l == part => {}
-                Segment::Var(name) if !part.is_empty() => {
-                    vars.insert(name.clone(), part.to_owned());
-                }
-                _ => return None,
-            }
-        }
-        Some(vars)
+        match_pattern(&self.pattern, topic)
     }
 
     /// The literal prefix before the first variable, for the router

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use chorus_engine::runtime::{MemberInfo, RuntimeError, RuntimeStats, Subscription};
-use chorus_engine::{ConnId, Meta, NodeId, PresenceItem, Topic};
+use chorus_engine::{ConnId, Meta, NodeId, PresenceItem, Topic, TopicDiff};
 
 use super::Hub;
 use crate::protocol::JsonObject;
@@ -78,6 +78,26 @@ impl Hub {
     ) -> Result<(), RuntimeError> {
         self.engine.put(space, key, unix_ms(), value).await?;
         Ok(())
+    }
+
+    /// The replicated register `(space, key)` as this node holds it.
+    pub fn register(&self, space: &str, key: &str) -> Option<String> {
+        self.engine
+            .records()
+            .read()
+            .get(space, key)
+            .map(|v| v.to_string())
+    }
+
+    /// Every presence diff of every topic from now on
+    /// ([`EngineHandle::presence_tap`](chorus_engine::runtime::EngineHandle::presence_tap)).
+    pub async fn presence_tap(
+        &self,
+    ) -> Result<
+        tokio::sync::mpsc::UnboundedReceiver<(Topic, std::sync::Arc<TopicDiff>)>,
+        RuntimeError,
+    > {
+        self.engine.presence_tap().await
     }
 
     /// Why the engine stopped on its own (a panic, an abort, a name clash),

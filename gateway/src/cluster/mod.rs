@@ -12,7 +12,9 @@
 //! - `engine`: presence, records and cluster state, and the raw internal topics
 //!   ([`crate::topics`]) LongPoll forwarding and the API's idempotency keys use;
 //! - [`envelope`]: the bytes a broadcast crosses the cluster as;
-//! - [`render`]: engine presence items as Phoenix presence payloads.
+//! - [`render`]: engine presence items as Phoenix presence payloads;
+//! - `tap`: the one observer of local subscriptions and published broadcasts
+//!   (the webhooks).
 //!
 //! Not deterministic: this is I/O (tokio tasks and the engine's channels).
 
@@ -22,11 +24,12 @@ pub(crate) mod mailbox;
 mod publish;
 pub mod render;
 mod socket_id;
+mod tap;
 mod topic;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chorus_engine::runtime::{EngineHandle, RuntimeError};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -37,6 +40,7 @@ use mailbox::Mailbox;
 use topic::TopicState;
 
 pub use render::state_json;
+pub use tap::{HubTap, TapEvent};
 
 /// Why a subscription could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,8 @@ pub struct Hub {
     /// backlog check this bounds what can reach a topic's subscription queue
     /// at once, so a flood is slowed down, not dropped.
     in_flight: Arc<Semaphore>,
+    /// The observer of subscriptions and broadcasts, if any ([`HubTap`]).
+    tap: OnceLock<HubTap>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -101,6 +107,7 @@ impl Hub {
             stats: HubStats::default(),
             fanout: fanout_histogram(),
             in_flight: Arc::new(Semaphore::new(publish::MAX_IN_FLIGHT)),
+            tap: OnceLock::new(),
         })
     }
 

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::envelope::{Envelope, Exclude};
 use super::topic::TopicState;
-use super::{Hub, HubError};
+use super::{Hub, HubError, TapEvent};
 use crate::protocol::Payload;
 use crate::topics;
 
@@ -50,6 +50,11 @@ impl Hub {
         let envelope = self.envelope(event, payload, exclude_conn);
         let bytes = envelope.encode()?;
         self.engine.publish(topic, bytes).await?;
+        self.tap(topic, || TapEvent::Broadcast {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload: envelope.payload.clone(),
+        });
         if event == "disconnect" {
             let control = Envelope {
                 event: event.to_owned(),
@@ -92,7 +97,7 @@ impl Hub {
             return self.publish(topic, event, payload, exclude_conn).await;
         }
         let envelope = self.envelope(event, payload, exclude_conn);
-        let payload = envelope.encode()?;
+        let encoded = envelope.encode()?;
         let permit = self
             .in_flight
             .clone()
@@ -104,7 +109,12 @@ impl Hub {
             // and publishes until its next pass must count against it too.
             state.backlog.fetch_add(1, Ordering::AcqRel);
         }
-        let receipt = self.engine.publish_queued(topic, payload).await?;
+        let receipt = self.engine.publish_queued(topic, encoded).await?;
+        self.tap(topic, || TapEvent::Broadcast {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload: envelope.payload,
+        });
         let topic = topic.to_owned();
         tokio::spawn(async move {
             if let Err(e) = receipt.outcome().await {

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use super::envelope::Envelope;
 use super::mailbox::{Mailbox, Prepared, RenderedDiff};
 use super::render::entries;
-use super::{Hub, HubError};
+use super::{Hub, HubError, TapEvent};
 use crate::channel::presence_diff;
 use crate::protocol::{encode_broadcast, Payload};
 use crate::topics;
@@ -83,6 +83,7 @@ impl Hub {
                 if let Some(task) = state.task.lock().expect("hub task lock").take() {
                     task.abort();
                 }
+                self.tap(topic, || TapEvent::Unsubscribed(topic.to_owned()));
             }
         }
     }
@@ -116,6 +117,7 @@ impl Hub {
             ready_tx,
         ));
         *state.task.lock().expect("hub task lock") = Some(task.abort_handle());
+        self.tap(topic, || TapEvent::Subscribed(topic.to_owned()));
         state
     }
 
