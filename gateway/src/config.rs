@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -199,6 +199,13 @@ pub struct ServerSection {
     /// Browser origins allowed to open sockets (`https://app.example.com`,
     /// `//app.example.com`, `https://*.example.com`); empty: any origin.
     pub allowed_origins: Vec<String>,
+    // -- TLS for clients --
+    /// PEM certificate chain for `wss://` and `https://`; with `tls_key`
+    /// (one without the other is refused by [`Config::check`]).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    // -- end of TLS for clients --
 }
 
 impl Default for ServerSection {
@@ -209,6 +216,8 @@ impl Default for ServerSection {
             dev_mode_with_token_secret: false,
             longpoll_timeout_ms: 15_000,
             allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -381,6 +390,15 @@ impl Config {
         if self.cluster.history_ttl.as_millis() == 0 {
             return Err("cluster.history_ttl must be at least 1ms".into());
         }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err("server.tls_cert is set without server.tls_key: TLS needs both (or neither, for plain ws:// and http://)".into())
+            }
+            (None, Some(_)) => {
+                return Err("server.tls_key is set without server.tls_cert: TLS needs both (or neither, for plain ws:// and http://)".into())
+            }
+            _ => {}
+        }
         let limits = &self.limits;
         if limits.handshake_timeout_ms == 0 {
             return Err("limits.handshake_timeout_ms must be at least 1".into());
@@ -539,6 +557,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `frame_rates`"), "{e}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_or_neither() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!((c.server.tls_cert, c.server.tls_key), (None, None));
+        let c = Config::parse(
+            "[server]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.server.tls_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.server.tls_key.as_deref(), Some(Path::new("/k.pem")));
+        let e = Config::parse("[server]\ntls_cert = \"/c.pem\"\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("y.toml") && e.contains("without server.tls_key"),
+            "{e}"
+        );
+        let e = Config::parse("[server]\ntls_key = \"/k.pem\"\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without server.tls_cert"), "{e}");
     }
 
     #[test]

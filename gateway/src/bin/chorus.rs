@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -15,7 +16,7 @@ use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::builtin::App;
 use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};
-use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
+use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig, ServerTls, TlsFiles};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
@@ -101,6 +102,15 @@ struct ServeArgs {
     #[arg(long, env = "CHORUS_HISTORY_BUDGET_BYTES")]
     history_budget_bytes: Option<usize>,
     // -- end of the node's memory --
+    // -- [server]: TLS for clients --
+    /// PEM certificate chain: serve wss:// and https:// (server.tls_cert; with
+    /// --tls-key). SIGHUP reloads it.
+    #[arg(long, env = "CHORUS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (server.tls_key; with --tls-cert).
+    #[arg(long, env = "CHORUS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    // -- end of TLS for clients --
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -255,6 +265,13 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(n) = args.history_budget_bytes {
         limits.history_budget_bytes = n;
     }
+    // [server]: TLS for clients.
+    if let Some(cert) = &args.tls_cert {
+        config.server.tls_cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.tls_key {
+        config.server.tls_key = Some(key.clone());
+    }
     if let Some(node) = &args.node {
         config.cluster.node.clone_from(node);
     }
@@ -385,6 +402,7 @@ fn raise_fd_limit(max_connections: usize) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let dev = config.server.dev_mode;
     let token_secret = token_key(&config)?;
+    let tls = client_tls(&config)?;
     raise_fd_limit(config.limits.max_connections);
     let seeds = config.cluster.seeds.clone();
     let cluster_secret = match &config.cluster.secret {
@@ -436,6 +454,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_connections: config.limits.max_connections,
         client_limits: config.limits.client(),
         limit_counter: app.limit_counter(),
+        tls: tls.clone(),
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)
@@ -451,14 +470,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         topics = config.topic_rules().len(),
         "channels configured"
     );
+    let (ws, http) = if tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     if dev {
         warn!("DEV MODE: GET /dev/token gives anyone a token for any name. Never run dev mode in production (drop --dev-mode, or set server.dev_mode = false).");
-        info!("demo page: http://{listen}/");
+        info!("demo page: {http}://{listen}/");
     }
     if config.api.key.is_none() {
         info!("{API_KEY_ENV} not set: the HTTP API under /api is disabled");
     }
-    info!(%listen, "serving ws://{listen}/socket/websocket");
+    if let Some(tls) = tls {
+        tokio::spawn(reload_on_sighup(tls));
+    }
+    info!(%listen, "serving {ws}://{listen}/socket/websocket");
     // The engine may stop on its own (a panic, another process under our
     // node name): its clients are deaf from then on, and /healthz answers
     // 503. Drain the connections (1012: clients reconnect elsewhere) as on a
@@ -483,6 +510,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         return Err(e).context("exiting: the cluster engine failed");
     }
     Ok(())
+}
+
+/// The client TLS of `server.tls_cert` and `server.tls_key`, loaded and
+/// checked; `None` without them. An unusable file stops startup, named.
+fn client_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let tls = ServerTls::load(files)
+        .context("loading the TLS certificate (server.tls_cert, server.tls_key)")?;
+    info!(cert = %cert.display(), key = %key.display(), "TLS on: serving wss:// and https://; SIGHUP reloads the certificate");
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP: new handshakes get
+/// the new certificate, open connections stay; a bad file keeps the old one.
+async fn reload_on_sighup(tls: Arc<ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(sig) => sig,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => {
+                    info!(cert = %tls.files().cert.display(), "SIGHUP: TLS certificate reloaded")
+                }
+                Err(e) => {
+                    error!(error = %e, "SIGHUP: TLS certificate not reloaded, the old one stays in use")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -14,7 +14,8 @@
 //! - `health`: `GET /readyz`;
 //! - [`metrics`]: `GET /metrics` (Prometheus text) and the live counters;
 //! - [`dev`]: the demo page and `/dev/token` (dev mode only);
-//! - `shutdown`: stop accepting, close clients with 1012 in batches.
+//! - `shutdown`: stop accepting, close clients with 1012 in batches;
+//! - [`tls`]: `wss://` and `https://` (a reloadable PEM certificate).
 //!
 //! The server hosts any [`Router`] of channels and never names the built-in ones.
 //!
@@ -26,6 +27,7 @@ mod health;
 pub mod http;
 pub mod metrics;
 mod shutdown;
+pub mod tls;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -38,7 +40,7 @@ use std::time::Duration;
 use chorus_engine::runtime::EngineHandle;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
@@ -47,6 +49,7 @@ pub use crate::cluster::{Hub, HubError};
 pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
 pub use health::READY_PATH;
+pub use tls::{ServerTls, TlsError, TlsFiles};
 pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
@@ -112,6 +115,10 @@ pub struct ServerConfig {
     /// ([`App::limit_counter`](crate::builtin::App::limit_counter)) so their
     /// refusals show in `/metrics` too.
     pub limit_counter: LimitCounter,
+    /// TLS for every connection (`wss://`, `https://`); `None`: plain. The TLS
+    /// handshake counts against `handshake_timeout` and `max_connections` like
+    /// the HTTP request headers that follow it.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +143,7 @@ impl Default for ServerConfig {
             api_key: None,
             client_limits: ClientLimits::default(),
             limit_counter: LimitCounter::default(),
+            tls: None,
         }
     }
 }
@@ -345,7 +353,11 @@ impl Server {
             if counted.open > self.shared.config.max_connections {
                 self.shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
                 debug!(%peer, "refusing a connection: too many in their HTTP phase");
-                tokio::spawn(refuse(stream, counted));
+                if self.shared.config.tls.is_none() {
+                    tokio::spawn(refuse(stream, counted));
+                }
+                // Over TLS the 503 would need a handshake first: the
+                // connection is closed at once instead.
                 continue;
             }
             tokio::spawn(serve_http(
@@ -410,15 +422,49 @@ async fn refuse(mut stream: TcpStream, counted: HttpConn) {
     drop(counted);
 }
 
-/// Serves one TCP connection's HTTP requests until it upgrades or closes.
+/// Serves one TCP connection: its TLS handshake if TLS is on (within the
+/// handshake timeout: a client that never finishes it cannot hold a
+/// descriptor), then its HTTP requests.
 async fn serve_http(
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
+    peer: SocketAddr,
+    done: mpsc::Sender<()>,
+    stop: watch::Receiver<bool>,
+    counted: HttpConn,
+) {
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve_requests(shared, stream, peer, done, stop, counted).await;
+    };
+    let timeout = shared.config.handshake_timeout;
+    let mut stopping = stop.clone();
+    let handshake = tokio::time::timeout(timeout, tls.acceptor().accept(stream));
+    let res = tokio::select! {
+        res = handshake => res,
+        // Shutting down: a handshake still under way is dropped.
+        _ = async { let _ = stopping.wait_for(|stopped| *stopped).await; } => return,
+    };
+    match res {
+        Ok(Ok(stream)) => serve_requests(shared, stream, peer, done, stop, counted).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
+            debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves one connection's HTTP requests until it upgrades or closes.
+async fn serve_requests<S>(
+    shared: Arc<Shared>,
+    stream: S,
     peer: SocketAddr,
     done: mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
     counted: HttpConn,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let metrics_shared = shared.clone();
     let timeout = shared.config.handshake_timeout;
     let service = service_fn(move |req| http::handle(req, shared.clone(), done.clone()));
