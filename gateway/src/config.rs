@@ -230,8 +230,13 @@ pub struct ClusterSection {
     pub node: String,
     /// UDP address for gossip (QUIC).
     pub gossip: SocketAddr,
-    /// Gossip addresses of nodes to join through.
-    pub seeds: Vec<SocketAddr>,
+    /// Nodes to join through: gossip addresses (`"10.0.0.7:7400"`) and DNS
+    /// names (`"dns:chorus-headless.default.svc:7400"`: every address the name
+    /// has, re-resolved every `discovery_interval`).
+    pub seeds: Vec<chorus_engine::runtime::Seed>,
+    /// How often `dns:` seeds are resolved again, e.g. `"5s"`.
+    #[serde(deserialize_with = "duration")]
+    pub discovery_interval: std::time::Duration,
     /// Failure-detection timing.
     pub profile: Profile,
     /// The shared cluster secret (at least 16 bytes); better given as
@@ -262,6 +267,7 @@ impl Default for ClusterSection {
             node: "chorus".into(),
             gossip: SocketAddr::from(([127, 0, 0, 1], 7400)),
             seeds: Vec::new(),
+            discovery_interval: chorus_engine::runtime::discovery::DEFAULT_INTERVAL,
             profile: Profile::Lan,
             secret: None,
             history_cap: DEFAULT_HISTORY_CAP,
@@ -386,6 +392,9 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         if self.cluster.history_cap == 0 {
             return Err("cluster.history_cap must be at least 1".into());
+        }
+        if self.cluster.discovery_interval.as_millis() == 0 {
+            return Err("cluster.discovery_interval must be at least 1ms".into());
         }
         if self.cluster.history_ttl.as_millis() == 0 {
             return Err("cluster.history_ttl must be at least 1ms".into());
@@ -557,6 +566,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `frame_rates`"), "{e}");
+    }
+
+    #[test]
+    fn seeds_mix_addresses_and_dns_names_and_a_bad_one_is_refused() {
+        use chorus_engine::runtime::{DnsName, Seed};
+        let c = Config::default_config();
+        assert_eq!(
+            c.cluster.discovery_interval,
+            ClusterSection::default().discovery_interval,
+            "chorus.toml states the default"
+        );
+        let c = Config::parse(
+            "[cluster]\nseeds = [\"10.0.0.7:7400\", \"dns:chorus-headless.default.svc:7400\"]\ndiscovery_interval = \"2s\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.seeds,
+            [
+                Seed::Addr("10.0.0.7:7400".parse().unwrap()),
+                Seed::Dns(DnsName {
+                    host: "chorus-headless.default.svc".into(),
+                    port: 7400
+                })
+            ]
+        );
+        assert_eq!(
+            c.cluster.discovery_interval,
+            std::time::Duration::from_secs(2)
+        );
+        let e = Config::parse("[cluster]\nseeds = [\"dns:chorus\"]\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("y.toml: line 2") && e.contains("bad seed \"dns:chorus\""),
+            "{e}"
+        );
     }
 
     #[test]

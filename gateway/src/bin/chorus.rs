@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use chorus_engine::runtime::{Engine, EngineConfig};
+use chorus_engine::runtime::{DnsName, Engine, EngineConfig, Seed};
 use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::builtin::App;
 use chorus_gateway::channel::RoomStore;
@@ -53,9 +53,13 @@ struct ServeArgs {
     /// UDP address for cluster gossip (QUIC).
     #[arg(long, env = "CHORUS_GOSSIP")]
     gossip: Option<SocketAddr>,
-    /// Gossip addresses of nodes to join through, comma-separated.
+    /// Nodes to join through, comma-separated: gossip addresses (IP:PORT) and
+    /// DNS names (dns:NAME:PORT, every address of the name, re-resolved).
     #[arg(long, env = "CHORUS_SEEDS", value_delimiter = ',')]
-    seeds: Option<Vec<SocketAddr>>,
+    seeds: Option<Vec<Seed>>,
+    /// How often dns: seeds are resolved again, e.g. 5s (cluster.discovery_interval).
+    #[arg(long, env = "CHORUS_DISCOVERY_INTERVAL", value_parser = humantime::parse_duration)]
+    discovery_interval: Option<Duration>,
     /// Failure-detection timing.
     #[arg(long, env = "CHORUS_PROFILE", value_enum)]
     profile: Option<Profile>,
@@ -281,6 +285,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(seeds) = &args.seeds {
         config.cluster.seeds.clone_from(seeds);
     }
+    if let Some(interval) = args.discovery_interval {
+        config.cluster.discovery_interval = interval;
+    }
     if let Some(profile) = args.profile {
         config.cluster.profile = profile;
     }
@@ -405,6 +412,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let tls = client_tls(&config)?;
     raise_fd_limit(config.limits.max_connections);
     let seeds = config.cluster.seeds.clone();
+    // Static addresses go to the node as they are; names to DNS discovery.
+    let (static_seeds, dns_seeds) = split_seeds(&seeds);
     let cluster_secret = match &config.cluster.secret {
         Some(s) if s.expose().len() < MIN_SECRET => {
             bail!("the cluster secret must be at least {MIN_SECRET} bytes")
@@ -427,14 +436,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Profile::Lan => NodeConfig::lan(id.clone(), config.cluster.gossip),
         Profile::Phoenix => NodeConfig::phoenix(id.clone(), config.cluster.gossip),
     };
-    node.seeds = seeds.clone();
+    node.seeds = static_seeds;
     node.rng_seed = rand::random();
     node.history_cap = config.cluster.history_cap;
     node.history_ttl = Some(config.cluster.history_ttl);
     node.history_budget = config.limits.history_budget();
-    let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
+    let mut engine_config = EngineConfig::new(node, cluster_secret.clone());
+    engine_config.discovery.names = dns_seeds;
+    engine_config.discovery.interval = config.cluster.discovery_interval;
+    let engine = Engine::start(engine_config)
         .await
         .context("starting the cluster engine")?;
+    let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
     info!(node = %id, gossip = %engine.local_addr(), ?seeds, "engine started");
 
     let app = App::new(&config, engine.records().clone());
@@ -510,6 +523,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         return Err(e).context("exiting: the cluster engine failed");
     }
     Ok(())
+}
+
+/// The `seeds` setting split into gossip addresses and DNS names.
+fn split_seeds(seeds: &[Seed]) -> (Vec<SocketAddr>, Vec<DnsName>) {
+    let mut addrs = Vec::new();
+    let mut names = Vec::new();
+    for seed in seeds {
+        match seed {
+            Seed::Addr(addr) => addrs.push(*addr),
+            Seed::Dns(name) => names.push(name.clone()),
+        }
+    }
+    (addrs, names)
 }
 
 /// The client TLS of `server.tls_cert` and `server.tls_key`, loaded and
