@@ -809,3 +809,113 @@ async fn history_and_registers_replicate_over_quic() {
     let r = c.records().read();
     assert_eq!(&*r.last("room:1", 50)[0].1, "{\"body\":\"hi\"}");
 }
+
+/// A resolver whose answer the test sets.
+#[derive(Debug)]
+struct TestResolver {
+    answer: std::sync::Mutex<Result<Vec<SocketAddr>, std::io::ErrorKind>>,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl chorus_engine::runtime::Resolver for TestResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> chorus_engine::runtime::discovery::Lookup<'a> {
+        assert_eq!((host, port), ("peers.test", 7400));
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = self.answer.lock().unwrap().clone();
+        Box::pin(async move { answer.map_err(std::io::Error::from) })
+    }
+}
+
+/// `dns:` seeds: the runtime resolves the name with the injected resolver,
+/// joins the addresses as they appear (never itself, though its own address
+/// is in the answer), and a failing lookup is retried without harm.
+#[tokio::test]
+async fn dns_seeds_are_resolved_again_and_new_addresses_joined() {
+    let b = start("b", &[]).await;
+    let c = start("c", &[]).await;
+    let resolver = std::sync::Arc::new(TestResolver {
+        answer: std::sync::Mutex::new(Err(std::io::ErrorKind::NotFound)),
+        lookups: Default::default(),
+    });
+    let mut cfg = config("a", 1, any_port(), &[]);
+    cfg.discovery = chorus_engine::runtime::Discovery {
+        names: vec![chorus_engine::runtime::DnsName {
+            host: "peers.test".into(),
+            port: 7400,
+        }],
+        interval: Duration::from_millis(50),
+        resolver: resolver.clone(),
+    };
+    let a = Engine::start(cfg).await.expect("engine starts");
+    let lookups = || resolver.lookups.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(5),
+        "lookups retried after failures",
+        || {
+            let n = lookups();
+            async move { n >= 3 }
+        },
+    )
+    .await;
+    assert!(a.is_running(), "a failing lookup is not fatal");
+    assert!(up_names(&a).await.is_empty());
+
+    // The answer holds a's own address too, as a headless service's does.
+    *resolver.answer.lock().unwrap() = Ok(vec![a.local_addr(), b.local_addr()]);
+    eventually(Duration::from_secs(10), "a and b join", || async {
+        up_names(&a).await == names(&["b"]) && up_names(&b).await == names(&["a"])
+    })
+    .await;
+
+    // c appears in DNS later: joined.
+    *resolver.answer.lock().unwrap() = Ok(vec![c.local_addr(), a.local_addr(), b.local_addr()]);
+    eventually(Duration::from_secs(10), "c joins", || async {
+        up_names(&a).await == names(&["b", "c"]) && up_names(&c).await == names(&["a", "b"])
+    })
+    .await;
+    let stats = a.stats().await.unwrap();
+    assert!(
+        !stats.peers.contains_key(&a.local_addr()),
+        "a never dialled itself: {stats:?}"
+    );
+
+    // The name fails again: nothing is lost, nothing stops.
+    *resolver.answer.lock().unwrap() = Err(std::io::ErrorKind::TimedOut);
+    let seen = lookups();
+    eventually(Duration::from_secs(5), "more lookups", || {
+        let n = lookups();
+        async move { n >= seen + 3 }
+    })
+    .await;
+    assert_eq!(up_names(&a).await, names(&["b", "c"]));
+    for e in [a, b, c] {
+        e.shutdown().await.unwrap();
+    }
+}
+
+/// A real name through the system resolver: `dns:localhost:PORT` finds the
+/// node listening on 127.0.0.1:PORT.
+#[tokio::test]
+async fn a_dns_seed_through_the_system_resolver() {
+    let b = start("b", &[]).await;
+    let mut cfg = config("a", 1, any_port(), &[]);
+    cfg.discovery.names = vec![chorus_engine::runtime::DnsName {
+        host: "localhost".into(),
+        port: b.local_addr().port(),
+    }];
+    cfg.discovery.interval = Duration::from_millis(200);
+    let a = Engine::start(cfg).await.expect("engine starts");
+    eventually(
+        Duration::from_secs(10),
+        "a joins b through localhost",
+        || async { up_names(&a).await == names(&["b"]) && up_names(&b).await == names(&["a"]) },
+    )
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -227,6 +227,13 @@ pub struct ServerSection {
     /// HTTP API key is set, which the page asks for; false turns it off
     /// (`/dashboard` answers 404 and no snapshot is published).
     pub dashboard: bool,
+    // -- TLS for clients --
+    /// PEM certificate chain for `wss://` and `https://`; with `tls_key`
+    /// (one without the other is refused by [`Config::check`]).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    // -- end of TLS for clients --
 }
 
 impl Default for ServerSection {
@@ -238,6 +245,8 @@ impl Default for ServerSection {
             longpoll_timeout_ms: 15_000,
             allowed_origins: Vec::new(),
             dashboard: true,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -250,8 +259,13 @@ pub struct ClusterSection {
     pub node: String,
     /// UDP address for gossip (QUIC).
     pub gossip: SocketAddr,
-    /// Gossip addresses of nodes to join through.
-    pub seeds: Vec<SocketAddr>,
+    /// Nodes to join through: gossip addresses (`"10.0.0.7:7400"`) and DNS
+    /// names (`"dns:chorus-headless.default.svc:7400"`: every address the name
+    /// has, re-resolved every `discovery_interval`).
+    pub seeds: Vec<chorus_engine::runtime::Seed>,
+    /// How often `dns:` seeds are resolved again, e.g. `"5s"`.
+    #[serde(deserialize_with = "duration")]
+    pub discovery_interval: std::time::Duration,
     /// Failure-detection timing.
     pub profile: Profile,
     /// The shared cluster secret (at least 16 bytes); better given as
@@ -282,6 +296,7 @@ impl Default for ClusterSection {
             node: "chorus".into(),
             gossip: SocketAddr::from(([127, 0, 0, 1], 7400)),
             seeds: Vec::new(),
+            discovery_interval: chorus_engine::runtime::discovery::DEFAULT_INTERVAL,
             profile: Profile::Lan,
             secret: None,
             history_cap: DEFAULT_HISTORY_CAP,
@@ -407,8 +422,20 @@ impl Config {
         if self.cluster.history_cap == 0 {
             return Err("cluster.history_cap must be at least 1".into());
         }
+        if self.cluster.discovery_interval.as_millis() == 0 {
+            return Err("cluster.discovery_interval must be at least 1ms".into());
+        }
         if self.cluster.history_ttl.as_millis() == 0 {
             return Err("cluster.history_ttl must be at least 1ms".into());
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err("server.tls_cert is set without server.tls_key: TLS needs both (or neither, for plain ws:// and http://)".into())
+            }
+            (None, Some(_)) => {
+                return Err("server.tls_key is set without server.tls_cert: TLS needs both (or neither, for plain ws:// and http://)".into())
+            }
+            _ => {}
         }
         let limits = &self.limits;
         if limits.handshake_timeout_ms == 0 {
@@ -599,6 +626,67 @@ mod tests {
             e.contains("line 2") && e.contains("invalid IP address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn seeds_mix_addresses_and_dns_names_and_a_bad_one_is_refused() {
+        use chorus_engine::runtime::{DnsName, Seed};
+        let c = Config::default_config();
+        assert_eq!(
+            c.cluster.discovery_interval,
+            ClusterSection::default().discovery_interval,
+            "chorus.toml states the default"
+        );
+        let c = Config::parse(
+            "[cluster]\nseeds = [\"10.0.0.7:7400\", \"dns:chorus-headless.default.svc:7400\"]\ndiscovery_interval = \"2s\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.seeds,
+            [
+                Seed::Addr("10.0.0.7:7400".parse().unwrap()),
+                Seed::Dns(DnsName {
+                    host: "chorus-headless.default.svc".into(),
+                    port: 7400
+                })
+            ]
+        );
+        assert_eq!(
+            c.cluster.discovery_interval,
+            std::time::Duration::from_secs(2)
+        );
+        let e = Config::parse("[cluster]\nseeds = [\"dns:chorus\"]\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("y.toml: line 2") && e.contains("bad seed \"dns:chorus\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files_or_neither() {
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!((c.server.tls_cert, c.server.tls_key), (None, None));
+        let c = Config::parse(
+            "[server]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.server.tls_cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.server.tls_key.as_deref(), Some(Path::new("/k.pem")));
+        let e = Config::parse("[server]\ntls_cert = \"/c.pem\"\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("y.toml") && e.contains("without server.tls_key"),
+            "{e}"
+        );
+        let e = Config::parse("[server]\ntls_key = \"/k.pem\"\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without server.tls_cert"), "{e}");
     }
 
     #[test]

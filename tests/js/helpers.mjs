@@ -3,6 +3,7 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
+import https from "node:https";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -59,7 +60,8 @@ export function writeConfig(text) {
 /**
  * Starts `chorus` on `httpPort` and resolves once /healthz answers.
  * `opts`: `gossipPort`, `node`, `config` (a file), `seeds` (gossip ports), `env`,
- * `args` (more flags).
+ * `args` (more flags), `logs` (pipe stdout, the log), `ca` (a PEM the server's TLS certificate is trusted by:
+ * /healthz is then asked over https).
  */
 export async function startServer(httpPort, opts = {}) {
   const gossipPort = opts.gossipPort ?? (await freePort());
@@ -72,7 +74,8 @@ export async function startServer(httpPort, opts = {}) {
   if (opts.args) args.push(...opts.args);
   if (opts.seeds?.length) args.push("--seeds", opts.seeds.map((p) => `127.0.0.1:${p}`).join(","));
   const child = spawn(BIN, args, {
-    stdio: ["ignore", "ignore", "pipe"],
+    // `logs`: the log lines (stdout) are piped too, for the caller to read.
+    stdio: ["ignore", opts.logs ? "pipe" : "ignore", "pipe"],
     env: {
       ...process.env,
       RUST_LOG: "warn",
@@ -89,8 +92,13 @@ export async function startServer(httpPort, opts = {}) {
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`chorus exited: ${stderr}`);
     try {
-      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
-      if (res.ok) return child;
+      if (opts.ca) {
+        const res = await httpsRequest(`https://127.0.0.1:${httpPort}/healthz`, { ca: opts.ca });
+        if (res.status === 200) return child;
+      } else {
+        const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`);
+        if (res.ok) return child;
+      }
     } catch {
       // not listening yet
     }
@@ -208,5 +216,23 @@ export function handshakeStatus(url, protocols) {
     });
     ws.on("unexpected-response", (_req, res) => resolve(res.statusCode));
     ws.on("error", () => {});
+  });
+}
+
+/**
+ * An https request trusting `ca` (a PEM); resolves with `{ status, body, cert }`
+ * (`cert`: the server's certificate as node reports it).
+ */
+export function httpsRequest(url, { ca, method = "GET", headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { ca, method, headers, agent: false }, (res) => {
+      const cert = res.socket.getPeerCertificate();
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (text += d));
+      res.on("end", () => resolve({ status: res.statusCode, body: text, cert }));
+    });
+    req.on("error", reject);
+    req.end(body);
   });
 }

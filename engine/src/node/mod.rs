@@ -462,6 +462,32 @@ impl Node {
         .min()
     }
 
+    /// Replaces the seed list: the static seeds plus what the runtime's DNS
+    /// discovery resolved (the core never resolves names). A seed not in the
+    /// old list, not this node and not a connected peer is greeted at once, as
+    /// a seed is at start; every seed not connected is greeted again each
+    /// anti-entropy round. A seed dropped from the list is no longer greeted: a
+    /// member behind it is left to SWIM. Calling it with the same list does
+    /// nothing.
+    pub fn handle_seeds(&mut self, mut seeds: Vec<SocketAddr>) {
+        seeds.sort_unstable();
+        seeds.dedup();
+        seeds.retain(|addr| *addr != self.cfg.addr);
+        let connected: Vec<SocketAddr> = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Up)
+            .filter_map(|p| p.addr)
+            .collect();
+        let old = std::mem::take(&mut self.cfg.seeds);
+        for &addr in &seeds {
+            if !old.contains(&addr) && !connected.contains(&addr) {
+                self.send(None, addr, Body::Hello { full: true });
+            }
+        }
+        self.cfg.seeds = seeds;
+    }
+
     fn start(&mut self, now: Instant) {
         self.timers.set(Timer::Tick, now + self.cfg.tick);
         self.timers

@@ -401,3 +401,46 @@ fn without_a_ttl_history_is_kept() {
     a.handle_wall_clock(u64::MAX);
     assert_eq!(bodies(&a), ["kept"]);
 }
+
+/// Seeds found later (DNS discovery in the runtime) are greeted at once and
+/// joined; this node's own address among them, and a seed already greeted,
+/// are not greeted (again).
+#[test]
+fn seeds_handed_in_later_are_greeted_once_and_joined() {
+    let mut now = Instant::now();
+    let mut a = node("n0", 1, 0, now);
+    while a.poll_transmit().is_some() {}
+    let hellos = |n: &mut Node| -> Vec<SocketAddr> {
+        let mut to = Vec::new();
+        while let Some(t) = n.poll_transmit() {
+            assert!(matches!(t.msg.body, Body::Hello { .. }), "{t:?}");
+            to.push(t.addr);
+        }
+        to
+    };
+    a.handle_seeds(vec![addr(0), addr(1), addr(1)]);
+    assert_eq!(hellos(&mut a), [addr(1)], "not itself, and once");
+    a.handle_seeds(vec![addr(1), addr(0)]);
+    assert_eq!(hellos(&mut a), [], "the same list again: nothing new");
+    a.handle_seeds(vec![addr(2), addr(1)]);
+    assert_eq!(hellos(&mut a), [addr(2)], "only the new one");
+    assert_eq!(a.config().seeds, [addr(1), addr(2)]);
+
+    // The hellos reach real nodes: all three join.
+    let mut nodes = [
+        Some(node("n0", 1, 0, now)),
+        Some(node("n1", 1, 1, now)),
+        Some(node("n2", 1, 2, now)),
+    ];
+    pump(&mut nodes, &mut now, 3);
+    let up = |n: &Node| n.members().iter().filter(|m| m.2 == PeerState::Up).count();
+    assert_eq!(up(nodes[0].as_ref().unwrap()), 0, "no seeds: alone");
+    nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_seeds(vec![addr(1), addr(2)]);
+    pump(&mut nodes, &mut now, 10);
+    for n in nodes.iter().flatten() {
+        assert_eq!(up(n), 2, "{} sees both others up", n.id());
+    }
+}

@@ -46,6 +46,8 @@ pub(crate) struct NodeDriver {
     requests: mpsc::Receiver<EngineRequest>,
     drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
     inbound: mpsc::Receiver<PeerInbound>,
+    /// The seed list from DNS discovery, each time it changes.
+    discovered: mpsc::Receiver<Vec<SocketAddr>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     links: HashMap<SocketAddr, Link>,
@@ -100,6 +102,16 @@ impl NodeDriver {
             inbound: inbound_tx,
             shutdown: shutdown_rx,
         };
+        let (discovered_tx, discovered) = mpsc::channel(1);
+        let mut tasks = JoinSet::new();
+        if !config.discovery.names.is_empty() {
+            tasks.spawn(super::discovery::run(
+                config.discovery.clone(),
+                node.seeds.clone(),
+                node.addr,
+                discovered_tx,
+            ));
+        }
         let node = Node::new(node, now());
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
@@ -111,8 +123,9 @@ impl NodeDriver {
             requests,
             drops,
             inbound,
+            discovered,
             shutdown,
-            tasks: JoinSet::new(),
+            tasks,
             links: HashMap::new(),
             next_conn: 0,
             subscribers: HashMap::new(),
@@ -157,6 +170,7 @@ impl NodeDriver {
                 },
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
                 Some(inbound) = self.inbound.recv() => self.on_inbound(inbound),
+                Some(seeds) = self.discovered.recv() => self.node.handle_seeds(seeds),
                 () = sleep, if deadline.is_some() => self.on_timeout(),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => on_task_end(done),
             }

@@ -13,12 +13,15 @@
 //!   subscriber queues;
 //! - every connection has its own task (see [`transport`]), so nothing the node
 //!   task does waits on the network or on a subscriber;
-//! - peers prove the cluster secret before any gossip (see [`auth`]).
+//! - peers prove the cluster secret before any gossip (see [`auth`]);
+//! - `dns:` seeds are resolved and re-resolved by a task of the node task
+//!   (see [`discovery`]), which hands the addresses to the node.
 //!
 //! Built only with the `runtime` feature (on by default); the core builds
 //! without tokio or quinn.
 
 pub mod auth;
+pub mod discovery;
 mod driver;
 mod handle;
 mod records;
@@ -32,6 +35,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use discovery::{Discovery, DnsName, Resolver, Seed, SeedError, SystemResolver};
 pub use records::RecordsReader;
 
 use handle::TaskState;
@@ -61,6 +65,9 @@ pub struct EngineConfig {
     pub advertise: Option<SocketAddr>,
     /// Gossip addresses of nodes to join through.
     pub seeds: Vec<SocketAddr>,
+    /// DNS names whose addresses are joined through too, re-resolved
+    /// periodically (see [`discovery`]); none by default.
+    pub discovery: Discovery,
     /// Deliveries buffered per subscriber before it is dropped as too slow.
     pub subscriber_queue: usize,
     /// Bytes queued per peer before frames to it are dropped.
@@ -76,6 +83,7 @@ impl EngineConfig {
         EngineConfig {
             bind: node.addr,
             seeds: node.seeds.clone(),
+            discovery: Discovery::default(),
             node,
             secret: secret.into(),
             advertise: None,
@@ -94,6 +102,7 @@ impl fmt::Debug for EngineConfig {
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
             .field("seeds", &self.seeds)
+            .field("discovery", &self.discovery)
             .field("subscriber_queue", &self.subscriber_queue)
             .field("peer_queue_bytes", &self.peer_queue_bytes)
             .field("auth_timeout", &self.auth_timeout)

@@ -7,15 +7,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use chorus_engine::runtime::{Engine, EngineConfig};
+use chorus_engine::runtime::{DnsName, Engine, EngineConfig, Seed};
 use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::builtin::App;
 use chorus_gateway::channel::RoomStore;
 use chorus_gateway::config::{Config, Profile};
-use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig};
+use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig, ServerTls, TlsFiles};
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use chorus_gateway::webhooks;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -79,9 +80,13 @@ struct ServeArgs {
     /// UDP address for cluster gossip (QUIC).
     #[arg(long, env = "CHORUS_GOSSIP")]
     gossip: Option<SocketAddr>,
-    /// Gossip addresses of nodes to join through, comma-separated.
+    /// Nodes to join through, comma-separated: gossip addresses (IP:PORT) and
+    /// DNS names (dns:NAME:PORT, every address of the name, re-resolved).
     #[arg(long, env = "CHORUS_SEEDS", value_delimiter = ',')]
-    seeds: Option<Vec<SocketAddr>>,
+    seeds: Option<Vec<Seed>>,
+    /// How often dns: seeds are resolved again, e.g. 5s (cluster.discovery_interval).
+    #[arg(long, env = "CHORUS_DISCOVERY_INTERVAL", value_parser = humantime::parse_duration)]
+    discovery_interval: Option<Duration>,
     /// Failure-detection timing.
     #[arg(long, env = "CHORUS_PROFILE", value_enum)]
     profile: Option<Profile>,
@@ -143,6 +148,15 @@ struct ServeArgs {
     #[arg(long, env = "CHORUS_HISTORY_BUDGET_BYTES")]
     history_budget_bytes: Option<usize>,
     // -- end of the node's memory --
+    // -- [server]: TLS for clients --
+    /// PEM certificate chain: serve wss:// and https:// (server.tls_cert; with
+    /// --tls-key). SIGHUP reloads it.
+    #[arg(long, env = "CHORUS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate (server.tls_key; with --tls-cert).
+    #[arg(long, env = "CHORUS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    // -- end of TLS for clients --
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -307,6 +321,13 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(n) = args.history_budget_bytes {
         limits.history_budget_bytes = n;
     }
+    // [server]: TLS for clients.
+    if let Some(cert) = &args.tls_cert {
+        config.server.tls_cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.tls_key {
+        config.server.tls_key = Some(key.clone());
+    }
     if let Some(node) = &args.node {
         config.cluster.node.clone_from(node);
     }
@@ -315,6 +336,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(seeds) = &args.seeds {
         config.cluster.seeds.clone_from(seeds);
+    }
+    if let Some(interval) = args.discovery_interval {
+        config.cluster.discovery_interval = interval;
     }
     if let Some(profile) = args.profile {
         config.cluster.profile = profile;
@@ -440,8 +464,11 @@ fn raise_fd_limit(max_connections: usize) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let dev = config.server.dev_mode;
     let token_secret = token_key(&config)?;
+    let tls = client_tls(&config)?;
     raise_fd_limit(config.limits.max_connections);
     let seeds = config.cluster.seeds.clone();
+    // Static addresses go to the node as they are; names to DNS discovery.
+    let (static_seeds, dns_seeds) = split_seeds(&seeds);
     let cluster_secret = match &config.cluster.secret {
         Some(s) if s.expose().len() < MIN_SECRET => {
             bail!("the cluster secret must be at least {MIN_SECRET} bytes")
@@ -464,16 +491,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Profile::Lan => NodeConfig::lan(id.clone(), config.cluster.gossip),
         Profile::Phoenix => NodeConfig::phoenix(id.clone(), config.cluster.gossip),
     };
-    node.seeds = seeds.clone();
+    node.seeds = static_seeds;
     node.rng_seed = rand::random();
     node.history_cap = config.cluster.history_cap;
     node.history_ttl = Some(config.cluster.history_ttl);
     node.history_budget = config.limits.history_budget();
     // [[webhooks]]: signed with CHORUS_WEBHOOK_SECRET; none configured, none run.
     let webhooks = webhook_settings(&config, node.down_after)?;
-    let engine = Engine::start(EngineConfig::new(node, cluster_secret.clone()))
+    let mut engine_config = EngineConfig::new(node, cluster_secret.clone());
+    engine_config.discovery.names = dns_seeds;
+    engine_config.discovery.interval = config.cluster.discovery_interval;
+    let engine = Engine::start(engine_config)
         .await
         .context("starting the cluster engine")?;
+    let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
     info!(node = %id, gossip = %engine.local_addr(), ?seeds, "engine started");
 
     let app = App::new(&config, engine.records().clone());
@@ -495,6 +526,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         client_limits: config.limits.client(),
         limit_counter: app.limit_counter(),
         dashboard: config.server.dashboard,
+        tls: tls.clone(),
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)
@@ -513,16 +545,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         topics = config.topic_rules().len(),
         "channels configured"
     );
+    let (ws, http) = if tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     if dev {
         warn!("DEV MODE: GET /dev/token gives anyone a token for any name. Never run dev mode in production (drop --dev-mode, or set server.dev_mode = false).");
-        info!("demo page: http://{listen}/");
+        info!("demo page: {http}://{listen}/");
     }
     if config.api.key.is_none() {
         info!("{API_KEY_ENV} not set: the HTTP API under /api and the dashboard are disabled");
     } else if config.server.dashboard {
         info!("dashboard: http://{listen}/dashboard (asks for the API key)");
     }
-    info!(%listen, "serving ws://{listen}/socket/websocket");
+    if let Some(tls) = tls {
+        tokio::spawn(reload_on_sighup(tls));
+    }
+    info!(%listen, "serving {ws}://{listen}/socket/websocket");
     // The engine may stop on its own (a panic, another process under our
     // node name): its clients are deaf from then on, and /healthz answers
     // 503. Drain the connections (1012: clients reconnect elsewhere) as on a
@@ -568,6 +608,63 @@ fn webhook_settings(config: &Config, down_after: Duration) -> anyhow::Result<web
         secret,
         down_after,
     })
+}
+
+/// The `seeds` setting split into gossip addresses and DNS names.
+fn split_seeds(seeds: &[Seed]) -> (Vec<SocketAddr>, Vec<DnsName>) {
+    let mut addrs = Vec::new();
+    let mut names = Vec::new();
+    for seed in seeds {
+        match seed {
+            Seed::Addr(addr) => addrs.push(*addr),
+            Seed::Dns(name) => names.push(name.clone()),
+        }
+    }
+    (addrs, names)
+}
+
+/// The client TLS of `server.tls_cert` and `server.tls_key`, loaded and
+/// checked; `None` without them. An unusable file stops startup, named.
+fn client_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let tls = ServerTls::load(files)
+        .context("loading the TLS certificate (server.tls_cert, server.tls_key)")?;
+    info!(cert = %cert.display(), key = %key.display(), "TLS on: serving wss:// and https://; SIGHUP reloads the certificate");
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP: new handshakes get
+/// the new certificate, open connections stay; a bad file keeps the old one.
+async fn reload_on_sighup(tls: Arc<ServerTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(sig) => sig,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+                return;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => {
+                    info!(cert = %tls.files().cert.display(), "SIGHUP: TLS certificate reloaded")
+                }
+                Err(e) => {
+                    error!(error = %e, "SIGHUP: TLS certificate not reloaded, the old one stays in use")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

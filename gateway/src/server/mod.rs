@@ -16,7 +16,8 @@
 //! - [`dev`]: the demo page and `/dev/token` (dev mode only);
 //! - [`dashboard`]: the live dashboard at `/dashboard` (API key) and the
 //!   snapshot each node publishes for it;
-//! - `shutdown`: stop accepting, close clients with 1012 in batches.
+//! - `shutdown`: stop accepting, close clients with 1012 in batches;
+//! - [`tls`]: `wss://` and `https://` (a reloadable PEM certificate).
 //!
 //! The server hosts any [`Router`] of channels and never names the built-in ones.
 //!
@@ -29,6 +30,7 @@ mod health;
 pub mod http;
 pub mod metrics;
 mod shutdown;
+pub mod tls;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant};
 use chorus_engine::runtime::EngineHandle;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
@@ -50,6 +52,7 @@ pub use crate::cluster::{Hub, HubError};
 pub use crate::socket::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use api::ApiKey;
 pub use health::{probe, READY_PATH};
+pub use tls::{ServerTls, TlsError, TlsFiles};
 pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
@@ -122,6 +125,10 @@ pub struct ServerConfig {
     /// `api_key` too, whose key it needs. Off: `/dashboard` answers 404 and
     /// no snapshot is published.
     pub dashboard: bool,
+    /// TLS for every connection (`wss://`, `https://`); `None`: plain. The TLS
+    /// handshake counts against `handshake_timeout` and `max_connections` like
+    /// the HTTP request headers that follow it.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +155,7 @@ impl Default for ServerConfig {
             client_limits: ClientLimits::default(),
             limit_counter: LimitCounter::default(),
             dashboard: true,
+            tls: None,
         }
     }
 }
@@ -362,13 +370,13 @@ impl Server {
             if !per_address.allow(peer.ip(), Instant::now()) {
                 self.shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
                 debug!(%peer, "refusing a connection: too many new ones from its address");
-                tokio::spawn(refuse(stream, counted, TOO_MANY_FROM_ADDRESS));
+                self.refuse(stream, counted, TOO_MANY_FROM_ADDRESS);
                 continue;
             }
             if counted.open > self.shared.config.max_connections {
                 self.shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
                 debug!(%peer, "refusing a connection: too many in their HTTP phase");
-                tokio::spawn(refuse(stream, counted, TOO_MANY_CONNECTIONS));
+                self.refuse(stream, counted, TOO_MANY_CONNECTIONS);
                 continue;
             }
             tokio::spawn(serve_http(
@@ -379,6 +387,14 @@ impl Server {
                 stop.clone(),
                 counted,
             ));
+        }
+    }
+
+    /// Answers a refused connection with `answer` and closes it; over TLS the
+    /// answer would need a handshake first, so it is closed at once instead.
+    fn refuse(&self, stream: TcpStream, counted: HttpConn, answer: &'static [u8]) {
+        if self.shared.config.tls.is_none() {
+            tokio::spawn(refuse(stream, counted, answer));
         }
     }
 }
@@ -437,15 +453,49 @@ async fn refuse(mut stream: TcpStream, counted: HttpConn, answer: &'static [u8])
     drop(counted);
 }
 
-/// Serves one TCP connection's HTTP requests until it upgrades or closes.
+/// Serves one TCP connection: its TLS handshake if TLS is on (within the
+/// handshake timeout: a client that never finishes it cannot hold a
+/// descriptor), then its HTTP requests.
 async fn serve_http(
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
+    peer: SocketAddr,
+    done: mpsc::Sender<()>,
+    stop: watch::Receiver<bool>,
+    counted: HttpConn,
+) {
+    let Some(tls) = shared.config.tls.clone() else {
+        return serve_requests(shared, stream, peer, done, stop, counted).await;
+    };
+    let timeout = shared.config.handshake_timeout;
+    let mut stopping = stop.clone();
+    let handshake = tokio::time::timeout(timeout, tls.acceptor().accept(stream));
+    let res = tokio::select! {
+        res = handshake => res,
+        // Shutting down: a handshake still under way is dropped.
+        _ = async { let _ = stopping.wait_for(|stopped| *stopped).await; } => return,
+    };
+    match res {
+        Ok(Ok(stream)) => serve_requests(shared, stream, peer, done, stop, counted).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
+            debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Serves one connection's HTTP requests until it upgrades or closes.
+async fn serve_requests<S>(
+    shared: Arc<Shared>,
+    stream: S,
     peer: SocketAddr,
     done: mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
     counted: HttpConn,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let metrics_shared = shared.clone();
     let timeout = shared.config.handshake_timeout;
     let service = service_fn(move |req| http::handle(req, shared.clone(), done.clone()));
