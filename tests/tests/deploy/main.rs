@@ -445,9 +445,9 @@ fn a_node_with_the_manifest_environment_serves_its_probes_and_drains_on_sigterm(
     let gossip = env["CHORUS_GOSSIP"].replace(":7400", &format!(":{}", free_udp()?));
     ensure!(gossip.starts_with("127.0.0.1:"), "{gossip}");
     env.insert("CHORUS_GOSSIP".into(), gossip);
-    // `dns:` seeds are peer discovery's (issue 18); a lone node needs none
-    // and is ready without a peer.
-    env.remove("CHORUS_SEEDS");
+    // The manifest's `dns:` seed (the headless service) does not resolve
+    // here: the node logs it, retries, and is ready alone, as the first pod of
+    // a StatefulSet is.
 
     let run = |args: &[&str]| {
         Command::new(&chorus)
