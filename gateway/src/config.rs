@@ -199,6 +199,9 @@ pub struct ServerSection {
     /// Browser origins allowed to open sockets (`https://app.example.com`,
     /// `//app.example.com`, `https://*.example.com`); empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// A backend asked about connect requests that carry no token (README
+    /// "Backend hooks"); `None`: no connect hook.
+    pub connect_hook: Option<crate::hooks::HookConfig>,
 }
 
 impl Default for ServerSection {
@@ -209,6 +212,7 @@ impl Default for ServerSection {
             dev_mode_with_token_secret: false,
             longpoll_timeout_ms: 15_000,
             allowed_origins: Vec::new(),
+            connect_hook: None,
         }
     }
 }
@@ -391,6 +395,15 @@ impl Config {
         for (i, rule) in self.topic_rules().iter().enumerate() {
             rule.check(self.cluster.history_cap)
                 .map_err(|e| format!("topics[{i}] (pattern {:?}): {e}", rule.pattern))?;
+        }
+        if let Some(hook) = &self.server.connect_hook {
+            hook.check()
+                .map_err(|e| format!("server.connect_hook: {e}"))?;
+            if !hook.events.is_empty() {
+                return Err(
+                    "server.connect_hook: `events` is for publish_hook and rpc_hook".into(),
+                );
+            }
         }
         let mut seen = BTreeMap::new();
         for room in &self.rooms {

@@ -51,6 +51,7 @@ pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
+use crate::hooks::Hooks;
 use crate::limits::{ClientLimits, LimitCounter};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
@@ -112,6 +113,9 @@ pub struct ServerConfig {
     /// ([`App::limit_counter`](crate::builtin::App::limit_counter)) so their
     /// refusals show in `/metrics` too.
     pub limit_counter: LimitCounter,
+    /// Backend hooks (connect, join, publish, rpc) and their counters, shown in
+    /// `/metrics`; `None` (the default): no hooks.
+    pub hooks: Option<Arc<Hooks>>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +140,7 @@ impl Default for ServerConfig {
             api_key: None,
             client_limits: ClientLimits::default(),
             limit_counter: LimitCounter::default(),
+            hooks: None,
         }
     }
 }
@@ -209,7 +214,10 @@ impl Server {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let hub = Hub::new(engine, origin);
-        let metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
+        let mut metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
+        if let Some(hooks) = &config.hooks {
+            metrics.register_hooks(hooks.metrics());
+        }
         let api = config.api_key.clone().map(api::Api::new);
         Self {
             shared: Arc::new(Shared {
