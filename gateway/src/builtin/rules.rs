@@ -306,4 +306,68 @@ mod tests {
         assert!(rule("{id}").check(100).is_err());
         assert!(rule("room:*").check(100).is_err());
     }
+
+    fn hook(url: &str, events: &[&str]) -> HookConfig {
+        HookConfig {
+            url: url.into(),
+            timeout_ms: 1000,
+            forward_headers: Vec::new(),
+            max_concurrency: 8,
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn checks_catch_inconsistent_hooks() {
+        let mut r = rule("room:{id}");
+        r.events.insert("shout".into(), EventAction::Broadcast);
+        r.join_hook = Some(hook("http://127.0.0.1:9000/join", &[]));
+        r.publish_hook = Some(hook("http://127.0.0.1:9000/p", &["shout"]));
+        r.rpc_hook = Some(hook("https://backend.example/rpc", &["ask"]));
+        r.rate_limit.insert("ask".into(), 10);
+        assert_eq!(r.check(100), Ok(()));
+        assert!(r.is_rpc("ask") && !r.is_rpc("shout"));
+        assert!(r.is_hooked_publish("shout") && !r.is_hooked_publish("ask"));
+
+        let bad = |f: &dyn Fn(&mut TopicRule), needle: &str| {
+            let mut b = r.clone();
+            f(&mut b);
+            let e = b.check(100).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        bad(&|b| b.join_hook = Some(hook("ftp://x/join", &[])), "http");
+        bad(&|b| b.join_hook = Some(hook("not a url", &[])), "url");
+        bad(
+            &|b| b.join_hook = Some(hook("http://x/", &["shout"])),
+            "events",
+        );
+        bad(
+            &|b| b.publish_hook = Some(hook("http://x/", &[])),
+            "must list",
+        );
+        bad(
+            &|b| b.publish_hook = Some(hook("http://x/", &["nope"])),
+            "not in `events`",
+        );
+        bad(
+            &|b| b.rpc_hook = Some(hook("http://x/", &["shout"])),
+            "also in `events`",
+        );
+        bad(
+            &|b| b.rpc_hook = Some(hook("http://x/", &["phx_join"])),
+            "reserved",
+        );
+        bad(
+            &|b| b.join_hook.as_mut().unwrap().timeout_ms = 0,
+            "timeout_ms",
+        );
+        bad(
+            &|b| b.join_hook.as_mut().unwrap().max_concurrency = 0,
+            "max_concurrency",
+        );
+        bad(
+            &|b| b.join_hook.as_mut().unwrap().forward_headers = vec!["bad header".into()],
+            "header",
+        );
+    }
 }
