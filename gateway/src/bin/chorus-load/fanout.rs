@@ -182,7 +182,15 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         sent_tx,
         stop.clone(),
     ));
-    let (first_us, published) = sent.await.context("the publisher failed")?;
+    let Ok((first_us, published)) = sent.await else {
+        // The publisher ended before it was done: say why.
+        let why = match publishing.await {
+            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Ok(())) => "it stopped".into(),
+            Err(e) => e.to_string(),
+        };
+        anyhow::bail!("the publisher failed: {why}");
+    };
     total_tx.send_replace(published);
 
     // Wait for every subscriber to have all, or for the drain time.

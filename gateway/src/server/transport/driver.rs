@@ -205,7 +205,9 @@ impl SessionDriver {
     /// Queues `frame` behind its topic's hook call, or starts a hook call for
     /// it; gives it back when it is to be handled now.
     fn hold(&mut self, frame: InFrame) -> Option<InFrame> {
-        let state = self.hooks.as_deref_mut()?;
+        let Some(state) = self.hooks.as_deref_mut() else {
+            return Some(frame);
+        };
         if let Some(queue) = state.waiting.get_mut(&frame.topic) {
             if queue.len() >= MAX_WAITING_FRAMES {
                 debug!(
