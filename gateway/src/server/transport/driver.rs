@@ -189,8 +189,7 @@ impl SessionDriver {
     }
 
     /// Hands one admitted client frame ([`SessionDriver::admit`]) to the
-    /// session, counting the join outcomes it caused.
-    /// A frame that needs a backend hook (a join, publish or rpc hook) is held
+    /// session, counting the join outcomes it caused. A frame that needs a backend hook (a join, publish or rpc hook) is held
     /// until the hook answers ([`SessionDriver::events`]), and so are the
     /// frames on its topic that follow it.
     pub(crate) fn handle_frame(&mut self, frame: InFrame) -> Result<(), FrameError> {
@@ -266,13 +265,14 @@ impl SessionDriver {
     pub(crate) fn handle_hook_answer(&mut self, answer: HookAnswer) -> Result<(), FrameError> {
         let (frame, decision) = answer;
         let topic = frame.topic.clone();
-        let handled = self.session.handle_frame_with(frame, Some(decision));
-        self.metrics.record_joins(self.session.take_join_counts());
-        handled?;
+        // The topic is free again whatever happens to this frame.
         let mut queue = match self.hooks.as_deref_mut() {
             Some(state) => state.waiting.remove(&topic).unwrap_or_default(),
             None => VecDeque::new(),
         };
+        let handled = self.session.handle_frame_with(frame, Some(decision));
+        self.metrics.record_joins(self.session.take_join_counts());
+        handled?;
         while let Some(frame) = queue.pop_front() {
             let Some(frame) = self.hold(frame) else {
                 // A hook call started again: the rest waits behind it.
