@@ -102,7 +102,7 @@ async fn node(backend: &Backend, timeout_ms: u64) -> anyhow::Result<Node> {
     let toml = format!(
         r#"
 [server]
-connect_hook = {{ url = "{connect}", forward_headers = ["x-app", "cookie"] }}
+connect_hook = {{ url = "{connect}", timeout_ms = {timeout_ms}, forward_headers = ["x-app", "cookie"] }}
 
 [[topics]]
 pattern = "room:{{id}}"
@@ -526,5 +526,75 @@ async fn a_slow_join_hook_holds_only_its_own_topic_in_order() -> anyhow::Result<
         }
     }
     assert_eq!(order, ["1", "2"]);
+    node.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rpc_and_connect_hooks_fail_closed_on_timeouts_and_garbage() -> anyhow::Result<()> {
+    let never = Arc::new(Notify::new());
+    let held = never.clone();
+    let backend = Backend::start(Arc::new(move |path: &str, body: &Value| {
+        let mode = body["payload"]["mode"]
+            .as_str()
+            .or(body["params"]["mode"].as_str());
+        match (path, mode) {
+            (_, Some("slow")) => Answer::After(held.clone(), json!({"allow": true})),
+            (_, Some("garbage")) => Answer::Status(200, "{\"allow\":"),
+            ("/rpc", Some("empty")) => Answer::Json(json!({})),
+            ("/rpc", _) => Answer::Json(json!({"reply": {"ok": 1}})),
+            _ => Answer::Json(json!({"allow": true})),
+        }
+    }))
+    .await?;
+    let node = node(&backend, 200).await?;
+    let mut c = with_token(&node, "jo").await?;
+    assert_eq!(c.join("1", "room:1", "{}").await?[4]["status"], "ok");
+    // The join's pushes (history, then presence) come first.
+    c.recv_event("presence_state").await?;
+    for (r, mode, why) in [
+        ("2", "slow", "hook_unavailable"),
+        ("3", "garbage", "hook_error"),
+    ] {
+        c.send(&format!(
+            r#"["1","{r}","room:1","shout",{{"mode":"{mode}"}}]"#
+        ))
+        .await?;
+        assert_eq!(
+            c.recv_json(true).await?,
+            json!(["1", null, "room:1", "error", {"reason": why}])
+        );
+        assert_eq!(
+            c.recv_json(true).await?,
+            json!(["1", r, "room:1", "phx_reply", {"status": "error", "response": {"reason": why}}])
+        );
+    }
+    for (r, mode, why) in [
+        ("4", "slow", "hook_unavailable"),
+        ("5", "garbage", "hook_error"),
+        ("6", "empty", "hook_error"),
+    ] {
+        c.send(&format!(
+            r#"["1","{r}","room:1","ask",{{"mode":"{mode}"}}]"#
+        ))
+        .await?;
+        assert_eq!(
+            c.recv_json(true).await?,
+            json!(["1", r, "room:1", "phx_reply", {"status": "error", "response": {"reason": why}}])
+        );
+    }
+    // The connect hook times out: 403.
+    assert_eq!(
+        refused_status(&node, "vsn=2.0.0&mode=slow").await,
+        Some(403)
+    );
+    let m = |hook: &str, result: &str| {
+        format!(r#"chorus_hook_calls_total{{hook="{hook}",result="{result}"}}"#)
+    };
+    assert_eq!(metric(&node, &m("publish", "timeout")).await?, 1);
+    assert_eq!(metric(&node, &m("publish", "error")).await?, 1);
+    assert_eq!(metric(&node, &m("rpc", "timeout")).await?, 1);
+    assert_eq!(metric(&node, &m("rpc", "error")).await?, 2);
+    assert_eq!(metric(&node, &m("connect", "timeout")).await?, 1);
+    never.notify_waiters();
     node.stop().await
 }
