@@ -211,13 +211,19 @@ impl HookClient {
         {
             return Err(Failure::Garbage("answer too large".into()));
         }
-        let bytes = response
-            .bytes()
+        // Read chunk by chunk, so an answer without a length is bounded too.
+        let mut response = response;
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| Failure::Request(e.without_url().to_string()))?;
-        if bytes.len() > MAX_ANSWER_BYTES {
-            return Err(Failure::Garbage("answer too large".into()));
+            .map_err(|e| Failure::Request(e.without_url().to_string()))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Failure::Garbage("answer too large".into()));
+            }
+            body.extend_from_slice(&chunk);
         }
-        Ok(bytes)
+        Ok(body.freeze())
     }
 }

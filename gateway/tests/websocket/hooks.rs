@@ -541,6 +541,11 @@ async fn publish_rpc_and_connect_hooks_fail_closed_on_timeouts_and_garbage() -> 
             (_, Some("slow")) => Answer::After(held.clone(), json!({"allow": true})),
             (_, Some("garbage")) => Answer::Status(200, "{\"allow\":"),
             ("/rpc", Some("empty")) => Answer::Json(json!({})),
+            ("/rpc", Some("huge")) => {
+                // Over the 1 MiB an answer may have.
+                let reply = format!(r#"{{"reply":{{"x":"{}"}}}}"#, "x".repeat(1 << 20));
+                Answer::Status(200, Box::leak(reply.into_boxed_str()))
+            }
             ("/rpc", _) => Answer::Json(json!({"reply": {"ok": 1}})),
             _ => Answer::Json(json!({"allow": true})),
         }
@@ -572,6 +577,7 @@ async fn publish_rpc_and_connect_hooks_fail_closed_on_timeouts_and_garbage() -> 
         ("4", "slow", "hook_unavailable"),
         ("5", "garbage", "hook_error"),
         ("6", "empty", "hook_error"),
+        ("7", "huge", "hook_error"),
     ] {
         c.send(&format!(
             r#"["1","{r}","room:1","ask",{{"mode":"{mode}"}}]"#
@@ -593,7 +599,7 @@ async fn publish_rpc_and_connect_hooks_fail_closed_on_timeouts_and_garbage() -> 
     assert_eq!(metric(&node, &m("publish", "timeout")).await?, 1);
     assert_eq!(metric(&node, &m("publish", "error")).await?, 1);
     assert_eq!(metric(&node, &m("rpc", "timeout")).await?, 1);
-    assert_eq!(metric(&node, &m("rpc", "error")).await?, 2);
+    assert_eq!(metric(&node, &m("rpc", "error")).await?, 3);
     assert_eq!(metric(&node, &m("connect", "timeout")).await?, 1);
     never.notify_waiters();
     node.stop().await
