@@ -101,6 +101,7 @@ LOAD_PING_SECS ?= 10
 LOAD_STORM ?= 1000
 LOAD_STORM_BIG ?= 3000
 LOAD_BURST ?= 2000
+LOAD_HOOK_JOINS ?= 1000
 
 bench-load: ## Load generator (chorus-load) against a fresh release chorus per scenario, on 127.0.0.1 (about 5 min)
 	$(CARGO) build --release -p chorus-gateway --bin chorus --bin chorus-load
@@ -117,7 +118,9 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
 	$$load storm --users $(LOAD_STORM) --rate 200; \
 	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
-	$$load storm --users $(LOAD_BURST)
+	$$load storm --users $(LOAD_BURST); \
+	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --delay-ms 1; \
+	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --topic-prefix load
 
 # Seconds each phase of `make bench-hostile` measures.
 HOSTILE_SECS ?= 5

@@ -234,6 +234,9 @@ pub struct ServerSection {
     /// PEM private key of `tls_cert`; with `tls_cert`.
     pub tls_key: Option<PathBuf>,
     // -- end of TLS for clients --
+    /// A backend asked about connect requests that carry no token (README
+    /// "Backend hooks"); `None`: no connect hook.
+    pub connect_hook: Option<crate::hooks::HookConfig>,
 }
 
 impl Default for ServerSection {
@@ -247,6 +250,7 @@ impl Default for ServerSection {
             dashboard: true,
             tls_cert: None,
             tls_key: None,
+            connect_hook: None,
         }
     }
 }
@@ -451,6 +455,15 @@ impl Config {
         for (i, hook) in self.webhooks.iter().enumerate() {
             hook.check()
                 .map_err(|e| format!("webhooks[{i}] ({:?}): {e}", hook.url))?;
+        }
+        if let Some(hook) = &self.server.connect_hook {
+            hook.check()
+                .map_err(|e| format!("server.connect_hook: {e}"))?;
+            if !hook.events.is_empty() {
+                return Err(
+                    "server.connect_hook: `events` is for publish_hook and rpc_hook".into(),
+                );
+            }
         }
         let mut seen = BTreeMap::new();
         for room in &self.rooms {

@@ -15,6 +15,8 @@
 //! - [`cluster`]: the bridge to the engine: the [`Hub`](cluster::Hub) (one
 //!   dispatcher per topic, encode once per node, mailboxes per connection), the one
 //!   holder of the engine handle;
+//! - [`hooks`]: backend hooks (connect, join, publish, rpc): the HTTP calls,
+//!   their answers, circuit breaker and metrics;
 //! - [`server`]: the I/O: `server::transport` (WebSocket, LongPoll, origin check,
 //!   the session driver), `server::api` (the HTTP API), health, metrics, shutdown;
 //! - [`builtin`], [`config`], [`token`]: the `chorus` binary's configured channels
@@ -45,6 +47,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod hooks;
 pub mod limits;
 pub mod protocol;
 pub mod server;

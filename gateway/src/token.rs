@@ -146,6 +146,11 @@ impl TokenAuth {
 }
 
 impl Authenticator for TokenAuth {
+    /// A `token` param or an `authToken`/bearer token.
+    fn has_credentials(&self, params: &Assigns, auth_token: Option<&str>) -> bool {
+        auth_token.is_some() || params.contains_key("token")
+    }
+
     fn connect(&self, params: &Assigns, auth_token: Option<&str>) -> Result<SocketInfo, Denied> {
         let from_param = params.get("token").and_then(Value::as_str);
         let Some(token) = from_param.or(auth_token) else {

@@ -510,6 +510,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::new(&config, engine.records().clone());
     let router = app.router().context("building the channel router")?;
     let tokens = Tokens::new(&token_secret);
+    let hooks = app
+        .hooks(config.server.connect_hook.as_ref())
+        .map_err(|e| anyhow::anyhow!("backend hooks: {e}"))?;
     let server_config = ServerConfig {
         dev_tokens: dev.then(|| tokens.clone()),
         // LongPoll session tokens must verify on every node: their key derives
@@ -527,6 +530,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         limit_counter: app.limit_counter(),
         dashboard: config.server.dashboard,
         tls: tls.clone(),
+        hooks,
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)

@@ -13,6 +13,7 @@ use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, PresenceCount, Reply,
     RoomStore,
 };
+use crate::hooks::{JoinDecision, PublishDecision, RpcDecision};
 use crate::protocol::{JsonObject, Payload};
 use crate::token::socket_id;
 use crate::topics;
@@ -104,18 +105,30 @@ impl ConfiguredChannel {
         m
     }
 
-    fn handle_message(&mut self, payload: &Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
+    fn handle_message(
+        &mut self,
+        payload: &Payload,
+        skip_history: bool,
+        ctx: &mut ChannelContext<'_>,
+    ) -> HandleIn {
         let text = match validated_text(payload, "message") {
             Ok(text) => text,
             Err(errors) => return refuse(ctx, validation_error(errors)),
         };
         let item = object(&Value::Object(self.item(&text)));
-        ctx.append(ctx.topic().to_owned(), item.clone());
+        if !skip_history {
+            ctx.append(ctx.topic().to_owned(), item.clone());
+        }
         ctx.broadcast("message", Payload::Json(item.clone()));
         HandleIn::Reply(Reply::ok_with(Payload::Json(item)))
     }
 
-    fn handle_notify(&mut self, payload: &Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
+    fn handle_notify(
+        &mut self,
+        payload: &Payload,
+        skip_history: bool,
+        ctx: &mut ChannelContext<'_>,
+    ) -> HandleIn {
         let fields = json_fields(payload);
         let target = fields
             .as_ref()
@@ -144,7 +157,9 @@ impl ConfiguredChannel {
         item.insert("to".into(), Value::from(target.clone()));
         let item = object(&Value::Object(item));
         let to = self.topic_for(&target);
-        ctx.append(to.clone(), item.clone());
+        if !skip_history {
+            ctx.append(to.clone(), item.clone());
+        }
         ctx.broadcast_to(to, "new_notification", Payload::Json(item.clone()));
         HandleIn::Reply(Reply::ok_with(Payload::Json(item)))
     }
@@ -210,6 +225,21 @@ impl Channel for ConfiguredChannel {
             .unwrap_or(user)
             .to_owned();
         let rule = self.app.rules[self.rule].clone();
+        // The backend's answer, when the rule has a join hook (the transport
+        // called it before handing the join in; none attached: fail closed).
+        let hooked = match rule
+            .join_hook
+            .as_ref()
+            .map(|_| attached::<JoinDecision>(ctx))
+        {
+            None => None,
+            Some(Some(JoinDecision::Allow { response, meta })) => {
+                Some((response.clone(), meta.clone()))
+            }
+            Some(Some(JoinDecision::Deny(why))) => return Err(reason(why)),
+            Some(None) => return Err(reason("hook_unavailable")),
+        };
+        let (hook_response, hook_meta) = hooked.unwrap_or_default();
         if !self.authorized(rule.join, ctx.assigns()) {
             return Err(reason("unauthorized"));
         }
@@ -235,6 +265,11 @@ impl Channel for ConfiguredChannel {
             let mut meta = Map::new();
             meta.insert("online_at".into(), Value::from(now_iso8601()));
             meta.insert("username".into(), Value::from(self.name.clone()));
+            for (k, v) in hook_meta {
+                if k != "phx_ref" && k != "phx_ref_prev" {
+                    meta.insert(k, v);
+                }
+            }
             let encoded = object(&Value::Object(meta.clone()));
             self.check_meta(&encoded).map_err(Payload::Json)?;
             let Some(slot) = self.app.presence_slot(&self.user, topic) else {
@@ -248,11 +283,16 @@ impl Channel for ConfiguredChannel {
         if rule.push_sockets {
             ctx.count_presence(topics::socket_topic(&socket_id(&self.user)));
         }
+        let mut response = hook_response;
         if rule.reply_rooms {
+            // The built-in key wins over the backend's.
             let rooms = self.app.rooms_of(&self.user);
-            return Ok(Some(Payload::Json(object(&json!({ "rooms": rooms })))));
+            response.insert("rooms".into(), json!(rooms));
         }
-        Ok(None)
+        if response.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Payload::Json(object(&Value::Object(response)))))
     }
 
     fn handle_in(
@@ -261,19 +301,79 @@ impl Channel for ConfiguredChannel {
         payload: Payload,
         ctx: &mut ChannelContext<'_>,
     ) -> HandleIn {
-        let Some(action) = self.rule().events.get(event).copied() else {
+        let rule = self.rule();
+        let rpc = rule.is_rpc(event);
+        let hooked = rule.is_hooked_publish(event);
+        let action = rule.events.get(event).copied();
+        if action.is_none() && !rpc {
             return refuse(ctx, object(&json!({"reason": "unknown_event"})));
-        };
+        }
         if !self.app.allow(self.rule, event, &self.user, ctx.topic()) {
             return refuse(ctx, object(&json!({"reason": "rate_limit_exceeded"})));
         }
+        let Some(action) = action else {
+            // An rpc event: the backend's answer is the reply; nothing else happens.
+            return HandleIn::Reply(match attached::<RpcDecision>(ctx) {
+                Some(RpcDecision::Reply(reply)) => Reply::ok_with(reply.clone()),
+                Some(RpcDecision::Error(why)) => Reply::error(reason(why)),
+                None => Reply::error(reason("hook_unavailable")),
+            });
+        };
         if action.publishes() && !self.app.allow_publish(&self.user) {
             self.app.refused("user_publish_rate");
             return refuse(ctx, object(&json!({"reason": "rate_limit_exceeded"})));
         }
+        let (payload, hook_reply, skip_history) = if hooked {
+            match attached::<PublishDecision>(ctx) {
+                Some(PublishDecision::Allow {
+                    payload: replacement,
+                    reply,
+                    skip_history,
+                }) => (
+                    replacement.clone().unwrap_or(payload),
+                    reply.clone(),
+                    *skip_history,
+                ),
+                Some(PublishDecision::Deny(why)) => {
+                    return refuse(ctx, object(&json!({ "reason": why })))
+                }
+                None => return refuse(ctx, object(&json!({"reason": "hook_unavailable"}))),
+            }
+        } else {
+            (payload, None, false)
+        };
+        let handled = self.run_action(action, event, payload, skip_history, ctx);
+        match (handled, hook_reply) {
+            // The backend's reply data answers an accepted push.
+            (HandleIn::Reply(reply), Some(data)) if reply.status == "ok" => {
+                HandleIn::Reply(Reply::ok_with(data))
+            }
+            (handled, _) => handled,
+        }
+    }
+
+    fn handle_info(&mut self, msg: Info, ctx: &mut ChannelContext<'_>) -> HandleInfo {
+        if let Ok(count) = msg.downcast::<PresenceCount>() {
+            let init = json!({ "user_id": self.user, "sockets": count.count });
+            ctx.push("init", Payload::Json(object(&init)));
+        }
+        HandleInfo::NoReply
+    }
+}
+
+impl ConfiguredChannel {
+    /// Carries out `action` for an accepted push of `event`.
+    fn run_action(
+        &mut self,
+        action: EventAction,
+        event: &str,
+        payload: Payload,
+        skip_history: bool,
+        ctx: &mut ChannelContext<'_>,
+    ) -> HandleIn {
         match action {
-            EventAction::Message => self.handle_message(&payload, ctx),
-            EventAction::Notify => self.handle_notify(&payload, ctx),
+            EventAction::Message => self.handle_message(&payload, skip_history, ctx),
+            EventAction::Notify => self.handle_notify(&payload, skip_history, ctx),
             EventAction::UpdatePresence => self.handle_update_presence(&payload, ctx),
             EventAction::Broadcast => {
                 ctx.broadcast(event, payload);
@@ -286,14 +386,11 @@ impl Channel for ConfiguredChannel {
             EventAction::Echo => HandleIn::Reply(Reply::ok_with(payload)),
         }
     }
+}
 
-    fn handle_info(&mut self, msg: Info, ctx: &mut ChannelContext<'_>) -> HandleInfo {
-        if let Ok(count) = msg.downcast::<PresenceCount>() {
-            let init = json!({ "user_id": self.user, "sockets": count.count });
-            ctx.push("init", Payload::Json(object(&init)));
-        }
-        HandleInfo::NoReply
-    }
+/// What the transport attached to the frame being handled, if it is a `T`.
+fn attached<'c, T: 'static>(ctx: &'c ChannelContext<'_>) -> Option<&'c T> {
+    ctx.attached().and_then(|a| a.downcast_ref::<T>())
 }
 
 /// Answers the push with an error and pushes `error` with the same payload.

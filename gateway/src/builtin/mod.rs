@@ -146,6 +146,30 @@ impl App {
         })
     }
 
+    /// The backend hooks of the rules and `connect` (`[server] connect_hook`):
+    /// `None` when none is configured. Hand them to the server
+    /// (`ServerConfig::hooks`): it calls them and attaches the answers to the
+    /// frames these channels handle.
+    pub fn hooks(
+        &self,
+        connect: Option<&crate::hooks::HookConfig>,
+    ) -> Result<Option<Arc<crate::hooks::Hooks>>, String> {
+        let topics: Vec<crate::hooks::TopicHookConfigs<'_>> = self
+            .rules
+            .iter()
+            .map(|r| crate::hooks::TopicHookConfigs {
+                join: r.join_hook.as_ref(),
+                publish: r.publish_hook.as_ref(),
+                rpc: r.rpc_hook.as_ref(),
+            })
+            .collect();
+        let rules = self.rules.clone();
+        let route =
+            Box::new(move |topic: &str| rules.iter().position(|r| r.matches(topic).is_some()));
+        let hooks = crate::hooks::Hooks::new(connect, &topics, route)?;
+        Ok((!hooks.is_empty()).then(|| Arc::new(hooks)))
+    }
+
     /// A router sending every topic some rule could match to a
     /// [`ConfiguredChannel`].
     pub fn router(self: &Arc<Self>) -> Result<Router, RouteError> {

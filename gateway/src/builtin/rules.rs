@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::hooks::HookConfig;
+
 /// Who may join a topic.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +88,16 @@ pub struct TopicRule {
     /// Most pushes of an event per minute per user and topic, by event.
     #[serde(default)]
     pub rate_limit: BTreeMap<String, u32>,
+    /// A backend asked about every join (README "Backend hooks").
+    #[serde(default)]
+    pub join_hook: Option<HookConfig>,
+    /// A backend asked about every push of its `events` (events of `events`).
+    #[serde(default)]
+    pub publish_hook: Option<HookConfig>,
+    /// A backend that answers every push of its `events` (not in `events`):
+    /// the push is answered with the backend's reply, nothing is broadcast.
+    #[serde(default)]
+    pub rpc_hook: Option<HookConfig>,
 }
 
 /// A pattern segment.
@@ -148,6 +160,20 @@ impl TopicRule {
         }
     }
 
+    /// Whether `event` is one of the `rpc_hook`'s events.
+    pub fn is_rpc(&self, event: &str) -> bool {
+        self.rpc_hook
+            .as_ref()
+            .is_some_and(|h| h.events.iter().any(|e| e == event))
+    }
+
+    /// Whether `event` goes through the `publish_hook`.
+    pub fn is_hooked_publish(&self, event: &str) -> bool {
+        self.publish_hook
+            .as_ref()
+            .is_some_and(|h| h.events.iter().any(|e| e == event))
+    }
+
     /// Checks the rule against itself and the history bound.
     pub fn check(&self, history_cap: usize) -> Result<(), String> {
         let segments = self.segments();
@@ -196,10 +222,39 @@ impl TopicRule {
         {
             return Err("`update_presence` needs `presence = true`".into());
         }
-        for (event, limit) in &self.rate_limit {
-            if !self.events.contains_key(event) {
+        if let Some(hook) = &self.join_hook {
+            hook.check().map_err(|e| format!("join_hook: {e}"))?;
+            if !hook.events.is_empty() {
+                return Err("join_hook: `events` is for publish_hook and rpc_hook".into());
+            }
+        }
+        if let Some(hook) = &self.publish_hook {
+            hook.check().map_err(|e| format!("publish_hook: {e}"))?;
+            if hook.events.is_empty() {
+                return Err("publish_hook: `events` must list the events it decides on".into());
+            }
+            if let Some(e) = hook.events.iter().find(|e| !self.events.contains_key(*e)) {
+                return Err(format!("publish_hook: event {e:?} is not in `events`"));
+            }
+        }
+        if let Some(hook) = &self.rpc_hook {
+            hook.check().map_err(|e| format!("rpc_hook: {e}"))?;
+            if hook.events.is_empty() {
+                return Err("rpc_hook: `events` must list the events it answers".into());
+            }
+            if let Some(e) = hook.events.iter().find(|e| self.events.contains_key(*e)) {
                 return Err(format!(
-                    "rate_limit for {event:?}, which is not in `events`"
+                    "rpc_hook: event {e:?} is also in `events` (an event is either one)"
+                ));
+            }
+            if let Some(e) = hook.events.iter().find(|e| e.starts_with("phx_")) {
+                return Err(format!("rpc_hook: event {e:?} is reserved"));
+            }
+        }
+        for (event, limit) in &self.rate_limit {
+            if !self.events.contains_key(event) && !self.is_rpc(event) {
+                return Err(format!(
+                    "rate_limit for {event:?}, which is not in `events` nor rpc_hook.events"
                 ));
             }
             if *limit == 0 {
@@ -225,6 +280,9 @@ mod tests {
             reply_rooms: false,
             events: BTreeMap::new(),
             rate_limit: BTreeMap::new(),
+            join_hook: None,
+            publish_hook: None,
+            rpc_hook: None,
         }
     }
 
@@ -258,5 +316,69 @@ mod tests {
         assert!(r.check(100).unwrap_err().contains("typo"));
         assert!(rule("{id}").check(100).is_err());
         assert!(rule("room:*").check(100).is_err());
+    }
+
+    fn hook(url: &str, events: &[&str]) -> HookConfig {
+        HookConfig {
+            url: url.into(),
+            timeout_ms: 1000,
+            forward_headers: Vec::new(),
+            max_concurrency: 8,
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn checks_catch_inconsistent_hooks() {
+        let mut r = rule("room:{id}");
+        r.events.insert("shout".into(), EventAction::Broadcast);
+        r.join_hook = Some(hook("http://127.0.0.1:9000/join", &[]));
+        r.publish_hook = Some(hook("http://127.0.0.1:9000/p", &["shout"]));
+        r.rpc_hook = Some(hook("https://backend.example/rpc", &["ask"]));
+        r.rate_limit.insert("ask".into(), 10);
+        assert_eq!(r.check(100), Ok(()));
+        assert!(r.is_rpc("ask") && !r.is_rpc("shout"));
+        assert!(r.is_hooked_publish("shout") && !r.is_hooked_publish("ask"));
+
+        let bad = |f: &dyn Fn(&mut TopicRule), needle: &str| {
+            let mut b = r.clone();
+            f(&mut b);
+            let e = b.check(100).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        bad(&|b| b.join_hook = Some(hook("ftp://x/join", &[])), "http");
+        bad(&|b| b.join_hook = Some(hook("not a url", &[])), "url");
+        bad(
+            &|b| b.join_hook = Some(hook("http://x/", &["shout"])),
+            "events",
+        );
+        bad(
+            &|b| b.publish_hook = Some(hook("http://x/", &[])),
+            "must list",
+        );
+        bad(
+            &|b| b.publish_hook = Some(hook("http://x/", &["nope"])),
+            "not in `events`",
+        );
+        bad(
+            &|b| b.rpc_hook = Some(hook("http://x/", &["shout"])),
+            "also in `events`",
+        );
+        bad(
+            &|b| b.rpc_hook = Some(hook("http://x/", &["phx_join"])),
+            "reserved",
+        );
+        bad(
+            &|b| b.join_hook.as_mut().unwrap().timeout_ms = 0,
+            "timeout_ms",
+        );
+        bad(
+            &|b| b.join_hook.as_mut().unwrap().max_concurrency = 0,
+            "max_concurrency",
+        );
+        bad(
+            &|b| b.join_hook.as_mut().unwrap().forward_headers = vec!["bad header".into()],
+            "header",
+        );
     }
 }

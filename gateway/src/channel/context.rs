@@ -22,6 +22,7 @@ pub struct ChannelContext<'a> {
     socket_id: Option<&'a str>,
     assigns: &'a Assigns,
     presence: &'a [PresenceEntry],
+    attached: Option<&'a (dyn Any + Send)>,
     effects: Vec<Effect>,
 }
 
@@ -51,6 +52,14 @@ impl<'a> ChannelContext<'a> {
     /// The assigns the connection was authenticated with (user id, roles, ...).
     pub fn assigns(&self) -> &Assigns {
         self.assigns
+    }
+
+    /// What the transport attached to the client frame being handled (`join` and
+    /// `handle_in` only), e.g. a backend hook's answer
+    /// ([`Session::handle_frame_with`](crate::socket::Session::handle_frame_with)).
+    /// Channels downcast it to the types they expect.
+    pub fn attached(&self) -> Option<&(dyn Any + Send)> {
+        self.attached
     }
 
     /// `push(socket, event, payload)`: `[join_ref, null, topic, event, payload]` to
@@ -218,8 +227,14 @@ impl<'a> ChannelContext<'a> {
             socket_id: scope.socket_id,
             assigns: scope.assigns,
             presence: scope.presence,
+            attached: None,
             effects: Vec::new(),
         }
+    }
+
+    pub(crate) fn with_attached(mut self, attached: Option<&'a (dyn Any + Send)>) -> Self {
+        self.attached = attached;
+        self
     }
 
     pub(crate) fn into_effects(self) -> Vec<Effect> {

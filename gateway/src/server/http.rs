@@ -54,7 +54,7 @@ pub(crate) async fn handle(
         (&Method::GET, DASHBOARD_SOCKET_PATH) => dashboard::socket::upgrade(&mut req, shared, done),
         (&Method::GET, READY_PATH) => health::ready(&shared).await,
         (&Method::GET, METRICS_PATH) => metrics::respond(&shared).await,
-        (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done),
+        (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done).await,
         (_, WEBSOCKET_PATH) => text(StatusCode::BAD_REQUEST, ""),
         (_, LONGPOLL_PATH) => longpoll::handle(req, shared, done).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -247,6 +247,12 @@ impl Metrics {
         }
     }
 
+    /// Shows the backend hooks' counters (`chorus_hook_calls_total`,
+    /// `chorus_hook_duration_seconds`).
+    pub fn register_hooks(&mut self, hooks: &crate::hooks::HookMetrics) {
+        hooks.register(&mut self.registry);
+    }
+
     /// Counts one `POST /api/broadcast` by outcome (`sent` or `duplicate`).
     pub(crate) fn api_broadcast(&self, outcome: &'static str) {
         self.api_broadcasts

@@ -57,6 +57,7 @@ pub use transport::close;
 pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
+use crate::hooks::Hooks;
 use crate::limits::{ClientLimits, ConnectionLimiter, ConnectionLimits, LimitCounter};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
@@ -129,6 +130,9 @@ pub struct ServerConfig {
     /// handshake counts against `handshake_timeout` and `max_connections` like
     /// the HTTP request headers that follow it.
     pub tls: Option<Arc<ServerTls>>,
+    /// Backend hooks (connect, join, publish, rpc) and their counters, shown in
+    /// `/metrics`; `None` (the default): no hooks.
+    pub hooks: Option<Arc<Hooks>>,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             limit_counter: LimitCounter::default(),
             dashboard: true,
             tls: None,
+            hooks: None,
         }
     }
 }
@@ -229,7 +234,10 @@ impl Server {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
         let hub = Hub::new(engine, origin);
-        let metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
+        let mut metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
+        if let Some(hooks) = &config.hooks {
+            metrics.register_hooks(hooks.metrics());
+        }
         let api = config.api_key.clone().map(api::Api::new);
         Self {
             shared: Arc::new(Shared {

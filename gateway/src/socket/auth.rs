@@ -24,6 +24,14 @@ pub struct Denied;
 pub trait Authenticator: Send + Sync + 'static {
     /// Decides on a connect request from its `params` and optional `auth_token`.
     fn connect(&self, params: &Assigns, auth_token: Option<&str>) -> Result<SocketInfo, Denied>;
+
+    /// Whether the request carries credentials this authenticator decides on
+    /// (a token). Without, a server with a backend connect hook asks the hook
+    /// instead. By default: whether there is an `auth_token`.
+    fn has_credentials(&self, params: &Assigns, auth_token: Option<&str>) -> bool {
+        let _ = params;
+        auth_token.is_some()
+    }
 }
 
 /// Accepts everyone, sets no socket id, and exposes the connect params as assigns

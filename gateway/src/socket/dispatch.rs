@@ -38,6 +38,7 @@ impl Session {
         topic: String,
         event: String,
         payload: Payload,
+        attached: Option<Info>,
     ) {
         let Some(entry) = self.channels.get(&topic) else {
             let unmatched = Reply::error(reason("unmatched topic"));
@@ -47,7 +48,7 @@ impl Session {
         if is_stale(join_ref.as_ref(), &entry.join_ref) {
             return;
         }
-        self.run(&topic, ref_.as_ref(), |channel, ctx| {
+        self.run(&topic, ref_.as_ref(), attached, |channel, ctx| {
             channel.handle_in(&event, payload, ctx).into()
         });
     }
@@ -67,7 +68,7 @@ impl Session {
                 let frame = msg.for_vsn(self.outbox.vsn, self.config.binary_frames);
                 self.outbox.transmit.extend(frame);
             }
-            Ok(true) => self.run(topic, None, |channel, ctx| {
+            Ok(true) => self.run(topic, None, None, |channel, ctx| {
                 channel.handle_out(event, msg.payload(), ctx).into()
             }),
             Err(_) => self.crash(topic, Vec::new()),
@@ -81,7 +82,7 @@ impl Session {
             Some(entry) if join_ref.is_none_or(|j| *j == entry.join_ref) => {}
             _ => return false,
         }
-        self.run(topic, None, |channel, ctx| {
+        self.run(topic, None, None, |channel, ctx| {
             channel.handle_info(msg, ctx).into()
         });
         true
@@ -97,7 +98,8 @@ impl Session {
 
     /// Runs one callback of the joined channel on `topic` under `catch_unwind`, then
     /// carries out its effects in order, its reply (to `msg_ref`), and its stop.
-    fn run<F>(&mut self, topic: &str, msg_ref: Option<&Ref>, callback: F)
+    /// `attached` is what the transport attached to the client frame, if any.
+    fn run<F>(&mut self, topic: &str, msg_ref: Option<&Ref>, attached: Option<Info>, callback: F)
     where
         F: FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> Callback,
     {
@@ -111,7 +113,8 @@ impl Session {
             socket_id: self.id.as_deref(),
             assigns: &self.assigns,
             presence: &entry.presence,
-        });
+        })
+        .with_attached(attached.as_deref());
         let channel = entry.channel.as_mut();
         let result = catch_unwind(AssertUnwindSafe(|| callback(channel, &mut ctx)));
         let mut effects = ctx.into_effects();

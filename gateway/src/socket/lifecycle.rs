@@ -56,6 +56,7 @@ impl Session {
         ref_: Option<Ref>,
         topic: String,
         payload: Payload,
+        attached: Option<crate::channel::Info>,
     ) {
         let old_close = match self.channels.remove(&topic) {
             Some(old) => self.end(&topic, *old, StopReason::DuplicateJoin),
@@ -93,7 +94,8 @@ impl Session {
             socket_id: self.id.as_deref(),
             assigns: &self.assigns,
             presence: &[],
-        });
+        })
+        .with_attached(attached.as_deref());
         let result = catch_unwind(AssertUnwindSafe(|| channel.join(&topic, payload, &mut ctx)));
         let mut effects = ctx.into_effects();
         let vsn = self.outbox.vsn;

@@ -148,6 +148,18 @@ impl Session {
     /// topic over 255 bytes (which the decoders already refuse); the transport closes
     /// the connection on an error, as for a frame that does not decode.
     pub fn handle_frame(&mut self, frame: InFrame) -> Result<(), FrameError> {
+        self.handle_frame_with(frame, None)
+    }
+
+    /// [`Session::handle_frame`] with `attached` handed to the channel's `join` or
+    /// `handle_in` for this frame ([`ChannelContext::attached`](crate::channel::ChannelContext::attached)):
+    /// what the transport learned about the frame before handing it in (a backend
+    /// hook's answer). Ignored by the other events.
+    pub fn handle_frame_with(
+        &mut self,
+        frame: InFrame,
+        attached: Option<Info>,
+    ) -> Result<(), FrameError> {
         let InFrame {
             join_ref,
             ref_,
@@ -171,13 +183,24 @@ impl Session {
                 let join_ref = join_ref
                     .or_else(|| ref_.clone())
                     .unwrap_or_else(|| Ref::string(""));
-                self.join(join_ref, ref_, topic, payload);
+                self.join(join_ref, ref_, topic, payload, attached);
             }
             "phx_leave" => self.leave(join_ref, ref_, topic),
-            _ => self.message(join_ref, ref_, topic, event, payload),
+            _ => self.message(join_ref, ref_, topic, event, payload, attached),
         }
         self.drain_infos();
         Ok(())
+    }
+
+    /// Answers a client frame with `reply` (its join_ref and ref, as
+    /// [`Session::refuse_frame`] does) without handing it to a channel.
+    pub fn reply_frame(&mut self, frame: &InFrame, reply: &crate::channel::Reply) {
+        let join_ref = match (&frame.join_ref, frame.event.as_str()) {
+            (None, "phx_join") => frame.ref_.as_ref(),
+            (join_ref, _) => join_ref.as_ref(),
+        };
+        self.outbox
+            .reply(join_ref, frame.ref_.as_ref(), &frame.topic, reply);
     }
 
     /// Answers a client frame the transport refuses to handle (a limit was

@@ -107,3 +107,31 @@ fn fanout_with_a_stalled_subscriber_counts_its_cut() {
     let cut = r["slow_consumer_disconnects"].as_u64();
     assert!(cut.is_some_and(|n| n >= 1), "the stalled one was cut: {r}");
 }
+
+#[test]
+fn hooks_joins_call_the_backend_once_each() {
+    let r = load(&["hooks", "--joins", "20", "--conns", "4", "--delay-ms", "1"]);
+    assert_eq!(
+        (
+            r["ok"].as_u64(),
+            r["errors"].as_u64(),
+            r["backend_calls"].as_u64()
+        ),
+        (Some(20), Some(0), Some(20)),
+        "{r}"
+    );
+    let r = load(&[
+        "hooks",
+        "--joins",
+        "20",
+        "--conns",
+        "4",
+        "--topic-prefix",
+        "load",
+    ]);
+    assert_eq!(
+        (r["ok"].as_u64(), r["backend_calls"].as_u64()),
+        (Some(20), Some(0)),
+        "{r}"
+    );
+}

@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod edge;
 mod fanout;
+mod hooks;
 mod longpoll;
 mod process;
 mod protocol;

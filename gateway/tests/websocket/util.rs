@@ -99,6 +99,9 @@ impl NodeBuilder {
                 let app = chorus_gateway::builtin::App::new(app_config, engine.records().clone());
                 config.rooms = Some(app.clone());
                 config.limit_counter = app.limit_counter();
+                config.hooks = app
+                    .hooks(app_config.server.connect_hook.as_ref())
+                    .map_err(|e| anyhow!(e))?;
                 app.router()?
             }
             None => demo_router()?,

@@ -11,7 +11,9 @@
 //! - `ping`: connections pushing an echoed event with pushes in flight;
 //!   round-trip times and replies per second;
 //! - `storm`: K clients joining one presence topic; when each client's
-//!   presence view holds all K users, frames and bytes received.
+//!   presence view holds all K users, frames and bytes received;
+//! - `hooks`: joins of a topic with a backend `join_hook` (a backend in this
+//!   process answering in `--delay-ms`): joins per second and join latency.
 //!
 //! `--spawn BIN` starts a fresh `chorus` per scenario with
 //! `gateway/bench/load.toml` on a free port of 127.0.0.1; `--url` points at a
@@ -21,6 +23,7 @@
 
 mod client;
 mod fanout;
+mod hooks;
 mod idle;
 mod ping;
 mod server;
@@ -82,6 +85,8 @@ enum Scenario {
     Ping(ping::PingArgs),
     /// Many clients joining one presence topic.
     Storm(storm::StormArgs),
+    /// Join throughput with a backend join hook.
+    Hooks(hooks::HooksArgs),
 }
 
 /// What every scenario gets: where to connect and the server's pid.
@@ -119,8 +124,23 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     client::now_us();
+    // The hooks scenario's backend runs before the server, which is told its address.
+    let backend = match &cli.scenario {
+        Scenario::Hooks(args) => Some(
+            hooks::Backend::start(
+                args.backend,
+                std::time::Duration::from_millis(args.delay_ms),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let extra = backend
+        .as_ref()
+        .map(hooks::Backend::config)
+        .unwrap_or_default();
     let spawned = match &cli.spawn {
-        Some(bin) => Some(Spawned::start(bin, &cli.token_secret).await?),
+        Some(bin) => Some(Spawned::start(bin, &cli.token_secret, &extra).await?),
         None => None,
     };
     let (url, pid) = match (&spawned, &cli.url) {
@@ -141,6 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Fanout(args) => print(cli.json, &fanout::run(&ctx, args).await?),
         Scenario::Ping(args) => print(cli.json, &ping::run(&ctx, args).await?),
         Scenario::Storm(args) => print(cli.json, &storm::run(&ctx, args).await?),
+        Scenario::Hooks(args) => {
+            let backend = backend.as_ref().expect("started above");
+            print(cli.json, &hooks::run(&ctx, args, backend).await?)
+        }
     }
     drop(spawned);
     Ok(())

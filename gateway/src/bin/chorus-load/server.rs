@@ -22,16 +22,16 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    /// Starts `bin --config <CONFIG> --listen 127.0.0.1:<free>` with the token
-    /// secret, and waits until `GET /healthz` answers 200.
-    pub async fn start(bin: &Path, token_secret: &str) -> anyhow::Result<Self> {
+    /// Starts `bin --config <CONFIG + extra> --listen 127.0.0.1:<free>` with the
+    /// token secret, and waits until `GET /healthz` answers 200.
+    pub async fn start(bin: &Path, token_secret: &str, extra: &str) -> anyhow::Result<Self> {
         let addr = free_port()?;
         let config = std::env::temp_dir().join(format!(
             "chorus-load-{}-{}.toml",
             std::process::id(),
             addr.port()
         ));
-        std::fs::write(&config, CONFIG).context("writing the server config")?;
+        std::fs::write(&config, format!("{CONFIG}{extra}")).context("writing the server config")?;
         let child = Command::new(bin)
             .arg("--config")
             .arg(&config)

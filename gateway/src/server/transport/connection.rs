@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use super::driver::{Exit, SessionDriver};
+use super::driver::{Exit, HookAnswer, SessionDriver};
 use crate::cluster::mailbox::{Budget, Inbound};
 use crate::limits::ByteLimiter;
 use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame};
@@ -71,6 +71,8 @@ enum WsEvent {
     Drain,
     Overflow,
     Inbound(Inbound),
+    /// A backend hook answered about a held frame.
+    HookAnswer(HookAnswer),
     Frame(Option<Result<Message, WsError>>),
     /// The byte-rate pause is over: read again.
     Resume,
@@ -89,7 +91,8 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// A connection for an upgraded socket. Boxed, and built outside the task's
+    /// A connection for an upgraded socket (`hook_headers`: its connect request's
+    /// headers some backend hook forwards). Boxed, and built outside the task's
     /// future: values moved into an `async fn` keep their argument slot for the
     /// whole life of the future, so passing the session and socket by value would
     /// store them twice in every idle connection's task.
@@ -98,8 +101,10 @@ where
         conn: u64,
         session: Box<Session>,
         ws: WebSocketStream<S>,
+        hook_headers: Vec<(String, String)>,
     ) -> Box<Self> {
-        let driver = SessionDriver::new(shared.clone(), conn, *session, true);
+        let driver =
+            SessionDriver::new(shared.clone(), conn, *session, true).with_hooks(hook_headers);
         let out = Outgoing::new(driver.budget().clone(), shared.config.write_batch);
         Box::new(Connection { driver, ws, out })
     }
@@ -158,6 +163,7 @@ where
                 return Exit::SlowConsumer;
             }
             let (ws, out) = (&mut self.ws, &mut self.out);
+            let (inbound, hook_answer) = self.driver.events();
             // The socket comes before the deliveries so that, under a flood of
             // deliveries, queued frames are still written on every turn; it
             // yields after a batch of client frames so deliveries get theirs.
@@ -166,7 +172,8 @@ where
                 _ = drain.notified() => WsEvent::Drain,
                 _ = budget.notify.notified() => WsEvent::Overflow,
                 event = poll_fn(|cx| poll_socket(ws, out, resume.is_none(), cx)) => event,
-                item = self.driver.recv() => WsEvent::Inbound(item),
+                item = inbound => WsEvent::Inbound(item),
+                answer = hook_answer => WsEvent::HookAnswer(answer),
                 _ = sleep_until(resume.unwrap_or(deadline)), if resume.is_some() => WsEvent::Resume,
                 _ = sleep_until(deadline) => WsEvent::Idle,
             };
@@ -174,6 +181,7 @@ where
                 WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
                 WsEvent::Overflow => Err(Exit::SlowConsumer),
                 WsEvent::Inbound(item) => self.handle_inbound(item).await,
+                WsEvent::HookAnswer(answer) => self.handle_hook_answer(answer).await,
                 WsEvent::WriteFailed => Err(Exit::Gone),
                 WsEvent::Resume => {
                     resume = None;
@@ -214,6 +222,14 @@ where
             };
             self.driver.handle_inbound(item).await?;
         }
+        self.flush()
+    }
+
+    async fn handle_hook_answer(&mut self, answer: HookAnswer) -> Result<(), Exit> {
+        if let Err(e) = self.driver.handle_hook_answer(answer) {
+            return Err(self.invalid(&e));
+        }
+        self.driver.run_actions().await?;
         self.flush()
     }
 

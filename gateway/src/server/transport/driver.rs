@@ -7,17 +7,21 @@
 //! The WebSocket [`Connection`](super::connection) and the LongPoll session task
 //! each own one [`SessionDriver`]; they differ only in how frames arrive and leave.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, warn};
 
 use super::close;
-use crate::channel::{Action, PresenceCount};
+use crate::channel::{Action, Info, PresenceCount};
 use crate::cluster::mailbox::{Budget, Inbound, Inbox, Mailbox, Taken};
 use crate::cluster::render::{entries, state_json};
 use crate::cluster::Hub;
+use crate::hooks::Hooks;
 use crate::limits::{FrameLimiter, FrameVerdict};
 use crate::protocol::{check_json, FrameError, InFrame, OutFrame, Payload, Ref};
 use crate::server::metrics::{Transport, TransportMetrics};
@@ -54,6 +58,27 @@ pub(crate) struct SessionDriver {
     frames: FrameLimiter,
     /// This transport's counters.
     pub(crate) metrics: TransportMetrics,
+    /// Frames waiting for a backend hook; `None` when no topic hook is configured.
+    hooks: Option<Box<HookState>>,
+}
+
+/// Frames queued behind a hook call on one topic, most: beyond, a frame is
+/// answered `{"reason":"hook_backlog"}`.
+pub(crate) const MAX_WAITING_FRAMES: usize = 64;
+
+/// A hook's answer about a frame: the frame and the decision to attach to it.
+pub(crate) type HookAnswer = (InFrame, Info);
+
+/// The join, publish and rpc hooks of one client. A frame that needs a hook is
+/// held while the hook is called, and so is every later frame on the same topic
+/// (the client's per-topic order holds); other topics go on meanwhile.
+struct HookState {
+    hooks: Arc<Hooks>,
+    /// The connect request's headers some hook forwards.
+    headers: Vec<(String, String)>,
+    /// Topics with a hook call in flight, and the frames waiting behind it.
+    waiting: HashMap<String, VecDeque<InFrame>>,
+    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = HookAnswer> + Send>>>,
 }
 
 impl SessionDriver {
@@ -96,7 +121,25 @@ impl SessionDriver {
             tracked_any: false,
             frames,
             metrics,
+            hooks: None,
         }
+    }
+
+    /// Routes this client's frames through the topic hooks, if any is
+    /// configured; `headers` are its connect request's (from
+    /// [`Hooks::capture_headers`]).
+    pub(crate) fn with_hooks(mut self, headers: Vec<(String, String)>) -> Self {
+        if let Some(hooks) = self.shared.config.hooks.clone() {
+            if hooks.has_topic_hooks() {
+                self.hooks = Some(Box::new(HookState {
+                    hooks,
+                    headers,
+                    waiting: HashMap::new(),
+                    inflight: FuturesUnordered::new(),
+                }));
+            }
+        }
+        self
     }
 
     /// Counts one decoded client frame and holds it to the client limits:
@@ -146,11 +189,103 @@ impl SessionDriver {
     }
 
     /// Hands one admitted client frame ([`SessionDriver::admit`]) to the
-    /// session, counting the join outcomes it caused.
+    /// session, counting the join outcomes it caused. A frame that needs a backend hook (a join, publish or rpc hook) is held
+    /// until the hook answers ([`SessionDriver::events`]), and so are the
+    /// frames on its topic that follow it.
     pub(crate) fn handle_frame(&mut self, frame: InFrame) -> Result<(), FrameError> {
+        let Some(frame) = self.hold(frame) else {
+            return Ok(());
+        };
         let handled = self.session.handle_frame(frame);
         self.metrics.record_joins(self.session.take_join_counts());
         handled
+    }
+
+    /// Queues `frame` behind its topic's hook call, or starts a hook call for
+    /// it; gives it back when it is to be handled now.
+    fn hold(&mut self, frame: InFrame) -> Option<InFrame> {
+        let Some(state) = self.hooks.as_deref_mut() else {
+            return Some(frame);
+        };
+        if let Some(queue) = state.waiting.get_mut(&frame.topic) {
+            if queue.len() >= MAX_WAITING_FRAMES {
+                debug!(
+                    conn = self.conn,
+                    topic = frame.topic,
+                    "refusing a frame: too many waiting for a hook"
+                );
+                self.session.refuse_frame(&frame, "hook_backlog");
+            } else {
+                queue.push_back(frame);
+            }
+            return None;
+        }
+        let joined = self
+            .session
+            .joined(&frame.topic)
+            .is_some_and(|current| frame.join_ref.as_ref().is_none_or(|j| j == current));
+        let Some((kind, rule)) = state.hooks.for_frame(&frame, joined) else {
+            return Some(frame);
+        };
+        let call = state
+            .hooks
+            .call(kind, rule, &frame, self.session.assigns(), &state.headers);
+        state.waiting.insert(frame.topic.clone(), VecDeque::new());
+        state.inflight.push(Box::pin(async move {
+            let decision = call.await;
+            (frame, decision)
+        }));
+        None
+    }
+
+    /// The next delivery from the hub, and the next hook answer (pending
+    /// forever when no hook call is in flight): two cancel-safe futures to
+    /// select on.
+    pub(crate) fn events(
+        &mut self,
+    ) -> (
+        impl Future<Output = Inbound> + '_,
+        impl Future<Output = HookAnswer> + '_,
+    ) {
+        let (taken, inbox, hooks) = (&mut self.taken, &self.inbox, &mut self.hooks);
+        let answer = async move {
+            match hooks.as_deref_mut() {
+                Some(state) if !state.inflight.is_empty() => match state.inflight.next().await {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                },
+                _ => std::future::pending().await,
+            }
+        };
+        (taken.recv(inbox), answer)
+    }
+
+    /// Hands a frame to the session with its hook's answer, then the frames
+    /// that waited behind it (until one needs a hook again).
+    pub(crate) fn handle_hook_answer(&mut self, answer: HookAnswer) -> Result<(), FrameError> {
+        let (frame, decision) = answer;
+        let topic = frame.topic.clone();
+        // The topic is free again whatever happens to this frame.
+        let mut queue = match self.hooks.as_deref_mut() {
+            Some(state) => state.waiting.remove(&topic).unwrap_or_default(),
+            None => VecDeque::new(),
+        };
+        let handled = self.session.handle_frame_with(frame, Some(decision));
+        self.metrics.record_joins(self.session.take_join_counts());
+        handled?;
+        while let Some(frame) = queue.pop_front() {
+            let Some(frame) = self.hold(frame) else {
+                // A hook call started again: the rest waits behind it.
+                if let Some(state) = self.hooks.as_deref_mut() {
+                    state.waiting.entry(topic).or_default().extend(queue);
+                }
+                break;
+            };
+            let handled = self.session.handle_frame(frame);
+            self.metrics.record_joins(self.session.take_join_counts());
+            handled?;
+        }
+        Ok(())
     }
 
     /// The client's outbound byte budget.
@@ -177,11 +312,6 @@ impl SessionDriver {
             }
         }
         Ok(())
-    }
-
-    /// The next delivery from the hub. Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> Inbound {
-        self.taken.recv(&self.inbox).await
     }
 
     /// The next delivery if one is waiting.

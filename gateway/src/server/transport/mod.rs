@@ -21,3 +21,35 @@ pub mod origin;
 pub mod websocket;
 
 pub use connection::close;
+
+use hyper::HeaderMap;
+
+use crate::channel::Assigns;
+use crate::server::Shared;
+use crate::socket::{Denied, SocketInfo};
+
+/// A connect request's verdict, and its headers that some backend hook
+/// forwards. With a `connect_hook` configured and no credentials in the
+/// request ([`Authenticator::has_credentials`](crate::socket::Authenticator::has_credentials):
+/// no token), the hook decides; otherwise the authenticator does (a token,
+/// valid or not, never reaches the hook), as Centrifugo's connect proxy.
+pub(crate) async fn authenticate(
+    shared: &Shared,
+    params: &Assigns,
+    auth_token: Option<&str>,
+    headers: &HeaderMap,
+) -> (Result<SocketInfo, Denied>, Vec<(String, String)>) {
+    let Some(hooks) = &shared.config.hooks else {
+        return (shared.auth.connect(params, auth_token), Vec::new());
+    };
+    let captured = hooks.capture_headers(headers);
+    let verdict = if hooks.has_connect() && !shared.auth.has_credentials(params, auth_token) {
+        match hooks.connect(params, &captured).await {
+            Some(verdict) => verdict,
+            None => shared.auth.connect(params, auth_token),
+        }
+    } else {
+        shared.auth.connect(params, auth_token)
+    };
+    (verdict, captured)
+}

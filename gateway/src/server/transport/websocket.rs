@@ -41,7 +41,7 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-pub(crate) fn upgrade(
+pub(crate) async fn upgrade(
     req: &mut Request<Incoming>,
     shared: Arc<Shared>,
     done: tokio::sync::mpsc::Sender<()>,
@@ -88,7 +88,9 @@ pub(crate) fn upgrade(
         .as_ref()
         .and_then(|s| s.auth_token.as_deref())
         .or(bearer);
-    let Ok(info) = shared.auth.connect(&query.params(), auth_token) else {
+    let (verdict, hook_headers) =
+        super::authenticate(&shared, &query.params(), auth_token, headers).await;
+    let Ok(info) = verdict else {
         debug!("refusing connect: denied by the authenticator");
         return text(StatusCode::FORBIDDEN, "");
     };
@@ -139,7 +141,7 @@ pub(crate) fn upgrade(
             let drain = Arc::new(Notify::new());
             shared.register(conn, drain.clone());
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            Connection::new(shared.clone(), conn, session, ws)
+            Connection::new(shared.clone(), conn, session, ws, hook_headers)
                 .run(drain)
                 .await;
             shared.unregister(conn);

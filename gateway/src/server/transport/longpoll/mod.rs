@@ -287,11 +287,11 @@ async fn poll(
             Forwarded::Gone => json_response(status::GONE, None, Some(&[][..])),
         };
     }
-    new_session(req.headers(), &query, shared, done)
+    new_session(req.headers(), &query, shared, done).await
 }
 
 /// Connects and starts a session on this node: 410 with its token.
-fn new_session(
+async fn new_session(
     headers: &HeaderMap,
     query: &Query,
     shared: &Arc<Shared>,
@@ -302,7 +302,9 @@ fn new_session(
         return json_response(status::FORBIDDEN, None, None);
     };
     let auth_token = auth_header(headers);
-    let Ok(info) = shared.auth.connect(&query.params(), auth_token) else {
+    let (verdict, hook_headers) =
+        super::authenticate(shared, &query.params(), auth_token, headers).await;
+    let Ok(info) = verdict else {
         debug!("LongPoll: refusing connect: denied by the authenticator");
         return json_response(status::FORBIDDEN, None, None);
     };
@@ -334,7 +336,7 @@ fn new_session(
         window: shared.config.longpoll_window,
         timeout: shared.config.longpoll_timeout,
     };
-    let driver = SessionDriver::new(shared.clone(), conn, session, false);
+    let driver = SessionDriver::new(shared.clone(), conn, session, false).with_hooks(hook_headers);
     let task_shared = shared.clone();
     tokio::spawn(
         async move {

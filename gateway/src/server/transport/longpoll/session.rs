@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use crate::limits::ByteLimiter;
 use crate::protocol::{decode_binary, decode_text, FrameError, InFrame, OutFrame, Vsn};
 use crate::server::transport::close;
-use crate::server::transport::driver::{Exit, SessionDriver};
+use crate::server::transport::driver::{Exit, HookAnswer, SessionDriver};
 
 /// Most lines of one POST that are processed; the rest are dropped (as Phoenix).
 pub const MAX_LINES: usize = 100;
@@ -97,6 +97,7 @@ enum LpEvent {
     Overflow,
     Request(Option<LpRequest>),
     Inbound(crate::cluster::mailbox::Inbound),
+    HookAnswer(HookAnswer),
     PollGone,
     Timer,
 }
@@ -183,12 +184,14 @@ impl LpSession {
             };
             let wake = self.resume.map_or(wake, |resume| wake.min(resume));
             let paused = self.resume.is_some();
+            let (inbound, hook_answer) = self.driver.events();
             let event = tokio::select! {
                 biased;
                 _ = drain.notified() => LpEvent::Drain,
                 _ = budget.notify.notified() => LpEvent::Overflow,
                 request = self.requests.recv(), if !paused => LpEvent::Request(request),
-                item = self.driver.recv() => LpEvent::Inbound(item),
+                item = inbound => LpEvent::Inbound(item),
+                answer = hook_answer => LpEvent::HookAnswer(answer),
                 _ = poll_gone(&mut self.held) => LpEvent::PollGone,
                 _ = sleep_until(wake) => LpEvent::Timer,
             };
@@ -201,6 +204,7 @@ impl LpSession {
                     Ok(()) => self.collect(),
                     Err(exit) => Err(exit),
                 },
+                LpEvent::HookAnswer(answer) => self.handle_hook_answer(answer).await,
                 LpEvent::PollGone => {
                     self.held = None;
                     self.last_poll = Instant::now();
@@ -212,6 +216,17 @@ impl LpSession {
                 return exit;
             }
         }
+    }
+
+    /// A backend hook answered about a held frame: it runs now, and the frames
+    /// that waited behind it. (A frame that decoded cannot fail here but for a
+    /// topic too long, which the decoder refuses first.)
+    async fn handle_hook_answer(&mut self, answer: HookAnswer) -> Result<(), Exit> {
+        if let Err(e) = self.driver.handle_hook_answer(answer) {
+            warn!(conn = self.driver.conn, error = %e, "LongPoll: dropping a held frame");
+        }
+        self.driver.run_actions().await?;
+        self.collect()
     }
 
     fn handle_timer(&mut self) -> Result<(), Exit> {
