@@ -14,7 +14,8 @@
 //! frames in and out so far ([`super::metrics::Metrics::client_totals`]), its
 //! gossip traffic and queue overflows ([`EngineHandle::stats`]), the members it
 //! sees and their state, and its busiest topics with their local subscribers
-//! and cluster-wide presence counts. The cluster's pub/sub carries every
+//! and cluster-wide presence counts, and with backend hooks configured each
+//! hook's calls and failures. The cluster's pub/sub carries every
 //! node's snapshot to each page, whatever node it is connected to; the page
 //! turns totals into rates. A node that stops stops publishing; the member
 //! states shown are those of the node the page is connected to.
@@ -171,7 +172,24 @@ pub(crate) async fn snapshot(shared: &Shared) -> Value {
         topics.push(json!({"topic": topic, "subscribers": subscribers, "presences": presences}));
     }
     body["topics"] = Value::Array(topics);
+    if let Some(hooks) = &shared.config.hooks {
+        body["hooks"] = hook_totals(hooks.metrics());
+    }
     body
+}
+
+/// Per backend hook (`connect`, `join`, `publish`, `rpc`), its calls and those
+/// that failed (timed out, errored, or refused by the open breaker).
+fn hook_totals(metrics: &crate::hooks::HookMetrics) -> Value {
+    use crate::hooks::Outcome;
+    let mut hooks = serde_json::Map::new();
+    for hook in ["connect", "join", "publish", "rpc"] {
+        let count = |outcome| metrics.count(hook, outcome);
+        let failed = count(Outcome::Timeout) + count(Outcome::Error) + count(Outcome::CircuitOpen);
+        let calls = failed + count(Outcome::Allow) + count(Outcome::Deny);
+        hooks.insert(hook.into(), json!({"calls": calls, "failed": failed}));
+    }
+    Value::Object(hooks)
 }
 
 /// `up`, `suspect` (up, silent for [`SUSPECT_AFTER`]) or `down`.
@@ -193,5 +211,20 @@ mod tests {
         assert_eq!(member_state(PeerState::Up, ms(100)), "up");
         assert_eq!(member_state(PeerState::Up, SUSPECT_AFTER), "suspect");
         assert_eq!(member_state(PeerState::Down, ms(0)), "down");
+    }
+
+    #[test]
+    fn hook_totals_count_failures_apart() {
+        use crate::hooks::{HookMetrics, Outcome};
+        let m = HookMetrics::default();
+        m.record("join", Outcome::Allow);
+        m.record("join", Outcome::Deny);
+        m.record("join", Outcome::Timeout);
+        m.record("publish", Outcome::CircuitOpen);
+        m.record("publish", Outcome::Error);
+        let t = hook_totals(&m);
+        assert_eq!(t["join"], json!({"calls": 3, "failed": 1}));
+        assert_eq!(t["publish"], json!({"calls": 2, "failed": 2}));
+        assert_eq!(t["rpc"], json!({"calls": 0, "failed": 0}));
     }
 }
