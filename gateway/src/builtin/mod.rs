@@ -25,7 +25,7 @@ use chorus_engine::runtime::RecordsReader;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
 
-use crate::channel::{RoomStore, RouteError, Router};
+use crate::channel::{recover, RoomStore, RouteError, Router};
 use crate::config::{Config, LimitsSection};
 use crate::limits::LimitCounter;
 use rules::TopicRule;
@@ -172,6 +172,11 @@ impl App {
             .find_map(|(i, rule)| rule.matches(topic).map(|vars| (i, vars)))
     }
 
+    /// The records replica (history, rooms), for recovery.
+    pub(crate) fn records(&self) -> &RecordsReader {
+        &self.records
+    }
+
     /// Whether the membership `{user}:{room}` is recorded.
     pub(crate) fn is_member(&self, member: &str) -> bool {
         self.records.read().get(MEMBER_SPACE, member).is_some()
@@ -263,14 +268,24 @@ impl RoomStore for App {
         rooms.into_iter().collect()
     }
 
-    /// The newest `n` history entries of `topic`, oldest first, as raw JSON.
+    /// The newest `n` saved messages of `topic`, oldest first, as raw JSON.
+    /// On a recoverable topic the log also keeps the other broadcasts: only
+    /// the saved messages among them are listed.
     fn history(&self, topic: &str, n: usize) -> Vec<Box<RawValue>> {
-        self.records
-            .read()
-            .last(topic, n)
+        let records = self.records.read();
+        let mut out: Vec<Box<RawValue>> = records
+            .last(topic, records.cap())
             .into_iter()
-            .filter_map(|(_, body)| RawValue::from_string(body.to_string()).ok())
-            .collect()
+            .rev()
+            .filter_map(|(_, body)| match recover::parse_entry(&body) {
+                Some(entry) => (entry.saved == 1).then_some(entry.payload),
+                None if recover::is_entry(&body) => None,
+                None => RawValue::from_string(body.to_string()).ok(),
+            })
+            .take(n)
+            .collect();
+        out.reverse();
+        out
     }
 
     fn room_space(&self) -> &str {
