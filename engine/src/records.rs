@@ -811,6 +811,89 @@ mod tests {
         assert!(!r.merge(&log("t:1", 3, "c")), "below the horizon: refused");
     }
 
+    fn entry(topic: &str, t: u64, node: &str, seq: u64) -> Record {
+        Record::Log {
+            topic: Topic::from(topic),
+            stamp: stamp(t, node, seq),
+            body: format!("{node}{seq}").into(),
+        }
+    }
+
+    fn pos(entries: &[(&str, u64)]) -> Position {
+        let mut p = Position::default();
+        for (node, seq) in entries {
+            p.advance(&NodeId::new(*node, 1), *seq);
+        }
+        p
+    }
+
+    fn bodies(r: Result<Vec<(Stamp, Arc<str>)>, Gap>) -> Result<Vec<String>, Gap> {
+        r.map(|v| v.into_iter().map(|(_, b)| b.to_string()).collect())
+    }
+
+    /// A position covers per origin; what it does not cover comes back in
+    /// log order whatever the merge order, or the reason it cannot.
+    #[test]
+    fn since_gives_exactly_what_a_position_lacks_or_why_not() {
+        let mut r = Records::new(4);
+        // b's entries reach this node late (a partition), out of time order.
+        for rec in [
+            entry("t", 1, "a", 1),
+            entry("t", 5, "a", 2),
+            entry("t", 2, "b", 1),
+            entry("t", 3, "b", 2),
+        ] {
+            r.merge(&rec);
+        }
+        assert_eq!(r.position("t"), pos(&[("a", 2), ("b", 2)]));
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 1)]))),
+            Ok(vec!["b1".into(), "b2".into(), "a2".into()])
+        );
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 2), ("b", 2)]))),
+            Ok(vec![])
+        );
+        // An origin this node knows nothing of in the topic: it cannot vouch.
+        assert_eq!(r.since("t", &pos(&[("c", 1)])), Err(Gap::Unknown));
+        assert_eq!(r.since("other", &pos(&[("a", 1)])), Err(Gap::Unknown));
+        // A hole: b3 is missing while b4 is held.
+        r.merge(&entry("t", 7, "b", 4));
+        assert_eq!(r.since("t", &pos(&[("a", 2), ("b", 2)])), Err(Gap::Unknown));
+        assert_eq!(
+            r.position("t"),
+            pos(&[("a", 2), ("b", 2)]),
+            "b4 is past the hole"
+        );
+        // a1 is pushed out by the cap (4): a position before it is trimmed.
+        r.merge(&entry("t", 6, "b", 3));
+        assert_eq!(r.position("t"), pos(&[("a", 2), ("b", 4)]));
+        assert_eq!(r.since("t", &pos(&[("b", 4)])), Err(Gap::Trimmed));
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 1), ("b", 2)]))),
+            Ok(vec!["a2".into(), "b3".into(), "b4".into()])
+        );
+        // Expiry: what went is reported as expired, and stays known.
+        r.expire(6);
+        assert_eq!(r.since("t", &pos(&[("a", 1), ("b", 4)])), Err(Gap::Expired));
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 2), ("b", 2)]))),
+            Ok(vec!["b3".into(), "b4".into()])
+        );
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 2), ("b", 4)]))),
+            Ok(vec![])
+        );
+        // after(): an origin's entries past a seq, as held.
+        let after: Vec<u64> = r
+            .after("t", &NodeId::new("b", 1), 2)
+            .iter()
+            .map(|(s, _)| s.seq)
+            .collect();
+        assert_eq!(after, [3, 4]);
+        assert!(r.after("t", &NodeId::new("b", 1), 4).is_empty());
+    }
+
     #[test]
     fn limits() {
         assert!(log("t", 1, "x").is_valid());
