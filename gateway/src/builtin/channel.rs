@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use chorus_engine::{Gap, NodeId, Position, Stamp};
+use chorus_engine::{NodeId, Position, Stamp};
 use serde_json::{json, Map, Value};
 
 use super::rules::{EventAction, JoinRule, TopicRule};
@@ -136,39 +136,6 @@ impl ConfiguredChannel {
             }
             self.push_entry(ctx, &stamp, body.get(), false);
         }
-    }
-
-    /// Answers a join's `since`: the position and the entries to push, or
-    /// the reason it recovers nothing.
-    fn recover_since(
-        &self,
-        topic: &str,
-        since: &Value,
-        rule: &TopicRule,
-    ) -> Result<(Position, Vec<(Stamp, Arc<str>)>), &'static str> {
-        let Some(pos) = since.as_str().and_then(recover::decode_pos) else {
-            return Err("unknown_position");
-        };
-        let entries = self
-            .app
-            .records()
-            .read()
-            .since(topic, &pos)
-            .map_err(gap_reason)?;
-        if entries.len() > rule.history {
-            return Err("trimmed");
-        }
-        if let Some(ttl) = rule.history_ttl {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let oldest = now.saturating_sub(ttl.as_millis() as u64);
-            if entries.iter().any(|(s, _)| s.time_ms < oldest) {
-                return Err("expired");
-            }
-        }
-        // The position the pushes start from; each push advances it.
-        Ok((pos, entries))
     }
 
     /// Publishes `event` on `topic`: on a recoverable topic a JSON object
@@ -384,7 +351,7 @@ impl Channel for ConfiguredChannel {
         if rule.recover {
             let mut stream = Stream::default();
             if let Some(since) = &since {
-                match self.recover_since(topic, since, &rule) {
+                match self.app.recover(&rule, topic, since.as_str().unwrap_or("")) {
                     Ok((pos, entries)) => {
                         stream.pos = pos;
                         recovered = Some(entries);
@@ -501,15 +468,6 @@ impl Channel for ConfiguredChannel {
             ctx.push("init", Payload::Json(object(&init)));
         }
         HandleInfo::NoReply
-    }
-}
-
-/// The join reply's `reason` for a position this node cannot serve.
-fn gap_reason(gap: Gap) -> &'static str {
-    match gap {
-        Gap::Trimmed => "trimmed",
-        Gap::Expired => "expired",
-        Gap::Unknown => "unknown_position",
     }
 }
 
