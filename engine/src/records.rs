@@ -250,7 +250,9 @@ impl Records {
     /// each origin's order), or why this node cannot give exactly that: an
     /// uncovered entry it dropped, one it never held before the oldest it
     /// holds of that origin, a hole, or an origin of `pos` it knows nothing
-    /// of. All or nothing.
+    /// of, or a full log whose oldest entry the position does not cover
+    /// (older entries may have been pushed out before they reached this
+    /// node). All or nothing.
     pub fn since(&self, topic: &str, pos: &Position) -> Result<Vec<(Stamp, Arc<str>)>, Gap> {
         let dropped = self.dropped.get(topic);
         let mut known: BTreeSet<&NodeId> = BTreeSet::new();
@@ -265,6 +267,16 @@ impl Records {
         let mut out = Vec::new();
         let mut next: BTreeMap<&NodeId, u64> = BTreeMap::new();
         if let Some(log) = self.logs.get(topic) {
+            // A full log may have pushed out, on any node, entries older than
+            // its oldest that never reached this one: unless the position
+            // covers the oldest entry, the gap may reach past it.
+            if log.len() >= self.cap
+                && log
+                    .first_key_value()
+                    .is_some_and(|(oldest, _)| !pos.covers(&oldest.origin, oldest.seq))
+            {
+                return Err(Gap::Trimmed);
+            }
             for (stamp, body) in log {
                 let o = &stamp.origin;
                 known.insert(o);
