@@ -117,7 +117,8 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
 	$$load storm --users $(LOAD_STORM) --rate 200; \
 	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
-	$$load storm --users $(LOAD_BURST)
+	$$load storm --users $(LOAD_BURST); \
+	$$load recover --clients 1000 --missed 100
 
 # Seconds each phase of `make bench-hostile` measures.
 HOSTILE_SECS ?= 5

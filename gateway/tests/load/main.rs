@@ -103,3 +103,14 @@ fn fanout_with_a_stalled_subscriber_counts_its_cut() {
     let cut = r["slow_consumer_disconnects"].as_u64();
     assert!(cut.is_some_and(|n| n >= 1), "the stalled one was cut: {r}");
 }
+
+#[test]
+fn recover_rejoins_get_every_missed_message() {
+    let r = load(&["recover", "--clients", "20", "--missed", "10"]);
+    assert_eq!(
+        (r["recovered"].as_u64(), r["complete"].as_u64()),
+        (Some(20), Some(20)),
+        "{r}"
+    );
+    assert!(r["all_recovered_s"].is_f64(), "{r}");
+}

@@ -11,7 +11,9 @@
 //! - `ping`: connections pushing an echoed event with pushes in flight;
 //!   round-trip times and replies per second;
 //! - `storm`: K clients joining one presence topic; when each client's
-//!   presence view holds all K users, frames and bytes received.
+//!   presence view holds all K users, frames and bytes received;
+//! - `recover`: N clients leave a recoverable topic, M messages are published,
+//!   all rejoin at once with their position; when every one has recovered.
 //!
 //! `--spawn BIN` starts a fresh `chorus` per scenario with
 //! `gateway/bench/load.toml` on a free port of 127.0.0.1; `--url` points at a
@@ -23,6 +25,7 @@ mod client;
 mod fanout;
 mod idle;
 mod ping;
+mod recover;
 mod server;
 mod stats;
 mod storm;
@@ -82,6 +85,8 @@ enum Scenario {
     Ping(ping::PingArgs),
     /// Many clients joining one presence topic.
     Storm(storm::StormArgs),
+    /// Many clients rejoining a recoverable topic at once with their position.
+    Recover(recover::RecoverArgs),
 }
 
 /// What every scenario gets: where to connect and the server's pid.
@@ -141,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Fanout(args) => print(cli.json, &fanout::run(&ctx, args).await?),
         Scenario::Ping(args) => print(cli.json, &ping::run(&ctx, args).await?),
         Scenario::Storm(args) => print(cli.json, &storm::run(&ctx, args).await?),
+        Scenario::Recover(args) => print(cli.json, &recover::run(&ctx, args).await?),
     }
     drop(spawned);
     Ok(())
