@@ -120,7 +120,8 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
 	$$load storm --users $(LOAD_BURST); \
 	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --delay-ms 1; \
-	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --topic-prefix load
+	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --topic-prefix load; \
+	$$load recover --clients 1000 --missed 100
 
 # Seconds each phase of `make bench-hostile` measures.
 HOSTILE_SECS ?= 5

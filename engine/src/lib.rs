@@ -46,6 +46,7 @@ pub(crate) mod dots;
 pub(crate) mod id;
 pub(crate) mod membership;
 pub(crate) mod node;
+pub(crate) mod position;
 pub(crate) mod presence;
 pub(crate) mod records;
 #[cfg(feature = "runtime")]
@@ -61,8 +62,9 @@ pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 pub use node::{
     Command, CommandError, CommandOutcome, Event, Node, NodeConfig, NodeStats, PeerState, Transmit,
 };
+pub use position::{Position, MAX_POSITION_BYTES};
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
-pub use records::{Expired, Record, Records, Stamp, BUCKETS};
+pub use records::{Expired, Gap, Record, Records, Stamp, BUCKETS};
 
 // The types a Node's configuration, events and accessors are made of.
 pub use coalesce::{CoalesceConfig, TopicDiff};

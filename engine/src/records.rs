@@ -34,6 +34,20 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{NodeId, Topic};
+use crate::position::Position;
+
+/// Why a log entry left (or never entered) a node's log, as
+/// [`Records::since`] reports a position it cannot serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gap {
+    /// Pushed out by newer entries (`history_cap`).
+    Trimmed,
+    /// Older than the horizon (`history_ttl`, or the budget horizon).
+    Expired,
+    /// The position names an origin this node knows nothing of in the topic,
+    /// or a message it does not hold yet (a hole a repair has not filled).
+    Unknown,
+}
 
 /// Digest buckets.
 pub const BUCKETS: usize = 256;
@@ -154,6 +168,11 @@ pub struct Records {
     oldest: BTreeSet<(u64, Topic)>,
     /// Sum of [`entry_bytes`] over every log entry held.
     log_bytes: usize,
+    /// Per topic, per origin: the greatest seq this node dropped (or refused)
+    /// and why. Never shrinks: it is what lets [`Records::since`] answer a
+    /// position about messages no longer held. Not replicated (each node
+    /// knows what it dropped); the runtime's replica computes the same.
+    dropped: BTreeMap<Topic, BTreeMap<NodeId, (u64, Gap)>>,
 }
 
 impl Records {
@@ -167,7 +186,137 @@ impl Records {
             horizon: 0,
             oldest: BTreeSet::new(),
             log_bytes: 0,
+            dropped: BTreeMap::new(),
         }
+    }
+
+    /// Notes that `topic`'s entry `stamp` left this node (or was refused).
+    fn note_dropped(
+        dropped: &mut BTreeMap<Topic, BTreeMap<NodeId, (u64, Gap)>>,
+        topic: &Topic,
+        stamp: &Stamp,
+        why: Gap,
+    ) {
+        let per_origin = match dropped.get_mut(topic) {
+            Some(m) => m,
+            None => dropped.entry(topic.clone()).or_default(),
+        };
+        match per_origin.get_mut(&stamp.origin) {
+            Some(d) if d.0 >= stamp.seq => {}
+            Some(d) => *d = (stamp.seq, why),
+            None => {
+                per_origin.insert(stamp.origin.clone(), (stamp.seq, why));
+            }
+        }
+    }
+
+    /// The position a client joining `topic` now starts from: per origin,
+    /// the end of the contiguous run of entries held from its oldest (or
+    /// what was dropped, when nothing is held). Entries held past a hole
+    /// are not covered: they reach the client once the hole is filled.
+    pub fn position(&self, topic: &str) -> Position {
+        let mut pos = Position::default();
+        let mut run_over: BTreeSet<&NodeId> = BTreeSet::new();
+        if let Some(dropped) = self.dropped.get(topic) {
+            for (origin, (seq, _)) in dropped {
+                pos.advance(origin, *seq);
+            }
+        }
+        let mut started: BTreeSet<&NodeId> = BTreeSet::new();
+        if let Some(log) = self.logs.get(topic) {
+            for stamp in log.keys() {
+                let o = &stamp.origin;
+                if run_over.contains(o) {
+                    continue;
+                }
+                let cur = pos.get(o);
+                if stamp.seq <= cur {
+                    continue;
+                }
+                if stamp.seq == cur + 1 || !started.contains(o) {
+                    // The first entry held starts the run (what came before
+                    // it never reached this node: it predates the join).
+                    pos.advance(o, stamp.seq);
+                    started.insert(o);
+                } else {
+                    run_over.insert(o);
+                }
+            }
+        }
+        pos
+    }
+
+    /// Every entry of `topic` that `pos` does not cover, in log order (so in
+    /// each origin's order), or why this node cannot give exactly that: an
+    /// uncovered entry it dropped, one it never held before the oldest it
+    /// holds of that origin, a hole, or an origin of `pos` it knows nothing
+    /// of, or a full log whose oldest entry the position does not cover
+    /// (older entries may have been pushed out before they reached this
+    /// node). All or nothing.
+    pub fn since(&self, topic: &str, pos: &Position) -> Result<Vec<(Stamp, Arc<str>)>, Gap> {
+        let dropped = self.dropped.get(topic);
+        let mut known: BTreeSet<&NodeId> = BTreeSet::new();
+        if let Some(dropped) = dropped {
+            for (origin, (seq, why)) in dropped {
+                if *seq > pos.get(origin) {
+                    return Err(*why);
+                }
+                known.insert(origin);
+            }
+        }
+        let mut out = Vec::new();
+        let mut next: BTreeMap<&NodeId, u64> = BTreeMap::new();
+        if let Some(log) = self.logs.get(topic) {
+            // A full log may have pushed out, on any node, entries older than
+            // its oldest that never reached this one: unless the position
+            // covers the oldest entry, the gap may reach past it.
+            if log.len() >= self.cap
+                && log
+                    .first_key_value()
+                    .is_some_and(|(oldest, _)| !pos.covers(&oldest.origin, oldest.seq))
+            {
+                return Err(Gap::Trimmed);
+            }
+            for (stamp, body) in log {
+                let o = &stamp.origin;
+                known.insert(o);
+                let have = pos.get(o);
+                if stamp.seq <= have {
+                    continue;
+                }
+                let want = next.get(o).copied().unwrap_or(have + 1);
+                if stamp.seq != want {
+                    return Err(Gap::Unknown);
+                }
+                next.insert(o, want + 1);
+                out.push((stamp.clone(), body.clone()));
+            }
+        }
+        if pos.0.keys().any(|o| !known.contains(o)) {
+            return Err(Gap::Unknown);
+        }
+        Ok(out)
+    }
+
+    /// `topic`'s entries of `origin` after `seq`, in order, as held (holes
+    /// included). Walks the log from its newest entry, so a caller that is
+    /// nearly caught up pays for what it lacks.
+    pub fn after(&self, topic: &str, origin: &NodeId, seq: u64) -> Vec<(Stamp, Arc<str>)> {
+        let Some(log) = self.logs.get(topic) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (stamp, body) in log.iter().rev() {
+            if stamp.origin != *origin {
+                continue;
+            }
+            if stamp.seq <= seq {
+                break;
+            }
+            out.push((stamp.clone(), body.clone()));
+        }
+        out.reverse();
+        out
     }
 
     /// Log entries stamped before this time are gone and refused.
@@ -201,6 +350,7 @@ impl Records {
                 .is_some_and(|(s, _)| s.time_ms < horizon)
             {
                 let (old, body) = log.pop_first().expect("checked above");
+                Self::note_dropped(&mut self.dropped, &topic, &old, Gap::Expired);
                 self.buckets[b] =
                     self.buckets[b].wrapping_sub(log_hash(topic.as_str(), &old, &body));
                 let bytes = entry_bytes(&topic, &body);
@@ -250,15 +400,19 @@ impl Records {
         match record {
             Record::Log { topic, stamp, body } => {
                 if stamp.time_ms < self.horizon {
+                    Self::note_dropped(&mut self.dropped, topic, stamp, Gap::Expired);
                     return false;
                 }
                 let log = self.logs.entry(topic.clone()).or_default();
-                if log.contains_key(stamp)
-                    || (log.len() >= self.cap
-                        && log
-                            .first_key_value()
-                            .is_some_and(|(oldest, _)| stamp < oldest))
+                if log.contains_key(stamp) {
+                    return false;
+                }
+                if log.len() >= self.cap
+                    && log
+                        .first_key_value()
+                        .is_some_and(|(oldest, _)| stamp < oldest)
                 {
+                    Self::note_dropped(&mut self.dropped, topic, stamp, Gap::Trimmed);
                     return false;
                 }
                 let was_oldest = log.first_key_value().map(|(s, _)| s.time_ms);
@@ -269,6 +423,7 @@ impl Records {
                 self.log_bytes += entry_bytes(topic, body);
                 while log.len() > self.cap {
                     let (old, old_body) = log.pop_first().expect("a log over its cap is not empty");
+                    Self::note_dropped(&mut self.dropped, topic, &old, Gap::Trimmed);
                     self.buckets[b] =
                         self.buckets[b].wrapping_sub(log_hash(topic.as_str(), &old, &old_body));
                     self.log_bytes -= entry_bytes(topic, &old_body);
@@ -666,6 +821,89 @@ mod tests {
         assert_eq!((out.entries, out.bytes as usize), (3, 3 * each));
         assert_eq!(r.log_bytes(), 0);
         assert!(!r.merge(&log("t:1", 3, "c")), "below the horizon: refused");
+    }
+
+    fn entry(topic: &str, t: u64, node: &str, seq: u64) -> Record {
+        Record::Log {
+            topic: Topic::from(topic),
+            stamp: stamp(t, node, seq),
+            body: format!("{node}{seq}").into(),
+        }
+    }
+
+    fn pos(entries: &[(&str, u64)]) -> Position {
+        let mut p = Position::default();
+        for (node, seq) in entries {
+            p.advance(&NodeId::new(*node, 1), *seq);
+        }
+        p
+    }
+
+    fn bodies(r: Result<Vec<(Stamp, Arc<str>)>, Gap>) -> Result<Vec<String>, Gap> {
+        r.map(|v| v.into_iter().map(|(_, b)| b.to_string()).collect())
+    }
+
+    /// A position covers per origin; what it does not cover comes back in
+    /// log order whatever the merge order, or the reason it cannot.
+    #[test]
+    fn since_gives_exactly_what_a_position_lacks_or_why_not() {
+        let mut r = Records::new(4);
+        // b's entries reach this node late (a partition), out of time order.
+        for rec in [
+            entry("t", 1, "a", 1),
+            entry("t", 5, "a", 2),
+            entry("t", 2, "b", 1),
+            entry("t", 3, "b", 2),
+        ] {
+            r.merge(&rec);
+        }
+        assert_eq!(r.position("t"), pos(&[("a", 2), ("b", 2)]));
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 1)]))),
+            Ok(vec!["b1".into(), "b2".into(), "a2".into()])
+        );
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 2), ("b", 2)]))),
+            Ok(vec![])
+        );
+        // An origin this node knows nothing of in the topic: it cannot vouch.
+        assert_eq!(r.since("t", &pos(&[("c", 1)])), Err(Gap::Unknown));
+        assert_eq!(r.since("other", &pos(&[("a", 1)])), Err(Gap::Unknown));
+        // A hole: b3 is missing while b4 is held.
+        r.merge(&entry("t", 7, "b", 4));
+        assert_eq!(r.since("t", &pos(&[("a", 2), ("b", 2)])), Err(Gap::Unknown));
+        assert_eq!(
+            r.position("t"),
+            pos(&[("a", 2), ("b", 2)]),
+            "b4 is past the hole"
+        );
+        // a1 is pushed out by the cap (4): a position before it is trimmed.
+        r.merge(&entry("t", 6, "b", 3));
+        assert_eq!(r.position("t"), pos(&[("a", 2), ("b", 4)]));
+        assert_eq!(r.since("t", &pos(&[("b", 4)])), Err(Gap::Trimmed));
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 1), ("b", 2)]))),
+            Ok(vec!["a2".into(), "b3".into(), "b4".into()])
+        );
+        // Expiry: what went is reported as expired, and stays known.
+        r.expire(6);
+        assert_eq!(r.since("t", &pos(&[("a", 1), ("b", 4)])), Err(Gap::Expired));
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 2), ("b", 2)]))),
+            Ok(vec!["b3".into(), "b4".into()])
+        );
+        assert_eq!(
+            bodies(r.since("t", &pos(&[("a", 2), ("b", 4)]))),
+            Ok(vec![])
+        );
+        // after(): an origin's entries past a seq, as held.
+        let after: Vec<u64> = r
+            .after("t", &NodeId::new("b", 1), 2)
+            .iter()
+            .map(|(s, _)| s.seq)
+            .collect();
+        assert_eq!(after, [3, 4]);
+        assert!(r.after("t", &NodeId::new("b", 1), 4).is_empty());
     }
 
     #[test]

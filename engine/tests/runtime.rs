@@ -102,7 +102,7 @@ async fn next_broadcast(sub: &mut Subscription) -> Option<Bytes> {
     loop {
         match sub.recv().await? {
             Delivery::Broadcast(b) => return Some(b),
-            Delivery::PresenceDiff(_) => {}
+            Delivery::PresenceDiff(_) | Delivery::Logged { .. } => {}
         }
     }
 }

@@ -449,7 +449,7 @@ impl Config {
             return Err("limits.max_connections must be at least 1".into());
         }
         for (i, rule) in self.topic_rules().iter().enumerate() {
-            rule.check(self.cluster.history_cap)
+            rule.check(self.cluster.history_cap, self.cluster.history_ttl)
                 .map_err(|e| format!("topics[{i}] (pattern {:?}): {e}", rule.pattern))?;
         }
         for (i, hook) in self.webhooks.iter().enumerate() {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_engine::{Command, CommandOutcome, Record, Stamp, Topic};
+use chorus_engine::{Command, CommandOutcome, Position, Record, Stamp, Topic};
 
 use crate::world::World;
 
@@ -28,6 +28,19 @@ pub struct Written {
     pub holders: Vec<(usize, u64)>,
 }
 
+/// A stream position a client joining `topic` on `node` got at `at`.
+#[derive(Clone, Debug)]
+pub struct Sampled {
+    /// When (virtual time).
+    pub at: Duration,
+    /// The node it joined.
+    pub node: usize,
+    /// The topic.
+    pub topic: Topic,
+    /// The position (`Records::position`).
+    pub pos: Position,
+}
+
 /// Every record written through [`World::append`] and [`World::put`].
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -39,6 +52,8 @@ pub struct Ledger {
     pub budget: Option<usize>,
     /// The writes, in order.
     pub writes: Vec<Written>,
+    /// Stream positions clients took during the run (check/recovery.rs).
+    pub positions: Vec<Sampled>,
     index: BTreeMap<Stamp, usize>,
 }
 
@@ -77,6 +92,19 @@ impl World {
     /// Appends a numbered entry to `topic`'s log on node `i`.
     pub fn append(&mut self, i: usize, topic: &str) {
         let topic = Topic::new(topic);
+        // A client of the next node joins (or rejoins) now: its position is
+        // checked at the end against every live node (check/recovery.rs).
+        // Chosen without the rng, so scenarios run as before.
+        let j = (i + 1) % self.nodes.len();
+        if let Some(node) = self.nodes[j].node.as_ref() {
+            let pos = node.records().position(topic.as_str());
+            self.log.records.positions.push(Sampled {
+                at: self.now,
+                node: j,
+                topic: topic.clone(),
+                pos,
+            });
+        }
         let body: Arc<str> = Arc::from(format!("n{i} #{}", self.log.records.writes.len()));
         let cmd = Command::Append {
             topic: topic.clone(),

@@ -63,8 +63,13 @@ pub struct Node {
     /// The replicated records; each one accepted is also reported as
     /// [`Event::Record`], so a driver can keep a read replica.
     records: Records,
-    /// Counter of local record writes.
+    /// Counter of local register writes.
     record_seq: u64,
+    /// Per topic, the counter of this incarnation's appends to its log:
+    /// contiguous per topic, so a stream position holds one number per
+    /// origin (`position.rs`). Never dropped while the incarnation lives (a
+    /// counter restarted at 1 would reuse seqs).
+    log_seqs: std::collections::BTreeMap<Topic, u64>,
     /// The greatest stamp time issued or seen: local writes stamp past it.
     record_clock: u64,
     /// The budget horizon (`history_budget`): ours or the greatest a peer
@@ -107,6 +112,7 @@ impl Node {
             subs: Subs::new(cfg.id.clone(), cfg.tomb_cap),
             records: Records::new(cfg.history_cap),
             record_seq: 0,
+            log_seqs: std::collections::BTreeMap::new(),
             record_clock: 0,
             budget_horizon: 0,
             wall_ms: 0,
@@ -279,7 +285,7 @@ impl Node {
                 time_ms,
                 body,
             } => {
-                let stamp = self.next_stamp(time_ms);
+                let stamp = self.next_log_stamp(&topic, time_ms);
                 self.write_record(Record::Log {
                     topic,
                     stamp: stamp.clone(),

@@ -23,6 +23,23 @@ impl Node {
         }
     }
 
+    /// A stamp for this incarnation's next append to `topic`'s log: its time
+    /// as [`Node::next_stamp`], its seq the topic's own counter (1, 2, 3, ...
+    /// per topic), so each origin's entries of a topic are contiguous.
+    pub(super) fn next_log_stamp(&mut self, topic: &crate::id::Topic, time_ms: u64) -> Stamp {
+        self.record_clock = time_ms.max(self.record_clock.saturating_add(1));
+        let seq = match self.log_seqs.get_mut(topic) {
+            Some(seq) => seq,
+            None => self.log_seqs.entry(topic.clone()).or_insert(0),
+        };
+        *seq += 1;
+        Stamp {
+            time_ms: self.record_clock,
+            origin: self.cfg.id.clone(),
+            seq: *seq,
+        }
+    }
+
     /// Applies a local write and pushes it to every up peer. Peers that miss
     /// it (down, partitioned) get it from anti-entropy.
     pub(super) fn write_record(&mut self, record: Record) {

@@ -24,6 +24,7 @@ use crate::coalesce::TopicDiff;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 use crate::presence::PresenceItem;
+use crate::records::Record;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -404,7 +405,22 @@ impl NodeDriver {
                 warn!(other = %other, "another process runs under this node's name: stopping");
                 self.state.send_replace(TaskState::Clash(other));
             }
-            Event::Record(record) => self.accepted.push(RecordChange::Merge(record)),
+            Event::Record(record) => {
+                let logged = match &record {
+                    Record::Log {
+                        topic, stamp, body, ..
+                    } if self.topics.contains_key(topic) => {
+                        Some((topic.clone(), stamp.clone(), body.clone()))
+                    }
+                    _ => None,
+                };
+                self.accepted.push(RecordChange::Merge(record));
+                if let Some((topic, stamp, body)) = logged {
+                    // Subscribers read the replica when they see the entry.
+                    self.apply_records();
+                    self.fan_out(&topic, None, Delivery::Logged { stamp, body });
+                }
+            }
             Event::HistoryExpired { horizon } => self.accepted.push(RecordChange::Expire(horizon)),
         }
     }

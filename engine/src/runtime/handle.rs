@@ -25,6 +25,17 @@ pub enum Delivery {
     Broadcast(Bytes),
     /// A coalesced presence diff of the topic, shared between subscribers.
     PresenceDiff(Arc<TopicDiff>),
+    /// An entry of the topic's log that this node just accepted (a local
+    /// append or a peer's), already applied to the records replica: the
+    /// live side of recoverable topics. Entries arrive in the order the
+    /// node accepted them, which keeps each origin's order except where one
+    /// overtook an earlier one (a dropped push repaired later).
+    Logged {
+        /// The entry's stamp: its origin and per-topic seq.
+        stamp: Stamp,
+        /// The entry.
+        body: Arc<str>,
+    },
 }
 
 /// A cluster member as this node sees it.

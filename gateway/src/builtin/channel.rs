@@ -1,14 +1,17 @@
 //! [`ConfiguredChannel`]: one instance per join of a topic some [`TopicRule`]
 //! matches, doing what the rule says.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
+use chorus_engine::{NodeId, Position, Stamp};
 use serde_json::{json, Map, Value};
 
 use super::rules::{EventAction, JoinRule, TopicRule};
 use super::{App, PresenceSlot, MAX_MESSAGE_CHARS, MEMBER_SPACE};
+use crate::channel::recover::{self, Logged, LOGGED_EVENT};
 use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, PresenceCount, Reply,
     RoomStore,
@@ -32,6 +35,22 @@ pub struct ConfiguredChannel {
     /// The presence this join holds in `(user, topic)`, counted against
     /// `limits.presences_per_user_topic`.
     slot: Option<PresenceSlot>,
+    /// On a recoverable topic: what this client has received.
+    stream: Option<Stream>,
+}
+
+/// Most entries a client may hold ahead of a hole in an origin's sequence;
+/// beyond, later ones are pushed again once the hole is filled.
+const MAX_AHEAD: usize = 4096;
+
+/// What a client of a recoverable topic has: its position, and the entries
+/// pushed to it ahead of a hole in their origin's sequence (an entry that
+/// reached this node before an earlier one of the same origin), which the
+/// position does not claim until the hole is filled.
+#[derive(Debug, Default)]
+struct Stream {
+    pos: Position,
+    ahead: BTreeSet<(NodeId, u64)>,
 }
 
 impl ConfiguredChannel {
@@ -45,6 +64,97 @@ impl ConfiguredChannel {
             name: String::new(),
             meta: None,
             slot: None,
+            stream: None,
+        }
+    }
+
+    /// Pushes a logged entry to the client with `_id` and `_pos`; with
+    /// `advance`, the position covers it first. A body that is not a
+    /// recoverable broadcast (history kept before `recover` was set) is
+    /// covered but not pushed.
+    fn push_entry(
+        &mut self,
+        ctx: &mut ChannelContext<'_>,
+        stamp: &Stamp,
+        body: &str,
+        advance: bool,
+    ) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        if advance {
+            stream.pos.advance(&stamp.origin, stamp.seq);
+        }
+        let Some(entry) = recover::parse_entry(body) else {
+            return;
+        };
+        let id = recover::message_id(stamp);
+        let pos = recover::encode_pos(&stream.pos);
+        if let Some(payload) = recover::with_pos(entry.payload.get(), &id, &pos) {
+            ctx.push(entry.event, Payload::Json(payload));
+        }
+    }
+
+    /// A logged entry reached this node: push what the client lacks of its
+    /// origin, in order, from the records replica (which already holds it).
+    /// An entry past a hole is pushed at once but not claimed by `_pos`.
+    fn handle_logged(&mut self, payload: &str, ctx: &mut ChannelContext<'_>) {
+        let Some((stamp, body)) = Logged::parse(payload) else {
+            return;
+        };
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        let key = (stamp.origin.clone(), stamp.seq);
+        if stream.pos.covers(&stamp.origin, stamp.seq) || stream.ahead.contains(&key) {
+            return;
+        }
+        let have = stream.pos.get(&stamp.origin);
+        let entries = self
+            .app
+            .records()
+            .read()
+            .after(ctx.topic(), &stamp.origin, have);
+        for (s, b) in entries {
+            let Some(stream) = self.stream.as_mut() else {
+                return;
+            };
+            if s.seq != stream.pos.get(&s.origin) + 1 {
+                break;
+            }
+            if stream.ahead.remove(&(s.origin.clone(), s.seq)) {
+                stream.pos.advance(&s.origin, s.seq);
+                continue;
+            }
+            self.push_entry(ctx, &s, &b, true);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        if !stream.pos.covers(&stamp.origin, stamp.seq) && !stream.ahead.contains(&key) {
+            if stream.ahead.len() < MAX_AHEAD {
+                stream.ahead.insert(key);
+            }
+            self.push_entry(ctx, &stamp, body.get(), false);
+        }
+    }
+
+    /// Publishes `event` on `topic`: on a recoverable topic a JSON object
+    /// payload goes into the topic's log (and reaches subscribers from
+    /// there); anything else is a plain broadcast.
+    fn publish_to(
+        &self,
+        ctx: &mut ChannelContext<'_>,
+        topic: String,
+        event: &str,
+        payload: Payload,
+        saved: bool,
+    ) {
+        match payload {
+            Payload::Json(json) if self.rule().recover => {
+                ctx.append(topic, recover::entry(event, &json, saved));
+            }
+            payload => ctx.broadcast_to(topic, event, payload),
         }
     }
 
@@ -116,10 +226,19 @@ impl ConfiguredChannel {
             Err(errors) => return refuse(ctx, validation_error(errors)),
         };
         let item = object(&Value::Object(self.item(&text)));
-        if !skip_history {
-            ctx.append(ctx.topic().to_owned(), item.clone());
+        let topic = ctx.topic().to_owned();
+        if !skip_history && !self.rule().recover {
+            ctx.append(topic.clone(), item.clone());
         }
-        ctx.broadcast("message", Payload::Json(item.clone()));
+        // On a recoverable topic it goes into the log either way (recoverable),
+        // listed in messages_history unless the publish hook said skip_history.
+        self.publish_to(
+            ctx,
+            topic,
+            "message",
+            Payload::Json(item.clone()),
+            !skip_history,
+        );
         HandleIn::Reply(Reply::ok_with(Payload::Json(item)))
     }
 
@@ -157,10 +276,16 @@ impl ConfiguredChannel {
         item.insert("to".into(), Value::from(target.clone()));
         let item = object(&Value::Object(item));
         let to = self.topic_for(&target);
-        if !skip_history {
+        if !skip_history && !self.rule().recover {
             ctx.append(to.clone(), item.clone());
         }
-        ctx.broadcast_to(to, "new_notification", Payload::Json(item.clone()));
+        self.publish_to(
+            ctx,
+            to,
+            "new_notification",
+            Payload::Json(item.clone()),
+            !skip_history,
+        );
         HandleIn::Reply(Reply::ok_with(Payload::Json(item)))
     }
 
@@ -208,7 +333,8 @@ impl ConfiguredChannel {
 }
 
 impl Channel for ConfiguredChannel {
-    fn join(&mut self, topic: &str, _payload: Payload, ctx: &mut ChannelContext<'_>) -> JoinResult {
+    fn join(&mut self, topic: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> JoinResult {
+        let since = json_fields(&payload).and_then(|mut f| f.remove("since"));
         let Some((rule, vars)) = self.app.rule_for(topic) else {
             return Err(reason("unmatched topic"));
         };
@@ -254,7 +380,34 @@ impl Channel for ConfiguredChannel {
                 ctx.put(MEMBER_SPACE, &member, Some(String::new()));
             }
         }
-        if rule.history > 0 {
+        // The backend's join data first: the built-in keys win over it.
+        let mut response = hook_response;
+        let mut recovered = None;
+        if rule.recover {
+            let mut stream = Stream::default();
+            if let Some(since) = &since {
+                match self.app.recover(&rule, topic, since.as_str().unwrap_or("")) {
+                    Ok((pos, entries)) => {
+                        stream.pos = pos;
+                        recovered = Some(entries);
+                    }
+                    Err(why) => {
+                        response.insert("recovered".into(), Value::Bool(false));
+                        response.insert("reason".into(), Value::from(why));
+                    }
+                }
+            }
+            if recovered.is_none() {
+                stream.pos = self.app.records().read().position(topic);
+            }
+            self.stream = Some(stream);
+        }
+        if let Some(entries) = recovered {
+            for (stamp, body) in entries {
+                self.push_entry(ctx, &stamp, &body, true);
+            }
+            response.insert("recovered".into(), Value::Bool(true));
+        } else if rule.history > 0 {
             let messages = self.app.history(topic, rule.history);
             ctx.push(
                 "messages_history",
@@ -283,7 +436,9 @@ impl Channel for ConfiguredChannel {
         if rule.push_sockets {
             ctx.count_presence(topics::socket_topic(&socket_id(&self.user)));
         }
-        let mut response = hook_response;
+        if let Some(stream) = &self.stream {
+            response.insert("pos".into(), Value::from(recover::encode_pos(&stream.pos)));
+        }
         if rule.reply_rooms {
             // The built-in key wins over the backend's.
             let rooms = self.app.rooms_of(&self.user);
@@ -352,6 +507,26 @@ impl Channel for ConfiguredChannel {
         }
     }
 
+    fn intercepts(&self) -> &[&str] {
+        if self.stream.is_some() {
+            &[LOGGED_EVENT]
+        } else {
+            &[]
+        }
+    }
+
+    fn handle_out(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        ctx: &mut ChannelContext<'_>,
+    ) -> HandleInfo {
+        if let (LOGGED_EVENT, Payload::Json(json)) = (event, payload) {
+            self.handle_logged(json.as_str(), ctx);
+        }
+        HandleInfo::NoReply
+    }
+
     fn handle_info(&mut self, msg: Info, ctx: &mut ChannelContext<'_>) -> HandleInfo {
         if let Ok(count) = msg.downcast::<PresenceCount>() {
             let init = json!({ "user_id": self.user, "sockets": count.count });
@@ -376,7 +551,8 @@ impl ConfiguredChannel {
             EventAction::Notify => self.handle_notify(&payload, skip_history, ctx),
             EventAction::UpdatePresence => self.handle_update_presence(&payload, ctx),
             EventAction::Broadcast => {
-                ctx.broadcast(event, payload);
+                let topic = ctx.topic().to_owned();
+                self.publish_to(ctx, topic, event, payload, false);
                 HandleIn::Reply(Reply::ok())
             }
             EventAction::BroadcastFrom => {

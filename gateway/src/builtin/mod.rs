@@ -21,11 +21,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
+use std::time::SystemTime;
+
 use chorus_engine::runtime::RecordsReader;
+use chorus_engine::{Gap, Position, Stamp};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
-use crate::channel::{RoomStore, RouteError, Router};
+use crate::channel::{recover, RoomStore, RouteError, Router};
 use crate::config::{Config, LimitsSection};
 use crate::limits::LimitCounter;
 use rules::TopicRule;
@@ -196,6 +200,50 @@ impl App {
             .find_map(|(i, rule)| rule.matches(topic).map(|vars| (i, vars)))
     }
 
+    /// The records replica (history, rooms), for recovery.
+    pub(crate) fn records(&self) -> &RecordsReader {
+        &self.records
+    }
+
+    /// Answers a rejoin's (or `GET /api/history`'s) `since` on `topic` of
+    /// recoverable `rule`: the position to start from and every entry it
+    /// does not cover, oldest first, or the reason it recovers nothing (all
+    /// or nothing): `unknown_position`, `trimmed` (more than the rule's
+    /// `history` missed, or dropped), `expired` (older than the rule's
+    /// `history_ttl`, or dropped by the cluster's).
+    pub(crate) fn recover(
+        &self,
+        rule: &TopicRule,
+        topic: &str,
+        since: &str,
+    ) -> Result<(Position, Vec<(Stamp, Arc<str>)>), &'static str> {
+        let Some(pos) = recover::decode_pos(since) else {
+            return Err("unknown_position");
+        };
+        let entries = self
+            .records
+            .read()
+            .since(topic, &pos)
+            .map_err(|gap| match gap {
+                Gap::Trimmed => "trimmed",
+                Gap::Expired => "expired",
+                Gap::Unknown => "unknown_position",
+            })?;
+        if entries.len() > rule.history {
+            return Err("trimmed");
+        }
+        if let Some(ttl) = rule.history_ttl {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let oldest = now.saturating_sub(ttl.as_millis() as u64);
+            if entries.iter().any(|(s, _)| s.time_ms < oldest) {
+                return Err("expired");
+            }
+        }
+        Ok((pos, entries))
+    }
+
     /// Whether the membership `{user}:{room}` is recorded.
     pub(crate) fn is_member(&self, member: &str) -> bool {
         self.records.read().get(MEMBER_SPACE, member).is_some()
@@ -287,17 +335,67 @@ impl RoomStore for App {
         rooms.into_iter().collect()
     }
 
-    /// The newest `n` history entries of `topic`, oldest first, as raw JSON.
+    /// The newest `n` saved messages of `topic`, oldest first, as raw JSON.
+    /// On a recoverable topic the log also keeps the other broadcasts: only
+    /// the saved messages among them are listed.
     fn history(&self, topic: &str, n: usize) -> Vec<Box<RawValue>> {
-        self.records
-            .read()
-            .last(topic, n)
+        let records = self.records.read();
+        let mut out: Vec<Box<RawValue>> = records
+            .last(topic, records.cap())
             .into_iter()
-            .filter_map(|(_, body)| RawValue::from_string(body.to_string()).ok())
-            .collect()
+            .rev()
+            .filter_map(|(_, body)| match recover::parse_entry(&body) {
+                Some(entry) => (entry.saved == 1).then_some(entry.payload),
+                None if recover::is_entry(&body) => None,
+                None => RawValue::from_string(body.to_string()).ok(),
+            })
+            .take(n)
+            .collect();
+        out.reverse();
+        out
     }
 
     fn room_space(&self) -> &str {
         ROOM_SPACE
+    }
+
+    /// `GET /api/history?since=`: what a rejoin with `since` would get, as
+    /// `{"recovered": true, "pos", "messages": [{"event", "payload"}]}` (each
+    /// payload with its `_id` and `_pos`) or `{"recovered": false, "reason"}`.
+    /// A topic no recoverable rule matches has no positions:
+    /// `unknown_position`.
+    fn history_since(&self, topic: &str, since: &str) -> Value {
+        let rule = self
+            .rule_for(topic)
+            .map(|(i, _)| &self.rules[i])
+            .filter(|rule| rule.recover);
+        let found = match rule {
+            Some(rule) => self.recover(rule, topic, since),
+            None => Err("unknown_position"),
+        };
+        let (mut pos, entries) = match found {
+            Ok(found) => found,
+            Err(why) => return json!({ "recovered": false, "reason": why }),
+        };
+        let mut messages = Vec::new();
+        for (stamp, body) in entries {
+            pos.advance(&stamp.origin, stamp.seq);
+            let Some(entry) = recover::parse_entry(&body) else {
+                continue;
+            };
+            let payload = recover::with_pos(
+                entry.payload.get(),
+                &recover::message_id(&stamp),
+                &recover::encode_pos(&pos),
+            );
+            if let Some(payload) = payload {
+                messages.push(json!({ "event": entry.event, "payload": payload.into_raw() }));
+            }
+        }
+        json!({
+            "recovered": true,
+            "pos": recover::encode_pos(&pos),
+            "messages": messages,
+        })
     }
 }

@@ -98,6 +98,29 @@ pub struct TopicRule {
     /// the push is answered with the backend's reply, nothing is broadcast.
     #[serde(default)]
     pub rpc_hook: Option<HookConfig>,
+    /// The topic is recoverable: every broadcast whose payload is a JSON
+    /// object is kept in the topic's history and delivered with `_id` and
+    /// `_pos`; a join with `{"since": pos}` gets what it missed (PROTOCOL.md
+    /// of this repository). Needs `history` > 0.
+    #[serde(default)]
+    pub recover: bool,
+    /// How far back a recovery may reach (`"10m"`): a gap holding a message
+    /// older than this answers `recovered: false` (`expired`). At most
+    /// `cluster.history_ttl`, which bounds what is kept at all; unset: that.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub history_ttl: Option<std::time::Duration>,
+}
+
+/// An optional humane duration string (`"10m"`).
+fn opt_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"10m\" or \"24h\""
+        ))
+    })
 }
 
 /// A pattern segment.
@@ -174,8 +197,30 @@ impl TopicRule {
             .is_some_and(|h| h.events.iter().any(|e| e == event))
     }
 
-    /// Checks the rule against itself and the history bound.
-    pub fn check(&self, history_cap: usize) -> Result<(), String> {
+    /// Checks the rule against itself and the history bounds.
+    pub fn check(
+        &self,
+        history_cap: usize,
+        cluster_ttl: std::time::Duration,
+    ) -> Result<(), String> {
+        if self.recover && self.history == 0 {
+            return Err("`recover = true` needs `history` > 0".into());
+        }
+        if let Some(ttl) = self.history_ttl {
+            if !self.recover {
+                return Err("`history_ttl` needs `recover = true`".into());
+            }
+            if ttl.is_zero() {
+                return Err("history_ttl must be at least 1ms".into());
+            }
+            if ttl > cluster_ttl {
+                return Err(format!(
+                    "history_ttl = {} exceeds cluster.history_ttl = {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(cluster_ttl)
+                ));
+            }
+        }
         let segments = self.segments();
         let has = |name: &str| segments.contains(&Segment::Var(name.to_owned()));
         for seg in &segments {
@@ -283,6 +328,8 @@ mod tests {
             join_hook: None,
             publish_hook: None,
             rpc_hook: None,
+            recover: false,
+            history_ttl: None,
         }
     }
 
@@ -300,22 +347,54 @@ mod tests {
         assert_eq!(rule("rooms:user:{id}").route(), "rooms:user:*");
     }
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+    #[test]
+    fn recover_needs_history_and_its_ttl_stays_within_the_cluster_one() {
+        let mut r = rule("room:{id}");
+        r.recover = true;
+        assert!(r.check(100, DAY).unwrap_err().contains("history"));
+        r.history = 50;
+        assert_eq!(r.check(100, DAY), Ok(()));
+        r.history_ttl = Some(std::time::Duration::from_secs(600));
+        assert_eq!(r.check(100, DAY), Ok(()));
+        r.history_ttl = Some(2 * DAY);
+        assert!(r
+            .check(100, DAY)
+            .unwrap_err()
+            .contains("cluster.history_ttl"));
+        r.recover = false;
+        r.history_ttl = Some(std::time::Duration::from_secs(600));
+        assert!(r.check(100, DAY).unwrap_err().contains("recover"));
+        let parsed: TopicRule = toml::from_str(
+            "pattern = \"chat:{id}\"\nhistory = 5\nrecover = true\nhistory_ttl = \"10m\"\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            parsed.history_ttl,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert!(
+            toml::from_str::<TopicRule>("pattern = \"c:{id}\"\nhistory_ttl = \"soon\"\n").is_err()
+        );
+    }
+
     #[test]
     fn checks_catch_inconsistent_rules() {
         let mut r = rule("x:{id}");
         r.join = JoinRule::Team;
-        assert!(r.check(100).unwrap_err().contains("{org}"));
+        assert!(r.check(100, DAY).unwrap_err().contains("{org}"));
         let mut r = rule("room:{id}");
         r.history = 500;
-        assert!(r.check(100).unwrap_err().contains("history_cap"));
+        assert!(r.check(100, DAY).unwrap_err().contains("history_cap"));
         let mut r = rule("room:{id}");
         r.events.insert("new_message".into(), EventAction::Message);
-        assert!(r.check(100).unwrap_err().contains("history"));
+        assert!(r.check(100, DAY).unwrap_err().contains("history"));
         r.history = 50;
         r.rate_limit.insert("typo".into(), 5);
-        assert!(r.check(100).unwrap_err().contains("typo"));
-        assert!(rule("{id}").check(100).is_err());
-        assert!(rule("room:*").check(100).is_err());
+        assert!(r.check(100, DAY).unwrap_err().contains("typo"));
+        assert!(rule("{id}").check(100, DAY).is_err());
+        assert!(rule("room:*").check(100, DAY).is_err());
     }
 
     fn hook(url: &str, events: &[&str]) -> HookConfig {
@@ -336,14 +415,14 @@ mod tests {
         r.publish_hook = Some(hook("http://127.0.0.1:9000/p", &["shout"]));
         r.rpc_hook = Some(hook("https://backend.example/rpc", &["ask"]));
         r.rate_limit.insert("ask".into(), 10);
-        assert_eq!(r.check(100), Ok(()));
+        assert_eq!(r.check(100, DAY), Ok(()));
         assert!(r.is_rpc("ask") && !r.is_rpc("shout"));
         assert!(r.is_hooked_publish("shout") && !r.is_hooked_publish("ask"));
 
         let bad = |f: &dyn Fn(&mut TopicRule), needle: &str| {
             let mut b = r.clone();
             f(&mut b);
-            let e = b.check(100).unwrap_err();
+            let e = b.check(100, DAY).unwrap_err();
             assert!(e.contains(needle), "{e}");
         };
         bad(&|b| b.join_hook = Some(hook("ftp://x/join", &[])), "http");

@@ -16,6 +16,7 @@
 mod action;
 pub(crate) mod context;
 pub mod presence;
+pub mod recover;
 mod rooms;
 mod router;
 

@@ -23,4 +23,7 @@ pub trait RoomStore: std::fmt::Debug + Send + Sync + 'static {
     /// The register space rooms are written to (`POST`/`DELETE /api/rooms`
     /// write `(space, id)` with the room's name).
     fn room_space(&self) -> &str;
+    /// `GET /api/history?since=`: the all-or-nothing answer a rejoin with
+    /// `since` gets (a topic that is not recoverable has no positions).
+    fn history_since(&self, topic: &str, since: &str) -> serde_json::Value;
 }

@@ -16,7 +16,7 @@ use super::envelope::Envelope;
 use super::mailbox::{Mailbox, Prepared, RenderedDiff};
 use super::render::entries;
 use super::{Hub, HubError, TapEvent};
-use crate::channel::presence_diff;
+use crate::channel::{presence_diff, recover};
 use crate::protocol::{encode_broadcast, Payload};
 use crate::topics;
 
@@ -143,6 +143,26 @@ impl Hub {
                         encoded: Arc::new(encoded),
                         diff: None,
                         exclude,
+                    },
+                    Err(e) => return self.undecodable(topic, &e),
+                }
+            }
+            Delivery::Logged { stamp, body } => {
+                // Only recoverable broadcasts travel on; other history
+                // entries were broadcast on their own.
+                if !recover::is_entry(&body) {
+                    return;
+                }
+                let payload = recover::logged(&stamp, &body);
+                match encode_broadcast(
+                    topic.as_str(),
+                    recover::LOGGED_EVENT,
+                    Payload::Json(payload),
+                ) {
+                    Ok(encoded) => Prepared {
+                        encoded: Arc::new(encoded),
+                        diff: None,
+                        exclude: None,
                     },
                     Err(e) => return self.undecodable(topic, &e),
                 }

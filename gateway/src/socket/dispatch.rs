@@ -64,6 +64,8 @@ impl Session {
         let channel = &entry.channel;
         let intercepted = catch_unwind(AssertUnwindSafe(|| channel.intercepts().contains(&event)));
         match intercepted {
+            // A logged entry is for a recoverable channel's handle_out only.
+            Ok(false) if event == crate::channel::recover::LOGGED_EVENT => {}
             Ok(false) => {
                 let frame = msg.for_vsn(self.outbox.vsn, self.config.binary_frames);
                 self.outbox.transmit.extend(frame);

@@ -363,3 +363,119 @@ async fn history_over_the_budget_drops_the_oldest_on_every_node() -> anyhow::Res
     assert!(metrics.contains("chorus_history_bytes 142\n"), "{metrics}");
     Ok(())
 }
+
+/// `GET /api/history?since=POS` on a recoverable topic (`chat:*` in the
+/// built-in config): entries written on node A are recovered on node B from
+/// any position, each with `_id` and `_pos`, all or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_since_recovers_what_a_position_lacks_on_any_node() -> anyhow::Result<()> {
+    use chorus_gateway::channel::recover;
+    use chorus_gateway::protocol::JsonObject;
+
+    let a = NodeBuilder::new()
+        .config(with_key())
+        .seeds("a", Vec::new())
+        .app(Config::default_config())
+        .start()
+        .await?;
+    let b = NodeBuilder::new()
+        .config(with_key())
+        .seeds("b", vec![a.engine.local_addr()])
+        .app(Config::default_config())
+        .start()
+        .await?;
+    // Stamped now: the rule's history_ttl (10m) is measured on the wall clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let start = recover::encode_pos(&chorus_engine::Position::default());
+    let since = |pos: &str| format!("/api/history?topic=chat:api&since={pos}");
+    let empty = Req::authed("GET", &since(&start)).send(b.addr).await?;
+    check("GET", "/api/history", &empty);
+    assert_eq!(
+        empty.json()?,
+        json!({"recovered": true, "pos": start, "messages": []})
+    );
+    for n in 0..3 {
+        let payload = JsonObject::from_json(format!("{{\"body\":\"m{n}\"}}"))?;
+        let entry = recover::entry("message", &payload, true);
+        a.engine
+            .append("chat:api", now + n, entry.as_str().to_owned())
+            .await?;
+    }
+    let arrived = eventually(Duration::from_secs(5), || async {
+        let r = Req::authed("GET", &since(&start))
+            .send(b.addr)
+            .await
+            .expect("get");
+        r.json()
+            .map(|v| v["messages"].as_array().map_or(0, Vec::len) == 3)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(arrived, "node B recovers node A's entries");
+    let all = Req::authed("GET", &since(&start)).send(b.addr).await?;
+    check("GET", "/api/history", &all);
+    let all = all.json()?;
+    let messages = all["messages"].as_array().expect("messages");
+    let bodies: Vec<&Value> = messages.iter().map(|m| &m["payload"]["body"]).collect();
+    assert_eq!(bodies, [&json!("m0"), &json!("m1"), &json!("m2")]);
+    assert!(messages.iter().all(|m| m["event"] == "message"));
+    assert_eq!(
+        all["pos"], messages[2]["payload"]["_pos"],
+        "pos: after the last"
+    );
+    let first = messages[0]["payload"]["_pos"].as_str().expect("_pos");
+    let rest = Req::authed("GET", &since(first))
+        .send(b.addr)
+        .await?
+        .json()?;
+    let ids: Vec<&Value> = rest["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| &m["payload"]["_id"])
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            &messages[1]["payload"]["_id"],
+            &messages[2]["payload"]["_id"]
+        ],
+        "the same ids on every answer"
+    );
+    // Not a position, and a topic that is not recoverable.
+    let garbage = Req::authed("GET", &since("nope")).send(b.addr).await?;
+    check("GET", "/api/history", &garbage);
+    assert_eq!(
+        garbage.json()?,
+        json!({"recovered": false, "reason": "unknown_position"})
+    );
+    let plain = Req::authed("GET", &format!("/api/history?topic=user:x&since={start}"))
+        .send(b.addr)
+        .await?;
+    check("GET", "/api/history", &plain);
+    assert_eq!(
+        plain.json()?,
+        json!({"recovered": false, "reason": "unknown_position"}),
+        "a topic that is not recoverable has no positions"
+    );
+    // More than `history` (50) missed: trimmed, nothing recovered.
+    for n in 3..54 {
+        let payload = JsonObject::from_json(format!("{{\"body\":\"m{n}\"}}"))?;
+        let entry = recover::entry("message", &payload, true);
+        a.engine
+            .append("chat:api", now + n, entry.as_str().to_owned())
+            .await?;
+    }
+    let trimmed = eventually(Duration::from_secs(5), || async {
+        let r = Req::authed("GET", &since(first))
+            .send(b.addr)
+            .await
+            .expect("get");
+        r.json().ok() == Some(json!({"recovered": false, "reason": "trimmed"}))
+    })
+    .await;
+    assert!(trimmed, "a gap over `history` is trimmed");
+    Ok(())
+}

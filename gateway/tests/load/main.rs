@@ -135,3 +135,14 @@ fn hooks_joins_call_the_backend_once_each() {
         "{r}"
     );
 }
+
+#[test]
+fn recover_rejoins_get_every_missed_message() {
+    let r = load(&["recover", "--clients", "20", "--missed", "10"]);
+    assert_eq!(
+        (r["recovered"].as_u64(), r["complete"].as_u64()),
+        (Some(20), Some(20)),
+        "{r}"
+    );
+    assert!(r["all_recovered_s"].is_f64(), "{r}");
+}

@@ -17,6 +17,7 @@ mod convergence;
 mod diffs;
 mod hostile;
 mod records;
+mod recovery;
 mod zombies;
 
 /// An invariant the sim checks.
@@ -33,6 +34,10 @@ pub enum Invariant {
     /// Every live node holds exactly the records that survived (the newest
     /// `history_cap` per log, the greatest write per register), same digest.
     Records,
+    /// A stream position answered on any live node: exactly the surviving
+    /// messages it does not cover, in each publisher's order, or a true
+    /// reason it cannot.
+    Recovery,
     /// Every frame decoded and every command was accepted.
     CodecAndCommands,
     /// Every scenario assert held.
@@ -52,6 +57,7 @@ impl fmt::Display for Invariant {
             Invariant::DiffsHonest => "diffs-honest",
             Invariant::Broadcasts => "broadcasts",
             Invariant::Records => "records",
+            Invariant::Recovery => "recovery",
             Invariant::CodecAndCommands => "codec+commands",
             Invariant::Asserts => "asserts",
             Invariant::HostileContained => "hostile-contained",
@@ -82,6 +88,7 @@ pub fn evaluate(w: &mut World, within: Duration) -> (Vec<Verdict>, Option<Durati
         diffs::check(w),
         broadcasts::check(w),
         records::check(w),
+        recovery::check(w),
         codec::check(w),
         asserts::check(w),
     ];

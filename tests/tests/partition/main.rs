@@ -383,3 +383,196 @@ async fn a_node_cut_off_and_reconnected_serves_its_clients_and_converges() -> an
     assert!(!delivered(&carol, "from n1 during the cut"));
     Ok(())
 }
+
+/// This test's namespaces and subnets: apart from the other partition test's
+/// (tests of one binary run at once) and the soak's.
+const RECOVERY: net::Layout = net::Layout {
+    tag: "chr",
+    base: 231,
+};
+/// A recoverable topic of the built-in config.
+const RECOVER_TOPIC: &str = "chat:recover";
+
+/// A connection joined to [`RECOVER_TOPIC`] on node `i` as `user`, with join
+/// params `params`; returns it and the join reply's response.
+async fn join_recover(
+    net: &Net,
+    i: usize,
+    user: &str,
+    params: &Value,
+) -> anyhow::Result<(Client, Value)> {
+    let tokens = Tokens::new(TOKEN_SECRET.as_bytes());
+    let token = tokens.sign(&Claims::new(user, Duration::from_secs(600)));
+    let url = format!(
+        "ws://{}/socket/websocket?token={token}&vsn=2.0.0",
+        net.http_addr(i)
+    );
+    let mut client = Client::connect(&url).await?;
+    let reply = client.join("1", RECOVER_TOPIC, &params.to_string()).await?;
+    if reply[4]["status"] != "ok" {
+        bail!("{user} could not join on n{i}: {reply}");
+    }
+    Ok((client, reply[4]["response"].clone()))
+}
+
+/// Whether node `i`'s only peer reaches `state` within [`SETTLE`]
+/// (`GET /api/cluster`).
+async fn peer_state(net: &Net, i: usize, state: &str) -> bool {
+    let addr = net.http_addr(i);
+    eventually(SETTLE, || async move {
+        let Ok(r) = Req::authed("GET", "/api/cluster").send(addr).await else {
+            return false;
+        };
+        r.json().is_ok_and(|v| {
+            v["members"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|p| p["state"] == state))
+        })
+    })
+    .await
+}
+
+/// Pushes `new_message` `text` and waits for its ok reply.
+async fn say(client: &mut Client, n: u32, text: &str) -> anyhow::Result<()> {
+    let reff = format!("m{n}");
+    client
+        .send(&format!(
+            r#"["1","{reff}","{RECOVER_TOPIC}","new_message",{{"message":"{text}"}}]"#
+        ))
+        .await?;
+    loop {
+        let f = client.recv_json(true).await?;
+        if f[3] == "phx_reply" && f[1] == Value::from(reff.as_str()) {
+            if f[4]["status"] != "ok" {
+                bail!("{text} refused: {f}");
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// The `message` pushes a client reads until it has `n` of them.
+async fn messages(client: &mut Client, n: usize) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = client.recv_json(true).await?;
+        if f[3] == "message" {
+            out.push(f[4].clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The partition of the issue: a client leaves with its last position, the
+/// cluster is cut in two, both sides publish, the cut heals, and the client
+/// rejoining on either node recovers both sides' messages, each once, in
+/// each publisher's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_after_a_healed_partition_recovers_both_sides() -> anyhow::Result<()> {
+    let net = match Net::create_with(2, RECOVERY) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!(
+                "skipped: the network-namespace partition test needs root and iproute2 ({why:#})"
+            );
+            return Ok(());
+        }
+    };
+    let bin = bin::chorus_bin()?;
+    let _procs = (1..=2)
+        .map(|i| spawn(&net, &bin, i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for i in 1..=2 {
+        assert!(listening(net.http_addr(i)).await, "n{i} is not listening");
+    }
+    let (mut p1, _) = join_recover(&net, 1, "p1", &json!({})).await?;
+    let (mut p2, _) = join_recover(&net, 2, "p2", &json!({})).await?;
+    let (mut alice, _) = join_recover(&net, 1, "alice", &json!({})).await?;
+    // The nodes have met once alice on n1 sees a message sent on n2.
+    let mut n = 0;
+    let before = loop {
+        n += 1;
+        say(&mut p2, n, &format!("hello {n}")).await?;
+        let got = tokio::time::timeout(Duration::from_secs(1), messages(&mut alice, 1)).await;
+        if let Ok(got) = got {
+            break got?.remove(0);
+        }
+        if n > 20 {
+            bail!("n1 never delivered a message sent on n2");
+        }
+    };
+    drop(before);
+    // Every earlier hello came from n2 too: alice has them all (in order)
+    // once she has this one, so its position covers them.
+    n += 1;
+    say(&mut p2, n, "ready").await?;
+    let ready = loop {
+        let m = messages(&mut alice, 1).await?.remove(0);
+        if m["body"] == "ready" {
+            break m;
+        }
+    };
+    let pos = ready["_pos"].as_str().context("_pos")?.to_owned();
+    drop(alice);
+
+    net.cut(2)?;
+    // A real cut: each side declares the other down (publishes then reach
+    // the other side only by anti-entropy after the heal).
+    for i in [1, 2] {
+        assert!(
+            peer_state(&net, i, "down").await,
+            "n{i} never declared its peer down"
+        );
+    }
+    for text in ["a1", "a2"] {
+        n += 1;
+        say(&mut p1, n, text).await?;
+    }
+    for text in ["b1", "b2"] {
+        n += 1;
+        say(&mut p2, n, text).await?;
+    }
+    net.heal(2)?;
+    for i in [1, 2] {
+        assert!(
+            peer_state(&net, i, "up").await,
+            "n{i} never found its peer again"
+        );
+    }
+
+    // Once both sides' messages are on both nodes, a rejoin on either one
+    // recovers the four.
+    for i in [2, 1] {
+        let addr = net.http_addr(i);
+        let merged = eventually(SETTLE, || {
+            let pos = pos.clone();
+            async move {
+                let path = format!("/api/history?topic={RECOVER_TOPIC}&since={pos}");
+                let Ok(r) = Req::authed("GET", &path).send(addr).await else {
+                    return false;
+                };
+                r.json().is_ok_and(|v| {
+                    v["recovered"] == true && v["messages"].as_array().map_or(0, Vec::len) == 4
+                })
+            }
+        })
+        .await;
+        assert!(merged, "n{i} never held both sides' messages");
+        let (mut back, reply) = join_recover(&net, i, "alice", &json!({ "since": pos })).await?;
+        assert_eq!(reply["recovered"], true, "on n{i}: {reply}");
+        let got = messages(&mut back, 4).await?;
+        let bodies: Vec<&str> = got.iter().filter_map(|m| m["body"].as_str()).collect();
+        let at = |b: &str| bodies.iter().position(|x| *x == b).expect("recovered");
+        assert!(
+            at("a1") < at("a2") && at("b1") < at("b2"),
+            "n{i}: {bodies:?}"
+        );
+        let ids: BTreeSet<&str> = got.iter().filter_map(|m| m["_id"].as_str()).collect();
+        assert_eq!(ids.len(), 4, "n{i}: each once");
+        assert_eq!(
+            reply["pos"], got[3]["_pos"],
+            "n{i}: the reply's pos is the position after them"
+        );
+    }
+    Ok(())
+}

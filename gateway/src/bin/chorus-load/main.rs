@@ -14,6 +14,8 @@
 //!   presence view holds all K users, frames and bytes received;
 //! - `hooks`: joins of a topic with a backend `join_hook` (a backend in this
 //!   process answering in `--delay-ms`): joins per second and join latency.
+//! - `recover`: N clients leave a recoverable topic, M messages are published,
+//!   all rejoin at once with their position; when every one has recovered.
 //!
 //! `--spawn BIN` starts a fresh `chorus` per scenario with
 //! `gateway/bench/load.toml` on a free port of 127.0.0.1; `--url` points at a
@@ -26,6 +28,7 @@ mod fanout;
 mod hooks;
 mod idle;
 mod ping;
+mod recover;
 mod server;
 mod stats;
 mod storm;
@@ -87,6 +90,8 @@ enum Scenario {
     Storm(storm::StormArgs),
     /// Join throughput with a backend join hook.
     Hooks(hooks::HooksArgs),
+    /// Many clients rejoining a recoverable topic at once with their position.
+    Recover(recover::RecoverArgs),
 }
 
 /// What every scenario gets: where to connect and the server's pid.
@@ -165,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let backend = backend.as_ref().expect("started above");
             print(cli.json, &hooks::run(&ctx, args, backend).await?)
         }
+        Scenario::Recover(args) => print(cli.json, &recover::run(&ctx, args).await?),
     }
     drop(spawned);
     Ok(())

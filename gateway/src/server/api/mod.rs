@@ -277,7 +277,10 @@ async fn dispatch(endpoint: Endpoint, req: Request<Incoming>, shared: &Arc<Share
         Endpoint::History => {
             let query = Query::parse(req.uri().query().unwrap_or(""))
                 .map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
-            rooms::history(&topic_param(&req)?, query.get("limit"), shared)
+            match query.get("since") {
+                Some(since) => rooms::history_since(&topic_param(&req)?, since, shared),
+                None => rooms::history(&topic_param(&req)?, query.get("limit"), shared),
+            }
         }
         Endpoint::Rooms => rooms::list(shared),
         Endpoint::CreateRoom => rooms::create(json_body(req, shared).await?, shared).await,

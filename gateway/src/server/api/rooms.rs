@@ -48,6 +48,13 @@ pub(crate) fn history(topic: &str, limit: Option<&str>, shared: &Shared) -> ApiR
     ))
 }
 
+/// `GET /api/history?since=POS`: what a rejoin with `POS` would recover,
+/// all or nothing (PROTOCOL.md of the repository).
+pub(crate) fn history_since(topic: &str, since: &str, shared: &Shared) -> ApiResult {
+    let answer = app(shared)?.history_since(topic, since);
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
 /// A positive decimal integer; one too large for `usize` is `usize::MAX`.
 fn parse_limit(text: &str) -> Option<usize> {
     let digits = text.strip_prefix('+').unwrap_or(text);

@@ -181,7 +181,7 @@ async fn inbox(shared: Weak<Shared>, mut sub: Subscription) {
                     Some(wire) => handle(&shared, wire),
                     None => debug!("LongPoll: ignoring an undecodable forwarding message"),
                 },
-                Delivery::PresenceDiff(_) => {}
+                Delivery::PresenceDiff(_) | Delivery::Logged { .. } => {}
             }
         }
         // Our queue filled up or the engine stopped: subscribe again (a stopped

@@ -1,0 +1,202 @@
+//! Recoverable topics (PROTOCOL.md of this repository): how a broadcast is
+//! kept in the topic's replicated log, how the node hands a logged entry to
+//! the channels, and the client-facing `_id` and `_pos` strings.
+//!
+//! - A **log entry** of a recoverable broadcast is the JSON object
+//!   `{"_r":1,"e":event,"h":0|1,"p":payload}`: `h` says whether it is a saved
+//!   message (one `messages_history` lists). Other history entries (topics
+//!   that are not recoverable) are the saved message itself.
+//! - The topic dispatcher hands each newly accepted entry to the channels as
+//!   the internal broadcast [`LOGGED_EVENT`] with payload
+//!   `{"o":name,"i":incarnation,"s":seq,"t":time_ms,"b":entry}`; a channel
+//!   of a recoverable topic intercepts it and pushes the entry's event with
+//!   `_id` and `_pos` added. Nothing else ever sees it.
+//! - `_pos` is the base64url (no padding) of [`Position::to_bytes`]; `_id`
+//!   is the same encoding of the one-origin position `{origin: seq}`, unique
+//!   within the topic and the same on every node.
+
+use base64::Engine as _;
+use chorus_engine::{NodeId, Position, Stamp, MAX_POSITION_BYTES};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::JsonObject;
+
+/// The internal event a logged entry travels under, from the topic
+/// dispatcher to the channels' `handle_out`. Starts with a control
+/// character, so no configured or client event can be named so.
+pub const LOGGED_EVENT: &str = "\u{1}logged";
+
+const PREFIX: &str = "{\"_r\":1,";
+
+/// A recoverable broadcast as kept in the log.
+#[derive(Debug, Deserialize)]
+pub struct Entry {
+    /// The event pushed to clients.
+    #[serde(rename = "e")]
+    pub event: String,
+    /// Whether it is a saved message (`messages_history` lists it).
+    #[serde(rename = "h")]
+    pub saved: u8,
+    /// The payload, a JSON object.
+    #[serde(rename = "p")]
+    pub payload: Box<RawValue>,
+}
+
+/// The log entry of a broadcast of `event` with `payload`.
+pub fn entry(event: &str, payload: &JsonObject, saved: bool) -> JsonObject {
+    let event = serde_json::to_string(event).expect("a string serializes");
+    let text = format!(
+        "{PREFIX}\"e\":{event},\"h\":{},\"p\":{}}}",
+        u8::from(saved),
+        payload.as_str()
+    );
+    JsonObject::from_json(text).expect("an object of valid JSON parts")
+}
+
+/// Whether a log body is a recoverable broadcast's entry.
+pub fn is_entry(body: &str) -> bool {
+    body.starts_with(PREFIX)
+}
+
+/// Parses a log body written by [`entry`]; `None` for other history.
+pub fn parse_entry(body: &str) -> Option<Entry> {
+    if !is_entry(body) {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+/// The payload the dispatcher hands the channels for a logged entry.
+pub fn logged(stamp: &Stamp, body: &str) -> JsonObject {
+    let name = serde_json::to_string(stamp.origin.name.as_str()).expect("a string serializes");
+    let text = format!(
+        "{{\"o\":{name},\"i\":{},\"s\":{},\"t\":{},\"b\":{body}}}",
+        stamp.origin.incarnation, stamp.seq, stamp.time_ms
+    );
+    JsonObject::from_json(text).expect("an entry is a JSON object")
+}
+
+/// A logged entry as a channel receives it.
+#[derive(Debug, Deserialize)]
+pub struct Logged {
+    #[serde(rename = "o")]
+    name: String,
+    #[serde(rename = "i")]
+    incarnation: u64,
+    #[serde(rename = "s")]
+    seq: u64,
+    #[serde(rename = "t")]
+    time_ms: u64,
+    #[serde(rename = "b")]
+    body: Box<RawValue>,
+}
+
+impl Logged {
+    /// Parses [`logged`]'s payload.
+    pub fn parse(payload: &str) -> Option<(Stamp, Box<RawValue>)> {
+        let l: Logged = serde_json::from_str(payload).ok()?;
+        Some((
+            Stamp {
+                time_ms: l.time_ms,
+                origin: NodeId::new(&l.name, l.incarnation),
+                seq: l.seq,
+            },
+            l.body,
+        ))
+    }
+}
+
+/// The client-facing string of a position (`_pos`, `pos`).
+pub fn encode_pos(pos: &Position) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pos.to_bytes())
+}
+
+/// A position a client sent back (`since`); `None` if it is not one.
+pub fn decode_pos(text: &str) -> Option<Position> {
+    if text.len() > MAX_POSITION_BYTES * 4 / 3 + 4 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    Position::from_bytes(&bytes)
+}
+
+/// The stable id of the entry stamped `stamp` (`_id`).
+pub fn message_id(stamp: &Stamp) -> String {
+    let mut one = Position::default();
+    one.advance(&stamp.origin, stamp.seq);
+    encode_pos(&one)
+}
+
+/// `payload` (a JSON object) with `"_id"` and `"_pos"` added at its end.
+pub fn with_pos(payload: &str, id: &str, pos: &str) -> Option<JsonObject> {
+    let body = payload.trim_end().strip_suffix('}')?;
+    let sep = if body.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    JsonObject::from_json(format!("{body}{sep}\"_id\":\"{id}\",\"_pos\":\"{pos}\"}}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_logged_payloads_round_trip() {
+        let payload = JsonObject::from_json(r#"{"body":"hi"}"#).unwrap();
+        let e = entry("new_message", &payload, true);
+        assert!(is_entry(e.as_str()));
+        let parsed = parse_entry(e.as_str()).expect("an entry");
+        assert_eq!(parsed.event, "new_message");
+        assert_eq!(parsed.saved, 1);
+        assert_eq!(parsed.payload.get(), r#"{"body":"hi"}"#);
+        assert!(parse_entry(r#"{"id":"x","body":"old history"}"#).is_none());
+        let stamp = Stamp {
+            time_ms: 9,
+            origin: NodeId::new("n\"1", 3),
+            seq: 4,
+        };
+        let l = logged(&stamp, e.as_str());
+        let (back, body) = Logged::parse(l.as_str()).expect("parses");
+        assert_eq!(back, stamp);
+        assert_eq!(body.get(), e.as_str());
+    }
+
+    #[test]
+    fn positions_and_ids_are_opaque_strings_that_round_trip() {
+        let mut p = Position::default();
+        p.advance(&NodeId::new("a", 1), 5);
+        let text = encode_pos(&p);
+        assert!(text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(decode_pos(&text), Some(p));
+        assert_eq!(decode_pos("not base64!"), None);
+        assert_eq!(decode_pos("AAAA"), None);
+        assert_eq!(decode_pos(&"A".repeat(100_000)), None);
+        let stamp = Stamp {
+            time_ms: 1,
+            origin: NodeId::new("a", 1),
+            seq: 2,
+        };
+        assert_ne!(
+            message_id(&stamp),
+            message_id(&Stamp {
+                seq: 3,
+                ..stamp.clone()
+            })
+        );
+        assert_eq!(
+            with_pos(r#"{"a":1}"#, "I", "P").unwrap().as_str(),
+            r#"{"a":1,"_id":"I","_pos":"P"}"#
+        );
+        assert_eq!(
+            with_pos("{ }", "I", "P").unwrap().as_str(),
+            r#"{ "_id":"I","_pos":"P"}"#
+        );
+    }
+}
