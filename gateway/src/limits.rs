@@ -211,6 +211,28 @@ impl From<IpAddr> for Source {
     }
 }
 
+/// What to do with a newly accepted connection under [`ConnectionLimiter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionVerdict {
+    /// Within its address's rate: serve it.
+    Accept,
+    /// Over the rate. `tell` is set for the first refusal since the address
+    /// was last accepted: answer it (429). The others are closed at once, so
+    /// a client reconnecting in a loop costs an accept and a close.
+    Refuse {
+        /// Answer this one.
+        tell: bool,
+    },
+}
+
+/// One address's bucket, and whether it has been refused since it was last
+/// accepted (it has been told).
+#[derive(Debug)]
+struct SourceState {
+    bucket: TokenBucket,
+    refused: bool,
+}
+
 /// New connections per client address ([`ConnectionLimits`]), checked once per
 /// accepted TCP connection, before anything is read from it. Owned by the
 /// accept loop: no lock. Addresses whose bucket has filled up again are
@@ -219,7 +241,7 @@ impl From<IpAddr> for Source {
 #[derive(Debug)]
 pub struct ConnectionLimiter {
     limits: ConnectionLimits,
-    buckets: HashMap<Source, TokenBucket>,
+    buckets: HashMap<Source, SourceState>,
     /// The table is swept of full buckets when it grows past this.
     sweep_at: usize,
 }
@@ -237,20 +259,36 @@ impl ConnectionLimiter {
         }
     }
 
-    /// Whether a connection from `ip` accepted at `now` may go on.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// The verdict on a connection from `ip` accepted at `now`.
+    pub fn check(&mut self, ip: IpAddr, now: Instant) -> ConnectionVerdict {
         if self.limits.rate == 0 || self.limits.exempt.iter().any(|net| net.contains(&ip)) {
-            return true;
+            return ConnectionVerdict::Accept;
         }
         if self.buckets.len() >= self.sweep_at {
-            self.buckets.retain(|_, bucket| !bucket.is_full(now));
+            self.buckets.retain(|_, source| !source.bucket.is_full(now));
             self.sweep_at = (self.buckets.len() * 2).max(CONNECTION_TABLE_MIN_SWEEP);
         }
         let (rate, burst) = (self.limits.rate, self.limits.burst);
-        self.buckets
+        let source = self
+            .buckets
             .entry(Source::from(ip))
-            .or_insert_with(|| TokenBucket::new(rate, burst))
-            .try_take(now)
+            .or_insert_with(|| SourceState {
+                bucket: TokenBucket::new(rate, burst),
+                refused: false,
+            });
+        if source.bucket.try_take(now) {
+            source.refused = false;
+            ConnectionVerdict::Accept
+        } else {
+            let tell = !source.refused;
+            source.refused = true;
+            ConnectionVerdict::Refuse { tell }
+        }
+    }
+
+    /// Whether a connection from `ip` accepted at `now` may go on.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.check(ip, now) == ConnectionVerdict::Accept
     }
 
     /// Addresses in the table.
@@ -468,6 +506,24 @@ mod tests {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         assert!((0..100).all(|_| l.allow(local, t0)));
         assert!((0..100).all(|_| l.allow("::1".parse().unwrap(), t0)));
+    }
+
+    #[test]
+    fn an_address_is_told_once_then_closed_until_it_is_accepted_again() {
+        let t0 = Instant::now();
+        let mut l = ConnectionLimiter::new(ConnectionLimits {
+            rate: 10,
+            burst: 1,
+            exempt: vec![],
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(l.check(a, t0), ConnectionVerdict::Accept);
+        assert_eq!(l.check(a, t0), ConnectionVerdict::Refuse { tell: true });
+        assert_eq!(l.check(a, t0), ConnectionVerdict::Refuse { tell: false });
+        assert_eq!(l.check(a, t0), ConnectionVerdict::Refuse { tell: false });
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(l.check(a, t1), ConnectionVerdict::Accept);
+        assert_eq!(l.check(a, t1), ConnectionVerdict::Refuse { tell: true });
     }
 
     #[test]

@@ -783,12 +783,17 @@ async fn new_connections_past_an_addresss_rate_get_429_and_others_go_on() -> any
     let (code, answer) = healthz_from(mallory, node.addr).await?;
     anyhow::ensure!(code == 429, "the sixth connection got {code}");
     anyhow::ensure!(answer.contains("retry-after: 1"), "{answer}");
+    // Told once: until the address is accepted again, it is closed unanswered.
     let url = format!("ws://{}/socket/websocket?{}", node.addr, query("mallory"));
     anyhow::ensure!(
         ws_from(mallory, node.addr, &url).await.is_err(),
         "a WebSocket upgrade past the rate went through"
     );
-    assert_eq!(exceeded(&node, "connection_rate").await?, 2);
+    anyhow::ensure!(
+        healthz_from(mallory, node.addr).await.is_err(),
+        "a second refusal was answered"
+    );
+    assert_eq!(exceeded(&node, "connection_rate").await?, 3);
     // Another address, and a client already connected, are served.
     let (code, _) = healthz_from("127.0.0.4".parse()?, node.addr).await?;
     anyhow::ensure!(code == 200, "another address got {code}");

@@ -216,7 +216,7 @@ impl App {
         rule: &TopicRule,
         topic: &str,
         since: &str,
-    ) -> Result<(Position, Vec<(Stamp, Arc<str>)>), &'static str> {
+    ) -> Result<Recovered, &'static str> {
         let Some(pos) = recover::decode_pos(since) else {
             return Err("unknown_position");
         };
@@ -275,6 +275,10 @@ impl App {
             .is_ok()
     }
 }
+
+/// A successful recovery: the position to go on from, and the entries the
+/// `since` position did not cover, oldest first.
+pub(crate) type Recovered = (Position, Vec<(Stamp, Arc<str>)>);
 
 /// One presence a join holds in `(user, topic)`; given back when dropped (the
 /// channel ends, however it ends).

@@ -58,7 +58,9 @@ pub use transport::longpoll::LongPollKey;
 
 use crate::channel::{RoomStore, Router};
 use crate::hooks::Hooks;
-use crate::limits::{ClientLimits, ConnectionLimiter, ConnectionLimits, LimitCounter};
+use crate::limits::{
+    ClientLimits, ConnectionLimiter, ConnectionLimits, ConnectionVerdict, LimitCounter,
+};
 use crate::socket::SessionConfig;
 use crate::token::Tokens;
 use metrics::{limit, Metrics};
@@ -375,10 +377,14 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let counted = HttpConn::count(&self.shared);
-            if !per_address.allow(peer.ip(), Instant::now()) {
+            if let ConnectionVerdict::Refuse { tell } = per_address.check(peer.ip(), Instant::now())
+            {
                 self.shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
-                debug!(%peer, "refusing a connection: too many new ones from its address");
-                self.refuse(stream, counted, TOO_MANY_FROM_ADDRESS);
+                if tell {
+                    debug!(%peer, "refusing a connection: too many new ones from its address");
+                    self.refuse(stream, counted, TOO_MANY_FROM_ADDRESS);
+                }
+                // Told already: closed at once (dropped).
                 continue;
             }
             if counted.open > self.shared.config.max_connections {

@@ -442,7 +442,7 @@ async fn say(client: &mut Client, n: u32, text: &str) -> anyhow::Result<()> {
         .await?;
     loop {
         let f = client.recv_json(true).await?;
-        if f[3] == "phx_reply" && f[1] == Value::from(reff.as_str()) {
+        if f[3] == "phx_reply" && f[1] == reff.as_str() {
             if f[4]["status"] != "ok" {
                 bail!("{text} refused: {f}");
             }
