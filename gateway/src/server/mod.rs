@@ -375,18 +375,19 @@ impl Server {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
-            let counted = HttpConn::count(&self.shared);
             if let ConnectionVerdict::Refuse { tell } = per_address.check(peer.ip(), Instant::now())
             {
                 self.shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
                 if tell {
                     debug!(%peer, "refusing a connection: too many new ones from its address");
+                    let counted = HttpConn::count(&self.shared);
                     self.refuse(stream, counted, TOO_MANY_FROM_ADDRESS);
                 }
-                // Told already: closed at once (dropped).
+                // Told already: closed at once (dropped), nothing else done.
                 continue;
             }
+            let _ = stream.set_nodelay(true);
+            let counted = HttpConn::count(&self.shared);
             if counted.open > self.shared.config.max_connections {
                 self.shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
                 debug!(%peer, "refusing a connection: too many in their HTTP phase");
