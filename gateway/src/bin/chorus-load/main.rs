@@ -15,11 +15,19 @@
 //!
 //! `--spawn BIN` starts a fresh `chorus` per scenario with
 //! `gateway/bench/load.toml` on a free port of 127.0.0.1; `--url` points at a
-//! running server, which then needs the topics of that file (`load:*` with
-//! `ping` echoed and `fanout` broadcast, `storm:*` with presence). Latencies
-//! are taken on this process's clock, so they include its own scheduling.
+//! running server, which then needs the topics of that file (`room:*` with
+//! `new_msg` broadcast, `bench:*` with `ping` echoed, `storm:*` with
+//! presence). Latencies are taken on this process's clock, so they include its
+//! own scheduling.
+//!
+//! `--compare CEILING` (with `--spawn`) runs the scenario against a fresh
+//! ceiling (`../shared/ceiling`: join anything, `new_msg` broadcast, `ping`
+//! echoed) and then against a fresh `chorus`, and prints both and the ratio
+//! of each figure (server CPU per delivery or round trip, bytes per idle
+//! connection, latency percentiles).
 
 mod client;
+mod compare;
 mod fanout;
 mod idle;
 mod ping;
@@ -37,6 +45,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::Target;
+use crate::compare::{Comparison, Outcome};
 use crate::server::Spawned;
 
 /// Load generator for Phoenix Channels servers.
@@ -62,6 +71,15 @@ struct Cli {
         default_value = "chorus-load-token-secret-0123456789"
     )]
     token_secret: String,
+    /// With --spawn: run the scenario first against a fresh process of this
+    /// ceiling binary (`../shared/ceiling/target/release/ceiling`), then
+    /// against chorus, and print both and the ratios.
+    #[arg(long, requires = "spawn")]
+    compare: Option<PathBuf>,
+    /// With --compare: the ceiling's runtime threads (its `--threads`; 1 is
+    /// its default, a current-thread runtime).
+    #[arg(long, default_value_t = 1, requires = "compare")]
+    ceiling_threads: usize,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -72,7 +90,7 @@ struct Cli {
     scenario: Scenario,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 enum Scenario {
     /// Server memory per idle connection.
     Idle(idle::IdleArgs),
@@ -119,6 +137,19 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     client::now_us();
+    if let (Some(ceiling), Some(bin)) = (&cli.compare, &cli.spawn) {
+        if matches!(cli.scenario, Scenario::Storm(_)) {
+            bail!("the ceiling has no presence: `storm` cannot be compared");
+        }
+        let server = Spawned::ceiling(ceiling, cli.ceiling_threads).await?;
+        let ceiling = scenario(&cli, &server.url, Some(server.pid())).await?;
+        drop(server);
+        let server = Spawned::start(bin, &cli.token_secret).await?;
+        let chorus = scenario(&cli, &server.url, Some(server.pid())).await?;
+        drop(server);
+        print(cli.json, &Comparison::new(ceiling, chorus));
+        return Ok(());
+    }
     let spawned = match &cli.spawn {
         Some(bin) => Some(Spawned::start(bin, &cli.token_secret).await?),
         None => None,
@@ -128,22 +159,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (None, Some(url)) => (url.clone(), cli.pid),
         (None, None) => bail!("give --spawn or --url"),
     };
+    print(cli.json, &scenario(&cli, &url, pid).await?);
+    drop(spawned);
+    Ok(())
+}
+
+/// Runs the scenario of `cli` against the server at `url` (process `pid`).
+async fn scenario(cli: &Cli, url: &str, pid: Option<u32>) -> anyhow::Result<Outcome> {
     let ctx = Ctx {
         target: Target {
-            url,
+            url: url.to_owned(),
             tokens: Some(Tokens::new(cli.token_secret.as_bytes())),
         },
         pid,
         connecting: Arc::new(Semaphore::new(cli.connect_concurrency.max(1))),
     };
-    match cli.scenario {
-        Scenario::Idle(args) => print(cli.json, &idle::run(&ctx, args).await?),
-        Scenario::Fanout(args) => print(cli.json, &fanout::run(&ctx, args).await?),
-        Scenario::Ping(args) => print(cli.json, &ping::run(&ctx, args).await?),
-        Scenario::Storm(args) => print(cli.json, &storm::run(&ctx, args).await?),
-    }
-    drop(spawned);
-    Ok(())
+    Ok(match cli.scenario.clone() {
+        Scenario::Idle(args) => Outcome::Idle(idle::run(&ctx, args).await?),
+        Scenario::Fanout(args) => Outcome::Fanout(fanout::run(&ctx, args).await?),
+        Scenario::Ping(args) => Outcome::Ping(ping::run(&ctx, args).await?),
+        Scenario::Storm(args) => Outcome::Storm(storm::run(&ctx, args).await?),
+    })
 }
 
 fn print<R: Serialize + std::fmt::Display>(json: bool, result: &R) {
