@@ -200,26 +200,26 @@ impl SessionDriver {
     }
 
     /// Hands deliveries to the session, `first` and then whatever else is
-    /// waiting, up to `max` in all, and carries out what follows. The budget
-    /// is given back once for the lot, and actions are run only when a
-    /// delivery queued some, before the next delivery (as one at a time
-    /// would): a plain broadcast costs no atomic and no await of its own.
+    /// waiting, up to `max` in all, and carries out what follows, as
+    /// [`SessionDriver::handle_inbound`] one at a time would; but the actions
+    /// are awaited only when a delivery queued some, so a plain broadcast
+    /// costs no await of its own. Each delivery's budget is given back as it
+    /// is handled, as before.
     pub(crate) async fn handle_inbound_batch(
         &mut self,
         first: Inbound,
         max: usize,
     ) -> Result<(), Exit> {
-        let mut unreleased = 0;
         // Room for the frames of what is already taken, in one allocation.
         self.session.reserve_frames(self.taken.len().min(max) + 1);
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(item) = next.take() {
-            unreleased += item.cost();
+            let cost = item.cost();
             let delivered = self.deliver(item);
-            if delivered.is_err() || self.session.has_actions() {
-                self.mailbox.budget.release(std::mem::take(&mut unreleased));
-                delivered?;
+            self.mailbox.budget.release(cost);
+            delivered?;
+            if self.session.has_actions() {
                 self.run_actions().await?;
             }
             handled += 1;
@@ -227,7 +227,6 @@ impl SessionDriver {
                 next = self.try_recv();
             }
         }
-        self.mailbox.budget.release(unreleased);
         Ok(())
     }
 
