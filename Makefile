@@ -1,7 +1,7 @@
 # Chorus: the one front door. Every target here is what CI runs or what the README shows.
 CARGO ?= cargo
 
-.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-hostile fuzz fmt lint check-core ci
+.PHONY: help run cluster test test-fuzz-replay chromium schemathesis schemathesis-venv sim soak bench bench-load bench-ceiling bench-hostile fuzz fmt lint check-core ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -120,8 +120,27 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load storm --users $(LOAD_STORM_BIG) --rate 200 --timeout 120; \
 	$$load storm --users $(LOAD_BURST); \
 	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --delay-ms 1; \
-	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --topic-prefix load; \
+	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --topic-prefix room; \
 	$$load recover --clients 1000 --missed 100
+
+# The ceiling (a minimal Phoenix server, not part of Chorus) and its runtime threads.
+CEILING_DIR ?= ../shared/ceiling
+CEILING_THREADS ?= 1
+
+bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEILING_DIR), then chorus; both figures and the ratio (about 2 min)
+	@if [ ! -f "$(CEILING_DIR)/Cargo.toml" ]; then \
+		echo "make bench-ceiling: the ceiling is absent: no $(CEILING_DIR)/Cargo.toml (set CEILING_DIR to its checkout)"; exit 1; fi
+	$(CARGO) build --release --manifest-path "$(CEILING_DIR)/Cargo.toml" --target-dir "$(CEILING_DIR)/target"
+	$(CARGO) build --release -p chorus-gateway --bin chorus --bin chorus-load
+	@ulimit -n $$(ulimit -Hn); set -e; uptime; \
+	bin="$${CARGO_TARGET_DIR:-target}/release"; \
+	load="$$bin/chorus-load --spawn $$bin/chorus --compare $(CEILING_DIR)/target/release/ceiling --ceiling-threads $(CEILING_THREADS)"; \
+	set -x; \
+	$$load idle --conns $(LOAD_IDLE); \
+	$$load fanout --subs 1000 --rate 0 --secs $(LOAD_FANOUT_SECS); \
+	$$load fanout --subs 1000 --rate 200 --secs $(LOAD_FANOUT_SECS); \
+	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
+	{ set +x; } 2>/dev/null; uptime
 
 # Seconds each phase of `make bench-hostile` measures.
 HOSTILE_SECS ?= 5

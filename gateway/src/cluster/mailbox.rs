@@ -141,6 +141,11 @@ pub(crate) struct Taken {
     queue: VecDeque<Inbound>,
 }
 impl Taken {
+    /// Deliveries taken and not handled yet.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// The next delivery, taking the inbox's whole queue when this one is
     /// empty. Once drained, a large capacity left by a burst is given back.
     pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {

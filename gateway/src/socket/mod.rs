@@ -324,6 +324,32 @@ impl Session {
         frame
     }
 
+    /// Moves every frame queued for the client to the back of `into`, in
+    /// order: what calling [`Session::poll_transmit`] until `None` gives, but
+    /// the queue goes at once (swapped when `into` is empty). The session
+    /// keeps no room afterwards.
+    pub fn take_transmit(&mut self, into: &mut std::collections::VecDeque<OutFrame>) {
+        if into.is_empty() {
+            std::mem::swap(&mut self.outbox.transmit, into);
+        } else {
+            into.append(&mut self.outbox.transmit);
+        }
+        if self.outbox.transmit.capacity() > 0 {
+            self.outbox.transmit = std::collections::VecDeque::new();
+        }
+    }
+
+    /// Makes room for `n` more frames for the client (a burst of broadcasts
+    /// about to be handed in), so the queue grows once rather than by doubling.
+    pub fn reserve_frames(&mut self, n: usize) {
+        self.outbox.transmit.reserve(n);
+    }
+
+    /// Whether an action is waiting for [`Session::poll_action`].
+    pub fn has_actions(&self) -> bool {
+        !self.outbox.actions.is_empty()
+    }
+
     /// The next action to carry out for this connection. Poll until `None` after
     /// every input.
     #[must_use]

@@ -127,7 +127,7 @@ fn hooks_joins_call_the_backend_once_each() {
         "--conns",
         "4",
         "--topic-prefix",
-        "load",
+        "room",
     ]);
     assert_eq!(
         (r["ok"].as_u64(), r["backend_calls"].as_u64()),

@@ -7,7 +7,7 @@
 //!
 //! With `--spawn`, the server gets a rule `hook:{id}` whose `join_hook` points
 //! at this backend; with `--url`, give the server such a rule pointing at
-//! `--backend` (e.g. 127.0.0.1:9000). `--topic-prefix load` joins `load:*`
+//! `--backend` (e.g. 127.0.0.1:9000). `--topic-prefix room` joins `room:*`
 //! (no hook) instead: the same joins without a backend, for comparison.
 
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ use crate::server::{Cpu, CpuMeter};
 use crate::stats::{per_sec, Latency};
 use crate::Ctx;
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct HooksArgs {
     /// Joins in all.
     #[arg(long, default_value_t = 1000)]

@@ -17,13 +17,13 @@ use crate::client::HEARTBEAT;
 use crate::server::rss;
 use crate::Ctx;
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct IdleArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub conns: usize,
     /// The topic every connection joins; `none`: connect only.
-    #[arg(long, default_value = "load:idle")]
+    #[arg(long, default_value = "room:idle")]
     pub topic: String,
     /// Seconds to wait after each half is open before reading the memory.
     #[arg(long, default_value_t = 2)]

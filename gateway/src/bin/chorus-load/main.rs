@@ -19,11 +19,19 @@
 //!
 //! `--spawn BIN` starts a fresh `chorus` per scenario with
 //! `gateway/bench/load.toml` on a free port of 127.0.0.1; `--url` points at a
-//! running server, which then needs the topics of that file (`load:*` with
-//! `ping` echoed and `fanout` broadcast, `storm:*` with presence). Latencies
-//! are taken on this process's clock, so they include its own scheduling.
+//! running server, which then needs the topics of that file (`room:*` with
+//! `new_msg` broadcast, `bench:*` with `ping` echoed, `storm:*` with
+//! presence). Latencies are taken on this process's clock, so they include its
+//! own scheduling.
+//!
+//! `--compare CEILING` (with `--spawn`) runs the scenario against a fresh
+//! ceiling (`../shared/ceiling`: join anything, `new_msg` broadcast, `ping`
+//! echoed) and then against a fresh `chorus`, and prints both and the ratio
+//! of each figure (server CPU per delivery or round trip, bytes per idle
+//! connection, latency percentiles).
 
 mod client;
+mod compare;
 mod fanout;
 mod hooks;
 mod idle;
@@ -36,13 +44,14 @@ mod storm;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use chorus_gateway::token::Tokens;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::Target;
+use crate::compare::{Comparison, Outcome};
 use crate::server::Spawned;
 
 /// Load generator for Phoenix Channels servers.
@@ -68,6 +77,15 @@ struct Cli {
         default_value = "chorus-load-token-secret-0123456789"
     )]
     token_secret: String,
+    /// With --spawn: run the scenario first against a fresh process of this
+    /// ceiling binary (`../shared/ceiling/target/release/ceiling`), then
+    /// against chorus, and print both and the ratios.
+    #[arg(long, requires = "spawn")]
+    compare: Option<PathBuf>,
+    /// With --compare: the ceiling's runtime threads (its `--threads`; 1 is
+    /// its default, a current-thread runtime).
+    #[arg(long, default_value_t = 1, requires = "compare")]
+    ceiling_threads: usize,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -78,7 +96,7 @@ struct Cli {
     scenario: Scenario,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 enum Scenario {
     /// Server memory per idle connection.
     Idle(idle::IdleArgs),
@@ -144,6 +162,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .as_ref()
         .map(hooks::Backend::config)
         .unwrap_or_default();
+    if let (Some(ceiling), Some(bin)) = (&cli.compare, &cli.spawn) {
+        if matches!(
+            cli.scenario,
+            Scenario::Storm(_) | Scenario::Hooks(_) | Scenario::Recover(_)
+        ) {
+            bail!("the ceiling has no presence, hooks or recovery: `storm`, `hooks` and `recover` cannot be compared");
+        }
+        let server = Spawned::ceiling(ceiling, cli.ceiling_threads).await?;
+        let ceiling = scenario(&cli, &server.url, Some(server.pid()), None).await?;
+        drop(server);
+        let server = Spawned::start(bin, &cli.token_secret, &extra).await?;
+        let chorus = scenario(&cli, &server.url, Some(server.pid()), None).await?;
+        drop(server);
+        print(cli.json, &Comparison::new(ceiling, chorus));
+        return Ok(());
+    }
     let spawned = match &cli.spawn {
         Some(bin) => Some(Spawned::start(bin, &cli.token_secret, &extra).await?),
         None => None,
@@ -153,27 +187,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (None, Some(url)) => (url.clone(), cli.pid),
         (None, None) => bail!("give --spawn or --url"),
     };
+    print(
+        cli.json,
+        &scenario(&cli, &url, pid, backend.as_ref()).await?,
+    );
+    drop(spawned);
+    Ok(())
+}
+
+/// Runs the scenario of `cli` against the server at `url` (process `pid`);
+/// the hooks scenario with its `backend`.
+async fn scenario(
+    cli: &Cli,
+    url: &str,
+    pid: Option<u32>,
+    backend: Option<&hooks::Backend>,
+) -> anyhow::Result<Outcome> {
     let ctx = Ctx {
         target: Target {
-            url,
+            url: url.to_owned(),
             tokens: Some(Tokens::new(cli.token_secret.as_bytes())),
         },
         pid,
         connecting: Arc::new(Semaphore::new(cli.connect_concurrency.max(1))),
     };
-    match cli.scenario {
-        Scenario::Idle(args) => print(cli.json, &idle::run(&ctx, args).await?),
-        Scenario::Fanout(args) => print(cli.json, &fanout::run(&ctx, args).await?),
-        Scenario::Ping(args) => print(cli.json, &ping::run(&ctx, args).await?),
-        Scenario::Storm(args) => print(cli.json, &storm::run(&ctx, args).await?),
+    Ok(match cli.scenario.clone() {
+        Scenario::Idle(args) => Outcome::Idle(idle::run(&ctx, args).await?),
+        Scenario::Fanout(args) => Outcome::Fanout(fanout::run(&ctx, args).await?),
+        Scenario::Ping(args) => Outcome::Ping(ping::run(&ctx, args).await?),
+        Scenario::Storm(args) => Outcome::Storm(storm::run(&ctx, args).await?),
         Scenario::Hooks(args) => {
-            let backend = backend.as_ref().expect("started above");
-            print(cli.json, &hooks::run(&ctx, args, backend).await?)
+            let backend = backend.context("the hooks scenario starts its backend first")?;
+            Outcome::Hooks(hooks::run(&ctx, args, backend).await?)
         }
-        Scenario::Recover(args) => print(cli.json, &recover::run(&ctx, args).await?),
-    }
-    drop(spawned);
-    Ok(())
+        Scenario::Recover(args) => Outcome::Recover(recover::run(&ctx, args).await?),
+    })
 }
 
 fn print<R: Serialize + std::fmt::Display>(json: bool, result: &R) {

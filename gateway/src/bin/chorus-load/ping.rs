@@ -18,7 +18,7 @@ use crate::server::{Cpu, CpuMeter};
 use crate::stats::Latency;
 use crate::Ctx;
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct PingArgs {
     /// Connections.
     #[arg(long, default_value_t = 10)]
@@ -34,7 +34,7 @@ pub struct PingArgs {
     #[arg(long, default_value_t = 0)]
     pub interval_ms: u64,
     /// The topic.
-    #[arg(long, default_value = "load:ping")]
+    #[arg(long, default_value = "bench:ping")]
     pub topic: String,
 }
 

@@ -13,7 +13,7 @@ use crate::client::{check_ok, frame, Conn, Frame};
 use crate::server::{Cpu, CpuMeter};
 use crate::Ctx;
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct RecoverArgs {
     /// Clients that leave and rejoin.
     #[arg(long, default_value_t = 1000)]

@@ -1,5 +1,6 @@
 //! The server under load: a `chorus` process this tool starts (`--spawn`), or
-//! one started elsewhere (`--url`, and `--pid` to read its memory).
+//! one started elsewhere (`--url`, and `--pid` to read its memory); and, with
+//! `--compare`, the ceiling (`../shared/ceiling`, a minimal Phoenix server).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,10 +14,11 @@ use tokio::net::TcpStream;
 /// The topic rules the scenarios need (`gateway/bench/load.toml`).
 pub const CONFIG: &str = include_str!("../../../bench/load.toml");
 
-/// A `chorus` child process on a free port of 127.0.0.1; killed on drop.
+/// A server child process on a free port of 127.0.0.1; killed on drop.
 pub struct Spawned {
     child: Child,
-    config: PathBuf,
+    /// The config file written for it (`chorus` only).
+    config: Option<PathBuf>,
     /// The socket URL.
     pub url: String,
 }
@@ -47,20 +49,66 @@ impl Spawned {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut server = Self {
             child,
-            config,
+            config: Some(config),
             url: format!("ws://{addr}/socket/websocket"),
         };
+        server
+            .wait_until(bin, "answer /healthz", || healthy(addr))
+            .await?;
+        Ok(server)
+    }
+
+    /// Starts the ceiling, `bin --port <free> --threads <threads>` (it takes
+    /// any topic, `new_msg` broadcasts and `ping` echoes; it ignores the
+    /// token), and waits until it accepts a WebSocket.
+    pub async fn ceiling(bin: &Path, threads: usize) -> anyhow::Result<Self> {
+        let addr = free_port()?;
+        let child = Command::new(bin)
+            .args(["--port", &addr.port().to_string()])
+            .args(["--threads", &threads.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let url = format!("ws://{addr}/socket/websocket");
+        let mut server = Self {
+            child,
+            config: None,
+            url: url.clone(),
+        };
+        let accepts = || {
+            let url = url.clone();
+            async move {
+                tokio_tungstenite::connect_async(format!("{url}?vsn=2.0.0"))
+                    .await
+                    .is_ok()
+            }
+        };
+        server
+            .wait_until(bin, "accept a WebSocket", accepts)
+            .await?;
+        Ok(server)
+    }
+
+    /// Polls `ready` every 50 ms for up to 30 s; an error if the process
+    /// exits first or never becomes ready.
+    async fn wait_until<F, Fut>(&mut self, bin: &Path, what: &str, ready: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthy(addr).await {
-            if let Some(status) = server.child.try_wait()? {
+        while !ready().await {
+            if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited with {status}", bin.display());
             }
             if Instant::now() > deadline {
-                bail!("{} did not answer /healthz on {addr}", bin.display());
+                bail!("{} did not {what} at {}", bin.display(), self.url);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(server)
+        Ok(())
     }
 
     /// The process id.
@@ -73,7 +121,9 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
     }
 }
 

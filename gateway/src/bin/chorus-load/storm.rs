@@ -19,7 +19,7 @@ use crate::client::{check_ok, frame, now_us, Conn, Frame, HEARTBEAT};
 use crate::server::{Cpu, CpuMeter};
 use crate::Ctx;
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct StormArgs {
     /// Clients (and users).
     #[arg(long, default_value_t = 1000)]

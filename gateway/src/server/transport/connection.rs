@@ -158,6 +158,16 @@ where
         let mut bytes = ByteLimiter::new(limits.byte_rate, limits.byte_burst);
         // While the client is over its byte rate, its frames are not read.
         let mut resume: Option<Instant> = None;
+        // Made once, not once per turn of the loop: a `Notified` polled in a
+        // fresh `select!` locks its `Notify` to link and unlink a waiter, and a
+        // fresh `Sleep` registers and deregisters a timer, on every frame and
+        // every batch of deliveries. Both signals end the loop, so each fires
+        // at most once. The idle timer is moved only when it fires early: a
+        // frame just moves `deadline`.
+        let drained = drain.notified();
+        let overflowed = budget.notify.notified();
+        let idle_timer = sleep_until(deadline);
+        tokio::pin!(drained, overflowed, idle_timer);
         loop {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
@@ -169,13 +179,19 @@ where
             // yields after a batch of client frames so deliveries get theirs.
             let event = tokio::select! {
                 biased;
-                _ = drain.notified() => WsEvent::Drain,
-                _ = budget.notify.notified() => WsEvent::Overflow,
+                _ = &mut drained => WsEvent::Drain,
+                _ = &mut overflowed => WsEvent::Overflow,
                 event = poll_fn(|cx| poll_socket(ws, out, resume.is_none(), cx)) => event,
                 item = inbound => WsEvent::Inbound(item),
                 answer = hook_answer => WsEvent::HookAnswer(answer),
                 _ = sleep_until(resume.unwrap_or(deadline)), if resume.is_some() => WsEvent::Resume,
-                _ = sleep_until(deadline) => WsEvent::Idle,
+                _ = &mut idle_timer => {
+                    if Instant::now() < deadline {
+                        idle_timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    WsEvent::Idle
+                }
             };
             let step = match event {
                 WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
@@ -215,13 +231,9 @@ where
     /// Hands `item` and whatever else is waiting (up to a batch) to the session,
     /// then queues the frames they produced.
     async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
-        self.driver.handle_inbound(item).await?;
-        for _ in 1..INBOUND_BATCH {
-            let Some(item) = self.driver.try_recv() else {
-                break;
-            };
-            self.driver.handle_inbound(item).await?;
-        }
+        self.driver
+            .handle_inbound_batch(item, INBOUND_BATCH)
+            .await?;
         self.flush()
     }
 
@@ -295,14 +307,7 @@ where
 
     /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
-        let before = self.out.queue.len();
-        let out = &mut self.out;
-        let taken = self.driver.take_frames(|frame, cost| out.push(frame, cost));
-        if taken.is_err() {
-            // Not charged to the budget: not queued either.
-            self.out.queue.truncate(before);
-        }
-        taken
+        self.driver.take_frames(&mut self.out.queue)
     }
 }
 
@@ -357,10 +362,10 @@ where
     Poll::Pending
 }
 
-/// Frames queued for the socket with their budget costs, and how many were fed
-/// to the socket but not yet flushed.
+/// Frames queued for the socket (each costs its length in the budget), and how
+/// many were fed to the socket but not yet flushed.
 struct Outgoing {
-    queue: VecDeque<(OutFrame, usize)>,
+    queue: VecDeque<OutFrame>,
     budget: Arc<Budget>,
     batch: usize,
     fed: usize,
@@ -379,10 +384,6 @@ impl Outgoing {
             fed_bytes: 0,
             reads: 0,
         }
-    }
-
-    fn push(&mut self, frame: OutFrame, cost: usize) {
-        self.queue.push_back((frame, cost));
     }
 
     /// Feeds queued frames to the socket in batches of up to `batch`, flushing
@@ -405,11 +406,11 @@ impl Outgoing {
                 if let Err(e) = std::task::ready!(ws.poll_ready_unpin(cx)) {
                     return Poll::Ready(Err(e));
                 }
-                let Some((frame, cost)) = self.queue.pop_front() else {
+                let Some(frame) = self.queue.pop_front() else {
                     break;
                 };
                 self.fed += 1;
-                self.fed_bytes += cost;
+                self.fed_bytes += frame.as_bytes().len();
                 if let Err(e) = ws.start_send_unpin(message(frame)) {
                     return Poll::Ready(Err(e));
                 }
@@ -433,7 +434,7 @@ impl Outgoing {
 
     /// Gives back the budget of every frame not written.
     fn abandon(&mut self) {
-        let queued: usize = self.queue.drain(..).map(|(_, cost)| cost).sum();
+        let queued: usize = self.queue.drain(..).map(|f| f.as_bytes().len()).sum();
         self.budget.release(queued + self.fed_bytes);
         self.fed = 0;
         self.fed_bytes = 0;

@@ -323,6 +323,46 @@ impl SessionDriver {
     /// `disconnect` on the socket id ends the client with 1001.
     pub(crate) async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
         let cost = item.cost();
+        let delivered = self.deliver(item);
+        self.mailbox.budget.release(cost);
+        delivered?;
+        self.run_actions().await
+    }
+
+    /// Hands deliveries to the session, `first` and then whatever else is
+    /// waiting, up to `max` in all, and carries out what follows, as
+    /// [`SessionDriver::handle_inbound`] one at a time would; but the actions
+    /// are awaited only when a delivery queued some, so a plain broadcast
+    /// costs no await of its own. Each delivery's budget is given back as it
+    /// is handled, as before.
+    pub(crate) async fn handle_inbound_batch(
+        &mut self,
+        first: Inbound,
+        max: usize,
+    ) -> Result<(), Exit> {
+        // Room for the frames of what is already taken, in one allocation.
+        self.session.reserve_frames(self.taken.len().min(max) + 1);
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(item) = next.take() {
+            let cost = item.cost();
+            let delivered = self.deliver(item);
+            self.mailbox.budget.release(cost);
+            delivered?;
+            if self.session.has_actions() {
+                self.run_actions().await?;
+            }
+            handled += 1;
+            if handled < max {
+                next = self.try_recv();
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one delivery to the session; its budget and the actions it
+    /// queued are the caller's. A `disconnect` on the socket id is an error.
+    fn deliver(&mut self, item: Inbound) -> Result<(), Exit> {
         let mut closed = None;
         match item {
             Inbound::Broadcast { encoded, .. } => {
@@ -340,12 +380,11 @@ impl SessionDriver {
                 self.session.handle_broadcast(&encoded);
             }
         }
-        self.mailbox.budget.release(cost);
         if let Some(code) = closed {
             debug!(conn = self.conn, "disconnected by socket id");
             return Err(Exit::Close(code, "disconnected"));
         }
-        self.run_actions().await
+        Ok(())
     }
 
     /// Carries out every action the session has queued. Run it before taking the
@@ -377,25 +416,24 @@ impl SessionDriver {
         Ok(Some((frame, cost)))
     }
 
-    /// Every frame the session has queued, handed to `out` with its byte cost;
-    /// the budget is charged and the counters counted once for them all (an
-    /// empty budget admits the whole burst). An exhausted budget ends the client
-    /// as a slow consumer.
-    pub(crate) fn take_frames(&mut self, mut out: impl FnMut(OutFrame, usize)) -> Result<(), Exit> {
-        let (mut frames, mut bytes) = (0u64, 0usize);
-        while let Some(frame) = self.session.poll_transmit() {
-            let cost = frame.as_bytes().len();
-            frames += 1;
-            bytes += cost;
-            out(frame, cost);
-        }
+    /// Moves every frame the session has queued to the back of `queue`, in
+    /// order (the whole queue at once: no frame is moved one by one); the
+    /// budget is charged and the counters counted once for them all (an empty
+    /// budget admits the whole burst). An exhausted budget ends the client as
+    /// a slow consumer, and the frames are not left in `queue`.
+    pub(crate) fn take_frames(&mut self, queue: &mut VecDeque<OutFrame>) -> Result<(), Exit> {
+        let before = queue.len();
+        self.session.take_transmit(queue);
+        let frames = queue.len() - before;
         if frames == 0 {
             return Ok(());
         }
+        let bytes: usize = queue.range(before..).map(|f| f.as_bytes().len()).sum();
         if !self.mailbox.budget.try_take(bytes) {
+            queue.truncate(before);
             return Err(Exit::SlowConsumer);
         }
-        self.metrics.messages_out.inc_by(frames);
+        self.metrics.messages_out.inc_by(frames as u64);
         self.metrics.bytes_out.inc_by(bytes as u64);
         Ok(())
     }
