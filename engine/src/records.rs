@@ -867,7 +867,13 @@ mod tests {
             Ok(vec![])
         );
         // An origin this node knows nothing of in the topic: it cannot vouch.
-        assert_eq!(r.since("t", &pos(&[("c", 1)])), Err(Gap::Unknown));
+        assert_eq!(
+            r.since("t", &pos(&[("a", 2), ("b", 2), ("c", 1)])),
+            Err(Gap::Unknown)
+        );
+        // The log is full (4): a position that does not cover its oldest
+        // entry (a1) may lack entries pushed out before they got here.
+        assert_eq!(r.since("t", &pos(&[("c", 1)])), Err(Gap::Trimmed));
         assert_eq!(r.since("other", &pos(&[("a", 1)])), Err(Gap::Unknown));
         // A hole: b3 is missing while b4 is held.
         r.merge(&entry("t", 7, "b", 4));
