@@ -460,6 +460,14 @@ async fn history_since_recovers_what_a_position_lacks_on_any_node() -> anyhow::R
         json!({"recovered": false, "reason": "unknown_position"}),
         "a topic that is not recoverable has no positions"
     );
+    // `limit` does not apply with `since`, but a bad one is still a 400.
+    let bad = Req::authed(
+        "GET",
+        &format!("/api/history?topic=chat:api&since={start}&limit=-1"),
+    )
+    .send(b.addr)
+    .await?;
+    assert_eq!(bad.status, 400, "{}", bad.text());
     // More than `history` (50) missed: trimmed, nothing recovered.
     for n in 3..54 {
         let payload = JsonObject::from_json(format!("{{\"body\":\"m{n}\"}}"))?;

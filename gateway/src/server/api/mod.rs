@@ -278,7 +278,11 @@ async fn dispatch(endpoint: Endpoint, req: Request<Incoming>, shared: &Arc<Share
             let query = Query::parse(req.uri().query().unwrap_or(""))
                 .map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
             match query.get("since") {
-                Some(since) => rooms::history_since(&topic_param(&req)?, since, shared),
+                Some(since) => {
+                    // `limit` does not apply then, but a bad one is still refused.
+                    rooms::check_limit(query.get("limit"))?;
+                    rooms::history_since(&topic_param(&req)?, since, shared)
+                }
                 None => rooms::history(&topic_param(&req)?, query.get("limit"), shared),
             }
         }

@@ -38,9 +38,7 @@ pub(crate) fn history(topic: &str, limit: Option<&str>, shared: &Shared) -> ApiR
     let cap = app.history_cap().max(1);
     let limit = match limit {
         None => 50.min(cap),
-        Some(l) => parse_limit(l)
-            .ok_or_else(|| ApiError::invalid("`limit` must be an integer, at least 1"))?
-            .min(cap),
+        Some(l) => limit_of(l)?.min(cap),
     };
     Ok(json_response(
         StatusCode::OK,
@@ -56,6 +54,16 @@ pub(crate) fn history_since(topic: &str, since: &str, shared: &Shared) -> ApiRes
 }
 
 /// A positive decimal integer; one too large for `usize` is `usize::MAX`.
+/// Refuses a `limit` that is not an integer of at least 1 (400), as
+/// [`history`] does, for a request where it does not apply.
+pub(crate) fn check_limit(limit: Option<&str>) -> Result<(), ApiError> {
+    limit.map_or(Ok(()), |l| limit_of(l).map(drop))
+}
+
+fn limit_of(text: &str) -> Result<usize, ApiError> {
+    parse_limit(text).ok_or_else(|| ApiError::invalid("`limit` must be an integer, at least 1"))
+}
+
 fn parse_limit(text: &str) -> Option<usize> {
     let digits = text.strip_prefix('+').unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
