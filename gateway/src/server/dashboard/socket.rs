@@ -29,11 +29,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
-use crate::protocol::{Query, Subprotocols};
+use crate::protocol::Query;
 use crate::server::http::{text, HttpBody};
 use crate::server::metrics::limit;
 use crate::server::transport::close;
-use crate::server::transport::websocket::{has_token, header};
+use crate::server::transport::websocket::{bearer, offered_subprotocols, upgrade_key};
 use crate::server::Shared;
 use crate::topics;
 
@@ -54,11 +54,7 @@ pub(crate) fn upgrade(
         return super::disabled();
     };
     let headers = req.headers();
-    let ws_key = header(headers, "sec-websocket-key").map(str::to_owned);
-    let is_websocket = has_token(headers, "upgrade", "websocket")
-        && has_token(headers, "connection", "upgrade")
-        && header(headers, "sec-websocket-version") == Some("13");
-    let Some(ws_key) = ws_key.filter(|_| is_websocket) else {
+    let Some(ws_key) = upgrade_key(headers) else {
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
     };
     if !crate::server::transport::origin::allowed(&shared.config.allowed_origins, headers) {
@@ -70,26 +66,13 @@ pub(crate) fn upgrade(
     if !vsn_ok {
         return text(StatusCode::FORBIDDEN, "the dashboard speaks vsn 2.0.0\n");
     }
-    let offered: Vec<&str> = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let subprotocols = if offered.is_empty() {
-        None
-    } else {
-        match Subprotocols::parse(&offered.join(",")) {
-            Ok(s) if s.phoenix => Some(s),
-            Ok(_) | Err(_) => return text(StatusCode::FORBIDDEN, ""),
-        }
+    let Ok(subprotocols) = offered_subprotocols(headers) else {
+        return text(StatusCode::FORBIDDEN, "");
     };
-    let bearer = header(headers, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
     let presented = subprotocols
         .as_ref()
         .and_then(|s| s.auth_token.as_deref())
-        .or(bearer);
+        .or(bearer(headers));
     if !presented.is_some_and(|p| key.matches(p)) {
         debug!("refusing a dashboard socket: missing or wrong API key");
         return text(StatusCode::FORBIDDEN, "the dashboard needs the API key\n");

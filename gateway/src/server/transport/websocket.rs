@@ -41,17 +41,48 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request
+/// (`Upgrade: websocket`, `Connection: upgrade`, version 13), else `None`.
+pub(crate) fn upgrade_key(headers: &HeaderMap) -> Option<String> {
+    let is_websocket = has_token(headers, "upgrade", "websocket")
+        && has_token(headers, "connection", "upgrade")
+        && header(headers, "sec-websocket-version") == Some("13");
+    header(headers, "sec-websocket-key")
+        .filter(|_| is_websocket)
+        .map(str::to_owned)
+}
+
+/// The subprotocols the client offered: `Ok(None)` when it offered none,
+/// `Err(())` when they do not include `phoenix` (refuse with 403).
+pub(crate) fn offered_subprotocols(headers: &HeaderMap) -> Result<Option<Subprotocols>, ()> {
+    let offered: Vec<&str> = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    match Subprotocols::parse(&offered.join(",")) {
+        Ok(s) if s.phoenix => Ok(Some(s)),
+        Ok(_) | Err(_) => Err(()),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    header(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 pub(crate) async fn upgrade(
     req: &mut Request<Incoming>,
     shared: Arc<Shared>,
     done: tokio::sync::mpsc::Sender<()>,
 ) -> Response<HttpBody> {
     let headers = req.headers();
-    let key = header(headers, "sec-websocket-key").map(str::to_owned);
-    let is_websocket = has_token(headers, "upgrade", "websocket")
-        && has_token(headers, "connection", "upgrade")
-        && header(headers, "sec-websocket-version") == Some("13");
-    let Some(key) = key.filter(|_| is_websocket) else {
+    let Some(key) = upgrade_key(headers) else {
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
     };
     if !super::origin::allowed(&shared.config.allowed_origins, headers) {
@@ -65,29 +96,14 @@ pub(crate) async fn upgrade(
         debug!(query = ?req.uri().query(), "refusing connect: unsupported vsn");
         return text(StatusCode::FORBIDDEN, "");
     };
-    let offered: Vec<&str> = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let subprotocols = if offered.is_empty() {
-        None
-    } else {
-        match Subprotocols::parse(&offered.join(",")) {
-            Ok(s) if s.phoenix => Some(s),
-            Ok(_) | Err(_) => {
-                debug!("refusing connect: subprotocols offered without `phoenix`");
-                return text(StatusCode::FORBIDDEN, "");
-            }
-        }
+    let Ok(subprotocols) = offered_subprotocols(headers) else {
+        debug!("refusing connect: subprotocols offered without `phoenix`");
+        return text(StatusCode::FORBIDDEN, "");
     };
-    let bearer = header(headers, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
     let auth_token = subprotocols
         .as_ref()
         .and_then(|s| s.auth_token.as_deref())
-        .or(bearer);
+        .or(bearer(headers));
     let (verdict, hook_headers) =
         super::authenticate(&shared, &query.params(), auth_token, headers).await;
     let Ok(info) = verdict else {
