@@ -122,38 +122,29 @@ impl TokenBucket {
 /// the client, and the frames it sends wait in its own buffers, not the server's.
 #[derive(Clone, Debug)]
 pub struct ByteLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Option<Instant>,
+    /// Its tokens go below zero: the debt.
+    bucket: TokenBucket,
 }
 
 impl ByteLimiter {
     /// A full bucket of `burst` bytes refilled at `rate` a second; a rate of 0
     /// never pauses.
     pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
         Self {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            last: None,
+            bucket: TokenBucket::new(rate, burst),
         }
     }
 
     /// Charges `bytes` read at `now`: how long to stop reading, if the bucket
     /// went into debt.
     pub fn charge(&mut self, now: Instant, bytes: usize) -> Option<Duration> {
-        if self.rate == 0.0 {
+        let b = &mut self.bucket;
+        if b.rate == 0.0 {
             return None;
         }
-        if let Some(last) = self.last {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        }
-        self.last = Some(now);
-        self.tokens -= bytes as f64;
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+        b.refill(now);
+        b.tokens -= bytes as f64;
+        (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / b.rate))
     }
 }
 

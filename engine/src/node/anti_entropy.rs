@@ -41,12 +41,7 @@ impl Node {
         if let Some(id) = pick {
             self.send_digest(&id, false);
         }
-        let connected: Vec<SocketAddr> = self
-            .peers
-            .values()
-            .filter(|p| p.state == PeerState::Up)
-            .filter_map(|p| p.addr)
-            .collect();
+        let connected = self.up_addrs();
         for addr in self.cfg.seeds.clone() {
             if addr != self.cfg.addr && !connected.contains(&addr) {
                 self.send(None, addr, Body::Hello { full: true });

@@ -468,6 +468,15 @@ impl Node {
         .min()
     }
 
+    /// The addresses of the peers this node holds up.
+    pub(crate) fn up_addrs(&self) -> Vec<SocketAddr> {
+        self.peers
+            .values()
+            .filter(|p| p.state == PeerState::Up)
+            .filter_map(|p| p.addr)
+            .collect()
+    }
+
     /// Replaces the seed list: the static seeds plus what the runtime's DNS
     /// discovery resolved (the core never resolves names). A seed not in the
     /// old list, not this node and not a connected peer is greeted at once, as
@@ -479,12 +488,7 @@ impl Node {
         seeds.sort_unstable();
         seeds.dedup();
         seeds.retain(|addr| *addr != self.cfg.addr);
-        let connected: Vec<SocketAddr> = self
-            .peers
-            .values()
-            .filter(|p| p.state == PeerState::Up)
-            .filter_map(|p| p.addr)
-            .collect();
+        let connected = self.up_addrs();
         let old = std::mem::take(&mut self.cfg.seeds);
         for &addr in &seeds {
             if !old.contains(&addr) && !connected.contains(&addr) {
