@@ -62,7 +62,7 @@ pub use id::{ConnId, Key, Meta, NodeId, PhxRef, SubscriberId, Topic};
 pub use node::{
     Command, CommandError, CommandOutcome, Event, Node, NodeConfig, NodeStats, PeerState, Transmit,
 };
-pub use position::{Position, MAX_POSITION_BYTES};
+pub use position::{Position, MAX_CLOCK_SKEW_MS, MAX_POSITION_BYTES};
 pub use presence::{DiffItem, PresEntry, PresenceError, PresenceItem};
 pub use records::{Expired, Gap, Record, Records, Stamp, BUCKETS};
 

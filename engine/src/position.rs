@@ -9,9 +9,16 @@
 //! `o:k` is covered exactly when `k <= position[o]`. See ALGORITHM.md
 //! ("Stream positions").
 //!
-//! Encoding ([`Position::to_bytes`]): a version byte (1), then per origin in
-//! order: varint name length, name bytes, varint incarnation, varint seq. The
-//! gateway hands it to clients as base64 (`_pos`), opaque to them.
+//! A position also carries the wall-clock time it was handed out
+//! ([`Position::time_ms`]): every message it lacks that was published later
+//! is stamped no earlier than that (less the clocks' skew), so once the
+//! history horizon passes it such a message may have expired on every node,
+//! including ones the answering node never saw ([`crate::Records::since`]).
+//!
+//! Encoding ([`Position::to_bytes`]): a version byte (2), varint time, then
+//! per origin in order: varint name length, name bytes, varint incarnation,
+//! varint seq. The gateway hands it to clients as base64 (`_pos`), opaque to
+//! them.
 
 use std::collections::BTreeMap;
 
@@ -19,20 +26,34 @@ use compact_str::CompactString;
 
 use crate::id::NodeId;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Longest encoded position [`Position::from_bytes`] reads (the gateway
 /// refuses longer ones before decoding).
 pub const MAX_POSITION_BYTES: usize = 16 * 1024;
 
+/// How far apart the cluster's wall clocks may be. A position's time less
+/// this is a lower bound on the stamp of any message published after it was
+/// handed out (a stamp is at least its writer's wall clock): the margin
+/// [`crate::Records::since`] keeps from the history horizon. A writer whose
+/// clock is further behind may have a message expire unseen that a recovery
+/// then does not know of (ALGORITHM.md, "Stream positions").
+pub const MAX_CLOCK_SKEW_MS: u64 = 2_000;
+
 /// What a client has of a topic: per origin, every message up to a seq.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Position(pub BTreeMap<NodeId, u64>);
+pub struct Position {
+    /// Per origin, the greatest seq covered (every one before it too).
+    pub seqs: BTreeMap<NodeId, u64>,
+    /// The wall-clock time (ms since the Unix epoch) this position was handed
+    /// to a client; 0 when it never was (a position computed, not given).
+    pub time_ms: u64,
+}
 
 impl Position {
     /// The entry of `origin` (0: none of its messages).
     pub fn get(&self, origin: &NodeId) -> u64 {
-        self.0.get(origin).copied().unwrap_or(0)
+        self.seqs.get(origin).copied().unwrap_or(0)
     }
 
     /// Whether message `origin:seq` is covered.
@@ -43,14 +64,20 @@ impl Position {
     /// Raises `origin`'s entry to `seq` (a lower one changes nothing).
     pub fn advance(&mut self, origin: &NodeId, seq: u64) {
         if seq > self.get(origin) {
-            self.0.insert(origin.clone(), seq);
+            self.seqs.insert(origin.clone(), seq);
         }
     }
 
-    /// The compact binary encoding.
+    /// The compact binary encoding, with [`Position::time_ms`].
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_at(self.time_ms)
+    }
+
+    /// The compact binary encoding, stamped handed out at `time_ms`.
+    pub fn to_bytes_at(&self, time_ms: u64) -> Vec<u8> {
         let mut out = vec![VERSION];
-        for (id, seq) in &self.0 {
+        put_varint(&mut out, time_ms);
+        for (id, seq) in &self.seqs {
             put_varint(&mut out, id.name.len() as u64);
             out.extend_from_slice(id.name.as_bytes());
             put_varint(&mut out, id.incarnation);
@@ -70,6 +97,7 @@ impl Position {
         if version != VERSION {
             return None;
         }
+        let time_ms = get_varint(&mut rest)?;
         let mut map = BTreeMap::new();
         let mut last: Option<NodeId> = None;
         while !rest.is_empty() {
@@ -92,7 +120,7 @@ impl Position {
             last = Some(id.clone());
             map.insert(id, seq);
         }
-        Some(Self(map))
+        Some(Self { seqs: map, time_ms })
     }
 }
 
@@ -127,16 +155,22 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_garbage() {
-        let mut p = Position::default();
+        let mut p = Position {
+            time_ms: 1_700_000_000_000,
+            ..Position::default()
+        };
         p.advance(&NodeId::new("a", 7), 3);
         p.advance(&NodeId::new("b", u64::MAX), 300);
         p.advance(&NodeId::new("a", 7), 2);
         assert_eq!(p.get(&NodeId::new("a", 7)), 3, "never moves back");
         let bytes = p.to_bytes();
         assert_eq!(Position::from_bytes(&bytes), Some(p.clone()));
-        assert_eq!(Position::from_bytes(&[1]), Some(Position::default()));
+        assert_eq!(Position::from_bytes(&[2, 0]), Some(Position::default()));
         assert_eq!(Position::from_bytes(&[]), None);
-        assert_eq!(Position::from_bytes(&[2]), None);
+        assert_eq!(Position::from_bytes(&[2]), None, "no time");
+        assert_eq!(Position::from_bytes(&[1]), None, "version 1 had no time");
+        assert_eq!(Position::from_bytes(&[3, 0]), None);
+        assert_eq!(p.to_bytes_at(5)[1], 5, "the time follows the version");
         for cut in 1..bytes.len() - 1 {
             assert!(
                 Position::from_bytes(&bytes[..cut]).is_none_or(|q| q != p),
@@ -147,7 +181,7 @@ mod tests {
         trailing.push(0x80);
         assert_eq!(Position::from_bytes(&trailing), None);
         // Out of order origins are refused.
-        let mut out = vec![1];
+        let mut out = vec![2, 0];
         for name in ["b", "a"] {
             put_varint(&mut out, 1);
             out.extend_from_slice(name.as_bytes());

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{NodeId, Topic};
-use crate::position::Position;
+use crate::position::{Position, MAX_CLOCK_SKEW_MS};
 
 /// Why a log entry left (or never entered) a node's log, as
 /// [`Records::since`] reports a position it cannot serve.
@@ -252,8 +252,13 @@ impl Records {
     /// holds of that origin, a hole, or an origin of `pos` it knows nothing
     /// of, or a full log whose oldest entry the position does not cover
     /// (older entries may have been pushed out before they reached this
-    /// node). All or nothing.
+    /// node), or a horizon past the position's time (less the clocks' skew):
+    /// a message published after the position was handed out may then have
+    /// expired on every node before it reached this one. All or nothing.
     pub fn since(&self, topic: &str, pos: &Position) -> Result<Vec<(Stamp, Arc<str>)>, Gap> {
+        if self.horizon > pos.time_ms.saturating_sub(MAX_CLOCK_SKEW_MS) {
+            return Err(Gap::Expired);
+        }
         let dropped = self.dropped.get(topic);
         let mut known: BTreeSet<&NodeId> = BTreeSet::new();
         if let Some(dropped) = dropped {
@@ -292,7 +297,7 @@ impl Records {
                 out.push((stamp.clone(), body.clone()));
             }
         }
-        if pos.0.keys().any(|o| !known.contains(o)) {
+        if pos.seqs.keys().any(|o| !known.contains(o)) {
             return Err(Gap::Unknown);
         }
         Ok(out)
@@ -831,13 +836,20 @@ mod tests {
         }
     }
 
+    /// A position handed out at `HANDED_MS`, after every entry of the
+    /// tests below was written.
     fn pos(entries: &[(&str, u64)]) -> Position {
-        let mut p = Position::default();
+        let mut p = Position {
+            time_ms: HANDED_MS,
+            ..Position::default()
+        };
         for (node, seq) in entries {
             p.advance(&NodeId::new(*node, 1), *seq);
         }
         p
     }
+
+    const HANDED_MS: u64 = 10_000;
 
     fn bodies(r: Result<Vec<(Stamp, Arc<str>)>, Gap>) -> Result<Vec<String>, Gap> {
         r.map(|v| v.into_iter().map(|(_, b)| b.to_string()).collect())
@@ -857,7 +869,11 @@ mod tests {
         ] {
             r.merge(&rec);
         }
-        assert_eq!(r.position("t"), pos(&[("a", 2), ("b", 2)]));
+        let computed = |entries| Position {
+            time_ms: 0,
+            ..pos(entries)
+        };
+        assert_eq!(r.position("t"), computed(&[("a", 2), ("b", 2)]));
         assert_eq!(
             bodies(r.since("t", &pos(&[("a", 1)]))),
             Ok(vec!["b1".into(), "b2".into(), "a2".into()])
@@ -880,12 +896,12 @@ mod tests {
         assert_eq!(r.since("t", &pos(&[("a", 2), ("b", 2)])), Err(Gap::Unknown));
         assert_eq!(
             r.position("t"),
-            pos(&[("a", 2), ("b", 2)]),
+            computed(&[("a", 2), ("b", 2)]),
             "b4 is past the hole"
         );
         // a1 is pushed out by the cap (4): a position before it is trimmed.
         r.merge(&entry("t", 6, "b", 3));
-        assert_eq!(r.position("t"), pos(&[("a", 2), ("b", 4)]));
+        assert_eq!(r.position("t"), computed(&[("a", 2), ("b", 4)]));
         assert_eq!(r.since("t", &pos(&[("b", 4)])), Err(Gap::Trimmed));
         assert_eq!(
             bodies(r.since("t", &pos(&[("a", 1), ("b", 2)]))),
@@ -910,6 +926,37 @@ mod tests {
             .collect();
         assert_eq!(after, [3, 4]);
         assert!(r.after("t", &NodeId::new("b", 1), 4).is_empty());
+    }
+
+    /// A message published after a position was handed out and expired on
+    /// every node before it reached this one leaves no trace here: once the
+    /// horizon passes the position's time less the clocks' skew, the answer
+    /// is `Expired`, never a recovery without it.
+    #[test]
+    fn a_horizon_past_the_position_time_is_expired() {
+        let mut r = Records::new(10);
+        r.merge(&entry("t", 4_000, "a", 1));
+        let p = Position {
+            time_ms: 5_000,
+            ..pos(&[("a", 1)])
+        };
+        // Anything published after p is stamped at least 5,000 - skew.
+        r.expire(5_000 - MAX_CLOCK_SKEW_MS);
+        assert_eq!(bodies(r.since("t", &p)), Ok(vec![]));
+        r.expire(5_000 - MAX_CLOCK_SKEW_MS + 1);
+        assert_eq!(r.since("t", &p), Err(Gap::Expired));
+        // a2, stamped 5,500, expired elsewhere and never got here; a1 expired
+        // here too, so this node holds nothing of `a` past the position.
+        r.expire(6_000);
+        assert!(!r.merge(&entry("t", 5_500, "a", 2)), "refused as expired");
+        let unseen = {
+            let mut r = Records::new(10);
+            r.merge(&entry("t", 4_000, "a", 1));
+            r.expire(6_000);
+            r
+        };
+        assert_eq!(unseen.since("t", &p), Err(Gap::Expired));
+        assert_eq!(r.since("t", &p), Err(Gap::Expired));
     }
 
     #[test]

@@ -348,3 +348,18 @@ fn hostile(n: usize) -> Vec<Step> {
     s.extend(settle());
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SKEW_MS;
+
+    /// The recovery invariant holds the engine to positions answered within
+    /// `MAX_CLOCK_SKEW_MS` of the horizon: the scenarios' clocks must stay
+    /// within it of each other, or the check would blame the engine for the
+    /// documented limit.
+    #[test]
+    fn skews_stay_within_the_engines_assumption() {
+        let spread = SKEW_MS.iter().max().unwrap() - SKEW_MS.iter().min().unwrap();
+        assert!(spread.unsigned_abs() <= chorus_engine::MAX_CLOCK_SKEW_MS);
+    }
+}

@@ -97,7 +97,10 @@ impl World {
         // Chosen without the rng, so scenarios run as before.
         let j = (i + 1) % self.nodes.len();
         if let Some(node) = self.nodes[j].node.as_ref() {
-            let pos = node.records().position(topic.as_str());
+            let pos = Position {
+                time_ms: self.wall_ms(j),
+                ..node.records().position(topic.as_str())
+            };
             self.log.records.positions.push(Sampled {
                 at: self.now,
                 node: j,

@@ -11,9 +11,12 @@
 //!   `{"o":name,"i":incarnation,"s":seq,"t":time_ms,"b":entry}`; a channel
 //!   of a recoverable topic intercepts it and pushes the entry's event with
 //!   `_id` and `_pos` added. Nothing else ever sees it.
-//! - `_pos` is the base64url (no padding) of [`Position::to_bytes`]; `_id`
-//!   is the same encoding of the one-origin position `{origin: seq}`, unique
-//!   within the topic and the same on every node.
+//! - `_pos` is the base64url (no padding) of [`Position::to_bytes`], with
+//!   the time it was handed out; `_id` is the same encoding of the one-origin
+//!   position `{origin: seq}` at time 0, unique within the topic and the
+//!   same on every node.
+
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use chorus_engine::{NodeId, Position, Stamp, MAX_POSITION_BYTES};
@@ -107,9 +110,14 @@ impl Logged {
     }
 }
 
-/// The client-facing string of a position (`_pos`, `pos`).
+/// The client-facing string of a position (`_pos`, `pos`), handed out now:
+/// it carries this node's wall clock, which bounds from below the stamps of
+/// what is published after it (`Records::since`).
 pub fn encode_pos(pos: &Position) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pos.to_bytes())
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pos.to_bytes_at(now))
 }
 
 /// A position a client sent back (`since`); `None` if it is not one.
@@ -127,7 +135,7 @@ pub fn decode_pos(text: &str) -> Option<Position> {
 pub fn message_id(stamp: &Stamp) -> String {
     let mut one = Position::default();
     one.advance(&stamp.origin, stamp.seq);
-    encode_pos(&one)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(one.to_bytes_at(0))
 }
 
 /// `payload` (a JSON object) with `"_id"` and `"_pos"` added at its end.
@@ -170,11 +178,17 @@ mod tests {
     fn positions_and_ids_are_opaque_strings_that_round_trip() {
         let mut p = Position::default();
         p.advance(&NodeId::new("a", 1), 5);
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let text = encode_pos(&p);
         assert!(text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_eq!(decode_pos(&text), Some(p));
+        let back = decode_pos(&text).expect("a position");
+        assert_eq!(back.seqs, p.seqs);
+        assert!(back.time_ms >= before, "stamped when handed out");
         assert_eq!(decode_pos("not base64!"), None);
         assert_eq!(decode_pos("AAAA"), None);
         assert_eq!(decode_pos(&"A".repeat(100_000)), None);
@@ -183,6 +197,14 @@ mod tests {
             origin: NodeId::new("a", 1),
             seq: 2,
         };
+        assert_eq!(
+            message_id(&stamp),
+            message_id(&Stamp {
+                time_ms: 2,
+                ..stamp.clone()
+            }),
+            "an id does not depend on time"
+        );
         assert_ne!(
             message_id(&stamp),
             message_id(&Stamp {

@@ -16,9 +16,12 @@
 //!   it, not required;
 //! - **not recovered** (`Err`): only if it is true: an uncovered write is
 //!   missing from the node (trimmed, expired, lost), the position names an
-//!   origin the node holds nothing of, or the node's log is full and the
+//!   origin the node holds nothing of, the node's log is full and the
 //!   position does not cover its oldest entry (older ones may have been
-//!   pushed out before they reached it). Otherwise the node must recover.
+//!   pushed out before they reached it), or the node's history horizon
+//!   passed the position's time less the clocks' skew (a write made after
+//!   it may have expired before reaching the node). Otherwise the node must
+//!   recover.
 //!
 //! One exception is counted, not failed, and documented (ALGORITHM.md,
 //! "Stream positions"): a write stamped older than every entry of the
@@ -32,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chorus_engine::{NodeId, Record, Stamp};
+use chorus_engine::{NodeId, Record, Stamp, MAX_CLOCK_SKEW_MS};
 
 use super::{first, Invariant, Verdict};
 use crate::world::{fmt_t, World};
@@ -131,14 +134,18 @@ pub(super) fn check(w: &World) -> Verdict {
                     let missing = uncovered.iter().any(|(st, _, _)| !held.contains(*st));
                     let unknown = sample
                         .pos
-                        .0
+                        .seqs
                         .keys()
                         .any(|o| !held.iter().any(|st| st.origin == *o));
                     let full_past = held.len() >= ledger.cap
                         && held
                             .first()
                             .is_some_and(|st| !sample.pos.covers(&st.origin, st.seq));
-                    if !missing && !unknown && !full_past {
+                    // The horizon passed the position's time (less the
+                    // skew): a write made after it may have expired unseen.
+                    let window_passed =
+                        records.horizon() > sample.pos.time_ms.saturating_sub(MAX_CLOCK_SKEW_MS);
+                    if !missing && !unknown && !full_past && !window_passed {
                         bad.push(format!(
                             "{}: refused ({gap:?}) though it holds every uncovered write",
                             what()
