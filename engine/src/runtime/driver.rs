@@ -23,6 +23,10 @@ use super::EngineConfig;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 
+/// Datagram-lane messages waiting for the node task; past this, datagrams
+/// are dropped (they are loss-tolerant by definition).
+const CONTROL_QUEUE: usize = 1024;
+
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -44,6 +48,11 @@ pub(crate) struct NodeDriver {
     requests: mpsc::Receiver<EngineRequest>,
     drops: mpsc::UnboundedReceiver<(Topic, SubscriberId)>,
     inbound: mpsc::Receiver<PeerInbound>,
+    /// What arrived on the datagram lane (probes, digests, hellos): served
+    /// before `inbound`, so a backlog of large stream frames (a state
+    /// transfer being merged) never holds a probe or its answer back by more
+    /// than the one message being handled.
+    control: mpsc::Receiver<PeerInbound>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     links: HashMap<SocketAddr, Link>,
@@ -75,7 +84,7 @@ fn wall_ms() -> u64 {
 
 impl NodeDriver {
     pub(crate) fn new(
-        node: NodeConfig,
+        mut node: NodeConfig,
         config: &EngineConfig,
         endpoint: quinn::Endpoint,
         requests: mpsc::Receiver<EngineRequest>,
@@ -83,6 +92,9 @@ impl NodeDriver {
         state: Arc<watch::Sender<TaskState>>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(1024);
+        let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+        // A paced repair never holds more than half the peer queue.
+        node.repair_window = node.repair_window.min(config.peer_queue_bytes / 2).max(1);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = LinkCtx {
             secret: Arc::from(config.secret.as_slice()),
@@ -94,6 +106,7 @@ impl NodeDriver {
             auth_timeout: config.auth_timeout,
             queue_cap: config.peer_queue_bytes,
             inbound: inbound_tx,
+            control: control_tx,
             shutdown: shutdown_rx,
         };
         let node = Node::new(node, now());
@@ -107,6 +120,7 @@ impl NodeDriver {
             requests,
             drops,
             inbound,
+            control,
             shutdown,
             tasks: JoinSet::new(),
             links: HashMap::new(),
@@ -146,13 +160,17 @@ impl NodeDriver {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
             tokio::select! {
+                // In this order: failure detection first (a probe answered
+                // late is a peer marked down), then timers, then the rest.
+                biased;
+                Some(inbound) = self.control.recv() => self.on_inbound(inbound),
+                () = sleep, if deadline.is_some() => self.on_timeout(),
                 req = self.requests.recv() => match req {
                     Some(req) => if let Some(reply) = self.on_request(req) { break Some(reply) },
                     None => break None,
                 },
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
                 Some(inbound) = self.inbound.recv() => self.on_inbound(inbound),
-                () = sleep, if deadline.is_some() => self.on_timeout(),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => on_task_end(done),
             }
             self.drain();
