@@ -200,11 +200,13 @@ impl NodeDriver {
         self.pending.clear();
         let tasks = &mut self.tasks;
         let inbound = &mut self.inbound;
+        let control = &mut self.control;
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
             loop {
                 tokio::select! {
                     done = tasks.join_next() => if done.is_none() { break },
                     Some(msg) = inbound.recv() => if let PeerInbound::Incoming(i) = msg { i.refuse() },
+                    Some(_) = control.recv() => {}
                 }
             }
         })

@@ -55,6 +55,9 @@
 //! message being handled; a datagram that finds the control channel full is
 //! dropped, like any lost datagram.
 //!
+//! An authenticated connection is announced (`Up`) on the control channel
+//! too, so the node installs it before handling any of its datagrams.
+//!
 //! A frame header announcing more than [`MAX_FRAME`] bytes, a frame or datagram
 //! that does not decode, or a failed handshake closes that one connection with
 //! an application error code from [`codes`]; the node keeps running.
@@ -377,7 +380,11 @@ async fn run_inner(
         conn: conn.clone(),
         queue,
     };
-    if ctx.inbound.send(PeerInbound::Up(up)).await.is_err() {
+    // On the control channel, ahead of this connection's datagrams (which
+    // the node task serves before its input channel): a datagram handled
+    // before its connection is installed would make the node dial the peer
+    // for the answer and duplicate the connection.
+    if ctx.control.send(PeerInbound::Up(up)).await.is_err() {
         conn.close(codes::SHUTDOWN.into(), b"shutdown");
         return CloseWhy::Done;
     }
