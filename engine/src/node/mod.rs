@@ -363,7 +363,7 @@ impl Node {
                 presence,
                 subs,
             } => {
-                self.merge(now, Some(&from), presence, subs);
+                self.merge(now, Some(&from), presence, subs, true);
                 self.send(Some(from.clone()), msg.addr, Body::Ack { start, seq });
             }
             Body::Ack { start, seq } => self.handle_ack(now, &from, start, seq),
@@ -382,7 +382,7 @@ impl Node {
                 subs,
                 seq,
             } => {
-                self.merge(now, Some(&from), presence, subs);
+                self.merge(now, Some(&from), presence, subs, false);
                 self.send(Some(from.clone()), msg.addr, Body::RepairAck { seq });
             }
             Body::RepairAck { seq } => self.handle_repair_ack(now, &from, msg.addr, seq),
