@@ -631,8 +631,11 @@ async fn late_joiner(
     println!("  n2 and n3 hold {want} (converged {converged:?} after the last track)");
 
     let mut overflows_before = 0;
+    let mut downs_before = 0;
     for h in [n1, n2, n3] {
-        overflows_before += h.stats().await.expect("stats").peer_queue_overflows;
+        let s = h.stats().await.expect("stats");
+        overflows_before += s.peer_queue_overflows;
+        downs_before += s.node.peers_marked_down;
     }
     let t = Instant::now();
     let n4 = start(
@@ -675,14 +678,18 @@ async fn late_joiner(
     };
     let total = big_count(&n4).await;
     let mut overflows = 0;
+    let mut downs = 0;
     for h in [n1, n2, n3, &n4] {
-        overflows += h.stats().await.expect("stats").peer_queue_overflows;
+        let s = h.stats().await.expect("stats");
+        overflows += s.peer_queue_overflows;
+        downs += s.node.peers_marked_down;
     }
     let overflows = overflows - overflows_before;
+    let downs = downs - downs_before;
     let stats4 = n4.stats().await.expect("stats");
     let received: u64 = stats4.peers.values().map(|p| p.bytes_in).sum();
     let extra = format!(
-        "; frames dropped on full peer queues meanwhile (all nodes): {overflows}; the new node received {:.1} MB",
+        "; frames dropped on full peer queues meanwhile (all nodes): {overflows}; peers marked down meanwhile (all nodes): {downs}; the new node received {:.1} MB",
         received as f64 / 1e6
     );
     let _ = timeout(Duration::from_secs(10), n4.shutdown()).await;

@@ -17,7 +17,7 @@ use crate::records::{Record, BUCKETS};
 use crate::store::Delta;
 
 /// The version byte in front of every frame.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// Largest frame the decoder accepts (the transport chunks state transfers well
 /// below this).
@@ -98,12 +98,17 @@ pub enum Body {
         /// the backstop).
         members: u32,
     },
-    /// What a digest showed the receiver lacks, per origin.
+    /// What a digest showed the receiver lacks, per origin. The sender paces
+    /// a long repair: it keeps at most `repair_window` bytes of repairs
+    /// unacknowledged, and sends the next one when a [`Body::RepairAck`]
+    /// frees room.
     Repair {
         /// Presence parts.
         presence: Delta<PresEntry>,
         /// Subscription parts.
         subs: Delta<Topic>,
+        /// The sender's number for this repair, echoed by the acknowledgement.
+        seq: u64,
     },
     /// A publish to local subscribers of `topic` on the receiver.
     Broadcast {
@@ -132,6 +137,11 @@ pub enum Body {
     /// A SWIM failure-detector message (probes and piggybacked membership
     /// updates; see [`Swim`]).
     Swim(Swim),
+    /// Acknowledges a [`Body::Repair`] once merged (echoes its `seq`).
+    RepairAck {
+        /// The repair's `seq`.
+        seq: u64,
+    },
 }
 
 impl Body {
@@ -228,9 +238,9 @@ impl Message {
     fn check(&self) -> Result<(), &'static str> {
         name_ok(&self.from)?;
         match &self.body {
-            Body::Hello { .. } | Body::Ack { .. } | Body::Leave => Ok(()),
+            Body::Hello { .. } | Body::Ack { .. } | Body::RepairAck { .. } | Body::Leave => Ok(()),
             Body::Members(list) => list.iter().try_for_each(|(id, _)| name_ok(id)),
-            Body::Delta { presence, subs, .. } | Body::Repair { presence, subs } => {
+            Body::Delta { presence, subs, .. } | Body::Repair { presence, subs, .. } => {
                 delta_ok(presence, |e| entry_ok(&e.topic, &e.key, &e.meta))?;
                 delta_ok(subs, topic_ok)
             }
@@ -384,7 +394,8 @@ mod tests {
     /// mixed-version clusters and must come with a new WIRE_VERSION (2: SWIM
     /// messages moved into `Body::Swim`, the unused `Heartbeat` went, so every
     /// tag after `Members` moved down by one; 3: `RecordsDigest` carries the
-    /// budget horizon).
+    /// budget horizon; 4: `Repair` carries a `seq`, acknowledged by the new
+    /// `RepairAck`).
     #[test]
     fn golden_vectors() {
         let nack = Message {
@@ -395,7 +406,7 @@ mod tests {
         assert_eq!(
             hex::encode(nack.encode()),
             concat!(
-                "03",       // wire version
+                "04",       // wire version
                 "0161",     // from.name "a"
                 "01",       // from.incarnation 1
                 "00",       // addr: V4
@@ -409,7 +420,7 @@ mod tests {
         assert_eq!(
             hex::encode(sample_delta().encode()),
             concat!(
-                "03", // wire version
+                "04", // wire version
                 "026e31",
                 "07", // from n1#7
                 "00",
@@ -439,6 +450,38 @@ mod tests {
         );
     }
 
+    /// `Repair` (v4) ends with its `seq`; `RepairAck` is the last tag.
+    #[test]
+    fn golden_repair_and_ack() {
+        let head = concat!(
+            "04",       // wire version
+            "0161",     // from.name "a"
+            "01",       // from.incarnation 1
+            "00",       // addr: V4
+            "7f000001", // 127.0.0.1
+            "fbe81c",   // port 7400 (varint u16)
+        );
+        let repair = Message {
+            from: NodeId::new("a", 1),
+            addr: addr(),
+            body: Body::Repair {
+                presence: Delta::default(),
+                subs: Delta::default(),
+                seq: 7,
+            },
+        };
+        assert_eq!(
+            hex::encode(repair.encode()),
+            format!("{head}05000007") // Body::Repair, no parts, no parts, seq 7
+        );
+        let ack = Message {
+            from: NodeId::new("a", 1),
+            addr: addr(),
+            body: Body::RepairAck { seq: 7 },
+        };
+        assert_eq!(hex::encode(ack.encode()), format!("{head}0b07")); // Body::RepairAck, seq 7
+    }
+
     /// `RecordsDigest` (v3): the buckets, `reply`, then the budget horizon.
     #[test]
     fn golden_records_digest() {
@@ -453,7 +496,7 @@ mod tests {
         };
         let bytes = hex::encode(m.encode());
         let head = concat!(
-            "03",       // wire version
+            "04",       // wire version
             "0161",     // from.name "a"
             "01",       // from.incarnation 1
             "00",       // addr: V4

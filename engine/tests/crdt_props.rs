@@ -757,6 +757,7 @@ proptest! {
                         .collect(),
                 },
                 subs: Delta { parts: subs.store().slice(&node_id(0), 0, 8) },
+                seq: 3,
             },
         };
         for msg in [delta, repair] {

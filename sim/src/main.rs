@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chorus_sim::{builtin, plot, run_checked, run_scenario, sweep, Scenario};
@@ -174,6 +174,25 @@ fn sweep_one(sc: &Scenario, from: u64, k: u64, threads: usize) -> bool {
         r.virtual_secs,
         t.elapsed()
     );
+    let show = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+    if let Some((p50, p99, max)) = sweep::SweepResult::spread(&r.converged) {
+        println!(
+            "  converged after the last fault or command: median {}, p99 {}, max {} ({} runs)",
+            show(p50),
+            show(p99),
+            show(max),
+            r.converged.len()
+        );
+    }
+    if let Some((p50, p99, max)) = sweep::SweepResult::spread(&r.since_fault) {
+        println!(
+            "  converged after the last fault: median {}, p99 {}, max {} ({} runs)",
+            show(p50),
+            show(p99),
+            show(max),
+            r.since_fault.len()
+        );
+    }
     for f in r.failures.iter().take(20) {
         println!("  FAIL seed {}: {}", f.seed, f.detail);
     }

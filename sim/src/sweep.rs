@@ -4,6 +4,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::check::Invariant;
 use crate::scenario::{run_scenario, Scenario};
@@ -28,6 +29,22 @@ pub struct SweepResult {
     pub failures: Vec<Failure>,
     /// Virtual seconds simulated in all.
     pub virtual_secs: f64,
+    /// Per converged run: how long after the last fault or command the views
+    /// converged for good (the scenario's bound applies to this).
+    pub converged: Vec<Duration>,
+    /// Per converged run with a fault: how long after the last fault (in a
+    /// partition scenario, the heal) the views converged for good.
+    pub since_fault: Vec<Duration>,
+}
+
+impl SweepResult {
+    /// `(median, p99, max)` of `d` (nearest rank), if any.
+    pub fn spread(d: &[Duration]) -> Option<(Duration, Duration, Duration)> {
+        let mut v = d.to_vec();
+        v.sort_unstable();
+        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        (!v.is_empty()).then(|| (at(0.5), at(0.99), *v.last().expect("not empty")))
+    }
 }
 
 /// Runs `sc` for every seed in `seeds` on `threads` threads.
@@ -45,6 +62,13 @@ pub fn sweep(sc: &Scenario, seeds: Range<u64>, threads: usize) -> SweepResult {
                 let mut o = out.lock().expect("no thread panics holding it");
                 o.runs += 1;
                 o.virtual_secs += r.virtual_time.as_secs_f64();
+                if let Some(after) = r.converged_after {
+                    o.converged.push(after);
+                    if let Some(&(fault, _)) = r.faults.last() {
+                        o.since_fault
+                            .push((r.last_change + after).saturating_sub(fault));
+                    }
+                }
                 if !r.passed() {
                     let first = r.failures().next().expect("failed");
                     o.failures.push(Failure {

@@ -28,7 +28,7 @@ pub type ViewItem = (Topic, Key, PhxRef, Meta);
 pub const BASE_PORT: u16 = 7400;
 
 /// Number of message kinds counted in [`WorldStats`].
-pub const KINDS: usize = 15;
+pub const KINDS: usize = 16;
 
 /// Names of the message kinds, indexed like the counters.
 pub const KIND_NAMES: [&str; KINDS] = [
@@ -47,6 +47,7 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "ping-ack",
     "ping-req",
     "ping-nack",
+    "repair-ack",
 ];
 
 /// A scenario's overrides of the nodes' `NodeConfig::lan` (failure-detection
@@ -559,6 +560,7 @@ pub fn kind_of(body: &Body) -> usize {
         Body::Swim(Swim::PingAck { .. }) => 12,
         Body::Swim(Swim::PingReq { .. }) => 13,
         Body::Swim(Swim::PingNack { .. }) => 14,
+        Body::RepairAck { .. } => 15,
     }
 }
 

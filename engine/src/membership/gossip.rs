@@ -102,6 +102,10 @@ impl Membership {
     /// known; suspect and down win at an equal one (down over suspect).
     pub(super) fn apply(&mut self, now: Instant, u: Update) {
         if u.node == self.id {
+            if u.kind == UpdateKind::Down {
+                // Held down by a member we reach now: a healed partition.
+                self.heal_seen = true;
+            }
             if u.kind != UpdateKind::Alive {
                 // Refute with a higher incarnation of our membership; a stale
                 // verdict (our refutation was lost) gets the current one again.
@@ -156,6 +160,7 @@ impl Membership {
                 }
                 if was == State::Down {
                     self.outputs.push_back(Output::Up(u.node.clone()));
+                    self.heal_seen = true;
                 }
                 self.enqueue(u);
             }

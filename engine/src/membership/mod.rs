@@ -141,6 +141,12 @@ pub struct Membership {
     period_at: Instant,
     periods: u64,
     outputs: VecDeque<Output>,
+    /// A down member came back, or we heard we were held down: a partition
+    /// may have healed, so every down member is pinged at once (see
+    /// [`Membership::heal_burst`]).
+    heal_seen: bool,
+    /// When the last such burst went out (at most one per period).
+    last_burst: Option<Instant>,
 }
 
 impl Membership {
@@ -166,6 +172,8 @@ impl Membership {
             next_order: 0,
             periods: 0,
             outputs: VecDeque::new(),
+            heal_seen: false,
+            last_burst: None,
         }
     }
 
@@ -323,6 +331,7 @@ impl Membership {
                 }
             }
         }
+        self.heal_burst(now);
     }
 
     /// Fires what is due at `now`. Spurious calls do nothing.
@@ -377,6 +386,7 @@ impl Membership {
         if self.period_at <= now {
             self.run_period(now);
         }
+        self.heal_burst(now);
     }
 
     /// The next thing for the node to do, if any. Poll until `None` after
@@ -611,6 +621,56 @@ mod tests {
             assert!(net.down_at(i, 2).is_none(), "refuted before the timeout");
         }
         assert!(net.now - t < Duration::from_millis(1300));
+    }
+
+    /// A 50/50 partition of 40 members, held until each side holds the other
+    /// down (or suspect again), then healed: with one down member pinged per period each member
+    /// re-learns its 20 down peers one draw at a time (seconds); with the
+    /// heal burst every member sees every other alive again within 2 s.
+    #[test]
+    fn a_healed_partition_is_relearned_within_two_seconds() {
+        let n = 40;
+        let mut c = cfg();
+        c.down_probe_every = 1;
+        let mut net = Mesh::with(n, c);
+        net.run_for(Duration::from_secs(1));
+        for a in 0..n / 2 {
+            for b in n / 2..n {
+                net.cut.insert((a, b));
+                net.cut.insert((b, a));
+            }
+        }
+        let cut_at = net.now;
+        let apart = |net: &Mesh| {
+            (0..n).all(|a| {
+                (0..n)
+                    .filter(|&b| (a < n / 2) != (b < n / 2))
+                    .all(|b| net.m[a].state(&id(b)) == Some(State::Down))
+            })
+        };
+        while !apart(&net) {
+            assert!(
+                net.now - cut_at < Duration::from_secs(30),
+                "sides never apart"
+            );
+            net.run_for(Duration::from_millis(100));
+        }
+        net.cut.clear();
+        let healed = net.now;
+        let all_alive = |net: &Mesh| {
+            (0..n).all(|a| {
+                (0..n)
+                    .filter(|&b| b != a)
+                    .all(|b| net.m[a].state(&id(b)) == Some(State::Alive))
+            })
+        };
+        while !all_alive(&net) {
+            assert!(
+                net.now - healed < Duration::from_secs(2),
+                "not every member alive everywhere 2 s after the heal"
+            );
+            net.run_for(Duration::from_millis(10));
+        }
     }
 
     #[test]

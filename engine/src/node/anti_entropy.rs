@@ -1,15 +1,48 @@
 //! Anti-entropy: periodic version-vector digests with one random peer (and
 //! repeated to new contacts until they answer), and the per-origin repair a
-//! digest asks for.
+//! digest asks for, paced by acknowledgements.
+//!
+//! # Repair pacing
+//!
+//! A digest from a node that lacks much (a new node in a cluster holding 1M
+//! presences) asks for many repair messages. They are cut from one snapshot
+//! of the store (so a full slice stays consistent across its parts) into a
+//! [`RepairJob`], and sent while the unacknowledged repairs to that peer
+//! total at most [`NodeConfig::repair_window`](super::NodeConfig) bytes (one
+//! at least). The peer acknowledges each repair once merged
+//! ([`Body::RepairAck`]), which frees room for the next. So a transfer never
+//! puts more than the window in the transport's peer queue, and the
+//! receiver's input never holds more than a window of repairs ahead of its
+//! probes. While a job to a peer makes progress, its digests do not start
+//! another copy of the same state; a job that has not been acknowledged for
+//! `down_after` (a lost link), or whose peer went down, is dropped, and the
+//! next digest starts afresh from what the peer holds by then.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use rand::Rng;
 
 use super::{Node, PeerState};
 use crate::codec::Body;
-use crate::id::NodeId;
+use crate::id::{NodeId, Topic};
+use crate::presence::PresEntry;
 use crate::store::{Delta, Part, Store};
+
+/// Repairs for one peer, cut from one snapshot, sent as acknowledgements
+/// free room in the window.
+#[derive(Debug)]
+pub(super) struct RepairJob {
+    /// Repairs not sent yet, in order.
+    todo: VecDeque<(Delta<PresEntry>, Delta<Topic>)>,
+    /// Sent and not acknowledged: `(seq, encoded bytes)`, in order.
+    in_flight: VecDeque<(u64, usize)>,
+    /// Sum of the bytes in `in_flight`.
+    in_flight_bytes: usize,
+    /// When the job started or last saw an acknowledgement.
+    progress: Instant,
+}
 
 /// Anti-entropy rounds that repeat the digest to a new contact until it answers.
 const SYNC_RETRIES: u8 = 3;
@@ -89,11 +122,38 @@ impl Node {
 
     pub(super) fn handle_digest(
         &mut self,
+        now: Instant,
         from: &NodeId,
         addr: SocketAddr,
         presence: &[(NodeId, u64)],
         subs: &[(NodeId, u64)],
         reply: bool,
+    ) {
+        // Acknowledgements travel on the reliable stream: one missing for
+        // longer than the failure detector takes to mark an unreachable peer
+        // down means the link lost it (a new connection), not a slow merge.
+        let patience = self.cfg.down_after.max(self.cfg.anti_entropy);
+        let busy = self
+            .repairs
+            .get(from)
+            .is_some_and(|job| now.saturating_duration_since(job.progress) < patience);
+        if !busy {
+            self.start_repair(now, from, addr, presence, subs);
+        }
+        if !reply && (behind(self.presence.store(), presence) || behind(self.subs.store(), subs)) {
+            self.send_digest(from, true);
+        }
+    }
+
+    /// Cuts what `from`'s version vectors show it lacks into a new repair
+    /// job (replacing any stale one) and sends its first window.
+    fn start_repair(
+        &mut self,
+        now: Instant,
+        from: &NodeId,
+        addr: SocketAddr,
+        presence: &[(NodeId, u64)],
+        subs: &[(NodeId, u64)],
     ) {
         let chunk = self.cfg.repair_chunk;
         // Serve our own ops, and those of origins that cannot serve themselves
@@ -111,22 +171,89 @@ impl Node {
         let mut p_parts = slices(self.presence.store(), presence, &serves, chunk);
         let mut s_parts = slices(self.subs.store(), subs, &serves, chunk);
         // One part per origin per message; a long slice takes several messages.
+        let mut todo = VecDeque::new();
         while !p_parts.is_empty() || !s_parts.is_empty() {
             let mut size = 0;
             let presence = take_batch(&mut p_parts, &mut size, chunk);
             let subs = take_batch(&mut s_parts, &mut size, chunk);
+            todo.push_back((Delta { parts: presence }, Delta { parts: subs }));
+        }
+        if todo.is_empty() {
+            self.repairs.remove(from);
+            return;
+        }
+        self.repairs.insert(
+            from.clone(),
+            RepairJob {
+                todo,
+                in_flight: VecDeque::new(),
+                in_flight_bytes: 0,
+                progress: now,
+            },
+        );
+        self.pump_repair(from, addr);
+    }
+
+    /// Sends `to`'s next repairs while the window has room (always one when
+    /// nothing is in flight); ends the job when all are acknowledged.
+    fn pump_repair(&mut self, to: &NodeId, addr: SocketAddr) {
+        let window = self.cfg.repair_window;
+        loop {
+            let Some(job) = self.repairs.get_mut(to) else {
+                return;
+            };
+            if job.todo.is_empty() && job.in_flight.is_empty() {
+                self.repairs.remove(to);
+                return;
+            }
+            if !job.in_flight.is_empty() && job.in_flight_bytes >= window {
+                return;
+            }
+            let Some((presence, subs)) = job.todo.pop_front() else {
+                return;
+            };
+            let seq = self.next_repair;
+            self.next_repair += 1;
             self.stats.repairs_sent += 1;
             self.send(
-                Some(from.clone()),
+                Some(to.clone()),
                 addr,
                 Body::Repair {
-                    presence: Delta { parts: presence },
-                    subs: Delta { parts: subs },
+                    presence,
+                    subs,
+                    seq,
                 },
             );
+            let bytes = self.transmits.back().map_or(0, |t| t.msg.encoded_len());
+            let job = self.repairs.get_mut(to).expect("present above");
+            job.in_flight.push_back((seq, bytes));
+            job.in_flight_bytes += bytes;
         }
-        if !reply && (behind(self.presence.store(), presence) || behind(self.subs.store(), subs)) {
-            self.send_digest(from, true);
+    }
+
+    /// `from` merged our repair `seq` (and every one before it).
+    pub(super) fn handle_repair_ack(
+        &mut self,
+        now: Instant,
+        from: &NodeId,
+        addr: SocketAddr,
+        seq: u64,
+    ) {
+        let Some(job) = self.repairs.get_mut(from) else {
+            return;
+        };
+        let mut freed = false;
+        while let Some(&(s, bytes)) = job.in_flight.front() {
+            if s > seq {
+                break;
+            }
+            job.in_flight.pop_front();
+            job.in_flight_bytes -= bytes;
+            freed = true;
+        }
+        if freed {
+            job.progress = now;
+            self.pump_repair(from, addr);
         }
     }
 }

@@ -49,6 +49,11 @@ pub struct NodeConfig {
     pub tomb_cap: usize,
     /// Most entries per repair message.
     pub repair_chunk: usize,
+    /// Most bytes of repair messages sent to one peer and not acknowledged
+    /// yet (one is always allowed): the pacing of a large state transfer. The
+    /// runtime caps it at half its peer queue, so a transfer never fills the
+    /// queue.
+    pub repair_window: usize,
     /// How many random peers a node relays the novel part of a delta to.
     pub relay_fanout: usize,
     /// Each membership update is piggybacked `gossip_mult * ceil(log10(N + 1))`
@@ -102,6 +107,7 @@ impl NodeConfig {
             buffer_cap: 4096,
             tomb_cap: 100_000,
             repair_chunk: 10_000,
+            repair_window: 4 << 20,
             relay_fanout: 3,
             gossip_mult: 4,
             max_gossip: 6,

@@ -41,6 +41,7 @@ use rand_chacha::ChaCha8Rng;
 pub use config::NodeConfig;
 pub use types::{Command, CommandError, CommandOutcome, Event, NodeStats, PeerState, Transmit};
 
+use self::anti_entropy::RepairJob;
 use self::peers::Peer;
 use self::pubsub::PendingSub;
 use self::replicate::Buffered;
@@ -90,6 +91,10 @@ pub struct Node {
     list_sent: Option<Instant>,
     buffer: VecDeque<Buffered>,
     next_seq: u64,
+    /// Paced repairs in progress, per peer (see `anti_entropy.rs`).
+    repairs: BTreeMap<NodeId, RepairJob>,
+    /// Sequence number of the next repair sent.
+    next_repair: u64,
     pending_subs: Vec<PendingSub>,
     coalescer: Coalescer,
     scratch: Vec<(Topic, DiffItem)>,
@@ -125,6 +130,8 @@ impl Node {
             list_sent: None,
             buffer: VecDeque::new(),
             next_seq: 0,
+            repairs: BTreeMap::new(),
+            next_repair: 0,
             pending_subs: Vec::new(),
             scratch: Vec::new(),
             transmits: VecDeque::new(),
@@ -362,7 +369,7 @@ impl Node {
                 presence,
                 subs,
             } => {
-                self.merge(now, Some(&from), presence, subs);
+                self.merge(now, Some(&from), presence, subs, true);
                 self.send(Some(from.clone()), msg.addr, Body::Ack { start, seq });
             }
             Body::Ack { start, seq } => self.handle_ack(now, &from, start, seq),
@@ -374,11 +381,17 @@ impl Node {
             } => {
                 self.synced(&from);
                 self.members_backstop(now, &from, msg.addr, members);
-                self.handle_digest(&from, msg.addr, &presence, &subs, reply);
+                self.handle_digest(now, &from, msg.addr, &presence, &subs, reply);
             }
-            Body::Repair { presence, subs } => {
-                self.merge(now, Some(&from), presence, subs);
+            Body::Repair {
+                presence,
+                subs,
+                seq,
+            } => {
+                self.merge(now, Some(&from), presence, subs, false);
+                self.send(Some(from.clone()), msg.addr, Body::RepairAck { seq });
             }
+            Body::RepairAck { seq } => self.handle_repair_ack(now, &from, msg.addr, seq),
             Body::Broadcast { topic, payload } => {
                 self.deliver_local(&topic, &payload, None);
             }

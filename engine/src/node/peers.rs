@@ -281,6 +281,7 @@ impl Node {
             }
         }
         self.swim.remove(id);
+        self.repairs.remove(id);
         if let Some(p) = self.peers.remove(id) {
             if p.state == PeerState::Up && p.addr.is_some() {
                 self.up_peers -= 1;
@@ -346,6 +347,7 @@ impl Node {
                     }
                     p.state = PeerState::Up;
                     self.up_peers += u32::from(p.addr.is_some());
+                    self.repairs.remove(&id);
                     p.acked = next;
                     p.sent = next;
                     self.presence.set_up(&id, true, &mut self.scratch);
@@ -362,6 +364,8 @@ impl Node {
                     }
                     p.state = PeerState::Down;
                     self.up_peers -= u32::from(p.addr.is_some());
+                    self.repairs.remove(&id);
+                    self.stats.peers_marked_down += 1;
                     self.presence.set_up(&id, false, &mut self.scratch);
                     self.subs.set_up(&id, false);
                     self.events.push_back(Event::MemberDown(id));

@@ -99,12 +99,18 @@ impl Node {
         seq
     }
 
+    /// Merges a delta (`relay`: its novel part is buffered for relay to
+    /// `relay_fanout` peers) or a repair (not relayed: a repair answers one
+    /// peer's digest, every other peer gets its own, and relaying a large
+    /// state transfer would push it, unpaced, to every neighbour of the new
+    /// node).
     pub(super) fn merge(
         &mut self,
         now: Instant,
         from: Option<&NodeId>,
         presence: Delta<PresEntry>,
         subs: Delta<Topic>,
+        relay: bool,
     ) {
         let mut novel_p = Vec::new();
         let mut novel_s = Vec::new();
@@ -118,7 +124,7 @@ impl Node {
                 novel_s.extend(self.subs.merge(part));
             }
         }
-        if !novel_p.is_empty() || !novel_s.is_empty() {
+        if relay && (!novel_p.is_empty() || !novel_s.is_empty()) {
             let to = from.map(|f| {
                 let origins: Vec<NodeId> = novel_p
                     .iter()

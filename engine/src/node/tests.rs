@@ -1,6 +1,7 @@
 //! The node at its peer boundary: what an authenticated but wrong peer can
 //! send must never panic it, nor let it believe a lie about who is speaking.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -443,4 +444,82 @@ fn seeds_handed_in_later_are_greeted_once_and_joined() {
     for n in nodes.iter().flatten() {
         assert_eq!(up(n), 2, "{} sees both others up", n.id());
     }
+}
+
+/// Repair pacing: a digest asking for 5,000 entries in repairs of 100 gets
+/// only what fits the window (one repair at least); each acknowledgement
+/// releases the next, another digest meanwhile does not start a second copy,
+/// and the receiver ends up with every entry.
+#[test]
+fn a_large_repair_is_paced_by_acknowledgements() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    a.cfg.repair_chunk = 100;
+    let mut b = node("n2", 1, 2, now);
+    for i in 0..5_000 {
+        track(&mut a, now, &format!("u{i}"));
+    }
+    while a.poll_transmit().is_some() {}
+    while b.poll_transmit().is_some() {}
+    // The encoded size of one 100-entry repair, to set a window of three.
+    let digest = |n: &Node| Body::Digest {
+        presence: n.presence.store().digest(),
+        subs: n.subs.store().digest(),
+        reply: true,
+        members: 1,
+    };
+    let bid = b.id().clone();
+    let aid = a.id().clone();
+    let repairs_of = |a: &mut Node| -> Vec<Message> {
+        std::iter::from_fn(|| a.poll_transmit())
+            .map(|t| t.msg)
+            .filter(|m| matches!(m.body, Body::Repair { .. }))
+            .collect()
+    };
+    a.handle_message(now, &bid, msg(&bid, 2, digest(&b)));
+    let first = repairs_of(&mut a);
+    assert_eq!(
+        first.len(),
+        50,
+        "without a window cap every repair goes at once"
+    );
+    let one = first[0].encoded_len();
+    // Start again with a window of three repairs.
+    let mut a2 = node("n1", 1, 1, now);
+    a2.cfg.repair_chunk = 100;
+    a2.cfg.repair_window = 3 * one;
+    for i in 0..5_000 {
+        track(&mut a2, now, &format!("u{i}"));
+    }
+    while a2.poll_transmit().is_some() {}
+    let mut a = a2;
+    a.handle_message(now, &bid, msg(&bid, 2, digest(&b)));
+    let mut in_flight: VecDeque<Message> = repairs_of(&mut a).into();
+    assert_eq!(in_flight.len(), 3, "the first window");
+    // A digest while the job progresses starts no second copy.
+    a.handle_message(now, &bid, msg(&bid, 2, digest(&b)));
+    assert!(repairs_of(&mut a).is_empty());
+    let mut delivered = 3;
+    while let Some(repair) = in_flight.pop_front() {
+        b.handle_message(now, &aid, repair);
+        let acks: Vec<Message> = std::iter::from_fn(|| b.poll_transmit())
+            .map(|t| t.msg)
+            .filter(|m| matches!(m.body, Body::RepairAck { .. }))
+            .collect();
+        assert_eq!(acks.len(), 1, "each repair is acknowledged once merged");
+        for ack in acks {
+            a.handle_message(now, &bid, ack);
+        }
+        let next = repairs_of(&mut a);
+        assert!(next.len() <= 1, "an acknowledgement frees room for one");
+        delivered += next.len();
+        in_flight.extend(next);
+        assert!(in_flight.len() <= 3, "never more than the window in flight");
+    }
+    assert_eq!(delivered, 50);
+    assert_eq!(b.presence().count(&Topic::new("room:1")).0, 5_000);
+    assert!(
+        a.repairs.is_empty(),
+        "the job ends when all are acknowledged"
+    );
 }

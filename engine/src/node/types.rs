@@ -257,4 +257,6 @@ pub struct NodeStats {
     /// Messages dropped because they claimed another sender than the one
     /// their link authenticated (`msg.from` differs from `from`).
     pub rejected_identity: u64,
+    /// Times a peer was marked down (each [`Event::MemberDown`]).
+    pub peers_marked_down: u64,
 }

@@ -26,6 +26,10 @@ use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 use crate::presence::PresenceItem;
 use crate::records::Record;
 
+/// Datagram-lane messages waiting for the node task; past this, datagrams
+/// are dropped (they are loss-tolerant by definition).
+const CONTROL_QUEUE: usize = 1024;
+
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -49,6 +53,11 @@ pub(crate) struct NodeDriver {
     inbound: mpsc::Receiver<PeerInbound>,
     /// The seed list from DNS discovery, each time it changes.
     discovered: mpsc::Receiver<Vec<SocketAddr>>,
+    /// What arrived on the datagram lane (probes, digests, hellos): served
+    /// before `inbound`, so a backlog of large stream frames (a state
+    /// transfer being merged) never holds a probe or its answer back by more
+    /// than the one message being handled.
+    control: mpsc::Receiver<PeerInbound>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     links: HashMap<SocketAddr, Link>,
@@ -82,7 +91,7 @@ fn wall_ms() -> u64 {
 
 impl NodeDriver {
     pub(crate) fn new(
-        node: NodeConfig,
+        mut node: NodeConfig,
         config: &EngineConfig,
         endpoint: quinn::Endpoint,
         requests: mpsc::Receiver<EngineRequest>,
@@ -90,6 +99,9 @@ impl NodeDriver {
         state: Arc<watch::Sender<TaskState>>,
     ) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(1024);
+        let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+        // A paced repair never holds more than half the peer queue.
+        node.repair_window = node.repair_window.min(config.peer_queue_bytes / 2).max(1);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = LinkCtx {
             secret: Arc::from(config.secret.as_slice()),
@@ -101,6 +113,7 @@ impl NodeDriver {
             auth_timeout: config.auth_timeout,
             queue_cap: config.peer_queue_bytes,
             inbound: inbound_tx,
+            control: control_tx,
             shutdown: shutdown_rx,
         };
         let (discovered_tx, discovered) = mpsc::channel(1);
@@ -125,6 +138,7 @@ impl NodeDriver {
             drops,
             inbound,
             discovered,
+            control,
             shutdown,
             tasks,
             links: HashMap::new(),
@@ -165,6 +179,11 @@ impl NodeDriver {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
             tokio::select! {
+                // In this order: failure detection first (a probe answered
+                // late is a peer marked down), then timers, then the rest.
+                biased;
+                Some(inbound) = self.control.recv() => self.on_inbound(inbound),
+                () = sleep, if deadline.is_some() => self.on_timeout(),
                 req = self.requests.recv() => match req {
                     Some(req) => if let Some(reply) = self.on_request(req) { break Some(reply) },
                     None => break None,
@@ -172,7 +191,6 @@ impl NodeDriver {
                 Some((topic, sub)) = self.drops.recv() => self.unsubscribe(topic, sub, None),
                 Some(inbound) = self.inbound.recv() => self.on_inbound(inbound),
                 Some(seeds) = self.discovered.recv() => self.node.handle_seeds(seeds),
-                () = sleep, if deadline.is_some() => self.on_timeout(),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => on_task_end(done),
             }
             self.drain();
@@ -202,11 +220,13 @@ impl NodeDriver {
         self.pending.clear();
         let tasks = &mut self.tasks;
         let inbound = &mut self.inbound;
+        let control = &mut self.control;
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
             loop {
                 tokio::select! {
                     done = tasks.join_next() => if done.is_none() { break },
                     Some(msg) = inbound.recv() => if let PeerInbound::Incoming(i) = msg { i.refuse() },
+                    Some(_) = control.recv() => {}
                 }
             }
         })

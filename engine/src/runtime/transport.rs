@@ -44,9 +44,19 @@
 //! ([`super::EngineConfig::peer_queue_bytes`], 16 MiB by default). A frame that
 //! does not fit is dropped and counted; the core's retransmission of unacked
 //! deltas and its anti-entropy repair presence afterwards (a dropped broadcast
-//! is lost, as with any overloaded PubSub). Inbound, each connection's reader
-//! waits for room in the node task's bounded input channel, so QUIC flow control
-//! pushes back on a peer that sends faster than the node can merge.
+//! is lost, as with any overloaded PubSub). A large state transfer does not
+//! rely on this: the core paces repairs by acknowledgement and keeps at most
+//! `repair_window` bytes of them in flight per peer, capped at half this
+//! queue. Inbound, each connection's stream reader waits for room in the node
+//! task's bounded input channel, so QUIC flow control pushes back on a peer
+//! that sends faster than the node can merge. Datagrams (probes, digests) go
+//! to a separate control channel that the node task serves first, so a
+//! backlog of stream frames never delays failure detection by more than the
+//! message being handled; a datagram that finds the control channel full is
+//! dropped, like any lost datagram.
+//!
+//! An authenticated connection is announced (`Up`) on the control channel
+//! too, so the node installs it before handling any of its datagrams.
 //!
 //! A frame header announcing more than [`MAX_FRAME`] bytes, a frame or datagram
 //! that does not decode, or a failed handshake closes that one connection with
@@ -248,6 +258,8 @@ pub(crate) struct LinkCtx {
     pub auth_timeout: Duration,
     pub queue_cap: usize,
     pub inbound: mpsc::Sender<PeerInbound>,
+    /// The node task's datagram-lane input, served before `inbound`.
+    pub control: mpsc::Sender<PeerInbound>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -368,7 +380,11 @@ async fn run_inner(
         conn: conn.clone(),
         queue,
     };
-    if ctx.inbound.send(PeerInbound::Up(up)).await.is_err() {
+    // On the control channel, ahead of this connection's datagrams (which
+    // the node task serves before its input channel): a datagram handled
+    // before its connection is installed would make the node dial the peer
+    // for the answer and duplicate the connection.
+    if ctx.control.send(PeerInbound::Up(up)).await.is_err() {
         conn.close(codes::SHUTDOWN.into(), b"shutdown");
         return CloseWhy::Done;
     }
@@ -412,6 +428,7 @@ async fn serve(
         hello,
         from: Arc::new(hello.id.clone()),
         tx: &ctx.inbound,
+        control: &ctx.control,
     };
     let writer = write_loop(conn, rx);
     let reader = read_stream(conn, &link);
@@ -468,6 +485,7 @@ struct Inbound<'a> {
     hello: &'a PeerHello,
     from: Arc<NodeId>,
     tx: &'a mpsc::Sender<PeerInbound>,
+    control: &'a mpsc::Sender<PeerInbound>,
 }
 
 impl Inbound<'_> {
@@ -475,7 +493,13 @@ impl Inbound<'_> {
     /// a message closes the connection; a message that breaks the codec's
     /// value checks, or advertises another address than the connection
     /// authenticated, is dropped whole and counted.
-    async fn deliver(&self, frame: &[u8], what: &'static str) -> Result<(), Fault> {
+    ///
+    /// A datagram goes to the node task's control lane without waiting: when
+    /// that is full (the node is far behind) it is dropped, as the network
+    /// may drop any datagram. A stream frame waits for room, which is how
+    /// QUIC flow control pushes back on a peer sending faster than the node
+    /// merges.
+    async fn deliver(&self, frame: &[u8], what: &'static str, datagram: bool) -> Result<(), Fault> {
         let inbound = match Message::decode(frame) {
             Ok(msg) if msg.addr != self.hello.addr => PeerInbound::Rejected {
                 peer: self.peer,
@@ -493,6 +517,12 @@ impl Inbound<'_> {
             },
             Err(_) => return Err(Fault::Protocol(codes::PROTOCOL, what)),
         };
+        if datagram {
+            return match self.control.try_send(inbound) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Fault::Lost),
+            };
+        }
         self.tx.send(inbound).await.map_err(|_| Fault::Lost)
     }
 }
@@ -521,14 +551,14 @@ async fn read_stream(conn: &quinn::Connection, link: &Inbound<'_>) -> Result<(),
             }
             Err(quinn::ReadExactError::ReadError(_)) => return Err(Fault::Lost),
         }
-        link.deliver(&buf, "undecodable frame").await?;
+        link.deliver(&buf, "undecodable frame", false).await?;
     }
 }
 
 async fn read_datagrams(conn: &quinn::Connection, link: &Inbound<'_>) -> Result<(), Fault> {
     loop {
         let bytes = conn.read_datagram().await.map_err(|_| Fault::Lost)?;
-        link.deliver(&bytes, "undecodable datagram").await?;
+        link.deliver(&bytes, "undecodable datagram", true).await?;
     }
 }
 
