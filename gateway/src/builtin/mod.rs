@@ -363,6 +363,12 @@ impl RoomStore for App {
         ROOM_SPACE
     }
 
+    /// Whether a recoverable rule matches `topic`.
+    fn recoverable(&self, topic: &str) -> bool {
+        self.rule_for(topic)
+            .is_some_and(|(i, _)| self.rules[i].recover)
+    }
+
     /// `GET /api/history?since=`: what a rejoin with `since` would get, as
     /// `{"recovered": true, "pos", "messages": [{"event", "payload"}]}` (each
     /// payload with its `_id` and `_pos`) or `{"recovered": false, "reason"}`.

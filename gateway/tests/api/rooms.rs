@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use chorus_gateway::cluster::{HubTap, TapEvent};
 use chorus_gateway::config::Config;
+use chorus_gateway::protocol::Payload;
 use chorus_gateway::server::{ApiKey, ServerConfig};
 use serde_json::{json, Value};
 
@@ -485,5 +487,97 @@ async fn history_since_recovers_what_a_position_lacks_on_any_node() -> anyhow::R
     })
     .await;
     assert!(trimmed, "a gap over `history` is trimmed");
+    Ok(())
+}
+
+/// `POST /api/broadcast` on a recoverable topic (`chat:*` in the built-in
+/// config) is kept in the topic's log like a client's broadcast: the answer
+/// names its `_id`, a client on the other node gets it with that `_id` and a
+/// `_pos`, and a rejoin from before it recovers it. On a topic that is not
+/// recoverable it is a plain broadcast, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_broadcast_on_a_recoverable_topic_is_logged_and_recovered() -> anyhow::Result<()> {
+    let a = NodeBuilder::new()
+        .config(with_key())
+        .seeds("a", Vec::new())
+        .app(Config::default_config())
+        .start()
+        .await?;
+    let b = NodeBuilder::new()
+        .config(with_key())
+        .seeds("b", vec![a.engine.local_addr()])
+        .app(Config::default_config())
+        .start()
+        .await?;
+    // What node A reports to its observer (the webhooks' `message`).
+    let (tap, mut tapped) = tokio::sync::mpsc::unbounded_channel();
+    a.server.hub().set_tap(HubTap {
+        filter: Box::new(|topic| topic == "chat:api-news"),
+        tx: tap,
+    });
+    let mut client = b.client("user_id=alice&vsn=2.0.0").await?;
+    let joined = client.join("1", "chat:api-news", "{}").await?;
+    let pos = joined[4]["response"]["pos"]
+        .as_str()
+        .expect("pos in the join reply")
+        .to_owned();
+    let post = |topic: &str, n: u64| {
+        Req::authed("POST", "/api/broadcast")
+            .json(&json!({"topic": topic, "event": "news", "payload": {"n": n}}))
+    };
+    // Sent through A until B's client has it (the nodes may not have met yet:
+    // each try is one more logged message, so the client's first is checked).
+    let mut ids = Vec::new();
+    let got = loop {
+        let sent = post("chat:api-news", ids.len() as u64).send(a.addr).await?;
+        check("POST", "/api/broadcast", &sent);
+        assert_eq!(sent.status, 202, "{}", sent.text());
+        let sent = sent.json()?;
+        assert_eq!(sent["status"], "sent");
+        ids.push(sent["_id"].as_str().expect("an _id").to_owned());
+        if let Ok(Ok(got)) =
+            tokio::time::timeout(Duration::from_millis(500), client.recv_event("news")).await
+        {
+            break got;
+        }
+        anyhow::ensure!(ids.len() < 20, "node B's client never got a broadcast");
+    };
+    let payload = &got[4];
+    let n = payload["n"].as_u64().expect("n") as usize;
+    assert_eq!(payload["_id"], json!(ids[n]), "the answer's _id: {got}");
+    assert!(payload["_pos"].is_string(), "{got}");
+    // A rejoin from the join's position recovers every one of them, in order
+    // (those sent before the nodes met reach B by repair).
+    let since = format!("/api/history?topic=chat:api-news&since={pos}");
+    let all = eventually(Duration::from_secs(10), || async {
+        let r = Req::authed("GET", &since).send(b.addr).await.expect("get");
+        r.json()
+            .is_ok_and(|v| v["messages"].as_array().map_or(0, Vec::len) == ids.len())
+    })
+    .await;
+    assert!(all, "B recovers every API broadcast");
+    let recovered = Req::authed("GET", &since).send(b.addr).await?;
+    check("GET", "/api/history", &recovered);
+    let recovered = recovered.json()?;
+    assert_eq!(recovered["recovered"], true, "{recovered}");
+    let messages = recovered["messages"].as_array().expect("messages");
+    let got_ids: Vec<&str> = messages
+        .iter()
+        .map(|m| m["payload"]["_id"].as_str().expect("_id"))
+        .collect();
+    assert_eq!(got_ids, ids, "every one, once, in the order sent");
+    assert!(messages.iter().all(|m| m["event"] == "news"));
+    match tapped.try_recv() {
+        Ok(TapEvent::Broadcast {
+            topic,
+            event,
+            payload: Payload::Json(p),
+        }) => assert_eq!((topic.as_str(), event.as_str(), p.as_str()), ("chat:api-news", "news", r#"{"n":0}"#)),
+        other => panic!("node A reports the logged broadcast: {other:?}"),
+    }
+    // Not recoverable (`user:*` has no `recover`): a plain broadcast, no `_id`.
+    let plain = post("user:alice", 1).send(a.addr).await?;
+    check("POST", "/api/broadcast", &plain);
+    assert_eq!(plain.json()?, json!({"status": "sent"}));
     Ok(())
 }
