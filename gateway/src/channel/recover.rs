@@ -15,12 +15,14 @@
 //!   is the same encoding of the one-origin position `{origin: seq}`, unique
 //!   within the topic and the same on every node.
 
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine as _;
 use chorus_engine::{NodeId, Position, Stamp, MAX_POSITION_BYTES};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::JsonObject;
+use crate::protocol::{Encoded, JsonObject};
 
 /// The internal event a logged entry travels under, from the topic
 /// dispatcher to the channels' `handle_out`. Starts with a control
@@ -104,6 +106,50 @@ impl Logged {
             },
             l.body,
         ))
+    }
+}
+
+/// One logged entry's frame, shared by the channels of this node that push
+/// it from the same position: the first to push it with nothing pending
+/// ahead ([`Fanout::offer`]) leaves its position before, its position after
+/// and the broadcast frame (`_id`, and `_pos` = `after`); any other channel
+/// whose position equals `before` sends the same frame and takes `after`.
+/// So the entry is encoded once per node wherever the bytes are the same,
+/// and `_pos` still covers exactly what each client received. The
+/// dispatcher attaches one to each logged delivery.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    first: OnceLock<Fast>,
+}
+
+/// What [`Fanout`] holds once a channel pushed its entry.
+#[derive(Debug)]
+pub struct Fast {
+    /// The position the frame was made for (before the entry).
+    pub before: Arc<Position>,
+    /// `before` with the entry: the frame's `_pos`.
+    pub after: Arc<Position>,
+    /// `[null, null, topic, event, payload + _id + _pos]`.
+    pub frame: Arc<Encoded>,
+}
+
+impl Fanout {
+    /// The shared frame, if a channel made one.
+    pub fn get(&self) -> Option<&Fast> {
+        self.first.get()
+    }
+
+    /// Offers the frame made for `fast.before`; the first offer stays.
+    pub fn offer(&self, fast: Fast) {
+        let _ = self.first.set(fast);
+    }
+
+    /// The frame for a client at `pos` (its `after`), if one was made for
+    /// that position: the same `Arc` (the usual case, as every client that
+    /// took the previous frame holds its `after`) or an equal vector.
+    pub fn for_position(&self, pos: &Arc<Position>) -> Option<&Fast> {
+        self.get()
+            .filter(|fast| Arc::ptr_eq(&fast.before, pos) || *fast.before == **pos)
     }
 }
 

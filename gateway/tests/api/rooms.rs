@@ -572,12 +572,117 @@ async fn api_broadcast_on_a_recoverable_topic_is_logged_and_recovered() -> anyho
             topic,
             event,
             payload: Payload::Json(p),
-        }) => assert_eq!((topic.as_str(), event.as_str(), p.as_str()), ("chat:api-news", "news", r#"{"n":0}"#)),
+        }) => assert_eq!(
+            (topic.as_str(), event.as_str(), p.as_str()),
+            ("chat:api-news", "news", r#"{"n":0}"#)
+        ),
         other => panic!("node A reports the logged broadcast: {other:?}"),
     }
     // Not recoverable (`user:*` has no `recover`): a plain broadcast, no `_id`.
     let plain = post("user:alice", 1).send(a.addr).await?;
     check("POST", "/api/broadcast", &plain);
     assert_eq!(plain.json()?, json!({"status": "sent"}));
+    Ok(())
+}
+
+/// Live messages of a recoverable topic to many clients of one node: clients
+/// at the same position get the same frame (`[null, null, ...]`, one `_pos`),
+/// whichever way they got there (joined fresh, recovered everything, or
+/// recovered from the middle), and every `_pos` covers exactly what its
+/// client received: the last one is the position of the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_at_one_position_share_each_live_frame_and_positions_stay_exact(
+) -> anyhow::Result<()> {
+    use chorus_gateway::channel::recover;
+
+    let node = NodeBuilder::new()
+        .config(with_key())
+        .seeds("a", Vec::new())
+        .app(Config::default_config())
+        .start()
+        .await?;
+    let topic = "chat:fan";
+    let mut publisher = node.client("user_id=pub&vsn=2.0.0").await?;
+    publisher.join("1", topic, "{}").await?;
+    let publish =
+        |text: &str| format!(r#"["1","{text}","{topic}","new_message",{{"message":"{text}"}}]"#);
+    let mut fresh = Vec::new();
+    let mut start = String::new();
+    for user in ["c1", "c2"] {
+        let mut c = node.client(&format!("user_id={user}&vsn=2.0.0")).await?;
+        let reply = c.join("1", topic, "{}").await?;
+        start = reply[4]["response"]["pos"]
+            .as_str()
+            .expect("pos")
+            .to_owned();
+        fresh.push(c);
+    }
+    publisher.send(&publish("m1")).await?;
+    publisher.send(&publish("m2")).await?;
+    let mut first = Vec::new();
+    for c in &mut fresh {
+        let m1 = c.recv_event("message").await?;
+        let m2 = c.recv_event("message").await?;
+        assert_eq!(
+            m1[0],
+            Value::Null,
+            "a live message is a broadcast frame: {m1}"
+        );
+        first.push((m1, m2));
+    }
+    assert_eq!(first[0], first[1], "c1 and c2 got the same frames");
+    let after_m1 = first[0].0[4]["_pos"].as_str().expect("_pos").to_owned();
+    // c3 recovers both, c4 only m2: both end at c1's position.
+    let mut late = Vec::new();
+    for (user, since, missed) in [("c3", &start, 2), ("c4", &after_m1, 1)] {
+        let mut c = node.client(&format!("user_id={user}&vsn=2.0.0")).await?;
+        let params = format!(r#"{{"since":"{since}"}}"#);
+        let reply = c.join("1", topic, &params).await?;
+        assert_eq!(reply[4]["response"]["recovered"], true, "{reply}");
+        for _ in 0..missed {
+            c.recv_event("message").await?;
+        }
+        late.push(c);
+    }
+    publisher.send(&publish("m3")).await?;
+    publisher.send(&publish("m4")).await?;
+    let mut frames = Vec::new();
+    for c in fresh.iter_mut().chain(late.iter_mut()) {
+        let m3 = c.recv_event("message").await?;
+        let m4 = c.recv_event("message").await?;
+        frames.push((m3, m4));
+    }
+    assert!(
+        frames.iter().all(|f| *f == frames[0]),
+        "every client at one position got the same frames: {frames:?}"
+    );
+    let bodies: Vec<&Value> = [&frames[0].0, &frames[0].1]
+        .iter()
+        .map(|f| &f[4]["body"])
+        .collect();
+    assert_eq!(bodies, [&json!("m3"), &json!("m4")]);
+    // The last `_pos` covers the four messages and nothing else: the
+    // position after the whole log, and nothing left to recover from it.
+    let last = frames[0].1[4]["_pos"].as_str().expect("_pos");
+    let empty = recover::encode_pos(&chorus_engine::Position::default());
+    let whole = Req::authed("GET", &format!("/api/history?topic={topic}&since={empty}"))
+        .send(node.addr)
+        .await?
+        .json()?;
+    assert_eq!(
+        whole["messages"].as_array().map(Vec::len),
+        Some(4),
+        "{whole}"
+    );
+    assert_eq!(
+        whole["pos"],
+        json!(last),
+        "the last _pos is the whole log's"
+    );
+    let rest = Req::authed("GET", &format!("/api/history?topic={topic}&since={last}"))
+        .send(node.addr)
+        .await?
+        .json()?;
+    assert_eq!(rest["messages"], json!([]), "{rest}");
     Ok(())
 }
