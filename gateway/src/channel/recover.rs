@@ -8,9 +8,11 @@
 //!   that are not recoverable) are the saved message itself.
 //! - The topic dispatcher hands each newly accepted entry to the channels as
 //!   the internal broadcast [`LOGGED_EVENT`] with payload
-//!   `{"o":name,"i":incarnation,"s":seq,"t":time_ms,"b":entry}`; a channel
-//!   of a recoverable topic intercepts it and pushes the entry's event with
-//!   `_id` and `_pos` added. Nothing else ever sees it.
+//!   `{"o":name,"i":incarnation,"s":seq,"t":time_ms,"b":entry}`, with a
+//!   [`Fanout`] attached; a channel of a recoverable topic intercepts it and
+//!   sends the entry's event with `_id` and `_pos` added, as a broadcast
+//!   frame shared by every channel at the same position. Nothing else ever
+//!   sees the internal event.
 //! - `_pos` is the base64url (no padding) of [`Position::to_bytes`]; `_id`
 //!   is the same encoding of the one-origin position `{origin: seq}`, unique
 //!   within the topic and the same on every node.
