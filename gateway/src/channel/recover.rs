@@ -215,6 +215,48 @@ mod tests {
     }
 
     #[test]
+    fn a_fanout_frame_serves_exactly_the_clients_at_its_position() {
+        use crate::protocol::{encode_broadcast, Payload};
+
+        let a = NodeId::new("a", 1);
+        let at = |n: u64| {
+            let mut p = Position::default();
+            p.advance(&a, n);
+            Arc::new(p)
+        };
+        let frame = |n: u64| {
+            let payload = JsonObject::from_json(format!("{{\"n\":{n}}}")).unwrap();
+            Arc::new(encode_broadcast("chat:x", "message", Payload::Json(payload)).unwrap())
+        };
+        let fanout = Fanout::default();
+        assert!(fanout.for_position(&at(1)).is_none(), "nothing offered yet");
+        let before = at(1);
+        fanout.offer(Fast {
+            before: before.clone(),
+            after: at(2),
+            frame: frame(2),
+        });
+        // The first offer stays.
+        fanout.offer(Fast {
+            before: at(5),
+            after: at(6),
+            frame: frame(6),
+        });
+        let same = fanout.for_position(&before).expect("the same Arc");
+        assert_eq!(*same.after, *at(2));
+        assert!(Arc::ptr_eq(&same.frame, &fanout.get().unwrap().frame));
+        assert!(fanout.for_position(&at(1)).is_some(), "an equal vector");
+        assert!(fanout.for_position(&at(0)).is_none(), "behind it");
+        assert!(fanout.for_position(&at(5)).is_none(), "ahead of it");
+        let mut other = (*at(1)).clone();
+        other.advance(&NodeId::new("b", 1), 1);
+        assert!(
+            fanout.for_position(&Arc::new(other)).is_none(),
+            "another origin's message too"
+        );
+    }
+
+    #[test]
     fn positions_and_ids_are_opaque_strings_that_round_trip() {
         let mut p = Position::default();
         p.advance(&NodeId::new("a", 1), 5);
