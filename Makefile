@@ -121,7 +121,9 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 	$$load storm --users $(LOAD_BURST); \
 	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --delay-ms 1; \
 	$$load hooks --joins $(LOAD_HOOK_JOINS) --conns 100 --topic-prefix room; \
-	$$load recover --clients 1000 --missed 100
+	$$load recover --clients 1000 --missed 100; \
+	$$load recover --clients 1000 --missed 100 --restart; \
+	$$load fanout --subs 1000 --rate 0 --secs $(LOAD_FANOUT_SECS) --topic recover:fanout
 
 # The ceiling (a minimal Phoenix server, not part of Chorus) and its runtime threads.
 CEILING_DIR ?= ../shared/ceiling

@@ -263,6 +263,9 @@ pub struct ClusterSection {
     pub node: String,
     /// UDP address for gossip (QUIC).
     pub gossip: SocketAddr,
+    /// The gossip address the other nodes dial, when it is not `gossip`
+    /// (behind NAT or a relay, or `gossip` on `0.0.0.0`); default: `gossip`.
+    pub advertise: Option<SocketAddr>,
     /// Nodes to join through: gossip addresses (`"10.0.0.7:7400"`) and DNS
     /// names (`"dns:chorus-headless.default.svc:7400"`: every address the name
     /// has, re-resolved every `discovery_interval`).
@@ -299,6 +302,7 @@ impl Default for ClusterSection {
         Self {
             node: "chorus".into(),
             gossip: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise: None,
             seeds: Vec::new(),
             discovery_interval: chorus_engine::runtime::discovery::DEFAULT_INTERVAL,
             profile: Profile::Lan,

@@ -9,8 +9,10 @@ import { cleanup, connectAs, freePort, push, sleep, startServer, until } from ".
 after(cleanup);
 
 const [portA, portB, gossipA, gossipB] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-await startServer(portA, { node: "a", gossipPort: gossipA, seeds: [gossipB] });
-await startServer(portB, { node: "b", gossipPort: gossipB, seeds: [gossipA] });
+const API_KEY = "js-recover-test-api-key";
+const env = { CHORUS_API_KEY: API_KEY };
+await startServer(portA, { node: "a", gossipPort: gossipA, seeds: [gossipB], env });
+await startServer(portB, { node: "b", gossipPort: gossipB, seeds: [gossipA], env });
 await sleep(1000); // let the nodes meet
 
 /**
@@ -119,4 +121,43 @@ test("a position that is not one answers recovered: false, unknown_position", as
   assert.deepEqual([reply.recovered, reply.reason], [false, "unknown_position"]);
   await until(() => state.histories.length === 1, "messages_history");
   c.socket.disconnect();
+});
+
+test("POST /api/broadcast while away is recovered like a client's message", async () => {
+  const topic = "chat:recover-api";
+  const away = client(portA, "frank", topic);
+  await away.joined;
+  const news = [];
+  away.channel.on("news", (m) => {
+    news.push(m);
+    away.state.pos = m._pos;
+  });
+  const broadcast = async (n) => {
+    const res = await fetch(`http://127.0.0.1:${portB}/api/broadcast`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify({ topic, event: "news", payload: { n } }),
+    });
+    assert.equal(res.status, 202);
+    const answer = await res.json();
+    assert.equal(answer.status, "sent");
+    assert.equal(typeof answer._id, "string", "a recoverable topic's answer names the _id");
+    return answer._id;
+  };
+  const first = await broadcast(0);
+  await until(() => news.length === 1, "news 0 live on node A");
+  assert.equal(news[0]._id, first);
+  assert.equal(typeof news[0]._pos, "string");
+
+  away.socket.disconnect();
+  const ids = [first, await broadcast(1), await broadcast(2)];
+  // Back on node B: the channel's params function sends the last _pos seen.
+  const back = client(portB, "frank", topic, away.state);
+  back.channel.on("news", (m) => news.push(m));
+  const reply = await back.joined;
+  assert.equal(reply.recovered, true, JSON.stringify(reply));
+  await until(() => news.length === 3, "news 1 and 2 recovered");
+  assert.deepEqual(news.map((m) => m.n), [0, 1, 2]);
+  assert.deepEqual(news.map((m) => m._id), ids);
+  back.socket.disconnect();
 });

@@ -80,6 +80,10 @@ struct ServeArgs {
     /// UDP address for cluster gossip (QUIC).
     #[arg(long, env = "CHORUS_GOSSIP")]
     gossip: Option<SocketAddr>,
+    /// The gossip address other nodes dial, if not --gossip (NAT, a relay,
+    /// or --gossip on 0.0.0.0) (cluster.advertise).
+    #[arg(long, env = "CHORUS_ADVERTISE")]
+    advertise: Option<SocketAddr>,
     /// Nodes to join through, comma-separated: gossip addresses (IP:PORT) and
     /// DNS names (dns:NAME:PORT, every address of the name, re-resolved).
     #[arg(long, env = "CHORUS_SEEDS", value_delimiter = ',')]
@@ -334,6 +338,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(gossip) = args.gossip {
         config.cluster.gossip = gossip;
     }
+    if let Some(advertise) = args.advertise {
+        config.cluster.advertise = Some(advertise);
+    }
     if let Some(seeds) = &args.seeds {
         config.cluster.seeds.clone_from(seeds);
     }
@@ -499,6 +506,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // [[webhooks]]: signed with CHORUS_WEBHOOK_SECRET; none configured, none run.
     let webhooks = webhook_settings(&config, node.down_after)?;
     let mut engine_config = EngineConfig::new(node, cluster_secret.clone());
+    engine_config.advertise = config.cluster.advertise;
     engine_config.discovery.names = dns_seeds;
     engine_config.discovery.interval = config.cluster.discovery_interval;
     let engine = Engine::start(engine_config)

@@ -17,7 +17,7 @@ use crate::channel::{
     RoomStore,
 };
 use crate::hooks::{JoinDecision, PublishDecision, RpcDecision};
-use crate::protocol::{JsonObject, Payload};
+use crate::protocol::{encode_broadcast, JsonObject, Payload};
 use crate::token::socket_id;
 use crate::topics;
 
@@ -49,7 +49,9 @@ const MAX_AHEAD: usize = 4096;
 /// position does not claim until the hole is filled.
 #[derive(Debug, Default)]
 struct Stream {
-    pos: Position,
+    /// Shared with the other clients of this node at the same position
+    /// (see [`recover::Fanout`]); changed copy-on-write.
+    pos: Arc<Position>,
     ahead: BTreeSet<(NodeId, u64)>,
 }
 
@@ -68,47 +70,77 @@ impl ConfiguredChannel {
         }
     }
 
-    /// Pushes a logged entry to the client with `_id` and `_pos`; with
-    /// `advance`, the position covers it first. A body that is not a
-    /// recoverable broadcast (history kept before `recover` was set) is
-    /// covered but not pushed.
+    /// Sends a logged entry to the client with `_id` and `_pos`; with
+    /// `advance`, the position covers it first. `live`: as a broadcast frame
+    /// (`[null, null, ...]`, as every live message of the topic); else pushed
+    /// (a recovery during the join). A body that is not a recoverable
+    /// broadcast (history kept before `recover` was set) is covered but not
+    /// sent.
     fn push_entry(
         &mut self,
         ctx: &mut ChannelContext<'_>,
         stamp: &Stamp,
         body: &str,
         advance: bool,
+        live: bool,
     ) {
         let Some(stream) = self.stream.as_mut() else {
             return;
         };
         if advance {
-            stream.pos.advance(&stamp.origin, stamp.seq);
+            Arc::make_mut(&mut stream.pos).advance(&stamp.origin, stamp.seq);
         }
         let Some(entry) = recover::parse_entry(body) else {
             return;
         };
         let id = recover::message_id(stamp);
         let pos = recover::encode_pos(&stream.pos);
-        if let Some(payload) = recover::with_pos(entry.payload.get(), &id, &pos) {
+        let Some(payload) = recover::with_pos(entry.payload.get(), &id, &pos) else {
+            return;
+        };
+        if !live {
             ctx.push(entry.event, Payload::Json(payload));
+        } else if let Ok(frame) =
+            encode_broadcast(ctx.topic(), &entry.event, Payload::Json(payload))
+        {
+            ctx.forward(Arc::new(frame));
         }
     }
 
-    /// A logged entry reached this node: push what the client lacks of its
-    /// origin, in order, from the records replica (which already holds it).
-    /// An entry past a hole is pushed at once but not claimed by `_pos`.
+    /// A logged entry reached this node. A client at the position another
+    /// channel of this node already sent it from gets the same frame
+    /// ([`recover::Fanout`]). Otherwise: push what the client lacks of its
+    /// origin, in order, from the records replica (which already holds it),
+    /// offering the entry's frame to the others when this client was right
+    /// before it. An entry past a hole is pushed at once but not claimed by
+    /// `_pos`.
     fn handle_logged(&mut self, payload: &str, ctx: &mut ChannelContext<'_>) {
-        let Some((stamp, body)) = Logged::parse(payload) else {
+        let Some(stream) = self.stream.as_mut() else {
             return;
         };
-        let Some(stream) = self.stream.as_ref() else {
+        if stream.ahead.is_empty() {
+            let shared = attached::<recover::Fanout>(ctx)
+                .and_then(|fanout| fanout.for_position(&stream.pos))
+                .map(|fast| (fast.after.clone(), fast.frame.clone()));
+            if let Some((after, frame)) = shared {
+                stream.pos = after;
+                ctx.forward(frame);
+                return;
+            }
+        }
+        let Some((stamp, body)) = Logged::parse(payload) else {
             return;
         };
         let key = (stamp.origin.clone(), stamp.seq);
         if stream.pos.covers(&stamp.origin, stamp.seq) || stream.ahead.contains(&key) {
             return;
         }
+        if stream.ahead.is_empty() && stamp.seq == stream.pos.get(&stamp.origin) + 1 {
+            self.push_first(ctx, &stamp, body.get());
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
         let have = stream.pos.get(&stamp.origin);
         let entries = self
             .app
@@ -123,10 +155,10 @@ impl ConfiguredChannel {
                 break;
             }
             if stream.ahead.remove(&(s.origin.clone(), s.seq)) {
-                stream.pos.advance(&s.origin, s.seq);
+                Arc::make_mut(&mut stream.pos).advance(&s.origin, s.seq);
                 continue;
             }
-            self.push_entry(ctx, &s, &b, true);
+            self.push_entry(ctx, &s, &b, true, true);
         }
         let Some(stream) = self.stream.as_mut() else {
             return;
@@ -135,7 +167,45 @@ impl ConfiguredChannel {
             if stream.ahead.len() < MAX_AHEAD {
                 stream.ahead.insert(key);
             }
-            self.push_entry(ctx, &stamp, body.get(), false);
+            self.push_entry(ctx, &stamp, body.get(), false, true);
+        }
+    }
+
+    /// Sends the logged entry `stamp` to a client right before it (nothing
+    /// ahead, the next of its origin) and offers the frame to the other
+    /// channels of this node at the same position.
+    fn push_first(&mut self, ctx: &mut ChannelContext<'_>, stamp: &Stamp, body: &str) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let Some(entry) = recover::parse_entry(body) else {
+            // Not a broadcast: covered, nothing to send (as push_entry does).
+            Arc::make_mut(&mut stream.pos).advance(&stamp.origin, stamp.seq);
+            return;
+        };
+        let before = stream.pos.clone();
+        let mut after = (*before).clone();
+        after.advance(&stamp.origin, stamp.seq);
+        let after = Arc::new(after);
+        let payload = recover::with_pos(
+            entry.payload.get(),
+            &recover::message_id(stamp),
+            &recover::encode_pos(&after),
+        );
+        stream.pos = after.clone();
+        let frame = payload.and_then(|payload| {
+            encode_broadcast(ctx.topic(), &entry.event, Payload::Json(payload)).ok()
+        });
+        let Some(frame) = frame.map(Arc::new) else {
+            return;
+        };
+        ctx.forward(frame.clone());
+        if let Some(fanout) = attached::<recover::Fanout>(ctx) {
+            fanout.offer(recover::Fast {
+                before,
+                after,
+                frame,
+            });
         }
     }
 
@@ -388,7 +458,7 @@ impl Channel for ConfiguredChannel {
             if let Some(since) = &since {
                 match self.app.recover(&rule, topic, since.as_str().unwrap_or("")) {
                     Ok((pos, entries)) => {
-                        stream.pos = pos;
+                        stream.pos = Arc::new(pos);
                         recovered = Some(entries);
                     }
                     Err(why) => {
@@ -398,13 +468,13 @@ impl Channel for ConfiguredChannel {
                 }
             }
             if recovered.is_none() {
-                stream.pos = self.app.records().read().position(topic);
+                stream.pos = Arc::new(self.app.records().read().position(topic));
             }
             self.stream = Some(stream);
         }
         if let Some(entries) = recovered {
             for (stamp, body) in entries {
-                self.push_entry(ctx, &stamp, &body, true);
+                self.push_entry(ctx, &stamp, &body, true, false);
             }
             response.insert("recovered".into(), Value::Bool(true));
         } else if rule.history > 0 {

@@ -241,6 +241,10 @@ impl App {
                 return Err("expired");
             }
         }
+        // The time is the client's copy's; a channel's position carries
+        // none (each `_pos` is stamped when sent), so it compares equal to
+        // the node's positions for the shared frames.
+        let pos = Position { time_ms: 0, ..pos };
         Ok((pos, entries))
     }
 
@@ -361,6 +365,12 @@ impl RoomStore for App {
 
     fn room_space(&self) -> &str {
         ROOM_SPACE
+    }
+
+    /// Whether a recoverable rule matches `topic`.
+    fn recoverable(&self, topic: &str) -> bool {
+        self.rule_for(topic)
+            .is_some_and(|(i, _)| self.rules[i].recover)
     }
 
     /// `GET /api/history?since=`: what a rejoin with `since` would get, as

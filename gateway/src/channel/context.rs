@@ -6,10 +6,11 @@
 //! arrive after the join reply.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use super::presence::strip_reserved;
 use super::{Action, Assigns, PresenceEntry};
-use crate::protocol::{JsonObject, Payload, Ref};
+use crate::protocol::{Encoded, JsonObject, Payload, Ref};
 
 use super::{Info, Reply};
 
@@ -55,8 +56,10 @@ impl<'a> ChannelContext<'a> {
     }
 
     /// What the transport attached to the client frame being handled (`join` and
-    /// `handle_in` only), e.g. a backend hook's answer
-    /// ([`Session::handle_frame_with`](crate::socket::Session::handle_frame_with)).
+    /// `handle_in`), e.g. a backend hook's answer
+    /// ([`Session::handle_frame_with`](crate::socket::Session::handle_frame_with)),
+    /// or to the broadcast being handled (`handle_out`,
+    /// [`Session::handle_broadcast_with`](crate::socket::Session::handle_broadcast_with)).
     /// Channels downcast it to the types they expect.
     pub fn attached(&self) -> Option<&(dyn Any + Send)> {
         self.attached
@@ -69,6 +72,14 @@ impl<'a> ChannelContext<'a> {
             event: event.into(),
             payload,
         });
+    }
+
+    /// Sends this client `encoded`, a broadcast frame (`[null, null, topic,
+    /// event, payload]`, a JSON payload) built once and shared with other
+    /// connections: what a recoverable channel does with a logged entry whose
+    /// frame is the same for every client at the same position.
+    pub(crate) fn forward(&mut self, encoded: Arc<Encoded>) {
+        self.effects.push(Effect::Forward(encoded));
     }
 
     /// `reply(socket_ref, {status, payload})`: answers the client message whose ref
@@ -203,6 +214,7 @@ impl<'a> ChannelContext<'a> {
 /// One thing a callback asked for, in the order it asked.
 pub(crate) enum Effect {
     Push { event: String, payload: Payload },
+    Forward(Arc<Encoded>),
     Reply { ref_: Option<Ref>, reply: Reply },
     Action(Action),
     Info(Info),

@@ -8,14 +8,17 @@
 //!   that are not recoverable) are the saved message itself.
 //! - The topic dispatcher hands each newly accepted entry to the channels as
 //!   the internal broadcast [`LOGGED_EVENT`] with payload
-//!   `{"o":name,"i":incarnation,"s":seq,"t":time_ms,"b":entry}`; a channel
-//!   of a recoverable topic intercepts it and pushes the entry's event with
-//!   `_id` and `_pos` added. Nothing else ever sees it.
+//!   `{"o":name,"i":incarnation,"s":seq,"t":time_ms,"b":entry}`, with a
+//!   [`Fanout`] attached; a channel of a recoverable topic intercepts it and
+//!   sends the entry's event with `_id` and `_pos` added, as a broadcast
+//!   frame shared by every channel at the same position. Nothing else ever
+//!   sees the internal event.
 //! - `_pos` is the base64url (no padding) of [`Position::to_bytes`], with
 //!   the time it was handed out; `_id` is the same encoding of the one-origin
 //!   position `{origin: seq}` at time 0, unique within the topic and the
-//!   same on every node.
+//!   same on every node. A channel's own position carries no time.
 
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -23,7 +26,7 @@ use chorus_engine::{NodeId, Position, Stamp, MAX_POSITION_BYTES};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::JsonObject;
+use crate::protocol::{Encoded, JsonObject};
 
 /// The internal event a logged entry travels under, from the topic
 /// dispatcher to the channels' `handle_out`. Starts with a control
@@ -110,6 +113,50 @@ impl Logged {
     }
 }
 
+/// One logged entry's frame, shared by the channels of this node that push
+/// it from the same position: the first to push it with nothing pending
+/// ahead ([`Fanout::offer`]) leaves its position before, its position after
+/// and the broadcast frame (`_id`, and `_pos` = `after`); any other channel
+/// whose position equals `before` sends the same frame and takes `after`.
+/// So the entry is encoded once per node wherever the bytes are the same,
+/// and `_pos` still covers exactly what each client received. The
+/// dispatcher attaches one to each logged delivery.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    first: OnceLock<Fast>,
+}
+
+/// What [`Fanout`] holds once a channel pushed its entry.
+#[derive(Debug)]
+pub struct Fast {
+    /// The position the frame was made for (before the entry).
+    pub before: Arc<Position>,
+    /// `before` with the entry: the frame's `_pos`.
+    pub after: Arc<Position>,
+    /// `[null, null, topic, event, payload + _id + _pos]`.
+    pub frame: Arc<Encoded>,
+}
+
+impl Fanout {
+    /// The shared frame, if a channel made one.
+    pub fn get(&self) -> Option<&Fast> {
+        self.first.get()
+    }
+
+    /// Offers the frame made for `fast.before`; the first offer stays.
+    pub fn offer(&self, fast: Fast) {
+        let _ = self.first.set(fast);
+    }
+
+    /// The frame for a client at `pos` (its `after`), if one was made for
+    /// that position: the same `Arc` (the usual case, as every client that
+    /// took the previous frame holds its `after`) or an equal vector.
+    pub fn for_position(&self, pos: &Arc<Position>) -> Option<&Fast> {
+        self.get()
+            .filter(|fast| Arc::ptr_eq(&fast.before, pos) || *fast.before == **pos)
+    }
+}
+
 /// The client-facing string of a position (`_pos`, `pos`), handed out now:
 /// it carries this node's wall clock, which bounds from below the stamps of
 /// what is published after it (`Records::since`).
@@ -172,6 +219,48 @@ mod tests {
         let (back, body) = Logged::parse(l.as_str()).expect("parses");
         assert_eq!(back, stamp);
         assert_eq!(body.get(), e.as_str());
+    }
+
+    #[test]
+    fn a_fanout_frame_serves_exactly_the_clients_at_its_position() {
+        use crate::protocol::{encode_broadcast, Payload};
+
+        let a = NodeId::new("a", 1);
+        let at = |n: u64| {
+            let mut p = Position::default();
+            p.advance(&a, n);
+            Arc::new(p)
+        };
+        let frame = |n: u64| {
+            let payload = JsonObject::from_json(format!("{{\"n\":{n}}}")).unwrap();
+            Arc::new(encode_broadcast("chat:x", "message", Payload::Json(payload)).unwrap())
+        };
+        let fanout = Fanout::default();
+        assert!(fanout.for_position(&at(1)).is_none(), "nothing offered yet");
+        let before = at(1);
+        fanout.offer(Fast {
+            before: before.clone(),
+            after: at(2),
+            frame: frame(2),
+        });
+        // The first offer stays.
+        fanout.offer(Fast {
+            before: at(5),
+            after: at(6),
+            frame: frame(6),
+        });
+        let same = fanout.for_position(&before).expect("the same Arc");
+        assert_eq!(*same.after, *at(2));
+        assert!(Arc::ptr_eq(&same.frame, &fanout.get().unwrap().frame));
+        assert!(fanout.for_position(&at(1)).is_some(), "an equal vector");
+        assert!(fanout.for_position(&at(0)).is_none(), "behind it");
+        assert!(fanout.for_position(&at(5)).is_none(), "ahead of it");
+        let mut other = (*at(1)).clone();
+        other.advance(&NodeId::new("b", 1), 1);
+        assert!(
+            fanout.for_position(&Arc::new(other)).is_none(),
+            "another origin's message too"
+        );
     }
 
     #[test]

@@ -26,4 +26,8 @@ pub trait RoomStore: std::fmt::Debug + Send + Sync + 'static {
     /// `GET /api/history?since=`: the all-or-nothing answer a rejoin with
     /// `since` gets (a topic that is not recoverable has no positions).
     fn history_since(&self, topic: &str, since: &str) -> serde_json::Value;
+    /// Whether `topic` is recoverable: `POST /api/broadcast` then keeps a
+    /// broadcast in the topic's log (delivered with `_id` and `_pos`, and
+    /// recovered on rejoin) instead of publishing it on its own.
+    fn recoverable(&self, topic: &str) -> bool;
 }

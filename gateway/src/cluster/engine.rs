@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use chorus_engine::runtime::{MemberInfo, RuntimeError, RuntimeStats, Subscription};
-use chorus_engine::{ConnId, Meta, NodeId, PresenceItem, Topic, TopicDiff};
+use chorus_engine::{ConnId, Meta, NodeId, PresenceItem, Stamp, Topic, TopicDiff};
 
-use super::Hub;
-use crate::protocol::JsonObject;
+use super::{Hub, TapEvent};
+use crate::channel::recover;
+use crate::protocol::{JsonObject, Payload};
 use crate::topics;
 
 impl Hub {
@@ -62,10 +63,25 @@ impl Hub {
     }
 
     /// Appends `body` (JSON object text) to `log`'s replicated history, stamped
-    /// with the wall clock.
-    pub async fn append(&self, log: &str, body: String) -> Result<(), RuntimeError> {
-        self.engine.append(log, unix_ms(), body).await?;
-        Ok(())
+    /// with the wall clock; returns the entry's stamp. A recoverable
+    /// broadcast's entry ([`recover::entry`]) is reported to the hub's
+    /// observer as the broadcast it is (webhooks' `message`).
+    pub async fn append(&self, log: &str, body: String) -> Result<Stamp, RuntimeError> {
+        let body: std::sync::Arc<str> = body.into();
+        let stamp = self.engine.append(log, unix_ms(), body.clone()).await?;
+        let entry = (recover::is_entry(&body) && self.tapping(log))
+            .then(|| recover::parse_entry(&body))
+            .flatten();
+        if let Some(entry) = entry {
+            if let Ok(payload) = JsonObject::from_raw(entry.payload) {
+                self.tap(log, || TapEvent::Broadcast {
+                    topic: log.to_owned(),
+                    event: entry.event,
+                    payload: Payload::Json(payload),
+                });
+            }
+        }
+        Ok(stamp)
     }
 
     /// Writes the replicated register `(space, key)`, stamped with the wall

@@ -13,14 +13,20 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::channel::recover::Fanout;
 use crate::channel::PresenceEntry;
 use crate::protocol::{Encoded, Vsn};
 
 /// What the dispatcher hands a connection.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A broadcast on a topic the connection subscribed to.
-    Broadcast { encoded: Arc<Encoded>, cost: usize },
+    /// A broadcast on a topic the connection subscribed to; `logged`: for
+    /// a logged entry of a recoverable topic, the frame its channels share.
+    Broadcast {
+        encoded: Arc<Encoded>,
+        logged: Option<Arc<Fanout>>,
+        cost: usize,
+    },
     /// A presence diff: its `presence_diff` broadcast plus the entries for `list`.
     PresenceDiff {
         encoded: Arc<Encoded>,
@@ -184,6 +190,7 @@ pub(crate) struct Mailbox {
 /// connection it must skip (`broadcast_from` on this node).
 pub(super) struct Prepared {
     pub(super) encoded: Arc<Encoded>,
+    pub(super) logged: Option<Arc<Fanout>>,
     pub(super) diff: Option<Arc<RenderedDiff>>,
     pub(super) exclude: Option<u64>,
 }
@@ -204,6 +211,7 @@ impl Mailbox {
             match &p.diff {
                 None => Inbound::Broadcast {
                     encoded: p.encoded.clone(),
+                    logged: p.logged.clone(),
                     cost,
                 },
                 Some(diff) => Inbound::PresenceDiff {

@@ -79,6 +79,7 @@ impl Hub {
         };
         let batch = [Prepared {
             encoded: Arc::new(encoded),
+            logged: None,
             diff: None,
             exclude: None,
         }];

@@ -48,6 +48,11 @@ impl Hub {
         self.tap.set(tap).is_ok()
     }
 
+    /// Whether an observer wants events about `topic`.
+    pub(super) fn tapping(&self, topic: &str) -> bool {
+        self.tap.get().is_some_and(|tap| (tap.filter)(topic))
+    }
+
     /// Reports `event` about `topic` if an observer wants it; `make` builds
     /// the event only then.
     pub(super) fn tap(&self, topic: &str, make: impl FnOnce() -> TapEvent) {

@@ -141,6 +141,7 @@ impl Hub {
                 match encode_broadcast(topic.as_str(), &envelope.event, envelope.payload) {
                     Ok(encoded) => Prepared {
                         encoded: Arc::new(encoded),
+                        logged: None,
                         diff: None,
                         exclude,
                     },
@@ -161,6 +162,9 @@ impl Hub {
                 ) {
                     Ok(encoded) => Prepared {
                         encoded: Arc::new(encoded),
+                        // Filled by the first channel to push it, reused by
+                        // every other one at the same position.
+                        logged: Some(Arc::new(recover::Fanout::default())),
                         diff: None,
                         exclude: None,
                     },
@@ -176,6 +180,7 @@ impl Hub {
                 match encode_broadcast(topic.as_str(), "presence_diff", Payload::Json(payload)) {
                     Ok(encoded) => Prepared {
                         encoded: Arc::new(encoded),
+                        logged: None,
                         diff: Some(Arc::new(rendered)),
                         exclude: None,
                     },

@@ -2,6 +2,7 @@
 //! other events (rows k–l), broadcasts (fastlane or `handle_out`) and `handle_info`
 //! messages.
 
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::channel::context::{Effect, Scope};
@@ -48,14 +49,18 @@ impl Session {
         if is_stale(join_ref.as_ref(), &entry.join_ref) {
             return;
         }
-        self.run(&topic, ref_.as_ref(), attached, |channel, ctx| {
-            channel.handle_in(&event, payload, ctx).into()
-        });
+        self.run(
+            &topic,
+            ref_.as_ref(),
+            attached.as_deref(),
+            |channel, ctx| channel.handle_in(&event, payload, ctx).into(),
+        );
     }
 
     /// A broadcast for a joined topic: the shared frame, or `handle_out` if the
-    /// channel intercepts the event.
-    pub(super) fn broadcast(&mut self, msg: &Encoded) {
+    /// channel intercepts the event (with `attached`, what the dispatcher
+    /// attached to the delivery, in its context).
+    pub(super) fn broadcast(&mut self, msg: &Encoded, attached: Option<&(dyn Any + Send)>) {
         let topic = msg.topic();
         let Some(entry) = self.channels.get(topic) else {
             return;
@@ -70,7 +75,7 @@ impl Session {
                 let frame = msg.for_vsn(self.outbox.vsn, self.config.binary_frames);
                 self.outbox.transmit.extend(frame);
             }
-            Ok(true) => self.run(topic, None, None, |channel, ctx| {
+            Ok(true) => self.run(topic, None, attached, |channel, ctx| {
                 channel.handle_out(event, msg.payload(), ctx).into()
             }),
             Err(_) => self.crash(topic, Vec::new()),
@@ -101,8 +106,13 @@ impl Session {
     /// Runs one callback of the joined channel on `topic` under `catch_unwind`, then
     /// carries out its effects in order, its reply (to `msg_ref`), and its stop.
     /// `attached` is what the transport attached to the client frame, if any.
-    fn run<F>(&mut self, topic: &str, msg_ref: Option<&Ref>, attached: Option<Info>, callback: F)
-    where
+    fn run<F>(
+        &mut self,
+        topic: &str,
+        msg_ref: Option<&Ref>,
+        attached: Option<&(dyn Any + Send)>,
+        callback: F,
+    ) where
         F: FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> Callback,
     {
         let Some(entry) = self.channels.get_mut(topic) else {
@@ -116,7 +126,7 @@ impl Session {
             assigns: &self.assigns,
             presence: &entry.presence,
         })
-        .with_attached(attached.as_deref());
+        .with_attached(attached);
         let channel = entry.channel.as_mut();
         let result = catch_unwind(AssertUnwindSafe(|| callback(channel, &mut ctx)));
         let mut effects = ctx.into_effects();

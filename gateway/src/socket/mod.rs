@@ -35,6 +35,7 @@ mod outbox;
 pub use auth::{AllowAll, Authenticator, Denied, SocketInfo};
 pub use config::{SessionConfig, DEFAULT_MAX_CHANNELS, DISCONNECT_CLOSE_CODE};
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -222,7 +223,14 @@ impl Session {
     /// channel's `handle_out` if it intercepts the event. Ignored if the topic is not
     /// joined (a broadcast racing a leave).
     pub fn handle_broadcast(&mut self, msg: &Encoded) {
-        self.broadcast(msg);
+        self.handle_broadcast_with(msg, None);
+    }
+
+    /// [`Session::handle_broadcast`] with what the dispatcher attached to the
+    /// delivery, for an intercepting channel's `handle_out`
+    /// ([`ChannelContext::attached`](crate::channel::ChannelContext::attached)).
+    pub fn handle_broadcast_with(&mut self, msg: &Encoded, attached: Option<&(dyn Any + Send)>) {
+        self.broadcast(msg, attached);
         self.drain_infos();
     }
 

@@ -83,7 +83,11 @@ impl Outbox {
                     )?;
                     self.transmit.push_back(frame);
                 }
-                Effect::Push { .. } | Effect::Reply { .. } => {}
+                Effect::Forward(encoded) if frames => {
+                    // A JSON broadcast: the same text frame for any transport.
+                    self.transmit.extend(encoded.for_vsn(self.vsn, false));
+                }
+                Effect::Push { .. } | Effect::Reply { .. } | Effect::Forward(_) => {}
                 Effect::Action(action) => {
                     match &action {
                         Action::Track { key, .. } => _ = tracked.insert(key.clone()),

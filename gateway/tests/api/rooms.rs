@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use chorus_gateway::cluster::{HubTap, TapEvent};
 use chorus_gateway::config::Config;
+use chorus_gateway::protocol::Payload;
 use chorus_gateway::server::{ApiKey, ServerConfig};
 use serde_json::{json, Value};
 
@@ -488,5 +490,204 @@ async fn history_since_recovers_what_a_position_lacks_on_any_node() -> anyhow::R
     })
     .await;
     assert!(trimmed, "a gap over `history` is trimmed");
+    Ok(())
+}
+
+/// `POST /api/broadcast` on a recoverable topic (`chat:*` in the built-in
+/// config) is kept in the topic's log like a client's broadcast: the answer
+/// names its `_id`, a client on the other node gets it with that `_id` and a
+/// `_pos`, and a rejoin from before it recovers it. On a topic that is not
+/// recoverable it is a plain broadcast, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_broadcast_on_a_recoverable_topic_is_logged_and_recovered() -> anyhow::Result<()> {
+    let a = NodeBuilder::new()
+        .config(with_key())
+        .seeds("a", Vec::new())
+        .app(Config::default_config())
+        .start()
+        .await?;
+    let b = NodeBuilder::new()
+        .config(with_key())
+        .seeds("b", vec![a.engine.local_addr()])
+        .app(Config::default_config())
+        .start()
+        .await?;
+    // What node A reports to its observer (the webhooks' `message`).
+    let (tap, mut tapped) = tokio::sync::mpsc::unbounded_channel();
+    a.server.hub().set_tap(HubTap {
+        filter: Box::new(|topic| topic == "chat:api-news"),
+        tx: tap,
+    });
+    let mut client = b.client("user_id=alice&vsn=2.0.0").await?;
+    let joined = client.join("1", "chat:api-news", "{}").await?;
+    let pos = joined[4]["response"]["pos"]
+        .as_str()
+        .expect("pos in the join reply")
+        .to_owned();
+    let post = |topic: &str, n: u64| {
+        Req::authed("POST", "/api/broadcast")
+            .json(&json!({"topic": topic, "event": "news", "payload": {"n": n}}))
+    };
+    // Sent through A until B's client has it (the nodes may not have met yet:
+    // each try is one more logged message, so the client's first is checked).
+    let mut ids = Vec::new();
+    let got = loop {
+        let sent = post("chat:api-news", ids.len() as u64).send(a.addr).await?;
+        check("POST", "/api/broadcast", &sent);
+        assert_eq!(sent.status, 202, "{}", sent.text());
+        let sent = sent.json()?;
+        assert_eq!(sent["status"], "sent");
+        ids.push(sent["_id"].as_str().expect("an _id").to_owned());
+        if let Ok(Ok(got)) =
+            tokio::time::timeout(Duration::from_millis(500), client.recv_event("news")).await
+        {
+            break got;
+        }
+        anyhow::ensure!(ids.len() < 20, "node B's client never got a broadcast");
+    };
+    let payload = &got[4];
+    let n = payload["n"].as_u64().expect("n") as usize;
+    assert_eq!(payload["_id"], json!(ids[n]), "the answer's _id: {got}");
+    assert!(payload["_pos"].is_string(), "{got}");
+    // A rejoin from the join's position recovers every one of them, in order
+    // (those sent before the nodes met reach B by repair).
+    let since = format!("/api/history?topic=chat:api-news&since={pos}");
+    let all = eventually(Duration::from_secs(10), || async {
+        let r = Req::authed("GET", &since).send(b.addr).await.expect("get");
+        r.json()
+            .is_ok_and(|v| v["messages"].as_array().map_or(0, Vec::len) == ids.len())
+    })
+    .await;
+    assert!(all, "B recovers every API broadcast");
+    let recovered = Req::authed("GET", &since).send(b.addr).await?;
+    check("GET", "/api/history", &recovered);
+    let recovered = recovered.json()?;
+    assert_eq!(recovered["recovered"], true, "{recovered}");
+    let messages = recovered["messages"].as_array().expect("messages");
+    let got_ids: Vec<&str> = messages
+        .iter()
+        .map(|m| m["payload"]["_id"].as_str().expect("_id"))
+        .collect();
+    assert_eq!(got_ids, ids, "every one, once, in the order sent");
+    assert!(messages.iter().all(|m| m["event"] == "news"));
+    match tapped.try_recv() {
+        Ok(TapEvent::Broadcast {
+            topic,
+            event,
+            payload: Payload::Json(p),
+        }) => assert_eq!(
+            (topic.as_str(), event.as_str(), p.as_str()),
+            ("chat:api-news", "news", r#"{"n":0}"#)
+        ),
+        other => panic!("node A reports the logged broadcast: {other:?}"),
+    }
+    // Not recoverable (`user:*` has no `recover`): a plain broadcast, no `_id`.
+    let plain = post("user:alice", 1).send(a.addr).await?;
+    check("POST", "/api/broadcast", &plain);
+    assert_eq!(plain.json()?, json!({"status": "sent"}));
+    Ok(())
+}
+
+/// Live messages of a recoverable topic to many clients of one node: clients
+/// at the same position get the same frame (`[null, null, ...]`, one `_pos`),
+/// whichever way they got there (joined fresh, recovered everything, or
+/// recovered from the middle), and every `_pos` covers exactly what its
+/// client received: the last one is the position of the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_at_one_position_share_each_live_frame_and_positions_stay_exact(
+) -> anyhow::Result<()> {
+    use chorus_gateway::channel::recover;
+
+    let node = NodeBuilder::new()
+        .config(with_key())
+        .seeds("a", Vec::new())
+        .app(Config::default_config())
+        .start()
+        .await?;
+    let topic = "chat:fan";
+    let mut publisher = node.client("user_id=pub&vsn=2.0.0").await?;
+    publisher.join("1", topic, "{}").await?;
+    let publish =
+        |text: &str| format!(r#"["1","{text}","{topic}","new_message",{{"message":"{text}"}}]"#);
+    let mut fresh = Vec::new();
+    let mut start = String::new();
+    for user in ["c1", "c2"] {
+        let mut c = node.client(&format!("user_id={user}&vsn=2.0.0")).await?;
+        let reply = c.join("1", topic, "{}").await?;
+        start = reply[4]["response"]["pos"]
+            .as_str()
+            .expect("pos")
+            .to_owned();
+        fresh.push(c);
+    }
+    publisher.send(&publish("m1")).await?;
+    publisher.send(&publish("m2")).await?;
+    let mut first = Vec::new();
+    for c in &mut fresh {
+        let m1 = c.recv_event("message").await?;
+        let m2 = c.recv_event("message").await?;
+        assert_eq!(
+            m1[0],
+            Value::Null,
+            "a live message is a broadcast frame: {m1}"
+        );
+        first.push((m1, m2));
+    }
+    assert_eq!(first[0], first[1], "c1 and c2 got the same frames");
+    let after_m1 = first[0].0[4]["_pos"].as_str().expect("_pos").to_owned();
+    // c3 recovers both, c4 only m2: both end at c1's position.
+    let mut late = Vec::new();
+    for (user, since, missed) in [("c3", &start, 2), ("c4", &after_m1, 1)] {
+        let mut c = node.client(&format!("user_id={user}&vsn=2.0.0")).await?;
+        let params = format!(r#"{{"since":"{since}"}}"#);
+        let reply = c.join("1", topic, &params).await?;
+        assert_eq!(reply[4]["response"]["recovered"], true, "{reply}");
+        for _ in 0..missed {
+            c.recv_event("message").await?;
+        }
+        late.push(c);
+    }
+    publisher.send(&publish("m3")).await?;
+    publisher.send(&publish("m4")).await?;
+    let mut frames = Vec::new();
+    for c in fresh.iter_mut().chain(late.iter_mut()) {
+        let m3 = c.recv_event("message").await?;
+        let m4 = c.recv_event("message").await?;
+        frames.push((m3, m4));
+    }
+    assert!(
+        frames.iter().all(|f| *f == frames[0]),
+        "every client at one position got the same frames: {frames:?}"
+    );
+    let bodies: Vec<&Value> = [&frames[0].0, &frames[0].1]
+        .iter()
+        .map(|f| &f[4]["body"])
+        .collect();
+    assert_eq!(bodies, [&json!("m3"), &json!("m4")]);
+    // The last `_pos` covers the four messages and nothing else: the
+    // position after the whole log, and nothing left to recover from it.
+    let last = frames[0].1[4]["_pos"].as_str().expect("_pos");
+    let empty = recover::encode_pos(&chorus_engine::Position::default());
+    let whole = Req::authed("GET", &format!("/api/history?topic={topic}&since={empty}"))
+        .send(node.addr)
+        .await?
+        .json()?;
+    assert_eq!(
+        whole["messages"].as_array().map(Vec::len),
+        Some(4),
+        "{whole}"
+    );
+    // Positions carry the time they were handed out: compare what they cover.
+    let covers = |text: &str| recover::decode_pos(text).map(|p| p.seqs);
+    assert_eq!(
+        whole["pos"].as_str().and_then(covers),
+        covers(last),
+        "the last _pos is the whole log's"
+    );
+    let rest = Req::authed("GET", &format!("/api/history?topic={topic}&since={last}"))
+        .send(node.addr)
+        .await?
+        .json()?;
+    assert_eq!(rest["messages"], json!([]), "{rest}");
     Ok(())
 }

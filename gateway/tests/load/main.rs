@@ -146,3 +146,36 @@ fn recover_rejoins_get_every_missed_message() {
     );
     assert!(r["all_recovered_s"].is_f64(), "{r}");
 }
+
+#[test]
+fn recover_after_a_restart_of_the_clients_node_gets_every_missed_message() {
+    let r = load(&["recover", "--clients", "20", "--missed", "10", "--restart"]);
+    assert_eq!(
+        (r["recovered"].as_u64(), r["complete"].as_u64()),
+        (Some(20), Some(20)),
+        "{r}"
+    );
+    assert!(r["restart_synced_s"].is_f64(), "{r}");
+    assert!(r["all_recovered_s"].is_f64(), "{r}");
+}
+
+#[test]
+fn fanout_on_a_recoverable_topic_delivers_every_broadcast_in_order() {
+    let r = load(&[
+        "fanout",
+        "--subs",
+        "20",
+        "--rate",
+        "20",
+        "--secs",
+        "1",
+        "--topic",
+        "recover:fanout",
+    ]);
+    assert_eq!(r["delivered"].as_u64(), Some(400), "{r}");
+    assert_eq!(
+        (r["missing"].as_u64(), r["out_of_order"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+}

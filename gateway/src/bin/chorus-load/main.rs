@@ -178,6 +178,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print(cli.json, &Comparison::new(ceiling, chorus));
         return Ok(());
     }
+    if let Scenario::Recover(args) = &cli.scenario {
+        if args.restart {
+            let bin = cli
+                .spawn
+                .clone()
+                .context("`recover --restart` starts its two nodes: give --spawn")?;
+            let spawn = |name: &'static str,
+                         http,
+                         gossip: std::net::SocketAddr,
+                         seed: std::net::SocketAddr| {
+                let (bin, token) = (bin.clone(), cli.token_secret.clone());
+                async move {
+                    let flags = [
+                        "--node".to_owned(),
+                        name.to_owned(),
+                        "--gossip".to_owned(),
+                        gossip.to_string(),
+                        "--seeds".to_owned(),
+                        seed.to_string(),
+                    ];
+                    let env = [
+                        ("CHORUS_CLUSTER_SECRET", RESTART_CLUSTER_SECRET),
+                        ("CHORUS_API_KEY", RESTART_API_KEY),
+                    ];
+                    Spawned::start_with(&bin, &token, "", http, &flags, &env).await
+                }
+            };
+            let result = recover::run_restart(args.clone(), RESTART_API_KEY, spawn, |node| {
+                context(&cli, &node.url, Some(node.pid()))
+            })
+            .await?;
+            print(cli.json, &Outcome::Recover(result));
+            return Ok(());
+        }
+    }
     let spawned = match &cli.spawn {
         Some(bin) => Some(Spawned::start(bin, &cli.token_secret, &extra).await?),
         None => None,
@@ -203,14 +238,7 @@ async fn scenario(
     pid: Option<u32>,
     backend: Option<&hooks::Backend>,
 ) -> anyhow::Result<Outcome> {
-    let ctx = Ctx {
-        target: Target {
-            url: url.to_owned(),
-            tokens: Some(Tokens::new(cli.token_secret.as_bytes())),
-        },
-        pid,
-        connecting: Arc::new(Semaphore::new(cli.connect_concurrency.max(1))),
-    };
+    let ctx = context(cli, url, pid);
     Ok(match cli.scenario.clone() {
         Scenario::Idle(args) => Outcome::Idle(idle::run(&ctx, args).await?),
         Scenario::Fanout(args) => Outcome::Fanout(fanout::run(&ctx, args).await?),
@@ -222,6 +250,22 @@ async fn scenario(
         }
         Scenario::Recover(args) => Outcome::Recover(recover::run(&ctx, args).await?),
     })
+}
+
+/// The cluster secret and API key of `recover --restart`'s two nodes.
+const RESTART_CLUSTER_SECRET: &str = "chorus-load-cluster-secret-0123456789";
+const RESTART_API_KEY: &str = "chorus-load-api-key-0123456789";
+
+/// The clients' context for the server at `url` (process `pid`).
+fn context(cli: &Cli, url: &str, pid: Option<u32>) -> Ctx {
+    Ctx {
+        target: Target {
+            url: url.to_owned(),
+            tokens: Some(Tokens::new(cli.token_secret.as_bytes())),
+        },
+        pid,
+        connecting: Arc::new(Semaphore::new(cli.connect_concurrency.max(1))),
+    }
 }
 
 fn print<R: Serialize + std::fmt::Display>(json: bool, result: &R) {

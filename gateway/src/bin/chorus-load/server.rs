@@ -27,7 +27,20 @@ impl Spawned {
     /// Starts `bin --config <CONFIG + extra> --listen 127.0.0.1:<free>` with the
     /// token secret, and waits until `GET /healthz` answers 200.
     pub async fn start(bin: &Path, token_secret: &str, extra: &str) -> anyhow::Result<Self> {
-        let addr = free_port()?;
+        Self::start_with(bin, token_secret, extra, free_port()?, &[], &[]).await
+    }
+
+    /// [`Spawned::start`] listening on `addr`, with more flags and
+    /// environment variables (a cluster node: `--node`, `--gossip`,
+    /// `--seeds`, `CHORUS_CLUSTER_SECRET`).
+    pub async fn start_with(
+        bin: &Path,
+        token_secret: &str,
+        extra: &str,
+        addr: SocketAddr,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let config = std::env::temp_dir().join(format!(
             "chorus-load-{}-{}.toml",
             std::process::id(),
@@ -38,6 +51,8 @@ impl Spawned {
             .arg("--config")
             .arg(&config)
             .args(["--listen", &addr.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
             .env("CHORUS_TOKEN_SECRET", token_secret)
             .env(
                 "RUST_LOG",
@@ -160,7 +175,9 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok((user + system) as f64 / 100.0)
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// A port of 127.0.0.1 free now (TCP; the same number serves for UDP
+/// gossip, which the system also allots freely).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }
@@ -176,6 +193,28 @@ async fn healthy(addr: SocketAddr) -> bool {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
     answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// The body of `GET path` on `addr` with `Authorization: Bearer key`, if it
+/// answered 200 (the API's JSON answers).
+pub async fn get_authed(addr: SocketAddr, path: &str, key: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8(answer).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // The API's answers carry a Content-Length: the body is the rest.
+    Some(body.to_owned())
 }
 
 /// The value of the `/metrics` sample `name` (no labels) of the server whose

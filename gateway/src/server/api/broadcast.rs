@@ -1,8 +1,12 @@
 //! `POST /api/broadcast` `{topic, event, payload, idempotency_key?}`: Phoenix's
 //! `Endpoint.broadcast` over HTTP. Subscribers on every node receive
 //! `[null,null,topic,event,payload]`, exactly as from a channel's `broadcast`.
+//! On a recoverable topic (PROTOCOL.md of the repository) the broadcast goes
+//! into the topic's log like a client's: delivered with `_id` and `_pos`,
+//! recovered on rejoin; the answer then carries its `_id`.
 //!
-//! Answers 202 `{"status":"sent"}`, or 200 `{"status":"duplicate"}` when the
+//! Answers 202 `{"status":"sent"}` (`{"status":"sent","_id":…}` on a
+//! recoverable topic), or 200 `{"status":"duplicate"}` when the
 //! idempotency key was used within the last five minutes for the same request,
 //! or 409 `idempotency_conflict` when it was used for another one (see
 //! [`super::idempotency`]). A topic or event with a control character is a 400
@@ -18,6 +22,7 @@ use tokio::time::Instant;
 
 use super::idempotency::{self, Claim, MAX_KEY_LEN};
 use super::{check_printable, ApiError, ApiResult};
+use crate::channel::recover;
 use crate::protocol::{JsonObject, Payload, MAX_FIELD_LEN};
 use crate::server::http::json_response;
 use crate::server::Shared;
@@ -94,24 +99,45 @@ pub(crate) async fn post(req: BroadcastRequest, shared: &Arc<Shared>) -> ApiResu
             }
         }
     }
-    let sent = shared
-        .hub
-        .broadcast(&req.topic, &req.event, Payload::Json(payload))
-        .await;
-    if let Err(e) = sent {
-        if let Some(key) = key {
-            api.idempotency.release(key);
+    let recoverable = shared
+        .config
+        .rooms
+        .as_ref()
+        .is_some_and(|rooms| rooms.recoverable(&req.topic));
+    let sent = if recoverable {
+        let entry = recover::entry(&req.event, &payload, false);
+        shared
+            .hub
+            .append(&req.topic, entry.as_str().to_owned())
+            .await
+            .map(|stamp| Some(recover::message_id(&stamp)))
+            .map_err(|e| e.to_string())
+    } else {
+        shared
+            .hub
+            .broadcast(&req.topic, &req.event, Payload::Json(payload))
+            .await
+            .map(|()| None)
+            .map_err(|e| e.to_string())
+    };
+    let id = match sent {
+        Ok(id) => id,
+        Err(e) => {
+            if let Some(key) = key {
+                api.idempotency.release(key);
+            }
+            return Err(ApiError::engine(&e));
         }
-        return Err(ApiError::engine(&e));
-    }
+    };
     if let Some(key) = key {
         api.idempotency
             .announce(&shared.hub, key, &fingerprint)
             .await;
     }
     shared.metrics.api_broadcast("sent");
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &json!({"status": "sent"}),
-    ))
+    let answer = match id {
+        Some(id) => json!({"status": "sent", "_id": id}),
+        None => json!({"status": "sent"}),
+    };
+    Ok(json_response(StatusCode::ACCEPTED, &answer))
 }

@@ -365,12 +365,15 @@ impl SessionDriver {
     fn deliver(&mut self, item: Inbound) -> Result<(), Exit> {
         let mut closed = None;
         match item {
-            Inbound::Broadcast { encoded, .. } => {
+            Inbound::Broadcast {
+                encoded, logged, ..
+            } => {
                 if self.session.id() == Some(encoded.topic()) {
                     closed = self.session.handle_id_broadcast(encoded.event());
                 }
                 if closed.is_none() {
-                    self.session.handle_broadcast(&encoded);
+                    let logged = logged.as_deref().map(|f| f as &(dyn std::any::Any + Send));
+                    self.session.handle_broadcast_with(&encoded, logged);
                 }
             }
             Inbound::PresenceDiff { encoded, diff, .. } => {
