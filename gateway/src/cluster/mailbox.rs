@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::channel::PresenceEntry;
-use crate::protocol::{Encoded, Vsn};
+use crate::channel::{recover, PresenceEntry};
+use crate::protocol::{wsframe, Encoded, Vsn};
 
 /// What the dispatcher hands a connection.
 #[derive(Debug)]
@@ -27,12 +27,25 @@ pub(crate) enum Inbound {
         diff: Arc<RenderedDiff>,
         cost: usize,
     },
+    /// Broadcasts on `topic` for a WebSocket client whose channel there
+    /// intercepts none: finished WebSocket frames, back to back, `count` of
+    /// them, for the socket as they are (the connection checks only that it
+    /// is still joined to `topic`). Consecutive ones on a topic share one item.
+    Frames {
+        topic: Arc<str>,
+        bytes: Vec<u8>,
+        count: usize,
+        /// The frames' payload bytes (without their headers), for the
+        /// counters.
+        payload: usize,
+    },
 }
 impl Inbound {
     /// The bytes charged to the connection's budget for this item.
     pub(crate) fn cost(&self) -> usize {
         match self {
             Self::Broadcast { cost, .. } | Self::PresenceDiff { cost, .. } => *cost,
+            Self::Frames { bytes, .. } => bytes.len(),
         }
     }
 }
@@ -76,6 +89,12 @@ impl Budget {
         taken
     }
 
+    /// Charges `n` bytes whatever the limit: bytes the WebSocket library
+    /// writes on its own (a pong, a close frame), small and not refusable.
+    pub(crate) fn add(&self, n: usize) {
+        self.queued.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Returns `n` bytes once written (or dropped).
     pub(crate) fn release(&self, n: usize) {
         self.queued.fetch_sub(n, Ordering::AcqRel);
@@ -88,7 +107,7 @@ impl Budget {
 
     /// Bytes currently queued.
     #[cfg(test)]
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 }
@@ -103,12 +122,12 @@ pub(crate) struct Inbox {
     ready: Notify,
 }
 impl Inbox {
-    /// Queues `items` under one lock, waking the connection once if its queue
-    /// was empty.
-    fn push_all(&self, items: impl IntoIterator<Item = Inbound>) {
+    /// Lets `fill` queue deliveries under one lock, waking the connection
+    /// once if its queue was empty.
+    fn push_with(&self, fill: impl FnOnce(&mut VecDeque<Inbound>)) {
         let mut queue = self.queue.lock().expect("inbox lock");
         let first = queue.is_empty();
-        queue.extend(items);
+        fill(&mut queue);
         let woken = first && !queue.is_empty();
         drop(queue);
         if woken {
@@ -177,6 +196,9 @@ pub(crate) struct Mailbox {
     pub(crate) conn: u64,
     pub(crate) vsn: Vsn,
     pub(crate) binary_frames: bool,
+    /// Whether the connection writes finished WebSocket frames
+    /// ([`Inbound::Frames`]): WebSocket, not LongPoll.
+    pub(crate) ws_frames: bool,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) budget: Arc<Budget>,
 }
@@ -187,32 +209,96 @@ pub(super) struct Prepared {
     pub(super) diff: Option<Arc<RenderedDiff>>,
     pub(super) exclude: Option<u64>,
 }
+impl Prepared {
+    /// Whether a channel that intercepts nothing sends it as it is: not a
+    /// presence diff (the session keeps its `list`), not a recoverable
+    /// topic's log entry (its channel's `handle_out` renders it).
+    fn plain(&self) -> bool {
+        self.diff.is_none() && self.encoded.event() != recover::LOGGED_EVENT
+    }
+}
 impl Mailbox {
     /// Hands the connection every delivery of `batch` that is not excluded for
     /// it: one budget charge, one lock and at most one wake-up for the whole
     /// batch. A batch over the budget flags the connection as a slow consumer
     /// (an empty queue admits any one batch).
-    pub(super) fn offer(&self, batch: &[Prepared]) {
+    ///
+    /// `framed` is the topic when the connection's channel there intercepts no
+    /// event: its plain broadcasts are then written here as finished WebSocket
+    /// frames (a header and a copy of the bytes encoded once) rather than
+    /// handed over as shared [`Encoded`]s for its session, so a delivery costs
+    /// the connection no reference count shared with every other subscriber,
+    /// no session work and no per-frame object.
+    pub(super) fn offer(&self, batch: &[Prepared], framed: Option<&Arc<str>>) {
+        let framed = framed.filter(|_| self.ws_frames);
         let for_us = |p: &&Prepared| p.exclude != Some(self.conn);
-        let cost_of = |p: &Prepared| p.encoded.len_for(self.vsn, self.binary_frames).unwrap_or(0);
+        let as_frame = |p: &Prepared| framed.is_some() && p.plain();
+        let cost_of = |p: &Prepared| {
+            let len = p.encoded.len_for(self.vsn, self.binary_frames);
+            match len {
+                Some(len) if as_frame(p) => wsframe::frame_len(len),
+                len => len.unwrap_or(0),
+            }
+        };
         let total: usize = batch.iter().filter(for_us).map(cost_of).sum();
         if !batch.iter().any(|p| for_us(&p)) || !self.budget.try_take(total) {
             return;
         }
-        self.inbox.push_all(batch.iter().filter(for_us).map(|p| {
-            let cost = cost_of(p);
-            match &p.diff {
-                None => Inbound::Broadcast {
-                    encoded: p.encoded.clone(),
-                    cost,
-                },
-                Some(diff) => Inbound::PresenceDiff {
-                    encoded: p.encoded.clone(),
-                    diff: diff.clone(),
-                    cost,
-                },
+        self.inbox.push_with(|queue| {
+            for p in batch.iter().filter(for_us) {
+                if let (Some(topic), true) = (framed, as_frame(p)) {
+                    let Some((bytes, text)) = p.encoded.frame_for(self.vsn, self.binary_frames)
+                    else {
+                        continue;
+                    };
+                    let (buf, count, payload) = frames_item(queue, topic, total);
+                    wsframe::write_frame(buf, text, bytes);
+                    *count += 1;
+                    *payload += bytes.len();
+                    continue;
+                }
+                let cost = cost_of(p);
+                queue.push_back(match &p.diff {
+                    None => Inbound::Broadcast {
+                        encoded: p.encoded.clone(),
+                        cost,
+                    },
+                    Some(diff) => Inbound::PresenceDiff {
+                        encoded: p.encoded.clone(),
+                        diff: diff.clone(),
+                        cost,
+                    },
+                });
             }
-        }));
+        });
+    }
+}
+
+/// The [`Inbound::Frames`] item at the back of `queue` for `topic`, pushed
+/// (with room for `room` bytes) unless the last item already is one.
+fn frames_item<'q>(
+    queue: &'q mut VecDeque<Inbound>,
+    topic: &Arc<str>,
+    room: usize,
+) -> (&'q mut Vec<u8>, &'q mut usize, &'q mut usize) {
+    let coalesce =
+        matches!(queue.back(), Some(Inbound::Frames { topic: t, .. }) if Arc::ptr_eq(t, topic));
+    if !coalesce {
+        queue.push_back(Inbound::Frames {
+            topic: topic.clone(),
+            bytes: Vec::with_capacity(room),
+            count: 0,
+            payload: 0,
+        });
+    }
+    match queue.back_mut() {
+        Some(Inbound::Frames {
+            bytes,
+            count,
+            payload,
+            ..
+        }) => (bytes, count, payload),
+        _ => unreachable!("a frames item was just found or pushed"),
     }
 }
 
