@@ -8,8 +8,10 @@
 //! (its own task closes it); the dispatcher moves on.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -114,44 +116,63 @@ impl Budget {
 /// Deliveries waiting for one connection, in order. A locked queue rather than a
 /// channel: tokio's unbounded channel allocates its first 32-slot block and a
 /// cache-padded header up front (about 1.8 KB per idle connection), an empty
-/// `VecDeque` nothing. The byte [`Budget`] bounds it.
+/// `VecDeque` nothing. The byte [`Budget`] bounds it. The connection's waker
+/// waits under the same lock, so a push is one lock and at most one wake-up.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    queue: Mutex<VecDeque<Inbound>>,
-    /// Woken when the queue goes from empty to non-empty.
-    ready: Notify,
+    queue: Mutex<Queue>,
+}
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Inbound>,
+    /// Left by the connection when it found `items` empty; taken and woken
+    /// by the next push.
+    waker: Option<Waker>,
 }
 impl Inbox {
     /// Lets `fill` queue deliveries under one lock, waking the connection
-    /// once if its queue was empty.
+    /// if it waits for one.
     fn push_with(&self, fill: impl FnOnce(&mut VecDeque<Inbound>)) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        let first = queue.is_empty();
-        fill(&mut queue);
-        let woken = first && !queue.is_empty();
+        fill(&mut queue.items);
+        let waker = match queue.items.is_empty() {
+            true => None,
+            false => queue.waker.take(),
+        };
         drop(queue);
-        if woken {
-            self.ready.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Wakes the connection if it waits, with nothing to take: it is to look
+    /// at its budget, which overflowed.
+    fn wake(&self) {
+        let waker = self.queue.lock().expect("inbox lock").waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
     /// Moves every waiting delivery to the back of `into`, under one lock:
     /// a connection takes a burst at once rather than one lock per delivery.
     /// When `into` is empty the two queues are swapped, so the inbox gets
-    /// back the room `into` had and a burst allocates nothing.
-    pub(crate) fn take_all(&self, into: &mut VecDeque<Inbound>) {
+    /// back the room `into` had and a burst allocates nothing. With nothing
+    /// to take, `cx`'s waker (if given) is left for the next push.
+    fn take_all(&self, into: &mut VecDeque<Inbound>, cx: Option<&Context<'_>>) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        if into.is_empty() {
-            std::mem::swap(&mut *queue, into);
+        if queue.items.is_empty() {
+            if let Some(cx) = cx {
+                match &queue.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => queue.waker = Some(cx.waker().clone()),
+                }
+            }
+        } else if into.is_empty() {
+            std::mem::swap(&mut queue.items, into);
         } else {
-            into.append(&mut queue);
+            into.append(&mut queue.items);
         }
-    }
-
-    /// Waits until a delivery is pushed (or one was pushed since the last
-    /// wait). Cancel-safe.
-    pub(crate) async fn pushed(&self) {
-        self.ready.notified().await;
     }
 }
 /// Deliveries a connection took from its [`Inbox`] and has not handled yet.
@@ -166,10 +187,11 @@ impl Taken {
     }
 
     /// The next delivery, taking the inbox's whole queue when this one is
-    /// empty. Once drained, a large capacity left by a burst is given back.
-    pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
+    /// empty (and leaving `cx`'s waker there when it is empty too). Once
+    /// drained, a large capacity left by a burst is given back.
+    fn next(&mut self, inbox: &Inbox, cx: Option<&Context<'_>>) -> Option<Inbound> {
         if self.queue.is_empty() {
-            inbox.take_all(&mut self.queue);
+            inbox.take_all(&mut self.queue, cx);
         }
         let item = self.queue.pop_front();
         if self.queue.is_empty() && self.queue.capacity() > 256 {
@@ -178,16 +200,20 @@ impl Taken {
         item
     }
 
+    /// The next delivery if one is waiting.
+    pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
+        self.next(inbox, None)
+    }
+
     /// The next delivery, waiting for one. Cancel-safe: taken deliveries stay
     /// here until returned.
-    pub(crate) async fn recv(&mut self, inbox: &Inbox) -> Inbound {
-        loop {
-            if let Some(item) = self.pop(inbox) {
-                return item;
-            }
-            // A push between the take and here stored a permit: no lost wake-up.
-            inbox.pushed().await;
-        }
+    pub(crate) fn recv<'a>(&'a mut self, inbox: &'a Inbox) -> impl Future<Output = Inbound> + 'a {
+        // The waker is left under the inbox's lock when it is found empty:
+        // no push can fall between the look and the wait.
+        std::future::poll_fn(move |cx| match self.next(inbox, Some(cx)) {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        })
     }
 }
 /// The dispatcher's handle on one local connection.
@@ -241,7 +267,12 @@ impl Mailbox {
             }
         };
         let total: usize = batch.iter().filter(for_us).map(cost_of).sum();
-        if !batch.iter().any(|p| for_us(&p)) || !self.budget.try_take(total) {
+        if !batch.iter().any(|p| for_us(&p)) {
+            return;
+        }
+        if !self.budget.try_take(total) {
+            // Flagged a slow consumer: the connection closes itself.
+            self.inbox.wake();
             return;
         }
         self.inbox.push_with(|queue| {

@@ -176,13 +176,14 @@ where
         // Made once, not once per turn of the loop: a `Notified` polled in a
         // fresh `select!` locks its `Notify` to link and unlink a waiter, and a
         // fresh `Sleep` registers and deregisters a timer, on every frame and
-        // every batch of deliveries. Both signals end the loop, so each fires
-        // at most once. The idle timer is moved only when it fires early: a
-        // frame just moves `deadline`.
+        // every batch of deliveries. The drain signal ends the loop, so it
+        // fires at most once. An overflowing budget wakes the task through its
+        // inbox (`Mailbox::offer`) rather than a `Notify` of its own. One timer serves the end of a byte-rate pause and the idle
+        // timeout; it is moved only when it fires early: a frame just moves
+        // `deadline`.
         let drained = drain.notified();
-        let overflowed = budget.notify.notified();
-        let idle_timer = sleep_until(deadline);
-        tokio::pin!(drained, overflowed, idle_timer);
+        let timer = sleep_until(deadline);
+        tokio::pin!(drained, timer);
         loop {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
@@ -195,17 +196,22 @@ where
             let event = tokio::select! {
                 biased;
                 _ = &mut drained => WsEvent::Drain,
-                _ = &mut overflowed => WsEvent::Overflow,
+                // Woken through the inbox, whose waker the deliveries' branch
+                // leaves (`Mailbox::offer`).
+                _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
                 event = poll_fn(|cx| poll_socket(ws, reads, resume.is_none(), cx)) => event,
                 item = inbound => WsEvent::Inbound(item),
                 answer = hook_answer => WsEvent::HookAnswer(answer),
-                _ = sleep_until(resume.unwrap_or(deadline)), if resume.is_some() => WsEvent::Resume,
-                _ = &mut idle_timer => {
-                    if Instant::now() < deadline {
-                        idle_timer.as_mut().reset(deadline);
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if resume.is_some_and(|at| now >= at) {
+                        WsEvent::Resume
+                    } else if now < deadline {
+                        timer.as_mut().reset(resume.unwrap_or(deadline).min(deadline));
                         continue;
+                    } else {
+                        WsEvent::Idle
                     }
-                    WsEvent::Idle
                 }
             };
             let step = match event {
@@ -216,6 +222,7 @@ where
                 WsEvent::WriteFailed => Err(Exit::Gone),
                 WsEvent::Resume => {
                     resume = None;
+                    timer.as_mut().reset(deadline);
                     Ok(())
                 }
                 WsEvent::Frame(msg) => {
@@ -229,6 +236,7 @@ where
                         self.driver.shared.config.limit_counter.hit("byte_rate");
                         resume = Some(now + pause);
                         deadline = deadline.max(now + pause + idle);
+                        timer.as_mut().reset(now + pause);
                     }
                     self.handle_message(msg).await
                 }
@@ -348,6 +356,15 @@ where
     /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
         self.driver.write_frames(&mut self.ws.get_mut().buf)
+    }
+}
+
+/// Ready once the budget overflowed: the client is a slow consumer.
+fn overflow(budget: &Budget) -> Poll<()> {
+    if budget.overflowed() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
