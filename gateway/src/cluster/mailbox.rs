@@ -8,14 +8,16 @@
 //! (its own task closes it); the dispatcher moves on.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
-use crate::channel::recover::Fanout;
+use crate::channel::recover::{self, Fanout};
 use crate::channel::PresenceEntry;
-use crate::protocol::{Encoded, Vsn};
+use crate::protocol::{wsframe, Encoded, Vsn};
 
 /// What the dispatcher hands a connection.
 #[derive(Debug)]
@@ -33,12 +35,25 @@ pub(crate) enum Inbound {
         diff: Arc<RenderedDiff>,
         cost: usize,
     },
+    /// Broadcasts on `topic` for a WebSocket client whose channel there
+    /// intercepts none: finished WebSocket frames, back to back, `count` of
+    /// them, for the socket as they are (the connection checks only that it
+    /// is still joined to `topic`). Consecutive ones on a topic share one item.
+    Frames {
+        topic: Arc<str>,
+        bytes: Vec<u8>,
+        count: usize,
+        /// The frames' payload bytes (without their headers), for the
+        /// counters.
+        payload: usize,
+    },
 }
 impl Inbound {
     /// The bytes charged to the connection's budget for this item.
     pub(crate) fn cost(&self) -> usize {
         match self {
             Self::Broadcast { cost, .. } | Self::PresenceDiff { cost, .. } => *cost,
+            Self::Frames { bytes, .. } => bytes.len(),
         }
     }
 }
@@ -82,6 +97,12 @@ impl Budget {
         taken
     }
 
+    /// Charges `n` bytes whatever the limit: bytes the WebSocket library
+    /// writes on its own (a pong, a close frame), small and not refusable.
+    pub(crate) fn add(&self, n: usize) {
+        self.queued.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Returns `n` bytes once written (or dropped).
     pub(crate) fn release(&self, n: usize) {
         self.queued.fetch_sub(n, Ordering::AcqRel);
@@ -94,51 +115,70 @@ impl Budget {
 
     /// Bytes currently queued.
     #[cfg(test)]
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 }
 /// Deliveries waiting for one connection, in order. A locked queue rather than a
 /// channel: tokio's unbounded channel allocates its first 32-slot block and a
 /// cache-padded header up front (about 1.8 KB per idle connection), an empty
-/// `VecDeque` nothing. The byte [`Budget`] bounds it.
+/// `VecDeque` nothing. The byte [`Budget`] bounds it. The connection's waker
+/// waits under the same lock, so a push is one lock and at most one wake-up.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    queue: Mutex<VecDeque<Inbound>>,
-    /// Woken when the queue goes from empty to non-empty.
-    ready: Notify,
+    queue: Mutex<Queue>,
+}
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Inbound>,
+    /// Left by the connection when it found `items` empty; taken and woken
+    /// by the next push.
+    waker: Option<Waker>,
 }
 impl Inbox {
-    /// Queues `items` under one lock, waking the connection once if its queue
-    /// was empty.
-    fn push_all(&self, items: impl IntoIterator<Item = Inbound>) {
+    /// Lets `fill` queue deliveries under one lock, waking the connection
+    /// if it waits for one.
+    fn push_with(&self, fill: impl FnOnce(&mut VecDeque<Inbound>)) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        let first = queue.is_empty();
-        queue.extend(items);
-        let woken = first && !queue.is_empty();
+        fill(&mut queue.items);
+        let waker = match queue.items.is_empty() {
+            true => None,
+            false => queue.waker.take(),
+        };
         drop(queue);
-        if woken {
-            self.ready.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Wakes the connection if it waits, with nothing to take: it is to look
+    /// at its budget, which overflowed.
+    fn wake(&self) {
+        let waker = self.queue.lock().expect("inbox lock").waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
     /// Moves every waiting delivery to the back of `into`, under one lock:
     /// a connection takes a burst at once rather than one lock per delivery.
     /// When `into` is empty the two queues are swapped, so the inbox gets
-    /// back the room `into` had and a burst allocates nothing.
-    pub(crate) fn take_all(&self, into: &mut VecDeque<Inbound>) {
+    /// back the room `into` had and a burst allocates nothing. With nothing
+    /// to take, `cx`'s waker (if given) is left for the next push.
+    fn take_all(&self, into: &mut VecDeque<Inbound>, cx: Option<&Context<'_>>) {
         let mut queue = self.queue.lock().expect("inbox lock");
-        if into.is_empty() {
-            std::mem::swap(&mut *queue, into);
+        if queue.items.is_empty() {
+            if let Some(cx) = cx {
+                match &queue.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => queue.waker = Some(cx.waker().clone()),
+                }
+            }
+        } else if into.is_empty() {
+            std::mem::swap(&mut queue.items, into);
         } else {
-            into.append(&mut queue);
+            into.append(&mut queue.items);
         }
-    }
-
-    /// Waits until a delivery is pushed (or one was pushed since the last
-    /// wait). Cancel-safe.
-    pub(crate) async fn pushed(&self) {
-        self.ready.notified().await;
     }
 }
 /// Deliveries a connection took from its [`Inbox`] and has not handled yet.
@@ -153,10 +193,11 @@ impl Taken {
     }
 
     /// The next delivery, taking the inbox's whole queue when this one is
-    /// empty. Once drained, a large capacity left by a burst is given back.
-    pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
+    /// empty (and leaving `cx`'s waker there when it is empty too). Once
+    /// drained, a large capacity left by a burst is given back.
+    fn next(&mut self, inbox: &Inbox, cx: Option<&Context<'_>>) -> Option<Inbound> {
         if self.queue.is_empty() {
-            inbox.take_all(&mut self.queue);
+            inbox.take_all(&mut self.queue, cx);
         }
         let item = self.queue.pop_front();
         if self.queue.is_empty() && self.queue.capacity() > 256 {
@@ -165,16 +206,20 @@ impl Taken {
         item
     }
 
+    /// The next delivery if one is waiting.
+    pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
+        self.next(inbox, None)
+    }
+
     /// The next delivery, waiting for one. Cancel-safe: taken deliveries stay
     /// here until returned.
-    pub(crate) async fn recv(&mut self, inbox: &Inbox) -> Inbound {
-        loop {
-            if let Some(item) = self.pop(inbox) {
-                return item;
-            }
-            // A push between the take and here stored a permit: no lost wake-up.
-            inbox.pushed().await;
-        }
+    pub(crate) fn recv<'a>(&'a mut self, inbox: &'a Inbox) -> impl Future<Output = Inbound> + 'a {
+        // The waker is left under the inbox's lock when it is found empty:
+        // no push can fall between the look and the wait.
+        std::future::poll_fn(move |cx| match self.next(inbox, Some(cx)) {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        })
     }
 }
 /// The dispatcher's handle on one local connection.
@@ -183,6 +228,9 @@ pub(crate) struct Mailbox {
     pub(crate) conn: u64,
     pub(crate) vsn: Vsn,
     pub(crate) binary_frames: bool,
+    /// Whether the connection writes finished WebSocket frames
+    /// ([`Inbound::Frames`]): WebSocket, not LongPoll.
+    pub(crate) ws_frames: bool,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) budget: Arc<Budget>,
 }
@@ -194,33 +242,102 @@ pub(super) struct Prepared {
     pub(super) diff: Option<Arc<RenderedDiff>>,
     pub(super) exclude: Option<u64>,
 }
+impl Prepared {
+    /// Whether a channel that intercepts nothing sends it as it is: not a
+    /// presence diff (the session keeps its `list`), not a recoverable
+    /// topic's log entry (its channel's `handle_out` renders it).
+    fn plain(&self) -> bool {
+        self.diff.is_none() && self.encoded.event() != recover::LOGGED_EVENT
+    }
+}
 impl Mailbox {
     /// Hands the connection every delivery of `batch` that is not excluded for
     /// it: one budget charge, one lock and at most one wake-up for the whole
     /// batch. A batch over the budget flags the connection as a slow consumer
     /// (an empty queue admits any one batch).
-    pub(super) fn offer(&self, batch: &[Prepared]) {
+    ///
+    /// `framed` is the topic when the connection's channel there intercepts no
+    /// event: its plain broadcasts are then written here as finished WebSocket
+    /// frames (a header and a copy of the bytes encoded once) rather than
+    /// handed over as shared [`Encoded`]s for its session, so a delivery costs
+    /// the connection no reference count shared with every other subscriber,
+    /// no session work and no per-frame object.
+    pub(super) fn offer(&self, batch: &[Prepared], framed: Option<&Arc<str>>) {
+        let framed = framed.filter(|_| self.ws_frames);
         let for_us = |p: &&Prepared| p.exclude != Some(self.conn);
-        let cost_of = |p: &Prepared| p.encoded.len_for(self.vsn, self.binary_frames).unwrap_or(0);
+        let as_frame = |p: &Prepared| framed.is_some() && p.plain();
+        let cost_of = |p: &Prepared| {
+            let len = p.encoded.len_for(self.vsn, self.binary_frames);
+            match len {
+                Some(len) if as_frame(p) => wsframe::frame_len(len),
+                len => len.unwrap_or(0),
+            }
+        };
         let total: usize = batch.iter().filter(for_us).map(cost_of).sum();
-        if !batch.iter().any(|p| for_us(&p)) || !self.budget.try_take(total) {
+        if !batch.iter().any(|p| for_us(&p)) {
             return;
         }
-        self.inbox.push_all(batch.iter().filter(for_us).map(|p| {
-            let cost = cost_of(p);
-            match &p.diff {
-                None => Inbound::Broadcast {
-                    encoded: p.encoded.clone(),
-                    logged: p.logged.clone(),
-                    cost,
-                },
-                Some(diff) => Inbound::PresenceDiff {
-                    encoded: p.encoded.clone(),
-                    diff: diff.clone(),
-                    cost,
-                },
+        if !self.budget.try_take(total) {
+            // Flagged a slow consumer: the connection closes itself.
+            self.inbox.wake();
+            return;
+        }
+        self.inbox.push_with(|queue| {
+            for p in batch.iter().filter(for_us) {
+                if let (Some(topic), true) = (framed, as_frame(p)) {
+                    let Some((bytes, text)) = p.encoded.frame_for(self.vsn, self.binary_frames)
+                    else {
+                        continue;
+                    };
+                    let (buf, count, payload) = frames_item(queue, topic, total);
+                    wsframe::write_frame(buf, text, bytes);
+                    *count += 1;
+                    *payload += bytes.len();
+                    continue;
+                }
+                let cost = cost_of(p);
+                queue.push_back(match &p.diff {
+                    None => Inbound::Broadcast {
+                        encoded: p.encoded.clone(),
+                        logged: p.logged.clone(),
+                        cost,
+                    },
+                    Some(diff) => Inbound::PresenceDiff {
+                        encoded: p.encoded.clone(),
+                        diff: diff.clone(),
+                        cost,
+                    },
+                });
             }
-        }));
+        });
+    }
+}
+
+/// The [`Inbound::Frames`] item at the back of `queue` for `topic`, pushed
+/// (with room for `room` bytes) unless the last item already is one.
+fn frames_item<'q>(
+    queue: &'q mut VecDeque<Inbound>,
+    topic: &Arc<str>,
+    room: usize,
+) -> (&'q mut Vec<u8>, &'q mut usize, &'q mut usize) {
+    let coalesce =
+        matches!(queue.back(), Some(Inbound::Frames { topic: t, .. }) if Arc::ptr_eq(t, topic));
+    if !coalesce {
+        queue.push_back(Inbound::Frames {
+            topic: topic.clone(),
+            bytes: Vec::with_capacity(room),
+            count: 0,
+            payload: 0,
+        });
+    }
+    match queue.back_mut() {
+        Some(Inbound::Frames {
+            bytes,
+            count,
+            payload,
+            ..
+        }) => (bytes, count, payload),
+        _ => unreachable!("a frames item was just found or pushed"),
     }
 }
 

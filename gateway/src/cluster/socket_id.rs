@@ -84,7 +84,7 @@ impl Hub {
             exclude: None,
         }];
         for mailbox in mailboxes {
-            mailbox.offer(&batch);
+            mailbox.offer(&batch, None);
         }
     }
 }

@@ -28,7 +28,9 @@ pub(super) enum Ready {
 }
 
 pub(super) struct TopicState {
-    pub(super) locals: Mutex<HashMap<u64, (Mailbox, usize)>>,
+    /// The topic, as [`Inbound::Frames`](super::mailbox::Inbound::Frames) name it.
+    name: Arc<str>,
+    pub(super) locals: Mutex<HashMap<u64, Local>>,
     /// Deliveries waiting in the engine subscription after the dispatcher's
     /// last pass, plus this node's client publishes since: clients' publishes
     /// wait while it is at [`BACKLOG_HIGH`].
@@ -37,26 +39,41 @@ pub(super) struct TopicState {
     pub(super) task: Mutex<Option<AbortHandle>>,
 }
 
+/// One local connection subscribed to a topic.
+pub(super) struct Local {
+    mailbox: Mailbox,
+    /// Its subscriptions to the topic (a connection may join it twice).
+    count: usize,
+    /// Its channel on the topic intercepts no event: plain broadcasts go to it
+    /// as finished frames ([`Mailbox::offer`]).
+    framed: bool,
+}
+
 /// Deliveries of one topic fanned out together at most.
 const FANOUT_BATCH: usize = 64;
 
 impl Hub {
     /// Adds `mailbox` as a local subscriber of `topic` and waits until the topic's
     /// engine subscription is routed (so a publish started after this returns
-    /// reaches it). Subscribing twice counts twice.
+    /// reaches it). Subscribing twice counts twice. `framed`: the connection's
+    /// channel on `topic` intercepts no event (see [`Mailbox::offer`]).
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         mailbox: &Mailbox,
+        framed: bool,
     ) -> Result<(), HubError> {
         let state = {
             let mut topics = self.topics.lock().expect("hub topics lock");
             let state = self.topic_state(&mut topics, topic);
             let mut locals = state.locals.lock().expect("hub locals lock");
-            locals
-                .entry(mailbox.conn)
-                .or_insert_with(|| (mailbox.clone(), 0))
-                .1 += 1;
+            let local = locals.entry(mailbox.conn).or_insert_with(|| Local {
+                mailbox: mailbox.clone(),
+                count: 0,
+                framed,
+            });
+            local.count += 1;
+            local.framed = framed;
             drop(locals);
             state
         };
@@ -71,9 +88,9 @@ impl Hub {
             return;
         };
         let mut locals = state.locals.lock().expect("hub locals lock");
-        if let Some((_, count)) = locals.get_mut(&conn) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(local) = locals.get_mut(&conn) {
+            local.count -= 1;
+            if local.count == 0 {
                 locals.remove(&conn);
             }
         }
@@ -104,6 +121,7 @@ impl Hub {
     fn spawn_topic(self: &Arc<Self>, topic: &str) -> Arc<TopicState> {
         let (ready_tx, ready_rx) = watch::channel(Ready::Pending);
         let state = Arc::new(TopicState {
+            name: topic.into(),
             locals: Mutex::new(HashMap::new()),
             backlog: AtomicUsize::new(0),
             ready: ready_rx,
@@ -197,8 +215,9 @@ impl Hub {
             return;
         }
         let locals = state.locals.lock().expect("hub locals lock");
-        for (mailbox, _) in locals.values() {
-            mailbox.offer(batch);
+        for local in locals.values() {
+            let framed = local.framed.then_some(&state.name);
+            local.mailbox.offer(batch, framed);
         }
         drop(locals);
         // Every delivery of the batch waited for the whole pass.

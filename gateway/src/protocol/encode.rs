@@ -141,6 +141,14 @@ impl Encoded {
             .map(|(bytes, _)| bytes.len())
     }
 
+    /// The frame's bytes for `vsn`, and whether they are a text frame: what
+    /// [`Encoded::for_vsn`] shares, borrowed (to copy into a connection's
+    /// buffer without touching the shared reference count).
+    pub fn frame_for(&self, vsn: Vsn, binary_capable: bool) -> Option<(&[u8], bool)> {
+        self.bytes_for(vsn, binary_capable)
+            .map(|(bytes, text)| (&bytes[..], text))
+    }
+
     /// The frame's bytes for `vsn`, and whether they are a text frame.
     fn bytes_for(&self, vsn: Vsn, binary_capable: bool) -> Option<(&Bytes, bool)> {
         match (&self.payload, vsn) {

@@ -26,6 +26,7 @@ pub mod json;
 pub mod limits;
 pub mod query;
 pub mod subprotocol;
+pub mod wsframe;
 
 mod encode;
 mod frame;

@@ -73,8 +73,6 @@ pub struct ServerConfig {
     /// Bytes of frames queued for one client before it is closed as a slow
     /// consumer (1008).
     pub outbound_queue_bytes: usize,
-    /// Most frames fed to a socket per flush.
-    pub write_batch: usize,
     /// A connection with no incoming frame for this long is closed (1011).
     pub idle_timeout: Duration,
     /// Largest incoming frame or message; larger closes the connection (1009).
@@ -142,7 +140,6 @@ impl Default for ServerConfig {
         Self {
             session: SessionConfig::websocket(),
             outbound_queue_bytes: 1 << 20,
-            write_batch: 256,
             idle_timeout: Duration::from_secs(60),
             max_frame_size: 1 << 20,
             max_connections: 100_000,

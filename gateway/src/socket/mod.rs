@@ -135,6 +135,20 @@ impl Session {
         self.channels.get(topic).map(|j| &j.join_ref)
     }
 
+    /// Whether the channel joined on `topic` intercepts no broadcast event
+    /// (its [`Channel::intercepts`](crate::channel::Channel::intercepts) is
+    /// empty): every plain broadcast on the topic then goes to the client
+    /// unchanged. False when the topic is not joined or the callback panics.
+    pub fn intercepts_none(&self, topic: &str) -> bool {
+        self.channels.get(topic).is_some_and(|entry| {
+            let channel = &entry.channel;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                channel.intercepts().is_empty()
+            }))
+            .unwrap_or(false)
+        })
+    }
+
     /// The join outcomes since the last call (counters reset to zero).
     pub fn take_join_counts(&mut self) -> JoinCounts {
         std::mem::take(&mut self.joins)

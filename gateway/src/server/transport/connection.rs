@@ -1,32 +1,40 @@
 //! One WebSocket client: one task owns its [`Session`] through a [`SessionDriver`] (which
 //! executes the session's actions against the engine) and the socket. It reads
-//! frames, takes the hub's deliveries, and writes queued frames in batches (up to
-//! `write_batch` frames fed, then one flush) whenever the socket accepts them, so
-//! a client that is slow to read never stops the task from reading or from taking
-//! deliveries.
+//! frames, takes the hub's deliveries, and writes what is queued whenever the
+//! socket accepts it, so a client that is slow to read never stops the task from
+//! reading or from taking deliveries.
+//!
+//! tungstenite reads the client's frames; what goes to the client is written as
+//! finished WebSocket frames into one byte buffer under it ([`Wire`]): the
+//! session's frames get their header there, and the plain broadcasts the
+//! [`Hub`](crate::cluster::Hub) hands over already framed ([`Inbound::Frames`])
+//! are appended as they are. Whatever tungstenite writes itself (a pong, a
+//! close frame) lands in the same buffer between two frames. One `write` sends
+//! all that is queued.
 //!
 //! Everything queued for the client (replies, pushes, broadcasts handed over by the
-//! [`Hub`](crate::cluster::Hub)) is charged to one byte [`Budget`] (default 1 MiB). A client that stops
+//! hub) is charged to one byte [`Budget`] (default 1 MiB) until it is written. A client that stops
 //! reading exhausts it and is closed with 1008; the others never wait for it.
 //!
 //! One task, not a reader and a writer: an idle connection is what it costs in
 //! memory, so it has no second task, no channel to a writer, and its rare large
 //! futures (actions against the engine, cleanup) are boxed while they run.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
@@ -34,7 +42,7 @@ use tracing::{debug, warn};
 use super::driver::{Exit, HookAnswer, SessionDriver};
 use crate::cluster::mailbox::{Budget, Inbound};
 use crate::limits::ByteLimiter;
-use crate::protocol::{decode_binary, decode_text, FrameError, OutFrame};
+use crate::protocol::{decode_binary, decode_text, wsframe, FrameError};
 use crate::server::Shared;
 use crate::socket::Session;
 
@@ -83,30 +91,37 @@ enum WsEvent {
 
 pub(crate) struct Connection<S> {
     driver: SessionDriver,
-    ws: WebSocketStream<S>,
-    out: Outgoing,
+    ws: WebSocketStream<Wire<S>>,
+    /// Client frames read since the last write.
+    reads: usize,
 }
 
 impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// A connection for an upgraded socket (`hook_headers`: its connect request's
+    /// A connection for an upgraded socket `io` (`hook_headers`: its connect request's
     /// headers some backend hook forwards). Boxed, and built outside the task's
-    /// future: values moved into an `async fn` keep their argument slot for the
+    /// `run` future: values moved into an `async fn` keep their argument slot for the
     /// whole life of the future, so passing the session and socket by value would
     /// store them twice in every idle connection's task.
-    pub(crate) fn new(
+    pub(crate) async fn new(
         shared: Arc<Shared>,
         conn: u64,
         session: Box<Session>,
-        ws: WebSocketStream<S>,
+        io: S,
+        config: WebSocketConfig,
         hook_headers: Vec<(String, String)>,
     ) -> Box<Self> {
         let driver =
             SessionDriver::new(shared.clone(), conn, *session, true).with_hooks(hook_headers);
-        let out = Outgoing::new(driver.budget().clone(), shared.config.write_batch);
-        Box::new(Connection { driver, ws, out })
+        let wire = Wire::new(io, driver.budget().clone());
+        let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await;
+        Box::new(Connection {
+            driver,
+            ws,
+            reads: 0,
+        })
     }
 
     /// Serves the socket until it closes.
@@ -119,7 +134,7 @@ where
             Exit::SlowConsumer => {
                 shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 // Whatever is queued is abandoned: the client is not reading it.
-                self.out.abandon();
+                self.ws.get_mut().abandon();
                 let frame = close_frame(close::SLOW_CONSUMER, "slow consumer");
                 let send = self.ws.send(Message::Close(Some(frame)));
                 let _ = timeout(Duration::from_secs(1), send).await;
@@ -128,13 +143,13 @@ where
             Exit::Gone => None,
         };
         let _ = timeout(Duration::from_secs(5), Box::pin(self.finish(close))).await;
-        self.out.abandon();
+        self.ws.get_mut().abandon();
     }
 
     /// Writes what is queued, then the close frame, and closes the socket.
     async fn finish(&mut self, close: Option<CloseFrame>) {
-        let (ws, out) = (&mut self.ws, &mut self.out);
-        if poll_fn(|cx| out.poll_write_all(ws, cx)).await.is_err() {
+        let ws = &mut self.ws;
+        if poll_fn(|cx| ws.get_mut().poll_send(cx)).await.is_err() {
             return;
         }
         if let Some(frame) = close {
@@ -161,18 +176,19 @@ where
         // Made once, not once per turn of the loop: a `Notified` polled in a
         // fresh `select!` locks its `Notify` to link and unlink a waiter, and a
         // fresh `Sleep` registers and deregisters a timer, on every frame and
-        // every batch of deliveries. Both signals end the loop, so each fires
-        // at most once. The idle timer is moved only when it fires early: a
-        // frame just moves `deadline`.
+        // every batch of deliveries. The drain signal ends the loop, so it
+        // fires at most once. An overflowing budget wakes the task through its
+        // inbox (`Mailbox::offer`) rather than a `Notify` of its own. One timer serves the end of a byte-rate pause and the idle
+        // timeout; it is moved only when it fires early: a frame just moves
+        // `deadline`.
         let drained = drain.notified();
-        let overflowed = budget.notify.notified();
-        let idle_timer = sleep_until(deadline);
-        tokio::pin!(drained, overflowed, idle_timer);
+        let timer = sleep_until(deadline);
+        tokio::pin!(drained, timer);
         loop {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
             }
-            let (ws, out) = (&mut self.ws, &mut self.out);
+            let (ws, reads) = (&mut self.ws, &mut self.reads);
             let (inbound, hook_answer) = self.driver.events();
             // The socket comes before the deliveries so that, under a flood of
             // deliveries, queued frames are still written on every turn; it
@@ -180,17 +196,22 @@ where
             let event = tokio::select! {
                 biased;
                 _ = &mut drained => WsEvent::Drain,
-                _ = &mut overflowed => WsEvent::Overflow,
-                event = poll_fn(|cx| poll_socket(ws, out, resume.is_none(), cx)) => event,
+                // Woken through the inbox, whose waker the deliveries' branch
+                // leaves (`Mailbox::offer`).
+                _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
+                event = poll_fn(|cx| poll_socket(ws, reads, resume.is_none(), cx)) => event,
                 item = inbound => WsEvent::Inbound(item),
                 answer = hook_answer => WsEvent::HookAnswer(answer),
-                _ = sleep_until(resume.unwrap_or(deadline)), if resume.is_some() => WsEvent::Resume,
-                _ = &mut idle_timer => {
-                    if Instant::now() < deadline {
-                        idle_timer.as_mut().reset(deadline);
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if resume.is_some_and(|at| now >= at) {
+                        WsEvent::Resume
+                    } else if now < deadline {
+                        timer.as_mut().reset(resume.unwrap_or(deadline).min(deadline));
                         continue;
+                    } else {
+                        WsEvent::Idle
                     }
-                    WsEvent::Idle
                 }
             };
             let step = match event {
@@ -201,6 +222,7 @@ where
                 WsEvent::WriteFailed => Err(Exit::Gone),
                 WsEvent::Resume => {
                     resume = None;
+                    timer.as_mut().reset(deadline);
                     Ok(())
                 }
                 WsEvent::Frame(msg) => {
@@ -214,6 +236,7 @@ where
                         self.driver.shared.config.limit_counter.hit("byte_rate");
                         resume = Some(now + pause);
                         deadline = deadline.max(now + pause + idle);
+                        timer.as_mut().reset(now + pause);
                     }
                     self.handle_message(msg).await
                 }
@@ -228,12 +251,37 @@ where
         }
     }
 
-    /// Hands `item` and whatever else is waiting (up to a batch) to the session,
-    /// then queues the frames they produced.
-    async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
-        self.driver
-            .handle_inbound_batch(item, INBOUND_BATCH)
-            .await?;
+    /// Hands `item` and whatever else is waiting (up to a batch) to the
+    /// session, in order, and queues the frames they produced; finished frames
+    /// ([`Inbound::Frames`]) go straight to the socket's buffer, after the
+    /// session's frames queued before them. Each delivery's budget is given
+    /// back as the session handles it; finished frames keep theirs until
+    /// written.
+    async fn handle_inbound(&mut self, first: Inbound) -> Result<(), Exit> {
+        self.driver.reserve_for_taken(INBOUND_BATCH);
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(item) = next.take() {
+            match item {
+                Inbound::Frames {
+                    topic,
+                    bytes,
+                    count,
+                    payload,
+                } => {
+                    self.flush()?;
+                    let cost = bytes.len();
+                    if self.driver.frames_delivered(&topic, count, payload, cost) {
+                        self.ws.get_mut().push_frames(bytes);
+                    }
+                }
+                item => self.driver.handle_delivery(item).await?,
+            }
+            handled += 1;
+            if handled < INBOUND_BATCH {
+                next = self.driver.try_recv();
+            }
+        }
         self.flush()
     }
 
@@ -307,7 +355,16 @@ where
 
     /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
-        self.driver.take_frames(&mut self.out.queue)
+        self.driver.write_frames(&mut self.ws.get_mut().buf)
+    }
+}
+
+/// Ready once the budget overflowed: the client is a slow consumer.
+fn overflow(budget: &Budget) -> Poll<()> {
+    if budget.overflowed() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
@@ -318,41 +375,29 @@ fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     }
 }
 
-/// An outgoing frame as a WebSocket message. Text frames are passed as raw frames:
-/// their bytes are valid UTF-8 by construction (encoded JSON) and are shared between
-/// subscribers, so they are not validated again per connection.
-fn message(frame: OutFrame) -> Message {
-    match frame {
-        OutFrame::Text(bytes) => {
-            Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
-        }
-        OutFrame::Binary(bytes) => Message::Binary(bytes),
-    }
-}
-
 /// Reads the next frame; once none is waiting (or after [`READ_BATCH`] in a
 /// row), writes what the socket accepts. Reading first lets the replies to
-/// frames that arrived together leave in one flush. Not `reading` (the client
+/// frames that arrived together leave in one write. Not `reading` (the client
 /// is over its byte rate), only writes. Ready with a frame, the end of the
 /// stream, or a write error; pending otherwise.
 fn poll_socket<S>(
-    ws: &mut WebSocketStream<S>,
-    out: &mut Outgoing,
+    ws: &mut WebSocketStream<Wire<S>>,
+    reads: &mut usize,
     reading: bool,
     cx: &mut Context<'_>,
 ) -> Poll<WsEvent>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let read_more = reading && out.reads < READ_BATCH;
+    let read_more = reading && *reads < READ_BATCH;
     if read_more {
         if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-            out.reads += 1;
+            *reads += 1;
             return Poll::Ready(WsEvent::Frame(msg));
         }
     }
-    out.reads = 0;
-    if let Poll::Ready(Err(_)) = out.poll_write_all(ws, cx) {
+    *reads = 0;
+    if let Poll::Ready(Err(_)) = ws.get_mut().poll_send(cx) {
         return Poll::Ready(WsEvent::WriteFailed);
     }
     if reading && !read_more {
@@ -362,81 +407,250 @@ where
     Poll::Pending
 }
 
-/// Frames queued for the socket (each costs its length in the budget), and how
-/// many were fed to the socket but not yet flushed.
-struct Outgoing {
-    queue: VecDeque<OutFrame>,
+/// Written bytes after which a buffer the socket has not taken all of is
+/// compacted (its written part dropped).
+const COMPACT_AFTER: usize = 64 * 1024;
+
+/// The client's socket as tungstenite sees it, and every byte queued for the
+/// client: finished WebSocket frames back to back in `buf`, of which `sent`
+/// are written. tungstenite's own writes (pongs, close frames) are appended
+/// whole (this buffer takes any write at once), so `buf` always starts with a
+/// frame and only ever holds whole frames. Each byte is charged to the
+/// connection's [`Budget`] until written. Empty, it holds no allocation.
+pub(crate) struct Wire<S> {
+    io: S,
+    buf: Vec<u8>,
+    sent: usize,
     budget: Arc<Budget>,
-    batch: usize,
-    fed: usize,
-    fed_bytes: usize,
-    /// Client frames read since the last write.
-    reads: usize,
 }
 
-impl Outgoing {
-    fn new(budget: Arc<Budget>, batch: usize) -> Self {
+impl<S> Wire<S>
+where
+    S: AsyncWrite + Unpin,
+{
+    fn new(io: S, budget: Arc<Budget>) -> Self {
         Self {
-            queue: VecDeque::new(),
+            io,
+            buf: Vec::new(),
+            sent: 0,
             budget,
-            batch: batch.max(1),
-            fed: 0,
-            fed_bytes: 0,
-            reads: 0,
         }
     }
 
-    /// Feeds queued frames to the socket in batches of up to `batch`, flushing
-    /// after each batch and returning its bytes to the budget. Ready(Ok) once
-    /// everything is written; pending while the socket is full (the socket wakes
-    /// the task when it drains).
-    fn poll_write_all<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WsError>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        loop {
-            while self.fed < self.batch {
-                if self.queue.is_empty() {
-                    break;
-                }
-                if let Err(e) = std::task::ready!(ws.poll_ready_unpin(cx)) {
-                    return Poll::Ready(Err(e));
-                }
-                let Some(frame) = self.queue.pop_front() else {
-                    break;
-                };
-                self.fed += 1;
-                self.fed_bytes += frame.as_bytes().len();
-                if let Err(e) = ws.start_send_unpin(message(frame)) {
-                    return Poll::Ready(Err(e));
-                }
-            }
-            if self.fed == 0 {
-                // Everything is written: give the queue's room back (one
-                // allocation per burst; an idle connection keeps none).
-                if self.queue.capacity() > 0 {
-                    self.queue = VecDeque::new();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if let Err(e) = std::task::ready!(ws.poll_flush_unpin(cx)) {
-                return Poll::Ready(Err(e));
-            }
-            self.budget.release(self.fed_bytes);
-            self.fed = 0;
-            self.fed_bytes = 0;
+    /// Appends finished frames, already charged to the budget.
+    fn push_frames(&mut self, bytes: Vec<u8>) {
+        if self.buf.is_empty() {
+            self.buf = bytes;
+        } else {
+            self.buf.extend_from_slice(&bytes);
         }
     }
 
-    /// Gives back the budget of every frame not written.
+    /// Writes what the socket takes, giving its bytes back to the budget.
+    /// Ready(Ok) once everything is written (the buffer's room goes too: one
+    /// allocation per burst, none while idle); pending while the socket is full
+    /// (it wakes the task when it drains).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.buf[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    self.budget.release(n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.compact();
+                    return Poll::Pending;
+                }
+            }
+        }
+        if self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops the written frames from the front of a buffer the socket is slow
+    /// to take, so it does not grow without bound while never quite drained.
+    fn compact(&mut self) {
+        if self.sent < COMPACT_AFTER || self.sent * 2 < self.buf.len() {
+            return;
+        }
+        let start = self.frame_start(self.sent);
+        self.buf.drain(..start);
+        self.sent -= start;
+    }
+
+    /// The start of the frame that holds byte `at` (or `buf.len()`).
+    fn frame_start(&self, at: usize) -> usize {
+        let mut start = 0;
+        while let Some(len) = wsframe::next_frame_len(&self.buf[start..]) {
+            if start + len > at {
+                break;
+            }
+            start += len;
+        }
+        start
+    }
+
+    /// Drops every frame not started yet and gives its bytes back to the
+    /// budget; the one being written stays, so a close frame after it
+    /// still reaches the client as a frame.
     fn abandon(&mut self) {
-        let queued: usize = self.queue.drain(..).map(|f| f.as_bytes().len()).sum();
-        self.budget.release(queued + self.fed_bytes);
-        self.fed = 0;
-        self.fed_bytes = 0;
+        let mut keep = self.frame_start(self.sent);
+        if keep < self.sent {
+            keep += wsframe::next_frame_len(&self.buf[keep..]).unwrap_or(0);
+        }
+        let keep = keep.min(self.buf.len());
+        self.budget.release(self.buf.len() - keep);
+        self.buf.truncate(keep);
+    }
+}
+
+impl<S> AsyncRead for Wire<S>
+where
+    S: AsyncRead + Unpin,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+/// tungstenite's writes: its own frames, whole, queued behind ours and
+/// charged to the budget (they cannot be refused: a pong, a close).
+impl<S> AsyncWrite for Wire<S>
+where
+    S: AsyncWrite + Unpin,
+{
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.buf.extend_from_slice(data);
+        self.budget.add(data.len());
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `room` bytes, then is full.
+    struct Narrow {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl AsyncWrite for Narrow {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = data.len().min(self.room);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room -= n;
+            self.written.extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames(n: usize, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            wsframe::write_frame(&mut out, true, &vec![b'a' + (i % 26) as u8; len]);
+        }
+        out
+    }
+
+    fn wire(room: usize, queued: &[u8]) -> Wire<Narrow> {
+        let budget = Arc::new(Budget::new(usize::MAX));
+        assert!(budget.try_take(queued.len()));
+        let mut wire = Wire::new(
+            Narrow {
+                written: Vec::new(),
+                room,
+            },
+            budget,
+        );
+        wire.push_frames(queued.to_vec());
+        wire
+    }
+
+    fn poll(wire: &mut Wire<Narrow>) -> Poll<io::Result<()>> {
+        let waker = futures_util::task::noop_waker();
+        wire.poll_send(&mut Context::from_waker(&waker))
+    }
+
+    /// Written bytes go back to the budget; once all is written the buffer
+    /// keeps no room.
+    #[test]
+    fn written_bytes_are_released_and_the_buffer_freed() {
+        let queued = frames(3, 40);
+        let mut wire = wire(usize::MAX, &queued);
+        assert!(matches!(poll(&mut wire), Poll::Ready(Ok(()))));
+        assert_eq!(wire.io.written, queued);
+        assert_eq!(wire.budget.queued(), 0);
+        assert_eq!(wire.buf.capacity(), 0);
+    }
+
+    /// A socket that stops in the middle of a frame: compaction drops only
+    /// whole written frames, and what follows is written intact.
+    #[test]
+    fn compaction_keeps_the_frame_being_written() {
+        let queued = frames(400, 300);
+        let stop = COMPACT_AFTER + 1_000;
+        let mut wire = wire(stop, &queued);
+        assert!(poll(&mut wire).is_pending());
+        assert!(wire.sent < 304, "only the frame being written is kept");
+        assert_eq!(wsframe::next_frame_len(&wire.buf), Some(304));
+        wire.io.room = usize::MAX;
+        assert!(matches!(poll(&mut wire), Poll::Ready(Ok(()))));
+        assert_eq!(wire.io.written, queued);
+        assert_eq!(wire.budget.queued(), 0);
+    }
+
+    /// Abandoning keeps the rest of a frame half written (a close frame
+    /// after it is still a frame) and gives back the budget of the others.
+    #[test]
+    fn abandon_finishes_the_frame_being_written() {
+        let queued = frames(10, 100);
+        let mut wire = wire(150, &queued);
+        assert!(poll(&mut wire).is_pending());
+        wire.abandon();
+        assert_eq!(wire.buf.len(), 2 * 102, "the second frame is kept whole");
+        assert_eq!(wire.budget.queued(), 2 * 102 - 150);
+        wire.io.room = usize::MAX;
+        assert!(matches!(poll(&mut wire), Poll::Ready(Ok(()))));
+        assert_eq!(wire.io.written, &queued[..2 * 102]);
+        assert_eq!(wire.budget.queued(), 0);
     }
 }

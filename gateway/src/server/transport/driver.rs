@@ -23,7 +23,7 @@ use crate::cluster::render::{entries, state_json};
 use crate::cluster::Hub;
 use crate::hooks::Hooks;
 use crate::limits::{FrameLimiter, FrameVerdict};
-use crate::protocol::{check_json, FrameError, InFrame, OutFrame, Payload, Ref};
+use crate::protocol::{check_json, wsframe, FrameError, InFrame, OutFrame, Payload, Ref};
 use crate::server::metrics::{Transport, TransportMetrics};
 use crate::server::Shared;
 use crate::socket::Session;
@@ -106,6 +106,7 @@ impl SessionDriver {
             conn,
             vsn: session.vsn(),
             binary_frames,
+            ws_frames: binary_frames,
             inbox: inbox.clone(),
             budget,
         };
@@ -329,35 +330,45 @@ impl SessionDriver {
         self.run_actions().await
     }
 
-    /// Hands deliveries to the session, `first` and then whatever else is
-    /// waiting, up to `max` in all, and carries out what follows, as
-    /// [`SessionDriver::handle_inbound`] one at a time would; but the actions
-    /// are awaited only when a delivery queued some, so a plain broadcast
-    /// costs no await of its own. Each delivery's budget is given back as it
-    /// is handled, as before.
-    pub(crate) async fn handle_inbound_batch(
-        &mut self,
-        first: Inbound,
-        max: usize,
-    ) -> Result<(), Exit> {
-        // Room for the frames of what is already taken, in one allocation.
+    /// Makes room in the session's frame queue for what is already taken
+    /// (at most `max`), in one allocation, before a batch of deliveries.
+    pub(crate) fn reserve_for_taken(&mut self, max: usize) {
         self.session.reserve_frames(self.taken.len().min(max) + 1);
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(item) = next.take() {
-            let cost = item.cost();
-            let delivered = self.deliver(item);
-            self.mailbox.budget.release(cost);
-            delivered?;
-            if self.session.has_actions() {
-                self.run_actions().await?;
-            }
-            handled += 1;
-            if handled < max {
-                next = self.try_recv();
-            }
+    }
+
+    /// [`SessionDriver::handle_inbound`] for one of a batch: the actions are
+    /// awaited only when the delivery queued some, so a plain broadcast costs
+    /// no await of its own.
+    pub(crate) async fn handle_delivery(&mut self, item: Inbound) -> Result<(), Exit> {
+        let cost = item.cost();
+        let delivered = self.deliver(item);
+        self.mailbox.budget.release(cost);
+        delivered?;
+        if self.session.has_actions() {
+            self.run_actions().await?;
         }
         Ok(())
+    }
+
+    /// Whether finished frames on `topic` ([`Inbound::Frames`]: `count`
+    /// frames, `payload` bytes without headers, `cost` charged) go to the
+    /// client: only while it is still joined to `topic`, as a broadcast
+    /// handed to the session would. They stay charged to the budget until
+    /// written; otherwise their charge is given back here.
+    pub(crate) fn frames_delivered(
+        &mut self,
+        topic: &str,
+        count: usize,
+        payload: usize,
+        cost: usize,
+    ) -> bool {
+        if self.session.joined(topic).is_none() {
+            self.mailbox.budget.release(cost);
+            return false;
+        }
+        self.metrics.messages_out.inc_by(count as u64);
+        self.metrics.bytes_out.inc_by(payload as u64);
+        true
     }
 
     /// Hands one delivery to the session; its budget and the actions it
@@ -382,6 +393,10 @@ impl SessionDriver {
                     .handle_presence_diff(topic, &diff.joins, &diff.leaves);
                 self.session.handle_broadcast(&encoded);
             }
+            // Only a WebSocket connection's mailbox is given finished frames,
+            // and it takes them before they reach here; nothing else can
+            // send them.
+            Inbound::Frames { .. } => {}
         }
         if let Some(code) = closed {
             debug!(conn = self.conn, "disconnected by socket id");
@@ -419,25 +434,33 @@ impl SessionDriver {
         Ok(Some((frame, cost)))
     }
 
-    /// Moves every frame the session has queued to the back of `queue`, in
-    /// order (the whole queue at once: no frame is moved one by one); the
-    /// budget is charged and the counters counted once for them all (an empty
-    /// budget admits the whole burst). An exhausted budget ends the client as
-    /// a slow consumer, and the frames are not left in `queue`.
-    pub(crate) fn take_frames(&mut self, queue: &mut VecDeque<OutFrame>) -> Result<(), Exit> {
-        let before = queue.len();
-        self.session.take_transmit(queue);
-        let frames = queue.len() - before;
+    /// Appends every frame the session has queued to `out` as WebSocket
+    /// frames, in order; the budget is charged their whole length (headers
+    /// too: what the socket will be given) and the counters counted once for
+    /// them all (an empty budget admits the whole burst). An exhausted budget
+    /// ends the client as a slow consumer, and the frames are not left in
+    /// `out`.
+    pub(crate) fn write_frames(&mut self, out: &mut Vec<u8>) -> Result<(), Exit> {
+        let before = out.len();
+        let (mut frames, mut payload) = (0, 0);
+        while let Some(frame) = self.session.poll_transmit() {
+            let (bytes, text) = match &frame {
+                OutFrame::Text(bytes) => (bytes, true),
+                OutFrame::Binary(bytes) => (bytes, false),
+            };
+            wsframe::write_frame(out, text, bytes);
+            frames += 1;
+            payload += bytes.len();
+        }
         if frames == 0 {
             return Ok(());
         }
-        let bytes: usize = queue.range(before..).map(|f| f.as_bytes().len()).sum();
-        if !self.mailbox.budget.try_take(bytes) {
-            queue.truncate(before);
+        if !self.mailbox.budget.try_take(out.len() - before) {
+            out.truncate(before);
             return Err(Exit::SlowConsumer);
         }
-        self.metrics.messages_out.inc_by(frames as u64);
-        self.metrics.bytes_out.inc_by(bytes as u64);
+        self.metrics.messages_out.inc_by(frames);
+        self.metrics.bytes_out.inc_by(payload as u64);
         Ok(())
     }
 
@@ -447,10 +470,18 @@ impl SessionDriver {
             Some((_, count)) => *count += 1,
             None => self.subscribed.push((topic.to_owned(), 1)),
         }
-        hub.subscribe(topic, &self.mailbox).await.map_err(|e| {
-            warn!(conn = self.conn, topic, error = %e, "ending client: cannot subscribe");
-            Exit::Close(close::SERVER_ERROR, "engine unavailable")
-        })
+        // Plain broadcasts reach a channel that intercepts none as they are:
+        // the hub may hand them over as finished frames. Not on the socket
+        // id's topic, whose broadcasts the session reads (`disconnect`).
+        let framed = self.mailbox.ws_frames
+            && self.session.intercepts_none(topic)
+            && self.session.id() != Some(topic);
+        hub.subscribe(topic, &self.mailbox, framed)
+            .await
+            .map_err(|e| {
+                warn!(conn = self.conn, topic, error = %e, "ending client: cannot subscribe");
+                Exit::Close(close::SERVER_ERROR, "engine unavailable")
+            })
     }
 
     fn unsubscribe(&mut self, topic: &str) {

@@ -14,8 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, Instrument};
 
 use super::connection::Connection;
@@ -145,19 +144,17 @@ pub(crate) async fn upgrade(
                 // Client frames are small (joins, heartbeats, pushes); a larger
                 // one grows the buffer. 4 KiB here was 4 KiB per idle connection.
                 .read_buffer_size(512)
-                .write_buffer_size(16 * 1024)
+                // tungstenite writes only its own control frames, into the
+                // connection's buffer, at once.
+                .write_buffer_size(0)
                 .max_message_size(Some(shared.config.max_frame_size))
                 .max_frame_size(Some(shared.config.max_frame_size));
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
             let drain = Arc::new(Notify::new());
             shared.register(conn, drain.clone());
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            Connection::new(shared.clone(), conn, session, ws, hook_headers)
+            let io = TokioIo::new(upgraded);
+            Connection::new(shared.clone(), conn, session, io, config, hook_headers)
+                .await
                 .run(drain)
                 .await;
             shared.unregister(conn);
