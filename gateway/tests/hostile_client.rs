@@ -802,6 +802,36 @@ async fn new_connections_past_an_addresss_rate_get_429_and_others_go_on() -> any
 }
 
 #[tokio::test]
+async fn an_address_refused_in_a_loop_leaves_the_accept_loop_serving() -> anyhow::Result<()> {
+    // Past the first refusal (told 429), each of mallory's connections is
+    // closed unanswered, and the accept loop yields its worker every 16 of
+    // them: 100 in a row go through several yields.
+    let node = node(config(
+        "connection_rate = 1\nconnection_burst = 5\nconnection_rate_exempt = []",
+    ))
+    .await?;
+    let mut bob = joined(&node, "bob", "chat:1").await?;
+    let mallory: std::net::IpAddr = "127.0.0.3".parse()?;
+    for i in 0..5 {
+        let (code, _) = healthz_from(mallory, node.addr).await?;
+        anyhow::ensure!(code == 200, "connection {i} of the burst got {code}");
+    }
+    let (code, _) = healthz_from(mallory, node.addr).await?;
+    anyhow::ensure!(code == 429, "the first refusal got {code}");
+    for i in 0..100 {
+        anyhow::ensure!(
+            healthz_from(mallory, node.addr).await.is_err(),
+            "refused connection {i} was answered"
+        );
+    }
+    assert_eq!(exceeded(&node, "connection_rate").await?, 101);
+    let (code, _) = healthz_from("127.0.0.4".parse()?, node.addr).await?;
+    anyhow::ensure!(code == 200, "another address got {code}");
+    alive(&mut bob, "chat:1").await?;
+    node.stop().await
+}
+
+#[tokio::test]
 async fn loopback_is_exempt_from_the_connection_rate_by_default() -> anyhow::Result<()> {
     // A reverse proxy on the same host connects from 127.0.0.1 for everyone.
     let node = node(config("connection_rate = 1\nconnection_burst = 1")).await?;
