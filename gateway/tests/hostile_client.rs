@@ -961,7 +961,8 @@ async fn run_attack(
         let (mut sink, mut stream) = client.ws.split();
         connections += 1;
         if !matches!(attack, Attack::FrameFlood) {
-            // Joined to the measured client's topic, with a presence.
+            // Joined with a presence: to the measured client's topic, but
+            // for PublishFloodElsewhere.
             let topic = match attack {
                 Attack::PublishFloodElsewhere => "chat:2",
                 _ => "chat:1",
