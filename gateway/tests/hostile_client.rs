@@ -802,6 +802,36 @@ async fn new_connections_past_an_addresss_rate_get_429_and_others_go_on() -> any
 }
 
 #[tokio::test]
+async fn an_address_refused_in_a_loop_leaves_the_accept_loop_serving() -> anyhow::Result<()> {
+    // Past the first refusal (told 429), each of mallory's connections is
+    // closed unanswered, and the accept loop yields its worker every 16 of
+    // them: 100 in a row go through several yields.
+    let node = node(config(
+        "connection_rate = 1\nconnection_burst = 5\nconnection_rate_exempt = []",
+    ))
+    .await?;
+    let mut bob = joined(&node, "bob", "chat:1").await?;
+    let mallory: std::net::IpAddr = "127.0.0.3".parse()?;
+    for i in 0..5 {
+        let (code, _) = healthz_from(mallory, node.addr).await?;
+        anyhow::ensure!(code == 200, "connection {i} of the burst got {code}");
+    }
+    let (code, _) = healthz_from(mallory, node.addr).await?;
+    anyhow::ensure!(code == 429, "the first refusal got {code}");
+    for i in 0..100 {
+        anyhow::ensure!(
+            healthz_from(mallory, node.addr).await.is_err(),
+            "refused connection {i} was answered"
+        );
+    }
+    assert_eq!(exceeded(&node, "connection_rate").await?, 101);
+    let (code, _) = healthz_from("127.0.0.4".parse()?, node.addr).await?;
+    anyhow::ensure!(code == 200, "another address got {code}");
+    alive(&mut bob, "chat:1").await?;
+    node.stop().await
+}
+
+#[tokio::test]
 async fn loopback_is_exempt_from_the_connection_rate_by_default() -> anyhow::Result<()> {
     // A reverse proxy on the same host connects from 127.0.0.1 for everyone.
     let node = node(config("connection_rate = 1\nconnection_burst = 1")).await?;
@@ -828,14 +858,32 @@ enum Attack {
     /// 500 TCP connections that send an unfinished HTTP request, a header
     /// byte a second (reopened when the server closes them).
     Slowloris,
+    // Not in the default run (`HOSTILE_ATTACKS` picks them): parts of
+    // PublishFlood, to tell which of its costs reaches the measured client.
+    /// Joins the measured client's topic (a presence), then heartbeats as
+    /// FrameFlood: presence churn only, no publishes.
+    JoinChurn,
+    /// PublishFlood into another topic: the same work for the server, but
+    /// nothing of it is delivered to the measured client.
+    PublishFloodElsewhere,
+    /// One connection that stays, publishing into the measured client's topic
+    /// at 20/s (the user's rate, within the frame rate): publishes only.
+    PublishPaced,
 }
 
 impl Attack {
     /// The next frame of a flood; `None` for slowloris.
     fn frame(self, i: u64, big: &tokio_tungstenite::tungstenite::Utf8Bytes) -> Option<Message> {
         let text = match self {
-            Self::FrameFlood => format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#),
-            Self::PublishFlood => format!(r#"["1","{i}","chat:1","new_msg",{{"n":{i}}}]"#),
+            Self::FrameFlood | Self::JoinChurn => {
+                format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#)
+            }
+            Self::PublishFlood | Self::PublishPaced => {
+                format!(r#"["1","{i}","chat:1","new_msg",{{"n":{i}}}]"#)
+            }
+            Self::PublishFloodElsewhere => {
+                format!(r#"["1","{i}","chat:2","new_msg",{{"n":{i}}}]"#)
+            }
             Self::PresenceFlood => format!(
                 r#"["1","{i}","chat:1","update",{{"blob":"{}","n":{i}}}]"#,
                 "y".repeat(2_000)
@@ -913,16 +961,35 @@ async fn run_attack(
         let (mut sink, mut stream) = client.ws.split();
         connections += 1;
         if !matches!(attack, Attack::FrameFlood) {
-            // Joined to the measured client's topic, with a presence.
-            sink.send(Message::text(r#"["1","1","chat:1","phx_join",{}]"#))
-                .await?;
+            // Joined with a presence: to the measured client's topic, but
+            // for PublishFloodElsewhere.
+            let topic = match attack {
+                Attack::PublishFloodElsewhere => "chat:2",
+                _ => "chat:1",
+            };
+            sink.send(Message::text(format!(
+                r#"["1","1","{topic}","phx_join",{{}}]"#
+            )))
+            .await?;
         }
+        let mut pace = tokio::time::interval(Duration::from_millis(50));
         // Replies are read and dropped, as a client that does not care.
         let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
         loop {
             let Some(frame) = attack.frame(sent, &big) else {
                 break;
             };
+            if let Attack::PublishPaced = attack {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = pace.tick() => {}
+                }
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                continue;
+            }
             tokio::select! {
                 _ = stop.changed() => break,
                 fed = sink.feed(frame) => if fed.is_err() { break },
@@ -970,8 +1037,17 @@ async fn slowloris(
     }
 }
 
+/// Frames other than its replies (broadcasts, presence diffs) the measured
+/// client read in [`round_trips`] since the last [`pushed_since`].
+static PUSHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn pushed_since() -> u64 {
+    PUSHED.swap(0, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Round trips of one `ping` (echo) at a time, one every 20 ms (a normal
 /// client, under the default frame rate of 100/s), for `secs`: sorted, in µs.
+/// The other frames it reads meanwhile are counted in [`PUSHED`].
 async fn round_trips(c: &mut Client, secs: f64) -> anyhow::Result<Vec<u64>> {
     let started = std::time::Instant::now();
     let mut rtts = Vec::new();
@@ -981,7 +1057,16 @@ async fn round_trips(c: &mut Client, secs: f64) -> anyhow::Result<Vec<u64>> {
     while started.elapsed().as_secs_f64() < secs {
         pace.tick().await;
         let sent = std::time::Instant::now();
-        let v = push(c, "chat:1", &format!("p{i}"), "ping", r#"{"ok":1}"#).await?;
+        let ref_ = format!("p{i}");
+        c.send(&format!(r#"["1","{ref_}","chat:1","ping",{{"ok":1}}]"#))
+            .await?;
+        let v = loop {
+            let v = c.recv_json(false).await?;
+            if v[1] == ref_.as_str() && v[3] == "phx_reply" {
+                break v;
+            }
+            PUSHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         anyhow::ensure!(v[4]["status"] == "ok", "ping refused: {v}");
         rtts.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
         i += 1;
@@ -1007,18 +1092,69 @@ fn load_average() -> String {
 /// the server's runtime, as a separate process would be (they share only the
 /// cores).
 fn on_thread<F, T>(
+    name: &str,
     work: impl FnOnce() -> F + Send + 'static,
 ) -> std::thread::JoinHandle<anyhow::Result<T>>
 where
     F: std::future::Future<Output = anyhow::Result<T>>,
     T: Send + 'static,
 {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(work())
-    })
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(work())
+        })
+        .expect("a thread")
+}
+
+/// CPU time of this process's threads by name (`tokio-rt-worker`: the
+/// server; `bob`; `attacker`): nanoseconds run and nanoseconds spent
+/// runnable but waiting for a core, from the scheduler's
+/// `/proc/self/task/*/schedstat` (Linux).
+fn thread_times() -> std::collections::HashMap<String, (u64, u64)> {
+    let mut times = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return times;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        let mut fields = stat
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0));
+        let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+        let entry = times.entry(name.trim().to_owned()).or_insert((0, 0));
+        entry.0 += run;
+        entry.1 += wait;
+    }
+    times
+}
+
+/// Per second of `secs` between two [`thread_times`]: "run / wait" ms of the
+/// server's workers, of bob's thread and of the attacker's.
+fn cpu_between(
+    before: &std::collections::HashMap<String, (u64, u64)>,
+    after: &std::collections::HashMap<String, (u64, u64)>,
+    secs: f64,
+) -> String {
+    ["tokio-rt-worker", "bob", "attacker"]
+        .iter()
+        .map(|name| {
+            let (r0, w0) = before.get(*name).copied().unwrap_or_default();
+            let (r1, w1) = after.get(*name).copied().unwrap_or_default();
+            let per_s = |ns: u64| ns as f64 / 1e6 / secs;
+            format!(
+                "{:.0} / {:.0}",
+                per_s(r1.saturating_sub(r0)),
+                per_s(w1.saturating_sub(w0))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread) with
@@ -1075,7 +1211,7 @@ async fn hostile_latency() -> anyhow::Result<()> {
     println!("attacker thread at nice {attacker_nice}");
     let url = format!("ws://{}/socket/websocket?{}", node.addr, query("bob"));
     let (measure, mut requests) = tokio::sync::mpsc::channel::<Measure>(1);
-    let bob = on_thread(move || async move {
+    let bob = on_thread("bob", move || async move {
         let mut bob = Client::connect(&url).await?;
         let v = join(&mut bob, "1", "chat:1", "{}").await?;
         anyhow::ensure!(v[4]["status"] == "ok", "bob could not join: {v}");
@@ -1094,39 +1230,63 @@ async fn hostile_latency() -> anyhow::Result<()> {
     };
     // Warm up the connection and the allocator.
     round_trips(0.5).await?;
+    pushed_since();
+    let t0 = thread_times();
     let base = round_trips(secs).await?;
+    let cpu = cpu_between(&t0, &thread_times(), secs);
     let (b50, b99) = (percentile(&base, 50), percentile(&base, 99));
     println!("hostile latency: ping round trips of one client, {secs} s per phase");
-    println!("| phase | round trips | p50 ms | p99 ms | p50 ratio | p99 ratio | attacker: frames written, connections (refused) | load average |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let row = |phase: &str, rtts: &[u64], sent: &str| {
+    println!("| phase | round trips | p50 ms | p99 ms | p50 ratio | p99 ratio | attacker: frames written, connections (refused) | frames pushed to the client /s | CPU ms/s run / waiting for a core: server; bob; attacker | load average |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let row = |phase: &str, rtts: &[u64], sent: &str, cpu: &str| {
         let (p50, p99) = (percentile(rtts, 50), percentile(rtts, 99));
         println!(
-            "| {phase} | {} | {p50:.3} | {p99:.3} | {:.2} | {:.2} | {sent} | {} |",
+            "| {phase} | {} | {p50:.3} | {p99:.3} | {:.2} | {:.2} | {sent} | {:.0} | {cpu} | {} |",
             rtts.len(),
             p50 / b50,
             p99 / b99,
+            pushed_since() as f64 / secs,
             load_average()
         );
     };
-    row("unloaded", &base, "-");
-    for attack in [
+    row("unloaded", &base, "-", &cpu);
+    // HOSTILE_ATTACKS: the phases to run, by name, comma-separated (default:
+    // the five attacks of issue 19).
+    let all = [
         Attack::FrameFlood,
         Attack::PublishFlood,
         Attack::PresenceFlood,
         Attack::BigMetas,
         Attack::Slowloris,
-    ] {
+        Attack::JoinChurn,
+        Attack::PublishFloodElsewhere,
+        Attack::PublishPaced,
+    ];
+    let attacks: Vec<Attack> = match std::env::var("HOSTILE_ATTACKS") {
+        Ok(names) => names
+            .split(',')
+            .map(|name| {
+                all.iter()
+                    .copied()
+                    .find(|a| format!("{a:?}") == name.trim())
+                    .with_context(|| format!("HOSTILE_ATTACKS: no attack {name:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => all[..5].to_vec(),
+    };
+    for attack in attacks {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let addr = node.addr;
-        let attacker = on_thread(move || {
+        let attacker = on_thread("attacker", move || {
             lower_priority(attacker_nice);
             run_attack(addr, attack, stopped)
         });
         // A measurement's warm-up, not a wait for a condition: the attack
         // reaches its steady state (reconnecting, refused) before measuring.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = thread_times();
         let rtts = round_trips(secs).await?;
+        let cpu = cpu_between(&t0, &thread_times(), secs);
         let _ = stop.send(true);
         let (frames, connections, refused) = tokio::task::spawn_blocking(move || attacker.join())
             .await?
@@ -1135,11 +1295,18 @@ async fn hostile_latency() -> anyhow::Result<()> {
             &format!("{attack:?}"),
             &rtts,
             &format!("{frames}, {connections} ({refused})"),
+            &cpu,
         );
         healthy(&node).await?;
     }
+    let t0 = thread_times();
     let after = round_trips(secs).await?;
-    row("unloaded again", &after, "-");
+    row(
+        "unloaded again",
+        &after,
+        "-",
+        &cpu_between(&t0, &thread_times(), secs),
+    );
     drop(measure);
     tokio::task::spawn_blocking(move || bob.join())
         .await?

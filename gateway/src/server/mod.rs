@@ -362,6 +362,8 @@ impl Server {
             debug!(%addr, "accepting connections");
         }
         let mut per_address = ConnectionLimiter::new(self.shared.config.connection_limits.clone());
+        // Connections closed unanswered since the loop last gave its worker up.
+        let mut refused_in_a_row = 0usize;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -381,6 +383,15 @@ impl Server {
                     self.refuse(stream, counted, TOO_MANY_FROM_ADDRESS);
                 }
                 // Told already: closed at once (dropped), nothing else done.
+                // A client reconnecting in a loop keeps the listener's backlog
+                // full: without this the loop would accept and close up to
+                // tokio's budget (128) in one go, over a millisecond during
+                // which its worker serves no other connection.
+                refused_in_a_row += 1;
+                if refused_in_a_row == REFUSED_PER_TURN {
+                    refused_in_a_row = 0;
+                    tokio::task::yield_now().await;
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -433,6 +444,10 @@ impl Drop for HttpConn {
         self.shared.http_conns.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// Connections the accept loop closes unanswered (past `connection_rate`,
+/// told already) before it yields its worker.
+const REFUSED_PER_TURN: usize = 16;
 
 /// The answer to a connection over the cap, written before any request is read.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
