@@ -363,7 +363,7 @@ impl Server {
         }
         let mut per_address = ConnectionLimiter::new(self.shared.config.connection_limits.clone());
         // Connections closed unanswered since the loop last gave its worker up.
-        let mut refused_in_a_row = 0usize;
+        let mut refused_since_yield = 0usize;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -387,9 +387,9 @@ impl Server {
                 // full: without this the loop would accept and close up to
                 // tokio's budget (128) in one go, over a millisecond during
                 // which its worker serves no other connection.
-                refused_in_a_row += 1;
-                if refused_in_a_row == REFUSED_PER_TURN {
-                    refused_in_a_row = 0;
+                refused_since_yield += 1;
+                if refused_since_yield == REFUSED_PER_TURN {
+                    refused_since_yield = 0;
                     tokio::task::yield_now().await;
                 }
                 continue;
