@@ -102,8 +102,10 @@ impl Membership {
     /// known; suspect and down win at an equal one (down over suspect).
     pub(super) fn apply(&mut self, now: Instant, u: Update) {
         if u.node == self.id {
-            if u.kind == UpdateKind::Down {
-                // Held down by a member we reach now: a healed partition.
+            if u.kind != UpdateKind::Alive {
+                // Held suspect or down by a member we reach now: likely a
+                // healed partition (in a quiet cluster, a lost probe; the
+                // burst then pings the few members we doubt, if any).
                 self.heal_seen = true;
             }
             if u.kind != UpdateKind::Alive {
@@ -160,6 +162,10 @@ impl Membership {
                 }
                 if was == State::Down {
                     self.outputs.push_back(Output::Up(u.node.clone()));
+                }
+                if was != State::Alive {
+                    // A member we doubted refuted: others we doubt may be
+                    // back too (a heal).
                     self.heal_seen = true;
                 }
                 self.enqueue(u);

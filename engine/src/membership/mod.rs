@@ -673,6 +673,56 @@ mod tests {
         }
     }
 
+    /// A heal while most of the other side is still only suspect (the first
+    /// down verdicts just came): a suspicion of ourselves, or a doubted
+    /// member refuting, also starts the burst, and the burst pings suspect
+    /// members too, each ping carrying the suspicion it answers, so they
+    /// refute at once instead of waiting for gossip to bring it (or going
+    /// down after the heal). Before: 0.96 s; now about 0.45 s.
+    #[test]
+    fn a_heal_amid_suspicion_is_relearned_within_600_ms() {
+        let n = 40;
+        let mut c = cfg();
+        c.down_probe_every = 1;
+        let mut net = Mesh::with(n, c);
+        net.run_for(Duration::from_secs(1));
+        for a in 0..n / 2 {
+            for b in n / 2..n {
+                net.cut.insert((a, b));
+                net.cut.insert((b, a));
+            }
+        }
+        let cut_at = net.now;
+        let count = |net: &Mesh, st: State| {
+            (0..n)
+                .map(|a| {
+                    (0..n)
+                        .filter(|&b| b != a && net.m[a].state(&id(b)) == Some(st))
+                        .count()
+                })
+                .sum::<usize>()
+        };
+        while count(&net, State::Down) == 0 {
+            assert!(net.now - cut_at < Duration::from_secs(30), "nobody down");
+            net.run_for(Duration::from_millis(10));
+        }
+        assert!(
+            count(&net, State::Suspect) > count(&net, State::Down),
+            "mostly suspect at the heal"
+        );
+        net.cut.clear();
+        let healed = net.now;
+        while count(&net, State::Alive) < n * (n - 1) {
+            assert!(
+                net.now - healed < Duration::from_millis(600),
+                "not every member alive everywhere 600 ms after the heal: {} suspect, {} down",
+                count(&net, State::Suspect),
+                count(&net, State::Down)
+            );
+            net.run_for(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_dead_member_goes_down_after_the_suspicion_timeout() {
         let mut net = Mesh::new(3);

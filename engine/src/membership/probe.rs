@@ -114,11 +114,11 @@ impl Membership {
         seq
     }
 
-    /// After a sign that a partition healed (a down member came back, or a
-    /// member held us down), pings every down member at once instead of one
-    /// per period: each ping carries the down verdict it answers, so a live
-    /// member refutes in its ack and is up again a round trip later, and it
-    /// bursts in turn. At 100 nodes a 50/50 heal otherwise waited for 50
+    /// After a sign that a partition healed (a member we doubted refuted, or
+    /// a member holds us suspect or down), pings every down and suspect
+    /// member at once instead of one per period: each ping carries the
+    /// verdict it answers, so a live member refutes in its ack and is alive
+    /// again a round trip later, and it bursts in turn. At 100 nodes a 50/50 heal otherwise waited for 50
     /// down members to be drawn one per period per node, up to 5 s. At most
     /// one burst per period.
     pub(super) fn heal_burst(&mut self, now: Instant) {
@@ -136,7 +136,7 @@ impl Membership {
         let down: Vec<(NodeId, SocketAddr)> = self
             .members
             .iter()
-            .filter(|(_, m)| m.state == State::Down)
+            .filter(|(_, m)| matches!(m.state, State::Down | State::Suspect))
             .filter_map(|(id, m)| Some((id.clone(), m.addr?)))
             .collect();
         for (target, addr) in down {

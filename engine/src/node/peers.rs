@@ -20,7 +20,10 @@ pub(super) struct Peer {
     pub(super) acked: u64,
     /// Entries below this were sent (maybe not acknowledged yet).
     pub(super) sent: u64,
-    pub(super) last_delta: Instant,
+    /// When the oldest delta it has not acknowledged was sent (meaningful
+    /// while `acked < sent`): retransmission waits `retransmit_after` from
+    /// it, however many newer deltas went out since.
+    pub(super) unacked_since: Instant,
     /// Anti-entropy rounds that will repeat our digest to it, until a digest
     /// of its own arrives (see [`Node::sync_with`]).
     pub(super) syncs_left: u8,
@@ -118,7 +121,7 @@ impl Node {
                         last_heard: now,
                         acked: self.next_seq,
                         sent: self.next_seq,
-                        last_delta: now,
+                        unacked_since: now,
                         syncs_left: 0,
                         direct: true,
                     },
@@ -323,7 +326,7 @@ impl Node {
                 last_heard: now,
                 acked: self.next_seq,
                 sent: self.next_seq,
-                last_delta: now,
+                unacked_since: now,
                 syncs_left: 0,
                 direct: false,
             },

@@ -31,8 +31,14 @@ impl Node {
     pub(super) fn handle_ack(&mut self, now: Instant, from: &NodeId, start: u64, seq: u64) {
         if let Some(p) = self.peers.get_mut(from) {
             if start <= p.acked {
+                let was = p.acked;
                 p.acked = p.acked.max(seq.min(self.next_seq));
                 p.sent = p.sent.max(p.acked);
+                if p.acked > was && p.acked < p.sent {
+                    // The oldest outstanding delta is now a later one, sent
+                    // at most now.
+                    p.unacked_since = now;
+                }
             }
         }
         self.check_pending_subs(now);
@@ -179,7 +185,10 @@ impl Node {
                 }
                 continue;
             }
-            p.last_delta = now;
+            if p.acked >= old_sent {
+                // Nothing was outstanding: this delta is the oldest unacked.
+                p.unacked_since = now;
+            }
             self.stats.deltas_sent += 1;
             self.send(
                 Some(id),
@@ -220,7 +229,7 @@ impl Node {
         for p in self.peers.values_mut() {
             if p.state == PeerState::Up
                 && p.acked < p.sent
-                && now.saturating_duration_since(p.last_delta) >= self.cfg.retransmit_after
+                && now.saturating_duration_since(p.unacked_since) >= self.cfg.retransmit_after
             {
                 p.sent = p.acked;
                 retransmit = true;
