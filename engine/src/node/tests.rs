@@ -535,7 +535,7 @@ fn a_lost_delta_is_resent_while_newer_ones_keep_flowing() {
     // `pump` delivers to the node at index `port - 7400`.
     let mut nodes: Vec<Option<Node>> = (0..2u16)
         .map(|i| {
-            let mut cfg = NodeConfig::lan(NodeId::new(&format!("n{i}"), 1), addr(i));
+            let mut cfg = NodeConfig::lan(NodeId::new(format!("n{i}"), 1), addr(i));
             cfg.rng_seed = u64::from(i) + 1;
             // No anti-entropy round within the test: only retransmission
             // can bring the lost delta.
