@@ -1158,20 +1158,29 @@ fn cpu_between(
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread) with
-/// `renice` on its thread id; says so if it could not.
-fn lower_priority(nice: i32) {
+/// `renice` on its thread id, or with `idle` its scheduling policy to
+/// `SCHED_IDLE` with `chrt` (it then runs only on a core nothing else wants);
+/// says so if it could not.
+fn lower_priority(nice: i32, idle: bool) {
     let tid = std::fs::read_link("/proc/thread-self")
         .ok()
         .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()));
-    let reniced = tid.is_some_and(|tid| {
-        std::process::Command::new("renice")
-            .args(["-n", &nice.to_string(), "-p", &tid])
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
             .stdout(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    };
+    let done = tid.is_some_and(|tid| {
+        if idle {
+            run("chrt", &["--idle", "-p", "0", &tid])
+        } else {
+            run("renice", &["-n", &nice.to_string(), "-p", &tid])
+        }
     });
-    if !reniced {
-        println!("could not renice the attacker thread to {nice}");
+    if !done {
+        println!("could not lower the attacker thread's priority");
     }
 }
 
@@ -1208,7 +1217,14 @@ async fn hostile_latency() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(19);
-    println!("attacker thread at nice {attacker_nice}");
+    // HOSTILE_ATTACKER_IDLE=1: SCHED_IDLE instead, closer to an attacker on
+    // another machine (nice 19 still takes its share of a busy core).
+    let attacker_idle = std::env::var("HOSTILE_ATTACKER_IDLE").is_ok_and(|v| v == "1");
+    if attacker_idle {
+        println!("attacker thread at SCHED_IDLE");
+    } else {
+        println!("attacker thread at nice {attacker_nice}");
+    }
     let url = format!("ws://{}/socket/websocket?{}", node.addr, query("bob"));
     let (measure, mut requests) = tokio::sync::mpsc::channel::<Measure>(1);
     let bob = on_thread("bob", move || async move {
@@ -1278,7 +1294,7 @@ async fn hostile_latency() -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let addr = node.addr;
         let attacker = on_thread("attacker", move || {
-            lower_priority(attacker_nice);
+            lower_priority(attacker_nice, attacker_idle);
             run_attack(addr, attack, stopped)
         });
         // A measurement's warm-up, not a wait for a condition: the attack
