@@ -623,13 +623,9 @@ mod tests {
         assert!(net.now - t < Duration::from_millis(1300));
     }
 
-    /// A 50/50 partition of 40 members, held until each side holds the other
-    /// down (or suspect again), then healed: with one down member pinged per period each member
-    /// re-learns its 20 down peers one draw at a time (seconds); with the
-    /// heal burst every member sees every other alive again within 2 s.
-    #[test]
-    fn a_healed_partition_is_relearned_within_two_seconds() {
-        let n = 40;
+    /// `n` members that knew each other for a second, then cut in two halves
+    /// (down members pinged every period).
+    fn halved(n: usize) -> Mesh {
         let mut c = cfg();
         c.down_probe_every = 1;
         let mut net = Mesh::with(n, c);
@@ -640,6 +636,17 @@ mod tests {
                 net.cut.insert((b, a));
             }
         }
+        net
+    }
+
+    /// A 50/50 partition of 40 members, held until each side holds the other
+    /// down (or suspect again), then healed: with one down member pinged per period each member
+    /// re-learns its 20 down peers one draw at a time (seconds); with the
+    /// heal burst every member sees every other alive again within 2 s.
+    #[test]
+    fn a_healed_partition_is_relearned_within_two_seconds() {
+        let n = 40;
+        let mut net = halved(n);
         let cut_at = net.now;
         let apart = |net: &Mesh| {
             (0..n).all(|a| {
@@ -682,16 +689,7 @@ mod tests {
     #[test]
     fn a_heal_amid_suspicion_is_relearned_within_600_ms() {
         let n = 40;
-        let mut c = cfg();
-        c.down_probe_every = 1;
-        let mut net = Mesh::with(n, c);
-        net.run_for(Duration::from_secs(1));
-        for a in 0..n / 2 {
-            for b in n / 2..n {
-                net.cut.insert((a, b));
-                net.cut.insert((b, a));
-            }
-        }
+        let mut net = halved(n);
         let cut_at = net.now;
         let count = |net: &Mesh, st: State| {
             (0..n)

@@ -195,20 +195,26 @@ async fn healthy(addr: SocketAddr) -> bool {
     answer.starts_with(b"HTTP/1.1 200")
 }
 
-/// The body of `GET path` on `addr` with `Authorization: Bearer key`, if it
-/// answered 200 (the API's JSON answers).
-pub async fn get_authed(addr: SocketAddr, path: &str, key: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-    );
+/// The whole answer (head and body) to `GET path` on `host` with the extra
+/// header lines `headers`, read until the server closes (5 s at most).
+async fn http_get(host: &str, path: &str, headers: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(host).await.ok()?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
         .await
         .ok()?
         .ok()?;
-    let text = String::from_utf8(answer).ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// The body of `GET path` on `addr` with `Authorization: Bearer key`, if it
+/// answered 200 (the API's JSON answers).
+pub async fn get_authed(addr: SocketAddr, path: &str, key: &str) -> Option<String> {
+    let auth = format!("Authorization: Bearer {key}\r\n");
+    let text = http_get(&addr.to_string(), path, &auth).await?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     if !head.starts_with("HTTP/1.1 200") {
         return None;
@@ -221,15 +227,7 @@ pub async fn get_authed(addr: SocketAddr, path: &str, key: &str) -> Option<Strin
 /// socket URL is `ws_url` (`ws://HOST:PORT/...`); `None` if it cannot be read.
 pub async fn metric(ws_url: &str, name: &str) -> Option<u64> {
     let host = ws_url.strip_prefix("ws://")?.split('/').next()?;
-    let mut stream = TcpStream::connect(host).await.ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&answer);
+    let text = http_get(host, "/metrics", "").await?;
     let prefix = format!("{name} ");
     text.lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
