@@ -178,9 +178,9 @@ where
         // fresh `Sleep` registers and deregisters a timer, on every frame and
         // every batch of deliveries. The drain signal ends the loop, so it
         // fires at most once. An overflowing budget wakes the task through its
-        // inbox (`Mailbox::offer`) rather than a `Notify` of its own. One timer serves the end of a byte-rate pause and the idle
-        // timeout; it is moved only when it fires early: a frame just moves
-        // `deadline`.
+        // inbox (`Mailbox::offer`) rather than a `Notify` of its own. One timer
+        // serves the end of a byte-rate pause and the idle timeout; it is moved
+        // only when it fires early: a frame just moves `deadline`.
         let drained = drain.notified();
         let timer = sleep_until(deadline);
         tokio::pin!(drained, timer);
