@@ -21,8 +21,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-use std::time::SystemTime;
-
 use chorus_engine::runtime::RecordsReader;
 use chorus_engine::{Gap, Position, Stamp};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -233,10 +231,7 @@ impl App {
             return Err("trimmed");
         }
         if let Some(ttl) = rule.history_ttl {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let oldest = now.saturating_sub(ttl.as_millis() as u64);
+            let oldest = crate::cluster::unix_ms().saturating_sub(ttl.as_millis() as u64);
             if entries.iter().any(|(s, _)| s.time_ms < oldest) {
                 return Err("expired");
             }

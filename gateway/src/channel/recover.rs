@@ -19,13 +19,13 @@
 //!   same on every node. A channel's own position carries no time.
 
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
 
 use base64::Engine as _;
 use chorus_engine::{NodeId, Position, Stamp, MAX_POSITION_BYTES};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::cluster::unix_ms;
 use crate::protocol::{Encoded, JsonObject};
 
 /// The internal event a logged entry travels under, from the topic
@@ -161,10 +161,7 @@ impl Fanout {
 /// it carries this node's wall clock, which bounds from below the stamps of
 /// what is published after it (`Records::since`).
 pub fn encode_pos(pos: &Position) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pos.to_bytes_at(now))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pos.to_bytes_at(unix_ms()))
 }
 
 /// A position a client sent back (`since`); `None` if it is not one.
@@ -267,10 +264,7 @@ mod tests {
     fn positions_and_ids_are_opaque_strings_that_round_trip() {
         let mut p = Position::default();
         p.advance(&NodeId::new("a", 1), 5);
-        let before = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let before = unix_ms();
         let text = encode_pos(&p);
         assert!(text
             .chars()

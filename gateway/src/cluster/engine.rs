@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chorus_engine::runtime::{MemberInfo, RuntimeError, RuntimeStats, Subscription};
 use chorus_engine::{ConnId, Meta, NodeId, PresenceItem, Stamp, Topic, TopicDiff};
 
-use super::{Hub, TapEvent};
+use super::{unix_ms, Hub, TapEvent};
 use crate::channel::recover;
 use crate::protocol::{JsonObject, Payload};
 use crate::topics;
@@ -191,12 +191,4 @@ impl Hub {
         self.engine.direct_publish(to, topic, bytes).await?;
         Ok(())
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it): the
-/// wall-clock time of record writes.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

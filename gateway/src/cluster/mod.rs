@@ -161,3 +161,12 @@ impl Hub {
 pub(crate) fn fanout_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 4.0, 11))
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the
+/// wall clock that stamps record writes, positions handed to clients and
+/// webhook events.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::cluster::{Hub, HubTap, TapEvent};
+use crate::cluster::{unix_ms, Hub, HubTap, TapEvent};
 use crate::protocol::{JsonObject, Payload};
 use crate::topics;
 pub use config::{EventKind, WebhookConfig};
@@ -593,13 +593,6 @@ impl Runner {
         self.hooks[done.hook].trailing = Some(unix_ms());
         self.publish_mark(done.hook, mark).await;
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
