@@ -11,7 +11,7 @@ use chorus_gateway::server::{ApiKey, ServerConfig};
 use serde_json::{json, Value};
 
 use crate::http::{spec, Reply, Req, KEY};
-use crate::util::{eventually, NodeBuilder};
+use crate::util::{eventually, Node, NodeBuilder};
 
 fn with_key() -> ServerConfig {
     ServerConfig {
@@ -37,18 +37,7 @@ fn room_ids(reply: &Reply) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_and_history_replicate_and_refuse_bad_requests() -> anyhow::Result<()> {
-    let config = Config::default_config();
-    let a = NodeBuilder::new()
-        .config(with_key())
-        .app(config.clone())
-        .start()
-        .await?;
-    let b = NodeBuilder::new()
-        .config(with_key())
-        .app(config)
-        .seeds("b", vec![a.engine.local_addr()])
-        .start()
-        .await?;
+    let (a, b) = two_nodes(Config::default_config(), Config::default_config()).await?;
 
     let created = Req::authed("POST", "/api/rooms")
         .json(&json!({"id": "news", "name": "News"}))
@@ -236,6 +225,19 @@ fn wall_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Node A running `a`, and node B running `b` joined to it; both behind the
+/// API key.
+async fn two_nodes(a: Config, b: Config) -> anyhow::Result<(Node, Node)> {
+    let first = NodeBuilder::new().config(with_key()).app(a).start().await?;
+    let second = NodeBuilder::new()
+        .config(with_key())
+        .app(b)
+        .seeds("b", vec![first.engine.local_addr()])
+        .start()
+        .await?;
+    Ok((first, second))
+}
+
 async fn history_bodies(addr: std::net::SocketAddr) -> Vec<String> {
     let r = Req::authed("GET", "/api/history?topic=room:lobby")
         .send(addr)
@@ -255,17 +257,7 @@ async fn history_bodies(addr: std::net::SocketAddr) -> Vec<String> {
 async fn history_forgets_a_message_after_the_ttl_on_every_node() -> anyhow::Result<()> {
     let mut config = Config::default_config();
     config.cluster.history_ttl = Duration::from_secs(1);
-    let a = NodeBuilder::new()
-        .config(with_key())
-        .app(config.clone())
-        .start()
-        .await?;
-    let b = NodeBuilder::new()
-        .config(with_key())
-        .app(config)
-        .seeds("b", vec![a.engine.local_addr()])
-        .start()
-        .await?;
+    let (a, b) = two_nodes(config.clone(), config).await?;
     let posted = wall_ms();
     a.engine
         .append("room:lobby", posted, r#"{"body":"old"}"#)
@@ -321,17 +313,7 @@ async fn history_over_the_budget_drops_the_oldest_on_every_node() -> anyhow::Res
     budgeted.limits.history_budget_bytes = 150;
     let mut unlimited = Config::default_config();
     unlimited.limits.history_budget_bytes = 0;
-    let a = NodeBuilder::new()
-        .config(with_key())
-        .app(budgeted)
-        .start()
-        .await?;
-    let b = NodeBuilder::new()
-        .config(with_key())
-        .app(unlimited)
-        .seeds("b", vec![a.engine.local_addr()])
-        .start()
-        .await?;
+    let (a, b) = two_nodes(budgeted, unlimited).await?;
     let posted = wall_ms();
     for (i, body) in ["m1", "m2", "m3"].into_iter().enumerate() {
         let body = format!(r#"{{"body":"{body}"}}"#);
@@ -374,22 +356,9 @@ async fn history_since_recovers_what_a_position_lacks_on_any_node() -> anyhow::R
     use chorus_gateway::channel::recover;
     use chorus_gateway::protocol::JsonObject;
 
-    let a = NodeBuilder::new()
-        .config(with_key())
-        .seeds("a", Vec::new())
-        .app(Config::default_config())
-        .start()
-        .await?;
-    let b = NodeBuilder::new()
-        .config(with_key())
-        .seeds("b", vec![a.engine.local_addr()])
-        .app(Config::default_config())
-        .start()
-        .await?;
+    let (a, b) = two_nodes(Config::default_config(), Config::default_config()).await?;
     // Stamped now: the rule's history_ttl (10m) is measured on the wall clock.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
+    let now = wall_ms();
     let start = recover::encode_pos(&chorus_engine::Position::default());
     let since = |pos: &str| format!("/api/history?topic=chat:api&since={pos}");
     let empty = Req::authed("GET", &since(&start)).send(b.addr).await?;
@@ -500,18 +469,7 @@ async fn history_since_recovers_what_a_position_lacks_on_any_node() -> anyhow::R
 /// recoverable it is a plain broadcast, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_broadcast_on_a_recoverable_topic_is_logged_and_recovered() -> anyhow::Result<()> {
-    let a = NodeBuilder::new()
-        .config(with_key())
-        .seeds("a", Vec::new())
-        .app(Config::default_config())
-        .start()
-        .await?;
-    let b = NodeBuilder::new()
-        .config(with_key())
-        .seeds("b", vec![a.engine.local_addr()])
-        .app(Config::default_config())
-        .start()
-        .await?;
+    let (a, b) = two_nodes(Config::default_config(), Config::default_config()).await?;
     // What node A reports to its observer (the webhooks' `message`).
     let (tap, mut tapped) = tokio::sync::mpsc::unbounded_channel();
     a.server.hub().set_tap(HubTap {
