@@ -17,7 +17,7 @@ use crate::records::{Record, BUCKETS};
 use crate::store::Delta;
 
 /// The version byte in front of every frame.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 
 /// Largest frame the decoder accepts (the transport chunks state transfers well
 /// below this).
@@ -142,6 +142,16 @@ pub enum Body {
         /// The repair's `seq`.
         seq: u64,
     },
+    /// Cross-node flow control: the sender took `n` more of the receiver's
+    /// broadcasts to `topic` off its hands, so the receiver may have `n` more
+    /// in flight to it (ALGORITHM.md, "Cross-node flow control"). On the
+    /// stream lane: a lost credit would shrink the receiver's window.
+    Credit {
+        /// The topic.
+        topic: Topic,
+        /// Broadcasts returned.
+        n: u32,
+    },
 }
 
 impl Body {
@@ -248,7 +258,7 @@ impl Message {
                 .iter()
                 .chain(subs)
                 .try_for_each(|(id, _)| name_ok(id)),
-            Body::Broadcast { topic, .. } => topic_ok(topic),
+            Body::Broadcast { topic, .. } | Body::Credit { topic, .. } => topic_ok(topic),
             Body::Records(records) => check(records.iter().all(Record::is_valid), "record"),
             Body::RecordsDigest { buckets, .. } => check(buckets.len() == BUCKETS, "buckets"),
             Body::Swim(swim) => swim_ok(swim),
@@ -395,7 +405,7 @@ mod tests {
     /// messages moved into `Body::Swim`, the unused `Heartbeat` went, so every
     /// tag after `Members` moved down by one; 3: `RecordsDigest` carries the
     /// budget horizon; 4: `Repair` carries a `seq`, acknowledged by the new
-    /// `RepairAck`).
+    /// `RepairAck`; 5: the new `Credit`).
     #[test]
     fn golden_vectors() {
         let nack = Message {
@@ -406,7 +416,7 @@ mod tests {
         assert_eq!(
             hex::encode(nack.encode()),
             concat!(
-                "04",       // wire version
+                "05",       // wire version
                 "0161",     // from.name "a"
                 "01",       // from.incarnation 1
                 "00",       // addr: V4
@@ -420,7 +430,7 @@ mod tests {
         assert_eq!(
             hex::encode(sample_delta().encode()),
             concat!(
-                "04", // wire version
+                "05", // wire version
                 "026e31",
                 "07", // from n1#7
                 "00",
@@ -454,7 +464,7 @@ mod tests {
     #[test]
     fn golden_repair_and_ack() {
         let head = concat!(
-            "04",       // wire version
+            "05",       // wire version
             "0161",     // from.name "a"
             "01",       // from.incarnation 1
             "00",       // addr: V4
@@ -482,6 +492,34 @@ mod tests {
         assert_eq!(hex::encode(ack.encode()), format!("{head}0b07")); // Body::RepairAck, seq 7
     }
 
+    /// `Credit` (v5) is the last tag: the topic, then `n`.
+    #[test]
+    fn golden_credit() {
+        let m = Message {
+            from: NodeId::new("a", 1),
+            addr: addr(),
+            body: Body::Credit {
+                topic: Topic::new("t"),
+                n: 300,
+            },
+        };
+        assert_eq!(
+            hex::encode(m.encode()),
+            concat!(
+                "05",       // wire version
+                "0161",     // from.name "a"
+                "01",       // from.incarnation 1
+                "00",       // addr: V4
+                "7f000001", // 127.0.0.1
+                "fbe81c",   // port 7400 (varint u16)
+                "0c",       // Body::Credit
+                "0174",     // topic "t"
+                "fb2c01",   // n 300 (varint u16)
+            )
+        );
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+
     /// `RecordsDigest` (v3): the buckets, `reply`, then the budget horizon.
     #[test]
     fn golden_records_digest() {
@@ -496,7 +534,7 @@ mod tests {
         };
         let bytes = hex::encode(m.encode());
         let head = concat!(
-            "04",       // wire version
+            "05",       // wire version
             "0161",     // from.name "a"
             "01",       // from.incarnation 1
             "00",       // addr: V4

@@ -308,6 +308,88 @@ async fn slow_subscriber_is_dropped_and_counted() {
     .expect("test timed out");
 }
 
+/// Two engines, `n2` with a `subscriber_queue` of 64, seeing each other.
+async fn pair_with_small_queue() -> (EngineHandle, EngineHandle) {
+    let n1 = start("n1", &[]).await;
+    let mut c = config("n2", 1, any_port(), &[n1.local_addr()]);
+    c.subscriber_queue = 64;
+    let n2 = Engine::start(c).await.unwrap();
+    for (h, other) in [(&n1, "n2"), (&n2, "n1")] {
+        eventually(
+            Duration::from_secs(5),
+            "two nodes see each other",
+            || async { up_names(h).await == names(&[other]) },
+        )
+        .await;
+    }
+    (n1, n2)
+}
+
+/// Publishes `count` broadcasts `0..count` (big-endian u32) to `topic`, each
+/// after waiting while the topic is held (as the gateway's publishers do).
+async fn publish_paced(h: EngineHandle, topic: &'static str, count: u32) {
+    for i in 0..count {
+        while h.held(topic) {
+            sleep(Duration::from_millis(1)).await;
+        }
+        h.publish(topic, Bytes::copy_from_slice(&i.to_be_bytes()))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_peer_is_held_back_while_a_subscriber_lags_and_nothing_is_lost() {
+    timeout(Duration::from_secs(30), async {
+        let (n1, n2) = pair_with_small_queue().await;
+        let mut sub = n2.subscribe("t").await.unwrap();
+        const COUNT: u32 = 2_000;
+        let publisher = tokio::spawn(publish_paced(n1.clone(), "t", COUNT));
+        // Not reading: n1 runs out of credit, and waits.
+        eventually(Duration::from_secs(5), "n1 is held", || async {
+            n1.held("t")
+        })
+        .await;
+        for i in 0..COUNT {
+            let got = next_broadcast(&mut sub).await.expect("still subscribed");
+            assert_eq!(got.as_ref(), i.to_be_bytes(), "in order, none lost");
+        }
+        publisher.await.unwrap();
+        let (s1, s2) = (n1.stats().await.unwrap(), n2.stats().await.unwrap());
+        assert_eq!(s2.slow_subscribers, 0);
+        assert!(s1.credit_waits > 0 && s2.credit_withheld > 0);
+        assert_eq!(s1.credit_dropped, 0);
+        n2.shutdown().await.unwrap();
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_holds_a_peer_back_only_until_it_is_dropped() {
+    timeout(Duration::from_secs(30), async {
+        let (n1, n2) = pair_with_small_queue().await;
+        let mut stuck = n2.subscribe("t").await.unwrap();
+        // The window runs out; a second later it is refilled (no credit came
+        // back), which takes the stuck queue past its limit: it is dropped,
+        // and the rest goes through.
+        publish_paced(n1.clone(), "t", 1_000).await;
+        let s1 = n1.stats().await.unwrap();
+        assert!(s1.credit_refills >= 1, "refilled after a stall: {s1:?}");
+        assert_eq!(n2.stats().await.unwrap().slow_subscribers, 1);
+        let mut got = 0;
+        while stuck.recv().await.is_some() {
+            got += 1;
+        }
+        assert!(got >= 64, "it got its queue, then ended: {got}");
+        n2.shutdown().await.unwrap();
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn crashed_node_goes_down_within_lan_bound_and_restarts_as_new_incarnation() {
     timeout(Duration::from_secs(40), async {

@@ -28,7 +28,7 @@ pub type ViewItem = (Topic, Key, PhxRef, Meta);
 pub const BASE_PORT: u16 = 7400;
 
 /// Number of message kinds counted in [`WorldStats`].
-pub const KINDS: usize = 16;
+pub const KINDS: usize = 17;
 
 /// Names of the message kinds, indexed like the counters.
 pub const KIND_NAMES: [&str; KINDS] = [
@@ -48,6 +48,7 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "ping-req",
     "ping-nack",
     "repair-ack",
+    "credit",
 ];
 
 /// A scenario's overrides of the nodes' `NodeConfig::lan` (failure-detection
@@ -561,6 +562,7 @@ pub fn kind_of(body: &Body) -> usize {
         Body::Swim(Swim::PingReq { .. }) => 13,
         Body::Swim(Swim::PingNack { .. }) => 14,
         Body::RepairAck { .. } => 15,
+        Body::Credit { .. } => 16,
     }
 }
 

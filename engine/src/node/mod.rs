@@ -395,6 +395,8 @@ impl Node {
             Body::Broadcast { topic, payload } => {
                 self.deliver_local(&topic, &payload, None);
             }
+            // Flow control between two runtimes' queues: the driver's.
+            Body::Credit { .. } => {}
             Body::Leave => {
                 self.swim.leave(&from);
                 self.forget(&from);

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, trace, warn};
 
 use super::auth::PeerHello;
+use super::credit::{self, Admit, Credit, Held};
 use super::handle::{Delivery, EngineRequest, MemberInfo, RuntimeStats, TaskState};
 use super::records::{RecordChange, RecordsReader};
 use super::transport::{
@@ -21,6 +22,7 @@ use super::transport::{
 };
 use super::EngineConfig;
 use crate::coalesce::TopicDiff;
+use crate::codec::{Body, Message};
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 use crate::presence::PresenceItem;
@@ -29,6 +31,10 @@ use crate::records::Record;
 /// Datagram-lane messages waiting for the node task; past this, datagrams
 /// are dropped (they are loss-tolerant by definition).
 const CONTROL_QUEUE: usize = 1024;
+
+/// How often the node task looks for withheld credit to return, and for
+/// stalled windows, while there is any.
+const CREDIT_TICK: Duration = Duration::from_millis(1);
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,6 +79,12 @@ pub(crate) struct NodeDriver {
     records: RecordsReader,
     /// Changes the node made to its records, not applied to `records` yet.
     accepted: Vec<RecordChange>,
+    /// Flow control of broadcasts between this node and each peer, per topic.
+    credit: Credit<Transmit>,
+    /// The topics `credit` holds, read by every handle.
+    held: Arc<Held>,
+    /// `EngineConfig::subscriber_queue`.
+    subscriber_queue: usize,
     /// The task's state as handles see it: set to `Clash` when the node
     /// stops on a name clash (the task then leaves and ends).
     state: Arc<watch::Sender<TaskState>>,
@@ -127,9 +139,13 @@ impl NodeDriver {
             ));
         }
         let node = Node::new(node, now());
+        let held = Arc::new(Held::default());
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
             accepted: Vec::new(),
+            credit: Credit::new(held.clone()),
+            held,
+            subscriber_queue: config.subscriber_queue,
             state,
             node,
             endpoint,
@@ -157,6 +173,11 @@ impl NodeDriver {
         self.records.clone()
     }
 
+    /// The topics whose broadcasts wait for a peer's credit.
+    pub(crate) fn held(&self) -> Arc<Held> {
+        self.held.clone()
+    }
+
     /// The node task. Ends on [`EngineRequest::Shutdown`] or when every handle is
     /// gone, after a graceful leave.
     pub(crate) async fn run(mut self) {
@@ -175,6 +196,8 @@ impl NodeDriver {
         });
         self.on_timeout();
         self.drain();
+        let mut credit_tick = tokio::time::interval(CREDIT_TICK);
+        credit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reply = loop {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
@@ -184,6 +207,7 @@ impl NodeDriver {
                 biased;
                 Some(inbound) = self.control.recv() => self.on_inbound(inbound),
                 () = sleep, if deadline.is_some() => self.on_timeout(),
+                _ = credit_tick.tick(), if self.credit.busy() => self.on_credit_tick(),
                 req = self.requests.recv() => match req {
                     Some(req) => if let Some(reply) = self.on_request(req) { break Some(reply) },
                     None => break None,
@@ -355,6 +379,7 @@ impl NodeDriver {
             }
             EngineRequest::Stats { reply } => {
                 let mut stats = self.stats.clone();
+                stats.credit_withheld = self.credit.withheld_total();
                 stats.node = self.node.stats().clone();
                 stats.presence_entries = self.node.presence().visible_len();
                 stats.history_bytes = self.node.records().log_bytes();
@@ -389,7 +414,56 @@ impl NodeDriver {
             set.remove(&sub);
             if set.is_empty() {
                 self.topics.remove(topic);
+                for (peer, n) in self.credit.return_topic(topic) {
+                    self.send_credit(peer, topic.clone(), n);
+                }
             }
+        }
+    }
+
+    /// Returns what `peer` is owed for `topic` if it is due and the topic's
+    /// subscribers have room (withheld otherwise, until they do).
+    fn return_credit(&mut self, peer: SocketAddr, topic: &Topic) {
+        let batch = if self.topics.contains_key(topic) {
+            credit::BATCH
+        } else {
+            1
+        };
+        let (topics, subscribers) = (&self.topics, &self.subscribers);
+        let mark = credit::room_mark(self.subscriber_queue);
+        let room = |t: &Topic| has_room(topics, subscribers, mark, t);
+        if let Some(n) = self.credit.returnable(peer, topic, batch, room) {
+            self.send_credit(peer, topic.clone(), n);
+        }
+    }
+
+    fn send_credit(&mut self, peer: SocketAddr, topic: Topic, n: u32) {
+        let msg = Message {
+            from: self.node.id().clone(),
+            addr: self.ctx.me.addr,
+            body: Body::Credit { topic, n },
+        };
+        self.send_now(Transmit {
+            to: None,
+            addr: peer,
+            msg,
+        });
+    }
+
+    /// Returns withheld credit whose topic has room now, and refills windows
+    /// that got nothing back for too long.
+    fn on_credit_tick(&mut self) {
+        let (topics, subscribers) = (&self.topics, &self.subscribers);
+        let mark = credit::room_mark(self.subscriber_queue);
+        let room = |t: &Topic| has_room(topics, subscribers, mark, t);
+        let back = self.credit.release_withheld(room);
+        for (peer, topic, n) in back {
+            self.send_credit(peer, topic, n);
+        }
+        let (sent, refilled) = self.credit.expire(now());
+        self.stats.credit_refills += refilled;
+        for (_, t) in sent {
+            self.send_now(t);
         }
     }
 
@@ -446,12 +520,13 @@ impl NodeDriver {
     }
 
     /// Offers `delivery` to each subscriber of `topic` without waiting; one
-    /// whose queue is full is dropped.
+    /// whose queue is full ([`credit::subscriber_limit`]) is dropped.
     fn fan_out(&mut self, topic: &Topic, exclude: Option<SubscriberId>, delivery: Delivery) {
         let Some(subs) = self.topics.get(topic) else {
             return;
         };
         let mut dropped = Vec::new();
+        let limit = credit::subscriber_limit(self.subscriber_queue, self.links.len());
         for &sub in subs {
             if Some(sub) == exclude {
                 continue;
@@ -459,14 +534,24 @@ impl NodeDriver {
             let Some(tx) = self.subscribers.get(&sub) else {
                 continue;
             };
-            match tx.try_send(delivery.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.stats.slow_subscribers += 1;
-                    debug!(topic = %topic, sub = sub.0, "dropping a slow subscriber");
-                    dropped.push(sub);
+            // The channel has room for every peer's window; the limit counts
+            // only the connected ones.
+            let slow = if tx.max_capacity() - tx.capacity() >= limit {
+                true
+            } else {
+                match tx.try_send(delivery.clone()) {
+                    Ok(()) => false,
+                    Err(mpsc::error::TrySendError::Full(_)) => true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        dropped.push(sub);
+                        false
+                    }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => dropped.push(sub),
+            };
+            if slow {
+                self.stats.slow_subscribers += 1;
+                debug!(topic = %topic, sub = sub.0, "dropping a slow subscriber");
+                dropped.push(sub);
             }
         }
         for sub in dropped {
@@ -474,10 +559,25 @@ impl NodeDriver {
         }
     }
 
+    /// Sends `t`, a broadcast only within its (peer, topic) window
+    /// ([`credit`]); one without credit waits for it.
     fn transmit(&mut self, t: Transmit) {
         if t.addr == self.ctx.me.addr {
             return;
         }
+        let Body::Broadcast { topic, .. } = &t.msg.body else {
+            return self.send_now(t);
+        };
+        let topic = topic.clone();
+        match self.credit.admit(now(), t.addr, &topic, t) {
+            Admit::Send(t) => self.send_now(t),
+            Admit::Waiting => self.stats.credit_waits += 1,
+            Admit::Dropped => self.stats.credit_dropped += 1,
+        }
+    }
+
+    /// Queues `t` for its peer.
+    fn send_now(&mut self, t: Transmit) {
         let bytes = Bytes::from(t.msg.encode());
         let len = bytes.len() as u64;
         let datagram = t.msg.body.loss_tolerant();
@@ -545,7 +645,35 @@ impl NodeDriver {
                 let s = self.stats.peers.entry(peer).or_default();
                 s.messages_in += 1;
                 s.bytes_in += len as u64;
+                // Flow control is between authenticated peers (the node drops
+                // a message that claims another sender, and so do we).
+                let flow = match &msg.body {
+                    Body::Broadcast { topic, .. } | Body::Credit { topic, .. }
+                        if msg.from == *from =>
+                    {
+                        Some(topic.clone())
+                    }
+                    _ => None,
+                };
+                let returned = match msg.body {
+                    Body::Credit { n, .. } => Some(n),
+                    _ => None,
+                };
                 self.node.handle_message(now(), &from, msg);
+                match (flow, returned) {
+                    (Some(topic), Some(n)) => {
+                        for t in self.credit.returned(now(), peer, &topic, n) {
+                            self.send_now(t);
+                        }
+                    }
+                    (Some(topic), None) => {
+                        // Fanned out first, so the room counts it.
+                        self.drain();
+                        self.credit.received(peer, &topic);
+                        self.return_credit(peer, &topic);
+                    }
+                    (None, _) => {}
+                }
             }
             PeerInbound::Rejected { peer, why } => {
                 debug!(peer = %peer, why = ?why, "dropping an invalid peer message");
@@ -564,6 +692,7 @@ impl NodeDriver {
                 if let Some(peer) = peer {
                     if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                         self.links.remove(&peer);
+                        self.credit.forget_peer(peer);
                     }
                 }
             }
@@ -586,6 +715,7 @@ impl NodeDriver {
             if link.conn_id == up.conn_id {
                 link.instance = Some(up.hello.instance);
                 link.conn = Some(up.conn);
+                self.reset_credit(up.peer);
                 return;
             }
             let Some(_) = up.queue else {
@@ -622,7 +752,31 @@ impl NodeDriver {
                 dialed: up.dialed,
             },
         );
+        self.reset_credit(up.peer);
     }
+
+    /// A new connection to `peer`: what was in flight on the old one, credit
+    /// included, is gone, so its windows start full.
+    fn reset_credit(&mut self, peer: SocketAddr) {
+        for t in self.credit.reset_peer(peer) {
+            self.send_now(t);
+        }
+    }
+}
+
+/// Whether `topic`'s subscribers have room for more of peers' broadcasts:
+/// each has at most `mark` deliveries queued.
+fn has_room(
+    topics: &HashMap<Topic, BTreeSet<SubscriberId>>,
+    subscribers: &HashMap<SubscriberId, mpsc::Sender<Delivery>>,
+    mark: usize,
+    topic: &Topic,
+) -> bool {
+    topics.get(topic).is_none_or(|subs| {
+        subs.iter()
+            .filter_map(|sub| subscribers.get(sub))
+            .all(|tx| tx.max_capacity() - tx.capacity() <= mark)
+    })
 }
 
 /// A connection task ended: one that panicked (a bug) is logged; its link is

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
+use super::credit::Held;
 use super::RecordsReader;
 use super::RuntimeError;
 use crate::coalesce::TopicDiff;
@@ -79,6 +80,18 @@ pub struct RuntimeStats {
     pub peer_queue_overflows: u64,
     /// Subscribers dropped because their queue was full.
     pub slow_subscribers: u64,
+    /// Broadcasts that waited for a peer's credit before going out
+    /// ([`credit`](super::credit)): that peer's subscribers were behind.
+    pub credit_waits: u64,
+    /// Times this node held back credit because its subscribers of the
+    /// topic were behind (the sending peer's broadcasts then wait).
+    pub credit_withheld: u64,
+    /// Windows refilled after [`STALL`](super::credit::STALL) without credit
+    /// back (credit lost with a connection, or a peer that returns none).
+    pub credit_refills: u64,
+    /// Broadcasts dropped because [`MAX_WAITING`](super::credit::MAX_WAITING)
+    /// already waited for that peer's credit.
+    pub credit_dropped: u64,
     /// Connections closed for a missing or wrong cluster proof.
     pub auth_failures: u64,
     /// Connections closed for an undecodable or oversized frame.
@@ -179,6 +192,8 @@ pub(crate) struct HandleShared {
     /// Unsubscribes from `Drop`, which cannot wait for room.
     pub drops: mpsc::UnboundedSender<(Topic, SubscriberId)>,
     pub records: RecordsReader,
+    /// Topics whose broadcasts wait for a peer's credit, kept by the node task.
+    pub held: Arc<Held>,
     pub subscriber_queue: usize,
     pub task: Mutex<Option<AbortHandle>>,
     /// The node task's state: set to `Clash` by the task itself, to `Stopped`
@@ -246,7 +261,10 @@ impl EngineHandle {
     /// returns reaches it.
     pub async fn subscribe(&self, topic: impl Into<Topic>) -> Result<Subscription, RuntimeError> {
         let topic = topic.into();
-        let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
+        // Room for what peers may have in flight besides this node's own
+        // `subscriber_queue`; the node task enforces the limit.
+        let capacity = super::credit::subscriber_capacity(self.shared.subscriber_queue);
+        let (tx, rx) = mpsc::channel(capacity);
         let t = topic.clone();
         let id = self
             .request(|reply| EngineRequest::Subscribe {
@@ -344,6 +362,16 @@ impl EngineHandle {
             payload,
         })
         .await
+    }
+
+    /// Whether broadcasts to `topic` wait for a peer's credit: that peer's
+    /// subscribers of `topic` are behind (cross-node flow control,
+    /// [`credit`](super::credit)). A publisher that wants nothing dropped
+    /// waits while this is true; past [`MAX_WAITING`](super::credit::MAX_WAITING)
+    /// waiting broadcasts per peer, the node drops new ones for that peer.
+    /// Answered here, without a round trip to the node task.
+    pub fn held(&self, topic: &str) -> bool {
+        self.shared.held.is_held(topic)
     }
 
     /// Tracks `key` in `topic` for connection `conn`; returns the meta's ref.
@@ -605,8 +633,9 @@ impl Subscription {
     }
 
     /// Deliveries queued and not received yet. The node drops a subscription
-    /// whose queue is full (`subscriber_queue`), so a publisher that wants
-    /// nothing lost can wait while this is high.
+    /// whose queue is full (`subscriber_queue`, plus room for what peers may
+    /// have in flight under flow control), so a publisher that wants nothing
+    /// lost can wait while this is high.
     pub fn backlog(&self) -> usize {
         self.rx.len()
     }

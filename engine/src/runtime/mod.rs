@@ -21,6 +21,7 @@
 //! without tokio or quinn.
 
 pub mod auth;
+pub mod credit;
 pub mod discovery;
 mod driver;
 mod handle;
@@ -205,6 +206,7 @@ impl Engine {
             requests,
             drops,
             records: driver.records(),
+            held: driver.held(),
             subscriber_queue: config.subscriber_queue,
             task: Mutex::new(None),
             state,

@@ -1,7 +1,8 @@
 //! Publishing: server-side broadcasts (Phoenix's `Endpoint.broadcast`) and
-//! clients' broadcasts, which are queued behind the topic's backlog so a
-//! publisher past saturation is slowed down rather than overflowing the engine
-//! subscription of every local subscriber.
+//! clients' broadcasts, which are queued behind the topic's backlog here and
+//! on the peers (the engine's credit windows), so a publisher past saturation
+//! is slowed down rather than overflowing the engine subscription of every
+//! subscriber.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ impl Hub {
         }
         let envelope = self.envelope(event, payload, exclude_conn);
         let bytes = envelope.encode()?;
+        self.wait_for_peers(topic).await;
         self.engine.publish(topic, bytes).await?;
         self.tap(topic, || TapEvent::Broadcast {
             topic: topic.to_owned(),
@@ -125,11 +127,13 @@ impl Hub {
         Ok(())
     }
 
-    /// Waits while this node's dispatcher of `topic` is behind: the engine
-    /// drops a subscription whose queue fills up, and a publisher that does
-    /// not wait for the engine's reply could otherwise outrun the dispatcher
-    /// and lose deliveries for every local subscriber. Stops waiting if the
-    /// topic loses its last local subscriber meanwhile.
+    /// Waits while this node's dispatcher of `topic` is behind, or a peer's
+    /// subscribers of it are ([`Hub::wait_for_peers`]): the engine drops a
+    /// subscription whose queue fills up, and a publisher that does not wait
+    /// for the engine's reply could otherwise outrun the dispatcher and lose
+    /// deliveries for every local subscriber. Stops waiting for the local
+    /// backlog if the topic loses its last local subscriber meanwhile.
+    /// Returns the topic's local state, if it has local subscribers.
     async fn wait_for_backlog(&self, topic: &str) -> Option<Arc<TopicState>> {
         let current = || {
             self.topics
@@ -138,13 +142,24 @@ impl Hub {
                 .get(topic)
                 .cloned()
         };
-        let state = current()?;
-        while state.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            if !current().is_some_and(|now| Arc::ptr_eq(&now, &state)) {
-                return None;
+        loop {
+            let state = current();
+            let behind = state
+                .as_ref()
+                .is_some_and(|s| s.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH);
+            if !behind && !self.engine.held(topic) {
+                return state;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        Some(state)
+    }
+
+    /// Waits while broadcasts to `topic` wait for a peer's credit (that
+    /// peer's subscribers of it are behind: cross-node flow control,
+    /// ALGORITHM.md): the engine keeps them in order, but only so many.
+    async fn wait_for_peers(&self, topic: &str) {
+        while self.engine.held(topic) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }

@@ -439,10 +439,26 @@ fn scraped(server: &ServerStats, engine: Option<(&RuntimeStats, &[MemberInfo])>)
     overflows
         .get_or_create(&[("queue", "delta_buffer")])
         .inc_by(stats.node.buffer_overflows);
+    overflows
+        .get_or_create(&[("queue", "credit")])
+        .inc_by(stats.credit_dropped);
     registry.register(
         "queue_overflows",
-        "Engine queues that overflowed: frames dropped to a slow peer, subscribers dropped, delta-buffer entries dropped",
+        "Engine queues that overflowed: frames dropped to a slow peer, subscribers dropped, delta-buffer entries dropped, broadcasts dropped waiting for a peer's credit",
         overflows,
+    );
+    let credit = Family::<Labels1, Counter>::default();
+    for (event, n) in [
+        ("waited", stats.credit_waits),
+        ("withheld", stats.credit_withheld),
+        ("refilled", stats.credit_refills),
+    ] {
+        credit.get_or_create(&[("event", event)]).inc_by(n);
+    }
+    registry.register(
+        "cluster_credit",
+        "Cross-node flow control: broadcasts that waited for a peer's credit, times this node withheld credit (its subscribers were behind), windows refilled after a stall",
+        credit,
     );
     registry.register(
         "cluster_auth_failures",

@@ -31,6 +31,30 @@ pub struct Node {
     pub engine: EngineHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The engine's and the server's own runtimes, if they have them
+    /// ([`NodeBuilder::engine_thread`], [`NodeBuilder::server_thread`]).
+    _runtimes: Runtimes,
+}
+
+/// Runtimes of a node's own: shut down without blocking when dropped (a
+/// test's runtime may not block).
+#[derive(Default)]
+struct Runtimes(Vec<tokio::runtime::Runtime>);
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        for rt in self.0.drain(..) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A runtime with one worker thread.
+fn one_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
 }
 
 pub struct NodeBuilder {
@@ -40,6 +64,8 @@ pub struct NodeBuilder {
     auth: Option<Box<dyn FnOnce(Server) -> Server>>,
     /// Configured channels: built on the engine's records once it runs.
     app: Option<chorus_gateway::config::Config>,
+    engine_thread: bool,
+    server_thread: bool,
 }
 
 impl NodeBuilder {
@@ -50,7 +76,27 @@ impl NodeBuilder {
             name: "test".into(),
             auth: None,
             app: None,
+            engine_thread: false,
+            server_thread: false,
         }
+    }
+
+    /// Runs the server (its connections, the hub's dispatchers) on a thread
+    /// of its own (a one-worker runtime): the node has one core's worth of
+    /// time for its clients, whatever the test's other tasks do.
+    #[allow(dead_code)]
+    pub fn server_thread(mut self) -> Self {
+        self.server_thread = true;
+        self
+    }
+
+    /// Runs the engine's node task on a thread of its own (a one-worker
+    /// runtime), as an embedding application may, instead of sharing the
+    /// test's workers with the server's tasks.
+    #[allow(dead_code)]
+    pub fn engine_thread(mut self) -> Self {
+        self.engine_thread = true;
+        self
     }
 
     pub fn config(mut self, config: ServerConfig) -> Self {
@@ -90,8 +136,26 @@ impl NodeBuilder {
             node.history_ttl = Some(app.cluster.history_ttl);
             node.history_budget = app.limits.history_budget();
         }
-        let engine = Engine::start(EngineConfig::new(node, SECRET)).await?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let engine_config = EngineConfig::new(node, SECRET);
+        let mut runtimes = Runtimes::default();
+        let engine = if self.engine_thread {
+            let rt = one_thread()?;
+            let engine = rt.spawn(Engine::start(engine_config)).await??;
+            runtimes.0.push(rt);
+            engine
+        } else {
+            Engine::start(engine_config).await?
+        };
+        let server_rt = if self.server_thread {
+            Some(one_thread()?)
+        } else {
+            None
+        };
+        let listener = match &server_rt {
+            // Registered with the runtime that serves it.
+            Some(rt) => rt.spawn(TcpListener::bind("127.0.0.1:0")).await??,
+            None => TcpListener::bind("127.0.0.1:0").await?,
+        };
         let addr = listener.local_addr()?;
         let mut config = self.config;
         let router = match &self.app {
@@ -112,19 +176,28 @@ impl NodeBuilder {
         }
         let (stop, stopped) = oneshot::channel::<()>();
         let running = server.clone();
-        let task = tokio::spawn(async move {
+        let serve = async move {
             running
                 .run(listener, async move {
                     let _ = stopped.await;
                 })
                 .await
-        });
+        };
+        let task = match server_rt {
+            Some(rt) => {
+                let task = rt.spawn(serve);
+                runtimes.0.push(rt);
+                task
+            }
+            None => tokio::spawn(serve),
+        };
         Ok(Node {
             addr,
             server,
             engine,
             stop: Some(stop),
             task: Some(task),
+            _runtimes: runtimes,
         })
     }
 }
