@@ -53,6 +53,10 @@ pub struct FanoutArgs {
     /// socket: the server should close them as slow consumers, and only them.
     #[arg(long, default_value_t = 0)]
     pub stalled: usize,
+    /// Another node's socket URL for the publisher (the subscribers stay on
+    /// the target): every message crosses the cluster once.
+    #[arg(long)]
+    pub publish_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,7 +164,17 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         }
     }
 
-    let mut publisher = ctx.connect_with_buffer("publisher", READ_BUFFER).await?;
+    let mut publisher = match &args.publish_url {
+        Some(url) => {
+            let target = crate::client::Target {
+                url: url.clone(),
+                tokens: ctx.target.tokens.clone(),
+            };
+            crate::client::Conn::connect_with_buffer(&target.url_for("publisher"), READ_BUFFER)
+                .await?
+        }
+        None => ctx.connect_with_buffer("publisher", READ_BUFFER).await?,
+    };
     publisher.join(&args.topic, "1").await?;
     let (sent_tx, sent) = oneshot::channel();
     let meter = CpuMeter::start(ctx.pid);
