@@ -104,7 +104,8 @@ where
     /// headers some backend hook forwards). Boxed, and built outside the task's
     /// `run` future: values moved into an `async fn` keep their argument slot for the
     /// whole life of the future, so passing the session and socket by value would
-    /// store them twice in every idle connection's task.
+    /// store them twice in every idle connection's task. The driver is made
+    /// after the only await, so this future never holds it.
     pub(crate) async fn new(
         shared: Arc<Shared>,
         conn: u64,
@@ -113,10 +114,11 @@ where
         config: WebSocketConfig,
         hook_headers: Vec<(String, String)>,
     ) -> Box<Self> {
-        let driver =
-            SessionDriver::new(shared.clone(), conn, *session, true).with_hooks(hook_headers);
-        let wire = Wire::new(io, driver.budget().clone());
+        let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
+        let wire = Wire::new(io, budget.clone());
         let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await;
+        let driver = SessionDriver::with_budget(shared, conn, *session, true, budget)
+            .with_hooks(hook_headers);
         Box::new(Connection {
             driver,
             ws,
@@ -218,7 +220,10 @@ where
                 WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
                 WsEvent::Overflow => Err(Exit::SlowConsumer),
                 WsEvent::Inbound(item) => self.handle_inbound(item).await,
-                WsEvent::HookAnswer(answer) => self.handle_hook_answer(answer).await,
+                WsEvent::HookAnswer(answer) => match self.take_hook_answer(answer) {
+                    Ok(()) => self.settle().await,
+                    Err(exit) => Err(exit),
+                },
                 WsEvent::WriteFailed => Err(Exit::Gone),
                 WsEvent::Resume => {
                     resume = None;
@@ -238,7 +243,10 @@ where
                         deadline = deadline.max(now + pause + idle);
                         timer.as_mut().reset(now + pause);
                     }
-                    self.handle_message(msg).await
+                    match self.take_message(msg) {
+                        Ok(()) => self.settle().await,
+                        Err(exit) => Err(exit),
+                    }
                 }
                 WsEvent::Idle => {
                     debug!(conn = self.driver.conn, "idle timeout");
@@ -275,7 +283,12 @@ where
                         self.ws.get_mut().push_frames(bytes);
                     }
                 }
-                item => self.driver.handle_delivery(item).await?,
+                item => {
+                    self.driver.take_delivery(item)?;
+                    if self.driver.session.has_actions() {
+                        self.driver.run_actions().await?;
+                    }
+                }
             }
             handled += 1;
             if handled < INBOUND_BATCH {
@@ -285,15 +298,24 @@ where
         self.flush()
     }
 
-    async fn handle_hook_answer(&mut self, answer: HookAnswer) -> Result<(), Exit> {
-        if let Err(e) = self.driver.handle_hook_answer(answer) {
-            return Err(self.invalid(&e));
-        }
+    /// Runs the actions the session queued, then queues its frames for the
+    /// socket. The only await after a client frame or a hook answer: those
+    /// are handed to the session without one ([`Connection::take_message`]),
+    /// so the loop's future holds neither while idle.
+    async fn settle(&mut self) -> Result<(), Exit> {
         self.driver.run_actions().await?;
         self.flush()
     }
 
-    async fn handle_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+    fn take_hook_answer(&mut self, answer: HookAnswer) -> Result<(), Exit> {
+        self.driver
+            .handle_hook_answer(answer)
+            .map_err(|e| self.invalid(&e))
+    }
+
+    /// Decodes a client frame, holds it to the client limits and hands it to
+    /// the session; the caller runs what it queued ([`Connection::settle`]).
+    fn take_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
         let conn = self.driver.conn;
         let vsn = self.driver.session.vsn();
         let len = match &msg {
@@ -338,8 +360,7 @@ where
                 return Err(self.invalid(&e));
             }
         }
-        self.driver.run_actions().await?;
-        self.flush()
+        Ok(())
     }
 
     fn count_protocol_error(&self) {
