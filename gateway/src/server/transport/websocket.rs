@@ -14,7 +14,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, Instrument};
 
 use super::connection::Connection;
@@ -140,21 +139,11 @@ pub(crate) async fn upgrade(
                         return;
                     }
                 };
-            let config = WebSocketConfig::default()
-                // Client frames are small (joins, heartbeats, pushes); a larger
-                // one grows the buffer. 4 KiB here was 4 KiB per idle connection.
-                .read_buffer_size(512)
-                // tungstenite writes only its own control frames, into the
-                // connection's buffer, at once.
-                .write_buffer_size(0)
-                .max_message_size(Some(shared.config.max_frame_size))
-                .max_frame_size(Some(shared.config.max_frame_size));
             let drain = Arc::new(Notify::new());
             shared.register(conn, drain.clone());
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
             let io = TokioIo::new(upgraded);
-            Connection::new(shared.clone(), conn, session, io, config, hook_headers)
-                .await
+            Connection::new(shared.clone(), conn, session, io, hook_headers)
                 .run(drain)
                 .await;
             shared.unregister(conn);
