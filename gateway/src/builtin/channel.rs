@@ -14,7 +14,7 @@ use super::{App, PresenceSlot, MAX_MESSAGE_CHARS, MEMBER_SPACE};
 use crate::channel::recover::{self, Logged, LOGGED_EVENT};
 use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, PresenceCount, Reply,
-    RoomStore,
+    RoomStore, SocketAssigns,
 };
 use crate::hooks::{JoinDecision, PublishDecision, RpcDecision};
 use crate::protocol::{encode_broadcast, JsonObject, Payload};
@@ -256,7 +256,7 @@ impl ConfiguredChannel {
             .join(":")
     }
 
-    fn authorized(&self, join: JoinRule, assigns: &Map<String, Value>) -> bool {
+    fn authorized(&self, join: JoinRule, assigns: &SocketAssigns) -> bool {
         let claim = |name: &str| assigns.get(name).and_then(Value::as_str);
         let var = |name: &str| self.var(name);
         let in_org = || claim("org").is_some() && claim("org") == var("org");

@@ -40,7 +40,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::channel::presence;
-use crate::channel::{Action, Assigns, Channel, Info, PresenceEntry, Router, StopReason};
+use crate::channel::{
+    Action, Assigns, Channel, Info, PresenceEntry, Router, SocketAssigns, StopReason,
+};
 use crate::protocol::{
     encode_heartbeat_reply, Encoded, FrameError, InFrame, JsonObject, OutFrame, Payload, Ref, Vsn,
     MAX_FIELD_LEN, PHOENIX_TOPIC,
@@ -53,7 +55,7 @@ pub struct Session {
     config: SessionConfig,
     router: Arc<Router>,
     id: Option<String>,
-    assigns: Assigns,
+    assigns: SocketAssigns,
     channels: Channels,
     outbox: Outbox,
     joins: JoinCounts,
@@ -152,7 +154,7 @@ impl Session {
             config,
             router,
             id: None,
-            assigns: Assigns::new(),
+            assigns: SocketAssigns::default(),
             channels: Channels::default(),
             outbox: Outbox::new(vsn),
             joins: JoinCounts::default(),
@@ -168,7 +170,7 @@ impl Session {
 
     /// Sets the assigns the connect hook produced.
     pub fn with_assigns(mut self, assigns: Assigns) -> Self {
-        self.assigns = assigns;
+        self.assigns = assigns.into();
         self
     }
 
@@ -183,7 +185,7 @@ impl Session {
     }
 
     /// The socket-wide assigns.
-    pub fn assigns(&self) -> &Assigns {
+    pub fn assigns(&self) -> &SocketAssigns {
         &self.assigns
     }
 
