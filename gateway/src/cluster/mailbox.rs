@@ -206,6 +206,11 @@ impl Taken {
         item
     }
 
+    /// Makes `item`, just taken, the next delivery again.
+    pub(crate) fn put_back(&mut self, item: Inbound) {
+        self.queue.push_front(item);
+    }
+
     /// The next delivery if one is waiting.
     pub(crate) fn pop(&mut self, inbox: &Inbox) -> Option<Inbound> {
         self.next(inbox, None)

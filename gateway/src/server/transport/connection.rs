@@ -88,6 +88,16 @@ enum WsEvent {
     Idle,
 }
 
+/// What the loop does after an event, at its one await.
+enum Then {
+    /// Nothing more: the next turn.
+    Loop,
+    /// Run the actions the session queued and queue its frames.
+    Settle,
+    /// Hand the waiting deliveries to the session.
+    Deliver,
+}
+
 pub(crate) struct Connection<S> {
     driver: SessionDriver,
     wire: Wire<S>,
@@ -189,65 +199,76 @@ where
             if budget.overflowed() {
                 return Exit::SlowConsumer;
             }
-            let (wire, reads) = (&mut self.wire, &mut self.reads);
-            let (inbound, hook_answer) = self.driver.events();
-            // The socket comes before the deliveries so that, under a flood of
-            // deliveries, queued frames are still written on every turn; it
-            // yields after a batch of client frames so deliveries get theirs.
-            let event = tokio::select! {
-                biased;
-                _ = &mut drained => WsEvent::Drain,
-                // Woken through the inbox, whose waker the deliveries' branch
-                // leaves (`Mailbox::offer`).
-                _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
-                event = poll_fn(|cx| poll_socket(wire, reads, resume.is_none(), cx)) => event,
-                item = inbound => WsEvent::Inbound(item),
-                answer = hook_answer => WsEvent::HookAnswer(answer),
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if resume.is_some_and(|at| now >= at) {
-                        WsEvent::Resume
-                    } else if now < deadline {
-                        timer.as_mut().reset(resume.unwrap_or(deadline).min(deadline));
-                        continue;
-                    } else {
-                        WsEvent::Idle
+            let next = {
+                let (wire, reads) = (&mut self.wire, &mut self.reads);
+                let (inbound, hook_answer) = self.driver.events();
+                // The socket comes before the deliveries so that, under a flood of
+                // deliveries, queued frames are still written on every turn; it
+                // yields after a batch of client frames so deliveries get theirs.
+                let event: WsEvent = tokio::select! {
+                    biased;
+                    _ = &mut drained => WsEvent::Drain,
+                    // Woken through the inbox, whose waker the deliveries' branch
+                    // leaves (`Mailbox::offer`).
+                    _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
+                    event = poll_fn(|cx| poll_socket(wire, reads, resume.is_none(), cx)) => event,
+                    item = inbound => WsEvent::Inbound(item),
+                    answer = hook_answer => WsEvent::HookAnswer(answer),
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if resume.is_some_and(|at| now >= at) {
+                            WsEvent::Resume
+                        } else if now < deadline {
+                            timer.as_mut().reset(resume.unwrap_or(deadline).min(deadline));
+                            continue;
+                        } else {
+                            WsEvent::Idle
+                        }
+                    }
+                };
+                // The event is handled without an await and its scope ends
+                // before the one await of this turn: the loop's future keeps no
+                // room for an event (a hook answer holds a whole client frame).
+                match event {
+                    WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
+                    WsEvent::Overflow => Err(Exit::SlowConsumer),
+                    WsEvent::Inbound(item) => {
+                        // Handled from the queue with what else is waiting.
+                        self.driver.put_back(item);
+                        Ok(Then::Deliver)
+                    }
+                    WsEvent::HookAnswer(answer) => {
+                        self.take_hook_answer(answer).map(|()| Then::Settle)
+                    }
+                    WsEvent::WriteFailed => Err(Exit::Gone),
+                    WsEvent::Resume => {
+                        resume = None;
+                        timer.as_mut().reset(deadline);
+                        Ok(Then::Loop)
+                    }
+                    WsEvent::Frame(msg) => {
+                        let now = Instant::now();
+                        deadline = now + idle;
+                        let len = msg.as_ref().map_or(0, ClientMessage::len);
+                        if let Some(pause) = bytes.charge(now.into_std(), len) {
+                            self.driver.shared.config.limit_counter.hit("byte_rate");
+                            resume = Some(now + pause);
+                            deadline = deadline.max(now + pause + idle);
+                            timer.as_mut().reset(now + pause);
+                        }
+                        self.take_message(msg).map(|()| Then::Settle)
+                    }
+                    WsEvent::Idle => {
+                        debug!(conn = self.driver.conn, "idle timeout");
+                        Err(Exit::Close(close::SERVER_ERROR, "idle timeout"))
                     }
                 }
             };
-            let step = match event {
-                WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
-                WsEvent::Overflow => Err(Exit::SlowConsumer),
-                WsEvent::Inbound(item) => self.handle_inbound(item).await,
-                WsEvent::HookAnswer(answer) => match self.take_hook_answer(answer) {
-                    Ok(()) => self.settle().await,
-                    Err(exit) => Err(exit),
-                },
-                WsEvent::WriteFailed => Err(Exit::Gone),
-                WsEvent::Resume => {
-                    resume = None;
-                    timer.as_mut().reset(deadline);
-                    Ok(())
-                }
-                WsEvent::Frame(msg) => {
-                    let now = Instant::now();
-                    deadline = now + idle;
-                    let len = msg.as_ref().map_or(0, ClientMessage::len);
-                    if let Some(pause) = bytes.charge(now.into_std(), len) {
-                        self.driver.shared.config.limit_counter.hit("byte_rate");
-                        resume = Some(now + pause);
-                        deadline = deadline.max(now + pause + idle);
-                        timer.as_mut().reset(now + pause);
-                    }
-                    match self.take_message(msg) {
-                        Ok(()) => self.settle().await,
-                        Err(exit) => Err(exit),
-                    }
-                }
-                WsEvent::Idle => {
-                    debug!(conn = self.driver.conn, "idle timeout");
-                    Err(Exit::Close(close::SERVER_ERROR, "idle timeout"))
-                }
+            let step = match next {
+                Ok(Then::Loop) => Ok(()),
+                Ok(Then::Settle) => self.settle().await,
+                Ok(Then::Deliver) => self.handle_inbound().await,
+                Err(exit) => Err(exit),
             };
             if let Err(exit) = step {
                 return exit;
@@ -255,18 +276,20 @@ where
         }
     }
 
-    /// Hands `item` and whatever else is waiting (up to a batch) to the
-    /// session, in order, and queues the frames they produced; finished frames
-    /// ([`Inbound::Frames`]) go straight to the socket's buffer, after the
-    /// session's frames queued before them. Each delivery's budget is given
-    /// back as the session handles it; finished frames keep theirs until
-    /// written.
-    async fn handle_inbound(&mut self, first: Inbound) -> Result<(), Exit> {
+    /// Hands what is waiting (up to a batch) to the session, in order, and
+    /// queues the frames they produced; finished frames ([`Inbound::Frames`])
+    /// go straight to the socket's buffer, after the session's frames queued
+    /// before them. Each delivery's budget is given back as the session
+    /// handles it; finished frames keep theirs until written. A delivery's
+    /// actions run before the next delivery; nothing of a delivery is held
+    /// across that await.
+    async fn handle_inbound(&mut self) -> Result<(), Exit> {
         self.driver.reserve_for_taken(INBOUND_BATCH);
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(item) = next.take() {
-            match item {
+        for _ in 0..INBOUND_BATCH {
+            let Some(item) = self.driver.try_recv() else {
+                break;
+            };
+            let actions = match item {
                 Inbound::Frames {
                     topic,
                     bytes,
@@ -278,17 +301,15 @@ where
                     if self.driver.frames_delivered(&topic, count, payload, cost) {
                         self.wire.push_frames(bytes);
                     }
+                    false
                 }
                 item => {
                     self.driver.take_delivery(item)?;
-                    if self.driver.session.has_actions() {
-                        self.driver.run_actions().await?;
-                    }
+                    self.driver.session.has_actions()
                 }
-            }
-            handled += 1;
-            if handled < INBOUND_BATCH {
-                next = self.driver.try_recv();
+            };
+            if actions {
+                self.driver.run_actions().await?;
             }
         }
         self.flush()

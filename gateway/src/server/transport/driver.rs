@@ -330,6 +330,12 @@ impl SessionDriver {
         self.taken.pop(&self.inbox)
     }
 
+    /// Gives back a delivery taken from [`SessionDriver::events`]: it is the
+    /// next one again.
+    pub(crate) fn put_back(&mut self, item: Inbound) {
+        self.taken.put_back(item);
+    }
+
     /// Hands a delivery to the session and carries out what follows. A
     /// `disconnect` on the socket id ends the client with 1001.
     pub(crate) async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
