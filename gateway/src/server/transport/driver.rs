@@ -486,7 +486,12 @@ impl SessionDriver {
         let hub: &Arc<Hub> = &self.shared.hub;
         match self.subscribed.iter_mut().find(|(t, _)| t == topic) {
             Some((_, count)) => *count += 1,
-            None => self.subscribed.push((topic.to_owned(), 1)),
+            None => {
+                // One entry's room at a time: a first push would make room
+                // for four (128 B) in every connection joined to one topic.
+                self.subscribed.reserve_exact(1);
+                self.subscribed.push((topic.to_owned(), 1));
+            }
         }
         // Plain broadcasts reach a channel that intercepts none as they are:
         // the hub may hand them over as finished frames. Not on the socket
