@@ -57,7 +57,7 @@ pub(crate) struct SessionDriver {
     /// The client's frame rate (`ServerConfig::client_limits`).
     frames: FrameLimiter,
     /// This transport's counters.
-    pub(crate) metrics: TransportMetrics,
+    pub(crate) metrics: Arc<TransportMetrics>,
     /// Frames waiting for a backend hook; `None` when no topic hook is configured.
     hooks: Option<Box<HookState>>,
 }
@@ -107,7 +107,7 @@ impl SessionDriver {
         } else {
             Transport::LongPoll
         };
-        let metrics = shared.metrics.transport(transport);
+        let metrics = shared.metrics.transport_shared(transport);
         metrics.connections.inc();
         metrics.connections_opened.inc();
         let limits = &shared.config.client_limits;
