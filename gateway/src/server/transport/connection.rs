@@ -32,7 +32,6 @@ use std::time::Duration;
 use std::mem::MaybeUninit;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, warn};
@@ -42,6 +41,7 @@ use crate::cluster::mailbox::{Budget, Inbound};
 use crate::limits::ByteLimiter;
 use crate::protocol::wsframe::{self, opcode, ClientMessage, ClientReader, ReadError, Step};
 use crate::protocol::{decode_binary, decode_text, FrameError};
+use crate::server::shutdown::Drain;
 use crate::server::Shared;
 use crate::socket::Session;
 
@@ -132,10 +132,15 @@ where
         })
     }
 
+    /// How the server tells this connection to close when it drains.
+    pub(crate) fn drain(&self) -> Drain {
+        Drain::Inbox(self.driver.budget().clone(), self.driver.inbox().clone())
+    }
+
     /// Serves the socket until it closes.
-    pub(crate) async fn run(mut self: Box<Self>, drain: Arc<Notify>) {
+    pub(crate) async fn run(mut self: Box<Self>) {
         let shared = self.driver.shared.clone();
-        let exit = self.serve(&drain).await;
+        let exit = self.serve().await;
         Box::pin(self.driver.cleanup()).await;
         let close = match exit {
             Exit::Close(code, reason) => Some((code, reason)),
@@ -170,7 +175,7 @@ where
         let _ = timeout(Duration::from_secs(2), shutdown).await;
     }
 
-    async fn serve(&mut self, drain: &Notify) -> Exit {
+    async fn serve(&mut self) -> Exit {
         if self.driver.shared.draining.load(Ordering::Acquire) {
             return Exit::Close(close::RESTART, "server restarting");
         }
@@ -184,17 +189,15 @@ where
         let mut bytes = ByteLimiter::new(limits.byte_rate, limits.byte_burst);
         // While the client is over its byte rate, its frames are not read.
         let mut resume: Option<Instant> = None;
-        // Made once, not once per turn of the loop: a `Notified` polled in a
-        // fresh `select!` locks its `Notify` to link and unlink a waiter, and a
-        // fresh `Sleep` registers and deregisters a timer, on every frame and
-        // every batch of deliveries. The drain signal ends the loop, so it
-        // fires at most once. An overflowing budget wakes the task through its
-        // inbox (`Mailbox::offer`) rather than a `Notify` of its own. One timer
-        // serves the end of a byte-rate pause and the idle timeout; it is moved
-        // only when it fires early: a frame just moves `deadline`.
-        let drained = drain.notified();
+        // Made once, not once per turn of the loop: a fresh `Sleep` registers
+        // and deregisters a timer on every frame and every batch of
+        // deliveries. One timer serves the end of a byte-rate pause and the
+        // idle timeout; it is moved only when it fires early: a frame just
+        // moves `deadline`. The server's drain and an overflowing budget are
+        // flags in the budget that wake the task through its inbox
+        // (`Drain::Inbox`, `Mailbox::offer`), not a `Notify` of its own.
         let timer = sleep_until(deadline);
-        tokio::pin!(drained, timer);
+        tokio::pin!(timer);
         loop {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
@@ -207,7 +210,7 @@ where
                 // yields after a batch of client frames so deliveries get theirs.
                 let event: WsEvent = tokio::select! {
                     biased;
-                    _ = &mut drained => WsEvent::Drain,
+                    _ = poll_fn(|_| draining(&budget)) => WsEvent::Drain,
                     // Woken through the inbox, whose waker the deliveries' branch
                     // leaves (`Mailbox::offer`).
                     _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
@@ -389,6 +392,15 @@ where
     /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
         self.driver.write_frames(&mut self.wire.buf)
+    }
+}
+
+/// Ready once the server asked the connection to close.
+fn draining(budget: &Budget) -> Poll<()> {
+    if budget.draining() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 

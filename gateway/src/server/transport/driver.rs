@@ -299,6 +299,11 @@ impl SessionDriver {
         Ok(())
     }
 
+    /// The client's inbox, which the hub fills.
+    pub(crate) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+
     /// The client's outbound byte budget.
     pub(crate) fn budget(&self) -> &Arc<Budget> {
         &self.mailbox.budget

@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, Instrument};
 
@@ -139,13 +138,11 @@ pub(crate) async fn upgrade(
                         return;
                     }
                 };
-            let drain = Arc::new(Notify::new());
-            shared.register(conn, drain.clone());
-            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
             let io = TokioIo::new(upgraded);
-            Connection::new(shared.clone(), conn, session, io, hook_headers)
-                .run(drain)
-                .await;
+            let connection = Connection::new(shared.clone(), conn, session, io, hook_headers);
+            shared.register(conn, connection.drain());
+            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+            connection.run().await;
             shared.unregister(conn);
             drop(permit);
             drop(done);
