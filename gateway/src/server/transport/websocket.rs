@@ -114,12 +114,15 @@ pub(crate) async fn upgrade(
         shared.metrics.limit_exceeded(limit::MAX_CONNECTIONS);
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
-    // Boxed: the task below keeps what it captures for its whole life.
+    // Boxed, with the headers some hook forwards, into one pointer: the task
+    // below keeps what it captures for its whole life. 24 B less there puts
+    // the task's cell (allocated in steps of 128 B) a step lower.
     let session = Box::new(
         Session::new(vsn, shared.router.clone(), shared.config.session.clone())
             .with_id(info.id)
             .with_assigns(info.assigns),
     );
+    let setup = Box::new((session, hook_headers));
     let on_upgrade = hyper::upgrade::on(req);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("conn", id = conn);
@@ -139,7 +142,12 @@ pub(crate) async fn upgrade(
                     }
                 };
             let io = TokioIo::new(upgraded);
-            let connection = Connection::new(shared.clone(), conn, session, io, hook_headers);
+            // Unpacked in a scope that ends here: nothing of it stays in
+            // this future's state.
+            let connection = {
+                let (session, hook_headers) = *setup;
+                Connection::new(shared.clone(), conn, session, io, hook_headers)
+            };
             shared.register(conn, connection.drain());
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
             connection.run().await;
