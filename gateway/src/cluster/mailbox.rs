@@ -102,7 +102,7 @@ impl Budget {
         taken
     }
 
-    /// Charges `n` bytes whatever the limit: bytes the WebSocket library
+    /// Charges `n` bytes whatever the limit: control frames the connection
     /// writes on its own (a pong, a close frame), small and not refusable.
     pub(crate) fn add(&self, n: usize) {
         self.queued.fetch_add(n, Ordering::AcqRel);
