@@ -473,12 +473,19 @@ pub(crate) struct Wire<S> {
     buf: Vec<u8>,
     sent: usize,
     budget: Arc<Budget>,
-    /// Client bytes read and not taken: the start of a frame not all read
-    /// yet, or frames that arrived behind the one returned. Usually empty.
+    /// Client bytes read, of which the first `taken` are taken: the start
+    /// of a frame not all read yet, or frames that arrived behind the one
+    /// returned. Usually empty. Frames are taken by moving `taken`, not by
+    /// moving the bytes after them (a burst of small frames would move the
+    /// rest of the burst once per frame).
     unread: Vec<u8>,
+    /// `u32`s, with `max_frame`, so as to take no more room than one
+    /// `usize`: `unread` never holds much more than a frame.
+    taken: u32,
+    /// The size limit of a client frame and message (at most 4 GiB less
+    /// 64 KiB, so that `unread`, a frame and a read more, fits `taken`).
+    max_frame: u32,
     reader: ClientReader,
-    /// The size limit of a client frame and message.
-    max_frame: usize,
 }
 
 impl<S> Wire<S>
@@ -486,14 +493,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     fn new(io: S, budget: Arc<Budget>, max_frame: usize) -> Self {
+        let max_frame = u32::try_from(max_frame)
+            .unwrap_or(u32::MAX)
+            .min(u32::MAX - (64 << 10));
         Self {
             io,
             buf: Vec::new(),
             sent: 0,
             budget,
             unread: Vec::new(),
-            reader: ClientReader::default(),
+            taken: 0,
             max_frame,
+            reader: ClientReader::default(),
         }
     }
 
@@ -516,7 +527,7 @@ where
                 // it (part of a frame, or frames behind a message) is kept.
                 let mut at = 0;
                 loop {
-                    match self.reader.take(&data[at..], self.max_frame) {
+                    match self.reader.take(&data[at..], self.max_frame as usize) {
                         Err(e) => return Poll::Ready(Err(Received::Bad(e))),
                         Ok(Step::More(_)) => {
                             self.unread.extend_from_slice(&data[at..]);
@@ -533,13 +544,19 @@ where
                 }
                 continue;
             }
-            match self.reader.take(&self.unread, self.max_frame) {
+            let taken = self.taken as usize;
+            match self
+                .reader
+                .take(&self.unread[taken..], self.max_frame as usize)
+            {
                 Err(e) => return Poll::Ready(Err(Received::Bad(e))),
                 Ok(Step::Frame { used, message }) => {
-                    if used == self.unread.len() {
+                    if taken + used == self.unread.len() {
                         self.unread = Vec::new();
+                        self.taken = 0;
                     } else {
-                        self.unread.drain(..used);
+                        // Within `unread`, which is under 4 GiB (`max_frame`).
+                        self.taken = (taken + used) as u32;
                     }
                     if let Some(message) = message {
                         return Poll::Ready(Ok(self.answer(message)));
@@ -547,7 +564,10 @@ where
                 }
                 Ok(Step::More(need)) => {
                     // The rest of a frame: read into `unread`, at least all
-                    // of the frame (it is within the size limit).
+                    // of the frame (it is within the size limit), after
+                    // dropping what was taken.
+                    self.unread.drain(..taken);
+                    self.taken = 0;
                     let have = self.unread.len();
                     self.unread.resize(need.max(have + READ_CHUNK), 0);
                     let mut read = ReadBuf::new(&mut self.unread[have..]);
@@ -854,6 +874,23 @@ mod tests {
         assert_eq!(w.unread.capacity(), 0, "nothing kept between frames");
         assert!(next(&mut w).is_pending());
         assert_eq!(w.unread.capacity(), 0);
+
+        // A burst of frames in one read: each in order, the kept bytes
+        // taken in place (not moved), nothing kept after the last.
+        let mut w = wire(usize::MAX, &[]);
+        let burst: Vec<u8> = (0..100)
+            .flat_map(|i| client_frame(opcode::TEXT, format!("[{i}]").as_bytes()))
+            .collect();
+        w.io.incoming.push_back(burst);
+        for i in 0..100 {
+            assert!(
+                matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Text(t))) if t == format!("[{i}]"))
+            );
+            if i > 0 && i < 99 {
+                assert!(w.taken > 0, "taken in place");
+            }
+        }
+        assert_eq!((w.unread.capacity(), w.taken), (0, 0));
 
         // A close frame: echoed when its code is allowed, else 1002; then
         // the end of the stream.
