@@ -17,6 +17,7 @@ pub mod longpoll_token;
 pub mod node_messages;
 pub mod phoenix;
 pub mod subprotocol;
+pub mod ws_client_frames;
 
 pub use phoenix::{frame_v1_json, frame_v2_binary, frame_v2_json};
 
@@ -36,4 +37,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("api_body", api_body::run),
     ("gossip_codec", gossip_codec::run),
     ("node_messages", node_messages::run),
+    ("ws_client_frames", ws_client_frames::run),
 ];

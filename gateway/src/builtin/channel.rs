@@ -14,7 +14,7 @@ use super::{App, PresenceSlot, MAX_MESSAGE_CHARS, MEMBER_SPACE};
 use crate::channel::recover::{self, Logged, LOGGED_EVENT};
 use crate::channel::{
     reason, Channel, ChannelContext, HandleIn, HandleInfo, Info, JoinResult, PresenceCount, Reply,
-    RoomStore,
+    RoomStore, SocketAssigns,
 };
 use crate::hooks::{JoinDecision, PublishDecision, RpcDecision};
 use crate::protocol::{encode_broadcast, JsonObject, Payload};
@@ -26,17 +26,19 @@ use crate::topics;
 pub struct ConfiguredChannel {
     app: Arc<App>,
     rule: usize,
-    /// The rule's variables bound by the topic (a few: a `Vec`, not a map node).
-    vars: Vec<(String, String)>,
-    user: String,
-    name: String,
+    /// The rule's variables bound by the topic (a few: a slice, not a map
+    /// node). Boxed slices and strings, and the rarely used state below
+    /// boxed: every joined channel keeps this for the life of its join.
+    vars: Box<[(Box<str>, Box<str>)]>,
+    user: Box<str>,
+    name: Box<str>,
     /// The meta tracked for the user, when the rule tracks presence.
-    meta: Option<Map<String, Value>>,
+    meta: Option<Box<Map<String, Value>>>,
     /// The presence this join holds in `(user, topic)`, counted against
     /// `limits.presences_per_user_topic`.
     slot: Option<PresenceSlot>,
     /// On a recoverable topic: what this client has received.
-    stream: Option<Stream>,
+    stream: Option<Box<Stream>>,
 }
 
 /// Most entries a client may hold ahead of a hole in an origin's sequence;
@@ -61,9 +63,9 @@ impl ConfiguredChannel {
         Self {
             app,
             rule: 0,
-            vars: Vec::new(),
-            user: String::new(),
-            name: String::new(),
+            vars: Box::default(),
+            user: Box::default(),
+            name: Box::default(),
             meta: None,
             slot: None,
             stream: None,
@@ -236,8 +238,8 @@ impl ConfiguredChannel {
     fn var(&self, name: &str) -> Option<&str> {
         self.vars
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
     }
 
     /// The topic of the same rule with `{id}` bound to `id`.
@@ -256,13 +258,13 @@ impl ConfiguredChannel {
             .join(":")
     }
 
-    fn authorized(&self, join: JoinRule, assigns: &Map<String, Value>) -> bool {
+    fn authorized(&self, join: JoinRule, assigns: &SocketAssigns) -> bool {
         let claim = |name: &str| assigns.get(name).and_then(Value::as_str);
         let var = |name: &str| self.var(name);
         let in_org = || claim("org").is_some() && claim("org") == var("org");
         match join {
             JoinRule::Anyone => true,
-            JoinRule::User => var("id") == Some(self.user.as_str()),
+            JoinRule::User => var("id") == Some(&*self.user),
             JoinRule::Org => in_org(),
             JoinRule::Team => {
                 in_org()
@@ -278,8 +280,8 @@ impl ConfiguredChannel {
     fn item(&self, body: &str) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("id".into(), Value::from(new_id()));
-        m.insert("user_id".into(), Value::from(self.user.clone()));
-        m.insert("username".into(), Value::from(self.name.clone()));
+        m.insert("user_id".into(), Value::from(&*self.user));
+        m.insert("username".into(), Value::from(&*self.name));
         m.insert("body".into(), Value::from(body));
         m.insert("inserted_at".into(), Value::from(now_iso8601()));
         m
@@ -367,7 +369,7 @@ impl ConfiguredChannel {
         let (Some(fields), Some(meta)) = (json_fields(payload), self.meta.as_ref()) else {
             return refuse(ctx, validation_error(json!({"meta": ["is invalid"]})));
         };
-        let mut meta = meta.clone();
+        let mut meta = Map::clone(meta);
         for (k, v) in fields {
             if k != "phx_ref" && k != "phx_ref_prev" {
                 meta.insert(k, v);
@@ -378,8 +380,8 @@ impl ConfiguredChannel {
             // The meta stays as it was.
             return refuse(ctx, refusal);
         }
-        self.meta = serde_json::from_str(encoded.as_str()).ok();
-        ctx.update(self.user.clone(), encoded);
+        self.meta = serde_json::from_str(encoded.as_str()).ok().map(Box::new);
+        ctx.update(self.user.to_string(), encoded);
         HandleIn::Reply(Reply::ok())
     }
 }
@@ -409,17 +411,20 @@ impl Channel for ConfiguredChannel {
             return Err(reason("unmatched topic"));
         };
         self.rule = rule;
-        self.vars = vars.into_iter().collect();
+        self.vars = vars
+            .into_iter()
+            .map(|(k, v)| (Box::from(k), Box::from(v)))
+            .collect();
         let Some(user) = ctx.assigns().get("user_id").and_then(Value::as_str) else {
             return Err(reason("unauthorized"));
         };
-        self.user = user.to_owned();
+        self.user = user.into();
         self.name = ctx
             .assigns()
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or(user)
-            .to_owned();
+            .into();
         let rule = self.app.rules[self.rule].clone();
         // The backend's answer, when the rule has a join hook (the transport
         // called it before handing the join in; none attached: fail closed).
@@ -470,7 +475,7 @@ impl Channel for ConfiguredChannel {
             if recovered.is_none() {
                 stream.pos = Arc::new(self.app.records().read().position(topic));
             }
-            self.stream = Some(stream);
+            self.stream = Some(Box::new(stream));
         }
         if let Some(entries) = recovered {
             for (stamp, body) in entries {
@@ -487,7 +492,7 @@ impl Channel for ConfiguredChannel {
         if rule.presence {
             let mut meta = Map::new();
             meta.insert("online_at".into(), Value::from(now_iso8601()));
-            meta.insert("username".into(), Value::from(self.name.clone()));
+            meta.insert("username".into(), Value::from(&*self.name));
             for (k, v) in hook_meta {
                 if k != "phx_ref" && k != "phx_ref_prev" {
                     meta.insert(k, v);
@@ -500,8 +505,8 @@ impl Channel for ConfiguredChannel {
                 return Err(reason("too_many_presences"));
             };
             self.slot = Some(slot);
-            ctx.track(self.user.clone(), encoded);
-            self.meta = Some(meta);
+            ctx.track(self.user.to_string(), encoded);
+            self.meta = Some(Box::new(meta));
         }
         if rule.push_sockets {
             ctx.count_presence(topics::socket_topic(&socket_id(&self.user)));

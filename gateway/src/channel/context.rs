@@ -9,7 +9,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::presence::strip_reserved;
-use super::{Action, Assigns, PresenceEntry};
+use super::{Action, PresenceEntry, SocketAssigns};
 use crate::protocol::{Encoded, JsonObject, Payload, Ref};
 
 use super::{Info, Reply};
@@ -21,7 +21,7 @@ pub struct ChannelContext<'a> {
     join_ref: &'a Ref,
     msg_ref: Option<&'a Ref>,
     socket_id: Option<&'a str>,
-    assigns: &'a Assigns,
+    assigns: &'a SocketAssigns,
     presence: &'a [PresenceEntry],
     attached: Option<&'a (dyn Any + Send)>,
     effects: Vec<Effect>,
@@ -51,7 +51,7 @@ impl<'a> ChannelContext<'a> {
     }
 
     /// The assigns the connection was authenticated with (user id, roles, ...).
-    pub fn assigns(&self) -> &Assigns {
+    pub fn assigns(&self) -> &SocketAssigns {
         self.assigns
     }
 
@@ -226,7 +226,7 @@ pub(crate) struct Scope<'a> {
     pub join_ref: &'a Ref,
     pub msg_ref: Option<&'a Ref>,
     pub socket_id: Option<&'a str>,
-    pub assigns: &'a Assigns,
+    pub assigns: &'a SocketAssigns,
     pub presence: &'a [PresenceEntry],
 }
 

@@ -20,7 +20,7 @@ pub mod recover;
 mod rooms;
 mod router;
 
-pub use action::{Action, Assigns, PresenceCount};
+pub use action::{Action, Assigns, PresenceCount, SocketAssigns};
 pub use context::ChannelContext;
 pub use presence::{presence_diff, presence_state, PresenceEntry, StateWriter};
 pub use rooms::RoomStore;

@@ -70,6 +70,10 @@ pub(crate) struct Budget {
     queued: AtomicUsize,
     limit: usize,
     overflow: AtomicBool,
+    /// The server asks the connection to close (it drains): set by
+    /// [`Budget::drain`]. Here, not in a `Notify` of the connection's own:
+    /// this flag takes no room the struct did not have.
+    draining: AtomicBool,
     pub(crate) notify: Notify,
 }
 impl Budget {
@@ -78,6 +82,7 @@ impl Budget {
             queued: AtomicUsize::new(0),
             limit,
             overflow: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             notify: Notify::new(),
         }
     }
@@ -97,7 +102,7 @@ impl Budget {
         taken
     }
 
-    /// Charges `n` bytes whatever the limit: bytes the WebSocket library
+    /// Charges `n` bytes whatever the limit: control frames the connection
     /// writes on its own (a pong, a close frame), small and not refusable.
     pub(crate) fn add(&self, n: usize) {
         self.queued.fetch_add(n, Ordering::AcqRel);
@@ -111,6 +116,17 @@ impl Budget {
     /// Whether the budget was exceeded.
     pub(crate) fn overflowed(&self) -> bool {
         self.overflow.load(Ordering::Acquire)
+    }
+
+    /// Asks the connection to close: the server drains. Wake it through
+    /// its inbox ([`Inbox::wake`]).
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection was asked to close.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Bytes currently queued.
@@ -152,8 +168,8 @@ impl Inbox {
     }
 
     /// Wakes the connection if it waits, with nothing to take: it is to look
-    /// at its budget, which overflowed.
-    fn wake(&self) {
+    /// at its budget, which overflowed or is draining.
+    pub(crate) fn wake(&self) {
         let waker = self.queue.lock().expect("inbox lock").waker.take();
         if let Some(waker) = waker {
             waker.wake();
@@ -204,6 +220,11 @@ impl Taken {
             self.queue = VecDeque::new();
         }
         item
+    }
+
+    /// Makes `item`, just taken, the next delivery again.
+    pub(crate) fn put_back(&mut self, item: Inbound) {
+        self.queue.push_front(item);
     }
 
     /// The next delivery if one is waiting.

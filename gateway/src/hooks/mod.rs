@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::channel::{Assigns, Info};
+use crate::channel::{Assigns, Info, SocketAssigns};
 use crate::protocol::{InFrame, JsonObject, Payload};
 use crate::socket::{Denied, SocketInfo};
 
@@ -423,7 +423,7 @@ impl Hooks {
         kind: Kind,
         rule: usize,
         frame: &InFrame,
-        assigns: &Assigns,
+        assigns: &SocketAssigns,
         headers: &[(String, String)],
     ) -> Pending {
         let hooks = self.clone();

@@ -79,6 +79,9 @@ pub struct Metrics {
     bytes_out: Family<Labels1, Counter>,
     api_broadcasts: Family<Labels1, Counter>,
     limits: LimitCounter,
+    /// Each transport's counters, made once and shared by its connections
+    /// ([`Metrics::transport_shared`]).
+    shared_transports: [std::sync::OnceLock<std::sync::Arc<TransportMetrics>>; 2],
 }
 
 /// One transport's live counters, cloned into each connection task (each field
@@ -153,6 +156,7 @@ impl Metrics {
             bytes_out: Family::default(),
             api_broadcasts: Family::default(),
             limits: limits.clone(),
+            shared_transports: Default::default(),
         };
         let families = [
             (
@@ -245,6 +249,15 @@ impl Metrics {
             bytes_out: self.bytes_out.get_or_create(&label).clone(),
             join_errors,
         }
+    }
+
+    /// The counters of `transport`, one `Arc` for all its connections: a
+    /// [`TransportMetrics`] is twelve handles (96 B), which every connection
+    /// would otherwise keep a copy of.
+    pub fn transport_shared(&self, transport: Transport) -> std::sync::Arc<TransportMetrics> {
+        let slot = &self.shared_transports[transport as usize];
+        slot.get_or_init(|| std::sync::Arc::new(self.transport(transport)))
+            .clone()
     }
 
     /// Shows the backend hooks' counters (`chorus_hook_calls_total`,

@@ -45,7 +45,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 
 pub use crate::cluster::{Hub, HubError};
@@ -193,11 +193,11 @@ pub(crate) struct Shared {
     http_conns: AtomicUsize,
     pub(crate) longpoll: transport::longpoll::LongPoll,
     /// Live connections (and LongPoll sessions) and their drain signal.
-    conns: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    conns: Mutex<BTreeMap<u64, shutdown::Drain>>,
 }
 
 impl Shared {
-    pub(crate) fn register(&self, conn: u64, drain: Arc<Notify>) {
+    pub(crate) fn register(&self, conn: u64, drain: shutdown::Drain) {
         self.conns
             .lock()
             .expect("connection registry lock")

@@ -6,9 +6,34 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
 use tracing::debug;
 
 use super::Shared;
+use crate::cluster::mailbox::{Budget, Inbox};
+
+/// How a live connection is told to close when the server drains.
+#[derive(Clone)]
+pub(crate) enum Drain {
+    /// A task waiting on this `Notify` (LongPoll, dashboard).
+    Notify(Arc<Notify>),
+    /// A WebSocket connection: its budget's drain flag, then a wake-up
+    /// through its inbox. No `Notify` (and no `Notified` in its task) per
+    /// idle connection.
+    Inbox(Arc<Budget>, Arc<Inbox>),
+}
+
+impl Drain {
+    fn signal(&self) {
+        match self {
+            Self::Notify(notify) => notify.notify_one(),
+            Self::Inbox(budget, inbox) => {
+                budget.drain();
+                inbox.wake();
+            }
+        }
+    }
+}
 
 /// Marks the server draining and closes every live connection in batches.
 pub(crate) async fn drain(shared: &Arc<Shared>) {
@@ -30,7 +55,7 @@ pub(crate) async fn drain(shared: &Arc<Shared>) {
             tokio::time::sleep(shared.config.drain_interval).await;
         }
         for drain in chunk {
-            drain.notify_one();
+            drain.signal();
         }
     }
 }

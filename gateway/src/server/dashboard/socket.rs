@@ -106,7 +106,7 @@ pub(crate) fn upgrade(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         let drain = Arc::new(Notify::new());
-        shared.register(conn, drain.clone());
+        shared.register(conn, crate::server::shutdown::Drain::Notify(drain.clone()));
         let code = serve(&shared, ws, &drain).await;
         shared.unregister(conn);
         debug!(conn, code, "dashboard socket closed");

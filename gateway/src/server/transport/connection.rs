@@ -4,13 +4,14 @@
 //! socket accepts it, so a client that is slow to read never stops the task from
 //! reading or from taking deliveries.
 //!
-//! tungstenite reads the client's frames; what goes to the client is written as
-//! finished WebSocket frames into one byte buffer under it ([`Wire`]): the
-//! session's frames get their header there, and the plain broadcasts the
-//! [`Hub`](crate::cluster::Hub) hands over already framed ([`Inbound::Frames`])
-//! are appended as they are. Whatever tungstenite writes itself (a pong, a
-//! close frame) lands in the same buffer between two frames. One `write` sends
-//! all that is queued.
+//! The socket is a [`Wire`]. It reads the client's frames with
+//! [`ClientReader`] from a buffer on the stack, keeping only the bytes of a
+//! frame not all read yet: an idle connection holds no read buffer. What goes
+//! to the client is written as finished WebSocket frames into one byte
+//! buffer: the session's frames get their header there, and the plain
+//! broadcasts the [`Hub`](crate::cluster::Hub) hands over already framed
+//! ([`Inbound::Frames`]) are appended as they are; pongs and close frames go
+//! between two frames. One `write` sends all that is queued.
 //!
 //! Everything queued for the client (replies, pushes, broadcasts handed over by the
 //! hub) is charged to one byte [`Budget`] (default 1 MiB) until it is written. A client that stops
@@ -22,27 +23,24 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use super::driver::{Exit, HookAnswer, SessionDriver};
 use crate::cluster::mailbox::{Budget, Inbound};
 use crate::limits::ByteLimiter;
-use crate::protocol::{decode_binary, decode_text, wsframe, FrameError};
+use crate::protocol::wsframe::{self, opcode, ClientMessage, ClientReader, ReadError, Step};
+use crate::protocol::{decode_binary, decode_text, FrameError};
+use crate::server::shutdown::Drain;
 use crate::server::Shared;
 use crate::socket::Session;
 
@@ -81,7 +79,7 @@ enum WsEvent {
     Inbound(Inbound),
     /// A backend hook answered about a held frame.
     HookAnswer(HookAnswer),
-    Frame(Option<Result<Message, WsError>>),
+    Frame(Result<ClientMessage, Received>),
     /// The byte-rate pause is over: read again.
     Resume,
     /// Writing to the socket failed: the client is gone.
@@ -89,9 +87,19 @@ enum WsEvent {
     Idle,
 }
 
+/// What the loop does after an event, at its one await.
+enum Then {
+    /// Nothing more: the next turn.
+    Loop,
+    /// Run the actions the session queued and queue its frames.
+    Settle,
+    /// Hand the waiting deliveries to the session.
+    Deliver,
+}
+
 pub(crate) struct Connection<S> {
     driver: SessionDriver,
-    ws: WebSocketStream<Wire<S>>,
+    wire: Wire<S>,
     /// Client frames read since the last write.
     reads: usize,
 }
@@ -105,61 +113,68 @@ where
     /// `run` future: values moved into an `async fn` keep their argument slot for the
     /// whole life of the future, so passing the session and socket by value would
     /// store them twice in every idle connection's task.
-    pub(crate) async fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         conn: u64,
         session: Box<Session>,
         io: S,
-        config: WebSocketConfig,
         hook_headers: Vec<(String, String)>,
     ) -> Box<Self> {
-        let driver =
-            SessionDriver::new(shared.clone(), conn, *session, true).with_hooks(hook_headers);
-        let wire = Wire::new(io, driver.budget().clone());
-        let ws = WebSocketStream::from_raw_socket(wire, Role::Server, Some(config)).await;
+        let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
+        let wire = Wire::new(io, budget.clone(), shared.config.max_frame_size);
+        let driver = SessionDriver::with_budget(shared, conn, *session, true, budget)
+            .with_hooks(hook_headers);
         Box::new(Connection {
             driver,
-            ws,
+            wire,
             reads: 0,
         })
     }
 
+    /// How the server tells this connection to close when it drains.
+    pub(crate) fn drain(&self) -> Drain {
+        Drain::Inbox(self.driver.budget().clone(), self.driver.inbox().clone())
+    }
+
     /// Serves the socket until it closes.
-    pub(crate) async fn run(mut self: Box<Self>, drain: Arc<Notify>) {
+    pub(crate) async fn run(mut self: Box<Self>) {
         let shared = self.driver.shared.clone();
-        let exit = self.serve(&drain).await;
+        let exit = self.serve().await;
         Box::pin(self.driver.cleanup()).await;
         let close = match exit {
-            Exit::Close(code, reason) => Some(close_frame(code, reason)),
+            Exit::Close(code, reason) => Some((code, reason)),
             Exit::SlowConsumer => {
                 shared.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 // Whatever is queued is abandoned: the client is not reading it.
-                self.ws.get_mut().abandon();
-                let frame = close_frame(close::SLOW_CONSUMER, "slow consumer");
-                let send = self.ws.send(Message::Close(Some(frame)));
-                let _ = timeout(Duration::from_secs(1), send).await;
+                self.wire.abandon();
+                self.wire.push_close(close::SLOW_CONSUMER, "slow consumer");
+                let wire = &mut self.wire;
+                let _ = timeout(Duration::from_secs(1), poll_fn(|cx| wire.poll_send(cx))).await;
                 return;
             }
             Exit::Gone => None,
         };
         let _ = timeout(Duration::from_secs(5), Box::pin(self.finish(close))).await;
-        self.ws.get_mut().abandon();
+        self.wire.abandon();
     }
 
-    /// Writes what is queued, then the close frame, and closes the socket.
-    async fn finish(&mut self, close: Option<CloseFrame>) {
-        let ws = &mut self.ws;
-        if poll_fn(|cx| ws.get_mut().poll_send(cx)).await.is_err() {
+    /// Writes what is queued, then the close frame, and shuts the socket down.
+    async fn finish(&mut self, close: Option<(u16, &'static str)>) {
+        let wire = &mut self.wire;
+        if poll_fn(|cx| wire.poll_send(cx)).await.is_err() {
             return;
         }
-        if let Some(frame) = close {
-            let _ = ws.feed(Message::Close(Some(frame))).await;
-            let _ = ws.flush().await;
+        if let Some((code, reason)) = close {
+            wire.push_close(code, reason);
+            if poll_fn(|cx| wire.poll_send(cx)).await.is_err() {
+                return;
+            }
         }
-        let _ = timeout(Duration::from_secs(2), SinkExt::close(ws)).await;
+        let shutdown = poll_fn(|cx| Pin::new(&mut wire.io).poll_shutdown(cx));
+        let _ = timeout(Duration::from_secs(2), shutdown).await;
     }
 
-    async fn serve(&mut self, drain: &Notify) -> Exit {
+    async fn serve(&mut self) -> Exit {
         if self.driver.shared.draining.load(Ordering::Acquire) {
             return Exit::Close(close::RESTART, "server restarting");
         }
@@ -173,77 +188,89 @@ where
         let mut bytes = ByteLimiter::new(limits.byte_rate, limits.byte_burst);
         // While the client is over its byte rate, its frames are not read.
         let mut resume: Option<Instant> = None;
-        // Made once, not once per turn of the loop: a `Notified` polled in a
-        // fresh `select!` locks its `Notify` to link and unlink a waiter, and a
-        // fresh `Sleep` registers and deregisters a timer, on every frame and
-        // every batch of deliveries. The drain signal ends the loop, so it
-        // fires at most once. An overflowing budget wakes the task through its
-        // inbox (`Mailbox::offer`) rather than a `Notify` of its own. One timer
-        // serves the end of a byte-rate pause and the idle timeout; it is moved
-        // only when it fires early: a frame just moves `deadline`.
-        let drained = drain.notified();
+        // Made once, not once per turn of the loop: a fresh `Sleep` registers
+        // and deregisters a timer on every frame and every batch of
+        // deliveries. One timer serves the end of a byte-rate pause and the
+        // idle timeout; it is moved only when it fires early: a frame just
+        // moves `deadline`. The server's drain and an overflowing budget are
+        // flags in the budget that wake the task through its inbox
+        // (`Drain::Inbox`, `Mailbox::offer`), not a `Notify` of its own.
         let timer = sleep_until(deadline);
-        tokio::pin!(drained, timer);
+        tokio::pin!(timer);
         loop {
             if budget.overflowed() {
                 return Exit::SlowConsumer;
             }
-            let (ws, reads) = (&mut self.ws, &mut self.reads);
-            let (inbound, hook_answer) = self.driver.events();
-            // The socket comes before the deliveries so that, under a flood of
-            // deliveries, queued frames are still written on every turn; it
-            // yields after a batch of client frames so deliveries get theirs.
-            let event = tokio::select! {
-                biased;
-                _ = &mut drained => WsEvent::Drain,
-                // Woken through the inbox, whose waker the deliveries' branch
-                // leaves (`Mailbox::offer`).
-                _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
-                event = poll_fn(|cx| poll_socket(ws, reads, resume.is_none(), cx)) => event,
-                item = inbound => WsEvent::Inbound(item),
-                answer = hook_answer => WsEvent::HookAnswer(answer),
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if resume.is_some_and(|at| now >= at) {
-                        WsEvent::Resume
-                    } else if now < deadline {
-                        timer.as_mut().reset(resume.unwrap_or(deadline).min(deadline));
-                        continue;
-                    } else {
-                        WsEvent::Idle
+            let next = {
+                let (wire, reads) = (&mut self.wire, &mut self.reads);
+                let (inbound, hook_answer) = self.driver.events();
+                // The socket comes before the deliveries so that, under a flood of
+                // deliveries, queued frames are still written on every turn; it
+                // yields after a batch of client frames so deliveries get theirs.
+                let event: WsEvent = tokio::select! {
+                    biased;
+                    _ = poll_fn(|_| draining(&budget)) => WsEvent::Drain,
+                    // Woken through the inbox, whose waker the deliveries' branch
+                    // leaves (`Mailbox::offer`).
+                    _ = poll_fn(|_| overflow(&budget)) => WsEvent::Overflow,
+                    event = poll_fn(|cx| poll_socket(wire, reads, resume.is_none(), cx)) => event,
+                    item = inbound => WsEvent::Inbound(item),
+                    answer = hook_answer => WsEvent::HookAnswer(answer),
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if resume.is_some_and(|at| now >= at) {
+                            WsEvent::Resume
+                        } else if now < deadline {
+                            timer.as_mut().reset(resume.unwrap_or(deadline).min(deadline));
+                            continue;
+                        } else {
+                            WsEvent::Idle
+                        }
+                    }
+                };
+                // The event is handled without an await and its scope ends
+                // before the one await of this turn: the loop's future keeps no
+                // room for an event (a hook answer holds a whole client frame).
+                match event {
+                    WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
+                    WsEvent::Overflow => Err(Exit::SlowConsumer),
+                    WsEvent::Inbound(item) => {
+                        // Handled from the queue with what else is waiting.
+                        self.driver.put_back(item);
+                        Ok(Then::Deliver)
+                    }
+                    WsEvent::HookAnswer(answer) => {
+                        self.take_hook_answer(answer).map(|()| Then::Settle)
+                    }
+                    WsEvent::WriteFailed => Err(Exit::Gone),
+                    WsEvent::Resume => {
+                        resume = None;
+                        timer.as_mut().reset(deadline);
+                        Ok(Then::Loop)
+                    }
+                    WsEvent::Frame(msg) => {
+                        let now = Instant::now();
+                        deadline = now + idle;
+                        let len = msg.as_ref().map_or(0, ClientMessage::len);
+                        if let Some(pause) = bytes.charge(now.into_std(), len) {
+                            self.driver.shared.config.limit_counter.hit("byte_rate");
+                            resume = Some(now + pause);
+                            deadline = deadline.max(now + pause + idle);
+                            timer.as_mut().reset(now + pause);
+                        }
+                        self.take_message(msg).map(|()| Then::Settle)
+                    }
+                    WsEvent::Idle => {
+                        debug!(conn = self.driver.conn, "idle timeout");
+                        Err(Exit::Close(close::SERVER_ERROR, "idle timeout"))
                     }
                 }
             };
-            let step = match event {
-                WsEvent::Drain => Err(Exit::Close(close::RESTART, "server restarting")),
-                WsEvent::Overflow => Err(Exit::SlowConsumer),
-                WsEvent::Inbound(item) => self.handle_inbound(item).await,
-                WsEvent::HookAnswer(answer) => self.handle_hook_answer(answer).await,
-                WsEvent::WriteFailed => Err(Exit::Gone),
-                WsEvent::Resume => {
-                    resume = None;
-                    timer.as_mut().reset(deadline);
-                    Ok(())
-                }
-                WsEvent::Frame(msg) => {
-                    let now = Instant::now();
-                    deadline = now + idle;
-                    let len = msg
-                        .as_ref()
-                        .and_then(|m| m.as_ref().ok())
-                        .map_or(0, Message::len);
-                    if let Some(pause) = bytes.charge(now.into_std(), len) {
-                        self.driver.shared.config.limit_counter.hit("byte_rate");
-                        resume = Some(now + pause);
-                        deadline = deadline.max(now + pause + idle);
-                        timer.as_mut().reset(now + pause);
-                    }
-                    self.handle_message(msg).await
-                }
-                WsEvent::Idle => {
-                    debug!(conn = self.driver.conn, "idle timeout");
-                    Err(Exit::Close(close::SERVER_ERROR, "idle timeout"))
-                }
+            let step = match next {
+                Ok(Then::Loop) => Ok(()),
+                Ok(Then::Settle) => self.settle().await,
+                Ok(Then::Deliver) => self.handle_inbound().await,
+                Err(exit) => Err(exit),
             };
             if let Err(exit) = step {
                 return exit;
@@ -251,18 +278,20 @@ where
         }
     }
 
-    /// Hands `item` and whatever else is waiting (up to a batch) to the
-    /// session, in order, and queues the frames they produced; finished frames
-    /// ([`Inbound::Frames`]) go straight to the socket's buffer, after the
-    /// session's frames queued before them. Each delivery's budget is given
-    /// back as the session handles it; finished frames keep theirs until
-    /// written.
-    async fn handle_inbound(&mut self, first: Inbound) -> Result<(), Exit> {
+    /// Hands what is waiting (up to a batch) to the session, in order, and
+    /// queues the frames they produced; finished frames ([`Inbound::Frames`])
+    /// go straight to the socket's buffer, after the session's frames queued
+    /// before them. Each delivery's budget is given back as the session
+    /// handles it; finished frames keep theirs until written. A delivery's
+    /// actions run before the next delivery; nothing of a delivery is held
+    /// across that await.
+    async fn handle_inbound(&mut self) -> Result<(), Exit> {
         self.driver.reserve_for_taken(INBOUND_BATCH);
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(item) = next.take() {
-            match item {
+        for _ in 0..INBOUND_BATCH {
+            let Some(item) = self.driver.try_recv() else {
+                break;
+            };
+            let actions = match item {
                 Inbound::Frames {
                     topic,
                     bytes,
@@ -272,62 +301,69 @@ where
                     self.flush()?;
                     let cost = bytes.len();
                     if self.driver.frames_delivered(&topic, count, payload, cost) {
-                        self.ws.get_mut().push_frames(bytes);
+                        self.wire.push_frames(bytes);
                     }
+                    false
                 }
-                item => self.driver.handle_delivery(item).await?,
-            }
-            handled += 1;
-            if handled < INBOUND_BATCH {
-                next = self.driver.try_recv();
+                item => {
+                    self.driver.take_delivery(item)?;
+                    self.driver.session.has_actions()
+                }
+            };
+            if actions {
+                self.driver.run_actions().await?;
             }
         }
         self.flush()
     }
 
-    async fn handle_hook_answer(&mut self, answer: HookAnswer) -> Result<(), Exit> {
-        if let Err(e) = self.driver.handle_hook_answer(answer) {
-            return Err(self.invalid(&e));
-        }
+    /// Runs the actions the session queued, then queues its frames for the
+    /// socket. The only await after a client frame or a hook answer: those
+    /// are handed to the session without one ([`Connection::take_message`]),
+    /// so the loop's future holds neither while idle.
+    async fn settle(&mut self) -> Result<(), Exit> {
         self.driver.run_actions().await?;
         self.flush()
     }
 
-    async fn handle_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Exit> {
+    fn take_hook_answer(&mut self, answer: HookAnswer) -> Result<(), Exit> {
+        self.driver
+            .handle_hook_answer(answer)
+            .map_err(|e| self.invalid(&e))
+    }
+
+    /// Decodes a client frame, holds it to the client limits and hands it to
+    /// the session; the caller runs what it queued ([`Connection::settle`]).
+    fn take_message(&mut self, msg: Result<ClientMessage, Received>) -> Result<(), Exit> {
         let conn = self.driver.conn;
         let vsn = self.driver.session.vsn();
-        let len = match &msg {
-            Some(Ok(m)) => m.len(),
-            _ => 0,
-        };
+        let len = msg.as_ref().map_or(0, ClientMessage::len);
         let decoded = match msg {
-            Some(Ok(Message::Text(text))) => decode_text(vsn, text.as_str()),
-            Some(Ok(Message::Binary(bytes))) => decode_binary(vsn, bytes),
-            Some(Ok(Message::Close(_))) | None => return Err(Exit::Gone),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
-            Some(Err(WsError::Capacity(e))) => {
+            Ok(ClientMessage::Text(text)) => decode_text(vsn, &text),
+            Ok(ClientMessage::Binary(bytes)) => decode_binary(vsn, bytes.into()),
+            // The reply to a close frame is queued: write it and go.
+            Ok(ClientMessage::Close(_)) | Err(Received::End) => return Err(Exit::Gone),
+            Ok(ClientMessage::Ping(_) | ClientMessage::Pong(_)) => return Ok(()),
+            Err(Received::Bad(ReadError::TooBig(size))) => {
                 self.count_protocol_error();
-                warn!(conn, error = %e, "closing connection: frame too large");
+                warn!(conn, size, "closing connection: frame too large");
                 return Err(Exit::Close(close::TOO_BIG, "frame too large"));
             }
-            Some(Err(WsError::Protocol(
-                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            ))) => {
-                // A tab closed or a network dropped: a disconnect, not bad input.
-                debug!(conn, "client went away without a close frame");
-                return Err(Exit::Gone);
-            }
-            Some(Err(WsError::Protocol(e))) => {
+            Err(Received::Bad(ReadError::Protocol(e))) => {
                 self.count_protocol_error();
-                warn!(conn, error = %e, "closing connection: WebSocket protocol error");
+                warn!(
+                    conn,
+                    error = e,
+                    "closing connection: WebSocket protocol error"
+                );
                 return Err(Exit::Close(close::PROTOCOL, "protocol error"));
             }
-            Some(Err(WsError::Utf8)) => {
+            Err(Received::Bad(ReadError::Utf8)) => {
                 self.count_protocol_error();
                 warn!(conn, "closing connection: text frame is not UTF-8");
                 return Err(Exit::Close(close::INVALID_FRAME, "invalid frame"));
             }
-            Some(Err(e)) => {
+            Err(Received::Failed(e)) => {
                 debug!(conn, error = %e, "socket error");
                 return Err(Exit::Gone);
             }
@@ -338,8 +374,7 @@ where
                 return Err(self.invalid(&e));
             }
         }
-        self.driver.run_actions().await?;
-        self.flush()
+        Ok(())
     }
 
     fn count_protocol_error(&self) {
@@ -355,7 +390,16 @@ where
 
     /// Queues the session's frames for the socket (the actions already ran).
     fn flush(&mut self) -> Result<(), Exit> {
-        self.driver.write_frames(&mut self.ws.get_mut().buf)
+        self.driver.write_frames(&mut self.wire.buf)
+    }
+}
+
+/// Ready once the server asked the connection to close.
+fn draining(budget: &Budget) -> Poll<()> {
+    if budget.draining() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
@@ -368,20 +412,13 @@ fn overflow(budget: &Budget) -> Poll<()> {
     }
 }
 
-fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from_static(reason),
-    }
-}
-
 /// Reads the next frame; once none is waiting (or after [`READ_BATCH`] in a
 /// row), writes what the socket accepts. Reading first lets the replies to
 /// frames that arrived together leave in one write. Not `reading` (the client
 /// is over its byte rate), only writes. Ready with a frame, the end of the
 /// stream, or a write error; pending otherwise.
 fn poll_socket<S>(
-    ws: &mut WebSocketStream<Wire<S>>,
+    wire: &mut Wire<S>,
     reads: &mut usize,
     reading: bool,
     cx: &mut Context<'_>,
@@ -391,13 +428,13 @@ where
 {
     let read_more = reading && *reads < READ_BATCH;
     if read_more {
-        if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+        if let Poll::Ready(msg) = wire.poll_message(cx) {
             *reads += 1;
             return Poll::Ready(WsEvent::Frame(msg));
         }
     }
     *reads = 0;
-    if let Poll::Ready(Err(_)) = ws.get_mut().poll_send(cx) {
+    if let Poll::Ready(Err(_)) = wire.poll_send(cx) {
         return Poll::Ready(WsEvent::WriteFailed);
     }
     if reading && !read_more {
@@ -411,30 +448,173 @@ where
 /// compacted (its written part dropped).
 const COMPACT_AFTER: usize = 64 * 1024;
 
-/// The client's socket as tungstenite sees it, and every byte queued for the
-/// client: finished WebSocket frames back to back in `buf`, of which `sent`
-/// are written. tungstenite's own writes (pongs, close frames) are appended
-/// whole (this buffer takes any write at once), so `buf` always starts with a
-/// frame and only ever holds whole frames. Each byte is charged to the
-/// connection's [`Budget`] until written. Empty, it holds no allocation.
+/// Bytes read from the socket at once, into a buffer on the stack.
+const READ_CHUNK: usize = 4096;
+
+/// Why no client message came.
+#[derive(Debug)]
+enum Received {
+    /// The client's frames break RFC 6455 or the size limit.
+    Bad(ReadError),
+    /// The stream ended.
+    End,
+    /// Reading failed.
+    Failed(io::Error),
+}
+
+/// The client's socket: its frames read into messages, and every byte queued
+/// for the client: finished WebSocket frames back to back in `buf`, of which
+/// `sent` are written. Pongs and close frames are appended whole too, so
+/// `buf` always starts with a frame and only ever holds whole frames. Each
+/// byte is charged to the connection's [`Budget`] until written. Between
+/// frames, read or written, it holds no allocation.
 pub(crate) struct Wire<S> {
     io: S,
     buf: Vec<u8>,
     sent: usize,
     budget: Arc<Budget>,
+    /// Client bytes read, of which the first `taken` are taken: the start
+    /// of a frame not all read yet, or frames that arrived behind the one
+    /// returned. Usually empty. Frames are taken by moving `taken`, not by
+    /// moving the bytes after them (a burst of small frames would move the
+    /// rest of the burst once per frame).
+    unread: Vec<u8>,
+    /// `u32`s, with `max_frame`, so as to take no more room than one
+    /// `usize`: `unread` never holds much more than a frame.
+    taken: u32,
+    /// The size limit of a client frame and message (at most 4 GiB less
+    /// 64 KiB, so that `unread`, a frame and a read more, fits `taken`).
+    max_frame: u32,
+    reader: ClientReader,
 }
 
 impl<S> Wire<S>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(io: S, budget: Arc<Budget>) -> Self {
+    fn new(io: S, budget: Arc<Budget>, max_frame: usize) -> Self {
+        let max_frame = u32::try_from(max_frame)
+            .unwrap_or(u32::MAX)
+            .min(u32::MAX - (64 << 10));
         Self {
             io,
             buf: Vec::new(),
             sent: 0,
             budget,
+            unread: Vec::new(),
+            taken: 0,
+            max_frame,
+            reader: ClientReader::default(),
         }
+    }
+
+    /// The client's next message. A ping's pong and a close frame's reply
+    /// are queued here, before the message is returned (a close frame's
+    /// code is echoed when RFC 6455 allows it, else 1002).
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<ClientMessage, Received>> {
+        loop {
+            if self.unread.is_empty() {
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut read = ReadBuf::uninit(&mut chunk);
+                if let Err(e) = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read)) {
+                    return Poll::Ready(Err(Received::Failed(e)));
+                }
+                let data = read.filled();
+                if data.is_empty() {
+                    return Poll::Ready(Err(Received::End));
+                }
+                // Frames are taken straight from the chunk; what is left of
+                // it (part of a frame, or frames behind a message) is kept.
+                let mut at = 0;
+                loop {
+                    match self.reader.take(&data[at..], self.max_frame as usize) {
+                        Err(e) => return Poll::Ready(Err(Received::Bad(e))),
+                        Ok(Step::More(_)) => {
+                            self.unread.extend_from_slice(&data[at..]);
+                            break;
+                        }
+                        Ok(Step::Frame { used, message }) => {
+                            at += used;
+                            if let Some(message) = message {
+                                self.unread.extend_from_slice(&data[at..]);
+                                return Poll::Ready(Ok(self.answer(message)));
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let taken = self.taken as usize;
+            match self
+                .reader
+                .take(&self.unread[taken..], self.max_frame as usize)
+            {
+                Err(e) => return Poll::Ready(Err(Received::Bad(e))),
+                Ok(Step::Frame { used, message }) => {
+                    if taken + used == self.unread.len() {
+                        self.unread = Vec::new();
+                        self.taken = 0;
+                    } else {
+                        // Within `unread`, which is under 4 GiB (`max_frame`).
+                        self.taken = (taken + used) as u32;
+                    }
+                    if let Some(message) = message {
+                        return Poll::Ready(Ok(self.answer(message)));
+                    }
+                }
+                Ok(Step::More(need)) => {
+                    // The rest of a frame: read into `unread`, at least all
+                    // of the frame (it is within the size limit), after
+                    // dropping what was taken.
+                    self.unread.drain(..taken);
+                    self.taken = 0;
+                    let have = self.unread.len();
+                    self.unread.resize(need.max(have + READ_CHUNK), 0);
+                    let mut read = ReadBuf::new(&mut self.unread[have..]);
+                    let polled = Pin::new(&mut self.io).poll_read(cx, &mut read);
+                    let n = read.filled().len();
+                    self.unread.truncate(have + n);
+                    match polled {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Received::Failed(e))),
+                        Poll::Ready(Ok(())) if n == 0 => return Poll::Ready(Err(Received::End)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues what a control message asks of the server: a pong, a close
+    /// frame's reply.
+    fn answer(&mut self, message: ClientMessage) -> ClientMessage {
+        match &message {
+            ClientMessage::Ping(payload) => {
+                let before = self.buf.len();
+                wsframe::write_op_frame(&mut self.buf, opcode::PONG, payload);
+                self.budget.add(self.buf.len() - before);
+            }
+            ClientMessage::Close(code) => match code {
+                None => {
+                    let before = self.buf.len();
+                    wsframe::write_op_frame(&mut self.buf, opcode::CLOSE, &[]);
+                    self.budget.add(self.buf.len() - before);
+                }
+                Some((code, reason)) if CloseCode::from(*code).is_allowed() => {
+                    self.push_close(*code, reason);
+                }
+                Some(_) => self.push_close(close::PROTOCOL, "Protocol violation"),
+            },
+            _ => {}
+        }
+        message
+    }
+
+    /// Queues a close frame (charged to the budget: it cannot be refused).
+    fn push_close(&mut self, code: u16, reason: &str) {
+        let before = self.buf.len();
+        wsframe::write_close(&mut self.buf, code, reason);
+        self.budget.add(self.buf.len() - before);
     }
 
     /// Appends finished frames, already charged to the budget.
@@ -509,54 +689,40 @@ where
     }
 }
 
-impl<S> AsyncRead for Wire<S>
-where
-    S: AsyncRead + Unpin,
-{
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-/// tungstenite's writes: its own frames, whole, queued behind ours and
-/// charged to the budget (they cannot be refused: a pong, a close).
-impl<S> AsyncWrite for Wire<S>
-where
-    S: AsyncWrite + Unpin,
-{
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.buf.extend_from_slice(data);
-        self.budget.add(data.len());
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::task::ready!(self.poll_send(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        std::task::ready!(self.poll_send(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A socket that takes at most `room` bytes, then is full.
+    /// A socket that takes at most `room` bytes, then is full, and gives
+    /// the chunks in `incoming` one read each (at most what the reader has
+    /// room for), then nothing (pending), or the end once `ended`.
     struct Narrow {
         written: Vec<u8>,
         room: usize,
+        incoming: std::collections::VecDeque<Vec<u8>>,
+        ended: bool,
+    }
+
+    impl AsyncRead for Narrow {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let Some(mut chunk) = self.incoming.pop_front() else {
+                return if self.ended {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            };
+            let n = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.incoming.push_front(chunk.split_off(n));
+            }
+            Poll::Ready(Ok(()))
+        }
     }
 
     impl AsyncWrite for Narrow {
@@ -598,8 +764,11 @@ mod tests {
             Narrow {
                 written: Vec::new(),
                 room,
+                incoming: Default::default(),
+                ended: false,
             },
             budget,
+            1 << 20,
         );
         wire.push_frames(queued.to_vec());
         wire
@@ -652,5 +821,101 @@ mod tests {
         assert!(matches!(poll(&mut wire), Poll::Ready(Ok(()))));
         assert_eq!(wire.io.written, &queued[..2 * 102]);
         assert_eq!(wire.budget.queued(), 0);
+    }
+
+    /// A client frame (masked), final.
+    fn client_frame(op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wsframe::write_op_frame(&mut out, op, payload);
+        out[1] |= 0x80;
+        let mask = [1, 2, 3, 4];
+        let body = out.split_off(wsframe::header_len(payload.len()));
+        out.extend_from_slice(&mask);
+        out.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn next(wire: &mut Wire<Narrow>) -> Poll<Result<ClientMessage, Received>> {
+        let waker = futures_util::task::noop_waker();
+        wire.poll_message(&mut Context::from_waker(&waker))
+    }
+
+    /// Frames split across reads, several in one read, one larger than a
+    /// read: each message comes whole, pings are answered with a pong and a
+    /// close with its echo, and between messages read to the end nothing is
+    /// kept (no allocation).
+    #[test]
+    fn reads_keep_nothing_between_frames() {
+        let big = "x".repeat(3 * READ_CHUNK);
+        let mut bytes = client_frame(opcode::TEXT, b"[1,2]");
+        bytes.extend(client_frame(opcode::PING, b"hi"));
+        bytes.extend(client_frame(opcode::TEXT, big.as_bytes()));
+        bytes.extend(client_frame(opcode::BINARY, b"bin"));
+        let mut w = wire(usize::MAX, &[]);
+        // One read of the first frame and half of the second, then the rest
+        // in pieces of 1,000 bytes.
+        let first = client_frame(opcode::TEXT, b"[1,2]").len() + 3;
+        w.io.incoming.push_back(bytes[..first].to_vec());
+        for piece in bytes[first..].chunks(1_000) {
+            w.io.incoming.push_back(piece.to_vec());
+        }
+        let Poll::Ready(Ok(ClientMessage::Text(text))) = next(&mut w) else {
+            panic!("no first message");
+        };
+        assert_eq!(text, "[1,2]");
+        assert_eq!(w.unread.len(), 3, "the start of the ping is kept");
+        assert!(matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Ping(p))) if p == b"hi"));
+        let mut pong = Vec::new();
+        wsframe::write_op_frame(&mut pong, opcode::PONG, b"hi");
+        assert_eq!(w.buf, pong, "the pong is queued");
+        assert_eq!(w.budget.queued(), pong.len(), "and charged");
+        assert!(matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Text(t))) if t == big));
+        assert!(matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Binary(b))) if b == b"bin"));
+        assert_eq!(w.unread.capacity(), 0, "nothing kept between frames");
+        assert!(next(&mut w).is_pending());
+        assert_eq!(w.unread.capacity(), 0);
+
+        // A burst of frames in one read: each in order, the kept bytes
+        // taken in place (not moved), nothing kept after the last.
+        let mut w = wire(usize::MAX, &[]);
+        let burst: Vec<u8> = (0..100)
+            .flat_map(|i| client_frame(opcode::TEXT, format!("[{i}]").as_bytes()))
+            .collect();
+        w.io.incoming.push_back(burst);
+        for i in 0..100 {
+            assert!(
+                matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Text(t))) if t == format!("[{i}]"))
+            );
+            if i > 0 && i < 99 {
+                assert!(w.taken > 0, "taken in place");
+            }
+        }
+        assert_eq!((w.unread.capacity(), w.taken), (0, 0));
+
+        // A close frame: echoed when its code is allowed, else 1002; then
+        // the end of the stream.
+        for (code, echo) in [(4000, 4000), (1005, close::PROTOCOL)] {
+            let mut w = wire(usize::MAX, &[]);
+            let mut payload = u16::to_be_bytes(code).to_vec();
+            payload.extend_from_slice(b"bye");
+            w.io.incoming
+                .push_back(client_frame(opcode::CLOSE, &payload));
+            w.io.ended = true;
+            assert!(
+                matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Close(Some((c, _))))) if c == code)
+            );
+            assert_eq!(u16::from_be_bytes([w.buf[2], w.buf[3]]), echo);
+            assert!(matches!(next(&mut w), Poll::Ready(Err(Received::End))));
+        }
+
+        // Bad frames end the connection with the reader's error.
+        let mut w = wire(usize::MAX, &[]);
+        let mut unmasked = Vec::new();
+        wsframe::write_frame(&mut unmasked, true, b"[]");
+        w.io.incoming.push_back(unmasked);
+        assert!(matches!(
+            next(&mut w),
+            Poll::Ready(Err(Received::Bad(ReadError::Protocol(_))))
+        ));
     }
 }

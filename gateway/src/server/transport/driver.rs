@@ -57,7 +57,7 @@ pub(crate) struct SessionDriver {
     /// The client's frame rate (`ServerConfig::client_limits`).
     frames: FrameLimiter,
     /// This transport's counters.
-    pub(crate) metrics: TransportMetrics,
+    pub(crate) metrics: Arc<TransportMetrics>,
     /// Frames waiting for a backend hook; `None` when no topic hook is configured.
     hooks: Option<Box<HookState>>,
 }
@@ -90,15 +90,26 @@ impl SessionDriver {
         session: Session,
         binary_frames: bool,
     ) -> Self {
+        let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
+        Self::with_budget(shared, conn, session, binary_frames, budget)
+    }
+
+    /// [`SessionDriver::new`] charging the client's frames to `budget`.
+    pub(crate) fn with_budget(
+        shared: Arc<Shared>,
+        conn: u64,
+        session: Session,
+        binary_frames: bool,
+        budget: Arc<Budget>,
+    ) -> Self {
         let transport = if binary_frames {
             Transport::WebSocket
         } else {
             Transport::LongPoll
         };
-        let metrics = shared.metrics.transport(transport);
+        let metrics = shared.metrics.transport_shared(transport);
         metrics.connections.inc();
         metrics.connections_opened.inc();
-        let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
         let limits = &shared.config.client_limits;
         let frames = FrameLimiter::new(limits.frame_rate, limits.frame_burst);
         let inbox = Arc::new(Inbox::default());
@@ -241,7 +252,8 @@ impl SessionDriver {
 
     /// The next delivery from the hub, and the next hook answer (pending
     /// forever when no hook call is in flight): two cancel-safe futures to
-    /// select on.
+    /// select on. The hook answer's is a `poll_fn` holding two references:
+    /// every idle connection's task carries the select's futures.
     pub(crate) fn events(
         &mut self,
     ) -> (
@@ -249,15 +261,13 @@ impl SessionDriver {
         impl Future<Output = HookAnswer> + '_,
     ) {
         let (taken, inbox, hooks) = (&mut self.taken, &self.inbox, &mut self.hooks);
-        let answer = async move {
-            match hooks.as_deref_mut() {
-                Some(state) if !state.inflight.is_empty() => match state.inflight.next().await {
-                    Some(answer) => answer,
-                    None => std::future::pending().await,
-                },
-                _ => std::future::pending().await,
-            }
-        };
+        let answer = std::future::poll_fn(move |cx| match hooks.as_deref_mut() {
+            Some(state) if !state.inflight.is_empty() => match state.inflight.poll_next_unpin(cx) {
+                std::task::Poll::Ready(Some(answer)) => std::task::Poll::Ready(answer),
+                _ => std::task::Poll::Pending,
+            },
+            _ => std::task::Poll::Pending,
+        });
         (taken.recv(inbox), answer)
     }
 
@@ -287,6 +297,11 @@ impl SessionDriver {
             handled?;
         }
         Ok(())
+    }
+
+    /// The client's inbox, which the hub fills.
+    pub(crate) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
     }
 
     /// The client's outbound byte budget.
@@ -320,6 +335,12 @@ impl SessionDriver {
         self.taken.pop(&self.inbox)
     }
 
+    /// Gives back a delivery taken from [`SessionDriver::events`]: it is the
+    /// next one again.
+    pub(crate) fn put_back(&mut self, item: Inbound) {
+        self.taken.put_back(item);
+    }
+
     /// Hands a delivery to the session and carries out what follows. A
     /// `disconnect` on the socket id ends the client with 1001.
     pub(crate) async fn handle_inbound(&mut self, item: Inbound) -> Result<(), Exit> {
@@ -336,18 +357,15 @@ impl SessionDriver {
         self.session.reserve_frames(self.taken.len().min(max) + 1);
     }
 
-    /// [`SessionDriver::handle_inbound`] for one of a batch: the actions are
-    /// awaited only when the delivery queued some, so a plain broadcast costs
-    /// no await of its own.
-    pub(crate) async fn handle_delivery(&mut self, item: Inbound) -> Result<(), Exit> {
+    /// [`SessionDriver::handle_inbound`] for one of a batch, without its
+    /// actions: the caller runs them ([`SessionDriver::run_actions`]) when
+    /// the delivery queued some ([`Session::has_actions`]), before the next
+    /// delivery, so a plain broadcast costs no await of its own.
+    pub(crate) fn take_delivery(&mut self, item: Inbound) -> Result<(), Exit> {
         let cost = item.cost();
         let delivered = self.deliver(item);
         self.mailbox.budget.release(cost);
-        delivered?;
-        if self.session.has_actions() {
-            self.run_actions().await?;
-        }
-        Ok(())
+        delivered
     }
 
     /// Whether finished frames on `topic` ([`Inbound::Frames`]: `count`
@@ -410,12 +428,17 @@ impl SessionDriver {
     /// before the join reply leaves: the reply still precedes everything for that
     /// join, because deliveries are only read from the mailbox after this returns.
     pub(crate) async fn run_actions(&mut self) -> Result<(), Exit> {
-        while let Some(action) = self.session.poll_action() {
+        loop {
             // Boxed: the future of an action against the engine is large, and
-            // every connection's task would carry its size while idle.
-            Box::pin(self.execute(action)).await?;
+            // every connection's task would carry its size while idle. The
+            // action is moved into it in a scope of its own, so this future
+            // keeps no slot for one across the await.
+            let execute = match self.session.poll_action() {
+                Some(action) => Box::pin(self.execute(action)),
+                None => return Ok(()),
+            };
+            execute.await?;
         }
-        Ok(())
     }
 
     /// The session's next frame for the client with its byte cost, charged to the
@@ -468,7 +491,12 @@ impl SessionDriver {
         let hub: &Arc<Hub> = &self.shared.hub;
         match self.subscribed.iter_mut().find(|(t, _)| t == topic) {
             Some((_, count)) => *count += 1,
-            None => self.subscribed.push((topic.to_owned(), 1)),
+            None => {
+                // One entry's room at a time: a first push would make room
+                // for four (128 B) in every connection joined to one topic.
+                self.subscribed.reserve_exact(1);
+                self.subscribed.push((topic.to_owned(), 1));
+            }
         }
         // Plain broadcasts reach a channel that intercepts none as they are:
         // the hub may hand them over as finished frames. Not on the socket

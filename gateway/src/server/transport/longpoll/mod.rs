@@ -327,7 +327,7 @@ async fn new_session(
     let (tx, requests) = mpsc::unbounded_channel();
     shared.longpoll.sessions().insert(conn, tx);
     let drain = Arc::new(Notify::new());
-    shared.register(conn, drain.clone());
+    shared.register(conn, crate::server::shutdown::Drain::Notify(drain.clone()));
     shared
         .stats
         .longpoll_sessions
