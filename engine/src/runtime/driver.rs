@@ -21,6 +21,7 @@ use super::transport::{
 };
 use super::EngineConfig;
 use crate::coalesce::TopicDiff;
+use crate::codec::Body;
 use crate::id::{SubscriberId, Topic};
 use crate::node::{Command, CommandError, Event, Node, NodeConfig, Transmit};
 use crate::presence::PresenceItem;
@@ -126,7 +127,10 @@ impl NodeDriver {
                 discovered_tx,
             ));
         }
-        let node = Node::new(node, now());
+        let mut node = Node::new(node, now());
+        // Diffs only where someone reads them (a subscriber here), until a
+        // presence tap asks for every topic's.
+        node.diffs_for_all_topics(false);
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
             accepted: Vec::new(),
@@ -251,7 +255,9 @@ impl NodeDriver {
             let mut busy = false;
             while let Some(t) = self.node.poll_transmit() {
                 busy = true;
-                self.transmit(t);
+                if let Some(t) = self.transmit(t) {
+                    self.node.handle_unsent(t);
+                }
             }
             while let Some(e) = self.node.poll_event() {
                 busy = true;
@@ -313,6 +319,7 @@ impl NodeDriver {
                 // every diff from here on. A diff still coalescing repeats some
                 // of these joins or leaves refs never listed: a set of refs
                 // per key (as phoenix.js keeps) absorbs both.
+                self.node.diffs_for_all_topics(true);
                 let mut now: BTreeMap<Topic, Vec<PresenceItem>> = BTreeMap::new();
                 for (topic, key, phx_ref, meta) in self.node.presence().view() {
                     now.entry(topic).or_default().push(PresenceItem {
@@ -406,8 +413,13 @@ impl NodeDriver {
             } => self.fan_out(&topic, exclude, Delivery::Broadcast(payload)),
             Event::PresenceDiff { topic, diff } => {
                 let diff = Arc::new(diff);
-                self.presence_taps
-                    .retain(|tap| tap.send((topic.clone(), diff.clone())).is_ok());
+                if !self.presence_taps.is_empty() {
+                    self.presence_taps
+                        .retain(|tap| tap.send((topic.clone(), diff.clone())).is_ok());
+                    if self.presence_taps.is_empty() {
+                        self.node.diffs_for_all_topics(false);
+                    }
+                }
                 self.fan_out(&topic, None, Delivery::PresenceDiff(diff))
             }
             Event::SubscribeReady { topic, sub } => {
@@ -474,28 +486,44 @@ impl NodeDriver {
         }
     }
 
-    fn transmit(&mut self, t: Transmit) {
+    /// Queues `t` for its peer. A repair is queued only while the peer's
+    /// queue then holds at most half its cap (the rest stays free for
+    /// everything else) and otherwise comes back, for the node to send again
+    /// later ([`Node::handle_unsent`]); any other frame that does not fit is
+    /// dropped and counted.
+    fn transmit(&mut self, t: Transmit) -> Option<Transmit> {
         if t.addr == self.ctx.me.addr {
-            return;
+            return None;
         }
         let bytes = Bytes::from(t.msg.encode());
         let len = bytes.len() as u64;
         let datagram = t.msg.body.loss_tolerant();
+        let repair = matches!(t.msg.body, Body::Repair { .. });
+        let half = self.ctx.queue_cap / 2;
         let mut frame = PeerFrame { bytes, datagram };
         for _ in 0..2 {
             let link = self.link(t.addr);
-            match link.queue.push(frame) {
+            let pushed = if repair {
+                link.queue.push_within(frame, half)
+            } else {
+                link.queue.push(frame)
+            };
+            match pushed {
                 Ok(()) => {
                     let s = self.stats.peers.entry(t.addr).or_default();
                     s.messages_out += 1;
                     s.bytes_out += len;
-                    return;
+                    return None;
+                }
+                Err((QueueError::Full, _)) if repair => {
+                    trace!(peer = %t.addr, "peer queue holds its share of repairs, repair returned");
+                    return Some(t);
                 }
                 Err((QueueError::Full, _)) => {
                     self.stats.peers.entry(t.addr).or_default().dropped += 1;
                     self.stats.peer_queue_overflows += 1;
                     trace!(peer = %t.addr, "peer queue full, frame dropped");
-                    return;
+                    return None;
                 }
                 Err((QueueError::Closed, f)) => {
                     // The connection ended and we have not heard yet: redial.
@@ -504,6 +532,7 @@ impl NodeDriver {
                 }
             }
         }
+        None
     }
 
     /// The link to `addr`, dialing it if there is none.

@@ -162,9 +162,20 @@ impl OutQueue {
     /// queue is empty.
     /// The frame comes back with the error.
     pub fn push(&self, frame: PeerFrame) -> Result<(), (QueueError, PeerFrame)> {
+        self.push_within(frame, self.cap)
+    }
+
+    /// Queues without waiting if the queue then holds at most `limit` bytes
+    /// (at most the cap; a frame larger than `limit` still goes when the
+    /// queue is empty). The frame comes back with the error.
+    pub fn push_within(
+        &self,
+        frame: PeerFrame,
+        limit: usize,
+    ) -> Result<(), (QueueError, PeerFrame)> {
         let cost = frame.bytes.len() + FRAME_OVERHEAD;
         let queued = self.queued.load(Ordering::Acquire);
-        if queued > 0 && queued + cost > self.cap {
+        if queued > 0 && queued + cost > limit.min(self.cap) {
             return Err((QueueError::Full, frame));
         }
         self.queued.fetch_add(cost, Ordering::AcqRel);
