@@ -210,6 +210,16 @@ impl Coalescer {
         out
     }
 
+    /// Whether no window is open.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether `topic` has a window open.
+    pub fn is_pending(&self, topic: &Topic) -> bool {
+        self.pending.contains_key(topic)
+    }
+
     /// Number of topics with a pending diff.
     #[cfg(test)]
     pub fn pending_topics(&self) -> usize {

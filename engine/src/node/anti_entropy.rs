@@ -42,6 +42,9 @@ pub(super) struct RepairJob {
     in_flight_bytes: usize,
     /// When the job started or last saw an acknowledgement.
     progress: Instant,
+    /// A repair came back unsent ([`Node::handle_unsent`]): the tick tries
+    /// again even if no acknowledgement is due.
+    returned: bool,
 }
 
 /// Anti-entropy rounds that repeat the digest to a new contact until it answers.
@@ -189,6 +192,7 @@ impl Node {
                 in_flight: VecDeque::new(),
                 in_flight_bytes: 0,
                 progress: now,
+                returned: false,
             },
         );
         self.pump_repair(from, addr);
@@ -228,6 +232,51 @@ impl Node {
             let job = self.repairs.get_mut(to).expect("present above");
             job.in_flight.push_back((seq, bytes));
             job.in_flight_bytes += bytes;
+        }
+    }
+
+    /// The driver could not queue repair `seq` to `to` (its queue to that
+    /// peer holds all the repairs it may): the repair goes back to the front
+    /// of the job, out of the window, and is sent again when an
+    /// acknowledgement frees room or at the next tick. A repair of a job
+    /// that was replaced since is dropped: the new job covers it.
+    pub(super) fn return_repair(
+        &mut self,
+        to: &NodeId,
+        seq: u64,
+        presence: Delta<PresEntry>,
+        subs: Delta<Topic>,
+    ) {
+        let Some(job) = self.repairs.get_mut(to) else {
+            return;
+        };
+        let Some(i) = job.in_flight.iter().position(|&(s, _)| s == seq) else {
+            return;
+        };
+        let (_, bytes) = job.in_flight.remove(i).expect("found above");
+        job.in_flight_bytes -= bytes;
+        job.todo.push_front((presence, subs));
+        job.returned = true;
+        self.stats.repairs_returned += 1;
+    }
+
+    /// Tries again the jobs a repair came back to (see
+    /// [`Node::return_repair`]).
+    pub(super) fn retry_returned_repairs(&mut self) {
+        let ids: Vec<NodeId> = self
+            .repairs
+            .iter()
+            .filter(|(_, job)| job.returned)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let Some(addr) = self.peers.get(&id).and_then(|p| p.addr) else {
+                continue;
+            };
+            if let Some(job) = self.repairs.get_mut(&id) {
+                job.returned = false;
+            }
+            self.pump_repair(&id, addr);
         }
     }
 

@@ -97,6 +97,9 @@ pub struct Node {
     next_repair: u64,
     pending_subs: Vec<PendingSub>,
     coalescer: Coalescer,
+    /// Diffs of every topic, or only of topics with local subscribers (see
+    /// [`Node::diffs_for_all_topics`]).
+    all_diffs: bool,
     scratch: Vec<(Topic, DiffItem)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -122,6 +125,7 @@ impl Node {
             budget_horizon: 0,
             wall_ms: 0,
             coalescer: Coalescer::new(cfg.coalesce.clone()),
+            all_diffs: true,
             rng,
             peers: BTreeMap::new(),
             up_peers: 0,
@@ -412,6 +416,26 @@ impl Node {
             }
         }
         self.drain_diffs(now);
+    }
+
+    /// The driver could not send `t`: its queue to the peer has no room.
+    /// A [`Body::Repair`] is taken back and sent again later (when the peer
+    /// acknowledges an earlier repair, or at the next tick), so a paced state
+    /// transfer is never lost to a full queue; anything else is lost as the
+    /// queue would have lost it (deltas are retransmitted, digests repeated).
+    /// Produces no transmit itself.
+    pub fn handle_unsent(&mut self, t: Transmit) {
+        if let (
+            Some(to),
+            Body::Repair {
+                presence,
+                subs,
+                seq,
+            },
+        ) = (t.to, t.msg.body)
+        {
+            self.return_repair(&to, seq, presence, subs);
+        }
     }
 
     /// Fires every timer due at `now`. Spurious calls do nothing.

@@ -156,12 +156,43 @@ impl Node {
         has
     }
 
-    /// Moves diffs produced by the last input into the coalescer.
+    /// Moves diffs produced by the last input into the coalescer: every one
+    /// (see [`Node::diffs_for_all_topics`]), or only those of topics with a
+    /// local subscriber or a window already open.
     pub(super) fn drain_diffs(&mut self, now: Instant) {
+        if !self.all_diffs && self.subs.local_topics().next().is_none() && self.coalescer.is_idle()
+        {
+            // Nobody here can see a diff: a new node merging a large state
+            // transfer spent half its time building diffs nobody read.
+            self.scratch.clear();
+            return;
+        }
         for (topic, item) in self.scratch.drain(..) {
+            if !self.all_diffs
+                && self.subs.local_subscribers(&topic).is_none()
+                && !self.coalescer.is_pending(&topic)
+            {
+                continue;
+            }
             let size = self.presence.topic_len(&topic);
             self.coalescer.push(now, topic, item, size);
         }
+    }
+
+    /// Whether presence diffs are made for every topic (`true`, the default:
+    /// a consumer of every diff, such as the runtime's presence tap or the
+    /// simulator's replay, sees each change of the view) or only for topics
+    /// with a local subscriber (`false`).
+    ///
+    /// With `false` a change in a topic with no local subscriber and no
+    /// window open is not collected. Nobody holds that topic's view, so no
+    /// diff is owed: a subscriber that arrives later lists the view
+    /// (`presence_state`) after subscribing, and every change from its
+    /// subscription on is collected. A window that is open stays fed until it
+    /// closes, even if its last subscriber left, so a subscriber arriving
+    /// within it gets a diff that is true to every change the window saw.
+    pub fn diffs_for_all_topics(&mut self, all: bool) {
+        self.all_diffs = all;
     }
 
     /// Emits every pending presence diff now (tests and shutdown).

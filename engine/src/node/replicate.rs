@@ -238,6 +238,7 @@ impl Node {
         if retransmit {
             self.flush(now);
         }
+        self.retry_returned_repairs();
         self.gc_buffer();
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::*;
-use crate::id::{ConnId, Meta};
+use crate::id::{ConnId, Meta, SubscriberId};
 use crate::membership::{Swim, Update, UpdateKind};
 
 fn addr(i: u16) -> SocketAddr {
@@ -521,6 +521,156 @@ fn a_large_repair_is_paced_by_acknowledgements() {
     assert!(
         a.repairs.is_empty(),
         "the job ends when all are acknowledged"
+    );
+}
+
+/// A repair the driver cannot queue (its queue to the peer holds all the
+/// repairs it may) comes back through `handle_unsent`: it leaves the window,
+/// goes out again at the next acknowledgement or, with nothing in flight, at
+/// the next tick, and the peer still ends up with every entry, each
+/// delivered repair acknowledged once.
+#[test]
+fn a_repair_the_driver_cannot_queue_is_sent_again() {
+    let now = Instant::now();
+    let mut a = node("n1", 1, 1, now);
+    a.cfg.repair_chunk = 100;
+    let mut b = node("n2", 1, 2, now);
+    for i in 0..5_000 {
+        track(&mut a, now, &format!("u{i}"));
+    }
+    while a.poll_transmit().is_some() {}
+    while b.poll_transmit().is_some() {}
+    let bid = b.id().clone();
+    let aid = a.id().clone();
+    let digest = Body::Digest {
+        presence: b.presence.store().digest(),
+        subs: b.subs.store().digest(),
+        reply: true,
+        members: 1,
+    };
+    let repairs_of = |a: &mut Node| -> Vec<Transmit> {
+        std::iter::from_fn(|| a.poll_transmit())
+            .filter(|t| matches!(t.msg.body, Body::Repair { .. }))
+            .collect()
+    };
+    // Size the window to three repairs.
+    a.handle_message(now, &bid, msg(&bid, 2, digest.clone()));
+    let one = repairs_of(&mut a)[0].msg.encoded_len();
+    a.repairs.clear();
+    a.cfg.repair_window = 3 * one;
+    a.handle_message(now, &bid, msg(&bid, 2, digest));
+    let first = repairs_of(&mut a);
+    assert_eq!(first.len(), 3, "the first window");
+    // None fits the queue: all three come back, and nothing goes out until
+    // the tick.
+    for t in first {
+        a.handle_unsent(t);
+    }
+    assert_eq!(a.stats().repairs_returned, 3);
+    assert!(a.poll_transmit().is_none(), "handing back sends nothing");
+    let later = now + a.cfg.tick;
+    a.handle_timeout(later);
+    let resent = repairs_of(&mut a);
+    assert_eq!(resent.len(), 3, "the tick sends the window again");
+    // The second and third do not fit this time either.
+    let mut resent = resent.into_iter();
+    let mut in_flight: VecDeque<Message> = VecDeque::from([resent.next().unwrap().msg]);
+    for t in resent {
+        a.handle_unsent(t);
+    }
+    let mut delivered = 0;
+    while let Some(repair) = in_flight.pop_front() {
+        b.handle_message(later, &aid, repair);
+        delivered += 1;
+        let acks: Vec<Message> = std::iter::from_fn(|| b.poll_transmit())
+            .map(|t| t.msg)
+            .filter(|m| matches!(m.body, Body::RepairAck { .. }))
+            .collect();
+        assert_eq!(acks.len(), 1, "each repair is acknowledged once merged");
+        for ack in acks {
+            a.handle_message(later, &bid, ack);
+        }
+        let next = repairs_of(&mut a);
+        assert!(next.len() <= 3, "never more than the window in flight");
+        in_flight.extend(next.into_iter().map(|t| t.msg));
+    }
+    assert_eq!(delivered, 50, "each repair delivered once");
+    assert_eq!(b.presence().count(&Topic::new("room:1")).0, 5_000);
+    assert!(
+        a.repairs.is_empty(),
+        "the job ends when all are acknowledged"
+    );
+}
+
+fn diff_refs(n: &mut Node) -> Vec<(Topic, Vec<String>, Vec<String>)> {
+    n.flush_diffs();
+    std::iter::from_fn(|| n.poll_event())
+        .filter_map(|e| match e {
+            Event::PresenceDiff { topic, diff } => Some((
+                topic,
+                diff.joins.iter().map(|i| i.key.to_string()).collect(),
+                diff.leaves.iter().map(|i| i.key.to_string()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// With diffs only for subscribed topics, a topic nobody subscribes to
+/// yields none; one with a subscriber yields its changes; and a window that
+/// is open when its last subscriber leaves stays fed, so a ref that joined
+/// and left inside it is not announced as a join.
+#[test]
+fn diffs_only_where_someone_subscribes() {
+    let now = Instant::now();
+    let mut n = node("n1", 1, 1, now);
+    n.diffs_for_all_topics(false);
+    let room = Topic::new("room:1");
+    track(&mut n, now, "nobody-sees");
+    assert!(diff_refs(&mut n).is_empty(), "no subscriber, no diff");
+    let sub = SubscriberId(7);
+    n.handle_command(
+        now,
+        Command::Subscribe {
+            topic: room.clone(),
+            sub,
+        },
+    )
+    .expect("subscribed");
+    track(&mut n, now, "seen");
+    assert_eq!(
+        diff_refs(&mut n),
+        vec![(room.clone(), vec!["seen".to_string()], vec![])]
+    );
+    // A window opens, its subscriber leaves, the ref goes: no phantom join.
+    track(&mut n, now, "brief");
+    n.handle_command(
+        now,
+        Command::Unsubscribe {
+            topic: room.clone(),
+            sub,
+        },
+    )
+    .expect("unsubscribed");
+    n.handle_command(
+        now,
+        Command::Untrack {
+            topic: room.clone(),
+            key: "brief".into(),
+            conn: ConnId(1),
+        },
+    )
+    .expect("untracked");
+    assert!(
+        diff_refs(&mut n).iter().all(|(_, j, _)| j.is_empty()),
+        "a ref born and gone in the window is not a join"
+    );
+    // The default (every topic) is what the simulator's replay needs.
+    n.diffs_for_all_topics(true);
+    track(&mut n, now, "all");
+    assert_eq!(
+        diff_refs(&mut n),
+        vec![(room, vec!["all".to_string()], vec![])]
     );
 }
 

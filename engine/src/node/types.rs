@@ -259,4 +259,7 @@ pub struct NodeStats {
     pub rejected_identity: u64,
     /// Times a peer was marked down (each [`Event::MemberDown`]).
     pub peers_marked_down: u64,
+    /// Repairs the driver could not queue and handed back
+    /// ([`Node::handle_unsent`](super::Node::handle_unsent)): sent again later.
+    pub repairs_returned: u64,
 }

@@ -138,7 +138,10 @@ impl NodeDriver {
                 discovered_tx,
             ));
         }
-        let node = Node::new(node, now());
+        let mut node = Node::new(node, now());
+        // Diffs only where someone reads them (a subscriber here), until a
+        // presence tap asks for every topic's.
+        node.diffs_for_all_topics(false);
         let held = Arc::new(Held::default());
         NodeDriver {
             records: RecordsReader::new(node.records().clone()),
@@ -275,7 +278,9 @@ impl NodeDriver {
             let mut busy = false;
             while let Some(t) = self.node.poll_transmit() {
                 busy = true;
-                self.transmit(t);
+                if let Some(t) = self.transmit(t) {
+                    self.node.handle_unsent(t);
+                }
             }
             while let Some(e) = self.node.poll_event() {
                 busy = true;
@@ -337,6 +342,7 @@ impl NodeDriver {
                 // every diff from here on. A diff still coalescing repeats some
                 // of these joins or leaves refs never listed: a set of refs
                 // per key (as phoenix.js keeps) absorbs both.
+                self.node.diffs_for_all_topics(true);
                 let mut now: BTreeMap<Topic, Vec<PresenceItem>> = BTreeMap::new();
                 for (topic, key, phx_ref, meta) in self.node.presence().view() {
                     now.entry(topic).or_default().push(PresenceItem {
@@ -480,8 +486,13 @@ impl NodeDriver {
             } => self.fan_out(&topic, exclude, Delivery::Broadcast(payload)),
             Event::PresenceDiff { topic, diff } => {
                 let diff = Arc::new(diff);
-                self.presence_taps
-                    .retain(|tap| tap.send((topic.clone(), diff.clone())).is_ok());
+                if !self.presence_taps.is_empty() {
+                    self.presence_taps
+                        .retain(|tap| tap.send((topic.clone(), diff.clone())).is_ok());
+                    if self.presence_taps.is_empty() {
+                        self.node.diffs_for_all_topics(false);
+                    }
+                }
                 self.fan_out(&topic, None, Delivery::PresenceDiff(diff))
             }
             Event::SubscribeReady { topic, sub } => {
@@ -560,42 +571,59 @@ impl NodeDriver {
     }
 
     /// Sends `t`, a broadcast only within its (peer, topic) window
-    /// ([`credit`]); one without credit waits for it.
-    fn transmit(&mut self, t: Transmit) {
+    /// ([`credit`]); one without credit waits for it. A repair that does not
+    /// fit comes back (see [`Self::send_now`]).
+    fn transmit(&mut self, t: Transmit) -> Option<Transmit> {
         if t.addr == self.ctx.me.addr {
-            return;
+            return None;
         }
         let Body::Broadcast { topic, .. } = &t.msg.body else {
             return self.send_now(t);
         };
         let topic = topic.clone();
         match self.credit.admit(now(), t.addr, &topic, t) {
-            Admit::Send(t) => self.send_now(t),
+            Admit::Send(t) => return self.send_now(t),
             Admit::Waiting => self.stats.credit_waits += 1,
             Admit::Dropped => self.stats.credit_dropped += 1,
         }
+        None
     }
 
-    /// Queues `t` for its peer.
-    fn send_now(&mut self, t: Transmit) {
+    /// Queues `t` for its peer. A repair is queued only while the peer's
+    /// queue then holds at most half its cap (the rest stays free for
+    /// everything else) and otherwise comes back, for the node to send again
+    /// later ([`Node::handle_unsent`]); any other frame that does not fit is
+    /// dropped and counted, so only a repair ever comes back.
+    fn send_now(&mut self, t: Transmit) -> Option<Transmit> {
         let bytes = Bytes::from(t.msg.encode());
         let len = bytes.len() as u64;
         let datagram = t.msg.body.loss_tolerant();
+        let repair = matches!(t.msg.body, Body::Repair { .. });
+        let half = self.ctx.queue_cap / 2;
         let mut frame = PeerFrame { bytes, datagram };
         for _ in 0..2 {
             let link = self.link(t.addr);
-            match link.queue.push(frame) {
+            let pushed = if repair {
+                link.queue.push_within(frame, half)
+            } else {
+                link.queue.push(frame)
+            };
+            match pushed {
                 Ok(()) => {
                     let s = self.stats.peers.entry(t.addr).or_default();
                     s.messages_out += 1;
                     s.bytes_out += len;
-                    return;
+                    return None;
+                }
+                Err((QueueError::Full, _)) if repair => {
+                    trace!(peer = %t.addr, "peer queue holds its share of repairs, repair returned");
+                    return Some(t);
                 }
                 Err((QueueError::Full, _)) => {
                     self.stats.peers.entry(t.addr).or_default().dropped += 1;
                     self.stats.peer_queue_overflows += 1;
                     trace!(peer = %t.addr, "peer queue full, frame dropped");
-                    return;
+                    return None;
                 }
                 Err((QueueError::Closed, f)) => {
                     // The connection ended and we have not heard yet: redial.
@@ -604,6 +632,7 @@ impl NodeDriver {
                 }
             }
         }
+        None
     }
 
     /// The link to `addr`, dialing it if there is none.

@@ -47,7 +47,9 @@
 //! is lost, as with any overloaded PubSub). A large state transfer does not
 //! rely on this: the core paces repairs by acknowledgement and keeps at most
 //! `repair_window` bytes of them in flight per peer, capped at half this
-//! queue. Inbound, each connection's stream reader waits for room in the node
+//! queue, and the node task queues a repair only while the queue then holds
+//! at most half its cap (`OutQueue::push_within`); one that does not fit
+//! goes back to the core, which sends it again later. Inbound, each connection's stream reader waits for room in the node
 //! task's bounded input channel, so QUIC flow control pushes back on a peer
 //! that sends faster than the node can merge. Datagrams (probes, digests) go
 //! to a separate control channel that the node task serves first, so a
@@ -162,9 +164,20 @@ impl OutQueue {
     /// queue is empty.
     /// The frame comes back with the error.
     pub fn push(&self, frame: PeerFrame) -> Result<(), (QueueError, PeerFrame)> {
+        self.push_within(frame, self.cap)
+    }
+
+    /// Queues without waiting if the queue then holds at most `limit` bytes
+    /// (at most the cap; a frame larger than `limit` still goes when the
+    /// queue is empty). The frame comes back with the error.
+    pub fn push_within(
+        &self,
+        frame: PeerFrame,
+        limit: usize,
+    ) -> Result<(), (QueueError, PeerFrame)> {
         let cost = frame.bytes.len() + FRAME_OVERHEAD;
         let queued = self.queued.load(Ordering::Acquire);
-        if queued > 0 && queued + cost > self.cap {
+        if queued > 0 && queued + cost > limit.min(self.cap) {
             return Err((QueueError::Full, frame));
         }
         self.queued.fetch_add(cost, Ordering::AcqRel);
