@@ -92,8 +92,15 @@ pub(super) struct Queued {
 }
 
 impl Membership {
-    pub(super) fn apply_all(&mut self, now: Instant, gossip: Vec<Update>) {
+    /// Applies what `from` piggybacked. If it held us suspect or down, it
+    /// gets our refutation first on our next message to it: the queue may
+    /// have sent it to others already, and fresher news would crowd it out.
+    pub(super) fn apply_all(&mut self, now: Instant, from: &NodeId, gossip: Vec<Update>) {
         for u in gossip {
+            let accuses = u.node == self.id && u.kind != UpdateKind::Alive;
+            if accuses && self.members.contains_key(from) {
+                self.accusers.insert(from.clone());
+            }
             self.apply(now, u);
         }
     }
@@ -243,10 +250,19 @@ impl Membership {
         );
     }
 
-    /// The updates to piggyback on a message to `to`: what we hold against it
-    /// first (so it can refute), then the least-sent, newest updates.
+    /// The updates to piggyback on a message to `to`: our refutation if it
+    /// held us suspect or down, what we hold against it (so it can refute),
+    /// then the least-sent, newest updates.
     pub(super) fn gossip_for(&mut self, to: &NodeId) -> Vec<Update> {
         let mut out = Vec::new();
+        if self.accusers.remove(to) {
+            out.push(Update {
+                node: self.id.clone(),
+                addr: self.addr,
+                inc: self.inc,
+                kind: UpdateKind::Alive,
+            });
+        }
         if let Some(m) = self.members.get(to) {
             if let (State::Suspect | State::Down, Some(addr)) = (m.state, m.addr) {
                 let by = m
