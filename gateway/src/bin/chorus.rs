@@ -539,6 +539,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         dashboard: config.server.dashboard,
         tls: tls.clone(),
         hooks,
+        count_sockets: app.counts_sockets(),
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind(config.server.listen)

@@ -113,6 +113,13 @@ impl App {
         self.counter.clone()
     }
 
+    /// Whether a topic pushes a user's socket count (`push_sockets`): only
+    /// then must the server track every connection's socket
+    /// (`ServerConfig::count_sockets`).
+    pub fn counts_sockets(&self) -> bool {
+        self.rules.iter().any(|rule| rule.push_sockets)
+    }
+
     /// Counts a refusal for breaching `limit`.
     pub(crate) fn refused(&self, limit: &'static str) {
         self.counter.hit(limit);

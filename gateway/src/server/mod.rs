@@ -133,6 +133,14 @@ pub struct ServerConfig {
     /// Backend hooks (connect, join, publish, rpc) and their counters, shown in
     /// `/metrics`; `None` (the default): no hooks.
     pub hooks: Option<Arc<Hooks>>,
+    /// Track each connection that has a socket id in the presence topic
+    /// [`topics::socket_topic`](crate::topics::socket_topic), so a channel can
+    /// count a user's sockets across the cluster
+    /// ([`ChannelContext::count_presence`](crate::channel::ChannelContext::count_presence);
+    /// the built-in `push_sockets`). Each such connection is then a presence
+    /// entry on every node; `false` saves that where nothing counts sockets.
+    /// Default `true`.
+    pub count_sockets: bool,
 }
 
 impl Default for ServerConfig {
@@ -160,6 +168,7 @@ impl Default for ServerConfig {
             dashboard: true,
             tls: None,
             hooks: None,
+            count_sockets: true,
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use crate::util::{Client, Ended, Node, NodeBuilder};
 use chorus_gateway::channel::Assigns;
 use chorus_gateway::protocol::Payload;
-use chorus_gateway::server::{close, Denied, SocketInfo};
+use chorus_gateway::server::{close, Denied, ServerConfig, SocketInfo};
 
 #[tokio::test]
 async fn heartbeat_is_answered_with_nothing_joined() -> anyhow::Result<()> {
@@ -400,6 +400,49 @@ async fn disconnect_by_socket_id_closes_with_1001() -> anyhow::Result<()> {
     );
     other.assert_alive("1", "room:k").await?;
     node.stop().await
+}
+
+/// A connection with a socket id is a presence in its `phx_socket:` topic
+/// (for counting a user's sockets) only while the server counts sockets:
+/// otherwise no presence entry is made for it on any node.
+#[tokio::test]
+async fn sockets_are_tracked_only_when_counted() -> anyhow::Result<()> {
+    let auth = |params: &Assigns, _: Option<&str>| {
+        let user = params
+            .get("user_id")
+            .and_then(Value::as_str)
+            .ok_or(Denied)?;
+        Ok(SocketInfo {
+            id: Some(format!("user_socket:{user}")),
+            assigns: params.clone(),
+        })
+    };
+    let topic = chorus_gateway::topics::socket_topic("user_socket:7");
+    let mut entries = Vec::new();
+    for count_sockets in [true, false] {
+        let config = ServerConfig {
+            count_sockets,
+            ..ServerConfig::default()
+        };
+        let node = NodeBuilder::new().config(config).auth(auth).start().await?;
+        let mut c = node.client("user_id=7&vsn=2.0.0").await?;
+        // The socket is tracked before the connection reads its first frame.
+        c.join("1", "room:t", "{}").await?;
+        let (keys, _) = node.engine.presence_count(topic.as_str()).await?;
+        assert_eq!(
+            keys,
+            usize::from(count_sockets),
+            "count_sockets {count_sockets}"
+        );
+        entries.push(node.engine.stats().await?.presence_entries);
+        node.stop().await?;
+    }
+    assert_eq!(
+        entries[0],
+        entries[1] + 1,
+        "the socket's is the one entry more"
+    );
+    Ok(())
 }
 
 /// Shutdown closes clients with 1012 so they reconnect.

@@ -310,8 +310,10 @@ impl SessionDriver {
     }
 
     /// Registers the socket id, if the connect hook gave one, so a `disconnect`
-    /// broadcast on it reaches this client, and tracks the connection in
-    /// [`topics::socket_topic`](crate::topics::socket_topic) so the user's sockets can be counted.
+    /// broadcast on it reaches this client, and, if the server counts sockets
+    /// ([`ServerConfig::count_sockets`](crate::server::ServerConfig::count_sockets)),
+    /// tracks the connection in [`topics::socket_topic`](crate::topics::socket_topic)
+    /// so the user's sockets can be counted.
     pub(crate) async fn start(&mut self) -> Result<(), Exit> {
         if let Some(id) = self.session.id().map(str::to_owned) {
             self.shared
@@ -322,9 +324,11 @@ impl SessionDriver {
                     warn!(conn = self.conn, error = %e, "ending client: cannot register the socket id");
                     Exit::Close(close::SERVER_ERROR, "engine unavailable")
                 })?;
-            self.tracked_any = true;
-            if let Err(e) = self.shared.hub.track_socket(&id, self.conn).await {
-                warn!(conn = self.conn, error = %e, "tracking the socket failed");
+            if self.shared.config.count_sockets {
+                self.tracked_any = true;
+                if let Err(e) = self.shared.hub.track_socket(&id, self.conn).await {
+                    warn!(conn = self.conn, error = %e, "tracking the socket failed");
+                }
             }
         }
         Ok(())
