@@ -268,6 +268,11 @@ async fn dispatch(
         if first {
             ready.send_replace(Ready::Routed);
             first = false;
+        } else if let Some(hub) = hub.upgrade() {
+            // Said only now: an engine that stopped (a shutdown) ends every
+            // subscription too, and then refuses the new one above.
+            hub.stats.resubscribed.fetch_add(1, Ordering::Relaxed);
+            warn!(topic = %topic, "engine subscription ended; resubscribed (deliveries may have been lost)");
         }
         let mut batch = Vec::new();
         while let Some(delivery) = sub.recv().await {
@@ -291,8 +296,5 @@ async fn dispatch(
         }
         // The engine dropped us (our queue filled up) or stopped. Try again: a
         // stopped engine refuses, which ends this task.
-        let Some(hub) = hub.upgrade() else { return };
-        hub.stats.resubscribed.fetch_add(1, Ordering::Relaxed);
-        warn!(topic = %topic, "engine subscription ended; resubscribing (deliveries may have been lost)");
     }
 }
