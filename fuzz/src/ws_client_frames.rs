@@ -53,7 +53,10 @@ pub fn run(data: &[u8]) {
             }
         }
     }
-    assert_eq!(whole, pieces, "messages differ when read in pieces of {piece}");
+    assert_eq!(
+        whole, pieces,
+        "messages differ when read in pieces of {piece}"
+    );
     match (whole_result, pieces_result) {
         (Err(a), Err(b)) => assert_eq!(a, b),
         (Ok(_), Ok(_)) => {}
