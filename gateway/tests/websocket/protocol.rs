@@ -355,20 +355,23 @@ async fn binary_frames() -> anyhow::Result<()> {
     node.stop().await
 }
 
+/// Accepts `user_id` from the connect params as the socket id
+/// `user_socket:{user_id}`.
+fn user_socket_id(params: &Assigns, _: Option<&str>) -> Result<SocketInfo, Denied> {
+    let user = params
+        .get("user_id")
+        .and_then(Value::as_str)
+        .ok_or(Denied)?;
+    Ok(SocketInfo {
+        id: Some(format!("user_socket:{user}")),
+        assigns: params.clone(),
+    })
+}
+
 /// §1.5: a `disconnect` broadcast on the socket id closes with 1001.
 #[tokio::test]
 async fn disconnect_by_socket_id_closes_with_1001() -> anyhow::Result<()> {
-    let auth = |params: &Assigns, _: Option<&str>| {
-        let user = params
-            .get("user_id")
-            .and_then(Value::as_str)
-            .ok_or(Denied)?;
-        Ok(SocketInfo {
-            id: Some(format!("user_socket:{user}")),
-            assigns: params.clone(),
-        })
-    };
-    let node = NodeBuilder::new().auth(auth).start().await?;
+    let node = NodeBuilder::new().auth(user_socket_id).start().await?;
     let mut kicked = node.client("user_id=7&vsn=2.0.0").await?;
     let mut other = node.client("user_id=8&vsn=2.0.0").await?;
     kicked.join("1", "room:k", "{}").await?;
@@ -407,16 +410,6 @@ async fn disconnect_by_socket_id_closes_with_1001() -> anyhow::Result<()> {
 /// otherwise no presence entry is made for it on any node.
 #[tokio::test]
 async fn sockets_are_tracked_only_when_counted() -> anyhow::Result<()> {
-    let auth = |params: &Assigns, _: Option<&str>| {
-        let user = params
-            .get("user_id")
-            .and_then(Value::as_str)
-            .ok_or(Denied)?;
-        Ok(SocketInfo {
-            id: Some(format!("user_socket:{user}")),
-            assigns: params.clone(),
-        })
-    };
     let topic = chorus_gateway::topics::socket_topic("user_socket:7");
     let mut entries = Vec::new();
     for count_sockets in [true, false] {
@@ -424,7 +417,11 @@ async fn sockets_are_tracked_only_when_counted() -> anyhow::Result<()> {
             count_sockets,
             ..ServerConfig::default()
         };
-        let node = NodeBuilder::new().config(config).auth(auth).start().await?;
+        let node = NodeBuilder::new()
+            .config(config)
+            .auth(user_socket_id)
+            .start()
+            .await?;
         let mut c = node.client("user_id=7&vsn=2.0.0").await?;
         // The socket is tracked before the connection reads its first frame.
         c.join("1", "room:t", "{}").await?;
