@@ -104,8 +104,14 @@ impl Budget {
 
     /// Charges `n` bytes whatever the limit: control frames the connection
     /// writes on its own (a pong, a close frame), small and not refusable.
+    /// Past the limit the connection is flagged a slow consumer all the
+    /// same (a client that sends pings and reads none of the pongs). Only
+    /// the connection's own task calls this, so there is no one to wake.
     pub(crate) fn add(&self, n: usize) {
-        self.queued.fetch_add(n, Ordering::AcqRel);
+        let queued = self.queued.fetch_add(n, Ordering::AcqRel) + n;
+        if queued > self.limit {
+            self.overflow.store(true, Ordering::Release);
+        }
     }
 
     /// Returns `n` bytes once written (or dropped).
@@ -378,5 +384,19 @@ mod tests {
         assert!(budget.try_take(6));
         assert!(budget.try_take(4));
         assert!(!budget.try_take(1));
+    }
+
+    /// Pongs and close frames are charged whatever the limit, but queueing
+    /// them past it (pings from a client that reads nothing) still flags a
+    /// slow consumer.
+    #[test]
+    fn control_frames_past_the_limit_flag_a_slow_consumer() {
+        let budget = Budget::new(10);
+        budget.add(6);
+        budget.add(4);
+        assert!(!budget.overflowed(), "at the limit");
+        budget.add(1);
+        assert!(budget.overflowed());
+        assert_eq!(budget.queued(), 11, "charged all the same");
     }
 }
