@@ -48,6 +48,11 @@ impl SocketAssigns {
         self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
+    /// Every key, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
+    }
+
     /// How many keys are set.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -81,6 +86,19 @@ impl From<Assigns> for SocketAssigns {
         // is on somewhere in the build: sort anyway.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Self(entries.into_boxed_slice())
+    }
+}
+
+/// `for (key, value) in &assigns`, keys in order.
+impl<'a> IntoIterator for &'a SocketAssigns {
+    type Item = (&'a str, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Cow<'static, str>, Value)>,
+        fn(&'a (Cow<'static, str>, Value)) -> (&'a str, &'a Value),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 }
 
@@ -290,6 +308,10 @@ mod assigns_tests {
             serde_json::to_string(&map).expect("serialize")
         );
         assert_eq!(assigns.to_map(), map);
+        assert!(assigns.keys().eq(map.keys().map(String::as_str)));
+        assert!((&assigns)
+            .into_iter()
+            .eq(map.iter().map(|(k, v)| (k.as_str(), v))));
         assert!(assigns
             .0
             .iter()
