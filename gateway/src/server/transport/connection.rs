@@ -714,6 +714,8 @@ mod tests {
         room: usize,
         incoming: std::collections::VecDeque<Vec<u8>>,
         ended: bool,
+        /// Bytes handed to the reader so far.
+        delivered: usize,
     }
 
     impl AsyncRead for Narrow {
@@ -731,6 +733,7 @@ mod tests {
             };
             let n = chunk.len().min(buf.remaining());
             buf.put_slice(&chunk[..n]);
+            self.delivered += n;
             if n < chunk.len() {
                 self.incoming.push_front(chunk.split_off(n));
             }
@@ -779,6 +782,7 @@ mod tests {
                 room,
                 incoming: Default::default(),
                 ended: false,
+                delivered: 0,
             },
             budget,
             1 << 20,
@@ -949,5 +953,118 @@ mod tests {
             next(&mut w),
             Poll::Ready(Err(Received::Bad(ReadError::Protocol(_))))
         ));
+    }
+
+    /// A client's frames, some valid and some not, arriving in pieces of any
+    /// size: the connection reads the same messages, and the same error, as
+    /// the reader given the whole stream at once, and the room it keeps for
+    /// a frame still arriving stays within a small multiple of the bytes
+    /// that arrived, whatever a header announced.
+    mod reads {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Everything `ClientReader` makes of `stream` read whole.
+        fn whole(stream: &[u8], max: usize) -> (Vec<ClientMessage>, Option<ReadError>) {
+            let (mut reader, mut out, mut at) = (ClientReader::default(), Vec::new(), 0);
+            loop {
+                match reader.take(&stream[at..], max) {
+                    Err(e) => return (out, Some(e)),
+                    Ok(Step::More(_)) => return (out, None),
+                    Ok(Step::Frame { used, message }) => {
+                        at += used;
+                        out.extend(message);
+                    }
+                }
+            }
+        }
+
+        /// One message's frames: a data frame, or one cut in fragments with
+        /// a control frame among them.
+        fn message() -> impl Strategy<Value = Vec<u8>> {
+            let data = (any::<bool>(), 0..9_000usize, 1..4usize, 0..126usize);
+            prop_oneof![
+                3 => data.prop_map(|(text, len, fragments, ping)| {
+                    let op = if text { opcode::TEXT } else { opcode::BINARY };
+                    let body = "é".repeat(len / 2);
+                    let parts: Vec<&[u8]> = body.as_bytes().chunks(body.len() / fragments + 1).collect();
+                    let mut out = Vec::new();
+                    for (i, part) in parts.iter().enumerate() {
+                        let mut f = client_frame(if i == 0 { op } else { opcode::CONTINUATION }, part);
+                        if i + 1 < parts.len() {
+                            f[0] &= 0x7f;
+                            out.extend(f);
+                            out.extend(client_frame(opcode::PING, &vec![b'p'; ping]));
+                        } else {
+                            out.extend(f);
+                        }
+                    }
+                    if parts.is_empty() {
+                        out.extend(client_frame(op, b""));
+                    }
+                    out
+                }),
+                1 => (0..126usize).prop_map(|len| client_frame(opcode::PONG, &vec![b'q'; len])),
+            ]
+        }
+
+        /// What may end a stream: nothing, a header announcing up to 1 MiB
+        /// and part of its frame, or bytes of any kind.
+        fn tail() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                2 => Just(Vec::new()),
+                1 => (0..(1u64 << 20), 0..5_000usize).prop_map(|(len, some)| {
+                    let mut f = vec![0x82, 0xff];
+                    f.extend_from_slice(&len.to_be_bytes());
+                    f.extend_from_slice(&[1, 2, 3, 4]);
+                    f.resize(f.len() + some.min(len as usize), b'z');
+                    f
+                }),
+                1 => prop::collection::vec(any::<u8>(), 1..40),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn pieces_read_as_the_whole(
+                messages in prop::collection::vec(message(), 0..12),
+                tail in tail(),
+                pieces in prop::collection::vec(1..9_000usize, 1..40),
+            ) {
+                let stream: Vec<u8> = [messages.concat(), tail].concat();
+                let max = 1 << 20;
+                let (want, want_err) = whole(&stream, max);
+                let mut w = wire(usize::MAX, &[]);
+                let mut at = 0;
+                for len in pieces.iter().cycle() {
+                    if at == stream.len() {
+                        break;
+                    }
+                    let end = (at + len).min(stream.len());
+                    w.io.incoming.push_back(stream[at..end].to_vec());
+                    at = end;
+                }
+                w.io.ended = true;
+                let mut got = Vec::new();
+                let err = loop {
+                    let polled = next(&mut w);
+                    let bound = 4 * w.io.delivered + 4 * READ_CHUNK;
+                    prop_assert!(
+                        w.unread.capacity() <= bound,
+                        "kept {} after {} bytes", w.unread.capacity(), w.io.delivered
+                    );
+                    match polled {
+                        Poll::Ready(Ok(message)) => got.push(message),
+                        Poll::Ready(Err(Received::Bad(e))) => break Some(e),
+                        Poll::Ready(Err(Received::End)) => break None,
+                        Poll::Ready(Err(Received::Failed(e))) => panic!("{e}"),
+                        Poll::Pending => panic!("pending with the stream ended"),
+                    }
+                };
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(err, want_err);
+            }
+        }
     }
 }
