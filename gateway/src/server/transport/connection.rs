@@ -573,7 +573,8 @@ where
                     // what was taken. Room grows with what arrived (at most
                     // doubling per read), not to the length a header
                     // announces: a client that sends the header of a 1 MiB
-                    // frame and stops makes the server hold 8 KiB, not 1 MiB.
+                    // frame and stops makes the server hold about 4 KiB, not
+                    // 1 MiB.
                     self.unread.drain(..taken);
                     self.taken = 0;
                     let have = self.unread.len();
