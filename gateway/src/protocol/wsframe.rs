@@ -184,6 +184,10 @@ impl ClientReader {
             return Err(ReadError::Protocol("unmasked frame from a client"));
         }
         let (fin, op) = (b0 & 0x80 != 0, b0 & 0x0f);
+        if !matches!(op, 0x0..=0x2 | 0x8..=0xA) {
+            // Refused from the header, before its payload is waited for.
+            return Err(ReadError::Protocol("unknown opcode"));
+        }
         let (len, at) = match b1 & 0x7f {
             126 => match bytes.get(2..4) {
                 Some(raw) => (u64::from(u16::from_be_bytes([raw[0], raw[1]])), 4),
@@ -193,7 +197,11 @@ impl ClientReader {
                 Some(raw) => {
                     let mut be = [0; 8];
                     be.copy_from_slice(raw);
-                    (u64::from_be_bytes(be), 10)
+                    let len = u64::from_be_bytes(be);
+                    if len >> 63 != 0 {
+                        return Err(ReadError::Protocol("64-bit length with its top bit set"));
+                    }
+                    (len, 10)
                 }
                 None => return Ok(Step::More(10)),
             },
@@ -476,6 +484,18 @@ mod reader_tests {
         for (bytes, error) in cases {
             assert_eq!(read_all(&bytes, 10), Err(error.clone()), "{bytes:?}");
         }
+        // An unknown opcode is refused from the frame's first two bytes, a
+        // 64-bit length with its top bit set (RFC 6455 §5.2) from the header.
+        assert_eq!(
+            ClientReader::default().take(&[0x83, 0x85], 10),
+            Err(ReadError::Protocol("unknown opcode"))
+        );
+        let mut huge = vec![0x82, 0xff];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(
+            ClientReader::default().take(&huge, 10),
+            Err(ReadError::Protocol("64-bit length with its top bit set"))
+        );
         // An oversized frame is refused from its header alone.
         let mut header = client_frame(true, opcode::BINARY, &[0; 200]);
         header.truncate(4);
