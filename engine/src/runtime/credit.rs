@@ -187,30 +187,37 @@ impl<T> Credit<T> {
         sent
     }
 
-    /// A new connection to `peer`: every window to it starts full (credit in
-    /// flight on the old one is lost with it). Returns what may go now.
-    pub(crate) fn reset_peer(&mut self, peer: SocketAddr) -> Vec<T> {
+    /// A connection to `peer` is up: what waits goes, within each window.
+    /// Windows are not refilled here: broadcasts sent while the connection
+    /// came up are in its queue and count against them; what the last
+    /// connection lost was given back when it ended ([`Credit::forget_peer`]).
+    pub(crate) fn resume_peer(&mut self, peer: SocketAddr) -> Vec<T> {
         let mut sent = Vec::new();
         let held = &self.held;
         self.out.retain(|(addr, topic), out| {
             if *addr != peer {
                 return true;
             }
-            out.avail = WINDOW;
             sent.extend(release(out, topic, held));
-            out.avail < WINDOW
+            out.avail < WINDOW || !out.waiting.is_empty()
         });
         sent
     }
 
-    /// The connection to `peer` ended: what it was owed, and its windows
-    /// with nothing waiting, are forgotten (a new connection starts them
-    /// full; a peer that never comes back leaves nothing behind). Windows
-    /// with broadcasts waiting stay until a new connection or a stall
-    /// refills them.
+    /// The connection to `peer` ended (or its process restarted): what was
+    /// in flight on it, broadcasts and credit alike, is gone with it. What
+    /// it was owed is forgotten, windows with nothing waiting too (a peer
+    /// that never comes back leaves nothing behind), and windows with
+    /// broadcasts waiting are refilled; those go when a connection is up
+    /// again ([`Credit::resume_peer`]), or at a stall ([`Credit::expire`]).
     pub(crate) fn forget_peer(&mut self, peer: SocketAddr) {
-        self.out
-            .retain(|(addr, _), out| *addr != peer || !out.waiting.is_empty());
+        self.out.retain(|(addr, _), out| {
+            if *addr != peer {
+                return true;
+            }
+            out.avail = WINDOW;
+            !out.waiting.is_empty()
+        });
         self.owed.retain(|(addr, _), _| *addr != peer);
         self.withheld.retain(|(addr, _)| *addr != peer);
     }
@@ -247,7 +254,8 @@ impl<T> Credit<T> {
 
     /// A broadcast of `topic` arrived from `peer`.
     pub(crate) fn received(&mut self, peer: SocketAddr, topic: &Topic) {
-        *self.owed.entry((peer, topic.clone())).or_default() += 1;
+        let owed = self.owed.entry((peer, topic.clone())).or_default();
+        *owed = owed.saturating_add(1);
     }
 
     /// The credit to return now to `peer` for `topic`: what it is owed, once
@@ -431,10 +439,18 @@ mod tests {
             c.admit(now, a, &t, i);
         }
         assert_eq!(c.admit(now, a, &t, 1), Admit::Waiting);
-        assert_eq!(c.reset_peer(peer(2)), Vec::<u32>::new());
-        assert_eq!(c.reset_peer(a), vec![1]);
+        // A connection coming up refills nothing: the window's broadcasts
+        // may be in its queue.
+        assert_eq!(c.resume_peer(a), Vec::<u32>::new());
+        assert!(held.is_held("t"));
+        // The connection ending gives the window back; what waits goes on
+        // the next one, still in order behind what came meanwhile.
+        c.forget_peer(a);
+        assert_eq!(c.admit(now, a, &t, 3), Admit::Waiting);
+        assert_eq!(c.resume_peer(peer(2)), Vec::<u32>::new());
+        assert_eq!(c.resume_peer(a), vec![1, 3]);
         assert!(!held.is_held("t"));
-        for i in 0..WINDOW - 1 {
+        for i in 0..WINDOW - 2 {
             assert_eq!(c.admit(now, a, &t, i), Admit::Send(i));
         }
         assert_eq!(c.admit(now, a, &t, 2), Admit::Waiting);

@@ -627,7 +627,9 @@ impl NodeDriver {
                 }
                 Err((QueueError::Closed, f)) => {
                     // The connection ended and we have not heard yet: redial.
+                    // (Its close, when heard, names a link no longer here.)
                     self.links.remove(&t.addr);
+                    self.credit.forget_peer(t.addr);
                     frame = f;
                 }
             }
@@ -744,7 +746,7 @@ impl NodeDriver {
             if link.conn_id == up.conn_id {
                 link.instance = Some(up.hello.instance);
                 link.conn = Some(up.conn);
-                self.reset_credit(up.peer);
+                self.resume_credit(up.peer);
                 return;
             }
             let Some(_) = up.queue else {
@@ -764,6 +766,10 @@ impl NodeDriver {
                     if let Some(conn) = old.conn {
                         conn.close(codes::REPLACED.into(), b"replaced");
                     }
+                    // The old process had what was in flight; the new one
+                    // owes nothing for it. (Replaced otherwise, the old
+                    // connection drains its queue and credit comes back.)
+                    self.credit.forget_peer(up.peer);
                 }
             }
         }
@@ -781,13 +787,13 @@ impl NodeDriver {
                 dialed: up.dialed,
             },
         );
-        self.reset_credit(up.peer);
+        self.resume_credit(up.peer);
     }
 
-    /// A new connection to `peer`: what was in flight on the old one, credit
-    /// included, is gone, so its windows start full.
-    fn reset_credit(&mut self, peer: SocketAddr) {
-        for t in self.credit.reset_peer(peer) {
+    /// A connection to `peer` is up: broadcasts waiting for it go, within
+    /// their windows.
+    fn resume_credit(&mut self, peer: SocketAddr) {
+        for t in self.credit.resume_peer(peer) {
             self.send_now(t);
         }
     }
