@@ -390,6 +390,36 @@ async fn a_subscriber_that_never_reads_holds_a_peer_back_only_until_it_is_droppe
     .expect("test timed out");
 }
 
+/// Broadcasts waiting for a peer's credit are dropped when the peer is
+/// marked down: its topics are not held for a node that is gone (before,
+/// each stall refill released one more window, 2,000 waiting took 16 s).
+#[tokio::test]
+async fn a_peer_that_goes_down_holds_no_topic_back() {
+    timeout(Duration::from_secs(30), async {
+        let (n1, n2) = pair_with_small_queue().await;
+        let _stuck = n2.subscribe("t").await.unwrap();
+        for i in 0..2_200u32 {
+            n1.publish("t", Bytes::copy_from_slice(&i.to_be_bytes()))
+                .await
+                .unwrap();
+        }
+        eventually(Duration::from_secs(5), "n1 is held", || async {
+            n1.held("t")
+        })
+        .await;
+        n2.abort();
+        eventually(Duration::from_secs(5), "no longer held", || async {
+            !n1.held("t")
+        })
+        .await;
+        let s1 = n1.stats().await.unwrap();
+        assert!(s1.credit_dropped >= 1_000, "dropped what waited: {s1:?}");
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn crashed_node_goes_down_within_lan_bound_and_restarts_as_new_incarnation() {
     timeout(Duration::from_secs(40), async {

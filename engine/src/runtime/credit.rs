@@ -222,6 +222,37 @@ impl<T> Credit<T> {
         self.withheld.retain(|(addr, _)| *addr != peer);
     }
 
+    /// `peer` is down or gone: what waits for it is dropped (a member that
+    /// is down misses broadcasts, and its anti-entropy does not bring them
+    /// back), so its topics are no longer held for it, and nothing owed to it
+    /// is kept. Returns how many broadcasts were dropped.
+    pub(crate) fn drop_peer(&mut self, peer: SocketAddr) -> u64 {
+        let mut dropped = 0;
+        let held = &self.held;
+        self.out.retain(|(addr, topic), out| {
+            if *addr != peer {
+                return true;
+            }
+            if !out.waiting.is_empty() {
+                dropped += out.waiting.len() as u64;
+                held.remove(topic);
+            }
+            false
+        });
+        self.owed.retain(|(addr, _), _| *addr != peer);
+        self.withheld.retain(|(addr, _)| *addr != peer);
+        dropped
+    }
+
+    /// Credit for `n` broadcasts of `topic` that could not be sent to `peer`
+    /// (its queue was full): owed again, and retried as withheld credit is.
+    pub(crate) fn give_back(&mut self, peer: SocketAddr, topic: Topic, n: u32) {
+        let key = (peer, topic);
+        let owed = self.owed.entry(key.clone()).or_default();
+        *owed = owed.saturating_add(n);
+        self.withheld.insert(key);
+    }
+
     /// Refills every window that got nothing back for [`STALL`] while
     /// broadcasts waited on it. Returns what may go now, and how many windows
     /// were refilled.
@@ -471,6 +502,30 @@ mod tests {
         assert_eq!(c.out.len(), 1, "peer 2's waiting window stays");
         assert!(c.owed.is_empty());
         assert!(held.is_held("t"));
+    }
+
+    /// A peer marked down holds no topic back: what waits for it is
+    /// dropped and counted; credit that could not be sent is retried.
+    #[test]
+    fn a_down_peer_holds_nothing_and_unsent_credit_is_retried() {
+        let held = Arc::new(Held::default());
+        let mut c: Credit<u32> = Credit::new(held.clone());
+        let (a, t, now) = (peer(1), Topic::new("t"), Instant::now());
+        for i in 0..WINDOW + 3 {
+            c.admit(now, a, &t, i);
+        }
+        c.admit(now, peer(2), &t, 0);
+        assert!(held.is_held("t"));
+        c.received(a, &t);
+        assert_eq!(c.drop_peer(a), 3);
+        assert!(!held.is_held("t"));
+        assert_eq!(c.out.len(), 1, "peer 2's window stays");
+        assert!(c.owed.is_empty());
+
+        c.give_back(peer(2), t.clone(), 40);
+        assert_eq!(c.release_withheld(|_| false), vec![]);
+        assert_eq!(c.release_withheld(|_| true), vec![(peer(2), t.clone(), 40)]);
+        assert!(!c.busy());
     }
 
     #[test]

@@ -443,17 +443,30 @@ impl NodeDriver {
         }
     }
 
+    /// Sends `n` credit for `topic` to `peer`; credit that finds the peer's
+    /// queue full is owed again and retried at the next credit tick.
     fn send_credit(&mut self, peer: SocketAddr, topic: Topic, n: u32) {
         let msg = Message {
             from: self.node.id().clone(),
             addr: self.ctx.me.addr,
             body: Body::Credit { topic, n },
         };
-        self.send_now(Transmit {
+        let unsent = self.send_now(Transmit {
             to: None,
             addr: peer,
             msg,
         });
+        if let Some(Transmit {
+            msg:
+                Message {
+                    body: Body::Credit { topic, n },
+                    ..
+                },
+            ..
+        }) = unsent
+        {
+            self.credit.give_back(peer, topic, n);
+        }
     }
 
     /// Returns withheld credit whose topic has room now, and refills windows
@@ -504,8 +517,17 @@ impl NodeDriver {
                 }
             }
             Event::MemberUp(id) => debug!(peer = %id, "member up"),
-            Event::MemberDown(id) => debug!(peer = %id, "member down"),
-            Event::MemberGone(id) => debug!(peer = %id, "member gone"),
+            Event::MemberDown(id) | Event::MemberGone(id) => {
+                debug!(peer = %id, "member down or gone");
+                let addr = self
+                    .node
+                    .members()
+                    .into_iter()
+                    .find_map(|(m, addr, _)| (m == id).then_some(addr).flatten());
+                if let Some(addr) = addr {
+                    self.stats.credit_dropped += self.credit.drop_peer(addr);
+                }
+            }
             Event::NameClash(other) => {
                 warn!(other = %other, "another process runs under this node's name: stopping");
                 self.state.send_replace(TaskState::Clash(other));
@@ -592,13 +614,15 @@ impl NodeDriver {
     /// Queues `t` for its peer. A repair is queued only while the peer's
     /// queue then holds at most half its cap (the rest stays free for
     /// everything else) and otherwise comes back, for the node to send again
-    /// later ([`Node::handle_unsent`]); any other frame that does not fit is
-    /// dropped and counted, so only a repair ever comes back.
+    /// later ([`Node::handle_unsent`]); a credit that does not fit comes
+    /// back too ([`Self::send_credit`] owes it again); any other frame that
+    /// does not fit is dropped and counted.
     fn send_now(&mut self, t: Transmit) -> Option<Transmit> {
         let bytes = Bytes::from(t.msg.encode());
         let len = bytes.len() as u64;
         let datagram = t.msg.body.loss_tolerant();
         let repair = matches!(t.msg.body, Body::Repair { .. });
+        let credit = matches!(t.msg.body, Body::Credit { .. });
         let half = self.ctx.queue_cap / 2;
         let mut frame = PeerFrame { bytes, datagram };
         for _ in 0..2 {
@@ -617,6 +641,10 @@ impl NodeDriver {
                 }
                 Err((QueueError::Full, _)) if repair => {
                     trace!(peer = %t.addr, "peer queue holds its share of repairs, repair returned");
+                    return Some(t);
+                }
+                Err((QueueError::Full, _)) if credit => {
+                    trace!(peer = %t.addr, "peer queue full, credit kept to send again");
                     return Some(t);
                 }
                 Err((QueueError::Full, _)) => {
