@@ -36,6 +36,12 @@ const CONTROL_QUEUE: usize = 1024;
 /// stalled windows, while there is any.
 const CREDIT_TICK: Duration = Duration::from_millis(1);
 
+/// The longest the credit tick backs off to while it finds nothing to do (a
+/// subscriber that stopped reading, below its limit, keeps credit withheld
+/// and nothing else changes): well inside the time a subscriber takes to
+/// drain from its room mark, so no peer waits on the tick.
+const CREDIT_TICK_MAX: Duration = Duration::from_millis(16);
+
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -199,8 +205,9 @@ impl NodeDriver {
         });
         self.on_timeout();
         self.drain();
-        let mut credit_tick = tokio::time::interval(CREDIT_TICK);
-        credit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut credit_period = CREDIT_TICK;
+        let credit_tick = tokio::time::sleep(CREDIT_TICK);
+        tokio::pin!(credit_tick);
         let reply = loop {
             let deadline = self.node.poll_timeout().map(Instant::from_std);
             let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
@@ -210,7 +217,14 @@ impl NodeDriver {
                 biased;
                 Some(inbound) = self.control.recv() => self.on_inbound(inbound),
                 () = sleep, if deadline.is_some() => self.on_timeout(),
-                _ = credit_tick.tick(), if self.credit.busy() => self.on_credit_tick(),
+                () = &mut credit_tick, if self.credit.busy() => {
+                    credit_period = if self.on_credit_tick() {
+                        CREDIT_TICK
+                    } else {
+                        (credit_period * 2).min(CREDIT_TICK_MAX)
+                    };
+                    credit_tick.as_mut().reset(Instant::now() + credit_period);
+                }
                 req = self.requests.recv() => match req {
                     Some(req) => if let Some(reply) = self.on_request(req) { break Some(reply) },
                     None => break None,
@@ -470,12 +484,13 @@ impl NodeDriver {
     }
 
     /// Returns withheld credit whose topic has room now, and refills windows
-    /// that got nothing back for too long.
-    fn on_credit_tick(&mut self) {
+    /// that got nothing back for too long. Whether it did anything.
+    fn on_credit_tick(&mut self) -> bool {
         let (topics, subscribers) = (&self.topics, &self.subscribers);
         let mark = credit::room_mark(self.subscriber_queue);
         let room = |t: &Topic| has_room(topics, subscribers, mark, t);
         let back = self.credit.release_withheld(room);
+        let moved = !back.is_empty();
         for (peer, topic, n) in back {
             self.send_credit(peer, topic, n);
         }
@@ -484,6 +499,7 @@ impl NodeDriver {
         for (_, t) in sent {
             self.send_now(t);
         }
+        moved || refilled > 0
     }
 
     fn on_event(&mut self, event: Event) {
