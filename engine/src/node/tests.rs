@@ -446,13 +446,9 @@ fn seeds_handed_in_later_are_greeted_once_and_joined() {
     }
 }
 
-/// Repair pacing: a digest asking for 5,000 entries in repairs of 100 gets
-/// only what fits the window (one repair at least); each acknowledgement
-/// releases the next, another digest meanwhile does not start a second copy,
-/// and the receiver ends up with every entry.
-#[test]
-fn a_large_repair_is_paced_by_acknowledgements() {
-    let now = Instant::now();
+/// n1 holding 5,000 entries, sent in repairs of 100, and an empty n2; no
+/// transmit pending on either.
+fn repair_pair(now: Instant) -> (Node, Node) {
     let mut a = node("n1", 1, 1, now);
     a.cfg.repair_chunk = 100;
     let mut b = node("n2", 1, 2, now);
@@ -461,6 +457,17 @@ fn a_large_repair_is_paced_by_acknowledgements() {
     }
     while a.poll_transmit().is_some() {}
     while b.poll_transmit().is_some() {}
+    (a, b)
+}
+
+/// Repair pacing: a digest asking for 5,000 entries in repairs of 100 gets
+/// only what fits the window (one repair at least); each acknowledgement
+/// releases the next, another digest meanwhile does not start a second copy,
+/// and the receiver ends up with every entry.
+#[test]
+fn a_large_repair_is_paced_by_acknowledgements() {
+    let now = Instant::now();
+    let (mut a, mut b) = repair_pair(now);
     // The encoded size of one 100-entry repair, to set a window of three.
     let digest = |n: &Node| Body::Digest {
         presence: n.presence.store().digest(),
@@ -532,14 +539,7 @@ fn a_large_repair_is_paced_by_acknowledgements() {
 #[test]
 fn a_repair_the_driver_cannot_queue_is_sent_again() {
     let now = Instant::now();
-    let mut a = node("n1", 1, 1, now);
-    a.cfg.repair_chunk = 100;
-    let mut b = node("n2", 1, 2, now);
-    for i in 0..5_000 {
-        track(&mut a, now, &format!("u{i}"));
-    }
-    while a.poll_transmit().is_some() {}
-    while b.poll_transmit().is_some() {}
+    let (mut a, mut b) = repair_pair(now);
     let bid = b.id().clone();
     let aid = a.id().clone();
     let digest = Body::Digest {

@@ -9,13 +9,19 @@ use serde_json::Value;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{eventually, Client, NodeBuilder};
+use crate::util::{eventually, Client, Node, NodeBuilder};
 
 async fn sees_peer(engine: &EngineHandle) -> bool {
     engine
         .members()
         .await
         .is_ok_and(|m| m.iter().any(|m| m.state == PeerState::Up))
+}
+
+/// Whether `a` and `b` each see the other up within 10 s.
+async fn see_each_other(a: &Node, b: &Node) -> bool {
+    eventually(Duration::from_secs(10), || sees_peer(&a.engine)).await
+        && eventually(Duration::from_secs(10), || sees_peer(&b.engine)).await
 }
 
 /// Reads frames until the client's presence view of `topic` holds `key`.
@@ -41,8 +47,7 @@ async fn two_nodes_share_broadcasts_and_presence() -> anyhow::Result<()> {
         .start()
         .await?;
     assert!(
-        eventually(Duration::from_secs(10), || sees_peer(&a.engine)).await
-            && eventually(Duration::from_secs(10), || sees_peer(&b.engine)).await,
+        see_each_other(&a, &b).await,
         "the nodes never saw each other"
     );
 
@@ -149,8 +154,7 @@ async fn a_cross_node_flood_is_paced_not_dropped() -> anyhow::Result<()> {
         .start()
         .await?;
     assert!(
-        eventually(Duration::from_secs(10), || sees_peer(&a.engine)).await
-            && eventually(Duration::from_secs(10), || sees_peer(&b.engine)).await,
+        see_each_other(&a, &b).await,
         "the nodes never saw each other"
     );
 
