@@ -634,12 +634,17 @@ impl NodeDriver {
     /// back too ([`Self::send_credit`] owes it again); any other frame that
     /// does not fit is dropped and counted.
     fn send_now(&mut self, t: Transmit) -> Option<Transmit> {
-        let bytes = Bytes::from(t.msg.encode());
-        let len = bytes.len() as u64;
-        let datagram = t.msg.body.loss_tolerant();
         let repair = matches!(t.msg.body, Body::Repair { .. });
         let credit = matches!(t.msg.body, Body::Credit { .. });
         let half = self.ctx.queue_cap / 2;
+        if repair && self.link(t.addr).queue.refuses_within(half) {
+            // Not encoded only to come back (the node retries it each tick
+            // while the queue stays this full).
+            return Some(t);
+        }
+        let bytes = Bytes::from(t.msg.encode());
+        let len = bytes.len() as u64;
+        let datagram = t.msg.body.loss_tolerant();
         let mut frame = PeerFrame { bytes, datagram };
         for _ in 0..2 {
             let link = self.link(t.addr);

@@ -160,6 +160,13 @@ pub(crate) fn out_queue(cap: usize) -> (OutQueue, OutReceiver) {
 }
 
 impl OutQueue {
+    /// Whether [`OutQueue::push_within`] refuses any frame with `limit` now:
+    /// the queue is not empty and holds `limit` bytes or more.
+    pub fn refuses_within(&self, limit: usize) -> bool {
+        let queued = self.queued.load(Ordering::Acquire);
+        queued > 0 && queued >= limit.min(self.cap)
+    }
+
     /// Queues without waiting. A frame larger than the cap still goes when the
     /// queue is empty.
     /// The frame comes back with the error.
@@ -603,5 +610,22 @@ mod tests {
         q.push(frame(300)).unwrap();
         drop(rx);
         assert_eq!(q.push(frame(1)).unwrap_err().0, QueueError::Closed);
+    }
+
+    /// `refuses_within` says, without a frame, when `push_within` refuses
+    /// every frame: the queue is not empty and holds the limit (at most the
+    /// cap) already.
+    #[test]
+    fn refuses_within_agrees_with_push_within() {
+        let (q, _rx) = out_queue(1000);
+        assert!(!q.refuses_within(0), "an empty queue takes any frame");
+        q.push(frame(300 - FRAME_OVERHEAD)).unwrap();
+        assert!(!q.refuses_within(301));
+        assert!(q.refuses_within(300));
+        assert_eq!(
+            q.push_within(frame(1), 300).unwrap_err().0,
+            QueueError::Full
+        );
+        assert!(!q.refuses_within(5000), "the cap, 1000, is not reached");
     }
 }
