@@ -211,6 +211,11 @@ impl Node {
             .collect()
     }
 
+    /// The address `peer` is known at, if it is a member and has one.
+    pub fn member_addr(&self, peer: &NodeId) -> Option<SocketAddr> {
+        self.peers.get(peer).and_then(|p| p.addr)
+    }
+
     /// When `peer` was last heard from (any message), if it is a member.
     pub fn last_heard(&self, peer: &NodeId) -> Option<Instant> {
         self.peers.get(peer).map(|p| p.last_heard)

@@ -535,12 +535,7 @@ impl NodeDriver {
             Event::MemberUp(id) => debug!(peer = %id, "member up"),
             Event::MemberDown(id) | Event::MemberGone(id) => {
                 debug!(peer = %id, "member down or gone");
-                let addr = self
-                    .node
-                    .members()
-                    .into_iter()
-                    .find_map(|(m, addr, _)| (m == id).then_some(addr).flatten());
-                if let Some(addr) = addr {
+                if let Some(addr) = self.node.member_addr(&id) {
                     self.stats.credit_dropped += self.credit.drop_peer(addr);
                 }
             }
