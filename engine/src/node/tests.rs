@@ -446,6 +446,21 @@ fn seeds_handed_in_later_are_greeted_once_and_joined() {
     }
 }
 
+/// `b` merges `repair` from `a` and acknowledges it exactly once; `a` gets
+/// the acknowledgement.
+fn merge_and_acknowledge(a: &mut Node, b: &mut Node, now: Instant, repair: Message) {
+    let (aid, bid) = (a.id().clone(), b.id().clone());
+    b.handle_message(now, &aid, repair);
+    let acks: Vec<Message> = std::iter::from_fn(|| b.poll_transmit())
+        .map(|t| t.msg)
+        .filter(|m| matches!(m.body, Body::RepairAck { .. }))
+        .collect();
+    assert_eq!(acks.len(), 1, "each repair is acknowledged once merged");
+    for ack in acks {
+        a.handle_message(now, &bid, ack);
+    }
+}
+
 /// n1 holding 5,000 entries, sent in repairs of 100, and an empty n2; no
 /// transmit pending on either.
 fn repair_pair(now: Instant) -> (Node, Node) {
@@ -476,7 +491,6 @@ fn a_large_repair_is_paced_by_acknowledgements() {
         members: 1,
     };
     let bid = b.id().clone();
-    let aid = a.id().clone();
     let repairs_of = |a: &mut Node| -> Vec<Message> {
         std::iter::from_fn(|| a.poll_transmit())
             .map(|t| t.msg)
@@ -508,15 +522,7 @@ fn a_large_repair_is_paced_by_acknowledgements() {
     assert!(repairs_of(&mut a).is_empty());
     let mut delivered = 3;
     while let Some(repair) = in_flight.pop_front() {
-        b.handle_message(now, &aid, repair);
-        let acks: Vec<Message> = std::iter::from_fn(|| b.poll_transmit())
-            .map(|t| t.msg)
-            .filter(|m| matches!(m.body, Body::RepairAck { .. }))
-            .collect();
-        assert_eq!(acks.len(), 1, "each repair is acknowledged once merged");
-        for ack in acks {
-            a.handle_message(now, &bid, ack);
-        }
+        merge_and_acknowledge(&mut a, &mut b, now, repair);
         let next = repairs_of(&mut a);
         assert!(next.len() <= 1, "an acknowledgement frees room for one");
         delivered += next.len();
@@ -541,7 +547,6 @@ fn a_repair_the_driver_cannot_queue_is_sent_again() {
     let now = Instant::now();
     let (mut a, mut b) = repair_pair(now);
     let bid = b.id().clone();
-    let aid = a.id().clone();
     let digest = Body::Digest {
         presence: b.presence.store().digest(),
         subs: b.subs.store().digest(),
@@ -580,16 +585,8 @@ fn a_repair_the_driver_cannot_queue_is_sent_again() {
     }
     let mut delivered = 0;
     while let Some(repair) = in_flight.pop_front() {
-        b.handle_message(later, &aid, repair);
+        merge_and_acknowledge(&mut a, &mut b, later, repair);
         delivered += 1;
-        let acks: Vec<Message> = std::iter::from_fn(|| b.poll_transmit())
-            .map(|t| t.msg)
-            .filter(|m| matches!(m.body, Body::RepairAck { .. }))
-            .collect();
-        assert_eq!(acks.len(), 1, "each repair is acknowledged once merged");
-        for ack in acks {
-            a.handle_message(later, &bid, ack);
-        }
         let next = repairs_of(&mut a);
         assert!(next.len() <= 3, "never more than the window in flight");
         in_flight.extend(next.into_iter().map(|t| t.msg));

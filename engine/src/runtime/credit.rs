@@ -218,6 +218,11 @@ impl<T> Credit<T> {
             out.avail = WINDOW;
             !out.waiting.is_empty()
         });
+        self.forget_owed(peer);
+    }
+
+    /// Nothing is owed to `peer` any more, withheld or not.
+    fn forget_owed(&mut self, peer: SocketAddr) {
         self.owed.retain(|(addr, _), _| *addr != peer);
         self.withheld.retain(|(addr, _)| *addr != peer);
     }
@@ -239,8 +244,7 @@ impl<T> Credit<T> {
             }
             false
         });
-        self.owed.retain(|(addr, _), _| *addr != peer);
-        self.withheld.retain(|(addr, _)| *addr != peer);
+        self.forget_owed(peer);
         dropped
     }
 
@@ -421,11 +425,16 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// A credit table, the topics it holds, and a peer, a topic and a time.
+    fn fresh() -> (Arc<Held>, Credit<u32>, SocketAddr, Topic, Instant) {
+        let held = Arc::new(Held::default());
+        let c = Credit::new(held.clone());
+        (held, c, peer(1), Topic::new("t"), Instant::now())
+    }
+
     #[test]
     fn a_window_sends_then_holds_in_order_until_credit_returns() {
-        let held = Arc::new(Held::default());
-        let mut c: Credit<u32> = Credit::new(held.clone());
-        let (a, t, now) = (peer(1), Topic::new("t"), Instant::now());
+        let (held, mut c, a, t, now) = fresh();
         for i in 0..WINDOW {
             assert_eq!(c.admit(now, a, &t, i), Admit::Send(i));
         }
@@ -463,9 +472,7 @@ mod tests {
 
     #[test]
     fn a_new_connection_or_a_stall_refills_the_window() {
-        let held = Arc::new(Held::default());
-        let mut c: Credit<u32> = Credit::new(held.clone());
-        let (a, t, now) = (peer(1), Topic::new("t"), Instant::now());
+        let (held, mut c, a, t, now) = fresh();
         for i in 0..WINDOW {
             c.admit(now, a, &t, i);
         }
@@ -508,9 +515,7 @@ mod tests {
     /// dropped and counted; credit that could not be sent is retried.
     #[test]
     fn a_down_peer_holds_nothing_and_unsent_credit_is_retried() {
-        let held = Arc::new(Held::default());
-        let mut c: Credit<u32> = Credit::new(held.clone());
-        let (a, t, now) = (peer(1), Topic::new("t"), Instant::now());
+        let (held, mut c, a, t, now) = fresh();
         for i in 0..WINDOW + 3 {
             c.admit(now, a, &t, i);
         }
