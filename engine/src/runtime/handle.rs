@@ -89,8 +89,9 @@ pub struct RuntimeStats {
     /// Windows refilled after [`STALL`](super::credit::STALL) without credit
     /// back (credit lost with a connection, or a peer that returns none).
     pub credit_refills: u64,
-    /// Broadcasts dropped because [`MAX_WAITING`](super::credit::MAX_WAITING)
-    /// already waited for that peer's credit.
+    /// Broadcasts dropped while waiting for a peer's credit: past
+    /// [`MAX_WAITING`](super::credit::MAX_WAITING) for that peer, or when the
+    /// peer was marked down or gone.
     pub credit_dropped: u64,
     /// Connections closed for a missing or wrong cluster proof.
     pub auth_failures: u64,
