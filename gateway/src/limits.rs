@@ -353,9 +353,10 @@ type LimitLabel = [(&'static str, &'static str); 1];
 #[derive(Clone, Debug)]
 pub struct LimitCounter(Family<LimitLabel, Counter>);
 
-/// The `limit` label values (the `[limits]` keys), created at 0 so each series
-/// exists before its first breach.
-pub const LIMIT_KEYS: [&str; 11] = [
+/// The `limit` label values (the `[limits]` keys, and `rate_limit`, a topic
+/// rule's per user and topic), created at 0 so each series exists before its
+/// first breach.
+pub const LIMIT_KEYS: [&str; 12] = [
     "handshake_timeout_ms",
     "max_connections",
     "connection_rate",
@@ -367,6 +368,7 @@ pub const LIMIT_KEYS: [&str; 11] = [
     "json_max_depth",
     "json_max_string_bytes",
     "history_budget_bytes",
+    "rate_limit",
 ];
 
 impl Default for LimitCounter {

@@ -539,6 +539,7 @@ impl Channel for ConfiguredChannel {
             return refuse(ctx, object(&json!({"reason": "unknown_event"})));
         }
         if !self.app.allow(self.rule, event, &self.user, ctx.topic()) {
+            self.app.refused("rate_limit");
             return refuse(ctx, object(&json!({"reason": "rate_limit_exceeded"})));
         }
         let Some(action) = action else {
