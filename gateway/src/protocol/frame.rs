@@ -45,9 +45,12 @@ impl Ref {
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'n') => Ok(None),
-            Some(b'"') => serde_json::from_str::<String>(text)
-                .map(|s| Some(Self::string(s)))
-                .map_err(|_| FrameError::InvalidRef { field }),
+            Some(b'"') => match unquoted(raw) {
+                Some(text) => Ok(Some(Self::string(text))),
+                None => serde_json::from_str::<String>(text)
+                    .map(|s| Some(Self::string(s)))
+                    .map_err(|_| FrameError::InvalidRef { field }),
+            },
             Some(b'-' | b'0'..=b'9') => Ok(Some(Self(RefRepr::Num(text.into())))),
             _ => Err(FrameError::InvalidRef { field }),
         }
@@ -64,6 +67,14 @@ impl Ref {
     /// Whether the client sent this ref as a JSON number.
     pub fn is_number(&self) -> bool {
         matches!(self.0, RefRepr::Num(_))
+    }
+
+    /// How many bytes [`Ref::write_json`] appends (at most: see [`json_str_len`]).
+    pub(crate) fn json_len(&self) -> usize {
+        match &self.0 {
+            RefRepr::Str(s) => json_str_len(s),
+            RefRepr::Num(n) => n.len(),
+        }
     }
 
     /// Appends the ref as JSON (a quoted, escaped string or the number's text).
@@ -272,9 +283,42 @@ pub(crate) fn check_len(field: &'static str, value: &str) -> Result<(), FrameErr
     Ok(())
 }
 
-/// Appends `s` as a quoted, escaped JSON string.
+/// Whether JSON writes `b` in a string as it is: serde_json escapes only `"`,
+/// `\` and the control characters below 0x20.
+fn plain_in_json(b: u8) -> bool {
+    b >= 0x20 && b != b'"' && b != b'\\'
+}
+
+/// Appends `s` as a quoted, escaped JSON string, as serde_json writes it.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(out, s).expect("serializing a str into a Vec cannot fail");
+    if s.bytes().all(plain_in_json) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("serializing a str into a Vec cannot fail");
+    }
+}
+
+/// The length of `s` as [`write_json_str`] writes it when nothing in it needs
+/// escaping, else an upper bound (six bytes per byte, `\u001f`, and the quotes).
+pub(crate) fn json_str_len(s: &str) -> usize {
+    if s.bytes().all(plain_in_json) {
+        s.len() + 2
+    } else {
+        6 * s.len() + 2
+    }
+}
+
+/// The content of a JSON string token `raw` when it has no escape sequence, as
+/// it stands between its quotes; `None` when it must be unescaped (or is not a
+/// string). `raw` is valid JSON, so a string without a backslash holds no
+/// control character: its text is its content.
+pub(crate) fn unquoted(raw: &RawValue) -> Option<&str> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
 }
 
 fn raw_from_static(json: &'static str) -> Box<RawValue> {
@@ -375,5 +419,53 @@ mod tests {
         let bin = OutFrame::Binary(Bytes::from_static(&[1, 2]));
         assert_eq!(bin.as_text(), None);
         assert_eq!(bin.as_bytes(), &[1, 2]);
+    }
+
+    mod strings {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Text with what JSON escapes (quotes, backslashes, control
+        /// characters) and what it does not (`/`, DEL, non-ASCII), or not.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z:0-9]{0,40}",
+                "[a-z\"\\\\/\u{0}-\u{1f}\u{7f}é€😀 ]{0,40}",
+            ]
+        }
+
+        proptest! {
+            /// The fast paths agree with serde_json: `write_json_str` writes
+            /// what it writes, `json_str_len` never undercounts (and is exact
+            /// when nothing is escaped), and `unquoted` reads what it reads.
+            #[test]
+            fn json_strings_match_serde_json(s in text()) {
+                let mut ours = Vec::new();
+                write_json_str(&mut ours, &s);
+                let theirs = serde_json::to_vec(&s).expect("a str serializes");
+                prop_assert_eq!(&ours, &theirs);
+                prop_assert!(json_str_len(&s) >= ours.len());
+                if s.bytes().all(plain_in_json) {
+                    prop_assert_eq!(json_str_len(&s), ours.len());
+                }
+                let raw = RawValue::from_string(String::from_utf8(ours).expect("utf8"))
+                    .expect("valid JSON");
+                if let Some(inner) = unquoted(&raw) {
+                    prop_assert_eq!(inner, s.as_str());
+                } else {
+                    prop_assert!(raw.get().contains('\\'));
+                }
+            }
+        }
+
+        #[test]
+        fn unquoted_is_only_for_strings_without_escapes() {
+            let raw = |t: &str| RawValue::from_string(t.to_owned()).expect("json");
+            assert_eq!(unquoted(&raw(r#""room:1""#)), Some("room:1"));
+            assert_eq!(unquoted(&raw(r#""""#)), Some(""));
+            assert_eq!(unquoted(&raw(r#""a\"b""#)), None);
+            assert_eq!(unquoted(&raw("3")), None);
+            assert_eq!(unquoted(&raw("null")), None);
+        }
     }
 }

@@ -5,21 +5,68 @@
 //! payloads in without re-parsing them.
 
 use bytes::Bytes;
+use std::fmt;
+
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::frame::{check_len, write_json_str, FrameError, InFrame, JsonObject, Payload, Ref};
+use super::frame::{
+    check_len, json_str_len, unquoted, write_json_str, FrameError, InFrame, JsonObject, Payload,
+    Ref,
+};
 
 /// Decodes a v2 text frame. Elements past the fifth are ignored, as Phoenix does.
 pub fn decode_v2(text: &str) -> Result<InFrame, FrameError> {
     expect_shape(text, b'[', FrameError::NotAnArray)?;
-    let elements: Vec<&RawValue> = serde_json::from_str(text)?;
-    let [join_ref, ref_, topic, event, payload, ..] = elements[..] else {
-        return Err(FrameError::TooFewElements {
-            len: elements.len(),
-        });
+    let elements: Elements<'_> = serde_json::from_str(text)?;
+    let [Some(join_ref), Some(ref_), Some(topic), Some(event), Some(payload)] = elements.first
+    else {
+        return Err(FrameError::TooFewElements { len: elements.len });
     };
     frame_from_parts(Some(join_ref), ref_, topic, event, payload)
+}
+
+/// A v2 frame's first five elements, borrowed from its text, and how many
+/// elements the array has. The elements past the fifth are checked for syntax
+/// and skipped, and nothing is allocated for them.
+struct Elements<'a> {
+    first: [Option<&'a RawValue>; 5],
+    len: usize,
+}
+
+impl<'de> Deserialize<'de> for Elements<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Elements<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut elements = Elements {
+                    first: [None; 5],
+                    len: 0,
+                };
+                for slot in &mut elements.first {
+                    let Some(raw) = seq.next_element::<&RawValue>()? else {
+                        return Ok(elements);
+                    };
+                    *slot = Some(raw);
+                    elements.len += 1;
+                }
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    elements.len += 1;
+                }
+                Ok(elements)
+            }
+        }
+
+        de.deserialize_seq(Visit)
+    }
 }
 
 /// Decodes a v1 text frame. `topic`, `event`, `payload` and `ref` are required (each
@@ -42,7 +89,7 @@ pub fn encode_v2(
     event: &str,
     payload: &JsonObject,
 ) -> Bytes {
-    let mut out = v2_head(join_ref, ref_, topic, event, payload.as_str().len());
+    let mut out = v2_head(join_ref, ref_, topic, event, payload.as_str().len() + 1);
     out.extend_from_slice(payload.as_str().as_bytes());
     out.push(b']');
     out.into()
@@ -56,11 +103,24 @@ pub fn encode_v2_reply(
     status: &str,
     response: &JsonObject,
 ) -> Bytes {
-    let extra = status.len() + response.as_str().len() + 32;
+    v2_reply(join_ref, ref_, topic, status, response).into()
+}
+
+/// [`encode_v2_reply`]'s bytes, in a buffer of exactly their length when no
+/// string needs escaping (the common case): `Bytes` then takes the buffer as
+/// it is, with no allocation of its own.
+fn v2_reply(
+    join_ref: Option<&Ref>,
+    ref_: Option<&Ref>,
+    topic: &str,
+    status: &str,
+    response: &JsonObject,
+) -> Vec<u8> {
+    let extra = REPLY_PAYLOAD_LEN + json_str_len(status) + response.as_str().len() + 1;
     let mut out = v2_head(join_ref, ref_, topic, "phx_reply", extra);
     write_reply_payload(&mut out, status, response);
     out.push(b']');
-    out.into()
+    out
 }
 
 /// Encodes a v1 message: `{"topic":..,"event":..,"payload":..,"ref":..}`. v1 frames
@@ -135,6 +195,9 @@ fn json_string(raw: &RawValue, field: &'static str) -> Result<String, FrameError
     if !raw.get().starts_with('"') {
         return Err(FrameError::NotAString { field });
     }
+    if let Some(text) = unquoted(raw) {
+        return Ok(text.to_owned());
+    }
     serde_json::from_str(raw.get()).map_err(|_| FrameError::NotAString { field })
 }
 
@@ -158,7 +221,14 @@ fn v2_head(
     event: &str,
     extra: usize,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(topic.len() + event.len() + extra + 40);
+    // `[`, four commas, then what follows the fourth comma (`extra` bytes).
+    let len = 5
+        + ref_json_len(join_ref)
+        + ref_json_len(ref_)
+        + json_str_len(topic)
+        + json_str_len(event)
+        + extra;
+    let mut out = Vec::with_capacity(len);
     out.push(b'[');
     write_opt_ref(&mut out, join_ref);
     out.push(b',');
@@ -188,12 +258,24 @@ fn v1_tail(mut out: Vec<u8>, ref_: Option<&Ref>) -> Bytes {
     out.into()
 }
 
+/// The bytes [`write_reply_payload`] writes besides the status and response:
+/// `{"status":`, `,"response":` and `}`.
+const REPLY_PAYLOAD_LEN: usize = 10 + 12 + 1;
+
 fn write_reply_payload(out: &mut Vec<u8>, status: &str, response: &JsonObject) {
     out.extend_from_slice(br#"{"status":"#);
     write_json_str(out, status);
     out.extend_from_slice(br#","response":"#);
     out.extend_from_slice(response.as_str().as_bytes());
     out.push(b'}');
+}
+
+/// What [`write_opt_ref`] writes, in bytes (at most: see [`json_str_len`]).
+fn ref_json_len(r: Option<&Ref>) -> usize {
+    match r {
+        Some(r) => r.json_len(),
+        None => 4,
+    }
 }
 
 fn write_opt_ref(out: &mut Vec<u8>, r: Option<&Ref>) {
@@ -236,6 +318,35 @@ mod tests {
         assert_eq!(
             (esc.topic.as_str(), esc.event.as_str()),
             ("room:é", "ev\"t")
+        );
+    }
+
+    /// A reply's buffer is exactly as long as its bytes when nothing is
+    /// escaped (so `Bytes` adopts it without an allocation), and at least as
+    /// long otherwise.
+    #[test]
+    fn reply_buffers_are_sized_to_their_bytes() {
+        let response = obj(r#"{"body":"hi"}"#);
+        let (num, text) = (Ref::number(12), Ref::string("7"));
+        for (join_ref, ref_, topic) in [
+            (Some(&text), Some(&num), "room:1"),
+            (None, Some(&text), "bench:9"),
+            (None, None, ""),
+        ] {
+            let out = v2_reply(join_ref, ref_, topic, "ok", &response);
+            assert_eq!(
+                out.len(),
+                out.capacity(),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        let escaped = Ref::string("a\"b");
+        let out = v2_reply(Some(&escaped), None, "room:\n", "ok", &response);
+        assert!(out.capacity() >= out.len());
+        assert_eq!(
+            std::str::from_utf8(&out).expect("utf8"),
+            r#"["a\"b",null,"room:\n","phx_reply",{"status":"ok","response":{"body":"hi"}}]"#
         );
     }
 
