@@ -29,6 +29,54 @@ async fn heartbeat_is_answered_with_nothing_joined() -> anyhow::Result<()> {
     node.stop().await
 }
 
+/// Frames a client sends in the same write as its upgrade request (read by
+/// the HTTP server before the socket is handed over) are read first, in
+/// order: the connection starts with them.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_handled() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start().await?;
+    let mut bytes = b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\n\
+        Upgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let frames = [
+        r#"["1","1","room:early","phx_join",{}]"#,
+        r#"[null,"2","phoenix","heartbeat",{}]"#,
+    ];
+    for text in frames {
+        // A masked text frame (the mask is zero: the payload goes as it is).
+        bytes.extend_from_slice(&[0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
+        bytes.extend_from_slice(text.as_bytes());
+    }
+    let mut tcp = tokio::net::TcpStream::connect(node.addr).await?;
+    tcp.write_all(&bytes).await?;
+    // The join's reply, then (after the join's presence pushes) the
+    // heartbeat's.
+    let want = [
+        r#"["1","1","room:early","phx_reply",{"status":"ok","response":{}}]"#,
+        r#"[null,"2","phoenix","phx_reply",{"status":"ok","response":{}}]"#,
+    ];
+    let mut got = Vec::new();
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(first) = text.find(want[0]) {
+                if text[first..].contains(want[1]) {
+                    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+                    return anyhow::Ok(());
+                }
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "closed after {text:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await??;
+    node.stop().await
+}
+
 #[tokio::test]
 async fn healthz_answers_200() -> anyhow::Result<()> {
     let node = Node::start().await?;

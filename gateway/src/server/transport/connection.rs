@@ -97,6 +97,10 @@ enum Then {
     Deliver,
 }
 
+/// A connection's session and the connect request's headers some backend
+/// hook forwards.
+pub(crate) type Setup = (Box<Session>, Vec<(String, String)>);
+
 pub(crate) struct Connection<S> {
     driver: SessionDriver,
     wire: Wire<S>,
@@ -108,17 +112,16 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// A connection for an upgraded socket `io` (`hook_headers`: its connect request's
-    /// headers some backend hook forwards). Boxed, and built outside the task's
+    /// A connection for an upgraded socket `io`; `setup` is its session and
+    /// the connect request's headers some backend hook forwards. Boxed, and built outside the task's
     /// `run` future: values moved into an `async fn` keep their argument slot for the
     /// whole life of the future, so passing the session and socket by value would
     /// store them twice in every idle connection's task.
     pub(crate) fn new(
         shared: Arc<Shared>,
         conn: u64,
-        session: Box<Session>,
+        (session, hook_headers): Setup,
         io: S,
-        hook_headers: Vec<(String, String)>,
     ) -> Box<Self> {
         let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
         let wire = Wire::new(io, budget.clone(), shared.config.max_frame_size);
@@ -129,6 +132,15 @@ where
             wire,
             reads: 0,
         })
+    }
+
+    /// Starts the connection with `early`, bytes the client sent that were
+    /// read before it was handed over (behind its upgrade request).
+    pub(crate) fn with_early_bytes(mut self: Box<Self>, early: &[u8]) -> Box<Self> {
+        if !early.is_empty() {
+            self.wire.unread = early.to_vec();
+        }
+        self
     }
 
     /// How the server tells this connection to close when it drains.
@@ -264,7 +276,8 @@ where
                             deadline = deadline.max(now + pause + idle);
                             timer.as_mut().reset(now + pause);
                         }
-                        self.take_message(msg).map(|()| Then::Settle)
+                        self.take_message(msg, now.into_std())
+                            .map(|()| Then::Settle)
                     }
                     WsEvent::Idle => {
                         debug!(conn = self.driver.conn, "idle timeout");
@@ -338,9 +351,14 @@ where
             .map_err(|e| self.invalid(&e))
     }
 
-    /// Decodes a client frame, holds it to the client limits and hands it to
-    /// the session; the caller runs what it queued ([`Connection::settle`]).
-    fn take_message(&mut self, msg: Result<ClientMessage, Received>) -> Result<(), Exit> {
+    /// Decodes a client frame that arrived at `now`, holds it to the client
+    /// limits and hands it to the session; the caller runs what it queued
+    /// ([`Connection::settle`]).
+    fn take_message(
+        &mut self,
+        msg: Result<ClientMessage, Received>,
+        now: std::time::Instant,
+    ) -> Result<(), Exit> {
         let conn = self.driver.conn;
         let vsn = self.driver.session.vsn();
         let len = msg.as_ref().map_or(0, ClientMessage::len);
@@ -375,7 +393,7 @@ where
             }
         };
         let frame = decoded.map_err(|e| self.invalid(&e))?;
-        if self.driver.admit(&frame, len)? {
+        if self.driver.admit(&frame, len, now)? {
             if let Err(e) = self.driver.handle_frame(frame) {
                 return Err(self.invalid(&e));
             }

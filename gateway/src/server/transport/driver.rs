@@ -165,11 +165,19 @@ impl SessionDriver {
     /// - a JSON payload over `json_max_depth` or `json_max_string_bytes`:
     ///   answered `{"reason":"payload_too_deep"}` or
     ///   `{"reason":"string_too_long"}`; the connection stays.
-    pub(crate) fn admit(&mut self, frame: &InFrame, bytes: usize) -> Result<bool, Exit> {
+    ///
+    /// `now` is when the frame arrived (the transport reads the clock once per
+    /// frame for its own timers too).
+    pub(crate) fn admit(
+        &mut self,
+        frame: &InFrame,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<bool, Exit> {
         self.metrics.messages_in.inc();
         self.metrics.bytes_in.inc_by(bytes as u64);
         let counter = &self.shared.config.limit_counter;
-        match self.frames.check(Instant::now()) {
+        match self.frames.check(now) {
             FrameVerdict::Accept => {}
             FrameVerdict::Refuse { notify } => {
                 counter.hit("frame_rate");

@@ -12,10 +12,12 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, Instrument};
 
-use super::connection::Connection;
+use super::connection::{Connection, Setup};
 use crate::protocol::{Query, Subprotocols};
 use crate::server::http::{text, HttpBody};
 use crate::server::metrics::limit;
@@ -24,6 +26,29 @@ use crate::socket::Session;
 
 /// The WebSocket endpoint (Phoenix's `socket "/socket"` + `/websocket`).
 pub const WEBSOCKET_PATH: &str = "/socket/websocket";
+
+/// A connection for a plain TCP socket taken out of hyper's `Upgraded`, with
+/// the bytes hyper read past the upgrade request. A plain function, so that
+/// nothing used to build it stays in the task's future.
+fn plain_connection(
+    shared: Arc<Shared>,
+    conn: u64,
+    setup: Setup,
+    parts: hyper::upgrade::Parts<TokioIo<TcpStream>>,
+) -> Box<Connection<TcpStream>> {
+    Connection::new(shared, conn, setup, parts.io.into_inner()).with_early_bytes(&parts.read_buf)
+}
+
+/// Registers a connection for the server's drain and serves it until it closes.
+async fn serve<S>(shared: &Arc<Shared>, conn: u64, connection: Box<Connection<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    shared.register(conn, connection.drain());
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    connection.run().await;
+    shared.unregister(conn);
+}
 
 pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -141,17 +166,21 @@ pub(crate) async fn upgrade(
                         return;
                     }
                 };
-            let io = TokioIo::new(upgraded);
-            // Unpacked in a scope that ends here: nothing of it stays in
-            // this future's state.
-            let connection = {
-                let (session, hook_headers) = *setup;
-                Connection::new(shared.clone(), conn, session, io, hook_headers)
-            };
-            shared.register(conn, connection.drain());
-            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            connection.run().await;
-            shared.unregister(conn);
+            // A plain TCP socket is served as itself, not through hyper's
+            // boxed `Upgraded` (two more layers of calls on every read and
+            // write); the bytes hyper read past the request come first.
+            // Anything else (TLS) stays in its `Upgraded`.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let connection = plain_connection(shared.clone(), conn, *setup, parts);
+                    serve(&shared, conn, connection).await;
+                }
+                Err(upgraded) => {
+                    let connection =
+                        Connection::new(shared.clone(), conn, *setup, TokioIo::new(upgraded));
+                    serve(&shared, conn, connection).await;
+                }
+            }
             drop(permit);
             drop(done);
         }

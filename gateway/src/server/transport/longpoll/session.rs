@@ -303,7 +303,7 @@ impl LpSession {
         for line in lines {
             let len = line.len();
             let admitted = decode_line(vsn, line).map(|frame| {
-                let admitted = self.driver.admit(&frame, len);
+                let admitted = self.driver.admit(&frame, len, std::time::Instant::now());
                 (frame, admitted)
             });
             let handled = match admitted {
