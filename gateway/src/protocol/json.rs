@@ -108,7 +108,7 @@ pub fn encode_v2_reply(
 
 /// [`encode_v2_reply`]'s bytes, in a buffer of exactly their length when no
 /// string needs escaping (the common case): `Bytes` then takes the buffer as
-/// it is, with no allocation of its own.
+/// it is, with no allocation of its own. (One that needs escaping grows it.)
 fn v2_reply(
     join_ref: Option<&Ref>,
     ref_: Option<&Ref>,
@@ -270,7 +270,8 @@ fn write_reply_payload(out: &mut Vec<u8>, status: &str, response: &JsonObject) {
     out.push(b'}');
 }
 
-/// What [`write_opt_ref`] writes, in bytes (at most: see [`json_str_len`]).
+/// What [`write_opt_ref`] writes, in bytes (when nothing is escaped: see
+/// [`json_str_len`]).
 fn ref_json_len(r: Option<&Ref>) -> usize {
     match r {
         Some(r) => r.json_len(),
@@ -322,8 +323,8 @@ mod tests {
     }
 
     /// A reply's buffer is exactly as long as its bytes when nothing is
-    /// escaped (so `Bytes` adopts it without an allocation), and at least as
-    /// long otherwise.
+    /// escaped (so `Bytes` adopts it without an allocation); escaped strings
+    /// are written whole.
     #[test]
     fn reply_buffers_are_sized_to_their_bytes() {
         let response = obj(r#"{"body":"hi"}"#);
