@@ -382,7 +382,7 @@ impl Default for LimitCounter {
 }
 
 impl LimitCounter {
-    /// Counts one breach of `limit` (its `[limits]` key).
+    /// Counts one breach of `limit` (one of [`LIMIT_KEYS`]).
     pub fn hit(&self, limit: &'static str) {
         self.0.get_or_create(&[("limit", limit)]).inc();
     }

@@ -272,6 +272,32 @@ async fn publishes_and_presence_updates_share_one_rate_per_user() -> anyhow::Res
     node.stop().await
 }
 
+/// A topic rule's `rate_limit` refuses like the user's rate and is counted
+/// under its own key.
+#[tokio::test]
+async fn a_topic_rules_rate_limit_is_counted() -> anyhow::Result<()> {
+    let text = r#"
+[[topics]]
+pattern = "chat:{id}"
+events = { new_msg = "broadcast" }
+rate_limit = { new_msg = 2 }
+"#;
+    let node = node(Config::parse(text, "rule-rate.toml")?).await?;
+    let mut a = joined(&node, "alice", "chat:1").await?;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let v = push(&mut a, "chat:1", &format!("a{i}"), "new_msg", "{}").await?;
+        statuses.push(v[4]["response"]["reason"].clone());
+    }
+    assert_eq!(
+        statuses,
+        [Value::Null, Value::Null, json!("rate_limit_exceeded")]
+    );
+    assert_eq!(exceeded(&node, "rate_limit").await?, 1);
+    assert_eq!(exceeded(&node, "user_publish_rate").await?, 0);
+    node.stop().await
+}
+
 #[tokio::test]
 async fn a_presence_meta_over_the_limit_is_refused_and_kept() -> anyhow::Result<()> {
     let node = node(config("presence_meta_bytes = 1024")).await?;

@@ -137,9 +137,7 @@ where
     /// Starts the connection with `early`, bytes the client sent that were
     /// read before it was handed over (behind its upgrade request).
     pub(crate) fn with_early_bytes(mut self: Box<Self>, early: &[u8]) -> Box<Self> {
-        if !early.is_empty() {
-            self.wire.unread = early.to_vec();
-        }
+        self.wire.start_with(early);
         self
     }
 
@@ -498,13 +496,16 @@ pub(crate) struct Wire<S> {
     sent: usize,
     budget: Arc<Budget>,
     /// Client bytes read, of which the first `taken` are taken: the start
-    /// of a frame not all read yet, or frames that arrived behind the one
-    /// returned. Usually empty. Frames are taken by moving `taken`, not by
+    /// of a frame not all read yet, frames that arrived behind the one
+    /// returned, or at the start what the HTTP server read past the upgrade
+    /// request ([`Wire::start_with`]). Usually empty. Frames are taken by moving `taken`, not by
     /// moving the bytes after them (a burst of small frames would move the
     /// rest of the burst once per frame).
     unread: Vec<u8>,
     /// `u32`s, with `max_frame`, so as to take no more room than one
-    /// `usize`: `unread` never holds much more than a frame.
+    /// `usize`: `unread` never holds much more than a frame, or at the
+    /// start what hyper read past the request (within its read buffer's
+    /// limit, some hundred KiB).
     taken: u32,
     /// The size limit of a client frame and message (at most 4 GiB less
     /// 64 KiB, so that `unread`, a frame and a read more, fits `taken`).
@@ -529,6 +530,15 @@ where
             taken: 0,
             max_frame,
             reader: ClientReader::default(),
+        }
+    }
+
+    /// Makes `early`, client bytes read before the socket was handed over,
+    /// the first to be read.
+    fn start_with(&mut self, early: &[u8]) {
+        if !early.is_empty() {
+            self.unread = early.to_vec();
+            self.taken = 0;
         }
     }
 
@@ -972,6 +982,28 @@ mod tests {
             next(&mut w),
             Poll::Ready(Err(Received::Bad(ReadError::Protocol(_))))
         ));
+    }
+
+    /// Bytes read before the socket was handed over (a whole frame and half
+    /// of the next) come first; the rest of the split frame comes from the
+    /// socket; nothing is kept once both are taken.
+    #[test]
+    fn early_bytes_are_read_first() {
+        let mut bytes = client_frame(opcode::TEXT, b"[\"early\"]");
+        let second = client_frame(opcode::TEXT, b"[\"split across\"]");
+        let cut = bytes.len() + second.len() / 2;
+        bytes.extend_from_slice(&second);
+        let mut w = wire(usize::MAX, &[]);
+        w.start_with(&bytes[..cut]);
+        w.io.incoming.push_back(bytes[cut..].to_vec());
+        assert!(
+            matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Text(t))) if t == r#"["early"]"#)
+        );
+        assert!(
+            matches!(next(&mut w), Poll::Ready(Ok(ClientMessage::Text(t))) if t == r#"["split across"]"#)
+        );
+        assert_eq!((w.unread.capacity(), w.taken), (0, 0));
+        assert!(next(&mut w).is_pending());
     }
 
     /// A client's frames, some valid and some not, arriving in pieces of any

@@ -39,15 +39,16 @@ fn plain_connection(
     Connection::new(shared, conn, setup, parts.io.into_inner()).with_early_bytes(&parts.read_buf)
 }
 
-/// Registers a connection for the server's drain and serves it until it closes.
-async fn serve<S>(shared: &Arc<Shared>, conn: u64, connection: Box<Connection<S>>)
+/// Registers a connection for the server's drain and counts it. A plain
+/// function: an `async fn` would keep its arguments in every connection's
+/// task for the connection's whole life.
+fn started<S>(shared: &Shared, conn: u64, connection: Box<Connection<S>>) -> Box<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     shared.register(conn, connection.drain());
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    connection.run().await;
-    shared.unregister(conn);
+    connection
 }
 
 pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -173,14 +174,15 @@ pub(crate) async fn upgrade(
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let connection = plain_connection(shared.clone(), conn, *setup, parts);
-                    serve(&shared, conn, connection).await;
+                    started(&shared, conn, connection).run().await;
                 }
                 Err(upgraded) => {
                     let connection =
                         Connection::new(shared.clone(), conn, *setup, TokioIo::new(upgraded));
-                    serve(&shared, conn, connection).await;
+                    started(&shared, conn, connection).run().await;
                 }
             }
+            shared.unregister(conn);
             drop(permit);
             drop(done);
         }
