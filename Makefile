@@ -128,15 +128,18 @@ bench-load: ## Load generator (chorus-load) against a fresh release chorus per s
 # The ceiling (a minimal Phoenix server, not part of Chorus) and its runtime threads.
 CEILING_DIR ?= ../shared/ceiling
 CEILING_THREADS ?= 1
+# How many times each scenario is compared, the two servers alternating: with
+# more than one, the medians and the range of each ratio are printed too.
+CEILING_ROUNDS ?= 1
 
-bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEILING_DIR), then chorus; both figures and the ratio (about 2 min)
+bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEILING_DIR), then chorus; both figures and the ratio (about 2 min; CEILING_ROUNDS=N: N times, with medians)
 	@if [ ! -f "$(CEILING_DIR)/Cargo.toml" ]; then \
 		echo "make bench-ceiling: the ceiling is absent: no $(CEILING_DIR)/Cargo.toml (set CEILING_DIR to its checkout)"; exit 1; fi
 	$(CARGO) build --release --manifest-path "$(CEILING_DIR)/Cargo.toml" --target-dir "$(CEILING_DIR)/target"
 	$(CARGO) build --release -p chorus-gateway --bin chorus --bin chorus-load
 	@ulimit -n $$(ulimit -Hn); set -e; uptime; \
 	bin="$${CARGO_TARGET_DIR:-target}/release"; \
-	load="$$bin/chorus-load --spawn $$bin/chorus --compare $(CEILING_DIR)/target/release/ceiling --ceiling-threads $(CEILING_THREADS)"; \
+	load="$$bin/chorus-load --spawn $$bin/chorus --compare $(CEILING_DIR)/target/release/ceiling --ceiling-threads $(CEILING_THREADS) --rounds $(CEILING_ROUNDS)"; \
 	set -x; \
 	$$load idle --conns $(LOAD_IDLE); \
 	$$load fanout --subs 1000 --rate 0 --secs $(LOAD_FANOUT_SECS); \

@@ -157,25 +157,24 @@ impl Comparison {
     }
 }
 
-impl std::fmt::Display for Comparison {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "--- ceiling")?;
-        writeln!(f, "{}", self.ceiling)?;
-        writeln!(f, "--- chorus")?;
-        writeln!(f, "{}", self.chorus)?;
-        writeln!(
-            f,
-            "--- compared (chorus ÷ ceiling; same load generator, one after the other)"
-        )?;
-        let v = |v: Option<f64>, unit: &str| {
-            v.map_or("n/a".to_string(), |v| {
-                if v >= 1000.0 {
-                    format!("{v:.0} {unit}")
-                } else {
-                    format!("{v:.3} {unit}")
-                }
-            })
-        };
+/// A figure with its unit, or `n/a`.
+fn value(v: Option<f64>, unit: &str) -> String {
+    v.map_or("n/a".to_string(), |v| {
+        if v >= 1000.0 {
+            format!("{v:.0} {unit}")
+        } else {
+            format!("{v:.3} {unit}")
+        }
+    })
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("n/a".into(), |x| format!("{x:.2}x"))
+}
+
+impl Comparison {
+    /// The compared figures as a table, and a warning for an incomplete run.
+    fn write_table(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "{:<42} {:>16} {:>16} {:>8}",
@@ -186,9 +185,9 @@ impl std::fmt::Display for Comparison {
                 f,
                 "{:<42} {:>16} {:>16} {:>8}",
                 r.figure,
-                v(r.ceiling, r.unit),
-                v(r.chorus, r.unit),
-                r.ratio.map_or("n/a".into(), |x| format!("{x:.2}x"))
+                value(r.ceiling, r.unit),
+                value(r.chorus, r.unit),
+                ratio(r.ratio)
             )?;
         }
         for (name, outcome) in [("ceiling", &self.ceiling), ("chorus", &self.chorus)] {
@@ -203,9 +202,176 @@ impl std::fmt::Display for Comparison {
     }
 }
 
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "--- ceiling")?;
+        writeln!(f, "{}", self.ceiling)?;
+        writeln!(f, "--- chorus")?;
+        writeln!(f, "{}", self.chorus)?;
+        writeln!(
+            f,
+            "--- compared (chorus ÷ ceiling; same load generator, one after the other)"
+        )?;
+        self.write_table(f)
+    }
+}
+
+/// `--rounds N`: the comparison made N times, the ceiling and chorus
+/// alternating, and per figure the median of each side and of the rounds'
+/// ratios with their range. One round's ratio moves with what else the box
+/// did during that round; the median of several is the figure to quote.
+#[derive(Debug, Serialize)]
+pub struct Rounds {
+    pub rounds: Vec<Comparison>,
+    pub summary: Vec<Summary>,
+}
+
+/// One figure over the rounds.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub figure: &'static str,
+    pub unit: &'static str,
+    /// Medians over the rounds.
+    pub ceiling: Option<f64>,
+    pub chorus: Option<f64>,
+    /// The median of the rounds' ratios (not the ratio of the medians), and
+    /// the lowest and highest.
+    pub ratio: Option<f64>,
+    pub ratio_min: Option<f64>,
+    pub ratio_max: Option<f64>,
+}
+
+/// The median of the values present (the mean of the middle two for an even
+/// count); `None` when there are none.
+fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values.flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+impl Rounds {
+    pub fn new(rounds: Vec<Comparison>) -> Self {
+        let count = rounds.first().map_or(0, |r| r.figures.len());
+        let summary = (0..count)
+            .map(|i| {
+                let rows = || rounds.iter().map(move |r| &r.figures[i]);
+                let ratios = || rows().filter_map(|r| r.ratio);
+                let first = &rounds[0].figures[i];
+                Summary {
+                    figure: first.figure,
+                    unit: first.unit,
+                    ceiling: median(rows().map(|r| r.ceiling)),
+                    chorus: median(rows().map(|r| r.chorus)),
+                    ratio: median(rows().map(|r| r.ratio)),
+                    ratio_min: ratios().reduce(f64::min),
+                    ratio_max: ratios().reduce(f64::max),
+                }
+            })
+            .collect();
+        Self { rounds, summary }
+    }
+}
+
+impl std::fmt::Display for Rounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, round) in self.rounds.iter().enumerate() {
+            writeln!(
+                f,
+                "--- round {} of {} (chorus ÷ ceiling; same load generator, one after the other)",
+                i + 1,
+                self.rounds.len()
+            )?;
+            round.write_table(f)?;
+        }
+        writeln!(
+            f,
+            "--- over {} rounds: medians, and the median ratio with the lowest and highest",
+            self.rounds.len()
+        )?;
+        writeln!(
+            f,
+            "{:<42} {:>16} {:>16} {:>8} {:>15}",
+            "figure", "ceiling", "chorus", "ratio", "range"
+        )?;
+        for s in &self.summary {
+            writeln!(
+                f,
+                "{:<42} {:>16} {:>16} {:>8} {:>15}",
+                s.figure,
+                value(s.ceiling, s.unit),
+                value(s.chorus, s.unit),
+                ratio(s.ratio),
+                format!("{}-{}", ratio(s.ratio_min), ratio(s.ratio_max)),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_take_the_middle_and_skip_what_is_missing() {
+        assert_eq!(
+            median([Some(3.0), Some(1.0), Some(2.0)].into_iter()),
+            Some(2.0)
+        );
+        assert_eq!(
+            median([Some(4.0), None, Some(1.0), Some(2.0), Some(3.0)].into_iter()),
+            Some(2.5)
+        );
+        assert_eq!(median([None, None].into_iter()), None);
+    }
+
+    fn ping(cpu_s: f64, replies: u64) -> Outcome {
+        Outcome::Ping(PingResult {
+            scenario: "ping",
+            conns: 1,
+            inflight: 1,
+            interval_ms: 0,
+            replies,
+            errors: 0,
+            disconnected: 0,
+            replies_per_sec: 1.0,
+            rtt: crate::stats::Latency {
+                count: 1,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                max_ms: 3.0,
+            },
+            cpu: crate::server::Cpu {
+                wall_s: 1.0,
+                server_s: Some(cpu_s),
+                load_s: Some(1.0),
+            },
+        })
+    }
+
+    /// The summary's ratio is the median of the rounds' ratios, with their
+    /// range; the sides are their own medians.
+    #[test]
+    fn rounds_summarise_each_figure() {
+        let rounds = Rounds::new(vec![
+            Comparison::new(ping(2.0, 1_000_000), ping(3.0, 1_000_000)),
+            Comparison::new(ping(3.0, 1_000_000), ping(3.0, 1_000_000)),
+            Comparison::new(ping(2.0, 1_000_000), ping(4.0, 1_000_000)),
+        ]);
+        let cpu = &rounds.summary[0];
+        assert_eq!(cpu.figure, "server CPU per round trip");
+        assert_eq!((cpu.ceiling, cpu.chorus), (Some(2.0), Some(3.0)));
+        assert_eq!(cpu.ratio, Some(1.5));
+        assert_eq!((cpu.ratio_min, cpu.ratio_max), (Some(1.0), Some(2.0)));
+    }
 
     #[test]
     fn cpu_per_message_is_in_microseconds_and_needs_messages() {

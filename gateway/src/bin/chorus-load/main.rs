@@ -28,7 +28,8 @@
 //! ceiling (`../shared/ceiling`: join anything, `new_msg` broadcast, `ping`
 //! echoed) and then against a fresh `chorus`, and prints both and the ratio
 //! of each figure (server CPU per delivery or round trip, bytes per idle
-//! connection, latency percentiles).
+//! connection, latency percentiles). `--rounds N` does that N times,
+//! alternating, and adds the medians and the range of each ratio.
 
 mod client;
 mod compare;
@@ -51,7 +52,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::Target;
-use crate::compare::{Comparison, Outcome};
+use crate::compare::{Comparison, Outcome, Rounds};
 use crate::server::Spawned;
 
 /// Load generator for Phoenix Channels servers.
@@ -86,6 +87,11 @@ struct Cli {
     /// its default, a current-thread runtime).
     #[arg(long, default_value_t = 1, requires = "compare")]
     ceiling_threads: usize,
+    /// With --compare: make the comparison this many times, the ceiling and
+    /// chorus alternating, and print each round and, per figure, the
+    /// medians and the range of the ratio.
+    #[arg(long, default_value_t = 1, requires = "compare")]
+    rounds: usize,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -169,13 +175,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ) {
             bail!("the ceiling has no presence, hooks or recovery: `storm`, `hooks` and `recover` cannot be compared");
         }
-        let server = Spawned::ceiling(ceiling, cli.ceiling_threads).await?;
-        let ceiling = scenario(&cli, &server.url, Some(server.pid()), None).await?;
-        drop(server);
-        let server = Spawned::start(bin, &cli.token_secret, &extra).await?;
-        let chorus = scenario(&cli, &server.url, Some(server.pid()), None).await?;
-        drop(server);
-        print(cli.json, &Comparison::new(ceiling, chorus));
+        let mut rounds = Vec::new();
+        for _ in 0..cli.rounds.max(1) {
+            let server = Spawned::ceiling(ceiling, cli.ceiling_threads).await?;
+            let ceiling = scenario(&cli, &server.url, Some(server.pid()), None).await?;
+            drop(server);
+            let server = Spawned::start(bin, &cli.token_secret, &extra).await?;
+            let chorus = scenario(&cli, &server.url, Some(server.pid()), None).await?;
+            drop(server);
+            rounds.push(Comparison::new(ceiling, chorus));
+        }
+        match rounds.len() {
+            1 => print(cli.json, &rounds.remove(0)),
+            _ => print(cli.json, &Rounds::new(rounds)),
+        }
         return Ok(());
     }
     if let Scenario::Recover(args) = &cli.scenario {
