@@ -113,10 +113,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     /// A connection for an upgraded socket `io`; `setup` is its session and
-    /// the connect request's headers some backend hook forwards. Boxed, and built outside the task's
-    /// `run` future: values moved into an `async fn` keep their argument slot for the
-    /// whole life of the future, so passing the session and socket by value would
-    /// store them twice in every idle connection's task.
+    /// the connect request's headers some backend hook forwards. Boxed, and
+    /// built outside the task's `run` future: values moved into an `async fn`
+    /// keep their argument slot for the whole life of the future, so passing
+    /// the session and socket by value would store them twice in every idle
+    /// connection's task.
     pub(crate) fn new(
         shared: Arc<Shared>,
         conn: u64,
@@ -498,9 +499,9 @@ pub(crate) struct Wire<S> {
     /// Client bytes read, of which the first `taken` are taken: the start
     /// of a frame not all read yet, frames that arrived behind the one
     /// returned, or at the start what the HTTP server read past the upgrade
-    /// request ([`Wire::start_with`]). Usually empty. Frames are taken by moving `taken`, not by
-    /// moving the bytes after them (a burst of small frames would move the
-    /// rest of the burst once per frame).
+    /// request ([`Wire::start_with`]). Usually empty. Frames are taken by
+    /// moving `taken`, not by moving the bytes after them (a burst of small
+    /// frames would move the rest of the burst once per frame).
     unread: Vec<u8>,
     /// `u32`s, with `max_frame`, so as to take no more room than one
     /// `usize`: `unread` never holds much more than a frame, or at the
