@@ -117,13 +117,12 @@ where
     /// built outside the task's `run` future: values moved into an `async fn`
     /// keep their argument slot for the whole life of the future, so passing
     /// the session and socket by value would store them twice in every idle
-    /// connection's task.
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        conn: u64,
-        (session, hook_headers): Setup,
-        io: S,
-    ) -> Box<Self> {
+    /// connection's task. `setup` comes boxed, as the task captured it, and
+    /// its box is freed here: moved out of in the task, it would be freed
+    /// only when the task ends.
+    #[allow(clippy::boxed_local)]
+    pub(crate) fn new(shared: Arc<Shared>, conn: u64, setup: Box<Setup>, io: S) -> Box<Self> {
+        let (session, hook_headers) = *setup;
         let budget = Arc::new(Budget::new(shared.config.outbound_queue_bytes));
         let wire = Wire::new(io, budget.clone(), shared.config.max_frame_size);
         let driver = SessionDriver::with_budget(shared, conn, *session, true, budget)

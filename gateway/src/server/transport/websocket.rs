@@ -33,7 +33,7 @@ pub const WEBSOCKET_PATH: &str = "/socket/websocket";
 fn plain_connection(
     shared: Arc<Shared>,
     conn: u64,
-    setup: Setup,
+    setup: Box<Setup>,
     parts: hyper::upgrade::Parts<TokioIo<TcpStream>>,
 ) -> Box<Connection<TcpStream>> {
     Connection::new(shared, conn, setup, parts.io.into_inner()).with_early_bytes(&parts.read_buf)
@@ -173,12 +173,12 @@ pub(crate) async fn upgrade(
             // Anything else (TLS) stays in its `Upgraded`.
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
-                    let connection = plain_connection(shared.clone(), conn, *setup, parts);
+                    let connection = plain_connection(shared.clone(), conn, setup, parts);
                     started(&shared, conn, connection).run().await;
                 }
                 Err(upgraded) => {
                     let connection =
-                        Connection::new(shared.clone(), conn, *setup, TokioIo::new(upgraded));
+                        Connection::new(shared.clone(), conn, setup, TokioIo::new(upgraded));
                     started(&shared, conn, connection).run().await;
                 }
             }
