@@ -470,15 +470,7 @@ impl NodeDriver {
             addr: peer,
             msg,
         });
-        if let Some(Transmit {
-            msg:
-                Message {
-                    body: Body::Credit { topic, n },
-                    ..
-                },
-            ..
-        }) = unsent
-        {
+        if let Some(Body::Credit { topic, n }) = unsent.map(|t| t.msg.body) {
             self.credit.give_back(peer, topic, n);
         }
     }

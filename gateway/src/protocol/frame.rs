@@ -2,6 +2,7 @@
 //! frame, the ready-to-send outgoing frame, and the error every decoder and encoder
 //! returns.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
@@ -45,12 +46,9 @@ impl Ref {
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'n') => Ok(None),
-            Some(b'"') => match unquoted(raw) {
-                Some(text) => Ok(Some(Self::string(text))),
-                None => serde_json::from_str::<String>(text)
-                    .map(|s| Some(Self::string(s)))
-                    .map_err(|_| FrameError::InvalidRef { field }),
-            },
+            Some(b'"') => json_str_content(raw)
+                .map(|s| Some(Self::string(s)))
+                .ok_or(FrameError::InvalidRef { field }),
             Some(b'-' | b'0'..=b'9') => Ok(Some(Self(RefRepr::Num(text.into())))),
             _ => Err(FrameError::InvalidRef { field }),
         }
@@ -319,14 +317,17 @@ pub(crate) fn json_str_len(s: &str) -> usize {
     s.len() + 2
 }
 
-/// The content of a JSON string token `raw` when it has no escape sequence, as
-/// it stands between its quotes; `None` when it must be unescaped (or is not a
-/// string). `raw` is valid JSON, so a string without a backslash holds no
-/// control character: its text is its content.
-pub(crate) fn unquoted(raw: &RawValue) -> Option<&str> {
+/// The content of `raw` if it is a JSON string; `None` if it is anything else.
+/// Without an escape sequence it is the text between the quotes, borrowed:
+/// `raw` is valid JSON, so a string without a backslash holds no control
+/// character. With one, serde_json unescapes it.
+pub(crate) fn json_str_content(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str(text).ok().map(Cow::Owned)
 }
 
 fn raw_from_static(json: &'static str) -> Box<RawValue> {
@@ -445,7 +446,8 @@ mod tests {
         proptest! {
             /// The fast paths agree with serde_json: `write_json_str` writes
             /// what it writes, `json_str_len` is its length when nothing is
-            /// escaped, and `unquoted` reads what it reads.
+            /// escaped, and `json_str_content` reads what it reads, borrowed
+            /// when nothing is escaped.
             #[test]
             fn json_strings_match_serde_json(s in text()) {
                 let mut ours = Vec::new();
@@ -457,22 +459,30 @@ mod tests {
                 }
                 let raw = RawValue::from_string(String::from_utf8(ours).expect("utf8"))
                     .expect("valid JSON");
-                if let Some(inner) = unquoted(&raw) {
-                    prop_assert_eq!(inner, s.as_str());
-                } else {
-                    prop_assert!(raw.get().contains('\\'));
-                }
+                let content = json_str_content(&raw);
+                prop_assert_eq!(content.as_deref(), Some(s.as_str()));
+                let borrowed = matches!(content, Some(Cow::Borrowed(_)));
+                prop_assert_eq!(borrowed, !raw.get().contains('\\'));
             }
         }
 
         #[test]
-        fn unquoted_is_only_for_strings_without_escapes() {
+        fn string_content_is_borrowed_without_escapes_and_only_for_strings() {
             let raw = |t: &str| RawValue::from_string(t.to_owned()).expect("json");
-            assert_eq!(unquoted(&raw(r#""room:1""#)), Some("room:1"));
-            assert_eq!(unquoted(&raw(r#""""#)), Some(""));
-            assert_eq!(unquoted(&raw(r#""a\"b""#)), None);
-            assert_eq!(unquoted(&raw("3")), None);
-            assert_eq!(unquoted(&raw("null")), None);
+            let content = |t: &str| json_str_content(&raw(t)).map(|c| c.into_owned());
+            assert!(matches!(
+                json_str_content(&raw(r#""room:1""#)),
+                Some(Cow::Borrowed("room:1"))
+            ));
+            assert!(matches!(
+                json_str_content(&raw(r#""""#)),
+                Some(Cow::Borrowed(""))
+            ));
+            assert!(
+                matches!(json_str_content(&raw(r#""a\"b""#)), Some(Cow::Owned(s)) if s == "a\"b")
+            );
+            assert_eq!(content("3"), None);
+            assert_eq!(content("null"), None);
         }
     }
 }

@@ -184,7 +184,8 @@ impl ClientReader {
             return Err(ReadError::Protocol("unmasked frame from a client"));
         }
         let (fin, op) = (b0 & 0x80 != 0, b0 & 0x0f);
-        if !matches!(op, 0x0..=0x2 | 0x8..=0xA) {
+        use opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+        if !matches!(op, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
             // Refused from the header, before its payload is waited for.
             return Err(ReadError::Protocol("unknown opcode"));
         }
@@ -273,6 +274,7 @@ impl ClientReader {
                 self.partial = Some(Box::new((text, payload)));
                 Ok(None)
             }
+            // Refused from the header already.
             _ => Err(ReadError::Protocol("unknown opcode")),
         }
     }
