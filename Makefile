@@ -148,7 +148,7 @@ bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEIL
 	{ set +x; } 2>/dev/null; uptime
 
 # Seconds each phase of `make bench-hostile` measures.
-HOSTILE_SECS ?= 5
+HOSTILE_SECS ?= 20
 
 bench-hostile: ## A normal client's ping p50/p99 unloaded and under each hostile attack, and the ratio (optimised, one process)
 	HOSTILE_SECS=$(HOSTILE_SECS) $(CARGO) test --release -p chorus-gateway --test hostile_client hostile_latency -- --ignored --nocapture
