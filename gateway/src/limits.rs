@@ -208,8 +208,9 @@ pub enum ConnectionVerdict {
     /// Within its address's rate: serve it.
     Accept,
     /// Over the rate. `tell` is set for the first refusal since the address
-    /// was last accepted: answer it (429). The others are closed at once, so
-    /// a client reconnecting in a loop costs an accept and a close.
+    /// was last accepted: answer it (429). The others are closed unanswered
+    /// (the server holds them `1 / rate` first), so a client reconnecting in
+    /// a loop costs an accept and a close.
     Refuse {
         /// Answer this one.
         tell: bool,

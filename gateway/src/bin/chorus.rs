@@ -20,7 +20,6 @@ use chorus_gateway::server::{ApiKey, LongPollKey, Server, ServerConfig, ServerTl
 use chorus_gateway::token::{Claims, TokenAuth, Tokens};
 use chorus_gateway::webhooks;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 /// A Chorus node: Phoenix Channels and presence, clustered.
@@ -542,8 +541,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         count_sockets: app.counts_sockets(),
         ..ServerConfig::default()
     };
-    let listener = TcpListener::bind(config.server.listen)
-        .await
+    let listener = chorus_gateway::server::bind(config.server.listen)
         .with_context(|| format!("binding {}", config.server.listen))?;
     // The bound address: with port 0 (`--listen 127.0.0.1:0`) the system picks it.
     let listen = listener.local_addr().context("reading the bound address")?;

@@ -371,10 +371,18 @@ impl Server {
             debug!(%addr, "accepting connections");
         }
         let mut per_address = ConnectionLimiter::new(self.shared.config.connection_limits.clone());
-        // Connections closed unanswered since the loop last gave its worker up.
+        // Connections refused since the loop last gave its worker up.
         let mut refused_since_yield = 0usize;
+        let mut held = Held::new(&self.shared.config.connection_limits);
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = held.next_due() => {
+                    held.close_oldest();
+                    continue;
+                }
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -383,17 +391,20 @@ impl Server {
                     continue;
                 }
             };
-            if let ConnectionVerdict::Refuse { tell } = per_address.check(peer.ip(), Instant::now())
-            {
+            let now = Instant::now();
+            if let ConnectionVerdict::Refuse { tell } = per_address.check(peer.ip(), now) {
                 self.shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
                 if tell {
                     debug!(%peer, "refusing a connection: too many new ones from its address");
                     let counted = HttpConn::count(&self.shared);
                     self.refuse(stream, counted, TOO_MANY_FROM_ADDRESS);
+                } else {
+                    // Told already: held unanswered, then closed; nothing
+                    // else is done with it.
+                    held.hold(stream, now);
                 }
-                // Told already: closed at once (dropped), nothing else done.
                 // A client reconnecting in a loop keeps the listener's backlog
-                // full: without this the loop would accept and close up to
+                // full: without this the loop would accept and refuse up to
                 // tokio's budget (128) in one go, over a millisecond during
                 // which its worker serves no other connection.
                 refused_since_yield += 1;
@@ -454,9 +465,83 @@ impl Drop for HttpConn {
     }
 }
 
-/// Connections the accept loop closes unanswered (past `connection_rate`,
-/// told already) before it yields its worker.
+/// Connections the kernel queues for the accept loop (the listen backlog);
+/// past it, new connections' handshakes are dropped and their clients retry
+/// a second later. tokio's `bind` asks for 128,
+/// which a few hundred clients connecting at once overflow.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP listener on `addr` with a backlog of [`LISTEN_BACKLOG`] (the system
+/// may cap it: `net.core.somaxconn`), for [`Server::run`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's `bind` does: a restarted node can listen again at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Connections past `connection_rate` the accept loop refuses before it
+/// yields its worker.
 const REFUSED_PER_TURN: usize = 16;
+
+/// Most refused connections held at once; past it they are closed at once.
+const MAX_HELD: usize = 256;
+
+/// Connections past their address's `connection_rate` (told 429 already),
+/// held unanswered until the address has earned one more connection
+/// (`1 / connection_rate`: 20 ms by default, at most a second), then closed;
+/// oldest first.
+///
+/// Closing a refused connection at once lets a client that reconnects in a
+/// loop come straight back: one such loop made about 14,000 connections a
+/// second, each an accept and a reset for the node, for the 50 a second it
+/// was allowed. Held, its next try comes about when it may be accepted. A
+/// client with many loops in parallel is held up to [`MAX_HELD`] connections
+/// at a time; the rest are closed at once.
+struct Held<S = TcpStream> {
+    hold: Duration,
+    queue: std::collections::VecDeque<(Instant, S)>,
+}
+
+impl<S> Held<S> {
+    fn new(limits: &ConnectionLimits) -> Self {
+        let hold = match limits.rate {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs(1) / rate,
+        };
+        Self {
+            hold,
+            queue: Default::default(),
+        }
+    }
+
+    /// Holds `stream` from `now` for the hold, or drops (closes) it at once
+    /// when [`MAX_HELD`] are held already.
+    fn hold(&mut self, stream: S, now: Instant) {
+        if self.queue.len() < MAX_HELD {
+            self.queue.push_back((now + self.hold, stream));
+        }
+    }
+
+    /// Resolves when the oldest held connection is due to be closed; never
+    /// while none is held.
+    async fn next_due(&self) {
+        match self.queue.front() {
+            Some((due, _)) => tokio::time::sleep_until((*due).into()).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn close_oldest(&mut self) {
+        self.queue.pop_front();
+    }
+}
 
 /// The answer to a connection over the cap, written before any request is read.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
@@ -559,4 +644,33 @@ async fn serve_requests<S>(
         }
     }
     drop(counted);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_connections_are_held_one_connections_time_oldest_first_at_most_max_held() {
+        let limits = ConnectionLimits {
+            rate: 4,
+            ..ConnectionLimits::default()
+        };
+        let hold = Duration::from_millis(250);
+        let mut held = Held::new(&limits);
+        let now = Instant::now();
+        for i in 0..MAX_HELD + 10 {
+            held.hold(i, now + Duration::from_millis(i as u64));
+        }
+        assert_eq!(held.queue.len(), MAX_HELD, "past MAX_HELD, closed at once");
+        held.next_due().await;
+        assert!(tokio::time::Instant::now().into_std() >= now + hold);
+        held.close_oldest();
+        assert_eq!(held.queue.front().map(|(_, i)| *i), Some(1));
+        held.next_due().await;
+        assert!(tokio::time::Instant::now().into_std() >= now + hold + Duration::from_millis(1));
+        let none = Held::<usize>::new(&limits);
+        let waited = tokio::time::timeout(Duration::from_secs(3600), none.next_due()).await;
+        assert!(waited.is_err(), "nothing held, nothing due");
+    }
 }

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use chorus_engine::runtime::{Engine, EngineConfig, EngineHandle};
 use chorus_engine::{NodeConfig, NodeId};
 use chorus_gateway::demo::demo_router;
-use chorus_gateway::server::{Authenticator, Server, ServerConfig};
+use chorus_gateway::server::{self, Authenticator, Server, ServerConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -153,8 +153,11 @@ impl NodeBuilder {
         };
         let listener = match &server_rt {
             // Registered with the runtime that serves it.
-            Some(rt) => rt.spawn(TcpListener::bind("127.0.0.1:0")).await??,
-            None => TcpListener::bind("127.0.0.1:0").await?,
+            Some(rt) => {
+                rt.spawn(async { server::bind(([127, 0, 0, 1], 0).into()) })
+                    .await??
+            }
+            None => server::bind(([127, 0, 0, 1], 0).into())?,
         };
         let addr = listener.local_addr()?;
         let mut config = self.config;
