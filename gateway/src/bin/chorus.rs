@@ -451,15 +451,16 @@ fn raise_fd_limit(max_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             info!(limit, "open files limit (soft) raised to the hard limit");
-            // Live connections, as many in their HTTP phase, and some for the rest.
+            // Live connections, as many in their HTTP phase, the refused
+            // ones held, and some for the rest.
             let wanted = (max_connections as u64)
                 .saturating_mul(2)
-                .saturating_add(256);
+                .saturating_add(chorus_gateway::server::MAX_HELD as u64 + 256);
             if limit < wanted {
                 warn!(
                     limit,
                     max_connections,
-                    "the open files limit is below 2 x limits.max_connections + 256: accepts may fail before the cap answers 503; lower the cap or raise the hard limit (ulimit -Hn)"
+                    "the open files limit is below 2 x limits.max_connections + 512: accepts may fail before the cap answers 503; lower the cap or raise the hard limit (ulimit -Hn)"
                 );
             }
         }

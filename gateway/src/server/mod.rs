@@ -385,8 +385,10 @@ impl Server {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
+                    // Out of file descriptors and the like: give back the held
+                    // ones, back off, keep serving.
                     warn!(error = %e, "accept failed");
+                    held.close_all();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -403,10 +405,11 @@ impl Server {
                     // else is done with it.
                     held.hold(stream, now);
                 }
-                // A client reconnecting in a loop keeps the listener's backlog
-                // full: without this the loop would accept and refuse up to
-                // tokio's budget (128) in one go, over a millisecond during
-                // which its worker serves no other connection.
+                // Clients reconnecting in loops (past the most held) keep the
+                // listener's backlog full: without this the loop would accept
+                // and refuse up to tokio's task budget (128) in one go, over a
+                // millisecond during which its worker serves no other
+                // connection.
                 refused_since_yield += 1;
                 if refused_since_yield == REFUSED_PER_TURN {
                     refused_since_yield = 0;
@@ -473,6 +476,10 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// A TCP listener on `addr` with a backlog of [`LISTEN_BACKLOG`] (the system
 /// may cap it: `net.core.somaxconn`), for [`Server::run`].
+///
+/// # Panics
+///
+/// Outside a tokio runtime, as the listener registers with its reactor.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -491,7 +498,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 const REFUSED_PER_TURN: usize = 16;
 
 /// Most refused connections held at once; past it they are closed at once.
-const MAX_HELD: usize = 256;
+pub const MAX_HELD: usize = 256;
 
 /// Connections past their address's `connection_rate` (told 429 already),
 /// held unanswered until the address has earned one more connection
@@ -540,6 +547,10 @@ impl<S> Held<S> {
 
     fn close_oldest(&mut self) {
         self.queue.pop_front();
+    }
+
+    fn close_all(&mut self) {
+        self.queue.clear();
     }
 }
 
