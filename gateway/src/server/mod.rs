@@ -470,8 +470,8 @@ impl Drop for HttpConn {
 
 /// Connections the kernel queues for the accept loop (the listen backlog);
 /// past it, new connections' handshakes are dropped and their clients retry
-/// a second later. tokio's `bind` asks for 128,
-/// which a few hundred clients connecting at once overflow.
+/// a second later. tokio's `bind` asks for 128, which a few hundred clients
+/// connecting at once overflow.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// A TCP listener on `addr` with a backlog of [`LISTEN_BACKLOG`] (the system
