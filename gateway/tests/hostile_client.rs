@@ -814,9 +814,10 @@ async fn new_connections_past_an_addresss_rate_get_429_and_others_go_on() -> any
     let (code, answer) = healthz_from(mallory, node.addr).await?;
     anyhow::ensure!(code == 429, "the sixth connection got {code}");
     anyhow::ensure!(answer.contains("retry-after: 1"), "{answer}");
-    // Told once: until the address is accepted again, it is held unanswered
-    // for a second and closed (both at once: a second later the address has
-    // a connection's worth of rate again).
+    // Told once: until the address is accepted again, it gets no answer
+    // (held, then closed: how long it is held is checked in the next test).
+    // Both at once: a second later the address has a connection's worth of
+    // rate again.
     let url = format!("ws://{}/socket/websocket?{}", node.addr, query("mallory"));
     let (upgraded, answered) = tokio::join!(
         ws_from(mallory, node.addr, &url),
