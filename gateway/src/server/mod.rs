@@ -324,6 +324,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        reserve_fd_table(&listener);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = watch::channel(false);
         let forwarding = transport::longpoll::start(&self.shared).await;
@@ -371,10 +372,23 @@ impl Server {
             debug!(%addr, "accepting connections");
         }
         let mut per_address = ConnectionLimiter::new(self.shared.config.connection_limits.clone());
-        // Connections refused since the loop last gave its worker up.
-        let mut refused_since_yield = 0usize;
+        // Connections taken since the loop last gave its worker up.
+        let mut since_yield = 0usize;
         let mut held = Held::new(&self.shared.config.connection_limits);
         loop {
+            // A burst of connections (a reconnect storm, or clients
+            // reconnecting in loops past the most held) keeps the listener's
+            // backlog full: without this the loop would take up to tokio's
+            // task budget (128) in one go, and each connection it lets in
+            // puts a task to set up in the run queue ahead of the frames of
+            // the clients already connected (500 at once made one wait
+            // 13 ms). tokio resumes a yielded task once its worker has run
+            // what was ready and looked for I/O again, so those frames go
+            // first.
+            if since_yield == ACCEPTS_PER_TURN {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = held.next_due() => {
@@ -382,6 +396,7 @@ impl Server {
                     continue;
                 }
             };
+            since_yield += 1;
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -404,16 +419,6 @@ impl Server {
                     // Told already: held unanswered, then closed; nothing
                     // else is done with it.
                     held.hold(stream, now);
-                }
-                // Clients reconnecting in loops (past the most held) keep the
-                // listener's backlog full: without this the loop would accept
-                // and refuse up to tokio's task budget (128) in one go, over a
-                // millisecond during which its worker serves no other
-                // connection.
-                refused_since_yield += 1;
-                if refused_since_yield == REFUSED_PER_TURN {
-                    refused_since_yield = 0;
-                    tokio::task::yield_now().await;
                 }
                 continue;
             }
@@ -493,9 +498,49 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Connections past `connection_rate` the accept loop refuses before it
-/// yields its worker.
-const REFUSED_PER_TURN: usize = 16;
+/// Descriptors the process's table is grown to hold before the first
+/// connection is accepted (less if the open-files soft limit is lower):
+/// 512 KiB of table.
+pub const FD_TABLE_RESERVE: u64 = 65_536;
+
+/// Grows the process's file-descriptor table to [`FD_TABLE_RESERVE`]
+/// descriptors, or to the open-files soft limit if that is lower, by
+/// duplicating `listener` to the highest of them and closing the copy.
+///
+/// Linux doubles the table when a new descriptor does not fit, and in a
+/// process with threads each doubling waits for an RCU grace period: 5-50 ms
+/// on a small VM, during which the thread in `accept` (a tokio worker, with
+/// the I/O it would have polled) and any other thread opening a descriptor
+/// are stalled. A burst of 500 connections to a fresh node went through three
+/// doublings and held other clients' frames for up to 48 ms. The table never
+/// shrinks, so growing it once here, before anyone is connected, keeps those
+/// waits out of a reconnect storm.
+fn reserve_fd_table(listener: &TcpListener) {
+    #[cfg(unix)]
+    {
+        let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+            return;
+        };
+        let top = soft.min(FD_TABLE_RESERVE).saturating_sub(1);
+        let Ok(top) = i32::try_from(top) else {
+            return;
+        };
+        // The lowest free descriptor at or above `top`: never one in use.
+        match rustix::io::fcntl_dupfd_cloexec(listener, top) {
+            Ok(copy) => {
+                drop(copy);
+                debug!(descriptors = top + 1, "file-descriptor table grown");
+            }
+            Err(e) => debug!(error = %e, "cannot grow the file-descriptor table"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = listener;
+}
+
+/// Connections the accept loop takes (lets in or refuses) before it yields
+/// its worker.
+const ACCEPTS_PER_TURN: usize = 16;
 
 /// Most refused connections held at once; past it they are closed at once.
 pub const MAX_HELD: usize = 256;
@@ -683,5 +728,33 @@ mod tests {
         let none = Held::<usize>::new(&limits);
         let waited = tokio::time::timeout(Duration::from_secs(3600), none.next_due()).await;
         assert!(waited.is_err(), "nothing held, nothing due");
+    }
+
+    /// The table is grown before the first connection: `FDSize` in
+    /// `/proc/self/status` is the number of descriptors it holds.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_descriptor_table_is_grown_before_connections_come() {
+        let fd_size = || -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("FDSize:"))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("an FDSize line")
+        };
+        // Read first: limits only rise (another test may raise them), and
+        // the table is grown to the limit it finds, at least this one.
+        let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("getrlimit");
+        let wanted = soft.min(FD_TABLE_RESERVE);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        reserve_fd_table(&listener);
+        let size = fd_size();
+        assert!(size >= wanted, "FDSize {size}, wanted {wanted}");
+        let copy = format!("/proc/self/fd/{}", wanted - 1);
+        assert!(
+            !std::path::Path::new(&copy).exists(),
+            "the copy made to grow it is closed again"
+        );
     }
 }
