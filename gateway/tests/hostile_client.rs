@@ -1233,10 +1233,10 @@ fn cpu_between(
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread) with
-/// `renice` on its thread id, or with `idle` its scheduling policy to
+/// `renice` on its thread id, or without one its scheduling policy to
 /// `SCHED_IDLE` with `chrt` (it then runs only on a core nothing else wants);
 /// says so if it could not.
-fn lower_priority(nice: i32, idle: bool) {
+fn lower_priority(nice: Option<i32>) {
     let tid = std::fs::read_link("/proc/thread-self")
         .ok()
         .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()));
@@ -1247,12 +1247,9 @@ fn lower_priority(nice: i32, idle: bool) {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let done = tid.is_some_and(|tid| {
-        if idle {
-            run("chrt", &["--idle", "-p", "0", &tid])
-        } else {
-            run("renice", &["-n", &nice.to_string(), "-p", &tid])
-        }
+    let done = tid.is_some_and(|tid| match nice {
+        Some(nice) => run("renice", &["-n", &nice.to_string(), "-p", &tid]),
+        None => run("chrt", &["--idle", "-p", "0", &tid]),
     });
     if !done {
         println!("could not lower the attacker thread's priority");
@@ -1295,19 +1292,20 @@ async fn hostile_latency() -> anyhow::Result<()> {
     )))
     .await?;
     println!("limits: connection_rate_exempt = [] {extra}");
-    // The attacker's own CPU is not the server's cost: on this shared box it
-    // runs at a lower priority (nice 19 by default), as if it were elsewhere.
-    let attacker_nice: i32 = std::env::var("HOSTILE_ATTACKER_NICE")
+    // The attacker's own CPU is not the server's cost. On one box it takes
+    // more than its share: its loopback writes wake the server's workers
+    // onto its own core (a sync wake-up, as if the writer would now sleep),
+    // where they wait behind it, up to a 4 ms scheduler tick, while the
+    // other core may idle (`perf sched`, BENCHMARKS.md). A client on
+    // another machine cannot do that. So the attacker thread runs at
+    // `SCHED_IDLE`, which gives way to any waking thread at once;
+    // HOSTILE_ATTACKER_NICE=N runs it at nice N instead.
+    let attacker_nice: Option<i32> = std::env::var("HOSTILE_ATTACKER_NICE")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(19);
-    // HOSTILE_ATTACKER_IDLE=1: SCHED_IDLE instead, closer to an attacker on
-    // another machine (nice 19 still takes its share of a busy core).
-    let attacker_idle = std::env::var("HOSTILE_ATTACKER_IDLE").is_ok_and(|v| v == "1");
-    if attacker_idle {
-        println!("attacker thread at SCHED_IDLE");
-    } else {
-        println!("attacker thread at nice {attacker_nice}");
+        .and_then(|s| s.parse().ok());
+    match attacker_nice {
+        Some(nice) => println!("attacker thread at nice {nice}"),
+        None => println!("attacker thread at SCHED_IDLE"),
     }
     let url = format!("ws://{}/socket/websocket?{}", node.addr, query("bob"));
     let (measure, mut requests) = tokio::sync::mpsc::channel::<Measure>(1);
@@ -1383,7 +1381,7 @@ async fn hostile_latency() -> anyhow::Result<()> {
         let attacker = on_thread("attacker", {
             let refusals = refusals.clone();
             move || {
-                lower_priority(attacker_nice, attacker_idle);
+                lower_priority(attacker_nice);
                 run_attack(addr, attack, stopped, refusals)
             }
         });
