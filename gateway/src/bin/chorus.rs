@@ -273,9 +273,21 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token(args)) => print_token(&config, args),
         Some(Command::Health(args)) => health(&config, &args),
-        None => tokio::runtime::Runtime::new()
-            .context("starting the tokio runtime")?
-            .block_on(serve(config)),
+        None => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            // On a worker, not on this thread: the accept loop's yields give
+            // its worker to the connections (outside a worker a yield returns
+            // at once), as where tests and most embeddings spawn it.
+            runtime.block_on(async {
+                match tokio::spawn(serve(config)).await {
+                    Ok(served) => served,
+                    Err(e) => match e.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        Err(e) => Err(e).context("the server task was cancelled"),
+                    },
+                }
+            })
+        }
     }
 }
 

@@ -500,12 +500,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Descriptors the process's table is grown to hold before the first
 /// connection is accepted (less if the open-files soft limit is lower):
-/// 512 KiB of table.
+/// about half a MiB of table.
 pub const FD_TABLE_RESERVE: u64 = 65_536;
 
-/// Grows the process's file-descriptor table to [`FD_TABLE_RESERVE`]
-/// descriptors, or to the open-files soft limit if that is lower, by
-/// duplicating `listener` to the highest of them and closing the copy.
+/// Grows the process's file-descriptor table (Linux) to
+/// [`FD_TABLE_RESERVE`] descriptors, or to the open-files soft limit if that
+/// is lower, by duplicating `listener` to the highest of them and closing
+/// the copy; once per process.
 ///
 /// Linux doubles the table when a new descriptor does not fit, and in a
 /// process with threads each doubling waits for an RCU grace period: 5-50 ms
@@ -516,8 +517,12 @@ pub const FD_TABLE_RESERVE: u64 = 65_536;
 /// shrinks, so growing it once here, before anyone is connected, keeps those
 /// waits out of a reconnect storm.
 fn reserve_fd_table(listener: &TcpListener) {
-    #[cfg(unix)]
-    {
+    // Once per process: servers started side by side (tests, embeddings)
+    // would otherwise each dup to the top, and one could find the other's
+    // copy there and double the table again.
+    static RESERVED: std::sync::Once = std::sync::Once::new();
+    #[cfg(target_os = "linux")]
+    RESERVED.call_once(|| {
         let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
             return;
         };
@@ -533,9 +538,9 @@ fn reserve_fd_table(listener: &TcpListener) {
             }
             Err(e) => debug!(error = %e, "cannot grow the file-descriptor table"),
         }
-    }
-    #[cfg(not(unix))]
-    let _ = listener;
+    });
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, &RESERVED);
 }
 
 /// Connections the accept loop takes (lets in or refuses) before it yields
