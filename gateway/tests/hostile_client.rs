@@ -1300,9 +1300,13 @@ async fn hostile_latency() -> anyhow::Result<()> {
     // another machine cannot do that. So the attacker thread runs at
     // `SCHED_IDLE`, which gives way to any waking thread at once;
     // HOSTILE_ATTACKER_NICE=N runs it at nice N instead.
-    let attacker_nice: Option<i32> = std::env::var("HOSTILE_ATTACKER_NICE")
-        .ok()
-        .and_then(|s| s.parse().ok());
+    let attacker_nice: Option<i32> = match std::env::var("HOSTILE_ATTACKER_NICE") {
+        Ok(nice) => Some(
+            nice.parse()
+                .with_context(|| format!("HOSTILE_ATTACKER_NICE: not a nice value: {nice:?}"))?,
+        ),
+        Err(_) => None,
+    };
     match attacker_nice {
         Some(nice) => println!("attacker thread at nice {nice}"),
         None => println!("attacker thread at SCHED_IDLE"),
