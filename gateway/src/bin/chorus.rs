@@ -273,21 +273,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token(args)) => print_token(&config, args),
         Some(Command::Health(args)) => health(&config, &args),
-        None => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            // On a worker, not on this thread: the accept loop's yields give
-            // its worker to the connections (outside a worker a yield returns
-            // at once), as where tests and most embeddings spawn it.
-            runtime.block_on(async {
-                match tokio::spawn(serve(config)).await {
-                    Ok(served) => served,
-                    Err(e) => match e.try_into_panic() {
-                        Ok(panic) => std::panic::resume_unwind(panic),
-                        Err(e) => Err(e).context("the server task was cancelled"),
-                    },
-                }
-            })
-        }
+        // `serve` (and so the accept loop) runs on this thread, not on a
+        // worker: accepting takes no worker, and with `serve` spawned on one
+        // an idle connection held 550-730 more bytes of resident memory
+        // (BENCHMARKS.md, "The attacker's core and the descriptor table").
+        None => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(serve(config)),
     }
 }
 
