@@ -379,12 +379,12 @@ impl Server {
             // A burst of connections (a reconnect storm, or clients
             // reconnecting in loops past the most held) keeps the listener's
             // backlog full: without this the loop would take up to tokio's
-            // task budget (128) in one go, and each connection it lets in
-            // puts a task to set up in the run queue ahead of the frames of
-            // the clients already connected (500 at once made one wait
-            // 13 ms). tokio resumes a yielded task once its worker has run
-            // what was ready and looked for I/O again, so those frames go
-            // first.
+            // task budget (128) in one go on its worker, and each connection
+            // it lets in puts a task to set up in the run queue ahead of the
+            // frames of the clients already connected. tokio resumes a
+            // yielded task once its worker has run what was ready and looked
+            // for I/O again, so those frames go first. (Off a worker, as in
+            // the `chorus` binary, a yield returns at once.)
             if since_yield == ACCEPTS_PER_TURN {
                 since_yield = 0;
                 tokio::task::yield_now().await;
@@ -510,10 +510,11 @@ pub const FD_TABLE_RESERVE: u64 = 65_536;
 ///
 /// Linux doubles the table when a new descriptor does not fit, and in a
 /// process with threads each doubling waits for an RCU grace period: 5-50 ms
-/// on a small VM, during which the thread in `accept` (a tokio worker, with
-/// the I/O it would have polled) and any other thread opening a descriptor
-/// are stalled. A burst of 500 connections to a fresh node went through three
-/// doublings and held other clients' frames for up to 48 ms. The table never
+/// on a small VM, during which the thread in `accept` and any other thread
+/// opening a descriptor are stalled; with `Server::run` on a tokio worker,
+/// so is the I/O that worker would have polled: a burst of 500 connections
+/// to a fresh node went through three doublings and held other clients'
+/// frames for up to 48 ms. The table never
 /// shrinks, so growing it once here, before anyone is connected, keeps those
 /// waits out of a reconnect storm.
 fn reserve_fd_table(listener: &TcpListener) {
