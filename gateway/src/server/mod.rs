@@ -514,15 +514,14 @@ pub const FD_TABLE_RESERVE: u64 = 65_536;
 /// opening a descriptor are stalled; with `Server::run` on a tokio worker,
 /// so is the I/O that worker would have polled: a burst of 500 connections
 /// to a fresh node went through three doublings and held other clients'
-/// frames for up to 48 ms. The table never
-/// shrinks, so growing it once here, before anyone is connected, keeps those
-/// waits out of a reconnect storm.
+/// frames for up to 48 ms. The table never shrinks, so growing it once here,
+/// before anyone is connected, keeps those waits out of a reconnect storm.
+#[cfg(target_os = "linux")]
 fn reserve_fd_table(listener: &TcpListener) {
     // Once per process: servers started side by side (tests, embeddings)
     // would otherwise each dup to the top, and one could find the other's
     // copy there and double the table again.
     static RESERVED: std::sync::Once = std::sync::Once::new();
-    #[cfg(target_os = "linux")]
     RESERVED.call_once(|| {
         let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
             return;
@@ -540,9 +539,11 @@ fn reserve_fd_table(listener: &TcpListener) {
             Err(e) => debug!(error = %e, "cannot grow the file-descriptor table"),
         }
     });
-    #[cfg(not(target_os = "linux"))]
-    let _ = (listener, &RESERVED);
 }
+
+/// Elsewhere growing the table costs no such wait: nothing to do.
+#[cfg(not(target_os = "linux"))]
+fn reserve_fd_table(_listener: &TcpListener) {}
 
 /// Connections the accept loop takes (lets in or refuses) before it yields
 /// its worker.
