@@ -132,7 +132,7 @@ CEILING_THREADS ?= 1
 # more than one, the medians and the range of each ratio are printed too.
 CEILING_ROUNDS ?= 1
 
-bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEILING_DIR), then chorus; both figures and the ratio; ping twice, the second with chorus on one thread as the ceiling (about 2.5 min; CEILING_ROUNDS=N: N times, with medians)
+bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEILING_DIR), then chorus; both figures and the ratio (about 2 min; CEILING_ROUNDS=N: N times, with medians)
 	@if [ ! -f "$(CEILING_DIR)/Cargo.toml" ]; then \
 		echo "make bench-ceiling: the ceiling is absent: no $(CEILING_DIR)/Cargo.toml (set CEILING_DIR to its checkout)"; exit 1; fi
 	$(CARGO) build --release --manifest-path "$(CEILING_DIR)/Cargo.toml" --target-dir "$(CEILING_DIR)/target"
@@ -145,7 +145,6 @@ bench-ceiling: ## chorus-load --compare: each scenario against the ceiling (CEIL
 	$$load fanout --subs 1000 --rate 0 --secs $(LOAD_FANOUT_SECS); \
 	$$load fanout --subs 1000 --rate 200 --secs $(LOAD_FANOUT_SECS); \
 	$$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
-	CHORUS_WORKERS=1 $$load ping --conns 50 --inflight 10 --secs $(LOAD_PING_SECS); \
 	{ set +x; } 2>/dev/null; uptime
 
 # Seconds each phase of `make bench-hostile` measures.

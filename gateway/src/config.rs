@@ -237,16 +237,7 @@ pub struct ServerSection {
     /// A backend asked about connect requests that carry no token (README
     /// "Backend hooks"); `None`: no connect hook.
     pub connect_hook: Option<crate::hooks::HookConfig>,
-    /// Threads the `chorus` binary serves on (1 to [`MAX_WORKERS`]); `None`:
-    /// as many as the CPUs the process may use. With 1 it runs a
-    /// current-thread runtime (no work stealing between threads), else a
-    /// multi-thread runtime with this many workers. Read only by the binary:
-    /// an embedder builds its own runtime.
-    pub workers: Option<usize>,
 }
-
-/// The most `server.workers` accepted.
-pub const MAX_WORKERS: usize = 1024;
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -260,7 +251,6 @@ impl Default for ServerSection {
             tls_cert: None,
             tls_key: None,
             connect_hook: None,
-            workers: None,
         }
     }
 }
@@ -455,13 +445,6 @@ impl Config {
             }
             _ => {}
         }
-        if let Some(n) = self.server.workers {
-            if !(1..=MAX_WORKERS).contains(&n) {
-                return Err(format!(
-                    "server.workers must be from 1 to {MAX_WORKERS}, not {n}"
-                ));
-            }
-        }
         let limits = &self.limits;
         if limits.handshake_timeout_ms == 0 {
             return Err("limits.handshake_timeout_ms must be at least 1".into());
@@ -610,19 +593,6 @@ mod tests {
             Config::default_config().topic_rules().len()
         );
         assert!(c.rooms.is_empty());
-    }
-
-    #[test]
-    fn workers_default_to_the_cpus_and_must_be_from_1_to_the_most() {
-        assert_eq!(Config::parse("", "x.toml").unwrap().server.workers, None);
-        let c = Config::parse("[server]\nworkers = 1\n", "x.toml").unwrap();
-        assert_eq!(c.server.workers, Some(1));
-        for n in [0, MAX_WORKERS + 1] {
-            let e = Config::parse(&format!("[server]\nworkers = {n}\n"), "x.toml")
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("server.workers must be from 1 to 1024"), "{e}");
-        }
     }
 
     #[test]

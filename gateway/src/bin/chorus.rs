@@ -117,11 +117,6 @@ struct ServeArgs {
     /// turns it off (server.dashboard).
     #[arg(long, env = "CHORUS_DASHBOARD", num_args = 0..=1, default_missing_value = "true")]
     dashboard: Option<bool>,
-    /// Threads to serve on (server.workers; default: the CPUs this process
-    /// may use). 1 runs a current-thread runtime: less CPU per message, one
-    /// core at most.
-    #[arg(long, env = "CHORUS_WORKERS")]
-    workers: Option<usize>,
     /// Messages kept per topic history (the same on every node).
     #[arg(long, env = "CHORUS_HISTORY_CAP")]
     history_cap: Option<usize>,
@@ -282,33 +277,10 @@ fn main() -> anyhow::Result<()> {
         // worker: accepting takes no worker, and with `serve` spawned on one
         // an idle connection held 550-730 more bytes of resident memory
         // (BENCHMARKS.md, "The attacker's core and the descriptor table").
-        None => runtime(config.server.workers)?.block_on(serve(config)),
+        None => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(serve(config)),
     }
-}
-
-/// The runtime `serve` runs on, with `workers` threads (default: the CPUs
-/// this process may use, which counts cgroup quotas and CPU affinity). With
-/// one, a current-thread runtime: everything runs on this thread, with no
-/// work stealing and no waking of idle workers, which costs less CPU per
-/// message than a multi-thread runtime with one worker (BENCHMARKS.md,
-/// "Workers: the runtime's share of ping").
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let workers = workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let mut builder = if workers == 1 {
-        info!("runtime: one thread (current-thread)");
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        info!(workers, "runtime: multi-thread");
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
-        builder
-    };
-    builder
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
 }
 
 fn init_logs(format: LogFormat) {
@@ -389,9 +361,6 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(on) = args.dashboard {
         config.server.dashboard = on;
-    }
-    if let Some(n) = args.workers {
-        config.server.workers = Some(n);
     }
     if let Some(cap) = args.history_cap {
         config.cluster.history_cap = cap;

@@ -39,17 +39,6 @@ async fn spawn(
     gossip: SocketAddr,
     seed: SocketAddr,
 ) -> anyhow::Result<Proc> {
-    spawn_with(name, http, gossip, seed, &[]).await
-}
-
-/// [`spawn`] with more flags.
-async fn spawn_with(
-    name: &str,
-    http: SocketAddr,
-    gossip: SocketAddr,
-    seed: SocketAddr,
-    args: &[&str],
-) -> anyhow::Result<Proc> {
     let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
         .args([
             "--node",
@@ -60,7 +49,6 @@ async fn spawn_with(
             &gossip.to_string(),
         ])
         .args(["--seeds", &seed.to_string()])
-        .args(args)
         .env("CHORUS_CLUSTER_SECRET", SECRET)
         .env("CHORUS_TOKEN_SECRET", TOKEN_SECRET)
         .env("RUST_LOG", "warn")
@@ -173,49 +161,6 @@ async fn a_killed_process_leaves_within_the_lan_bound_and_its_restart_brings_no_
                 && keys.iter().any(|k| k.as_str() == "carol")
         );
     }
-    Ok(())
-}
-
-/// The process's threads named as tokio's workers (Linux: `/proc`).
-fn tokio_workers(proc: &Proc) -> anyhow::Result<usize> {
-    let mut workers = 0;
-    for task in std::fs::read_dir(format!("/proc/{}/task", proc.0.id()))? {
-        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
-        workers += usize::from(comm.trim_end() == "tokio-rt-worker");
-    }
-    Ok(workers)
-}
-
-/// `--workers 1` serves on a current-thread runtime (no worker threads: all
-/// on the main thread), `--workers 3` on three workers; the two make a
-/// cluster as any two nodes do. Blocking-pool threads, which tokio names as
-/// its workers, start only when asked for (DNS seeds); these nodes ask for
-/// none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_sets_the_runtime_threads_and_one_is_a_current_thread_runtime(
-) -> anyhow::Result<()> {
-    let (http_a, gossip_a) = (free_tcp(), free_udp());
-    let (http_b, gossip_b) = (free_tcp(), free_udp());
-    let a = spawn_with("a", http_a, gossip_a, gossip_b, &["--workers", "1"]).await?;
-    let b = spawn_with("b", http_b, gossip_b, gossip_a, &["--workers", "3"]).await?;
-    assert_eq!(tokio_workers(&a)?, 0, "node a (--workers 1)");
-    assert_eq!(tokio_workers(&b)?, 3, "node b (--workers 3)");
-
-    let mut alice = Client::connect(&url(http_a, "alice")).await?;
-    alice.join("1", "chat:workers", "{}").await?;
-    let mut bob = Client::connect(&url(http_b, "bob")).await?;
-    bob.join("1", "chat:workers", "{}").await?;
-    timeout(
-        Duration::from_secs(10),
-        wait_presence(&mut alice, "bob", true),
-    )
-    .await??;
-    timeout(
-        Duration::from_secs(10),
-        wait_presence(&mut bob, "alice", true),
-    )
-    .await??;
-    assert_eq!(tokio_workers(&a)?, 0, "node a after serving");
     Ok(())
 }
 
