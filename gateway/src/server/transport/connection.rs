@@ -303,11 +303,19 @@ where
     /// actions run before the next delivery; nothing of a delivery is held
     /// across that await.
     async fn handle_inbound(&mut self) -> Result<(), Exit> {
-        self.driver.reserve_for_taken(INBOUND_BATCH);
+        // Room in the session's frame queue is made at the first delivery
+        // that goes to the session: finished frames never enter that queue,
+        // and a plain broadcast to a client that reads (one delivery per
+        // wake-up) would otherwise allocate and free it on every wake-up.
+        let mut reserved = false;
         for _ in 0..INBOUND_BATCH {
             let Some(item) = self.driver.try_recv() else {
                 break;
             };
+            if !reserved && !matches!(item, Inbound::Frames { .. }) {
+                reserved = true;
+                self.driver.reserve_for_taken(INBOUND_BATCH);
+            }
             let actions = match item {
                 Inbound::Frames {
                     topic,

@@ -363,8 +363,9 @@ impl SessionDriver {
         self.run_actions().await
     }
 
-    /// Makes room in the session's frame queue for what is already taken
-    /// (at most `max`), in one allocation, before a batch of deliveries.
+    /// Makes room in the session's frame queue, in one allocation, for a
+    /// delivery just taken and what is taken behind it (at most `max` in
+    /// all), before the session handles them.
     pub(crate) fn reserve_for_taken(&mut self, max: usize) {
         self.session.reserve_frames(self.taken.len().min(max) + 1);
     }
