@@ -364,8 +364,8 @@ impl SessionDriver {
     }
 
     /// Makes room in the session's frame queue, in one allocation, for a
-    /// delivery just taken and what is taken behind it (at most `max` in
-    /// all), before the session handles them.
+    /// delivery just taken and what is taken behind it (at most `max` of
+    /// those), before the session handles them.
     pub(crate) fn reserve_for_taken(&mut self, max: usize) {
         self.session.reserve_frames(self.taken.len().min(max) + 1);
     }
