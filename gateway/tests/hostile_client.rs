@@ -996,17 +996,17 @@ async fn healthz_from(source: std::net::IpAddr, addr: SocketAddr) -> anyhow::Res
     Ok((code, answer))
 }
 
-/// Runs `attack` against `addr` until `stop`; returns how many frames it sent,
-/// connections it opened and connections refused to it, and counts the
-/// refused ones in `refusals` as they come.
+/// Runs `attack` against `addr` until `stop`; returns how many frames it sent
+/// and connections it opened, and counts the connections refused to it in
+/// `refusals` as they come.
 async fn run_attack(
     addr: SocketAddr,
     attack: Attack,
     mut stop: tokio::sync::watch::Receiver<bool>,
     refusals: Arc<AtomicU64>,
-) -> anyhow::Result<(u64, u64, u64)> {
+) -> anyhow::Result<(u64, u64)> {
     if let Attack::Slowloris = attack {
-        return Ok((0, slowloris(addr, 500, stop).await?, 0));
+        return Ok((0, slowloris(addr, 500, stop).await?));
     }
     let fields: Vec<String> = (0..16)
         .map(|i| format!(r#""f{i}":"{}""#, "x".repeat(62_000)))
@@ -1014,11 +1014,10 @@ async fn run_attack(
     let big = format!(r#"["1","big","chat:1","update",{{{}}}]"#, fields.join(","));
     let big = tokio_tungstenite::tungstenite::Utf8Bytes::from(big);
     let url = format!("ws://{addr}/socket/websocket?{}", query("mallory"));
-    let (mut sent, mut connections, mut refused) = (0u64, 0u64, 0u64);
+    let (mut sent, mut connections) = (0u64, 0u64);
     while !*stop.borrow() {
         // Refused (429 past `connection_rate`): straight back at it.
         let Ok(client) = ws_from(ATTACKER, addr, &url).await else {
-            refused += 1;
             refusals.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -1066,7 +1065,7 @@ async fn run_attack(
         let _ = sink.close().await;
         reader.abort();
     }
-    Ok((sent, connections, refused))
+    Ok((sent, connections))
 }
 
 /// `n` connections that never finish their HTTP request.
@@ -1407,9 +1406,10 @@ async fn hostile_latency() -> anyhow::Result<()> {
         let rtts = round_trips(secs).await?;
         let cpu = cpu_between(&t0, &thread_times(), secs);
         let _ = stop.send(true);
-        let (frames, connections, refused) = tokio::task::spawn_blocking(move || attacker.join())
+        let (frames, connections) = tokio::task::spawn_blocking(move || attacker.join())
             .await?
             .map_err(|_| anyhow::anyhow!("the attacker panicked"))??;
+        let refused = refusals.load(Ordering::Relaxed);
         row(
             &format!("{attack:?}"),
             &rtts,
