@@ -445,7 +445,7 @@ impl Hooks {
             "headers": hook.headers(headers),
         });
         if kind != Kind::Join {
-            body["event"] = Value::from(frame.event.clone());
+            body["event"] = Value::from(frame.event.as_str());
         }
         Box::pin(async move {
             let hook = hooks.hook(kind, rule).expect("checked above");

@@ -55,8 +55,8 @@ pub fn decode(frame: Bytes) -> Result<InFrame, FrameError> {
     Ok(InFrame {
         join_ref: non_empty_ref(join_ref),
         ref_: non_empty_ref(ref_),
-        topic: topic.to_owned(),
-        event: event.to_owned(),
+        topic: topic.into(),
+        event: event.into(),
         payload: Payload::Binary(frame.slice(payload_start..)),
     })
 }

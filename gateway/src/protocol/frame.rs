@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
+use compact_str::{CompactString, ToCompactString};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -18,23 +19,25 @@ pub const MAX_FIELD_LEN: usize = 255;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Ref(RefRepr);
 
+/// Refs are short (phoenix.js counts up from `"1"`), so their text is kept
+/// inline up to 24 bytes: decoding, echoing and cloning one allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RefRepr {
     /// A JSON string (phoenix.js's form, `"3"`), unescaped.
-    Str(Box<str>),
+    Str(CompactString),
     /// A JSON number, as the exact text the client sent (`3`, `-1.5e3`).
-    Num(Box<str>),
+    Num(CompactString),
 }
 
 impl Ref {
     /// A string ref, e.g. `Ref::string("3")` is `"3"` on the wire.
-    pub fn string(text: impl Into<Box<str>>) -> Self {
+    pub fn string(text: impl Into<CompactString>) -> Self {
         Self(RefRepr::Str(text.into()))
     }
 
     /// A numeric ref, e.g. `Ref::number(3)` is `3` on the wire.
     pub fn number(n: u64) -> Self {
-        Self(RefRepr::Num(n.to_string().into()))
+        Self(RefRepr::Num(n.to_compact_string()))
     }
 
     /// Reads a ref from one raw JSON value: `null` is `None`, a string or a number is
@@ -165,10 +168,11 @@ pub struct InFrame {
     pub join_ref: Option<Ref>,
     /// The client's ref, echoed in the reply.
     pub ref_: Option<Ref>,
-    /// The topic, at most [`MAX_FIELD_LEN`] bytes.
-    pub topic: String,
-    /// The event, e.g. `phx_join`, `heartbeat` or an application event.
-    pub event: String,
+    /// The topic, at most [`MAX_FIELD_LEN`] bytes (inline up to 24).
+    pub topic: CompactString,
+    /// The event, e.g. `phx_join`, `heartbeat` or an application event (inline
+    /// up to 24 bytes).
+    pub event: CompactString,
     /// The payload.
     pub payload: Payload,
 }

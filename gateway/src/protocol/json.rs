@@ -4,10 +4,10 @@
 //! Decoders borrow the text and keep the payload as raw JSON; encoders splice raw
 //! payloads in without re-parsing them.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -192,9 +192,9 @@ fn frame_from_parts(
     })
 }
 
-fn json_string(raw: &RawValue, field: &'static str) -> Result<String, FrameError> {
+fn json_string(raw: &RawValue, field: &'static str) -> Result<CompactString, FrameError> {
     json_str_content(raw)
-        .map(Cow::into_owned)
+        .map(CompactString::from)
         .ok_or(FrameError::NotAString { field })
 }
 

@@ -15,10 +15,10 @@ use super::Session;
 impl Session {
     /// Rows h–j: a current (or null) join_ref leaves with an ok reply then
     /// `phx_close`; a stale one is ignored; an unjoined topic still gets an ok reply.
-    pub(super) fn leave(&mut self, join_ref: Option<Ref>, ref_: Option<Ref>, topic: String) {
-        let Some(entry) = self.channels.get(&topic) else {
+    pub(super) fn leave(&mut self, join_ref: Option<Ref>, ref_: Option<Ref>, topic: &str) {
+        let Some(entry) = self.channels.get(topic) else {
             self.outbox
-                .reply(join_ref.as_ref(), ref_.as_ref(), &topic, &Reply::ok());
+                .reply(join_ref.as_ref(), ref_.as_ref(), topic, &Reply::ok());
             return;
         };
         if is_stale(join_ref.as_ref(), &entry.join_ref) {
@@ -26,8 +26,8 @@ impl Session {
         }
         let current = entry.join_ref.clone();
         self.outbox
-            .reply(Some(&current), ref_.as_ref(), &topic, &Reply::ok());
-        self.stop(&topic, StopReason::Left);
+            .reply(Some(&current), ref_.as_ref(), topic, &Reply::ok());
+        self.stop(topic, StopReason::Left);
     }
 
     /// Rows k and l: forwarded to `handle_in` when joined and the join_ref is current
@@ -36,24 +36,24 @@ impl Session {
         &mut self,
         join_ref: Option<Ref>,
         ref_: Option<Ref>,
-        topic: String,
-        event: String,
+        topic: &str,
+        event: &str,
         payload: Payload,
         attached: Option<Info>,
     ) {
-        let Some(entry) = self.channels.get(&topic) else {
+        let Some(entry) = self.channels.get(topic) else {
             let unmatched = Reply::error(reason("unmatched topic"));
-            self.outbox.reply(None, ref_.as_ref(), &topic, &unmatched);
+            self.outbox.reply(None, ref_.as_ref(), topic, &unmatched);
             return;
         };
         if is_stale(join_ref.as_ref(), &entry.join_ref) {
             return;
         }
         self.run(
-            &topic,
+            topic,
             ref_.as_ref(),
             attached.as_deref(),
-            |channel, ctx| channel.handle_in(&event, payload, ctx).into(),
+            |channel, ctx| channel.handle_in(event, payload, ctx).into(),
         );
     }
 
@@ -129,22 +129,26 @@ impl Session {
         .with_attached(attached);
         let channel = entry.channel.as_mut();
         let result = catch_unwind(AssertUnwindSafe(|| callback(channel, &mut ctx)));
-        let mut effects = ctx.into_effects();
+        let effects = ctx.into_effects();
         let Ok(step) = result else {
             return self.crash(topic, effects);
         };
-        if let Some(reply) = step.reply {
-            effects.push(Effect::Reply {
-                ref_: msg_ref.cloned(),
-                reply,
-            });
-        }
+        // The reply goes after the callback's pushes, chained rather than
+        // pushed onto them: a callback that only replies allocates no list.
+        let reply = step.reply.map(|reply| Effect::Reply {
+            ref_: msg_ref.cloned(),
+            reply,
+        });
         let Some(entry) = self.channels.get_mut(topic) else {
             return;
         };
-        let flushed = self
-            .outbox
-            .flush(topic, &entry.join_ref, &mut entry.tracked, effects, true);
+        let flushed = self.outbox.flush(
+            topic,
+            &entry.join_ref,
+            &mut entry.tracked,
+            effects.into_iter().chain(reply),
+            true,
+        );
         if flushed.is_err() {
             return self.crash(topic, Vec::new());
         }

@@ -150,7 +150,7 @@ impl Session {
         let flushed = self
             .outbox
             .flush(&topic, &entry.join_ref, &mut entry.tracked, effects, true);
-        self.channels.insert(topic.clone(), Box::new(entry));
+        self.channels.insert(&topic, Box::new(entry));
         if flushed.is_err() {
             self.crash(&topic, Vec::new());
         }

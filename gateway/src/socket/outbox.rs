@@ -63,7 +63,7 @@ impl Outbox {
         topic: &str,
         join_ref: &Ref,
         tracked: &mut BTreeSet<String>,
-        effects: Vec<Effect>,
+        effects: impl IntoIterator<Item = Effect>,
         frames: bool,
     ) -> Result<(), FrameError> {
         for effect in effects {

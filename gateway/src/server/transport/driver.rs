@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use compact_str::CompactString;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, warn};
 
@@ -77,7 +78,7 @@ struct HookState {
     /// The connect request's headers some hook forwards.
     headers: Vec<(String, String)>,
     /// Topics with a hook call in flight, and the frames waiting behind it.
-    waiting: HashMap<String, VecDeque<InFrame>>,
+    waiting: HashMap<CompactString, VecDeque<InFrame>>,
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = HookAnswer> + Send>>>,
 }
 
@@ -231,7 +232,7 @@ impl SessionDriver {
             if queue.len() >= MAX_WAITING_FRAMES {
                 debug!(
                     conn = self.conn,
-                    topic = frame.topic,
+                    topic = frame.topic.as_str(),
                     "refusing a frame: too many waiting for a hook"
                 );
                 self.session.refuse_frame(&frame, "hook_backlog");

@@ -250,11 +250,58 @@ fn overlong_topic_is_an_error() {
     let frame = crate::protocol::InFrame {
         join_ref: None,
         ref_: Some(r("1")),
-        topic: "t".repeat(256),
+        topic: "t".repeat(256).into(),
         event: "phx_join".into(),
         payload: Payload::empty(),
     };
     let err = h.session.handle_frame(frame).expect_err("too long");
     assert_eq!(err.to_string(), "`topic` is 256 bytes, the limit is 255");
     assert_eq!(h.frames(), Vec::<String>::new());
+}
+
+/// Topics, refs and events are kept inline up to 24 bytes and on the heap
+/// past that: both kinds route, stay ordered in the channel table and are
+/// echoed byte for byte, string refs and number refs alike.
+#[test]
+fn long_and_short_topics_and_refs_are_echoed_exactly() {
+    let mut h = Harness::v2();
+    let long_topic = format!("bench:{}", "t".repeat(60));
+    let long_ref = "r".repeat(40);
+    let long_number = "1".repeat(30);
+    h.join(&long_topic, &long_ref);
+    h.join("bench:a", "2");
+    h.join("bench:zz", &long_number);
+    assert_eq!(h.session.joined(&long_topic), Some(&r(&long_ref)));
+    assert_eq!(h.session.joined("bench:a"), Some(&r("2")));
+    for (topic, join_ref) in [(long_topic.as_str(), long_ref.as_str()), ("bench:a", "2")] {
+        let frame = format!(r#"["{join_ref}",{long_number},"{topic}","ping",{{"n":1}}]"#);
+        assert_eq!(
+            h.exchange(&frame),
+            [format!(
+                r#"["{join_ref}",{long_number},"{topic}","phx_reply",{{"status":"ok","response":{{"n":1}}}}]"#
+            )]
+        );
+    }
+    let long_event = format!(
+        r#"["{long_ref}","9","{long_topic}","{}",{{}}]"#,
+        "e".repeat(30)
+    );
+    h.send(&long_event);
+    assert_eq!(
+        h.frames(),
+        [format!(
+            r#"["{long_ref}","{long_ref}","{long_topic}","phx_error",{{"reason":"channel_crash"}}]"#
+        )],
+        "an event the channel has no clause for crashes it, whatever its length"
+    );
+    h.send(r#"["2","3","bench:a","phx_leave",{}]"#);
+    assert_eq!(
+        h.frames(),
+        [
+            r#"["2","3","bench:a","phx_reply",{"status":"ok","response":{}}]"#,
+            r#"["2","2","bench:a","phx_close",{}]"#,
+        ]
+    );
+    assert_eq!(h.session.joined("bench:a"), None);
+    assert_eq!(h.session.joined("bench:zz"), Some(&r(&long_number)));
 }
