@@ -55,6 +55,9 @@ pub const BUCKETS: usize = 256;
 pub const MAX_VALUE: usize = 64 * 1024;
 /// Longest topic, space or key accepted, in bytes.
 pub const MAX_NAME: usize = 1024;
+/// The latest time a stamp may carry, one before `u64::MAX`: a horizon can
+/// then always be raised past every entry held ([`Records::fit`]).
+pub const LAST_STAMP_MS: u64 = u64::MAX - 1;
 
 /// Orders records: wall-clock milliseconds, then the writing node, then its
 /// write counter. Unique per write, since `(origin, seq)` is.
@@ -95,8 +98,12 @@ pub enum Record {
 }
 
 impl Record {
-    /// Whether a record from a peer is within the limits (names and values).
+    /// Whether a record from a peer is within the limits (names, values, and
+    /// a stamp no later than [`LAST_STAMP_MS`]).
     pub fn is_valid(&self) -> bool {
+        if self.stamp().time_ms > LAST_STAMP_MS {
+            return false;
+        }
         match self {
             Record::Log { topic, body, .. } => {
                 topic.as_str().len() <= MAX_NAME && body.len() <= MAX_VALUE
@@ -293,7 +300,7 @@ impl Records {
                 if stamp.seq != want {
                     return Err(Gap::Unknown);
                 }
-                next.insert(o, want + 1);
+                next.insert(o, want.saturating_add(1));
                 out.push((stamp.clone(), body.clone()));
             }
         }
@@ -386,7 +393,12 @@ impl Records {
             let Some((t, _)) = self.oldest.first() else {
                 break;
             };
+            // Entries are stamped at most `LAST_STAMP_MS` and none is held
+            // below the horizon, so this drops at least the oldest ones.
             let dropped = self.expire(t.saturating_add(1));
+            if dropped.entries == 0 {
+                break;
+            }
             out.entries += dropped.entries;
             out.bytes += dropped.bytes;
         }
@@ -964,5 +976,32 @@ mod tests {
         assert!(log("t", 1, "x").is_valid());
         assert!(!log("t", 1, &"x".repeat(MAX_VALUE + 1)).is_valid());
         assert!(!reg(&"k".repeat(MAX_NAME + 1), 1, "a", None).is_valid());
+        assert!(log("t", LAST_STAMP_MS, "x").is_valid());
+        assert!(!log("t", u64::MAX, "x").is_valid(), "a stamp past the last");
+    }
+
+    /// A peer's log entries carry any `seq`: one at `u64::MAX`, after a
+    /// position that has the entry before it, is given back without
+    /// overflowing the next seq expected.
+    #[test]
+    fn since_an_entry_at_the_last_seq_does_not_overflow() {
+        let o = NodeId::new("rogue", 1);
+        let mut r = Records::new(10);
+        for (t, seq) in [(1, u64::MAX - 1), (2, u64::MAX)] {
+            r.merge(&Record::Log {
+                topic: Topic::from("t"),
+                stamp: Stamp {
+                    time_ms: t,
+                    origin: o.clone(),
+                    seq,
+                },
+                body: "{}".into(),
+            });
+        }
+        let mut pos = Position::default();
+        pos.advance(&o, u64::MAX - 1);
+        pos.time_ms = 10_000;
+        let got = r.since("t", &pos).expect("one entry after the position");
+        assert_eq!(got.len(), 1);
     }
 }

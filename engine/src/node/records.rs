@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use super::{Event, Node, PeerState};
 use crate::codec::Body;
 use crate::id::NodeId;
-use crate::records::{Record, Stamp};
+use crate::records::{Record, Stamp, LAST_STAMP_MS};
 
 impl Node {
     /// A stamp past every one issued or seen. A peer can raise the clock to
-    /// `u64::MAX` (stamps are its to choose); the clock then stays there and
-    /// stamps are ordered by origin and sequence.
+    /// [`LAST_STAMP_MS`] (stamps are its to choose); the clock then stays
+    /// there and stamps are ordered by origin and sequence.
     pub(super) fn next_stamp(&mut self, time_ms: u64) -> Stamp {
-        self.record_clock = time_ms.max(self.record_clock.saturating_add(1));
+        self.record_clock = next_time(self.record_clock, time_ms);
         self.record_seq += 1;
         Stamp {
             time_ms: self.record_clock,
@@ -27,7 +27,7 @@ impl Node {
     /// as [`Node::next_stamp`], its seq the topic's own counter (1, 2, 3, ...
     /// per topic), so each origin's entries of a topic are contiguous.
     pub(super) fn next_log_stamp(&mut self, topic: &crate::id::Topic, time_ms: u64) -> Stamp {
-        self.record_clock = time_ms.max(self.record_clock.saturating_add(1));
+        self.record_clock = next_time(self.record_clock, time_ms);
         let seq = match self.log_seqs.get_mut(topic) {
             Some(seq) => seq,
             None => self.log_seqs.entry(topic.clone()).or_insert(0),
@@ -179,4 +179,10 @@ impl Node {
             self.send_records_digest(from.clone(), addr, true);
         }
     }
+}
+
+/// The time of the next stamp: `now`, or one past the clock when that is
+/// later, never past [`LAST_STAMP_MS`].
+fn next_time(clock: u64, now: u64) -> u64 {
+    now.max(clock.saturating_add(1)).min(LAST_STAMP_MS)
 }

@@ -735,3 +735,52 @@ fn a_lost_delta_is_resent_while_newer_ones_keep_flowing() {
         "resent {resent_after:?} after, retransmit_after is 600 ms"
     );
 }
+
+/// A peer stamps its records as it likes. One at `u64::MAX` is refused; one
+/// at the last valid time pins the record clock there, so every later local
+/// append is stamped at that time too, and the history budget must still
+/// drop them (it used to raise the horizon to `u64::MAX` over and over,
+/// dropping nothing: the node task hung).
+#[test]
+fn a_peer_stamp_at_the_end_of_time_cannot_hang_the_budget_trim() {
+    use crate::records::{Stamp, LAST_STAMP_MS};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let node = std::thread::spawn(move || {
+        let now = Instant::now();
+        let mut cfg = NodeConfig::lan(NodeId::new("n1", 1), addr(1));
+        cfg.history_budget = Some(4096);
+        let mut a = Node::new(cfg, now);
+        let b = NodeId::new("n2", 1);
+        let poison = |time_ms, seq| Record::Log {
+            topic: Topic::new("room:9"),
+            stamp: Stamp {
+                time_ms,
+                origin: b.clone(),
+                seq,
+            },
+            body: "{}".into(),
+        };
+        assert!(!poison(u64::MAX, 1).is_valid(), "past the last stamp");
+        let records = vec![poison(u64::MAX, 1), poison(LAST_STAMP_MS, 2)];
+        a.handle_message(now, &b, msg(&b, 2, Body::Records(records)));
+        for i in 0..100 {
+            let _ = tx.send(Some(i));
+            append_at(&mut a, now, T0 + i, &"x".repeat(100));
+        }
+        let _ = tx.send(None);
+        a.records().log_bytes()
+    });
+    let mut last = 0;
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Some(i)) => last = i,
+            Ok(None) => break,
+            Err(_) => panic!("the node hung in append #{last}, trimming to the budget"),
+        }
+    }
+    let held = node.join().expect("the node's thread ends");
+    assert!(
+        held <= 4096,
+        "{held} bytes of history held, the budget is 4096"
+    );
+}
