@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use chorus_engine::Presence;
 use chorus_engine::{ConnId, Key, Meta, NodeId, PresEntry, Topic};
-use chorus_engine::{Delta, Part};
+use chorus_engine::{Cut, Delta, Part};
 use criterion::{criterion_group, criterion_main, Bencher, Criterion, SamplingMode};
 use origin::{meta, Diff, Origin};
 use rand::seq::SliceRandom;
@@ -321,7 +321,11 @@ fn one_million_each() -> (Presence, Part<PresEntry>, NodeId) {
     for _ in 0..1_000 {
         b.untrack_oldest();
     }
-    let mut slice = b.p.store().slice(&b.id, 0, usize::MAX);
+    let all = Cut {
+        adds: usize::MAX,
+        bytes: usize::MAX,
+    };
+    let mut slice = b.p.store().slice(&b.id, 0, all, |_| 0);
     assert!(slice.len() == 1 && slice[0].full && slice[0].adds.len() == 1_000_000);
     let part = slice.pop().expect("one part");
     let id = b.id.clone();

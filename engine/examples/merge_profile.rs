@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use chorus_engine::Presence;
 use chorus_engine::{Body, Message};
-use chorus_engine::{Delta, Part};
+use chorus_engine::{Cut, Delta, Part};
 use chorus_engine::{NodeId, PresEntry, Topic};
 use origin::{Diff, Origin};
 use rand::seq::SliceRandom;
@@ -109,7 +109,11 @@ fn main() {
         }
     }
     for o in &origins {
-        for part in o.p.store().slice(&o.id, 0, 10_000) {
+        let cut = Cut {
+            adds: 10_000,
+            bytes: usize::MAX,
+        };
+        for part in o.p.store().slice(&o.id, 0, cut, |_| 0) {
             let d = over_the_wire(std::slice::from_ref(&part));
             for p in d.parts {
                 rx.merge(p, &mut diff);

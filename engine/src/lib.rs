@@ -77,4 +77,4 @@ pub use subs::{SubChange, Subs, SubsError};
 // benches and merge profile drive it directly.
 pub use context::Ranges;
 pub use membership::{Swim, Update, UpdateKind};
-pub use store::{Delta, Part, Store};
+pub use store::{Cut, Delta, Part, Store};

@@ -19,7 +19,7 @@ use chorus_engine::{
     Body, ConnId, DiffItem, Key, Message, Meta, NodeId, PhxRef, PresEntry, PresenceError,
     SubscriberId, Topic,
 };
-use chorus_engine::{Delta, Part};
+use chorus_engine::{Cut, Delta, Part};
 use chorus_engine::{SubChange, Subs, SubsError};
 use crdts::{CmRDT, CvRDT, Orswot};
 use proptest::collection::vec;
@@ -351,18 +351,27 @@ fn check_honest(rx: &PresRx) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A strategy for one slicing cut: `adds` entries, `bytes` bytes.
+fn cut_by(adds: usize, bytes: usize) -> Just<Cut> {
+    Just(Cut { adds, bytes })
+}
+
+/// A cut by entry count only.
+fn cut_by_adds(adds: usize) -> Cut {
+    Cut {
+        adds,
+        bytes: usize::MAX,
+    }
+}
+
 /// Brings `rx` up to date with `source` for every origin, with anti-entropy
-/// slices of at most `chunk` adds, delivered in a random order.
-fn repair(
-    rx: &mut PresRx,
-    source: &Presence,
-    origins: &[NodeId],
-    chunk: usize,
-    rng: &mut ChaCha8Rng,
-) {
+/// slices cut at `cut` (bytes: each entry's key and meta), delivered in a
+/// random order.
+fn repair(rx: &mut PresRx, source: &Presence, origins: &[NodeId], cut: Cut, rng: &mut ChaCha8Rng) {
+    let size = |e: &PresEntry| e.key.len() + e.meta.as_str().len();
     let mut parts: Vec<Part<PresEntry>> = origins
         .iter()
-        .flat_map(|o| source.store().slice(o, rx.p.store().known(o), chunk))
+        .flat_map(|o| source.store().slice(o, rx.p.store().known(o), cut, size))
         .collect();
     parts.shuffle(rng);
     for part in &parts {
@@ -467,14 +476,15 @@ proptest! {
 
     /// Whatever was lost, one round of anti-entropy slices from the origins
     /// (or from a node already repaired) restores the model. Tiny tombstone
-    /// caps force full slices, small chunks split slices.
+    /// caps force full slices, small cuts (by count or by bytes) split slices.
     #[test]
     fn anti_entropy_repairs_any_loss(
         (n, ops) in pres_history(),
         seed in any::<u64>(),
         drop_p in 0.0..0.9f64,
         tiny_tombs in any::<bool>(),
-        chunk in prop_oneof![Just(1usize), Just(2), Just(3), Just(usize::MAX)],
+        chunk in prop_oneof![cut_by(1, usize::MAX), cut_by(2, usize::MAX), cut_by(3, usize::MAX),
+            cut_by(usize::MAX, 1), cut_by(usize::MAX, 12), cut_by(usize::MAX, usize::MAX)],
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let cap = if tiny_tombs { 1 } else { BIG_TOMB_CAP };
@@ -544,7 +554,7 @@ proptest! {
         rx.p.purge(&vid, &mut rx.diff);
         rx.merge_all(&later);
         rx.merge_all(&groups);
-        for part in h.authors[victim].p.store().slice(&vid, 0, 2) {
+        for part in h.authors[victim].p.store().slice(&vid, 0, cut_by_adds(2), |_| 0) {
             rx.merge(&part);
         }
         prop_assert_eq!(&rx.p.view(), &without, "purged entries never come back");
@@ -601,7 +611,8 @@ proptest! {
         seed in any::<u64>(),
         drop_p in 0.0..0.9f64,
         tiny_tombs in any::<bool>(),
-        chunk in prop_oneof![Just(1usize), Just(2), Just(usize::MAX)],
+        chunk in prop_oneof![cut_by(1, usize::MAX), cut_by(2, usize::MAX),
+            cut_by(usize::MAX, 8), cut_by(usize::MAX, usize::MAX)],
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let cap = if tiny_tombs { 1 } else { BIG_TOMB_CAP };
@@ -669,7 +680,11 @@ proptest! {
         let mut fixes: Vec<Part<Topic>> = ids
             .iter()
             .enumerate()
-            .flat_map(|(i, id)| rxs[i].store().slice(id, lossy.store().known(id), chunk))
+            .flat_map(|(i, id)| {
+                rxs[i]
+                    .store()
+                    .slice(id, lossy.store().known(id), chunk, |t| t.as_str().len())
+            })
             .collect();
         fixes.shuffle(&mut rng);
         for p in &fixes {
@@ -753,10 +768,10 @@ proptest! {
                         .ids
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, id)| h.authors[i].p.store().slice(id, 0, 3).into_iter().next())
+                        .filter_map(|(i, id)| h.authors[i].p.store().slice(id, 0, cut_by_adds(3), |_| 0).into_iter().next())
                         .collect(),
                 },
-                subs: Delta { parts: subs.store().slice(&node_id(0), 0, 8) },
+                subs: Delta { parts: subs.store().slice(&node_id(0), 0, cut_by_adds(8), |_| 0) },
                 seq: 3,
             },
         };
@@ -839,7 +854,7 @@ mod large_spans {
         }
         a.add(7);
         let want = dots(&a);
-        let slice = a.slice(&a_id, 0, 1);
+        let slice = a.slice(&a_id, 0, cut_by_adds(1), |_| 0);
         assert!(slice.len() == 2 && slice.iter().all(|p| p.full));
         let mut ch = Vec::new();
         let mut in_order = Store::new(NodeId::new("b", 1), BIG_TOMB_CAP);

@@ -3,9 +3,9 @@
 
 use std::collections::VecDeque;
 
-use chorus_engine::Part;
 use chorus_engine::Presence;
 use chorus_engine::{ConnId, DiffItem, Key, Meta, NodeId, PresEntry, Topic};
+use chorus_engine::{Cut, Part};
 
 pub type Diff = Vec<(Topic, DiffItem)>;
 
@@ -70,7 +70,11 @@ impl Origin {
     /// parts of `chunk` ops.
     pub fn feed(&self, rx: &mut Presence, diff: &mut Diff, chunk: usize) {
         let known = rx.store().known(&self.id);
-        for part in self.p.store().slice(&self.id, known, chunk) {
+        let cut = Cut {
+            adds: chunk,
+            bytes: usize::MAX,
+        };
+        for part in self.p.store().slice(&self.id, known, cut, |_| 0) {
             rx.merge(part, diff);
             diff.clear();
         }

@@ -28,7 +28,7 @@ use super::{Node, PeerState};
 use crate::codec::Body;
 use crate::id::{NodeId, Topic};
 use crate::presence::PresEntry;
-use crate::store::{Delta, Part, Store};
+use crate::store::{Cut, Delta, Part, Store};
 
 /// Repairs for one peer, cut from one snapshot, sent as acknowledgements
 /// free room in the window.
@@ -158,7 +158,14 @@ impl Node {
         presence: &[(NodeId, u64)],
         subs: &[(NodeId, u64)],
     ) {
-        let chunk = self.cfg.repair_chunk;
+        // A repair carries at most `repair_chunk` entries, and about
+        // `repair_window` bytes of them (one entry at least): the window is
+        // what the peer queue may hold, and one frame stays far below
+        // `MAX_FRAME` whatever the metas.
+        let cut = Cut {
+            adds: self.cfg.repair_chunk.max(1),
+            bytes: self.cfg.repair_window,
+        };
         // Serve our own ops, and those of origins that cannot serve themselves
         // (not up here): an up origin answers the same peer's digest with its
         // own slice, so a joining node receives each entry once, not once per
@@ -171,14 +178,14 @@ impl Node {
                         .get(id)
                         .is_none_or(|p| p.state != PeerState::Up || p.addr.is_none()))
         };
-        let mut p_parts = slices(self.presence.store(), presence, &serves, chunk);
-        let mut s_parts = slices(self.subs.store(), subs, &serves, chunk);
+        let mut p_parts = slices(self.presence.store(), presence, &serves, cut, pres_bytes);
+        let mut s_parts = slices(self.subs.store(), subs, &serves, cut, sub_bytes);
         // One part per origin per message; a long slice takes several messages.
         let mut todo = VecDeque::new();
         while !p_parts.is_empty() || !s_parts.is_empty() {
-            let mut size = 0;
-            let presence = take_batch(&mut p_parts, &mut size, chunk);
-            let subs = take_batch(&mut s_parts, &mut size, chunk);
+            let mut load = Load::default();
+            let presence = take_batch(&mut p_parts, &mut load, cut, pres_bytes);
+            let subs = take_batch(&mut s_parts, &mut load, cut, sub_bytes);
             todo.push_back((Delta { parts: presence }, Delta { parts: subs }));
         }
         if todo.is_empty() {
@@ -313,7 +320,8 @@ fn slices<E: Clone>(
     store: &Store<E>,
     theirs: &[(NodeId, u64)],
     serves: &dyn Fn(&NodeId) -> bool,
-    chunk: usize,
+    cut: Cut,
+    size: fn(&E) -> usize,
 ) -> Vec<Part<E>> {
     let mut parts = Vec::new();
     for (id, _) in store.digest() {
@@ -321,31 +329,67 @@ fn slices<E: Clone>(
             let after = theirs
                 .binary_search_by(|(k, _)| k.cmp(&id))
                 .map_or(0, |i| theirs[i].1);
-            parts.extend(store.slice(&id, after, chunk));
+            parts.extend(store.slice(&id, after, cut, size));
         }
     }
     parts
 }
 
+/// What one repair message carries so far, over its presence and
+/// subscription halves.
+#[derive(Default)]
+struct Load {
+    /// Entries (a part counts one at least).
+    adds: usize,
+    /// Bytes, as [`part_bytes`] counts them.
+    bytes: usize,
+}
+
 /// Takes from `parts` the batch for one repair message: at most one part per
-/// origin, and parts while the message's adds (`size`, shared by its presence
-/// and subscription halves; a part counts at least one) stay within `chunk`.
-/// A part bigger than `chunk` goes alone. The rest stays in `parts`, in order.
-fn take_batch<E>(parts: &mut Vec<Part<E>>, size: &mut usize, chunk: usize) -> Vec<Part<E>> {
+/// origin, and parts while the message's `load` stays within `cut`. A part
+/// bigger than `cut` goes alone. The rest stays in `parts`, in order.
+fn take_batch<E>(
+    parts: &mut Vec<Part<E>>,
+    load: &mut Load,
+    cut: Cut,
+    size: fn(&E) -> usize,
+) -> Vec<Part<E>> {
     let mut batch: Vec<Part<E>> = Vec::new();
     let mut rest = Vec::new();
     for part in parts.drain(..) {
+        let bytes = part_bytes(&part, size);
+        let empty = load.adds == 0;
         if batch.iter().any(|b| b.origin == part.origin)
-            || (*size > 0 && *size + part.adds.len() > chunk)
+            || (!empty
+                && (load.adds + part.adds.len() > cut.adds || load.bytes + bytes > cut.bytes))
         {
             rest.push(part);
         } else {
-            *size += part.adds.len().max(1);
+            load.adds += part.adds.len().max(1);
+            load.bytes += bytes;
             batch.push(part);
         }
     }
     *parts = rest;
     batch
+}
+
+/// Rough bytes of a part in a message: its entries by `size`, 16 per entry
+/// and per removal for the dots, and its origin and op ranges.
+pub(super) fn part_bytes<E>(part: &Part<E>, size: fn(&E) -> usize) -> usize {
+    let adds: usize = part.adds.iter().map(|(_, e)| size(e) + 16).sum();
+    adds + 16 * part.removes.len() + 16 * part.ops.spans().len() + 64
+}
+
+/// Rough bytes of a presence entry in a message: its strings, and its
+/// connection id and refs.
+pub(super) fn pres_bytes(e: &PresEntry) -> usize {
+    e.topic.as_str().len() + e.key.len() + e.meta.as_str().len() + 48
+}
+
+/// Rough bytes of a subscription entry (a topic) in a message.
+pub(super) fn sub_bytes(t: &Topic) -> usize {
+    t.as_str().len() + 8
 }
 
 /// Whether a peer's version vector shows ops we lack (of an origin not

@@ -52,7 +52,9 @@ pub struct NodeConfig {
     /// Most bytes of repair messages sent to one peer and not acknowledged
     /// yet (one is always allowed): the pacing of a large state transfer. The
     /// runtime caps it at half its peer queue, so a transfer never fills the
-    /// queue.
+    /// queue. It also bounds one message: a repair carries about this many
+    /// bytes of entries at most (one entry at least), and a δ-group bigger
+    /// than this is not sent as a delta: the peer is repaired instead.
     pub repair_window: usize,
     /// How many random peers a node relays the novel part of a delta to.
     pub relay_fanout: usize,

@@ -784,3 +784,144 @@ fn a_peer_stamp_at_the_end_of_time_cannot_hang_the_budget_trim() {
         "{held} bytes of history held, the budget is 4096"
     );
 }
+
+/// Repairs were cut by entry count only (`repair_chunk`, 10,000), so a
+/// slice of entries with big (valid) metas became one `Repair` over
+/// `MAX_FRAME`, which every receiver refuses: the joiner never got the
+/// state. Here a peer relays 75 entries of 1 MB under a made-up origin (in
+/// three valid 25 MB deltas); that origin goes down (never heard from
+/// directly), so this node serves its slice to a joiner.
+#[test]
+fn repairs_of_big_metas_stay_within_the_frame_limit() {
+    use crate::context::Ranges;
+    use crate::presence::PresEntry;
+    use crate::store::{Delta, Part};
+    let mut now = Instant::now();
+    let mut a = node("a", 1, 1, now);
+    let r = NodeId::new("r", 1);
+    a.handle_message(now, &r, msg(&r, 2, Body::Hello { full: false }));
+    let fake = NodeId::new("f", 1);
+    let meta = Meta::new(format!("{{\"a\":\"{}\"}}", "x".repeat(1_000_000 - 8)));
+    for k in 0..3u64 {
+        let lo = 25 * k + 1;
+        let adds = (lo..lo + 25)
+            .map(|d| {
+                let e = PresEntry {
+                    topic: Topic::new("room:1"),
+                    key: format!("u{d}").into(),
+                    conn: ConnId(d),
+                    meta: meta.clone(),
+                    phx_ref: crate::id::PhxRef::from_parts([9; 6], d),
+                    prev_ref: None,
+                };
+                (d, e)
+            })
+            .collect();
+        let part = Part {
+            origin: fake.clone(),
+            ops: Ranges::span(lo, lo + 24),
+            adds,
+            removes: vec![],
+            full: false,
+        };
+        let m = msg(
+            &r,
+            2,
+            Body::Delta {
+                start: k,
+                seq: k + 1,
+                presence: Delta { parts: vec![part] },
+                subs: Delta::default(),
+            },
+        );
+        m.validate().expect("each delta is valid");
+        assert!(m.encoded_len() < crate::codec::MAX_FRAME);
+        a.handle_message(now, &r, m);
+    }
+    for _ in 0..40 {
+        now += std::time::Duration::from_millis(100);
+        a.handle_timeout(now);
+        while a.poll_transmit().is_some() {}
+        while a.poll_event().is_some() {}
+    }
+    let c = NodeId::new("c", 1);
+    a.handle_message(now, &c, msg(&c, 3, Body::Hello { full: false }));
+    let digest = Body::Digest {
+        presence: vec![],
+        subs: vec![],
+        reply: false,
+        members: 1,
+    };
+    a.handle_message(now, &c, msg(&c, 3, digest));
+    let mut repairs = 0;
+    while let Some(t) = a.poll_transmit() {
+        if let Body::Repair { .. } = t.msg.body {
+            repairs += 1;
+            let len = t.msg.encoded_len();
+            assert!(
+                len <= crate::codec::MAX_FRAME,
+                "a Repair of {len} bytes (MAX_FRAME {}): {:?}",
+                crate::codec::MAX_FRAME,
+                Message::decode(&t.msg.encode()).err()
+            );
+        }
+    }
+    assert!(repairs > 0, "the joiner was sent a repair");
+}
+
+/// A δ-group bigger than the repair window (here, eight 16 KiB metas tracked
+/// at once against a 64 KiB window) is not sent as one delta: the peer is
+/// repaired instead, in repairs within the window, and gets every entry.
+#[test]
+fn a_delta_bigger_than_the_window_goes_as_repairs() {
+    const WINDOW: usize = 64 << 10;
+    let mut now = Instant::now();
+    let mut nodes: Vec<Option<Node>> = (0..2u16)
+        .map(|i| {
+            let mut cfg = NodeConfig::lan(NodeId::new(format!("n{i}"), 1), addr(i));
+            cfg.rng_seed = u64::from(i) + 1;
+            cfg.repair_window = WINDOW;
+            // No anti-entropy round within the test: only the flush can
+            // start the repair.
+            cfg.anti_entropy = std::time::Duration::from_secs(600);
+            cfg.seeds = vec![addr(0)];
+            Some(Node::new(cfg, now))
+        })
+        .collect();
+    pump(&mut nodes, &mut now, 20);
+    let meta = Meta::new(format!("{{\"a\":\"{}\"}}", "x".repeat(16 << 10)));
+    let a = nodes[0].as_mut().expect("n0");
+    for i in 0..8 {
+        a.handle_command(
+            now,
+            Command::Track {
+                topic: Topic::new("room:1"),
+                key: format!("u{i}").into(),
+                conn: ConnId(1),
+                meta: meta.clone(),
+            },
+        )
+        .expect("tracked");
+    }
+    a.handle_timeout(now + a.cfg.flush_delay);
+    let sent: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(
+        sent.iter()
+            .all(|t| !matches!(t.msg.body, Body::Delta { .. })),
+        "no delta of the 128 KiB group"
+    );
+    assert!(sent
+        .iter()
+        .any(|t| matches!(t.msg.body, Body::Digest { .. })));
+    let b = nodes[1].as_mut().expect("n1");
+    for t in sent {
+        b.handle_message(now, &t.msg.from.clone(), t.msg);
+    }
+    pump(&mut nodes, &mut now, 10);
+    let (a, b) = (
+        nodes[0].as_ref().expect("n0"),
+        nodes[1].as_ref().expect("n1"),
+    );
+    assert!(a.stats().repairs_sent >= 2, "{:?}", a.stats());
+    assert_eq!(b.presence().count(&Topic::new("room:1")).0, 8);
+}

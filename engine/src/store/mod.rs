@@ -45,6 +45,16 @@ pub struct Part<E> {
     pub full: bool,
 }
 
+/// How much one part of a [`Store::slice`] may carry: entries, and bytes of
+/// entries as the caller counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Most entries.
+    pub adds: usize,
+    /// Most bytes of entries (one entry goes alone whatever its size).
+    pub bytes: usize,
+}
+
 impl<E> Part<E> {
     fn empty(origin: NodeId) -> Self {
         Part {
@@ -514,10 +524,17 @@ impl<E: Clone> Store<E> {
     }
 
     /// What a peer that knows `origin`'s ops `1..=after` lacks of them, split
-    /// into parts of at most `max_adds` entries each (empty if it lacks nothing
-    /// we know). Starts from op 1 (a full slice) when the tombstones it needs
-    /// were dropped.
-    pub fn slice(&self, origin: &NodeId, after: u64, max_adds: usize) -> Vec<Part<E>> {
+    /// into parts of at most `cut.adds` entries and `cut.bytes` bytes of
+    /// entries (by `size`; one entry at least) each (empty if it lacks
+    /// nothing we know). Starts from op 1 (a full slice) when the tombstones
+    /// it needs were dropped.
+    pub fn slice(
+        &self,
+        origin: &NodeId,
+        after: u64,
+        cut: Cut,
+        size: impl Fn(&E) -> usize,
+    ) -> Vec<Part<E>> {
         let Some(&i) = self.by_id.get(origin) else {
             return Vec::new();
         };
@@ -532,16 +549,23 @@ impl<E: Clone> Store<E> {
         while lo <= hi {
             let mut part = Part::empty(origin.clone());
             part.full = full;
-            part.adds = r
-                .live
-                .range(lo, hi)
-                .take(max_adds.max(1))
-                .map(|(d, s)| (d, self.slots.get(s as usize).value.clone()))
-                .collect();
-            let end = if part.adds.len() < max_adds.max(1) {
-                hi
-            } else {
+            let mut bytes = 0;
+            let mut cut_short = false;
+            for (d, s) in r.live.range(lo, hi) {
+                let value = &self.slots.get(s as usize).value;
+                let n = size(value);
+                if !part.adds.is_empty() && (part.adds.len() >= cut.adds || bytes + n > cut.bytes) {
+                    cut_short = true;
+                    break;
+                }
+                bytes += n;
+                part.adds.push((d, value.clone()));
+            }
+            // A part cut short ends at its last add; the next starts after it.
+            let end = if cut_short {
                 part.adds.last().map_or(hi, |a| a.0)
+            } else {
+                hi
             };
             part.ops.insert_span(lo, end);
             if !full {

@@ -6,6 +6,12 @@ fn store(name: &str) -> Store<u32> {
     Store::new(NodeId::new(name, 1), 1000)
 }
 
+/// A cut that never limits the slices of these tests.
+const ANY: Cut = Cut {
+    adds: 100,
+    bytes: usize::MAX,
+};
+
 fn values(s: &Store<u32>) -> Vec<u32> {
     let mut v: Vec<u32> = s.iter().map(|(_, e)| e.value).collect();
     v.sort_unstable();
@@ -72,7 +78,7 @@ fn slice_serves_a_peer_behind_and_full_slice_when_tombs_are_gone() {
     a.remove(s2);
     a.remove(s3);
     // Only 2 tombstones kept: the floor moved past op 4.
-    let part = a.slice(&NodeId::new("a", 1), 0, 100).remove(0);
+    let part = a.slice(&NodeId::new("a", 1), 0, ANY, |_| 1).remove(0);
     assert!(part.full && part.is_well_formed());
     let mut b = store("b");
     let mut ch = Vec::new();
@@ -84,9 +90,57 @@ fn slice_serves_a_peer_behind_and_full_slice_when_tombs_are_gone() {
     assert_eq!(values(&b), vec![1]);
     b.merge(part.clone(), &mut ch);
     assert!(values(&b).is_empty());
-    let tail = a.slice(&NodeId::new("a", 1), 5, 100).remove(0);
+    let tail = a.slice(&NodeId::new("a", 1), 5, ANY, |_| 1).remove(0);
     assert!(!tail.full);
     assert_eq!(tail.removes, vec![(6, 3)]);
+}
+
+/// Parts are cut at the entry count or the byte limit, whichever comes
+/// first; an entry bigger than the limit goes alone; the parts cover every
+/// op once, in order, and together carry the whole state.
+#[test]
+fn slice_cuts_parts_by_count_and_by_bytes() {
+    let mut a = store("a");
+    let (s1, _) = a.add(4);
+    for v in [4, 4, 30, 4, 4, 4] {
+        a.add(v);
+    }
+    a.remove(s1);
+    let parts = a.slice(&NodeId::new("a", 1), 0, Cut { adds: 3, bytes: 10 }, |v| {
+        *v as usize
+    });
+    let adds: Vec<Vec<u32>> = parts
+        .iter()
+        .map(|p| p.adds.iter().map(|(_, v)| *v).collect())
+        .collect();
+    assert_eq!(adds, [vec![4, 4], vec![30], vec![4, 4], vec![4]]);
+    let mut next = 1;
+    for part in &parts {
+        assert!(part.is_well_formed());
+        let spans = part.ops.spans();
+        assert_eq!(spans.first().map(|s| s.0), Some(next), "{spans:?}");
+        next = spans.last().expect("a span").1 + 1;
+    }
+    assert_eq!(next, 9, "the parts cover ops 1..=8");
+    let mut b = store("b");
+    let mut ch = Vec::new();
+    for part in parts {
+        b.merge(part, &mut ch);
+    }
+    assert_eq!(values(&b), values(&a));
+    let by_count = a.slice(
+        &NodeId::new("a", 1),
+        0,
+        Cut {
+            adds: 3,
+            bytes: 1000,
+        },
+        |v| *v as usize,
+    );
+    assert_eq!(
+        by_count.iter().map(|p| p.adds.len()).collect::<Vec<_>>(),
+        [3, 3]
+    );
 }
 
 #[test]

@@ -49,12 +49,9 @@ impl Session {
         if is_stale(join_ref.as_ref(), &entry.join_ref) {
             return;
         }
-        self.run(
-            topic,
-            ref_.as_ref(),
-            attached.as_deref(),
-            |channel, ctx| channel.handle_in(event, payload, ctx).into(),
-        );
+        self.run(topic, ref_.as_ref(), attached.as_deref(), |channel, ctx| {
+            channel.handle_in(event, payload, ctx).into()
+        });
     }
 
     /// A broadcast for a joined topic: the shared frame, or `handle_out` if the
