@@ -56,11 +56,17 @@ events = {{ new_msg = "broadcast", update = "update_presence", ping = "echo" }}
 }
 
 async fn node(config: Config) -> anyhow::Result<Node> {
-    let server = ServerConfig {
+    node_with(config, |_| {}).await
+}
+
+/// [`node`] with server settings that `[limits]` does not hold changed by `tweak`.
+async fn node_with(config: Config, tweak: impl FnOnce(&mut ServerConfig)) -> anyhow::Result<Node> {
+    let mut server = ServerConfig {
         client_limits: config.limits.client(),
         connection_limits: config.limits.connections(),
         ..ServerConfig::default()
     };
+    tweak(&mut server);
     NodeBuilder::new()
         .config(server)
         .app(config)
@@ -795,6 +801,101 @@ async fn longpoll_posts_past_the_byte_rate_are_paced() -> anyhow::Result<()> {
         "the session goes on"
     );
     alive(&mut other, "chat:1").await?;
+    node.stop().await
+}
+
+/// Starts a LongPoll session for `user`: the target of its requests.
+async fn longpoll_session(node: &Node, user: &str) -> anyhow::Result<String> {
+    let base = format!("/socket/longpoll?{}", query(user));
+    let (_, body) = http(node.addr, Method::GET, &base, String::new()).await?;
+    let started: Value = serde_json::from_str(&body)?;
+    anyhow::ensure!(started["status"] == 410, "no session: {started}");
+    let token = started["token"].as_str().context("a session token")?;
+    Ok(format!("{base}&token={token}"))
+}
+
+/// A LongPoll POST of `body` to `target`: the status of its answer.
+async fn longpoll_post(addr: SocketAddr, target: &str, body: String) -> anyhow::Result<Value> {
+    let (_, answer) = http(addr, Method::POST, target, body).await?;
+    Ok(serde_json::from_str::<Value>(&answer)?["status"].clone())
+}
+
+/// A POST to `target` that sends its headers, announcing a body of `len`
+/// bytes, and never the body: the answer, read to the close.
+async fn post_without_body(addr: SocketAddr, target: &str, len: usize) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\ncontent-length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_string(&mut answer))
+        .await
+        .context("no answer within 15 s")??;
+    Ok(answer)
+}
+
+/// While a LongPoll session pays its byte-rate debt it takes no request, and
+/// the POSTs sent meanwhile wait for one of the few places in its queue: past
+/// them a POST is answered 408 before its body is read, so what one session's
+/// waiting POSTs hold is bounded, not the client's upload speed times the
+/// pause. A POST answered 408 never runs later: its sender was told it failed.
+#[tokio::test]
+async fn longpoll_posts_during_a_byte_rate_pause_are_bounded_and_never_run_once_refused(
+) -> anyhow::Result<()> {
+    let node = node_with(config("byte_rate = 100000\nbyte_burst = 100000"), |s| {
+        s.longpoll_window = Duration::from_millis(300);
+        // A body that does not come is waited for a minute: far longer
+        // than the test waits for any answer.
+        s.handshake_timeout = Duration::from_secs(60);
+    })
+    .await?;
+    let mut bob = joined(&node, "bob", "chat:1").await?;
+    let target = longpoll_session(&node, "mallory").await?;
+    let post = |body: String| longpoll_post(node.addr, &target, body);
+    let join = r#"["1","1","chat:1","phx_join",{}]"#;
+    assert_eq!(post(join.to_owned()).await?, 200);
+    // 700 KB (a broadcast, then blank lines) against a burst of 100 KB at
+    // 100 KB/s: the session takes no request for the next 6 s.
+    let big = r#"["1","2","chat:1","new_msg",{"body":"m0"}]"#.to_owned() + &"\n".repeat(700_000);
+    assert_eq!(post(big).await?, 200);
+    assert_eq!(bob.recv_event("new_msg").await?[4]["body"], "m0");
+
+    // Eight at once: some wait in the queue, the rest for a place in it;
+    // the window passes and each is answered 408.
+    let late = (0..8).map(|i| {
+        post(format!(
+            r#"["1","l{i}","chat:1","new_msg",{{"body":"late {i}"}}]"#
+        ))
+    });
+    for (i, status) in futures_util::future::join_all(late)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(status?, 408, "POST {i} during the pause");
+    }
+    // The queue is full until the debt is paid: a POST announcing a 1 MB
+    // body is answered without it (the server waits a minute for a body it
+    // reads).
+    let answer = post_without_body(node.addr, &target, 1_000_000).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"status":408}"#), "{answer}");
+
+    // Once the debt is paid the session takes requests again: a POST then
+    // runs, and bob's next broadcast is that one, none of the eight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = r#"["1","3","chat:1","new_msg",{"body":"paid"}]"#;
+        match post(after.to_owned()).await? {
+            status if status == 200 => break,
+            status if status == 408 && std::time::Instant::now() < deadline => {}
+            status => bail!("a POST after the pause got {status}"),
+        }
+    }
+    assert_eq!(bob.recv_event("new_msg").await?[4]["body"], "paid");
+    assert!(exceeded(&node, "byte_rate").await? >= 1);
     node.stop().await
 }
 

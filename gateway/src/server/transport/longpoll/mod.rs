@@ -13,7 +13,9 @@
 //! - `POST` (`application/x-ndjson`, at most 100 lines, base64 lines are binary
 //!   frames) runs the frames and answers 200; their replies come on the next poll.
 //!   No session: 410; over `max_frame_size`: 413; a line that does not decode: 400;
-//!   a body not read within the handshake timeout: 408.
+//!   a body not read within the handshake timeout, no place in the session's
+//!   queue within the window (its body is not read), or not run within the
+//!   window: 408.
 //! - A session is bound to the connect request that started it (token.rs): a
 //!   request with other params or another auth-token header gets 403.
 //!
@@ -42,6 +44,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use super::driver::SessionDriver;
@@ -89,15 +92,26 @@ impl std::fmt::Debug for LongPollKey {
     }
 }
 
+/// Places in one session's request queue: requests waiting for the session, and
+/// POSTs whose body is being read (a POST takes its place first). Why 4:
+/// phoenix.js has one POST and one poll in flight; the rest is room for a poll
+/// that a newer one replaces and a forwarded requeue. A POST body is at most
+/// `max_frame_size`, so the requests waiting for one session hold at most
+/// 4 × 1 MiB by default, and one more body is the one the session runs. Past
+/// them, while the session pays its byte-rate debt, a request waits for a place
+/// up to the window, then gets 408 (a POST, its body unread, counted in
+/// `chorus_limit_exceeded_total{limit="byte_rate"}`) or 500 (a poll).
+pub(crate) const SESSION_QUEUE: usize = 4;
+
 /// The node's LongPoll state: its sessions and its forwarded requests in flight.
 #[derive(Default)]
 pub(crate) struct LongPoll {
-    sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<session::LpRequest>>>,
+    sessions: Mutex<HashMap<u64, mpsc::Sender<session::LpRequest>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
 }
 
 impl LongPoll {
-    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<session::LpRequest>>> {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, mpsc::Sender<session::LpRequest>>> {
         self.sessions.lock().expect("longpoll sessions lock")
     }
 
@@ -198,20 +212,56 @@ pub(crate) fn wait_for(config: &ServerConfig, op: &Op) -> Duration {
     }
 }
 
-/// Runs `op` on a session of this node.
+/// Runs `op` on a session of this node, waiting up to `wait` in all: for a
+/// place in its queue, then for its answer.
 pub(crate) async fn call_local(shared: &Shared, id: u64, op: Op, wait: Duration) -> Forwarded {
-    let Some(tx) = shared.longpoll.sessions().get(&id).cloned() else {
-        return Forwarded::Gone;
-    };
-    let (reply, answer) = oneshot::channel();
-    if tx.send(session::LpRequest { op, reply }).is_err() {
-        return Forwarded::Gone;
+    let deadline = Instant::now() + wait;
+    match reserve(shared, id, deadline).await {
+        Ok(place) => place.call(op, deadline).await,
+        Err(Forwarded::TimedOut) if matches!(op, Op::Send { .. }) => {
+            no_place_for_a_post(shared);
+            Forwarded::TimedOut
+        }
+        Err(ended) => ended,
     }
-    match tokio::time::timeout(wait, answer).await {
-        Ok(Ok(answer)) if answer.status == status::GONE => Forwarded::Gone,
-        Ok(Ok(answer)) => Forwarded::Answer(answer),
-        Ok(Err(_)) => Forwarded::Gone,
-        Err(_) => Forwarded::TimedOut,
+}
+
+/// A place taken in the queue of a session of this node ([`SESSION_QUEUE`]).
+struct Place(mpsc::OwnedPermit<session::LpRequest>);
+
+/// Takes a place in the queue of session `id`, waiting until `deadline` for
+/// one: `Gone` if there is no such session, `TimedOut` if none came.
+async fn reserve(shared: &Shared, id: u64, deadline: Instant) -> Result<Place, Forwarded> {
+    let Some(tx) = shared.longpoll.sessions().get(&id).cloned() else {
+        return Err(Forwarded::Gone);
+    };
+    match tokio::time::timeout_at(deadline, tx.reserve_owned()).await {
+        Ok(Ok(permit)) => Ok(Place(permit)),
+        Ok(Err(_)) => Err(Forwarded::Gone),
+        Err(_) => Err(Forwarded::TimedOut),
+    }
+}
+
+/// A POST found no place in its session's queue within the window: the session
+/// is paying its byte-rate debt (nothing else keeps a queue full that long).
+fn no_place_for_a_post(shared: &Shared) {
+    shared.config.limit_counter.hit("byte_rate");
+    debug!("LongPoll: no place for a POST in its session's queue within the window");
+}
+
+impl Place {
+    /// Queues `op` and waits until `deadline` for the session's answer. A POST
+    /// given up on here is not run later: the session drops a send whose
+    /// caller is gone.
+    async fn call(self, op: Op, deadline: Instant) -> Forwarded {
+        let (reply, answer) = oneshot::channel();
+        self.0.send(session::LpRequest { op, reply });
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(answer)) if answer.status == status::GONE => Forwarded::Gone,
+            Ok(Ok(answer)) => Forwarded::Answer(answer),
+            Ok(Err(_)) => Forwarded::Gone,
+            Err(_) => Forwarded::TimedOut,
+        }
     }
 }
 
@@ -324,7 +374,7 @@ async fn new_session(
         .with_id(info.id)
         .with_assigns(info.assigns);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, requests) = mpsc::unbounded_channel();
+    let (tx, requests) = mpsc::channel(SESSION_QUEUE);
     shared.longpoll.sessions().insert(conn, tx);
     let drain = Arc::new(Notify::new());
     shared.register(conn, crate::server::shutdown::Drain::Notify(drain.clone()));
@@ -383,6 +433,23 @@ async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<HttpBody
     ) {
         return json_response(status::FORBIDDEN, None, None);
     }
+    // A session of this node: a place in its queue first, then the body. While
+    // the session pays its byte-rate debt its queue stays full, and a POST past
+    // it is answered without its body being read. (A forwarded POST takes its
+    // place on the owner, within the owner's window.)
+    let wait = shared.config.longpoll_window;
+    let place = if session.owner == *shared.hub.node_id() {
+        match reserve(shared, session.id, Instant::now() + wait).await {
+            Ok(place) => Some(place),
+            Err(Forwarded::TimedOut) => {
+                no_place_for_a_post(shared);
+                return json_response(status::TIMEOUT, None, None);
+            }
+            Err(_) => return json_response(status::GONE, None, None),
+        }
+    } else {
+        None
+    };
     let ndjson = req
         .headers()
         .get("content-type")
@@ -411,7 +478,17 @@ async fn send(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<HttpBody
         shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
         return json_response(status::BAD_REQUEST, None, None);
     };
-    let answer = match call(shared, &session, &token, Op::Send { body, ndjson }).await {
+    let op = Op::Send { body, ndjson };
+    let outcome = match place {
+        // The window again, from now: the body took its time to arrive.
+        Some(place) => place.call(op, Instant::now() + wait).await,
+        // The owner gives the POST the window and answers, a 408 of its own
+        // included: waiting the slack longer, this node answers 408 only when
+        // the owner did or its answer did not come back in time, not while the
+        // owner may still run the POST.
+        None => forward::call(shared, &session, &token, op, wait + forward::SLACK).await,
+    };
+    let answer = match outcome {
         Forwarded::Answer(answer) => answer.status,
         Forwarded::TimedOut => status::TIMEOUT,
         Forwarded::Gone => status::GONE,

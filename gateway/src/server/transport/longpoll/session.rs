@@ -11,7 +11,16 @@
 //!   ends as a closed WebSocket does: channels terminate, presences are untracked;
 //! - POST bodies are charged to the session's byte rate (`limits.byte_rate`): while
 //!   it is in debt the session takes no request (the client's next POST and poll
-//!   wait in its queue), as a WebSocket connection stops reading.
+//!   wait in its queue of [`SESSION_QUEUE`](super::SESSION_QUEUE) places), as a
+//!   WebSocket connection stops reading. A POST whose caller stopped waiting
+//!   (answered 408) is dropped when its turn comes, never run: its client was
+//!   told it failed.
+//!
+//! A session in debt still ends once its client is gone: the pause a body buys
+//! is at most that body's bytes over the rate (`max_frame_size / byte_rate`, 1 s
+//! by default), the POSTs dropped unrun charge nothing, and when the pause ends
+//! the session timeout counts from then. So a session whose client left ends at
+//! most one such pause and one session timeout after the last POST it ran.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,7 +114,7 @@ enum LpEvent {
 /// The owner-side state of one LongPoll session.
 pub(crate) struct LpSession {
     driver: SessionDriver,
-    requests: mpsc::UnboundedReceiver<LpRequest>,
+    requests: mpsc::Receiver<LpRequest>,
     timing: LpTiming,
     /// Frames waiting for a poll, as JSON text, and their bytes (charged to the budget).
     buffer: Vec<String>,
@@ -122,7 +131,7 @@ pub(crate) struct LpSession {
 impl LpSession {
     pub(crate) fn new(
         driver: SessionDriver,
-        requests: mpsc::UnboundedReceiver<LpRequest>,
+        requests: mpsc::Receiver<LpRequest>,
         timing: LpTiming,
     ) -> Self {
         let limits = &driver.shared.config.client_limits;
@@ -256,6 +265,13 @@ impl LpSession {
 
     async fn handle_request(&mut self, request: LpRequest) -> Result<(), Exit> {
         let LpRequest { op, reply } = request;
+        if matches!(op, Op::Send { .. }) && reply.is_closed() {
+            debug!(
+                conn = self.driver.conn,
+                "LongPoll: dropping a POST its caller gave up on"
+            );
+            return Ok(());
+        }
         match op {
             Op::Poll => {
                 let now = Instant::now();
