@@ -7,7 +7,7 @@
 //! - [`FrameLimiter`]: one connection's frame rate, with the escalation from
 //!   one error reply to a disconnect;
 //! - [`ConnectionLimiter`]: new connections per client address, checked when
-//!   a TCP connection is accepted;
+//!   a TCP connection is accepted and when a LongPoll session starts;
 //! - [`LimitCounter`]: `chorus_limit_exceeded_total{limit="<config key>"}`,
 //!   shared by the server and the built-in channels.
 //!
@@ -226,10 +226,12 @@ struct SourceState {
 }
 
 /// New connections per client address ([`ConnectionLimits`]), checked once per
-/// accepted TCP connection, before anything is read from it. Owned by the
-/// accept loop: no lock. Addresses whose bucket has filled up again are
-/// forgotten, so the table holds only the addresses seen in the last
-/// `burst / rate` seconds or so.
+/// accepted TCP connection, before anything is read from it, and once per
+/// LongPoll session started beyond the first on a connection (each is what a
+/// WebSocket connection is). The server keeps one behind a lock that the
+/// accept loop and the LongPoll endpoint take for one check each. Addresses
+/// whose bucket has filled up again are forgotten, so the table holds only the
+/// addresses seen in the last `burst / rate` seconds or so.
 #[derive(Debug)]
 pub struct ConnectionLimiter {
     limits: ConnectionLimits,

@@ -993,6 +993,79 @@ async fn an_address_refused_in_a_loop_is_held_and_leaves_the_accept_loop_serving
     node.stop().await
 }
 
+/// GETs that start a LongPoll session, one after another on the kept-alive
+/// connection `stream`, until one is not answered with a new session: how
+/// many were, and the HTTP answer (status, headers) that was not.
+async fn longpoll_sessions_on(
+    stream: TcpStream,
+    node: &Node,
+    most: usize,
+) -> anyhow::Result<(usize, Option<(u16, hyper::HeaderMap)>)> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let target = format!("/socket/longpoll?{}", query("mallory"));
+    for started in 0..most {
+        sender.ready().await?;
+        let req = Request::builder()
+            .uri(&target)
+            .header("host", node.addr.to_string())
+            .body(Full::new(bytes::Bytes::new()))?;
+        let response = sender.send_request(req).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        if parts.status != 200 {
+            return Ok((started, Some((parts.status.as_u16(), parts.headers))));
+        }
+        let answer: Value = serde_json::from_slice(&body)?;
+        anyhow::ensure!(answer["status"] == 410, "GET {started}: {answer}");
+    }
+    anyhow::ensure!(
+        sender.ready().await.is_ok(),
+        "the connection was closed after {most} sessions"
+    );
+    Ok((most, None))
+}
+
+/// A LongPoll session is a new connection to the address's
+/// `connection_rate`, as a WebSocket is: one kept-alive TCP connection
+/// starting session after session is held to it (its accept covers its first
+/// session; past the burst, the rate's 429 and the connection is closed), so
+/// it cannot take every place of `max_connections` from other clients.
+#[tokio::test]
+async fn longpoll_sessions_on_one_connection_count_against_the_connection_rate(
+) -> anyhow::Result<()> {
+    let node = node_with(
+        config("connection_rate = 1\nconnection_burst = 5\nconnection_rate_exempt = []"),
+        |s| s.max_connections = 20,
+    )
+    .await?;
+    let mallory: std::net::IpAddr = "127.0.0.3".parse()?;
+    let stream = connect_from(mallory, node.addr).await?;
+    let (started, refused) = longpoll_sessions_on(stream, &node, 30).await?;
+    // The burst of 5: the connection, then 4 more sessions beyond the one
+    // its accept covers (one more if a second passed meanwhile).
+    anyhow::ensure!(
+        (5..=6).contains(&started),
+        "{started} sessions over one connection"
+    );
+    let (code, headers) = refused.context("no session was refused")?;
+    assert_eq!(code, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["connection"], "close");
+    assert_eq!(node.server.longpoll_session_count(), started);
+    // The same limiter as the accept loop's: the address has been told, so
+    // its next connection is held unanswered.
+    anyhow::ensure!(
+        healthz_from(mallory, node.addr).await.is_err(),
+        "a connection past the rate was answered"
+    );
+    assert_eq!(exceeded(&node, "connection_rate").await?, 2);
+    // Another client still gets in.
+    let mut bob = joined(&node, "bob", "chat:1").await?;
+    alive(&mut bob, "chat:1").await?;
+    node.stop().await
+}
+
 #[tokio::test]
 async fn loopback_is_exempt_from_the_connection_rate_by_default() -> anyhow::Result<()> {
     // A reverse proxy on the same host connects from 127.0.0.1 for everyone.
@@ -1001,6 +1074,10 @@ async fn loopback_is_exempt_from_the_connection_rate_by_default() -> anyhow::Res
         let (code, _) = healthz_from("127.0.0.1".parse()?, node.addr).await?;
         anyhow::ensure!(code == 200, "loopback connection {i} refused: {code}");
     }
+    // LongPoll sessions too, however many one connection starts.
+    let stream = connect_from("127.0.0.1".parse()?, node.addr).await?;
+    let (started, refused) = longpoll_sessions_on(stream, &node, 20).await?;
+    assert_eq!((started, refused.map(|(code, _)| code)), (20, None));
     assert_eq!(exceeded(&node, "connection_rate").await?, 0);
     node.stop().await
 }

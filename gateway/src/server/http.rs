@@ -19,7 +19,7 @@ use super::health::{self, READY_PATH};
 use super::metrics::{self, METRICS_PATH};
 use super::transport::longpoll::{self, LONGPOLL_PATH};
 use super::transport::websocket::{self, WEBSOCKET_PATH};
-use super::Shared;
+use super::{Peer, Shared};
 
 /// The health check: the process is up and its cluster engine runs.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -32,6 +32,7 @@ pub(crate) async fn handle(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     done: tokio::sync::mpsc::Sender<()>,
+    peer: Arc<Peer>,
 ) -> Result<Response<HttpBody>, Infallible> {
     let path = req.uri().path();
     if api::owns(path) {
@@ -56,7 +57,7 @@ pub(crate) async fn handle(
         (&Method::GET, METRICS_PATH) => metrics::respond(&shared).await,
         (&Method::GET, WEBSOCKET_PATH) => websocket::upgrade(&mut req, shared, done).await,
         (_, WEBSOCKET_PATH) => text(StatusCode::BAD_REQUEST, ""),
-        (_, LONGPOLL_PATH) => longpoll::handle(req, shared, done).await,
+        (_, LONGPOLL_PATH) => longpoll::handle(req, shared, done, &peer).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)

@@ -35,7 +35,7 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,7 +83,9 @@ pub struct ServerConfig {
     /// upgrade): beyond, a new one gets 503 at once and is closed.
     pub max_connections: usize,
     /// New connections per client address, checked when a TCP connection is
-    /// accepted: beyond, 429 and close (`limits.connection_rate`).
+    /// accepted and when a LongPoll session starts (but for the first on its
+    /// connection, which the accept paid for): beyond, 429 and close
+    /// (`limits.connection_rate`).
     pub connection_limits: ConnectionLimits,
     /// The headers of each HTTP request (the first, and the next on a kept-alive
     /// connection), each request body the server reads, and a WebSocket upgrade
@@ -198,6 +200,9 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) draining: AtomicBool,
     pub(crate) limit: Arc<Semaphore>,
+    /// New connections per client address: TCP connections as they are
+    /// accepted, LongPoll sessions as they start ([`Shared::charge_session`]).
+    per_address: Mutex<ConnectionLimiter>,
     /// TCP connections in their HTTP phase (accepted, not upgraded, not closed).
     http_conns: AtomicUsize,
     pub(crate) longpoll: transport::longpoll::LongPoll,
@@ -219,6 +224,33 @@ impl Shared {
             .expect("connection registry lock")
             .remove(&conn);
     }
+
+    /// The verdict of `connection_rate` on a new connection from `ip` at `now`.
+    fn check_address(&self, ip: IpAddr, now: Instant) -> ConnectionVerdict {
+        self.per_address
+            .lock()
+            .expect("connection rate lock")
+            .check(ip, now)
+    }
+
+    /// Charges a LongPoll session starting on the connection `peer` to its
+    /// address's `connection_rate`, as a new connection: a session is what a
+    /// WebSocket connection is, and one kept-alive connection can start one per
+    /// request. The first session on a connection was paid for when the
+    /// connection was accepted.
+    pub(crate) fn charge_session(&self, peer: &Peer) -> ConnectionVerdict {
+        if peer.accept_unspent.swap(false, Ordering::AcqRel) {
+            return ConnectionVerdict::Accept;
+        }
+        self.check_address(peer.addr.ip(), Instant::now())
+    }
+}
+
+/// The TCP connection a request came on.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// The connection's accept has not yet paid for a LongPoll session.
+    accept_unspent: AtomicBool,
 }
 
 /// A Phoenix Channels server over one engine. Cheap to clone.
@@ -241,6 +273,7 @@ impl Server {
     pub fn new(engine: EngineHandle, router: Router, config: ServerConfig) -> Self {
         let origin = rand::random::<u64>();
         let limit = Arc::new(Semaphore::new(config.max_connections));
+        let per_address = Mutex::new(ConnectionLimiter::new(config.connection_limits.clone()));
         let hub = Hub::new(engine, origin);
         let mut metrics = Metrics::new(hub.fanout_histogram().clone(), &config.limit_counter);
         if let Some(hooks) = &config.hooks {
@@ -259,6 +292,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
                 limit,
+                per_address,
                 http_conns: AtomicUsize::new(0),
                 longpoll: transport::longpoll::LongPoll::default(),
                 conns: Mutex::new(BTreeMap::new()),
@@ -371,7 +405,6 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             debug!(%addr, "accepting connections");
         }
-        let mut per_address = ConnectionLimiter::new(self.shared.config.connection_limits.clone());
         // Connections taken since the loop last gave its worker up.
         let mut since_yield = 0usize;
         let mut held = Held::new(&self.shared.config.connection_limits);
@@ -409,7 +442,8 @@ impl Server {
                 }
             };
             let now = Instant::now();
-            if let ConnectionVerdict::Refuse { tell } = per_address.check(peer.ip(), now) {
+            let verdict = self.shared.check_address(peer.ip(), now);
+            if let ConnectionVerdict::Refuse { tell } = verdict {
                 self.shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
                 if tell {
                     debug!(%peer, "refusing a connection: too many new ones from its address");
@@ -613,6 +647,24 @@ const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconten
 /// before any request is read.
 const TOO_MANY_FROM_ADDRESS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 39\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections from your address\n";
 
+/// [`TOO_MANY_FROM_ADDRESS`] as the answer to a request on a connection
+/// already accepted (a LongPoll session started past the rate): the same
+/// status, headers and body, and the connection is closed after it, so the
+/// client's next try is a new connection, held to the rate by the accept loop.
+pub(crate) fn too_many_from_address() -> hyper::Response<http::HttpBody> {
+    let mut response = http::text(
+        hyper::StatusCode::TOO_MANY_REQUESTS,
+        "too many connections from your address\n",
+    );
+    let headers = response.headers_mut();
+    headers.insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    headers.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Most time a refused connection is kept to deliver its 503: the client's
 /// request is read (and dropped) until it closes, so that closing does not reset
 /// the connection before the client has read the answer.
@@ -682,7 +734,13 @@ async fn serve_requests<S>(
 {
     let metrics_shared = shared.clone();
     let timeout = shared.config.handshake_timeout;
-    let service = service_fn(move |req| http::handle(req, shared.clone(), done.clone()));
+    let peer = Arc::new(Peer {
+        addr: peer,
+        accept_unspent: AtomicBool::new(true),
+    });
+    let conn_peer = peer.clone();
+    let service =
+        service_fn(move |req| http::handle(req, shared.clone(), done.clone(), conn_peer.clone()));
     // Every request's headers (and the next one's on a kept-alive connection)
     // must arrive within the handshake timeout, or hyper closes the connection:
     // a client that never finishes its request cannot hold a descriptor.
@@ -698,7 +756,7 @@ async fn serve_requests<S>(
                 if e.is_timeout() {
                     metrics_shared.metrics.limit_exceeded(limit::HANDSHAKE_TIMEOUT);
                 }
-                debug!(%peer, error = %e, "http connection error");
+                debug!(peer = %peer.addr, error = %e, "http connection error");
             }
         }
         _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {

@@ -48,10 +48,11 @@ use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use super::driver::SessionDriver;
+use crate::limits::ConnectionVerdict;
 use crate::protocol::Query;
 use crate::server::http::{text, HttpBody};
 use crate::server::metrics::limit;
-use crate::server::{ServerConfig, Shared};
+use crate::server::{Peer, ServerConfig, Shared};
 use crate::socket::{Session, SessionConfig};
 use forward::Forwarded;
 use session::{status, Answer, LpSession, LpTiming, Op};
@@ -135,13 +136,14 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     done: mpsc::Sender<()>,
+    peer: &Peer,
 ) -> Response<HttpBody> {
     if !super::origin::allowed(&shared.config.allowed_origins, req.headers()) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     match *req.method() {
         Method::OPTIONS => preflight(req.headers()),
-        Method::GET => poll(&req, &shared, done).await,
+        Method::GET => poll(&req, &shared, done, peer).await,
         Method::POST => send(req, &shared).await,
         _ => text(StatusCode::BAD_REQUEST, ""),
     }
@@ -309,6 +311,7 @@ async fn poll(
     req: &Request<Incoming>,
     shared: &Arc<Shared>,
     done: mpsc::Sender<()>,
+    peer: &Peer,
 ) -> Response<HttpBody> {
     let Ok(query) = Query::parse(req.uri().query().unwrap_or("")) else {
         return json_response(status::FORBIDDEN, None, None);
@@ -337,16 +340,26 @@ async fn poll(
             Forwarded::Gone => json_response(status::GONE, None, Some(&[][..])),
         };
     }
-    new_session(req.headers(), &query, shared, done).await
+    new_session(req.headers(), &query, shared, done, peer).await
 }
 
-/// Connects and starts a session on this node: 410 with its token.
+/// Connects and starts a session on this node: 410 with its token. A session
+/// is a new connection to its address's `connection_rate`: past it, the
+/// rate's own answer (HTTP 429, as to a connection the accept loop refuses;
+/// phoenix.js reads no JSON in it and retries as after a 500) and the
+/// connection is closed.
 async fn new_session(
     headers: &HeaderMap,
     query: &Query,
     shared: &Arc<Shared>,
     done: mpsc::Sender<()>,
+    peer: &Peer,
 ) -> Response<HttpBody> {
+    if let ConnectionVerdict::Refuse { .. } = shared.charge_session(peer) {
+        shared.metrics.limit_exceeded(limit::CONNECTION_RATE);
+        debug!(peer = %peer.addr, "LongPoll: refusing a session: too many new connections from its address");
+        return crate::server::too_many_from_address();
+    }
     let Ok(vsn) = query.vsn() else {
         debug!("LongPoll: refusing connect: unsupported vsn");
         return json_response(status::FORBIDDEN, None, None);
