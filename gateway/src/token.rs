@@ -108,6 +108,9 @@ impl Tokens {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // jsonwebtoken checks `nbf` only when asked (RFC 7519 4.1.5: a token
+        // is not accepted before it).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -224,5 +227,45 @@ mod tests {
             tokens.verify(&tokens.sign(&colon)),
             Err(TokenError::BadSub)
         ));
+    }
+
+    /// RFC 7519 4.1.5: a token is not accepted before its `nbf`.
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        #[derive(Serialize)]
+        struct WithNbf {
+            sub: String,
+            exp: u64,
+            nbf: u64,
+        }
+        let tokens = Tokens::new(b"secret-secret-secret");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = WithNbf {
+            sub: "alice".into(),
+            exp: now + 2 * 86_400,
+            nbf: now + 86_400,
+        };
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret-secret-secret"),
+        )
+        .unwrap();
+        let verdict = tokens.verify(&token);
+        assert!(
+            verdict.is_err(),
+            "a token with nbf = tomorrow was accepted now: {verdict:?}"
+        );
+        let claims = WithNbf {
+            nbf: now - 60,
+            ..claims
+        };
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret-secret-secret"),
+        )
+        .unwrap();
+        assert_eq!(tokens.verify(&token).expect("nbf passed").sub, "alice");
     }
 }
