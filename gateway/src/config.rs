@@ -445,6 +445,14 @@ impl Config {
             }
             _ => {}
         }
+        if self
+            .api
+            .key
+            .as_ref()
+            .is_some_and(|k| k.expose().trim().is_empty())
+        {
+            return Err("api.key (or CHORUS_API_KEY) is empty: give the HTTP API a key, or leave it unset to turn the API off".into());
+        }
         let limits = &self.limits;
         if limits.handshake_timeout_ms == 0 {
             return Err("limits.handshake_timeout_ms must be at least 1".into());
@@ -521,6 +529,24 @@ mod tests {
         assert_eq!(c.rooms[0].id, "lobby");
         assert!(c.topic_rules().len() >= 7);
         assert!(c.stores_messages());
+    }
+
+    /// An empty key (`CHORUS_API_KEY=`, as `KEY=${UNSET}` in a compose file
+    /// gives) is refused at start, not taken as a key anyone can present.
+    #[test]
+    fn an_empty_api_key_is_a_config_error() {
+        for key in ["", "  "] {
+            let mut c = Config::default_config();
+            c.api.key = Some(Secret::new(key.to_owned()));
+            let err = c.check().expect_err("an empty key");
+            assert!(
+                err.contains("api.key (or CHORUS_API_KEY) is empty"),
+                "{err}"
+            );
+        }
+        let mut c = Config::default_config();
+        c.api.key = Some(Secret::new("dev-key".to_owned()));
+        assert_eq!(c.check(), Ok(()));
     }
 
     #[test]

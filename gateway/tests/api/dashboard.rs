@@ -93,3 +93,31 @@ async fn no_key_or_dashboard_off_means_no_dashboard() -> anyhow::Result<()> {
     off.stop().await?;
     no_key.stop().await
 }
+
+/// A server given an empty API key (an embedder's `ApiKey::new("")`; the
+/// binary refuses one at start) opens its dashboard to nobody, not to a
+/// client offering an empty bearer token in the subprotocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_api_key_opens_the_dashboard_to_nobody() -> anyhow::Result<()> {
+    let node = NodeBuilder::new()
+        .config(ServerConfig {
+            api_key: Some(ApiKey::new("")),
+            ..ServerConfig::default()
+        })
+        .start()
+        .await?;
+    let url = format!("ws://{}/dashboard/websocket?vsn=2.0.0", node.addr);
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("phoenix, base64url.bearer.phx."),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status().as_u16(), 403);
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the dashboard opened to an empty key"),
+    }
+    node.stop().await
+}

@@ -94,10 +94,14 @@ impl ApiKey {
         Self(key.into())
     }
 
-    /// Whether `presented` is this key, in time independent of where they differ.
+    /// Whether `presented` is this key, in time independent of where they
+    /// differ. An empty key matches nothing: an empty `CHORUS_API_KEY` (what
+    /// `KEY=${UNSET}` gives) must not open the API to an empty bearer token.
     pub(crate) fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        !a.is_empty()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
 
@@ -407,6 +411,7 @@ mod tests {
         assert!(!key.matches("s3cret"));
         assert!(!key.matches(""));
         assert!(!format!("{key:?}").contains("s3cret"));
+        assert!(!ApiKey::new("").matches(""), "an empty key matches nothing");
     }
 
     #[test]
