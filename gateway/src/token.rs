@@ -239,7 +239,10 @@ mod tests {
             nbf: u64,
         }
         let tokens = Tokens::new(b"secret-secret-secret");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let claims = WithNbf {
             sub: "alice".into(),
             exp: now + 2 * 86_400,

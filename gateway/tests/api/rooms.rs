@@ -649,3 +649,35 @@ async fn clients_at_one_position_share_each_live_frame_and_positions_stay_exact(
     assert_eq!(rest["messages"], json!([]), "{rest}");
     Ok(())
 }
+
+/// A DELETE removes the room its path names, percent-decoded as a path:
+/// `scratch&v=payroll` (no room has that id) used to be decoded as the query
+/// `v=scratch&v=payroll`, whose last `v` won, and `payroll` was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_the_room_its_path_names() -> anyhow::Result<()> {
+    let node = NodeBuilder::new()
+        .config(with_key())
+        .app(Config::default_config())
+        .start()
+        .await?;
+    for id in ["scratch", "payroll"] {
+        let created = Req::authed("POST", "/api/rooms")
+            .json(&json!({ "id": id }))
+            .send_raw(node.addr)
+            .await?;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    let odd = Req::authed("DELETE", "/api/rooms/scratch&v=payroll")
+        .send_raw(node.addr)
+        .await?;
+    assert_eq!(odd.status, 404, "{odd:?}");
+    let encoded = Req::authed("DELETE", "/api/rooms/scr%61tch")
+        .send_raw(node.addr)
+        .await?;
+    assert_eq!(encoded.status, 204, "{encoded:?}");
+    let rooms = Req::authed("GET", "/api/rooms").send_raw(node.addr).await?;
+    let ids = room_ids(&rooms);
+    assert!(ids.contains(&"payroll".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"scratch".to_owned()), "{ids:?}");
+    node.stop().await
+}

@@ -234,12 +234,15 @@ fn path_matches(route: &str, path: &str) -> bool {
     }
 }
 
-/// The last path segment, percent-decoded (`DELETE /api/rooms/{id}`).
+/// The last path segment, percent-decoded (`DELETE /api/rooms/{id}`): as a
+/// path, not a query (`&`, `=` and `+` are themselves; decoding it as one
+/// let `scratch&v=payroll` name `payroll`).
 fn last_segment(req: &Request<Incoming>) -> Result<String, ApiError> {
     let raw = req.uri().path().rsplit('/').next().unwrap_or("");
-    let query = Query::parse(&format!("v={raw}"))
-        .map_err(|e| ApiError::invalid(format!("bad path segment: {e}")))?;
-    Ok(query.get("v").unwrap_or_default().to_owned())
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|e| ApiError::invalid(format!("bad path segment: {e}")))
 }
 
 /// Checks the API is enabled and the request carries its key.
