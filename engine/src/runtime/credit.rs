@@ -172,6 +172,12 @@ impl<T> Credit<T> {
         topic: &Topic,
         n: u32,
     ) -> Vec<T> {
+        if n == 0 {
+            // Returns nothing: it must not count as the peer being alive
+            // either, or one empty credit every half second would keep the
+            // window from being refilled after `STALL` for ever.
+            return Vec::new();
+        }
         let key = (peer, topic.clone());
         let Some(out) = self.out.get_mut(&key) else {
             return Vec::new();
@@ -322,15 +328,18 @@ impl<T> Credit<T> {
         Some(owed)
     }
 
-    /// Withheld credit whose topic now has room, as `(peer, topic, n)`.
+    /// Withheld credit whose topic now has room and whose peer can take it
+    /// (`open`: its queue is not full), as `(peer, topic, n)`. Credit for a
+    /// peer that cannot take it stays withheld as it is.
     pub(crate) fn release_withheld(
         &mut self,
         room: impl Fn(&Topic) -> bool,
+        open: impl Fn(SocketAddr) -> bool,
     ) -> Vec<(SocketAddr, Topic, u32)> {
         let mut back = Vec::new();
         let owed = &mut self.owed;
         self.withheld.retain(|key| {
-            if !room(&key.1) {
+            if !open(key.0) || !room(&key.1) {
                 return true;
             }
             if let Some(n) = owed.remove(key) {
@@ -492,11 +501,15 @@ mod tests {
             assert_eq!(c.admit(now, a, &t, i), Admit::Send(i));
         }
         assert_eq!(c.admit(now, a, &t, 2), Admit::Waiting);
+        assert_eq!(c.admit(now, a, &t, 4), Admit::Waiting);
         assert_eq!(c.expire(now + STALL / 2), (vec![], 0));
-        // Credit coming back restarts the stall clock.
+        // Credit coming back restarts the stall clock; empty credit does not
+        // (a peer sending it every half second held the topic for ever).
         assert_eq!(c.returned(now + STALL / 2, a, &t, 0), Vec::<u32>::new());
+        assert_eq!(c.returned(now + STALL / 2, a, &t, 1), vec![2]);
+        assert_eq!(c.returned(now + STALL, a, &t, 0), Vec::<u32>::new());
         assert_eq!(c.expire(now + STALL), (vec![], 0));
-        assert_eq!(c.expire(now + STALL / 2 + STALL), (vec![(a, 2)], 1));
+        assert_eq!(c.expire(now + STALL / 2 + STALL), (vec![(a, 4)], 1));
         assert!(!held.is_held("t"));
         // A closed connection leaves nothing behind but what waits.
         c.received(a, &t);
@@ -528,8 +541,13 @@ mod tests {
         assert!(c.owed.is_empty());
 
         c.give_back(peer(2), t.clone(), 40);
-        assert_eq!(c.release_withheld(|_| false), vec![]);
-        assert_eq!(c.release_withheld(|_| true), vec![(peer(2), t.clone(), 40)]);
+        assert_eq!(c.release_withheld(|_| false, |_| true), vec![]);
+        // A peer whose queue cannot take it keeps it withheld, whole.
+        assert_eq!(c.release_withheld(|_| true, |p| p != peer(2)), vec![]);
+        assert_eq!(
+            c.release_withheld(|_| true, |_| true),
+            vec![(peer(2), t.clone(), 40)]
+        );
         assert!(!c.busy());
     }
 
@@ -558,12 +576,12 @@ mod tests {
             "no room: withheld"
         );
         c.received(a, &t);
-        assert_eq!(c.release_withheld(|_| false), vec![]);
+        assert_eq!(c.release_withheld(|_| false, |_| true), vec![]);
         assert_eq!(
-            c.release_withheld(|_| true),
+            c.release_withheld(|_| true, |_| true),
             vec![(a, t.clone(), BATCH + 1)]
         );
-        assert_eq!(c.release_withheld(|_| true), vec![]);
+        assert_eq!(c.release_withheld(|_| true, |_| true), vec![]);
         for _ in 0..BATCH {
             c.received(a, &t);
         }

@@ -41,6 +41,9 @@ const CREDIT_TICK: Duration = Duration::from_millis(1);
 /// and nothing else changes): well inside the time a subscriber takes to
 /// drain from its room mark, so no peer waits on the tick.
 const CREDIT_TICK_MAX: Duration = Duration::from_millis(16);
+/// Room a peer queue must have for withheld credit to be tried on it: a
+/// credit frame (a topic and a count) with room to spare.
+const CREDIT_ROOM: usize = 1024;
 
 /// How long a graceful shutdown waits for queued frames to reach peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -458,8 +461,9 @@ impl NodeDriver {
     }
 
     /// Sends `n` credit for `topic` to `peer`; credit that finds the peer's
-    /// queue full is owed again and retried at the next credit tick.
-    fn send_credit(&mut self, peer: SocketAddr, topic: Topic, n: u32) {
+    /// queue full is owed again and retried at a later credit tick. Whether
+    /// it was queued.
+    fn send_credit(&mut self, peer: SocketAddr, topic: Topic, n: u32) -> bool {
         let msg = Message {
             from: self.node.id().clone(),
             addr: self.ctx.me.addr,
@@ -470,21 +474,45 @@ impl NodeDriver {
             addr: peer,
             msg,
         });
-        if let Some(Body::Credit { topic, n }) = unsent.map(|t| t.msg.body) {
-            self.credit.give_back(peer, topic, n);
+        match unsent.map(|t| t.msg.body) {
+            Some(Body::Credit { topic, n }) => {
+                self.credit.give_back(peer, topic, n);
+                false
+            }
+            _ => true,
         }
     }
 
     /// Returns withheld credit whose topic has room now, and refills windows
-    /// that got nothing back for too long. Whether it did anything.
+    /// that got nothing back for too long. Whether it did anything: credit
+    /// that only bounced off a full peer queue is not progress, so the tick
+    /// backs off while a peer does not read (it used to retry every owed
+    /// topic each millisecond, a core's worth of work).
     fn on_credit_tick(&mut self) -> bool {
         let (topics, subscribers) = (&self.topics, &self.subscribers);
         let mark = credit::room_mark(self.subscriber_queue);
         let room = |t: &Topic| has_room(topics, subscribers, mark, t);
-        let back = self.credit.release_withheld(room);
-        let moved = !back.is_empty();
+        // A peer whose queue is (all but) full keeps its credit withheld,
+        // untouched, until the queue drains.
+        let (links, cap) = (&self.links, self.ctx.queue_cap);
+        let open = |peer: SocketAddr| {
+            links
+                .get(&peer)
+                .is_none_or(|l| !l.queue.refuses_within(cap.saturating_sub(CREDIT_ROOM)))
+        };
+        let back = self.credit.release_withheld(room, open);
+        let mut moved = false;
+        // Peers whose queue was full this tick: the rest of their credit is
+        // owed again without being encoded only to bounce.
+        let mut full: Vec<SocketAddr> = Vec::new();
         for (peer, topic, n) in back {
-            self.send_credit(peer, topic, n);
+            if full.contains(&peer) {
+                self.credit.give_back(peer, topic, n);
+            } else if self.send_credit(peer, topic, n) {
+                moved = true;
+            } else {
+                full.push(peer);
+            }
         }
         let (sent, refilled) = self.credit.expire(now());
         self.stats.credit_refills += refilled;
