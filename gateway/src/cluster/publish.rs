@@ -100,13 +100,17 @@ impl Hub {
         }
         let envelope = self.envelope(event, payload, exclude_conn);
         let encoded = envelope.encode()?;
+        // The topic's backlog first, then a place in flight: publishers
+        // waiting on one busy (or held) topic must not take every place and
+        // stall the publishes of every other topic on the node.
+        let state = self.wait_for_backlog(topic).await;
         let permit = self
             .in_flight
             .clone()
             .acquire_owned()
             .await
             .expect("the in-flight semaphore is never closed");
-        if let Some(state) = self.wait_for_backlog(topic).await {
+        if let Some(state) = state {
             // Counted at once: the dispatcher's figure is from its last pass,
             // and publishes until its next pass must count against it too.
             state.backlog.fetch_add(1, Ordering::AcqRel);
@@ -161,5 +165,49 @@ impl Hub {
         while self.engine.held(topic) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chorus_engine::runtime::{Engine, EngineConfig};
+    use chorus_engine::{NodeConfig, NodeId};
+
+    use super::*;
+
+    /// Publishers waiting on one topic's backlog hold none of the node's
+    /// in-flight places: a publish to another topic still goes. (They used
+    /// to take a place before waiting, so `MAX_IN_FLIGHT` of them on one
+    /// busy or held topic stalled every publish on the node.)
+    #[tokio::test]
+    async fn publishers_waiting_on_one_topic_leave_the_others_free() {
+        let node = NodeConfig::lan(NodeId::new("n1", 1), "127.0.0.1:0".parse().expect("addr"));
+        let secret = b"test-cluster-secret-0123456789ab".to_vec();
+        let engine = Engine::start(EngineConfig::new(node, secret))
+            .await
+            .expect("engine");
+        let hub = Hub::new(engine.clone(), 1);
+        let state = {
+            let mut topics = hub.topics.lock().expect("hub topics lock");
+            hub.topic_state(&mut topics, "t")
+        };
+        state.backlog.store(BACKLOG_HIGH, Ordering::Release);
+        let mut waiting = Vec::new();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..MAX_IN_FLIGHT {
+            let mut publish = Box::pin(hub.publish_queued("t", "new_msg", Payload::empty(), None));
+            let polled = std::future::Future::poll(publish.as_mut(), &mut cx);
+            assert!(polled.is_pending(), "waits on t's backlog");
+            waiting.push(publish);
+        }
+        let other = hub.publish_queued("u", "new_msg", Payload::empty(), None);
+        tokio::time::timeout(Duration::from_secs(10), other)
+            .await
+            .expect("a publish to another topic goes")
+            .expect("published");
+        drop(waiting);
+        engine.shutdown().await.expect("shutdown");
     }
 }
