@@ -37,5 +37,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("api_body", api_body::run),
     ("gossip_codec", gossip_codec::run),
     ("node_messages", node_messages::run),
+    ("node_deltas", node_messages::run_forged),
     ("ws_client_frames", ws_client_frames::run),
 ];

@@ -12,6 +12,15 @@
 //! a fake peer's own for its messages (so a changed sender is a spoof the node
 //! must drop), whatever the frame claims for raw frames.
 //!
+//! [`run_forged`] (target `node_deltas`) drives the same world with the same
+//! steps plus hand-built `Delta`, `Repair` and `RepairAck` bodies: parts of
+//! any origin, real or made up, claiming op ranges near 1 or near `u64::MAX`,
+//! with adds and removals anywhere in them (what the decoder refuses as
+//! malformed still exercises it). It is a target of its own because adding
+//! variants to [`Op`] or [`ArbBody`] would change how every committed input
+//! of this one decodes, and its regression inputs would no longer replay the
+//! steps that found their bugs.
+//!
 //! Invariants after every step: no panic; everything the target sends comes from
 //! it, is not addressed to it and round-trips through the codec; its δ-buffer
 //! stays under `buffer_cap`; its timers move forward (firing what is due never
@@ -25,8 +34,8 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use chorus_engine::{
-    Body, Command, ConnId, Message, Meta, Node, NodeConfig, NodeId, Record, Stamp, SubscriberId,
-    Swim, Topic, Update, UpdateKind, BUCKETS,
+    Body, Command, ConnId, Delta, Message, Meta, Node, NodeConfig, NodeId, Part, PhxRef, PresEntry,
+    Ranges, Record, Stamp, SubscriberId, Swim, Topic, Update, UpdateKind, BUCKETS,
 };
 
 /// Fake peers beside the target.
@@ -183,6 +192,46 @@ pub enum ArbBody {
     PingNack(u64),
 }
 
+/// One step of [`run_forged`]: a step of [`run`], or a forged δ body from a
+/// fake peer.
+#[derive(Arbitrary, Debug)]
+pub enum ForgedOp {
+    Step(Op),
+    Forge(u8, ForgedBody),
+}
+
+/// A hand-built δ body.
+#[derive(Arbitrary, Debug)]
+pub enum ForgedBody {
+    Delta {
+        start: u64,
+        seq: u64,
+        presence: Vec<ArbPart>,
+        subs: Vec<ArbPart>,
+    },
+    Repair {
+        seq: u64,
+        presence: Vec<ArbPart>,
+        subs: Vec<ArbPart>,
+    },
+    RepairAck(u64),
+}
+
+/// A part of a δ-group: ops `lo..=lo + len` of `origin` (`lo` counted back
+/// from `u64::MAX - 1` when `far`), adds and removals at offsets in the span.
+#[derive(Arbitrary, Debug)]
+pub struct ArbPart {
+    origin: ArbNode,
+    far: bool,
+    lo: u16,
+    len: u8,
+    /// `(offset, topic, key, meta, conn)`.
+    adds: Vec<(u8, u8, u8, u8, u8)>,
+    /// `(offset of the op, offset of the removed dot)`.
+    removes: Vec<(u8, u8)>,
+    full: bool,
+}
+
 /// A SWIM membership update.
 #[derive(Arbitrary, Debug)]
 pub struct ArbUpdate {
@@ -202,6 +251,18 @@ pub struct ArbRecord {
     origin: ArbNode,
     seq: u64,
     value: Option<String>,
+}
+
+/// A presence entry over the palettes.
+fn pres_entry(topic: u8, key: u8, meta: u8, conn: u8) -> PresEntry {
+    PresEntry {
+        topic: Topic::new(pick(TOPICS, topic)),
+        key: pick(KEYS, key).into(),
+        conn: ConnId(u64::from(conn)),
+        meta: Meta::new(pick(METAS, meta)),
+        phx_ref: PhxRef::from_parts([7; 6], u64::from(conn)),
+        prev_ref: None,
+    }
 }
 
 fn pick<'a>(palette: &[&'a str], i: u8) -> &'a str {
@@ -562,6 +623,83 @@ impl World {
         }
     }
 
+    /// `body` from fake peer `i` to the target, through the codec.
+    fn inject(&mut self, i: u8, body: Body) {
+        let slot = Self::peer(i);
+        let msg = Message {
+            from: self.nodes[slot].id().clone(),
+            addr: addr(slot),
+            body,
+        };
+        self.send_to_target(Some(slot), &msg.encode());
+    }
+
+    fn forged_body(&self, body: &ForgedBody) -> Body {
+        let topic = |t, _, _, _| Topic::new(pick(TOPICS, t));
+        match body {
+            ForgedBody::Delta {
+                start,
+                seq,
+                presence,
+                subs,
+            } => Body::Delta {
+                start: *start,
+                seq: *seq,
+                presence: self.delta(presence, pres_entry),
+                subs: self.delta(subs, topic),
+            },
+            ForgedBody::Repair {
+                seq,
+                presence,
+                subs,
+            } => Body::Repair {
+                seq: *seq,
+                presence: self.delta(presence, pres_entry),
+                subs: self.delta(subs, topic),
+            },
+            ForgedBody::RepairAck(seq) => Body::RepairAck { seq: *seq },
+        }
+    }
+
+    /// Parts as claimed: the decoder checks them (sorted, inside their ops,
+    /// one removal per op) and refuses what is malformed.
+    fn delta<E>(&self, parts: &[ArbPart], entry: impl Fn(u8, u8, u8, u8) -> E) -> Delta<E> {
+        let parts = parts
+            .iter()
+            .map(|p| {
+                let lo = if p.far {
+                    (u64::MAX - 1).saturating_sub(u64::from(p.lo))
+                } else {
+                    1 + u64::from(p.lo)
+                };
+                let hi = lo.saturating_add(u64::from(p.len)).min(u64::MAX - 1);
+                let at = |off: u8| lo + u64::from(off) % (hi - lo + 1);
+                let mut adds: Vec<(u64, E)> = Vec::new();
+                for &(off, topic, key, meta, conn) in &p.adds {
+                    let dot = at(off);
+                    if adds.last().is_none_or(|(d, _)| *d < dot) {
+                        adds.push((dot, entry(topic, key, meta, conn)));
+                    }
+                }
+                let mut removes: Vec<(u64, u64)> = Vec::new();
+                for &(op, dot) in &p.removes {
+                    let (op, dot) = (at(op), at(dot));
+                    if removes.last().is_none_or(|(o, _)| *o < op) {
+                        removes.push((op, dot));
+                    }
+                }
+                Part {
+                    origin: self.node_id(&p.origin),
+                    ops: Ranges::span(lo, hi),
+                    adds,
+                    removes,
+                    full: p.full,
+                }
+            })
+            .collect();
+        Delta { parts }
+    }
+
     fn step(&mut self, op: &Op) {
         match op {
             Op::Advance(ms) => self.advance(*ms),
@@ -598,13 +736,8 @@ impl World {
             }
             Op::Reply => self.reply(),
             Op::Inject(i, body) => {
-                let slot = Self::peer(*i);
-                let msg = Message {
-                    from: self.nodes[slot].id().clone(),
-                    addr: addr(slot),
-                    body: self.body(body),
-                };
-                self.send_to_target(Some(slot), &msg.encode());
+                let body = self.body(body);
+                self.inject(*i, body);
             }
             Op::Raw(frame) => self.send_to_target(None, frame),
             Op::Restart(i) => {
@@ -676,5 +809,68 @@ pub fn run(data: &[u8]) {
             break;
         };
         world.step(&op);
+    }
+}
+
+/// Runs one input of target `node_deltas`: [`ForgedOp`]s, at most
+/// [`MAX_OPS`] of them, on the same world and invariants as [`run`].
+pub fn run_forged(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let mut world = World::new();
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(op) = ForgedOp::arbitrary(&mut u) else {
+            break;
+        };
+        match &op {
+            ForgedOp::Step(op) => world.step(op),
+            ForgedOp::Forge(i, body) => {
+                let body = world.forged_body(body);
+                world.inject(*i, body);
+                world.check_target();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forged bodies are not all refused at decode: a part of a made-up
+    /// origin with its adds and a removal inside its ops, near `u64::MAX`
+    /// or not, reaches the node.
+    #[test]
+    fn forged_parts_within_their_ops_decode() {
+        let world = World::new();
+        for far in [false, true] {
+            let part = ArbPart {
+                origin: ArbNode {
+                    name: 4,
+                    inc: Some(1),
+                },
+                far,
+                lo: 3,
+                len: 4,
+                adds: vec![(0, 0, 0, 0, 1), (1, 1, 1, 2, 2)],
+                removes: vec![(3, 0)],
+                full: false,
+            };
+            let body = world.forged_body(&ForgedBody::Delta {
+                start: 0,
+                seq: 1,
+                presence: vec![part],
+                subs: vec![],
+            });
+            let msg = Message {
+                from: world.nodes[1].id().clone(),
+                addr: addr(1),
+                body,
+            };
+            let decoded = Message::decode(&msg.encode());
+            assert!(decoded.is_ok(), "far {far}: {decoded:?}");
+        }
     }
 }
