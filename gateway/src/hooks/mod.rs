@@ -259,6 +259,11 @@ impl Hooks {
         let http = reqwest::Client::builder()
             // Hooks go to the backend directly, never through an environment proxy.
             .no_proxy()
+            // Nor through a redirect: a followed 302 turns the POST into a
+            // bodiless GET whose answer would decide a request it never saw, and
+            // a 307 sends the request (claims, forwarded cookies) where nobody
+            // configured. A 3xx is a wrong answer, `hook_error`.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         let metrics = HookMetrics::default();

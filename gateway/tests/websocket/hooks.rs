@@ -29,6 +29,8 @@ const TOKEN_SECRET: &[u8] = b"hooks-test-token-secret-0123456789";
 enum Answer {
     Json(Value),
     Status(u16, &'static str),
+    /// A redirect: the status and the `Location`.
+    Redirect(u16, &'static str),
     /// Answer only once the notify fires (the hook is slow).
     After(Arc<Notify>, Value),
 }
@@ -60,9 +62,14 @@ impl Backend {
                             let bytes = req.into_body().collect().await?.to_bytes();
                             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                             seen.lock().unwrap().push((path.clone(), body.clone()));
+                            let mut location = None;
                             let (status, text) = match handler(&path, &body) {
                                 Answer::Json(v) => (200, v.to_string()),
                                 Answer::Status(s, t) => (s, t.to_owned()),
+                                Answer::Redirect(s, to) => {
+                                    location = Some(to);
+                                    (s, String::new())
+                                }
                                 Answer::After(notify, v) => {
                                     notify.notified().await;
                                     (200, v.to_string())
@@ -70,6 +77,12 @@ impl Backend {
                             };
                             let mut response = Response::new(Full::new(Bytes::from(text)));
                             *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            if let Some(to) = location {
+                                response.headers_mut().insert(
+                                    "location",
+                                    hyper::header::HeaderValue::from_static(to),
+                                );
+                            }
                             Ok::<_, hyper::Error>(response)
                         }
                     });
@@ -483,6 +496,37 @@ async fn failing_hooks_deny_closed_and_the_breaker_opens() -> anyhow::Result<()>
         5
     );
     hang.notify_waiters();
+    node.stop().await
+}
+
+/// A hook answered with a redirect is denied `hook_error` and the redirect is
+/// not followed: a 302 would turn the `POST` into a bodiless `GET` whose
+/// answer then decides a join it never saw; a 307 would send the request
+/// where nobody configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_answered_with_a_redirect_denies_and_is_not_followed() -> anyhow::Result<()> {
+    let backend = Backend::start(Arc::new(|path: &str, body: &Value| {
+        match (path, body["topic"].as_str()) {
+            ("/join", Some("room:302")) => Answer::Redirect(302, "/moved"),
+            ("/join", Some("room:307")) => Answer::Redirect(307, "/moved"),
+            ("/moved", _) => Answer::Json(json!({"allow": true})),
+            _ => usual(path, body),
+        }
+    }))
+    .await?;
+    let node = node(&backend, 1000).await?;
+    let mut c = with_token(&node, "kim").await?;
+    for (r, topic) in [("1", "room:302"), ("2", "room:307")] {
+        assert_eq!(
+            c.join(r, topic, "{}").await?,
+            json!([r, r, topic, "phx_reply", {"status": "error", "response": {"reason": "hook_error"}}])
+        );
+    }
+    assert_eq!(backend.calls("/join").len(), 2);
+    assert!(
+        backend.calls("/moved").is_empty(),
+        "a redirect was followed"
+    );
     node.stop().await
 }
 
