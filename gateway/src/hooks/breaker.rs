@@ -1,11 +1,14 @@
 //! The circuit breaker of one hook: after [`FAILURES_TO_OPEN`] failures in a row
 //! the hook is not called for [`OPEN_FOR`]; calls meanwhile are denied at once.
-//! Sans-IO: the caller passes the time.
+//! Sans-IO: the caller passes the time, and decides what is a failure: only
+//! what says the backend is unwell
+//! ([`Failure::counts_toward_breaker`](super::Failure::counts_toward_breaker)),
+//! as one breaker serves every client of the hook.
 
 use std::time::{Duration, Instant};
 
-/// Consecutive failures (timeouts, connection errors, non-200 answers, garbage)
-/// that open the breaker.
+/// Consecutive failures (timeouts, connection errors, 5xx answers) that open
+/// the breaker. Other failures (a 4xx, garbage) neither count nor reset.
 pub const FAILURES_TO_OPEN: u32 = 5;
 
 /// How long an open breaker denies without calling the backend. Then calls go

@@ -48,6 +48,30 @@ impl Failure {
         }
     }
 
+    /// Whether the failure says the backend is unwell, and so counts toward
+    /// the breaker: no answer (timeout, connection error) or a 5xx. The breaker
+    /// is shared by every client of the hook, so a failure that one client can
+    /// cause with its own request must not count, or that client turns the hook
+    /// off for everyone (a publish over Express's 100 kB body limit is 413):
+    /// - a 3xx or 4xx is an answer about this request (redirects are not
+    ///   followed) from a backend that is up;
+    /// - a 429 neither: every call comes from the node's address, so a backend
+    ///   limits by user (or by a forwarded cookie), and one user's flood must
+    ///   not deny the others;
+    /// - a 2xx that is not the hook's JSON (or is over [`MAX_ANSWER_BYTES`])
+    ///   came from a backend that is up, and may depend on the request (an rpc
+    ///   reply echoing a large payload); a backend that answers garbage to
+    ///   every call answers fast, so the breaker would spare it little.
+    ///
+    /// Every failure still denies its own call.
+    pub fn counts_toward_breaker(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Request(_) => true,
+            Self::Status(status) => *status >= 500,
+            Self::CircuitOpen | Self::Garbage(_) => false,
+        }
+    }
+
     fn outcome(&self) -> Outcome {
         match self {
             Self::Timeout => Outcome::Timeout,
@@ -138,18 +162,16 @@ impl HookClient {
     }
 
     /// An answer that parsed but means nothing (an rpc answer with neither
-    /// `reply` nor `error`): counted as an error and fed to the breaker.
+    /// `reply` nor `error`): counted as an error. The breaker has already
+    /// counted the call as a success: the backend answered.
     pub fn garbage(&self) {
         self.metrics.record(self.hook, Outcome::Error);
-        self.breaker
-            .lock()
-            .expect("breaker lock")
-            .failure(Instant::now());
     }
 
-    /// Posts `body` and parses the 200 answer as `T`. A failure is counted, logged
-    /// and fed to the breaker; a success closes the breaker (count it with
-    /// [`HookClient::decided`] once its meaning is known).
+    /// Posts `body` and parses the 200 answer as `T`. A failure is counted and
+    /// logged, and fed to the breaker if it says the backend is unwell
+    /// ([`Failure::counts_toward_breaker`]); a success closes the breaker (count it
+    /// with [`HookClient::decided`] once its meaning is known).
     pub async fn call<T: DeserializeOwned>(&self, body: &Value) -> Result<T, Failure> {
         let start = Instant::now();
         if !self.breaker.lock().expect("breaker lock").allows(start) {
@@ -172,7 +194,7 @@ impl HookClient {
             Ok(_) => breaker.success(),
             Err(failure) => {
                 self.metrics.record(self.hook, failure.outcome());
-                let opened = breaker.failure(now);
+                let opened = failure.counts_toward_breaker() && breaker.failure(now);
                 drop(breaker);
                 warn!(hook = self.hook, url = %self.url, error = %failure, "hook failed: denying");
                 if opened {

@@ -6,8 +6,8 @@
 //! answered 200 with JSON (README "Backend hooks", `gateway/hooks-openapi.json`).
 //! A hook that times out, fails or answers garbage denies (fail closed), with
 //! `hook_unavailable` (no answer) or `hook_error` (a wrong answer); each call is
-//! counted and timed ([`HookMetrics`]); a backend that keeps failing is not
-//! called for a while ([`breaker`]).
+//! counted and timed ([`HookMetrics`]); a backend that keeps failing (no
+//! answer, or 5xx) is not called for a while ([`breaker`]).
 //!
 //! The server calls these without knowing the configured channels: [`Hooks`]
 //! maps a topic to its rule's hooks with a function the channels' owner gives

@@ -473,14 +473,17 @@ async fn failing_hooks_deny_closed_and_the_breaker_opens() -> anyhow::Result<()>
         refused_status(&node, "vsn=2.0.0&mode=garbage").await,
         Some(403)
     );
-    // A hook answering 500 opens the breaker after 5 failures in a row; the
-    // join hook had 3 failures: two more open it, and the sixth call is not made.
-    assert_eq!(c.join("4", "room:500", "{}").await?, error("4", "room:500"));
-    assert_eq!(c.join("5", "room:500", "{}").await?, error("5", "room:500"));
+    // A hook answering 500 opens the breaker after 5 failures in a row that
+    // say the backend is unwell (timeouts, connection errors, 5xx). The join
+    // hook had one (the timeout; the garbage and the wrong shape were answers):
+    // four 500s open it, and the next call is not made.
+    for r in ["4", "5", "6", "7"] {
+        assert_eq!(c.join(r, "room:500", "{}").await?, error(r, "room:500"));
+    }
     let calls = backend.calls("/join").len();
     assert_eq!(
-        c.join("6", "room:ok", "{}").await?,
-        unavailable("6", "room:ok")
+        c.join("8", "room:ok", "{}").await?,
+        unavailable("8", "room:ok")
     );
     assert_eq!(
         backend.calls("/join").len(),
@@ -489,13 +492,64 @@ async fn failing_hooks_deny_closed_and_the_breaker_opens() -> anyhow::Result<()>
     );
     let m = |result: &str| format!(r#"chorus_hook_calls_total{{hook="join",result="{result}"}}"#);
     assert_eq!(metric(&node, &m("timeout")).await?, 1);
-    assert_eq!(metric(&node, &m("error")).await?, 4);
+    assert_eq!(metric(&node, &m("error")).await?, 6);
     assert_eq!(metric(&node, &m("circuit_open")).await?, 1);
     assert_eq!(
         metric(&node, r#"chorus_hook_duration_seconds_count{hook="join"}"#).await?,
-        5
+        7
     );
     hang.notify_waiters();
+    node.stop().await
+}
+
+/// A publish hook whose backend refuses bodies over 100 kB with 413, as
+/// Express's `json()` does by default. One client's oversized payloads (well
+/// within the 1 MiB frame limit) are refused, each `hook_error`, but they say
+/// nothing about the backend's health: the rule's breaker stays closed and
+/// another user's ordinary publish is still asked and allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_refused_payloads_do_not_open_the_breaker_for_others() -> anyhow::Result<()> {
+    let backend = Backend::start(Arc::new(|path: &str, body: &Value| {
+        if body.to_string().len() > 100_000 {
+            Answer::Status(413, "request entity too large")
+        } else {
+            usual(path, body)
+        }
+    }))
+    .await?;
+    let node = node(&backend, 1000).await?;
+    let mut mallory = with_token(&node, "mallory").await?;
+    let mut bob = with_token(&node, "bob").await?;
+    assert_eq!(mallory.join("1", "room:1", "{}").await?[4]["status"], "ok");
+    assert_eq!(bob.join("1", "room:1", "{}").await?[4]["status"], "ok");
+    let chunk = "x".repeat(60_000);
+    let big = json!({"a": chunk, "b": chunk}).to_string();
+    // Twice what opens the breaker when failures count.
+    for r in 2..12 {
+        mallory
+            .send(&format!(r#"["1","{r}","room:1","shout",{big}]"#))
+            .await?;
+        let reply = reply_to(&mut mallory, &r.to_string()).await?;
+        assert_eq!(reply[4]["response"]["reason"], "hook_error", "{reply}");
+    }
+    let calls = backend.calls("/publish").len();
+    assert_eq!(calls, 10, "each oversized publish was asked");
+    bob.send(r#"["1","2","room:1","shout",{"text":"hi"}]"#)
+        .await?;
+    let reply = reply_to(&mut bob, "2").await?;
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {"seen": true}}),
+        "bob's ordinary publish was refused because of mallory's payloads"
+    );
+    assert_eq!(
+        backend.calls("/publish").len(),
+        calls + 1,
+        "bob's was asked"
+    );
+    let m =
+        |result: &str| format!(r#"chorus_hook_calls_total{{hook="publish",result="{result}"}}"#);
+    assert_eq!(metric(&node, &m("error")).await?, 10);
     node.stop().await
 }
 
