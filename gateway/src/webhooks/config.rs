@@ -53,7 +53,8 @@ fn default_timeout_ms() -> u64 {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://` or `https://` URL the batches are `POST`ed to.
+    /// `http://` or `https://` URL the batches are `POST`ed to; it must answer
+    /// 2xx itself (redirects are not followed: [`deliver::client`](super::deliver::client)).
     pub url: String,
     /// Topic patterns (the syntax of `[[topics]]`: `room:{id}`).
     pub topics: Vec<String>,

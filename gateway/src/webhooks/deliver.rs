@@ -71,6 +71,19 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_FIRST.saturating_mul(factor).min(BACKOFF_MAX)
 }
 
+/// The HTTP client webhooks are posted with. It does not follow redirects: a
+/// 301/302/303 would turn the `POST` into a bodiless `GET` whose 2xx reads as a
+/// delivery (the batch lost), and a 307/308 would move the events (and their
+/// signature) to a URL nobody configured. A 3xx is a failed attempt.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        // What `reqwest::Client::new` expects too: only a TLS backend that
+        // cannot start fails here.
+        .expect("the HTTP client builds")
+}
+
 /// How a delivery ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -82,7 +95,8 @@ pub enum Outcome {
 
 /// POSTs `body` signed with `secret` to `url` until the backend answers 2xx,
 /// retrying with [`backoff`] while the next attempt would start within
-/// `retry_for` of the first.
+/// `retry_for` of the first. `client` should be [`client`]: one that follows
+/// redirects counts the 2xx at the end of them.
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -235,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn a_backend_that_fails_first_gets_the_same_signed_body_again() {
         let (url, got) = backend(2).await;
-        let client = reqwest::Client::new();
+        let client = client();
         let body = br#"{"time_ms":1,"events":[]}"#.to_vec();
         let outcome = post(
             &client,
@@ -258,7 +272,7 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_within_retry_for() {
         let (url, got) = backend(usize::MAX).await;
-        let client = reqwest::Client::new();
+        let client = client();
         let started = Instant::now();
         let outcome = post(
             &client,
@@ -279,13 +293,79 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
+    /// A backend whose webhook URL answers `status` with `Location: /moved`
+    /// (a moved endpoint, a login page, an http->https hop) and whose `/moved`
+    /// answers 200 to anything; it records each request's method and path.
+    async fn redirecting(status: StatusCode) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            seen.lock()
+                                .unwrap()
+                                .push((req.method().to_string(), path.clone()));
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            if path == "/events" {
+                                *r.status_mut() = status;
+                                r.headers_mut()
+                                    .insert("location", "/moved".parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (url, got)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
+        // 302 turns a followed POST into a bodiless GET; 307 keeps the POST
+        // but sends it where nobody configured.
+        for status in [StatusCode::FOUND, StatusCode::TEMPORARY_REDIRECT] {
+            let (url, got) = redirecting(status).await;
+            let outcome = post(
+                &client(),
+                &url,
+                b"k",
+                b"{}".to_vec(),
+                Duration::from_secs(2),
+                Duration::from_millis(350),
+            )
+            .await;
+            let requests = got.lock().unwrap().clone();
+            // Attempts at 0, 100 and 300 ms (a slow machine may fit one fewer).
+            assert!(
+                matches!(outcome, Outcome::GaveUp(2..=3)),
+                "{status}: {outcome:?}, the backend saw {requests:?}"
+            );
+            assert!(
+                requests.iter().all(|(m, p)| m == "POST" && p == "/events"),
+                "{status}: the redirect was followed: {requests:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_backend_that_is_not_there_is_retried_then_given_up() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/events", listener.local_addr().unwrap());
         drop(listener);
         let outcome = post(
-            &reqwest::Client::new(),
+            &client(),
             &url,
             b"k",
             b"{}".to_vec(),

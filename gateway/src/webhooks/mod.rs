@@ -219,7 +219,7 @@ pub async fn start(
         .clamp(5, 100);
     info!(webhooks = hooks.len(), "webhooks started");
     let runner = Runner {
-        client: reqwest::Client::new(),
+        client: deliver::client(),
         secret: Arc::from(settings.secret.as_slice()),
         up: vec![me.clone()],
         refreshed: None,
