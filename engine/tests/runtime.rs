@@ -6,16 +6,18 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chorus_engine::runtime::auth::{self, PeerHello, Role};
 use chorus_engine::runtime::transport::{codes, transport_config};
 use chorus_engine::runtime::{tls, Delivery, Engine, EngineConfig, EngineHandle, Subscription};
-use chorus_engine::PeerState;
 use chorus_engine::MAX_FRAME;
 use chorus_engine::{
-    Body, ConnId, Delta, Message, Meta, NodeConfig, NodeId, Part, PhxRef, PresEntry, Ranges,
+    Body, ConnId, Delta, Message, Meta, NodeConfig, NodeId, Part, PeerState, PhxRef, PresEntry,
+    Ranges, Swim,
 };
 use tokio::time::{sleep, timeout, Instant};
 
@@ -782,6 +784,117 @@ async fn a_peer_claiming_another_name_is_dropped() {
         assert_eq!(stats.rejected_invalid, 1, "{stats:?}");
         assert_eq!(stats.protocol_errors, 0, "the connection stayed");
         assert!(n1.presence("room").await.unwrap().is_empty());
+        n1.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A peer that answers every probe but reads nothing of our stream (a node
+/// stuck merging, or one that stopped reading) stays up while 48 MiB of
+/// broadcasts to it back up: more than its 8 MiB stream window and our 16 MiB
+/// peer queue. Probes go out as datagrams at once, neither behind the blocked
+/// stream nor dropped with the stream frames that overflow the queue, so
+/// failure detection measures whether the peer's packets arrive, not our
+/// backlog. (When probes waited in the queue behind the stream, none reached
+/// mallory once the queue filled, and n1 marked it down within 2 s.)
+#[tokio::test]
+async fn a_peer_that_answers_probes_stays_up_while_its_stream_backs_up() {
+    timeout(Duration::from_secs(60), async {
+        let n1 = start("n1", &[]).await;
+        let ep = client();
+        let me = ep.local_addr().unwrap();
+        let mallory = NodeId::new("mallory", 1);
+        let conn = authenticated_as(&ep, n1.local_addr(), mallory.clone()).await;
+        let message = |body: Body| {
+            Message {
+                from: mallory.clone(),
+                addr: me,
+                body,
+            }
+            .encode()
+        };
+        let hello = message(Body::Hello { full: false });
+        let mut uni = conn.open_uni().await.unwrap();
+        uni.write_all(&(hello.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        uni.write_all(&hello).await.unwrap();
+
+        // mallory acks every ping that reaches it and never accepts n1's
+        // stream.
+        let pings = Arc::new(AtomicU64::new(0));
+        let responder = {
+            let (conn, pings, from) = (conn.clone(), pings.clone(), mallory.clone());
+            let ack = move |seq| {
+                let body = Body::Swim(Swim::PingAck {
+                    seq,
+                    gossip: vec![],
+                });
+                Message {
+                    from: from.clone(),
+                    addr: me,
+                    body,
+                }
+                .encode()
+            };
+            tokio::spawn(async move {
+                while let Ok(d) = conn.read_datagram().await {
+                    if let Ok(Message {
+                        body: Body::Swim(Swim::Ping { seq, .. }),
+                        ..
+                    }) = Message::decode(&d)
+                    {
+                        pings.fetch_add(1, Ordering::Relaxed);
+                        let _ = conn.send_datagram(Bytes::from(ack(seq)));
+                    }
+                }
+            })
+        };
+        let answered = || pings.load(Ordering::Relaxed);
+        eventually(Duration::from_secs(5), "mallory up", || async {
+            up_names(&n1).await == names(&["mallory"])
+        })
+        .await;
+        eventually(Duration::from_secs(5), "pings answered", || async {
+            answered() >= 5
+        })
+        .await;
+
+        let big = Bytes::from(vec![b'z'; 1 << 20]);
+        for i in 0..48 {
+            // A topic each, so no broadcast waits for credit.
+            let topic = format!("big{i}");
+            n1.direct_publish(mallory.clone(), topic.as_str(), big.clone())
+                .await
+                .unwrap();
+        }
+        eventually(
+            Duration::from_secs(10),
+            "n1's queue to mallory full",
+            || async { n1.stats().await.unwrap().peer_queue_overflows > 0 },
+        )
+        .await;
+        // 10 protocol periods (200 ms each) with the queue full: past the
+        // suspicion timeout (0.8 s after a missed probe) many times over.
+        let at_full = answered();
+        eventually(
+            Duration::from_secs(10),
+            "pings reach mallory while its stream is backed up",
+            || async {
+                assert_eq!(
+                    up_names(&n1).await,
+                    names(&["mallory"]),
+                    "mallory answers every probe that reaches it, yet is marked down \
+                     ({} pings reached it since n1's queue to it filled)",
+                    answered() - at_full
+                );
+                answered() >= at_full + 10
+            },
+        )
+        .await;
+        responder.abort();
+        conn.close(0u32.into(), b"done");
         n1.shutdown().await.unwrap();
     })
     .await

@@ -71,7 +71,8 @@ pub struct EngineConfig {
     pub discovery: Discovery,
     /// Deliveries buffered per subscriber before it is dropped as too slow.
     pub subscriber_queue: usize,
-    /// Bytes queued per peer before frames to it are dropped.
+    /// Bytes of stream frames queued per peer before more are dropped
+    /// (datagrams do not count: they go out at once).
     pub peer_queue_bytes: usize,
     /// Time for a connection to complete QUIC and the secret proof.
     pub auth_timeout: Duration,

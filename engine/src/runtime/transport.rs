@@ -28,8 +28,9 @@
 //!
 //! # Connections
 //!
-//! The node task dials an address on its first transmit to it and queues frames
-//! while the handshake and [authentication](super::auth) run. Inbound
+//! The node task dials an address on its first transmit to it and queues stream
+//! frames (and holds datagrams, below) while the handshake and
+//! [authentication](super::auth) run. Inbound
 //! connections are accepted on the same endpoint. When two nodes dial each
 //! other at once, both keep the connection dialed by the node with the smaller
 //! advertised address; the other is drained (its queued frames are still
@@ -40,16 +41,38 @@
 //! # Back-pressure
 //!
 //! A slow or stuck peer never blocks the node task or other peers: each
-//! connection has its own writer, and its queue is bounded in bytes
-//! ([`super::EngineConfig::peer_queue_bytes`], 16 MiB by default). A frame that
-//! does not fit is dropped and counted; the core's retransmission of unacked
+//! connection has its own writer, and its stream queue is bounded in bytes
+//! ([`super::EngineConfig::peer_queue_bytes`], 16 MiB by default). A stream
+//! frame that does not fit is dropped and counted; the core's retransmission of unacked
 //! deltas and its anti-entropy repair presence afterwards (a dropped broadcast
 //! is lost, as with any overloaded PubSub). A large state transfer does not
 //! rely on this: the core paces repairs by acknowledgement and keeps at most
 //! `repair_window` bytes of them in flight per peer, capped at half this
 //! queue, and the node task queues a repair only while the queue then holds
 //! at most half its cap (`OutQueue::push_within`); one that does not fit
-//! goes back to the core, which sends it again later. Inbound, each connection's stream reader waits for room in the node
+//! goes back to the core, which sends it again later.
+//!
+//! Datagrams never enter that queue: `OutQueue::push` hands them to quinn's
+//! `send_datagram` at once, which never waits (quinn keeps at most 1 MiB of
+//! unsent datagrams, dropping the oldest, and packs datagrams ahead of stream
+//! data). So a probe never waits behind stream frames held back by the peer's
+//! flow control, nor is dropped because they fill the queue: failure
+//! detection measures whether the peer's packets arrive, not our backlog to
+//! it. (A probe used to wait in the same queue: a burst of 48 MiB of
+//! broadcasts to a peer that read slowly got it marked down while it
+//! answered every probe that reached it.) Until the connection
+//! authenticates, datagrams are held apart (the newest
+//! `PENDING_DATAGRAM_BYTES`, 64 KiB) and sent as it comes up.
+//!
+//! A peer that answers probes but never reads its stream therefore stays up,
+//! as a slow node does (down means its packets stop arriving): its queue
+//! stays full, every further stream frame to it is dropped and counted
+//! (deltas are resent and dropped again, broadcasts are lost), repairs go
+//! back to the core, and broadcasts to it wait for credit it never returns,
+//! a window per topic per second (ALGORITHM.md §7, §9). It costs the node
+//! this queue and a stream window in flight; nothing closes the connection.
+//!
+//! Inbound, each connection's stream reader waits for room in the node
 //! task's bounded input channel, so QUIC flow control pushes back on a peer
 //! that sends faster than the node can merge. Datagrams (probes, digests) go
 //! to a separate control channel that the node task serves first, so a
@@ -64,9 +87,10 @@
 //! that does not decode, or a failed handshake closes that one connection with
 //! an application error code from [`codes`]; the node keeps running.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,6 +139,7 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
 #[derive(Debug)]
 pub(crate) struct PeerFrame {
     pub bytes: Bytes,
+    /// A loss-tolerant body: sent as a datagram if it fits one.
     pub datagram: bool,
 }
 
@@ -122,19 +147,124 @@ pub(crate) struct PeerFrame {
 /// tiny frames is bounded too.
 const FRAME_OVERHEAD: usize = 64;
 
-/// The sending half of a peer's bounded outbound queue.
+/// Datagrams held while a dialed connection handshakes and authenticates
+/// (at most `auth_timeout`, 5 s), counted with [`FRAME_OVERHEAD`] each. The
+/// node's timers send a peer a few small ones in that time (a hello, a digest
+/// every anti-entropy period, a probe every protocol period): a few KiB.
+/// Past this bound the oldest go first, as the network may drop any
+/// datagram. A loss-tolerant body bigger than this is never a datagram (a
+/// QUIC datagram fits in one UDP packet, under 64 KiB) and is queued on the
+/// stream at once.
+const PENDING_DATAGRAM_BYTES: usize = 64 << 10;
+
+/// The sending half of a peer's outbound lanes: datagrams go to quinn at once
+/// (held in a small buffer until the connection authenticates), stream
+/// frames to a queue bounded in bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct OutQueue {
-    tx: mpsc::UnboundedSender<PeerFrame>,
+    tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
     cap: usize,
+    datagrams: Arc<DatagramLane>,
 }
 
 /// The receiving half, owned by the connection's writer.
 #[derive(Debug)]
 pub(crate) struct OutReceiver {
-    rx: mpsc::UnboundedReceiver<PeerFrame>,
+    rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
+    datagrams: Arc<DatagramLane>,
+}
+
+/// A peer's datagrams. They never wait behind stream frames, nor count
+/// against the stream queue's bytes: a probe must measure whether the
+/// peer's packets arrive now, not how far its stream is behind.
+#[derive(Debug, Default)]
+struct DatagramLane(Mutex<Lane>);
+
+#[derive(Debug)]
+enum Lane {
+    /// Dialing or authenticating: the newest datagrams, at most
+    /// [`PENDING_DATAGRAM_BYTES`] with overhead.
+    Pending { held: VecDeque<Bytes>, bytes: usize },
+    /// Authenticated: each datagram goes to `send_datagram`, which never
+    /// waits (quinn drops the oldest unsent ones past its 1 MiB send buffer,
+    /// and puts datagrams ahead of stream data in every packet).
+    Open(quinn::Connection),
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane::Pending {
+            held: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// Where a datagram went.
+#[derive(Debug)]
+enum Sent {
+    /// Handed to quinn, or held until the connection authenticates.
+    Datagram,
+    /// Too big for a datagram on this connection: it goes on the stream.
+    Stream(Bytes),
+    /// The connection is gone.
+    Lost(Bytes),
+}
+
+impl DatagramLane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lane> {
+        // Nothing panics while holding it; a poisoned lane is still whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, bytes: Bytes) -> Sent {
+        let conn = match &mut *self.lock() {
+            Lane::Open(conn) => conn.clone(),
+            Lane::Pending { .. } if bytes.len() + FRAME_OVERHEAD > PENDING_DATAGRAM_BYTES => {
+                return Sent::Stream(bytes)
+            }
+            Lane::Pending { held, bytes: total } => {
+                *total += bytes.len() + FRAME_OVERHEAD;
+                held.push_back(bytes);
+                while *total > PENDING_DATAGRAM_BYTES {
+                    let old = held.pop_front().expect("the held bytes are counted");
+                    *total -= old.len() + FRAME_OVERHEAD;
+                    trace!("datagram held for a connection not up yet dropped");
+                }
+                return Sent::Datagram;
+            }
+        };
+        send_datagram(&conn, bytes)
+    }
+
+    /// From now on datagrams go on `conn`; those held go now. Returns the
+    /// held ones too big for a datagram, for the stream.
+    fn open(&self, conn: &quinn::Connection) -> Vec<Bytes> {
+        let held = match std::mem::replace(&mut *self.lock(), Lane::Open(conn.clone())) {
+            Lane::Pending { held, .. } => held,
+            Lane::Open(_) => VecDeque::new(),
+        };
+        held.into_iter()
+            .filter_map(|bytes| match send_datagram(conn, bytes) {
+                Sent::Stream(bytes) => Some(bytes),
+                Sent::Datagram | Sent::Lost(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn send_datagram(conn: &quinn::Connection, bytes: Bytes) -> Sent {
+    if conn.max_datagram_size().is_none_or(|max| bytes.len() > max) {
+        return Sent::Stream(bytes);
+    }
+    match conn.send_datagram(bytes.clone()) {
+        Ok(()) => Sent::Datagram,
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => Sent::Lost(bytes),
+        // Too large for a path that shrank, or datagrams off.
+        Err(_) => Sent::Stream(bytes),
+    }
 }
 
 /// Why a frame was not queued.
@@ -146,61 +276,92 @@ pub(crate) enum QueueError {
     Closed,
 }
 
+/// A peer's outbound lanes; the stream queue holds at most `cap` bytes.
 pub(crate) fn out_queue(cap: usize) -> (OutQueue, OutReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
+    let datagrams = Arc::new(DatagramLane::default());
     (
         OutQueue {
             tx,
             queued: queued.clone(),
             cap,
+            datagrams: datagrams.clone(),
         },
-        OutReceiver { rx, queued },
+        OutReceiver {
+            rx,
+            queued,
+            datagrams,
+        },
     )
 }
 
 impl OutQueue {
-    /// Whether [`OutQueue::push_within`] refuses any frame with `limit` now:
-    /// the queue is not empty and holds `limit` bytes or more.
+    /// Whether [`OutQueue::push_within`] refuses any stream frame with
+    /// `limit` now: the queue is not empty and holds `limit` bytes or more.
     pub fn refuses_within(&self, limit: usize) -> bool {
         let queued = self.queued.load(Ordering::Acquire);
         queued > 0 && queued >= limit.min(self.cap)
     }
 
-    /// Queues without waiting. A frame larger than the cap still goes when the
-    /// queue is empty.
-    /// The frame comes back with the error.
+    /// Sends or queues without waiting (see [`OutQueue::push_within`]),
+    /// within the cap.
     pub fn push(&self, frame: PeerFrame) -> Result<(), (QueueError, PeerFrame)> {
         self.push_within(frame, self.cap)
     }
 
-    /// Queues without waiting if the queue then holds at most `limit` bytes
-    /// (at most the cap; a frame larger than `limit` still goes when the
-    /// queue is empty). The frame comes back with the error.
+    /// Sends a datagram frame at once (held until the connection
+    /// authenticates), whatever the stream queue holds; one too big for a
+    /// datagram is a stream frame. Queues a stream frame without waiting if
+    /// the queue then holds at most `limit` bytes (at most the cap; a frame
+    /// larger than `limit` still goes when the queue is empty). The frame
+    /// comes back with the error.
     pub fn push_within(
         &self,
         frame: PeerFrame,
         limit: usize,
     ) -> Result<(), (QueueError, PeerFrame)> {
-        let cost = frame.bytes.len() + FRAME_OVERHEAD;
+        if self.tx.is_closed() {
+            return Err((QueueError::Closed, frame));
+        }
+        let datagram = frame.datagram;
+        let bytes = if datagram {
+            match self.datagrams.send(frame.bytes) {
+                Sent::Datagram => return Ok(()),
+                Sent::Stream(bytes) => bytes,
+                Sent::Lost(bytes) => {
+                    return Err((
+                        QueueError::Closed,
+                        PeerFrame {
+                            bytes,
+                            datagram: true,
+                        },
+                    ))
+                }
+            }
+        } else {
+            frame.bytes
+        };
+        let cost = bytes.len() + FRAME_OVERHEAD;
         let queued = self.queued.load(Ordering::Acquire);
+        let back = |e, bytes| Err((e, PeerFrame { bytes, datagram }));
         if queued > 0 && queued + cost > limit.min(self.cap) {
-            return Err((QueueError::Full, frame));
+            return back(QueueError::Full, bytes);
         }
         self.queued.fetch_add(cost, Ordering::AcqRel);
-        self.tx.send(frame).map_err(|e| {
+        self.tx.send(bytes).or_else(|e| {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
-            (QueueError::Closed, e.0)
+            back(QueueError::Closed, e.0)
         })
     }
 }
 
 impl OutReceiver {
-    async fn recv(&mut self) -> Option<PeerFrame> {
-        let f = self.rx.recv().await?;
+    async fn recv(&mut self) -> Option<Bytes> {
+        let bytes = self.rx.recv().await?;
         self.queued
-            .fetch_sub(f.bytes.len() + FRAME_OVERHEAD, Ordering::AcqRel);
-        Some(f)
+            .fetch_sub(bytes.len() + FRAME_OVERHEAD, Ordering::AcqRel);
+        Some(bytes)
     }
 }
 
@@ -469,34 +630,31 @@ async fn serve(
     }
 }
 
+/// Writes the stream frames. Datagrams do not pass here: from the start,
+/// [`OutQueue::push`] sends them on the connection itself, so they never
+/// wait while this loop waits for the peer's flow control.
 async fn write_loop(conn: &quinn::Connection, mut rx: OutReceiver) -> Result<(), Fault> {
+    let held = rx.datagrams.open(conn);
     let mut stream = conn.open_uni().await.map_err(|_| Fault::Lost)?;
-    while let Some(frame) = rx.recv().await {
-        if frame.datagram
-            && conn
-                .max_datagram_size()
-                .is_some_and(|m| frame.bytes.len() <= m)
-        {
-            match conn.send_datagram(frame.bytes.clone()) {
-                Ok(()) => continue,
-                Err(quinn::SendDatagramError::ConnectionLost(_)) => return Err(Fault::Lost),
-                Err(_) => {}
-            }
-        }
-        let len = u32::try_from(frame.bytes.len()).expect("frames are under MAX_FRAME");
-        stream
-            .write_all(&len.to_be_bytes())
-            .await
-            .map_err(|_| Fault::Lost)?;
-        stream
-            .write_chunk(frame.bytes)
-            .await
-            .map_err(|_| Fault::Lost)?;
+    for bytes in held {
+        write_frame(&mut stream, bytes).await?;
+    }
+    while let Some(bytes) = rx.recv().await {
+        write_frame(&mut stream, bytes).await?;
     }
     // Drained and closed: finish the stream and wait until the peer has it all.
     let _ = stream.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.stopped()).await;
     Ok(())
+}
+
+async fn write_frame(stream: &mut quinn::SendStream, bytes: Bytes) -> Result<(), Fault> {
+    let len = u32::try_from(bytes.len()).expect("frames are under MAX_FRAME");
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .map_err(|_| Fault::Lost)?;
+    stream.write_chunk(bytes).await.map_err(|_| Fault::Lost)
 }
 
 /// Where an authenticated connection's readers send what they decode.
@@ -599,7 +757,7 @@ mod tests {
         // A frame larger than the cap goes through an empty queue.
         q.push(frame(5000)).unwrap();
         assert_eq!(q.push(frame(10)).unwrap_err().0, QueueError::Full);
-        assert_eq!(rx.recv().await.unwrap().bytes.len(), 5000);
+        assert_eq!(rx.recv().await.unwrap().len(), 5000);
         for _ in 0..10 {
             q.push(frame(20)).unwrap();
         }
@@ -610,6 +768,50 @@ mod tests {
         q.push(frame(300)).unwrap();
         drop(rx);
         assert_eq!(q.push(frame(1)).unwrap_err().0, QueueError::Closed);
+    }
+
+    fn datagram(n: usize) -> PeerFrame {
+        PeerFrame {
+            bytes: Bytes::from(vec![1u8; n]),
+            datagram: true,
+        }
+    }
+
+    fn held(rx: &OutReceiver) -> (usize, usize) {
+        match &*rx.datagrams.lock() {
+            Lane::Pending { held, bytes } => (held.len(), *bytes),
+            Lane::Open(_) => panic!("no connection in this test"),
+        }
+    }
+
+    /// Datagrams neither count against the stream queue nor are refused by
+    /// it when full: until the connection is up the newest are held, within
+    /// `PENDING_DATAGRAM_BYTES`. One too big for any datagram is a stream
+    /// frame.
+    #[test]
+    fn datagrams_bypass_a_full_stream_queue() {
+        let (q, rx) = out_queue(1000);
+        q.push(frame(5000)).unwrap();
+        assert_eq!(q.push(frame(10)).unwrap_err().0, QueueError::Full);
+        let queued = q.queued.load(Ordering::Acquire);
+        for _ in 0..3 {
+            q.push(datagram(100)).unwrap();
+        }
+        assert_eq!(held(&rx), (3, 3 * (100 + FRAME_OVERHEAD)));
+        assert_eq!(q.queued.load(Ordering::Acquire), queued);
+
+        let per = 1000 + FRAME_OVERHEAD;
+        for _ in 0..PENDING_DATAGRAM_BYTES / per + 10 {
+            q.push(datagram(1000)).unwrap();
+        }
+        let n = PENDING_DATAGRAM_BYTES / per;
+        assert_eq!(held(&rx), (n, n * per), "only the newest are held");
+        assert_eq!(q.queued.load(Ordering::Acquire), queued);
+
+        let too_big = datagram(PENDING_DATAGRAM_BYTES);
+        assert_eq!(q.push(too_big).unwrap_err().0, QueueError::Full);
+        drop(rx);
+        assert_eq!(q.push(datagram(10)).unwrap_err().0, QueueError::Closed);
     }
 
     /// `refuses_within` says, without a frame, when `push_within` refuses
