@@ -204,38 +204,23 @@ mod tests {
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
     }
 
-    /// A backend that answers 503 to its first `fail` requests, then 200; it
-    /// records each body and signature header it got.
-    async fn backend(fail: usize) -> (String, Arc<Mutex<Vec<(Vec<u8>, String)>>>) {
+    /// Serves HTTP/1 on a port of 127.0.0.1, each request answered by
+    /// `answer`: the URL of its `/events`.
+    async fn serve<F, A>(answer: F) -> String
+    where
+        F: Fn(Request<Incoming>) -> A + Clone + Send + Sync + 'static,
+        A: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/events", listener.local_addr().unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let seen = got.clone();
-        let calls = Arc::new(AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let (seen, calls) = (seen.clone(), calls.clone());
+                let answer = answer.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (seen, calls) = (seen.clone(), calls.clone());
-                        async move {
-                            let signature = req
-                                .headers()
-                                .get(SIGNATURE_HEADER)
-                                .map(|v| v.to_str().unwrap().to_owned())
-                                .unwrap_or_default();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            seen.lock().unwrap().push((body.to_vec(), signature));
-                            let status = if calls.fetch_add(1, Ordering::SeqCst) < fail {
-                                StatusCode::SERVICE_UNAVAILABLE
-                            } else {
-                                StatusCode::OK
-                            };
-                            let mut r = Response::new(Full::new(Bytes::new()));
-                            *r.status_mut() = status;
-                            Ok::<_, Infallible>(r)
-                        }
+                    let service = hyper::service::service_fn(move |req| {
+                        let answer = answer(req);
+                        async move { Ok::<_, Infallible>(answer.await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -243,6 +228,33 @@ mod tests {
                 });
             }
         });
+        url
+    }
+
+    /// A backend that answers 503 to its first `fail` requests, then 200; it
+    /// records each body and signature header it got.
+    async fn backend(fail: usize) -> (String, Arc<Mutex<Vec<(Vec<u8>, String)>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let url = serve(move |req: Request<Incoming>| {
+            let (seen, calls) = (seen.clone(), calls.clone());
+            async move {
+                let signature = req
+                    .headers()
+                    .get(SIGNATURE_HEADER)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                seen.lock().unwrap().push((body.to_vec(), signature));
+                let mut r = Response::new(Full::new(Bytes::new()));
+                if calls.fetch_add(1, Ordering::SeqCst) < fail {
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r
+            }
+        })
+        .await;
         (url, got)
     }
 
@@ -297,37 +309,24 @@ mod tests {
     /// (a moved endpoint, a login page, an http->https hop) and whose `/moved`
     /// answers 200 to anything; it records each request's method and path.
     async fn redirecting(status: StatusCode) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
         let got = Arc::new(Mutex::new(Vec::new()));
         let seen = got.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            seen.lock()
-                                .unwrap()
-                                .push((req.method().to_string(), path.clone()));
-                            let mut r = Response::new(Full::new(Bytes::new()));
-                            if path == "/events" {
-                                *r.status_mut() = status;
-                                r.headers_mut()
-                                    .insert("location", "/moved".parse().unwrap());
-                            }
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let url = serve(move |req: Request<Incoming>| {
+            let path = req.uri().path().to_owned();
+            seen.lock()
+                .unwrap()
+                .push((req.method().to_string(), path.clone()));
+            async move {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                if path == "/events" {
+                    *r.status_mut() = status;
+                    r.headers_mut()
+                        .insert("location", "/moved".parse().unwrap());
+                }
+                r
             }
-        });
+        })
+        .await;
         (url, got)
     }
 
