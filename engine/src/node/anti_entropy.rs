@@ -376,19 +376,19 @@ fn take_batch<E>(
 
 /// Rough bytes of a part in a message: its entries by `size`, 16 per entry
 /// and per removal for the dots, and its origin and op ranges.
-pub(super) fn part_bytes<E>(part: &Part<E>, size: fn(&E) -> usize) -> usize {
+fn part_bytes<E>(part: &Part<E>, size: fn(&E) -> usize) -> usize {
     let adds: usize = part.adds.iter().map(|(_, e)| size(e) + 16).sum();
     adds + 16 * part.removes.len() + 16 * part.ops.spans().len() + 64
 }
 
 /// Rough bytes of a presence entry in a message: its strings, and its
 /// connection id and refs.
-pub(super) fn pres_bytes(e: &PresEntry) -> usize {
+fn pres_bytes(e: &PresEntry) -> usize {
     e.topic.as_str().len() + e.key.len() + e.meta.as_str().len() + 48
 }
 
 /// Rough bytes of a subscription entry (a topic) in a message.
-pub(super) fn sub_bytes(t: &Topic) -> usize {
+fn sub_bytes(t: &Topic) -> usize {
     t.as_str().len() + 8
 }
 

@@ -53,8 +53,7 @@ pub struct NodeConfig {
     /// yet (one is always allowed): the pacing of a large state transfer. The
     /// runtime caps it at half its peer queue, so a transfer never fills the
     /// queue. It also bounds one message: a repair carries about this many
-    /// bytes of entries at most (one entry at least), and a δ-group bigger
-    /// than this is not sent as a delta: the peer is repaired instead.
+    /// bytes of entries at most (one entry at least).
     pub repair_window: usize,
     /// How many random peers a node relays the novel part of a delta to.
     pub relay_fanout: usize,

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use super::anti_entropy::{part_bytes, pres_bytes, sub_bytes};
 use super::timers::Timer;
 use super::{Node, PeerState};
 use crate::codec::Body;
@@ -144,16 +143,6 @@ impl Node {
         }
     }
 
-    /// Stops replaying the δ-buffer to `id` (it counts as sent and
-    /// acknowledged) and repairs it from version vectors instead.
-    fn repair_instead(&mut self, id: &NodeId) {
-        if let Some(p) = self.peers.get_mut(id) {
-            p.acked = self.next_seq;
-            p.sent = self.next_seq;
-        }
-        self.sync_with(id);
-    }
-
     /// Sends each up peer the δ-group it has not been sent, minus what came
     /// from it (BP).
     pub(super) fn flush(&mut self, now: Instant) {
@@ -168,7 +157,10 @@ impl Node {
             if p.acked < front {
                 // Too far behind: entries it needs were dropped. Repair from
                 // version vectors instead of replaying the buffer.
-                self.repair_instead(&id);
+                let p = self.peers.get_mut(&id).expect("listed above");
+                p.acked = self.next_seq;
+                p.sent = self.next_seq;
+                self.sync_with(&id);
                 continue;
             }
             let start = (p.sent - front) as usize;
@@ -177,26 +169,9 @@ impl Node {
             });
             let mut pp = Vec::new();
             let mut sp = Vec::new();
-            let mut bytes = 0;
             for b in entries {
-                bytes += b
-                    .presence
-                    .iter()
-                    .map(|p| part_bytes(p, pres_bytes))
-                    .sum::<usize>();
-                bytes += b
-                    .subs
-                    .iter()
-                    .map(|p| part_bytes(p, sub_bytes))
-                    .sum::<usize>();
                 pp.extend(b.presence.iter());
                 sp.extend(b.subs.iter());
-            }
-            if bytes > self.cfg.repair_window {
-                // Too big for one message (big metas, or a long run to
-                // resend): a repair carries it instead, cut to size.
-                self.repair_instead(&id);
-                continue;
             }
             let presence = Delta::join(pp);
             let subs = Delta::join(sp);
