@@ -102,14 +102,22 @@ impl Hub {
         let encoded = envelope.encode()?;
         // The topic's backlog first, then a place in flight: publishers
         // waiting on one busy (or held) topic must not take every place and
-        // stall the publishes of every other topic on the node.
-        let state = self.wait_for_backlog(topic).await;
-        let permit = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the in-flight semaphore is never closed");
+        // stall the publishes of every other topic on the node. With the
+        // place, the topic is looked at again: while the places were all
+        // taken, any number of publishers may have passed its first look,
+        // and its backlog must still bound them.
+        let (permit, state) = loop {
+            self.wait_for_backlog(topic).await;
+            let permit = self
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the in-flight semaphore is never closed");
+            if let Some(state) = self.free(topic) {
+                break (permit, state);
+            }
+        };
         if let Some(state) = state {
             // Counted at once: the dispatcher's figure is from its last pass,
             // and publishes until its next pass must count against it too.
@@ -139,23 +147,28 @@ impl Hub {
     /// backlog if the topic loses its last local subscriber meanwhile.
     /// Returns the topic's local state, if it has local subscribers.
     async fn wait_for_backlog(&self, topic: &str) -> Option<Arc<TopicState>> {
-        let current = || {
-            self.topics
-                .lock()
-                .expect("hub topics lock")
-                .get(topic)
-                .cloned()
-        };
         loop {
-            let state = current();
-            let behind = state
-                .as_ref()
-                .is_some_and(|s| s.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH);
-            if !behind && !self.engine.held(topic) {
+            if let Some(state) = self.free(topic) {
                 return state;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+
+    /// `Some` (with the topic's local state, if it has local subscribers)
+    /// when a publish to `topic` may go now: its dispatcher is not behind and
+    /// no peer holds it ([`Hub::wait_for_backlog`]).
+    fn free(&self, topic: &str) -> Option<Option<Arc<TopicState>>> {
+        let state = self
+            .topics
+            .lock()
+            .expect("hub topics lock")
+            .get(topic)
+            .cloned();
+        let behind = state
+            .as_ref()
+            .is_some_and(|s| s.backlog.load(Ordering::Acquire) >= BACKLOG_HIGH);
+        (!behind && !self.engine.held(topic)).then_some(state)
     }
 
     /// Waits while broadcasts to `topic` wait for a peer's credit (that
@@ -207,6 +220,48 @@ mod tests {
             .await
             .expect("a publish to another topic goes")
             .expect("published");
+        drop(waiting);
+        engine.shutdown().await.expect("shutdown");
+    }
+
+    /// A topic that falls behind while its publishers wait for a place in
+    /// flight still holds them: with a place, each looks at the backlog
+    /// again, gives the place back and waits. (Looking only before taking a
+    /// place let any number pass while the places were all taken.)
+    #[tokio::test]
+    async fn publishers_that_get_a_place_look_at_the_backlog_again() {
+        let node = NodeConfig::lan(NodeId::new("n1", 1), "127.0.0.1:0".parse().expect("addr"));
+        let secret = b"test-cluster-secret-0123456789ab".to_vec();
+        let engine = Engine::start(EngineConfig::new(node, secret))
+            .await
+            .expect("engine");
+        let hub = Hub::new(engine.clone(), 1);
+        let state = {
+            let mut topics = hub.topics.lock().expect("hub topics lock");
+            hub.topic_state(&mut topics, "t")
+        };
+        let places = hub
+            .in_flight
+            .clone()
+            .acquire_many_owned(MAX_IN_FLIGHT as u32)
+            .await
+            .expect("every place");
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut waiting = Vec::new();
+        for _ in 0..10 {
+            let mut publish = Box::pin(hub.publish_queued("t", "new_msg", Payload::empty(), None));
+            let polled = std::future::Future::poll(publish.as_mut(), &mut cx);
+            assert!(polled.is_pending(), "waits for a place");
+            waiting.push(publish);
+        }
+        state.backlog.store(BACKLOG_HIGH, Ordering::Release);
+        drop(places);
+        for publish in &mut waiting {
+            let polled = std::future::Future::poll(publish.as_mut(), &mut cx);
+            assert!(polled.is_pending(), "waits on t's backlog again");
+        }
+        assert_eq!(state.backlog.load(Ordering::Acquire), BACKLOG_HIGH);
+        assert_eq!(hub.in_flight.available_permits(), MAX_IN_FLIGHT);
         drop(waiting);
         engine.shutdown().await.expect("shutdown");
     }
