@@ -87,6 +87,26 @@ pub enum TokenError {
     /// `sub` is empty or too long.
     #[error("invalid token: bad sub")]
     BadSub,
+    /// Used more than [`NBF_LEEWAY`] before its `nbf`.
+    #[error("invalid token: not valid yet (nbf)")]
+    NotYetValid,
+}
+
+/// How long before its `nbf` a token is already accepted: the issuer's clock
+/// may run ahead of ours, and libraries such as Elixir's Joken set `nbf` to
+/// the time of signing, so a token used at once would otherwise fail for as
+/// long as the clocks differ. (`exp` has no leeway.)
+pub const NBF_LEEWAY: Duration = Duration::from_secs(60);
+
+/// What a token's payload is checked for: the claims, and `nbf` (checked
+/// here, with [`NBF_LEEWAY`], as jsonwebtoken's one leeway would loosen
+/// `exp` too).
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 /// Signs and checks tokens with one HS256 secret.
@@ -108,9 +128,6 @@ impl Tokens {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        // jsonwebtoken checks `nbf` only when asked (RFC 7519 4.1.5: a token
-        // is not accepted before it).
-        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -125,9 +142,17 @@ impl Tokens {
             .expect("HS256 signing of plain claims cannot fail")
     }
 
-    /// The claims of a valid, unexpired token.
+    /// The claims of a valid, unexpired token, used no earlier than
+    /// [`NBF_LEEWAY`] before its `nbf` (RFC 7519 4.1.5).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        let Payload { claims, nbf } =
+            decode::<Payload>(token, &self.decoding, &self.validation)?.claims;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if nbf.is_some_and(|nbf| nbf > (now + NBF_LEEWAY).as_secs()) {
+            return Err(TokenError::NotYetValid);
+        }
         if claims.sub.is_empty() || claims.sub.len() > 256 || claims.sub.contains(':') {
             return Err(TokenError::BadSub);
         }
@@ -229,12 +254,14 @@ mod tests {
         ));
     }
 
-    /// RFC 7519 4.1.5: a token is not accepted before its `nbf`.
+    /// RFC 7519 4.1.5: a token is not accepted before its `nbf`, but for
+    /// the clocks' skew ([`NBF_LEEWAY`]): an issuer a few seconds ahead, or
+    /// one that sets `nbf` to the signing time, is not refused.
     #[test]
-    fn a_token_is_refused_before_its_nbf() {
+    fn a_token_is_refused_before_its_nbf_but_for_the_clocks_skew() {
         #[derive(Serialize)]
         struct WithNbf {
-            sub: String,
+            sub: &'static str,
             exp: u64,
             nbf: u64,
         }
@@ -243,32 +270,22 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let claims = WithNbf {
-            sub: "alice".into(),
-            exp: now + 2 * 86_400,
-            nbf: now + 86_400,
+        let with_nbf = |nbf| {
+            let claims = WithNbf {
+                sub: "alice",
+                exp: now + 2 * 86_400,
+                nbf,
+            };
+            let key = EncodingKey::from_secret(b"secret-secret-secret");
+            tokens.verify(&encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap())
         };
-        let token = encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"secret-secret-secret"),
-        )
-        .unwrap();
-        let verdict = tokens.verify(&token);
+        let tomorrow = with_nbf(now + 86_400);
         assert!(
-            verdict.is_err(),
-            "a token with nbf = tomorrow was accepted now: {verdict:?}"
+            matches!(tomorrow, Err(TokenError::NotYetValid)),
+            "a token with nbf = tomorrow, used now: {tomorrow:?}"
         );
-        let claims = WithNbf {
-            nbf: now - 60,
-            ..claims
-        };
-        let token = encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(b"secret-secret-secret"),
-        )
-        .unwrap();
-        assert_eq!(tokens.verify(&token).expect("nbf passed").sub, "alice");
+        for nbf in [now - 60, now, now + 5] {
+            assert_eq!(with_nbf(nbf).expect("within the skew").sub, "alice");
+        }
     }
 }
