@@ -185,17 +185,13 @@ impl Hub {
 mod tests {
     use std::time::Duration;
 
-    use chorus_engine::runtime::{Engine, EngineConfig};
+    use chorus_engine::runtime::{Engine, EngineConfig, EngineHandle};
     use chorus_engine::{NodeConfig, NodeId};
 
     use super::*;
 
-    /// Publishers waiting on one topic's backlog hold none of the node's
-    /// in-flight places: a publish to another topic still goes. (They used
-    /// to take a place before waiting, so `MAX_IN_FLIGHT` of them on one
-    /// busy or held topic stalled every publish on the node.)
-    #[tokio::test]
-    async fn publishers_waiting_on_one_topic_leave_the_others_free() {
+    /// A hub over a node of its own, and the local state of its `topic`.
+    async fn hub_with_topic(topic: &str) -> (EngineHandle, Arc<Hub>, Arc<TopicState>) {
         let node = NodeConfig::lan(NodeId::new("n1", 1), "127.0.0.1:0".parse().expect("addr"));
         let secret = b"test-cluster-secret-0123456789ab".to_vec();
         let engine = Engine::start(EngineConfig::new(node, secret))
@@ -204,8 +200,18 @@ mod tests {
         let hub = Hub::new(engine.clone(), 1);
         let state = {
             let mut topics = hub.topics.lock().expect("hub topics lock");
-            hub.topic_state(&mut topics, "t")
+            hub.topic_state(&mut topics, topic)
         };
+        (engine, hub, state)
+    }
+
+    /// Publishers waiting on one topic's backlog hold none of the node's
+    /// in-flight places: a publish to another topic still goes. (They used
+    /// to take a place before waiting, so `MAX_IN_FLIGHT` of them on one
+    /// busy or held topic stalled every publish on the node.)
+    #[tokio::test]
+    async fn publishers_waiting_on_one_topic_leave_the_others_free() {
+        let (engine, hub, state) = hub_with_topic("t").await;
         state.backlog.store(BACKLOG_HIGH, Ordering::Release);
         let mut waiting = Vec::new();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -230,16 +236,7 @@ mod tests {
     /// place let any number pass while the places were all taken.)
     #[tokio::test]
     async fn publishers_that_get_a_place_look_at_the_backlog_again() {
-        let node = NodeConfig::lan(NodeId::new("n1", 1), "127.0.0.1:0".parse().expect("addr"));
-        let secret = b"test-cluster-secret-0123456789ab".to_vec();
-        let engine = Engine::start(EngineConfig::new(node, secret))
-            .await
-            .expect("engine");
-        let hub = Hub::new(engine.clone(), 1);
-        let state = {
-            let mut topics = hub.topics.lock().expect("hub topics lock");
-            hub.topic_state(&mut topics, "t")
-        };
+        let (engine, hub, state) = hub_with_topic("t").await;
         let places = hub
             .in_flight
             .clone()
