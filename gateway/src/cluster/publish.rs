@@ -145,12 +145,8 @@ impl Hub {
     /// for the engine's reply could otherwise outrun the dispatcher and lose
     /// deliveries for every local subscriber. Stops waiting for the local
     /// backlog if the topic loses its last local subscriber meanwhile.
-    /// Returns the topic's local state, if it has local subscribers.
-    async fn wait_for_backlog(&self, topic: &str) -> Option<Arc<TopicState>> {
-        loop {
-            if let Some(state) = self.free(topic) {
-                return state;
-            }
+    async fn wait_for_backlog(&self, topic: &str) {
+        while self.free(topic).is_none() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
